@@ -1,0 +1,407 @@
+# -*- test-case-name: tests.test_nat_discovery -*-
+"""NAT behaviour discovery over real sockets (RFC 5780 section 4).
+
+The tests, in the order they run:
+
+1. **Binding** (RFC 5780 4.2, test I): one socket asks every server at once; no UDP answer
+   at all means UDP is blocked (a Binding over TCP then tells the public address). The
+   mapped address compared with the local one tells whether there is a NAT. The first
+   server that answers with OTHER-ADDRESS is used for the rest (RFC 5780 mode).
+2. **Mapping** (4.3): the same socket asks the alternate address (test II), then the
+   alternate address and port (test III), comparing the mapped addresses.
+3. **Hairpinning** (4.5): a second socket sends a Binding request to the first socket's
+   mapped address; it is hairpinned if it arrives.
+4. **Port allocation**: a fresh socket makes new flows one after another, to the four
+   address/port combinations (symmetric NATs), or fresh sockets each make one flow
+   (cone NATs); the public ports tell preserving, sequential (and the delta) or random.
+   Nothing else is sent meanwhile, so a sequential NAT's counter moves by our flows only.
+5. **Filtering** (4.4): *fresh sockets* ask for an answer from the other address and port,
+   and from the other port only. A fresh socket per test means a filtered answer cannot
+   leave state behind (in the NAT or its conntrack table) that changes the next test's
+   mapping: the mistake that makes pystun3 and pynat call Linux's NAT "symmetric".
+
+Without an RFC 5780 server, what can be measured is: the mapped address, mapping across
+several servers (if given), and port allocation; the rest is reported ``unknown`` with a
+note saying why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from holepunch.nat.model import (
+    Behavior,
+    NatInfo,
+    NatType,
+    PortAllocation,
+    classify,
+    port_allocation,
+)
+from holepunch.stun.client import (
+    BindingResult,
+    NoStunServerAnswered,
+    RetransmissionPolicy,
+    StunClientProtocol,
+    StunError,
+    binding_over_tcp,
+    binding_request,
+    listen_stun,
+    resolve_server,
+)
+from holepunch.stun.message import Address, MessageClass, StunDecodeError, decode, encode
+
+_log = Logger()
+
+Progress = Callable[[str], None]
+
+
+_ANSWERED = RetransmissionPolicy(rto=0.25, rc=5, rm=8)  # 5.5 s
+_FILTERED = RetransmissionPolicy(rto=0.25, rc=4, rm=6)  # 3.25 s
+_HAIRPIN = RetransmissionPolicy(rto=0.2, rc=3, rm=4)  # 1.4 s
+
+
+@dataclass(frozen=True)
+class DiscoveryTimers:
+    """How long each kind of test waits. ``answered`` tests expect an answer; ``filtered``
+    tests often get none, and their wait is the price of a negative result."""
+
+    answered: RetransmissionPolicy = _ANSWERED
+    filtered: RetransmissionPolicy = _FILTERED
+    hairpin: RetransmissionPolicy = _HAIRPIN
+    tcp_timeout: float = 5.0
+
+    @classmethod
+    def scaled(cls, seconds: float) -> DiscoveryTimers:
+        """Timers whose longest test takes about ``seconds``."""
+        base = cls()
+        factor = seconds / base.answered.total
+        return cls(
+            answered=RetransmissionPolicy(
+                base.answered.rto * factor, base.answered.rc, base.answered.rm
+            ),
+            filtered=RetransmissionPolicy(
+                base.filtered.rto * factor, base.filtered.rc, base.filtered.rm
+            ),
+            hairpin=RetransmissionPolicy(
+                base.hairpin.rto * factor, base.hairpin.rc, base.hairpin.rm
+            ),
+            tcp_timeout=max(1.0, seconds),
+        )
+
+
+def local_address_toward(server: Address) -> str:
+    """The local address the kernel would use to reach ``server`` (no packet is sent)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(server.host).version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((server.host, server.port))
+        return str(s.getsockname()[0])
+
+
+class NatDiscovery:
+    """One run of the discovery tests. Use :func:`discover_nat`."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        servers: Sequence[Address],
+        interface: str = "",
+        timers: DiscoveryTimers | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.servers = list(servers)
+        self.interface = interface
+        self.timers = timers or DiscoveryTimers()
+        self.progress = progress or (lambda text: None)
+        self._sockets: list[StunClientProtocol] = []
+
+    def _socket(self) -> StunClientProtocol:
+        proto = listen_stun(self.reactor, interface=self.interface)
+        self._sockets.append(proto)
+        return proto
+
+    async def _close(self) -> None:
+        sockets, self._sockets = self._sockets, []
+        await defer.gatherResults([s.close() for s in sockets], consumeErrors=True)
+
+    async def _binding(
+        self,
+        sock: StunClientProtocol,
+        server: Address,
+        policy: RetransmissionPolicy,
+        change_ip: bool = False,
+        change_port: bool = False,
+    ) -> BindingResult | None:
+        try:
+            return await sock.binding(
+                server, change_ip=change_ip, change_port=change_port, policy=policy
+            )
+        except StunError as e:
+            _log.debug("binding to {server} failed: {err}", server=server, err=e)
+            return None
+
+    async def run(self) -> NatInfo:
+        """Run every test and return what was found; sockets are closed in any case."""
+        try:
+            return await self._run()
+        finally:
+            await self._close()
+
+    async def _run(self) -> NatInfo:
+        t = self.timers
+        if not self.servers:
+            raise NoStunServerAnswered({})
+        main = self._socket()
+        names = [f"{s.host}:{s.port}" for s in self.servers]
+        self.progress(f"Binding test: asking {', '.join(names)} over UDP")
+        answers = await defer.gatherResults(
+            [defer.ensureDeferred(self._binding(main, s, t.answered)) for s in self.servers]
+        )
+        answered = [(s, a) for s, a in zip(self.servers, answers, strict=True) if a is not None]
+        if not answered:
+            return await self._udp_blocked(names)
+
+        server, first = next(
+            ((s, a) for s, a in answered if a.other_address is not None), answered[0]
+        )
+        local_ip = self.interface or local_address_toward(server)
+        local_port = main.local.port
+        info = NatInfo(
+            type=NatType.PORT_RESTRICTED,
+            public_address=first.mapped.host,
+            public_port=first.mapped.port,
+            local_address=local_ip,
+            local_port=local_port,
+            server=f"{server.host}:{server.port}",
+        )
+        behind_nat = first.mapped != Address(local_ip, local_port)
+        self.progress(
+            f"Public address {first.mapped.host}:{first.mapped.port} "
+            f"(local {local_ip}:{local_port}): " + ("behind a NAT" if behind_nat else "no NAT")
+        )
+        other = first.other_address
+        if other is not None and (other.host == server.host or other.port == server.port):
+            info.notes.append(
+                f"{info.server} sent OTHER-ADDRESS {other.host}:{other.port}, which does not "
+                "differ in both address and port; RFC 5780 tests skipped"
+            )
+            other = None
+        info.rfc5780 = other is not None
+
+        if other is not None:
+            info.mapping = await self._mapping_rfc5780(main, server, other, first)
+        else:
+            info.mapping = self._mapping_from_servers(answered, info)
+
+        info.hairpinning = await self._hairpinning(first.mapped)
+        await self._allocation(server, other, info)
+
+        if other is not None:
+            info.filtering = await self._filtering(server)
+        else:
+            info.notes.append(
+                "filtering not measured: it needs a server that supports RFC 5780 "
+                "(OTHER-ADDRESS and CHANGE-REQUEST)"
+            )
+        info.type = classify(True, behind_nat, info.mapping, info.filtering)
+        if not behind_nat and info.mapping == Behavior.UNKNOWN:
+            info.mapping = Behavior.ENDPOINT_INDEPENDENT
+        self.progress(f"Result: {info.type.value}")
+        return info
+
+    async def _udp_blocked(self, names: list[str]) -> NatInfo:
+        t = self.timers
+        self.progress("No UDP answer; trying STUN over TCP")
+        failures: dict[str, str] = {name: "no UDP response" for name in names}
+        for server, name in zip(self.servers, names, strict=True):
+            try:
+                result = await binding_over_tcp(self.reactor, server, timeout=t.tcp_timeout)
+            except Exception as e:  # any failure of this server: report it, try the next
+                failures[name] = f"no UDP response; TCP: {e}"
+                continue
+            local_ip = self.interface or local_address_toward(server)
+            info = NatInfo(
+                type=NatType.UDP_BLOCKED,
+                public_address=result.mapped.host,
+                public_port=result.mapped.port,
+                local_address=local_ip,
+                server=name,
+            )
+            info.notes.append("UDP got no answer from any server; the public address is from TCP")
+            return info
+        raise NoStunServerAnswered(failures)
+
+    async def _mapping_rfc5780(
+        self, sock: StunClientProtocol, server: Address, other: Address, first: BindingResult
+    ) -> Behavior:
+        t = self.timers
+        test2 = Address(other.host, server.port)
+        self.progress(f"Mapping test II: {test2.host}:{test2.port}")
+        r2 = await self._binding(sock, test2, t.answered)
+        if r2 is None:
+            return Behavior.UNKNOWN
+        if r2.mapped == first.mapped:
+            return Behavior.ENDPOINT_INDEPENDENT
+        self.progress(f"Mapping test III: {other.host}:{other.port}")
+        r3 = await self._binding(sock, other, t.answered)
+        if r3 is None:
+            return Behavior.UNKNOWN
+        if r3.mapped == r2.mapped:
+            return Behavior.ADDRESS_DEPENDENT
+        return Behavior.ADDRESS_AND_PORT_DEPENDENT
+
+    def _mapping_from_servers(
+        self, answered: list[tuple[Address, BindingResult]], info: NatInfo
+    ) -> Behavior:
+        hosts = {s.host for s, _ in answered}
+        if len(hosts) < 2:
+            info.notes.append(
+                "mapping not measured: it needs an RFC 5780 server, or two servers on "
+                "different addresses"
+            )
+            return Behavior.UNKNOWN
+        if len({a.mapped for _, a in answered}) == 1:
+            return Behavior.ENDPOINT_INDEPENDENT
+        info.notes.append(
+            "mapping differs between servers; telling address-dependent from "
+            "address-and-port-dependent needs an RFC 5780 server"
+        )
+        return Behavior.ADDRESS_DEPENDENT
+
+    async def _hairpinning(self, target: Address) -> bool | None:
+        """RFC 5780 4.5: a second socket sends to the main socket's public address."""
+        self.progress("Hairpinning test")
+        main = self._sockets[0]
+        sender = self._socket()
+        request = binding_request()
+        data = encode(request, fingerprint=True)
+        hit = False
+        wake: defer.Deferred[None] | None = None
+
+        def seen(datagram: bytes, source: Address) -> None:
+            nonlocal hit
+            try:
+                message = decode(datagram)
+            except StunDecodeError:
+                return
+            if (
+                message.message_class == MessageClass.REQUEST
+                and message.transaction_id == request.transaction_id
+            ):
+                hit = True
+                if wake is not None and not wake.called:
+                    wake.callback(None)
+
+        previous, main.on_datagram = main.on_datagram, seen
+        try:
+            for wait in self.timers.hairpin.waits():
+                assert sender.transport is not None
+                sender.transport.write(data, (target.host, target.port))
+                wake = defer.Deferred()
+                timer = self.reactor.callLater(wait, wake.callback, None)
+                await wake
+                if timer.active():
+                    timer.cancel()
+                if hit:
+                    return True
+            return False
+        except OSError as e:
+            self.progress(f"Hairpinning test could not send: {e}")
+            return None
+        finally:
+            main.on_datagram = previous
+
+    async def _allocation(self, server: Address, other: Address | None, info: NatInfo) -> None:
+        t = self.timers
+        ports: list[int] = []
+        local_port: int | None = None
+        if (
+            info.mapping in (Behavior.ADDRESS_DEPENDENT, Behavior.ADDRESS_AND_PORT_DEPENDENT)
+            and other
+        ):
+            # One fresh socket, four new flows in a row.
+            sock = self._socket()
+            local_port = sock.local.port
+            targets = [
+                server,
+                Address(server.host, other.port),
+                Address(other.host, server.port),
+                other,
+            ]
+            self.progress("Port allocation: four new flows from one socket")
+            for target in targets:
+                r = await self._binding(sock, target, t.answered)
+                if r is None:
+                    break
+                ports.append(r.mapped.port)
+        else:
+            # Fresh sockets, one flow each, toward the same server.
+            self.progress("Port allocation: three fresh sockets")
+            for _ in range(3):
+                sock = self._socket()
+                if local_port is None:
+                    local_port = sock.local.port
+                r = await self._binding(sock, server, t.answered)
+                if r is None:
+                    break
+                ports.append(r.mapped.port)
+            if ports and local_port is not None and ports[0] == local_port:
+                # Every mapping preserved its port if each fresh socket's did.
+                preserved = all(
+                    p == s.local.port
+                    for p, s in zip(ports, self._sockets[-len(ports) :], strict=True)
+                )
+                if preserved:
+                    info.port_allocation, info.port_delta = PortAllocation.PRESERVING, 0
+                    return
+        info.port_allocation, info.port_delta = port_allocation(ports, None)
+
+    async def _filtering(self, server: Address) -> Behavior:
+        t = self.timers
+        self.progress("Filtering tests: answers from the other address, and the other port")
+        both, port_only = self._socket(), self._socket()
+        r_both, r_port = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    self._binding(both, server, t.filtered, change_ip=True, change_port=True)
+                ),
+                defer.ensureDeferred(
+                    self._binding(port_only, server, t.filtered, change_port=True)
+                ),
+            ]
+        )
+        if r_both is not None:
+            return Behavior.ENDPOINT_INDEPENDENT
+        if r_port is not None:
+            return Behavior.ADDRESS_DEPENDENT
+        return Behavior.ADDRESS_AND_PORT_DEPENDENT
+
+
+async def discover_nat(
+    reactor: Any,
+    servers: Sequence[tuple[str, int] | Address],
+    *,
+    interface: str = "",
+    timers: DiscoveryTimers | None = None,
+    progress: Progress | None = None,
+) -> NatInfo:
+    """Find out what NAT this host is behind, by asking ``servers``.
+
+    Raises :class:`NoStunServerAnswered` when no server answered over UDP or TCP.
+    """
+    resolved = [await resolve_server(reactor, host, port) for host, port in servers]
+    return await NatDiscovery(reactor, resolved, interface, timers, progress).run()
+
+
+def discover_nat_deferred(
+    reactor: Any, servers: Sequence[tuple[str, int]], **kw: Any
+) -> defer.Deferred[NatInfo]:
+    """:func:`discover_nat` as a Deferred, for callers that are not coroutines."""
+    return defer.ensureDeferred(discover_nat(reactor, servers, **kw))

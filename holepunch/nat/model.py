@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_nat_model -*-
+"""What we know about a NAT, and what follows from it (no sockets here).
+
+RFC 4787 and RFC 5780 describe a NAT by its *mapping* behaviour (does the public port
+depend on where we send?) and its *filtering* behaviour (who may send back through a
+mapping?). The classic names of RFC 3489, which the seed's users know, are derived from
+the two:
+
+=========================  ===========================  ===============================
+classic name               mapping                      filtering
+=========================  ===========================  ===============================
+open                       no NAT (mapped == local)     any
+full-cone                  endpoint-independent         endpoint-independent
+restricted-cone            endpoint-independent         address-dependent
+port-restricted            endpoint-independent         address-and-port-dependent
+symmetric                  address(-and-port)-dependent any
+udp-blocked                no UDP answer at all         -
+=========================  ===========================  ===============================
+
+The port allocation pattern (preserving, sequential with a delta, random) decides
+whether a symmetric NAT's next port can be predicted, and so which technique the
+connection engine uses (:func:`recommended_strategy`).
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Behavior(enum.StrEnum):
+    """RFC 4787 mapping or filtering behaviour."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+    UNKNOWN = "unknown"
+
+
+MappingBehavior = Behavior
+FilteringBehavior = Behavior
+
+
+class PortAllocation(enum.StrEnum):
+    """How the NAT chooses the public port of a new mapping."""
+
+    PRESERVING = "preserving"
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    UNKNOWN = "unknown"
+
+
+class NatType(enum.StrEnum):
+    """The classic (RFC 3489 / seed) names."""
+
+    OPEN = "open"
+    FULL_CONE = "full-cone"
+    RESTRICTED_CONE = "restricted-cone"
+    PORT_RESTRICTED = "port-restricted"
+    SYMMETRIC = "symmetric"
+    UDP_BLOCKED = "udp-blocked"
+
+
+def classify(
+    udp_answered: bool, behind_nat: bool, mapping: Behavior, filtering: Behavior
+) -> NatType:
+    """The classic name for measured behaviour.
+
+    When filtering could not be measured (no RFC 5780 server), an endpoint-independent
+    mapping is reported as port-restricted: the strictest cone, so that the strategy
+    never assumes more than was shown.
+    """
+    if not udp_answered:
+        return NatType.UDP_BLOCKED
+    if not behind_nat:
+        return NatType.OPEN
+    if mapping in (Behavior.ADDRESS_DEPENDENT, Behavior.ADDRESS_AND_PORT_DEPENDENT):
+        return NatType.SYMMETRIC
+    if filtering == Behavior.ENDPOINT_INDEPENDENT:
+        return NatType.FULL_CONE
+    if filtering == Behavior.ADDRESS_DEPENDENT:
+        return NatType.RESTRICTED_CONE
+    return NatType.PORT_RESTRICTED
+
+
+def port_allocation(
+    ports: list[int], local_port: int | None = None
+) -> tuple[PortAllocation, int | None]:
+    """The allocation pattern of successive new mappings' public ports, and the delta.
+
+    ``ports`` are the public ports of mappings made one after another (fresh flows, in
+    order). Preserving when every mapping kept its local port (only ``ports[0]`` can be
+    checked against ``local_port``, so it is checked there); sequential when the steps are
+    all equal and small (at most 16, allowing for none); random otherwise. Fewer than
+    three ports cannot tell sequential from chance.
+    """
+    if not ports:
+        return PortAllocation.UNKNOWN, None
+    if local_port is not None and ports[0] == local_port and len(set(ports)) == 1:
+        return PortAllocation.PRESERVING, 0
+    if len(ports) < 3:
+        return PortAllocation.UNKNOWN, None
+    deltas = [b - a for a, b in itertools.pairwise(ports)]
+    if len(set(deltas)) == 1 and 0 < abs(deltas[0]) <= 16:
+        return PortAllocation.SEQUENTIAL, deltas[0]
+    return PortAllocation.RANDOM, None
+
+
+@dataclass
+class NatInfo:
+    """The result of NAT discovery: the seed's fields and RFC 5780's."""
+
+    type: NatType
+    mapping: Behavior = Behavior.UNKNOWN
+    filtering: Behavior = Behavior.UNKNOWN
+    public_address: str | None = None
+    public_port: int | None = None
+    local_address: str | None = None
+    local_port: int | None = None
+    port_allocation: PortAllocation = PortAllocation.UNKNOWN
+    port_delta: int | None = None
+    hairpinning: bool | None = None
+    server: str | None = None
+    rfc5780: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def port_predictable(self) -> bool:
+        """Whether the next public port can be known in advance (the seed's field)."""
+        if self.type in (NatType.OPEN, NatType.UDP_BLOCKED):
+            return self.type == NatType.OPEN
+        if self.mapping == Behavior.ENDPOINT_INDEPENDENT:
+            return True
+        return self.port_allocation in (PortAllocation.PRESERVING, PortAllocation.SEQUENTIAL)
+
+    def to_json(self) -> dict[str, Any]:
+        """The nat-check JSON object (also sent in offers as the ``nat`` field)."""
+        return {
+            "type": self.type.value,
+            "mapping": self.mapping.value,
+            "filtering": self.filtering.value,
+            "publicAddress": self.public_address,
+            "publicPort": self.public_port,
+            "localAddress": self.local_address,
+            "localPort": self.local_port,
+            "portAllocation": self.port_allocation.value,
+            "portDelta": self.port_delta,
+            "hairpinning": self.hairpinning,
+            "portPredictable": self.port_predictable,
+            "rfc5780": self.rfc5780,
+            "server": self.server,
+            "notes": list(self.notes),
+            "strategy": recommended_strategy(self),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NatInfo:
+        """Read back what :meth:`to_json` wrote (e.g. a peer's offer); raises ValueError."""
+        try:
+            return cls(
+                type=NatType(data["type"]),
+                mapping=Behavior(data.get("mapping", "unknown")),
+                filtering=Behavior(data.get("filtering", "unknown")),
+                public_address=data.get("publicAddress"),
+                public_port=data.get("publicPort"),
+                local_address=data.get("localAddress"),
+                local_port=data.get("localPort"),
+                port_allocation=PortAllocation(data.get("portAllocation", "unknown")),
+                port_delta=data.get("portDelta"),
+                hairpinning=data.get("hairpinning"),
+                rfc5780=bool(data.get("rfc5780", False)),
+                server=data.get("server"),
+                notes=list(data.get("notes", [])),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a NAT description: {e}") from None
+
+
+_STRATEGIES: dict[NatType, dict[str, Any]] = {
+    NatType.OPEN: {
+        "strategy": "direct",
+        "recommendation": "No NAT: peers can connect to this host directly.",
+        "methods": ["direct", "udp-hole-punch", "tcp-hole-punch"],
+        "difficulty": "easy",
+        "successRate": 1.0,
+    },
+    NatType.FULL_CONE: {
+        "strategy": "udp-hole-punch",
+        "recommendation": "Simple UDP hole punching: any peer can reach the mapped address.",
+        "methods": ["udp-hole-punch", "tcp-hole-punch", "turn-relay"],
+        "difficulty": "easy",
+        "successRate": 0.99,
+    },
+    NatType.RESTRICTED_CONE: {
+        "strategy": "udp-hole-punch",
+        "recommendation": "Standard UDP hole punching, coordinated through signaling.",
+        "methods": ["udp-hole-punch", "tcp-hole-punch", "turn-relay"],
+        "difficulty": "medium",
+        "successRate": 0.95,
+    },
+    NatType.PORT_RESTRICTED: {
+        "strategy": "udp-hole-punch",
+        "recommendation": "Coordinated hole punching with simultaneous sends from both peers.",
+        "methods": ["udp-hole-punch", "tcp-hole-punch", "turn-relay"],
+        "difficulty": "medium",
+        "successRate": 0.9,
+    },
+    NatType.UDP_BLOCKED: {
+        "strategy": "tcp-hole-punch",
+        "recommendation": "UDP is blocked: TCP simultaneous open, else a TURN relay over TCP.",
+        "methods": ["tcp-hole-punch", "turn-relay"],
+        "difficulty": "hard",
+        "successRate": 0.6,
+    },
+}
+
+
+def recommended_strategy(info: NatInfo) -> dict[str, Any]:
+    """The seed's strategy object: strategy, recommendation, methods, difficulty, natType."""
+    if info.type == NatType.SYMMETRIC:
+        if info.port_allocation in (PortAllocation.SEQUENTIAL, PortAllocation.PRESERVING):
+            base = {
+                "strategy": "port-prediction",
+                "recommendation": (
+                    f"Symmetric NAT with sequential ports (delta {info.port_delta}): "
+                    "predict the next mappings and punch to them."
+                ),
+                "methods": ["port-prediction", "udp-hole-punch", "tcp-hole-punch", "turn-relay"],
+                "difficulty": "hard",
+                "successRate": 0.8,
+            }
+        else:
+            base = {
+                "strategy": "birthday",
+                "recommendation": (
+                    "Symmetric NAT with random ports: birthday probing against an easier "
+                    "peer, else a TURN relay."
+                ),
+                "methods": ["birthday", "tcp-hole-punch", "turn-relay"],
+                "difficulty": "hard",
+                "successRate": 0.6,
+            }
+    else:
+        base = dict(_STRATEGIES[info.type])
+    base["natType"] = info.type.value
+    base["portPredictable"] = info.port_predictable
+    return base

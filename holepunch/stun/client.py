@@ -1,0 +1,472 @@
+# -*- test-case-name: tests.test_stun_client -*-
+"""STUN client transactions (RFC 8489 section 6.2), over UDP and TCP.
+
+- :class:`TransactionTable` is the transaction layer, with no socket of its own: give it a
+  ``send(data, address)`` function and a clock, feed it incoming datagrams. It
+  retransmits over UDP as RFC 8489 6.2.1 says: the first retransmission after RTO, each
+  later one after twice the previous interval, ``Rc`` sends in all, then a last wait of
+  ``Rm`` times RTO (defaults 500 ms, 7, 16: a transaction gives up after 39.5 s). The ICE
+  agent puts one on its own socket, so its checks share the socket with STUN.
+- :class:`StunClientProtocol` is a UDP socket that carries a table; :func:`listen_stun`
+  opens one. :meth:`StunClientProtocol.binding` runs a Binding transaction and decodes
+  what RFC 5780 needs from the answer.
+- :func:`binding_over_tcp` runs a Binding over TCP (RFC 8489 6.2.2: no retransmission,
+  one timeout ``Ti``, 39.5 s by default).
+- :func:`first_answer` asks several servers at once and returns the first answer, or
+  fails with :class:`NoStunServerAnswered` naming each server's failure.
+
+Cancelling any returned Deferred stops its retransmissions and forgets the transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import TimeoutError as TwistedTimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from holepunch.stun.message import (
+    Address,
+    Attr,
+    MessageClass,
+    StreamFramer,
+    StunDecodeError,
+    StunError,
+    StunMessage,
+    decode,
+    encode,
+    is_stun,
+)
+
+_log = Logger()
+
+
+class StunTimeout(StunError):
+    """No response arrived within the transaction's retransmission schedule."""
+
+
+class StunErrorResponse(StunError):
+    """The server answered with an error response."""
+
+    def __init__(self, code: int, reason: str, response: StunMessage) -> None:
+        super().__init__(f"STUN error {code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.response = response
+
+
+class NoStunServerAnswered(StunError):
+    """None of the STUN servers answered; ``failures`` maps each server to its reason."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        detail = "; ".join(f"{server}: {why}" for server, why in failures.items())
+        super().__init__(f"no STUN server answered ({detail or 'no servers given'})")
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class RetransmissionPolicy:
+    """RFC 8489 6.2.1 timers: initial RTO in seconds, Rc sends, last wait Rm * RTO."""
+
+    rto: float = 0.5
+    rc: int = 7
+    rm: int = 16
+
+    def __post_init__(self) -> None:
+        if self.rto <= 0 or self.rc < 1 or self.rm < 1:
+            raise ValueError(f"invalid retransmission policy {self}")
+
+    def waits(self) -> list[float]:
+        """Time to wait after each send before the next send (or the final give-up)."""
+        waits = [self.rto * (2**i) for i in range(self.rc - 1)]
+        waits.append(self.rto * self.rm)
+        return waits
+
+    @property
+    def total(self) -> float:
+        """Seconds from the first send to giving up (39.5 s with the defaults)."""
+        return sum(self.waits())
+
+
+DEFAULT_POLICY = RetransmissionPolicy()
+
+
+@dataclass(frozen=True)
+class StunResponse:
+    """A response that matched a transaction, and where it came from."""
+
+    message: StunMessage
+    source: Address
+
+
+@dataclass
+class _Transaction:
+    request: bytes
+    destination: Address
+    deferred: Deferred[StunResponse]
+    waits: list[float]
+    integrity_key: bytes | None
+    timer: IDelayedCall | None = None
+    sends: int = 0
+
+
+class TransactionTable:
+    """Client transactions keyed by transaction id, on someone else's socket."""
+
+    def __init__(self, send: Callable[[bytes, Address], None], clock: IReactorTime) -> None:
+        self._send = send
+        self._clock = clock
+        self._transactions: dict[bytes, _Transaction] = {}
+
+    def __len__(self) -> int:
+        return len(self._transactions)
+
+    def request(
+        self,
+        message: StunMessage,
+        destination: Address,
+        *,
+        policy: RetransmissionPolicy = DEFAULT_POLICY,
+        integrity_key: bytes | None = None,
+        fingerprint: bool = True,
+    ) -> Deferred[StunResponse]:
+        """Send ``message`` until answered; fires with the response or fails.
+
+        Fails with :class:`StunTimeout` after the policy's schedule, with
+        :class:`StunErrorResponse` on an error response. With ``integrity_key`` the
+        request carries MESSAGE-INTEGRITY, and a response that does not verify with the
+        same key is ignored (RFC 8489 9.1.4).
+        """
+        tid = message.transaction_id
+        if tid in self._transactions:
+            raise ValueError("a transaction with this id is already running")
+        data = encode(message, integrity_key=integrity_key, fingerprint=fingerprint)
+
+        def cancel(d: Deferred[StunResponse]) -> None:
+            self._forget(tid)
+
+        d: Deferred[StunResponse] = Deferred(cancel)
+        txn = _Transaction(data, destination, d, policy.waits(), integrity_key)
+        self._transactions[tid] = txn
+        self._transmit(tid)
+        return d
+
+    def _transmit(self, tid: bytes) -> None:
+        txn = self._transactions.get(tid)
+        if txn is None:
+            return
+        txn.timer = None
+        if txn.sends >= len(txn.waits):
+            self._forget(tid)
+            txn.deferred.errback(
+                StunTimeout(
+                    f"no response from {txn.destination.host}:{txn.destination.port} "
+                    f"after {txn.sends} attempts"
+                )
+            )
+            return
+        wait = txn.waits[txn.sends]
+        txn.sends += 1
+        try:
+            self._send(txn.request, txn.destination)
+        except OSError as e:
+            # An unreachable destination is reported, not retried (ICMP errors on Linux).
+            _log.debug("STUN send to {dest} failed: {err}", dest=txn.destination, err=e)
+        txn.timer = self._clock.callLater(wait, self._transmit, tid)
+
+    def _forget(self, tid: bytes) -> _Transaction | None:
+        txn = self._transactions.pop(tid, None)
+        if txn is not None and txn.timer is not None and txn.timer.active():
+            txn.timer.cancel()
+        return txn
+
+    def handle(self, message: StunMessage, source: Address) -> bool:
+        """Offer a decoded response; True when it answered a transaction of ours."""
+        if message.message_class not in (MessageClass.SUCCESS, MessageClass.ERROR):
+            return False
+        txn = self._transactions.get(message.transaction_id)
+        if txn is None:
+            return False
+        if txn.integrity_key is not None and not message.check_integrity(txn.integrity_key):
+            _log.debug("ignored STUN response failing MESSAGE-INTEGRITY from {s}", s=source)
+            return True
+        self._forget(message.transaction_id)
+        if message.message_class == MessageClass.ERROR:
+            try:
+                code, reason = message.get_error_code() or (0, "no ERROR-CODE")
+            except StunDecodeError as e:
+                code, reason = 0, f"malformed ERROR-CODE: {e}"
+            txn.deferred.errback(StunErrorResponse(code, reason, message))
+        else:
+            txn.deferred.callback(StunResponse(message, source))
+        return True
+
+    def cancel_all(self) -> None:
+        """Fail every running transaction with CancelledError and stop its timers."""
+        for tid in list(self._transactions):
+            txn = self._transactions.get(tid)
+            if txn is not None:
+                txn.deferred.cancel()
+
+
+@dataclass(frozen=True)
+class BindingResult:
+    """What a Binding response says, in RFC 5780's terms."""
+
+    mapped: Address
+    source: Address
+    other_address: Address | None = None
+    response_origin: Address | None = None
+    software: str | None = None
+
+
+def parse_binding_response(response: StunResponse) -> BindingResult:
+    """Read the mapped address and RFC 5780 attributes out of a Binding success response."""
+    msg = response.message
+    mapped = msg.get_address(Attr.XOR_MAPPED_ADDRESS) or msg.get_address(Attr.MAPPED_ADDRESS)
+    if mapped is None:
+        raise StunDecodeError("Binding response without (XOR-)MAPPED-ADDRESS")
+    other = msg.get_address(Attr.OTHER_ADDRESS) or msg.get_address(0x0005)  # CHANGED-ADDRESS
+    return BindingResult(
+        mapped=mapped,
+        source=response.source,
+        other_address=other,
+        response_origin=msg.get_address(Attr.RESPONSE_ORIGIN),
+        software=msg.get_string(Attr.SOFTWARE),
+    )
+
+
+def binding_request(change_ip: bool = False, change_port: bool = False) -> StunMessage:
+    """A Binding request; with a CHANGE-REQUEST when either flag is set."""
+    request = StunMessage.request()
+    if change_ip or change_port:
+        request.add_change_request(change_ip, change_port)
+    return request
+
+
+class StunClientProtocol(DatagramProtocol):
+    """A UDP socket that runs STUN transactions.
+
+    Datagrams that are not answers to our transactions go to ``on_datagram`` (set it to
+    take them); by default they are dropped.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.transactions = TransactionTable(self._write, clock)
+        self.on_datagram: Callable[[bytes, Address], None] | None = None
+
+    def _write(self, data: bytes, destination: Address) -> None:
+        if self.transport is None:
+            raise OSError("socket closed")
+        self.transport.write(data, (destination.host, destination.port))
+
+    @property
+    def local(self) -> Address:
+        """The local address and port the socket is bound to."""
+        assert self.transport is not None
+        host: Any = self.transport.getHost()
+        return Address(host.host, host.port)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        source = Address(addr[0], addr[1])
+        if is_stun(datagram):
+            try:
+                message = decode(datagram)
+            except StunDecodeError:
+                message = None
+            if message is not None and self.transactions.handle(message, source):
+                return
+        if self.on_datagram is not None:
+            self.on_datagram(datagram, source)
+
+    def binding(
+        self,
+        server: Address,
+        *,
+        change_ip: bool = False,
+        change_port: bool = False,
+        policy: RetransmissionPolicy = DEFAULT_POLICY,
+    ) -> Deferred[BindingResult]:
+        """Run one Binding transaction toward ``server``."""
+        d = self.transactions.request(
+            binding_request(change_ip, change_port), server, policy=policy
+        )
+        return d.addCallback(parse_binding_response)
+
+    def close(self) -> Deferred[None]:
+        """Cancel running transactions and close the socket."""
+        self.transactions.cancel_all()
+        if self.transport is None:
+            return defer.succeed(None)
+        port: Any = self.transport
+        d: Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return d
+
+
+def listen_stun(reactor: Any, interface: str = "", port: int = 0) -> StunClientProtocol:
+    """Open a UDP socket with a :class:`StunClientProtocol` on it."""
+    proto = StunClientProtocol(reactor)
+    reactor.listenUDP(port, proto, interface=interface)
+    return proto
+
+
+class _StreamClient(Protocol):
+    def __init__(self, request: bytes, done: Deferred[StunMessage]) -> None:
+        self.request = request
+        self.done = done
+        self.framer = StreamFramer()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            for frame in self.framer.feed(data):
+                message = decode(frame)
+                if not self.done.called:
+                    self.done.callback(message)
+        except StunDecodeError as e:
+            if not self.done.called:
+                self.done.errback(e)
+        if self.done.called:
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.errback(StunError("connection closed before a STUN response arrived"))
+
+
+async def _binding_over_tcp(
+    reactor: Any, server: Address, timeout: float, bind_address: Address | None
+) -> BindingResult:
+    request = binding_request()
+    data = encode(request, fingerprint=True)
+    version = ipaddress.ip_address(server.host).version
+    endpoint_class = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
+    bind = (bind_address.host, bind_address.port) if bind_address else None
+    endpoint = endpoint_class(reactor, server.host, server.port, timeout=timeout, bindAddress=bind)
+    done: Deferred[StunMessage] = Deferred()
+    factory = Factory.forProtocol(lambda: _StreamClient(data, done))
+    protocol: Any = await endpoint.connect(factory)
+    try:
+        message = await done
+    finally:
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+    if message.transaction_id != request.transaction_id:
+        raise StunDecodeError("TCP response for another transaction")
+    if message.message_class == MessageClass.ERROR:
+        code, reason = message.get_error_code() or (0, "no ERROR-CODE")
+        raise StunErrorResponse(code, reason, message)
+    return parse_binding_response(StunResponse(message, server))
+
+
+def binding_over_tcp(
+    reactor: Any,
+    server: Address,
+    *,
+    timeout: float = 39.5,
+    bind_address: Address | None = None,
+) -> Deferred[BindingResult]:
+    """One Binding over TCP, failing with :class:`StunTimeout` after ``timeout`` seconds."""
+    d = defer.ensureDeferred(_binding_over_tcp(reactor, server, timeout, bind_address))
+    d.addTimeout(timeout, reactor)
+
+    def timed_out(f: Failure) -> Failure:
+        if f.check(defer.TimeoutError, TwistedTimeoutError):
+            return Failure(StunTimeout(f"no TCP response from {server.host}:{server.port}"))
+        return f
+
+    return d.addErrback(timed_out)
+
+
+def first_answer(
+    attempts: Sequence[tuple[str, Callable[[], Deferred[BindingResult]]]],
+) -> Deferred[BindingResult]:
+    """Start every attempt at once; the first success wins and the rest are cancelled.
+
+    ``attempts`` pairs a server's name with a function that starts its transaction.
+    Fails with :class:`NoStunServerAnswered` when every attempt fails.
+    """
+    failures: dict[str, str] = {}
+    running: list[Deferred[BindingResult]] = []
+    settled = False
+
+    def cancel_all(_: object = None) -> None:
+        nonlocal settled
+        settled = True
+        for d in running:
+            d.cancel()
+
+    result: Deferred[BindingResult] = Deferred(cancel_all)
+    if not attempts:
+        result.errback(NoStunServerAnswered({}))
+        return result
+
+    def won(answer: BindingResult) -> None:
+        if not settled:
+            cancel_all()  # before firing: the caller may look at them at once
+            result.callback(answer)
+
+    def lost(f: Failure, name: str) -> None:
+        if settled:
+            return
+        failures[name] = f.getErrorMessage() or f.type.__name__  # type: ignore[union-attr]
+        if len(failures) == len(attempts):
+            cancel_all()
+            result.errback(NoStunServerAnswered(dict(failures)))
+
+    for name, start in attempts:
+        d = start()
+        running.append(d)
+        d.addCallbacks(won, lost, errbackArgs=(name,))
+    return result
+
+
+async def resolve_server(reactor: Any, host: str, port: int) -> Address:
+    """Turn ``host`` (an address or a name) into an :class:`Address`."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        resolved = await reactor.resolve(host)
+        return Address(resolved, port)
+    return Address(host, port)
+
+
+def parse_server(spec: str, default_port: int = 3478) -> tuple[str, int]:
+    """Parse ``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or ``stun:HOST:PORT`` into host and port."""
+    text = spec.strip()
+    for scheme in ("stun:", "stuns:"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    if not text:
+        raise ValueError(f"empty STUN server address: {spec!r}")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 address in {spec!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"bad port in STUN server address {spec!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in STUN server address {spec!r}")
+    return host, port

@@ -1,0 +1,468 @@
+# -*- test-case-name: tests.test_stun_server -*-
+"""The STUN server: Binding over UDP and TCP, with RFC 5780 behaviour discovery.
+
+- RFC 8489 section 6.3: a Binding request is answered with XOR-MAPPED-ADDRESS (the
+  source transport address as the server saw it), SOFTWARE and FINGERPRINT; a cookie-less
+  RFC 3489 request gets MAPPED-ADDRESS (and SOURCE-ADDRESS / CHANGED-ADDRESS, which the
+  classic RFC 3489 tools read). Unknown comprehension-required attributes get 420 with
+  UNKNOWN-ATTRIBUTES (section 6.3.1.1); other methods get 400.
+- RFC 5780 section 6: given a second address and port, every response carries
+  OTHER-ADDRESS and RESPONSE-ORIGIN; CHANGE-REQUEST makes the answer leave from the other
+  address and/or port; RESPONSE-PORT sends it to another port of the requester's address;
+  PADDING asks for a padded response.
+
+Robustness and anti-amplification (see docs/stun-server.md):
+
+- anything that does not decode as a STUN request is dropped and counted; indications and
+  responses are never answered;
+- a response only ever goes to the IP address the request came from (RESPONSE-PORT may
+  change the port, never the address);
+- one response per request, and PADDING is honoured only up to the request's own size,
+  so a response is never much larger than what provoked it;
+- each source address has a token bucket (``rate`` requests per second, ``burst``);
+  requests beyond it are dropped and counted.
+
+The layers: :class:`StunResponder` is the pure model (request in, response and the
+socket to send it from out); :class:`StunDatagramProtocol` and :class:`StunStreamProtocol`
+only move bytes; :class:`StunServerService` binds the sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from holepunch import __version__
+from holepunch.stun.message import (
+    Address,
+    Attr,
+    MessageClass,
+    Method,
+    StreamFramer,
+    StunDecodeError,
+    StunError,
+    StunMessage,
+    decode,
+    encode,
+)
+
+_log = Logger()
+
+SOFTWARE = f"holepunch {__version__}"
+
+# RFC 3489 attributes, still read by classic tools (pystun, pynat).
+RFC3489_SOURCE_ADDRESS = 0x0004
+RFC3489_CHANGED_ADDRESS = 0x0005
+
+# Attributes a Binding request may carry that the server understands.
+_UNDERSTOOD = frozenset(int(a) for a in Attr) | {RFC3489_SOURCE_ADDRESS, RFC3489_CHANGED_ADDRESS}
+
+# Largest padded response we will send, whatever the request asks.
+MAX_PADDED_RESPONSE = 1500
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response to send: its bytes, the local socket to send from, the destination."""
+
+    data: bytes
+    local: Address
+    destination: Address
+
+
+class TokenBuckets:
+    """Per-key token buckets, at most ``max_keys`` remembered (least recently used go)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 65536) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        """Take one token from ``key``'s bucket at time ``now``; False if it is empty."""
+        if self.rate <= 0:
+            return True
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+@dataclass
+class StunServerStats:
+    """Counters of what the server saw; exported by the daemon's /metrics."""
+
+    requests: int = 0
+    responses: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    rate_limited: int = 0
+    errors: Counter[int] = field(default_factory=Counter)
+    by_transport: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as plain JSON-able values."""
+        return {
+            "requests": self.requests,
+            "responses": self.responses,
+            "malformed": self.malformed,
+            "ignored": self.ignored,
+            "rateLimited": self.rate_limited,
+            "errors": {str(k): v for k, v in sorted(self.errors.items())},
+            "byTransport": dict(self.by_transport),
+        }
+
+
+def _family(host: str) -> int:
+    return ipaddress.ip_address(host).version
+
+
+class StunResponder:
+    """The server's rules, with no sockets: a request in, at most one :class:`Reply` out.
+
+    ``addresses`` are the local transport addresses the server listens on. With RFC 5780
+    (``alternate`` set) they are the four combinations of the primary and alternate IP
+    address and port.
+    """
+
+    def __init__(
+        self,
+        primary: Address,
+        alternate: Address | None = None,
+        software: str | None = SOFTWARE,
+        rate: float = 50.0,
+        burst: float = 100.0,
+    ) -> None:
+        self.primary = primary
+        self.alternate = alternate
+        self.software = software
+        self.stats = StunServerStats()
+        self._buckets = TokenBuckets(rate, burst)
+
+    @property
+    def rfc5780(self) -> bool:
+        """Whether the server can answer RFC 5780 behaviour discovery."""
+        return self.alternate is not None
+
+    def local_addresses(self) -> list[Address]:
+        """Every local address the server should listen on."""
+        if self.alternate is None:
+            return [self.primary]
+        a, b = self.primary, self.alternate
+        return [
+            Address(a.host, a.port),
+            Address(a.host, b.port),
+            Address(b.host, a.port),
+            Address(b.host, b.port),
+        ]
+
+    def _other(self, local: Address, change_ip: bool, change_port: bool) -> Address:
+        assert self.alternate is not None
+        a, b = self.primary, self.alternate
+        host = local.host
+        port = local.port
+        if change_ip:
+            host = b.host if host == a.host else a.host
+        if change_port:
+            port = b.port if port == a.port else a.port
+        return Address(host, port)
+
+    def handle(
+        self, data: bytes, source: Address, local: Address, now: float, transport: str = "udp"
+    ) -> Reply | None:
+        """Answer one datagram (or TCP frame); None when nothing should be sent."""
+        try:
+            request = decode(data)
+        except StunDecodeError as e:
+            self.stats.malformed += 1
+            _log.debug("dropped malformed STUN from {source}: {reason}", source=source, reason=e)
+            return None
+        if request.message_class != MessageClass.REQUEST:
+            self.stats.ignored += 1
+            return None
+        if not self._buckets.allow(source.host, now):
+            self.stats.rate_limited += 1
+            return None
+        self.stats.requests += 1
+        self.stats.by_transport[transport] += 1
+        try:
+            response, send_from, destination = self._respond(request, source, local, transport)
+            if self.software is not None:
+                response.add_string(Attr.SOFTWARE, self.software)
+            padding = request.get(Attr.PADDING)
+            if padding is not None and response.message_class == MessageClass.SUCCESS:
+                # RFC 5780 7.6: pad the response, but never beyond the request's own size.
+                room = min(len(data), MAX_PADDED_RESPONSE) - (len(encode(response)) + 8 + 4)
+                if room >= 4:
+                    response.add_padding(min(len(padding), room) // 4 * 4)
+            out = encode(response, fingerprint=not request.is_rfc3489)
+        except StunError as e:
+            # A request that decodes but whose attributes are malformed.
+            self.stats.malformed += 1
+            _log.debug("malformed STUN attribute from {source}: {reason}", source=source, reason=e)
+            try:
+                response = request.error_response(400, "Bad Request")
+                out = encode(response, fingerprint=not request.is_rfc3489)
+            except StunError:
+                return None
+            send_from, destination = local, source
+        if response.message_class == MessageClass.ERROR:
+            code = response.get_error_code()
+            self.stats.errors[code[0] if code else 0] += 1
+        self.stats.responses += 1
+        return Reply(out, send_from, destination)
+
+    def _respond(
+        self, request: StunMessage, source: Address, local: Address, transport: str
+    ) -> tuple[StunMessage, Address, Address]:
+        if request.method != Method.BINDING:
+            return request.error_response(400, "Only Binding is served here"), local, source
+        unknown = request.unknown_comprehension_required(_UNDERSTOOD)
+        change = request.get_change_request()
+        response_port = request.get_response_port()
+        not_served: list[int] = []
+        if change is not None and any(change) and (not self.rfc5780 or transport != "udp"):
+            not_served.append(Attr.CHANGE_REQUEST)
+        if response_port is not None and transport != "udp":
+            not_served.append(Attr.RESPONSE_PORT)
+        if unknown or not_served:
+            error = request.error_response(420, "Unknown Attribute")
+            error.add_unknown_attributes(unknown + not_served)
+            return error, local, source
+        send_from = local
+        if change is not None and any(change):
+            send_from = self._other(local, change[0], change[1])
+        destination = source
+        if response_port is not None:
+            if response_port == 0:
+                return request.error_response(400, "RESPONSE-PORT 0"), local, source
+            destination = Address(source.host, response_port)
+        response = request.success_response()
+        if request.is_rfc3489:
+            response.add_address(Attr.MAPPED_ADDRESS, source)
+            response.add_address(RFC3489_SOURCE_ADDRESS, send_from)
+            if self.alternate is not None:
+                response.add_address(RFC3489_CHANGED_ADDRESS, self._other(local, True, True))
+            return response, send_from, destination
+        response.add_address(Attr.XOR_MAPPED_ADDRESS, source)
+        if self.alternate is not None:
+            response.add_address(Attr.OTHER_ADDRESS, self._other(local, True, True))
+            response.add_address(Attr.RESPONSE_ORIGIN, send_from)
+        return response, send_from, destination
+
+
+class StunDatagramProtocol(DatagramProtocol):
+    """One UDP socket of the server; hands datagrams to the shared responder."""
+
+    def __init__(self, server: StunServerService, local: Address) -> None:
+        self.server = server
+        self.local = local
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.server.received(datagram, Address(addr[0], addr[1]), self.local, "udp")
+
+
+class StunStreamProtocol(Protocol):
+    """A STUN-over-TCP connection (RFC 8489 6.2.2): frames, answers on the same connection."""
+
+    def __init__(self, server: StunServerService, local: Address) -> None:
+        self.server = server
+        self.local = local
+        self._framer = StreamFramer(max_size=4096)
+        self._idle: Any = None
+
+    def connectionMade(self) -> None:
+        self.server.tcp_connections += 1
+        if self.server.tcp_connections > self.server.max_tcp_connections:
+            self.server.responder.stats.ignored += 1
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        self._reset_idle()
+
+    def _reset_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = self.server.clock.callLater(self.server.tcp_idle_timeout, self._timeout)
+
+    def _timeout(self) -> None:
+        self._idle = None
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        try:
+            frames = self._framer.feed(data)
+        except StunDecodeError as e:
+            self.server.responder.stats.malformed += 1
+            _log.debug("closing STUN/TCP connection on bad framing: {reason}", reason=e)
+            self.transport.loseConnection()
+            return
+        peer = self.transport.getPeer()
+        source = Address(peer.host, peer.port)  # type: ignore[attr-defined]
+        for frame in frames:
+            reply = self.server.responder.handle(
+                frame, source, self.local, self.server.clock.seconds(), "tcp"
+            )
+            if reply is not None:
+                self.transport.write(reply.data)
+        self._reset_idle()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.tcp_connections -= 1
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+
+class _StreamFactory(Factory):
+    def __init__(self, server: StunServerService, local: Address) -> None:
+        self.server = server
+        self.local = local
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return StunStreamProtocol(self.server, self.local)
+
+
+class StunServerService(Service):
+    """Listens on every address of a :class:`StunResponder`, over UDP and optionally TCP.
+
+    With port 0 the primary port is chosen by the kernel, and the alternate port too; the
+    responder is updated with the ports actually bound, so tests can use ephemeral ports.
+    """
+
+    name = "stun"
+
+    def __init__(
+        self,
+        responder: StunResponder,
+        reactor: Any,
+        tcp: bool = True,
+        max_tcp_connections: int = 1000,
+        tcp_idle_timeout: float = 30.0,
+    ) -> None:
+        self.responder = responder
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.tcp = tcp
+        self.max_tcp_connections = max_tcp_connections
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_connections = 0
+        self._udp: dict[Address, Any] = {}
+        self._ports: list[IListeningPort] = []
+
+    def _bind_ports(self) -> None:
+        r = self.responder
+        if r.primary.port == 0:
+            port = self._listen_udp(Address(r.primary.host, 0))
+            r.primary = Address(r.primary.host, port)
+        if r.alternate is not None and r.alternate.port == 0:
+            # The primary address's second socket picks the alternate port.
+            port = self._listen_udp(Address(r.primary.host, 0))
+            r.alternate = Address(r.alternate.host, port)
+        for local in r.local_addresses():
+            if local not in self._udp:
+                self._listen_udp(local)
+            if self.tcp:
+                self._ports.append(
+                    self.reactor.listenTCP(
+                        local.port, _StreamFactory(self, local), interface=local.host
+                    )
+                )
+
+    def _listen_udp(self, local: Address) -> int:
+        proto = StunDatagramProtocol(self, local)
+        port = self.reactor.listenUDP(local.port, proto, interface=local.host)
+        bound = port.getHost().port
+        proto.local = Address(local.host, bound)
+        self._udp[proto.local] = port
+        self._ports.append(port)
+        return int(bound)
+
+    def startService(self) -> None:
+        try:
+            self._bind_ports()
+        except Exception:
+            for p in self._ports:
+                p.stopListening()
+            self._ports.clear()
+            self._udp.clear()
+            raise
+        Service.startService(self)
+        _log.info(
+            "STUN server on {addresses} ({modes})",
+            addresses=", ".join(
+                f"{a.host or '*'}:{a.port}" for a in self.responder.local_addresses()
+            ),
+            modes="UDP+TCP" if self.tcp else "UDP",
+        )
+
+    def stopService(self) -> defer.Deferred[Any]:
+        Service.stopService(self)
+        ports, self._ports = self._ports, []
+        self._udp.clear()
+        return defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+        )
+
+    def received(self, datagram: bytes, source: Address, local: Address, transport: str) -> None:
+        """Answer a datagram that arrived on ``local``."""
+        reply = self.responder.handle(datagram, source, local, self.clock.seconds(), transport)
+        if reply is None:
+            return
+        port = self._udp.get(reply.local)
+        if port is None:
+            return
+        try:
+            port.write(reply.data, (reply.destination.host, reply.destination.port))
+        except OSError as e:
+            _log.debug(
+                "could not send STUN response to {dest}: {err}", dest=reply.destination, err=e
+            )
+
+    def addresses(self) -> Iterator[Address]:
+        """The addresses listened on (after start)."""
+        return iter(self.responder.local_addresses())
+
+
+def make_stun_service(
+    interface: str = "",
+    port: int = 3478,
+    alternate_address: str | None = None,
+    alternate_port: int = 3479,
+    tcp: bool = True,
+    reactor: Any = None,
+    rate: float = 50.0,
+    burst: float = 100.0,
+) -> MultiService:
+    """The daemon's STUN service; RFC 5780 mode when ``alternate_address`` is given."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    primary = Address(interface, port)
+    alternate = Address(alternate_address, alternate_port) if alternate_address else None
+    if alternate is not None and _family(alternate.host) != _family(interface):
+        raise ValueError("the alternate STUN address must be of the same family as the primary")
+    top = MultiService()
+    top.setName("stun")
+    StunServerService(
+        StunResponder(primary, alternate, rate=rate, burst=burst), reactor, tcp=tcp
+    ).setServiceParent(top)
+    return top

@@ -1,0 +1,406 @@
+"""Tests for holepunch.stun.server: the responder's rules, the protocols, real sockets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from typing import Any
+
+from twisted.internet import defer, reactor, utils
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.test.proto_helpers import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from holepunch.stun.client import StunErrorResponse, binding_over_tcp, listen_stun
+from holepunch.stun.message import (
+    Address,
+    Attr,
+    MessageClass,
+    Method,
+    StunMessage,
+    decode,
+    encode,
+)
+from holepunch.stun.server import (
+    MAX_PADDED_RESPONSE,
+    StunDatagramProtocol,
+    StunResponder,
+    StunServerService,
+    StunStreamProtocol,
+    TokenBuckets,
+    make_stun_service,
+)
+
+A = Address("192.0.2.10", 3478)
+B = Address("192.0.2.11", 3479)
+CLIENT = Address("198.51.100.7", 40000)
+
+
+def request(**kw: Any) -> StunMessage:
+    return StunMessage.request(Method.BINDING)
+
+
+def answer(responder: StunResponder, msg: StunMessage | bytes, **kw: Any) -> Any:
+    data = msg if isinstance(msg, bytes) else encode(msg, fingerprint=True)
+    return responder.handle(
+        data,
+        kw.get("source", CLIENT),
+        kw.get("local", A),
+        kw.get("now", 0.0),
+        kw.get("transport", "udp"),
+    )
+
+
+class ResponderTests(SynchronousTestCase):
+    """The pure rules of the STUN server."""
+
+    def test_binding_reflects_source(self) -> None:
+        """A Binding request is answered with the source as XOR-MAPPED-ADDRESS, SOFTWARE and FINGERPRINT."""
+        req = request()
+        reply = answer(StunResponder(A), req)
+        msg = decode(reply.data)
+        self.assertEqual(msg.message_class, MessageClass.SUCCESS)
+        self.assertEqual(msg.transaction_id, req.transaction_id)
+        self.assertEqual(msg.get_address(Attr.XOR_MAPPED_ADDRESS), CLIENT)
+        self.assertIsNotNone(msg.get_string(Attr.SOFTWARE))
+        self.assertTrue(msg.check_fingerprint())
+        self.assertIsNone(msg.get(Attr.OTHER_ADDRESS))
+        self.assertEqual((reply.local, reply.destination), (A, CLIENT))
+
+    def test_rfc3489_request_gets_mapped_address(self) -> None:
+        """A cookie-less RFC 3489 request gets MAPPED-ADDRESS (and no FINGERPRINT), cookie echoed."""
+        req = StunMessage.request(Method.BINDING)
+        req.cookie = 0x01020304
+        reply = answer(StunResponder(A, B), encode(req))
+        msg = decode(reply.data)
+        self.assertTrue(msg.is_rfc3489)
+        self.assertEqual(msg.cookie, 0x01020304)
+        self.assertEqual(msg.get_address(Attr.MAPPED_ADDRESS), CLIENT)
+        self.assertIsNone(msg.get(Attr.FINGERPRINT))
+        self.assertEqual(msg.get_address(0x0005), Address(B.host, B.port))  # CHANGED-ADDRESS
+
+    def test_unknown_comprehension_required_gets_420(self) -> None:
+        """Unknown comprehension-required attributes get 420 listing them; optional ones are ignored."""
+        req = request().add(0x7F01, b"abcd").add(0xFF01, b"ok")
+        msg = decode(answer(StunResponder(A), req).data)
+        self.assertEqual(msg.message_class, MessageClass.ERROR)
+        self.assertEqual(msg.get_error_code()[0], 420)  # type: ignore[index]
+        self.assertEqual(msg.get_unknown_attributes(), [0x7F01])
+
+    def test_change_request_without_alternate_gets_420(self) -> None:
+        """Without an alternate address CHANGE-REQUEST cannot be honoured: 420 naming it."""
+        req = request().add_change_request(True, True)
+        msg = decode(answer(StunResponder(A), req).data)
+        self.assertEqual(msg.get_error_code()[0], 420)  # type: ignore[index]
+        self.assertEqual(msg.get_unknown_attributes(), [Attr.CHANGE_REQUEST])
+
+    def test_change_request_without_flags_is_plain(self) -> None:
+        """A CHANGE-REQUEST with neither flag set is an ordinary Binding."""
+        req = request().add_change_request(False, False)
+        msg = decode(answer(StunResponder(A), req).data)
+        self.assertEqual(msg.message_class, MessageClass.SUCCESS)
+
+    def test_rfc5780_other_address_and_origin(self) -> None:
+        """With an alternate, responses carry OTHER-ADDRESS (relative to the receiving socket) and RESPONSE-ORIGIN."""
+        responder = StunResponder(A, B)
+        local = Address(B.host, A.port)
+        reply = answer(responder, request(), local=local)
+        msg = decode(reply.data)
+        self.assertEqual(msg.get_address(Attr.OTHER_ADDRESS), Address(A.host, B.port))
+        self.assertEqual(msg.get_address(Attr.RESPONSE_ORIGIN), local)
+        self.assertEqual(reply.local, local)
+
+    def test_rfc5780_change_request(self) -> None:
+        """CHANGE-REQUEST picks the socket the answer leaves from, named in RESPONSE-ORIGIN."""
+        responder = StunResponder(A, B)
+        cases = {
+            (True, True): B,
+            (True, False): Address(B.host, A.port),
+            (False, True): Address(A.host, B.port),
+        }
+        for flags, expected in cases.items():
+            reply = answer(responder, request().add_change_request(*flags))
+            self.assertEqual(reply.local, expected)
+            self.assertEqual(decode(reply.data).get_address(Attr.RESPONSE_ORIGIN), expected)
+            self.assertEqual(reply.destination, CLIENT)
+
+    def test_response_port_keeps_the_address(self) -> None:
+        """RESPONSE-PORT redirects the answer to another port of the same IP address only."""
+        reply = answer(StunResponder(A, B), request().add_response_port(5555))
+        self.assertEqual(reply.destination, Address(CLIENT.host, 5555))
+
+    def test_response_port_over_tcp_is_refused(self) -> None:
+        """RESPONSE-PORT and CHANGE-REQUEST are UDP-only (RFC 5780 7.5): 420 over TCP."""
+        req = request().add_response_port(5555).add_change_request(True, False)
+        msg = decode(answer(StunResponder(A, B), req, transport="tcp").data)
+        self.assertEqual(msg.get_error_code()[0], 420)  # type: ignore[index]
+        self.assertEqual(
+            sorted(msg.get_unknown_attributes() or []),
+            sorted([Attr.CHANGE_REQUEST, Attr.RESPONSE_PORT]),
+        )
+
+    def test_padding_never_amplifies(self) -> None:
+        """A PADDING request gets a padded answer no larger than the request itself."""
+        small = request().add_padding(8)
+        small.add_padding(1200)
+        data = encode(small, fingerprint=True)
+        reply = answer(StunResponder(A, B), data)
+        self.assertLessEqual(len(reply.data), len(data))
+        self.assertLessEqual(len(reply.data), MAX_PADDED_RESPONSE)
+        self.assertIsNotNone(decode(reply.data).get(Attr.PADDING))
+
+    def test_garbage_is_dropped_and_counted(self) -> None:
+        """Bytes that are not STUN get no answer and count as malformed."""
+        responder = StunResponder(A)
+        for junk in [b"", b"\x00" * 19, b"GET / HTTP/1.1\r\n\r\n", b"\xff" * 40]:
+            self.assertIsNone(answer(responder, junk))
+        self.assertEqual(responder.stats.malformed, 4)
+        self.assertEqual(responder.stats.responses, 0)
+
+    def test_responses_and_indications_are_ignored(self) -> None:
+        """A success response or an indication arriving at the server is never answered."""
+        responder = StunResponder(A)
+        self.assertIsNone(answer(responder, request().success_response()))
+        self.assertIsNone(answer(responder, StunMessage.indication(Method.BINDING)))
+        self.assertEqual(responder.stats.ignored, 2)
+
+    def test_other_methods_get_400(self) -> None:
+        """A request of a method other than Binding gets 400."""
+        msg = decode(answer(StunResponder(A), StunMessage.request(Method.ALLOCATE)).data)
+        self.assertEqual(msg.get_error_code()[0], 400)  # type: ignore[index]
+        self.assertEqual(StunResponder(A).stats.errors[400], 0)
+
+    def test_malformed_attribute_gets_400(self) -> None:
+        """A request whose CHANGE-REQUEST is the wrong size is answered 400, not a crash."""
+        req = request().add(Attr.CHANGE_REQUEST, b"\x00\x00")
+        responder = StunResponder(A, B)
+        msg = decode(answer(responder, req).data)
+        self.assertEqual(msg.get_error_code()[0], 400)  # type: ignore[index]
+        self.assertEqual(responder.stats.errors[400], 1)
+
+    def test_rate_limit_per_source(self) -> None:
+        """A source beyond its burst is dropped and counted; other sources are unaffected; tokens refill."""
+        responder = StunResponder(A, rate=10, burst=3)
+        results = [answer(responder, request(), now=0.0) for _ in range(5)]
+        self.assertEqual([r is not None for r in results], [True, True, True, False, False])
+        self.assertEqual(responder.stats.rate_limited, 2)
+        other = Address("198.51.100.8", 1)
+        self.assertIsNotNone(answer(responder, request(), source=other, now=0.0))
+        self.assertIsNotNone(answer(responder, request(), now=0.1))
+
+
+class TokenBucketTests(SynchronousTestCase):
+    """The per-source token buckets."""
+
+    def test_memory_is_bounded(self) -> None:
+        """Only max_keys sources are remembered; the oldest are forgotten first."""
+        buckets = TokenBuckets(rate=1, burst=1, max_keys=3)
+        for i in range(10):
+            buckets.allow(str(i), 0.0)
+        self.assertEqual(len(buckets._buckets), 3)
+        self.assertFalse(buckets.allow("9", 0.0))
+        self.assertTrue(buckets.allow("0", 0.0))
+
+
+class RecordingUDP:
+    """A datagram transport that records writes."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+    def stopListening(self) -> None:
+        pass
+
+
+class ProtocolTests(SynchronousTestCase):
+    """The thin protocols move bytes between sockets and the responder."""
+
+    def service(self) -> StunServerService:
+        svc = StunServerService(StunResponder(A, B), Clock(), tcp=False)
+        for local in svc.responder.local_addresses():
+            svc._udp[local] = RecordingUDP()
+        return svc
+
+    def test_datagram_answered_from_changed_socket(self) -> None:
+        """A CHANGE-REQUEST datagram is answered through the other address's socket."""
+        svc = self.service()
+        proto = StunDatagramProtocol(svc, A)
+        proto.datagramReceived(encode(request().add_change_request(True, True)), tuple(CLIENT))
+        self.assertEqual(svc._udp[A].written, [])
+        [(data, addr)] = svc._udp[B].written
+        self.assertEqual(addr, tuple(CLIENT))
+        self.assertEqual(decode(data).get_address(Attr.XOR_MAPPED_ADDRESS), CLIENT)
+
+    def test_datagram_garbage_is_harmless(self) -> None:
+        """Garbage datagrams write nothing and raise nothing; a good request afterwards is answered."""
+        svc = self.service()
+        proto = StunDatagramProtocol(svc, A)
+        for junk in [b"\x00", b"\x01\x01" * 30, b"x" * 2000]:
+            proto.datagramReceived(junk, tuple(CLIENT))
+        proto.datagramReceived(encode(request()), tuple(CLIENT))
+        self.assertEqual(len(svc._udp[A].written), 1)
+
+    def test_stream_frames_and_answers(self) -> None:
+        """Over TCP, requests split across segments are framed and each is answered in order."""
+        clock = Clock()
+        svc = StunServerService(StunResponder(A), clock)
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        r1, r2 = request(), request()
+        data = encode(r1) + encode(r2)
+        proto.dataReceived(data[:7])
+        proto.dataReceived(data[7:33])
+        proto.dataReceived(data[33:])
+        out = transport.value()
+        first = decode(out[: len(out) // 2])
+        second = decode(out[len(out) // 2 :])
+        self.assertEqual(
+            [first.transaction_id, second.transaction_id], [r1.transaction_id, r2.transaction_id]
+        )
+        self.assertEqual(first.get_address(Attr.XOR_MAPPED_ADDRESS), CLIENT)
+
+    def test_stream_garbage_closes(self) -> None:
+        """A TCP stream that is not STUN is closed and counted."""
+        svc = StunServerService(StunResponder(A), Clock())
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(svc.responder.stats.malformed, 1)
+
+    def test_stream_idle_timeout(self) -> None:
+        """An idle TCP connection is closed after the idle timeout, and its timer released."""
+        clock = Clock()
+        svc = StunServerService(StunResponder(A), clock, tcp_idle_timeout=10)
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(svc.tcp_connections, 0)
+
+
+class _Peer:
+    def __init__(self, address: Address) -> None:
+        self.host = address.host
+        self.port = address.port
+
+
+class _RecordingResponder(StunResponder):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.sources: list[Address] = []
+
+    def handle(self, data: bytes, source: Address, *a: Any, **kw: Any) -> Any:
+        self.sources.append(source)
+        return super().handle(data, source, *a, **kw)
+
+
+class RealSocketTests(TestCase):
+    """The server on real loopback sockets (127.0.0.1 and 127.0.0.2 for RFC 5780)."""
+
+    def start(self, alternate: bool = True) -> StunServerService:
+        responder = _RecordingResponder(
+            Address("127.0.0.1", 0), Address("127.0.0.2", 0) if alternate else None
+        )
+        svc = StunServerService(responder, reactor)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        return svc
+
+    def client(self) -> Any:
+        proto = listen_stun(reactor, "127.0.0.1")
+        self.addCleanup(proto.close)
+        return proto
+
+    @defer.inlineCallbacks
+    def test_udp_binding(self) -> Any:
+        """A client on loopback learns its own address and port, and the RFC 5780 addresses."""
+        svc = self.start()
+        client = self.client()
+        result = yield client.binding(svc.responder.primary)
+        self.assertEqual(result.mapped, client.local)
+        self.assertEqual(result.other_address, svc.responder.alternate)
+        self.assertEqual(result.response_origin, svc.responder.primary)
+
+    @defer.inlineCallbacks
+    def test_udp_change_request(self) -> Any:
+        """A CHANGE-REQUEST for both is answered from the alternate address and port."""
+        svc = self.start()
+        client = self.client()
+        result = yield client.binding(svc.responder.primary, change_ip=True, change_port=True)
+        self.assertEqual(result.source, svc.responder.alternate)
+        self.assertEqual(result.mapped, client.local)
+
+    @defer.inlineCallbacks
+    def test_tcp_binding(self) -> Any:
+        """A Binding over TCP gets the client's TCP source address."""
+        svc = self.start(alternate=False)
+        result = yield binding_over_tcp(reactor, svc.responder.primary, timeout=5)
+        self.assertEqual(result.mapped.host, "127.0.0.1")
+        self.assertIn(result.mapped, svc.responder.sources)
+
+    @defer.inlineCallbacks
+    def test_error_response_reaches_client(self) -> Any:
+        """A CHANGE-REQUEST to a server without alternate fails with the server's 420."""
+        svc = self.start(alternate=False)
+        client = self.client()
+        e = yield self.assertFailure(
+            client.binding(svc.responder.primary, change_ip=True), StunErrorResponse
+        )
+        self.assertEqual(e.code, 420)
+
+    @defer.inlineCallbacks
+    def test_garbage_then_service_continues(self) -> Any:
+        """Garbage datagrams do not disturb the service: the next real request is answered."""
+        svc = self.start(alternate=False)
+        sender = DatagramProtocol()
+        port = reactor.listenUDP(0, sender, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        for junk in [b"\xff" * 20, b"\x00\x01\x00\x08" + b"\x21\x12\xa4\x42" + b"\x00" * 12]:
+            port.write(junk, tuple(svc.responder.primary))
+        client = self.client()
+        result = yield client.binding(svc.responder.primary)
+        self.assertEqual(result.mapped, client.local)
+        self.assertEqual(svc.responder.stats.malformed, 2)
+
+    @defer.inlineCallbacks
+    def test_turnutils_stunclient_reads_our_answers(self) -> Any:
+        """coturn's turnutils_stunclient gets its correct reflexive address from our server (RFC 5780 mode)."""
+        if shutil.which("turnutils_stunclient") is None:
+            raise self.skipTest("turnutils_stunclient not installed (Debian package coturn)")
+        svc = self.start()
+        out, err, code = yield utils.getProcessOutputAndValue(
+            "turnutils_stunclient",
+            ["-f", "-p", str(svc.responder.primary.port), "127.0.0.1"],
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err)
+        text = out.decode()
+        reflexive = {
+            Address(h, int(p)) for h, p in re.findall(r"UDP reflexive addr: ([\d.]+):(\d+)", text)
+        }
+        origins = {
+            Address(h, int(p)) for h, p in re.findall(r"Response origin: : ([\d.]+):(\d+)", text)
+        }
+        self.assertTrue(reflexive)
+        self.assertTrue(reflexive <= set(svc.responder.sources), (reflexive, svc.responder.sources))
+        self.assertIn(svc.responder.alternate, origins)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """The daemon's STUN service factory."""
+
+    def test_family_mismatch(self) -> None:
+        """An alternate address of another family than the primary is refused."""
+        self.assertRaises(ValueError, make_stun_service, "127.0.0.1", 0, "::1", 0, reactor=Clock())
