@@ -1,0 +1,143 @@
+"""Tests for holepunch.nat.model: classification, port allocation, strategy."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from holepunch.nat.model import (
+    Behavior,
+    NatInfo,
+    NatType,
+    PortAllocation,
+    classify,
+    port_allocation,
+    recommended_strategy,
+)
+
+EI = Behavior.ENDPOINT_INDEPENDENT
+AD = Behavior.ADDRESS_DEPENDENT
+APD = Behavior.ADDRESS_AND_PORT_DEPENDENT
+UNKNOWN = Behavior.UNKNOWN
+
+
+class ClassifyTests(SynchronousTestCase):
+    """RFC 4787 behaviour to the classic names."""
+
+    def test_table(self) -> None:
+        """Each mapping/filtering pair maps to its classic name."""
+        cases = [
+            ((False, True, UNKNOWN, UNKNOWN), NatType.UDP_BLOCKED),
+            ((True, False, EI, APD), NatType.OPEN),
+            ((True, True, EI, EI), NatType.FULL_CONE),
+            ((True, True, EI, AD), NatType.RESTRICTED_CONE),
+            ((True, True, EI, APD), NatType.PORT_RESTRICTED),
+            ((True, True, AD, EI), NatType.SYMMETRIC),
+            ((True, True, APD, APD), NatType.SYMMETRIC),
+        ]
+        for args, expected in cases:
+            self.assertEqual(classify(*args), expected, args)
+
+    def test_unknown_filtering_assumes_strictest_cone(self) -> None:
+        """Unmeasured filtering is reported as port-restricted, never as an easier cone."""
+        self.assertEqual(classify(True, True, EI, UNKNOWN), NatType.PORT_RESTRICTED)
+        self.assertEqual(classify(True, True, UNKNOWN, UNKNOWN), NatType.PORT_RESTRICTED)
+
+
+class PortAllocationTests(SynchronousTestCase):
+    """Telling preserving, sequential and random allocation apart."""
+
+    def test_preserving(self) -> None:
+        """Public port equal to the local port: preserving."""
+        self.assertEqual(port_allocation([5000], 5000), (PortAllocation.PRESERVING, 0))
+
+    def test_sequential(self) -> None:
+        """Equal small steps: sequential with that delta, also negative."""
+        self.assertEqual(
+            port_allocation([20000, 20001, 20002, 20003]), (PortAllocation.SEQUENTIAL, 1)
+        )
+        self.assertEqual(port_allocation([30010, 30008, 30006]), (PortAllocation.SEQUENTIAL, -2))
+
+    def test_random(self) -> None:
+        """Unequal or large steps: random."""
+        self.assertEqual(port_allocation([40000, 51234, 33333]), (PortAllocation.RANDOM, None))
+        self.assertEqual(port_allocation([1000, 1100, 1200]), (PortAllocation.RANDOM, None))
+
+    def test_too_few(self) -> None:
+        """Fewer than three ports (not preserving) cannot be judged."""
+        self.assertEqual(port_allocation([]), (PortAllocation.UNKNOWN, None))
+        self.assertEqual(port_allocation([1, 2]), (PortAllocation.UNKNOWN, None))
+
+
+class NatInfoTests(SynchronousTestCase):
+    """The result object and its JSON."""
+
+    def info(self, **kw: object) -> NatInfo:
+        base: dict[str, object] = {
+            "type": NatType.SYMMETRIC,
+            "mapping": APD,
+            "filtering": APD,
+            "public_address": "203.0.113.1",
+            "public_port": 20001,
+            "local_address": "10.0.0.2",
+            "local_port": 5000,
+            "port_allocation": PortAllocation.SEQUENTIAL,
+            "port_delta": 1,
+            "hairpinning": False,
+        }
+        base.update(kw)
+        return NatInfo(**base)  # type: ignore[arg-type]
+
+    def test_json_fields(self) -> None:
+        """to_json has every nat-check field with the documented spellings."""
+        data = self.info().to_json()
+        self.assertEqual(data["type"], "symmetric")
+        self.assertEqual(data["mapping"], "address-and-port-dependent")
+        self.assertEqual(data["portAllocation"], "sequential")
+        self.assertEqual(data["portDelta"], 1)
+        self.assertEqual(data["publicAddress"], "203.0.113.1")
+        self.assertIs(data["hairpinning"], False)
+        self.assertEqual(data["strategy"]["strategy"], "port-prediction")
+        self.assertTrue(data["portPredictable"])
+
+    def test_round_trip(self) -> None:
+        """from_json reads back to_json."""
+        info = self.info(notes=["x"])
+        self.assertEqual(NatInfo.from_json(info.to_json()), info)
+
+    def test_from_json_rejects_garbage(self) -> None:
+        """A peer's bad NAT description is a ValueError, not a crash."""
+        for bad in [{}, {"type": "weird"}, {"type": "open", "mapping": 3}]:
+            self.assertRaises(ValueError, NatInfo.from_json, bad)
+
+    def test_port_predictable(self) -> None:
+        """Random symmetric NATs are not predictable; cones and sequential ones are."""
+        self.assertFalse(self.info(port_allocation=PortAllocation.RANDOM).port_predictable)
+        self.assertTrue(self.info(type=NatType.FULL_CONE, mapping=EI).port_predictable)
+        self.assertFalse(NatInfo(type=NatType.UDP_BLOCKED).port_predictable)
+
+
+class StrategyTests(SynchronousTestCase):
+    """The seed's strategy object follows from the NAT."""
+
+    def test_every_type_has_a_strategy(self) -> None:
+        """Every classic type gets strategy, recommendation, methods, difficulty and natType."""
+        for nat_type in NatType:
+            s = recommended_strategy(NatInfo(type=nat_type))
+            self.assertEqual(
+                {"strategy", "recommendation", "methods", "difficulty", "natType"} - set(s), set()
+            )
+            self.assertEqual(s["natType"], nat_type.value)
+            self.assertTrue(s["methods"])
+
+    def test_symmetric_random_uses_birthday(self) -> None:
+        """A random symmetric NAT gets birthday probing, with TURN as fallback."""
+        s = recommended_strategy(
+            NatInfo(type=NatType.SYMMETRIC, mapping=APD, port_allocation=PortAllocation.RANDOM)
+        )
+        self.assertEqual(s["strategy"], "birthday")
+        self.assertIn("turn-relay", s["methods"])
+
+    def test_udp_blocked_uses_tcp(self) -> None:
+        """UDP blocked: TCP hole punching, then a relay."""
+        s = recommended_strategy(NatInfo(type=NatType.UDP_BLOCKED))
+        self.assertEqual(s["methods"], ["tcp-hole-punch", "turn-relay"])
