@@ -58,14 +58,14 @@ def saslprep(value: str, allow_unassigned: bool = True) -> str:
         unassigned code point (when not allowed), or violates the
         bidirectional rules.
     """
-    # 2.1 Mapping: non-ASCII spaces to SPACE, "commonly mapped to nothing"
-    # characters to nothing.
+    # 2.1 Mapping: "commonly mapped to nothing" characters to nothing, other
+    # non-ASCII spaces to SPACE.  U+200B ZERO WIDTH SPACE is in both tables;
+    # like other SASLprep implementations, we drop it.
     mapped = []
     for char in value:
-        if stringprep.in_table_c12(char):
-            mapped.append(" ")
-        elif not stringprep.in_table_b1(char):
-            mapped.append(char)
+        if stringprep.in_table_b1(char):
+            continue
+        mapped.append(" " if stringprep.in_table_c12(char) else char)
     # 2.2 Normalization: Unicode 3.2 NFKC.
     result = unicodedata.ucd_3_2_0.normalize("NFKC", "".join(mapped))
     # 2.3 Prohibited output, 2.5 unassigned code points.

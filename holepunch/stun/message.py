@@ -47,6 +47,9 @@ TRANSACTION_ID_LENGTH: int = 12
 CHANNEL_NUMBER_MIN: int = 0x4000
 CHANNEL_NUMBER_MAX: int = 0x4FFF
 
+#: What the decoding functions accept.
+BytesLike = bytes | bytearray | memoryview
+
 _MAX_VALUE_LENGTH = 0xFFFF
 _MAX_BODY_LENGTH = 0xFFFC  # the largest multiple of 4 that fits the 16-bit length field
 _MI_LENGTH = 20
@@ -915,7 +918,7 @@ def _parse(data: bytes) -> tuple[int, int, bytes, list[tuple[int, RawAttribute]]
     return message_type, cookie, transaction_id, entries
 
 
-def decode(data: bytes) -> StunMessage:
+def decode(data: BytesLike) -> StunMessage:
     """
     Parse one STUN message; C{data} must be exactly one message.
 
@@ -942,7 +945,7 @@ def decode(data: bytes) -> StunMessage:
     )
 
 
-def is_stun(data: bytes) -> bool:
+def is_stun(data: BytesLike) -> bool:
     """
     A cheap test for demultiplexing: does C{data} look like one STUN message
     with the magic cookie?  (No attribute parsing.)
@@ -956,7 +959,7 @@ def is_stun(data: bytes) -> bool:
     )
 
 
-def message_length(prefix: bytes) -> int | None:
+def message_length(prefix: BytesLike) -> int | None:
     """
     The total length of the STUN message or TURN ChannelData frame (padded
     to 4 bytes, as over TCP) that starts with C{prefix}.
@@ -999,7 +1002,7 @@ class StreamFramer:
         """
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: BytesLike) -> list[bytes]:
         """
         Add C{data} and return the frames it completes, in order.
 
@@ -1013,7 +1016,7 @@ class StreamFramer:
         position = 0
         try:
             while True:
-                size = message_length(bytes(self._buffer[position : position + 4]))
+                size = message_length(self._buffer[position : position + 4])
                 if size is None:
                     break
                 if size > self.max_size:
@@ -1042,7 +1045,7 @@ def encode_channel_data(channel: int, data: bytes, pad: bool = False) -> bytes:
     return struct.pack("!HH", channel, len(data)) + bytes(data) + padding
 
 
-def decode_channel_data(frame: bytes) -> tuple[int, bytes]:
+def decode_channel_data(frame: BytesLike) -> tuple[int, bytes]:
     """
     Parse a ChannelData message into C{(channel, data)}.  Up to the padding
     to a multiple of 4 bytes may follow the data (it is optional over UDP).
