@@ -1,0 +1,529 @@
+# -*- test-case-name: tests.test_signaling_client -*-
+"""``SignalingClient``: a peer's connection to the signaling server, kept alive.
+
+An Autobahn WebSocket client run by a :class:`twisted.application.internet.ClientService`,
+so a lost connection is retried with exponential backoff and jitter. After each
+(re)connection the client registers its peer id again, with the reconnect token the server
+issued last time (which takes the id back from a connection the server still thinks is
+alive), and rejoins the rooms it was in.
+
+Requests (:meth:`SignalingClient.join_room`, :meth:`~SignalingClient.send_offer`, ...)
+return Deferreds matched to the server's reply by ``id``, with a timeout; a request made
+while disconnected waits for the next registration (within the same timeout). Every
+server message is also an event: ``client.on("offer", callback)``.
+
+For ``wss://`` URLs the server's certificate is checked against the URL's host name with
+service-identity (:func:`twisted.internet.ssl.optionsForClientTLS`); pass ``trust_root``
+to trust a private CA.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from autobahn.exception import Disconnected
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet import defer, task
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+
+from holepunch.signaling import messages as msg
+from holepunch.signaling.messages import JSONObject
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+_log = Logger()
+
+EventCallback = Callable[[JSONObject], object]
+
+# Events that are not server message types.
+CONNECTED = "connected"
+"""The WebSocket is open (before registration); the argument is ``{}``."""
+DISCONNECTED = "disconnected"
+"""The connection closed: ``{"code": int|None, "reason": str|None, "wasClean": bool}``."""
+MESSAGE = "message"
+"""Every message from the server, whatever its type."""
+
+_HANDSHAKE_STATUS = re.compile(r"upgrade failed \[(\d{3})\]")
+_REPLY_TYPES = frozenset(
+    {"registered", "room-joined", "room-left", "room-peers", "pong", "ack", "error"}
+)
+
+
+class SignalingRequestError(Exception):
+    """The server answered a request with ``error``."""
+
+    def __init__(self, code: str, message: str, request_type: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_type = request_type
+
+
+class SignalingDisconnected(Exception):
+    """The connection closed before the server answered the request."""
+
+
+class SignalingAuthError(Exception):
+    """The server refused the WebSocket handshake for authentication (HTTP 401/403)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class SessionReplaced(Exception):
+    """Another connection took this peer id over (close code 4001); the client stopped."""
+
+
+class ClientStopped(Exception):
+    """The client was stopped before the request was answered."""
+
+
+class Subscription:
+    """The handle :meth:`SignalingClient.on` returns; :meth:`cancel` unsubscribes."""
+
+    def __init__(self, callbacks: list[EventCallback], callback: EventCallback) -> None:
+        self._callbacks = callbacks
+        self._callback = callback
+
+    def cancel(self) -> None:
+        """Stop delivering events to the callback (idempotent)."""
+        if self._callback in self._callbacks:
+            self._callbacks.remove(self._callback)
+
+    __call__ = cancel
+
+
+@dataclass
+class _Request:
+    message: JSONObject | None
+    """None: nothing to send, just wait for the registration."""
+    deferred: defer.Deferred[JSONObject]
+    needs_registration: bool
+    protocol: SignalingClientProtocol | None = None
+
+
+class SignalingClientProtocol(WebSocketClientProtocol):
+    """Autobahn glue: hands everything to the :class:`SignalingClient`."""
+
+    factory: _SignalingClientFactory
+
+    def onOpen(self) -> None:
+        self.factory.client._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.client._received(self, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.client._closed(self, wasClean, code, reason)
+
+
+class _SignalingClientFactory(WebSocketClientFactory):
+    protocol = SignalingClientProtocol  # type: ignore[assignment]
+
+    def __init__(self, client: SignalingClient, url: str, reactor: Any, headers: Any) -> None:
+        super().__init__(url, reactor=reactor, headers=headers)
+        self.client = client
+
+
+def endpoint_for_url(
+    reactor: Any, url: str, trust_root: IOpenSSLTrustRoot | None = None
+) -> IStreamClientEndpoint:
+    """The client endpoint for a ``ws://`` or ``wss://`` URL (TLS checks the host name)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, parts.hostname, port)
+    if secure:
+        options = optionsForClientTLS(parts.hostname, trustRoot=trust_root)
+        endpoint = wrapClientTLS(options, endpoint)
+    return endpoint
+
+
+class SignalingClient(MultiService):
+    """A registered peer on a signaling server, reconnecting as needed.
+
+    :param url: ``ws://host:port/`` or ``wss://...``.
+    :param peer_id: the id to register; ``metadata`` goes with it.
+    :param token: an auth token (sent as ``Authorization: Bearer``), if the server wants one.
+    :param trust_root: for ``wss://``, the CA to trust instead of the platform's.
+    :param request_timeout: seconds a request may take, waiting for a connection included.
+    :param keepalive_interval: seconds between ``ping`` messages that keep the peer from
+        idle eviction; default a third of the server's ``peerTimeout``.
+    :param retry_initial, retry_max, retry_factor, jitter: the reconnect backoff
+        (:func:`twisted.application.internet.backoffPolicy`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        peer_id: str,
+        metadata: JSONObject | None = None,
+        *,
+        reactor: Any = None,
+        token: str | None = None,
+        trust_root: IOpenSSLTrustRoot | None = None,
+        request_timeout: float = 10.0,
+        keepalive_interval: float | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+        retry_factor: float = 1.5,
+        jitter: Callable[[], float] = random.random,
+        auto_ping_interval: float = 30.0,
+        auto_ping_timeout: float = 20.0,
+        max_message_size: int = 16 * 1024 * 1024,
+        endpoint: IStreamClientEndpoint | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.url = url
+        self.peer_id = peer_id
+        self.metadata: JSONObject = dict(metadata or {})
+        self.request_timeout = request_timeout
+        self.keepalive_interval = keepalive_interval
+        self.reconnect_token: str | None = None
+        self.registration: JSONObject | None = None
+        """The last ``registered`` message, while registered on the current connection."""
+        self.rooms: dict[str, None] = {}
+        """The rooms the client is in (and rejoins after a reconnect), in join order."""
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self._ids = itertools.count(1)
+        self._protocol: SignalingClientProtocol | None = None
+        self._queued: list[_Request] = []
+        self._in_flight: dict[int, _Request] = {}
+        self._subscribers: dict[str, list[EventCallback]] = {}
+        self._keepalive: task.LoopingCall | None = None
+        self._stopped_error: Exception | None = None
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._factory = _SignalingClientFactory(self, url, reactor, headers)
+        self._factory.setProtocolOptions(
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            autoPingInterval=auto_ping_interval,
+            autoPingTimeout=auto_ping_timeout,
+            openHandshakeTimeout=request_timeout,
+            closeHandshakeTimeout=2,
+            failByDrop=False,
+        )
+        self._service = ClientService(
+            endpoint or endpoint_for_url(reactor, url, trust_root),
+            self._factory,
+            retryPolicy=backoffPolicy(retry_initial, retry_max, retry_factor, jitter),
+            clock=reactor,
+        )
+        self._service.setServiceParent(self)
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """The WebSocket is open."""
+        return self._protocol is not None
+
+    @property
+    def registered(self) -> bool:
+        """The peer id is registered on the current connection."""
+        return self.registration is not None
+
+    def on(self, event: str, callback: EventCallback) -> Subscription:
+        """Call ``callback(message)`` for every server message of type ``event``.
+
+        ``event`` is a server message type (``offer``, ``peer-joined``, ``error``, ...) or
+        ``connected``, ``disconnected``, or ``message`` (every message). Returns a
+        :class:`Subscription`; call its ``cancel()`` to unsubscribe.
+        """
+        callbacks = self._subscribers.setdefault(event, [])
+        callbacks.append(callback)
+        return Subscription(callbacks, callback)
+
+    def register(self) -> defer.Deferred[JSONObject]:
+        """Fires with the ``registered`` message once the peer id is registered."""
+        if self.registration is not None:
+            return defer.succeed(self.registration)
+        return self._request(None)
+
+    def join_room(self, room_id: str) -> defer.Deferred[list[JSONObject]]:
+        """Join a room (and rejoin it after reconnects); fires with its other peers."""
+
+        def joined(reply: JSONObject) -> list[JSONObject]:
+            self.rooms[room_id] = None
+            peers: list[JSONObject] = reply.get("peers", [])
+            return peers
+
+        return self._request({"type": "join-room", "roomId": room_id}).addCallback(joined)
+
+    def leave_room(self, room_id: str) -> defer.Deferred[None]:
+        """Leave a room."""
+        self.rooms.pop(room_id, None)
+        return self._request({"type": "leave-room", "roomId": room_id}).addCallback(lambda _: None)
+
+    def get_room_peers(self, room_id: str) -> defer.Deferred[list[JSONObject]]:
+        """The other peers of a room this client is in."""
+        return self._request({"type": "get-room-peers", "roomId": room_id}).addCallback(
+            lambda reply: list(reply.get("peers", []))
+        )
+
+    def send_offer(self, to: str, offer: JSONObject) -> defer.Deferred[None]:
+        """Relay an offer to ``to``; fires once the server delivered it."""
+        return self._relay("offer", to, offer)
+
+    def send_answer(self, to: str, answer: JSONObject) -> defer.Deferred[None]:
+        """Relay an answer to ``to``."""
+        return self._relay("answer", to, answer)
+
+    def send_ice_candidate(self, to: str, candidate: JSONObject | None) -> defer.Deferred[None]:
+        """Relay an ICE candidate (None: end of candidates) to ``to``."""
+        return self._relay("ice-candidate", to, candidate)
+
+    def send_connection_state(
+        self, peer_id: str, state: str, method: str | None = None
+    ) -> defer.Deferred[None]:
+        """Tell the server how this peer's connection to ``peer_id`` is doing."""
+        message: JSONObject = {"type": "connection-state", "peerId": peer_id, "state": state}
+        if method is not None:
+            message["method"] = method
+        return self._request(message).addCallback(lambda _: None)
+
+    def ping(self) -> defer.Deferred[float]:
+        """Round trip to the server; fires with the seconds it took."""
+        started = self._clock.seconds()
+        return self._request({"type": "ping"}, needs_registration=False).addCallback(
+            lambda _: self._clock.seconds() - started
+        )
+
+    # -- service -------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        self._stopped_error = None
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Close the connection (1000), stop reconnecting, fail what is outstanding."""
+        self._fail_all(ClientStopped("the signaling client was stopped"))
+        protocol = self._protocol
+        if protocol is not None and protocol.state == protocol.STATE_OPEN:
+            protocol.sendClose(1000, "client stopping")
+        result = super().stopService()
+        stopped = result if isinstance(result, defer.Deferred) else defer.succeed(None)
+        return stopped.addCallback(lambda _: None)
+
+    def _give_up(self, error: Exception) -> None:
+        """Stop reconnecting for good, failing everything outstanding with ``error``."""
+        self._stopped_error = error
+        self._fail_all(error)
+        if self.running:
+            d = self.stopService()
+            d.addErrback(lambda f: _log.failure("stopping the signaling client", f))
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _relay(self, kind: str, to: str, payload: JSONObject | None) -> defer.Deferred[None]:
+        message: JSONObject = {"type": kind, "to": to, msg.RELAY_FIELDS[kind]: payload}
+        return self._request(message).addCallback(lambda _: None)
+
+    def _request(
+        self, message: JSONObject | None, needs_registration: bool = True
+    ) -> defer.Deferred[JSONObject]:
+        request: _Request
+
+        def cancel(_: defer.Deferred[JSONObject]) -> None:
+            if request in self._queued:
+                self._queued.remove(request)
+            if request.message is not None:
+                self._in_flight.pop(request.message.get("id", -1), None)
+
+        d: defer.Deferred[JSONObject] = defer.Deferred(cancel)
+        request = _Request(None if message is None else dict(message), d, needs_registration)
+        if self._stopped_error is not None:
+            d.errback(self._stopped_error)
+            return d
+        d.addTimeout(self.request_timeout, self._clock)
+        if self._ready_for(request):
+            self._send_request(request)
+        else:
+            self._queued.append(request)
+        return d
+
+    def _ready_for(self, request: _Request) -> bool:
+        if request.needs_registration:
+            return self.registration is not None
+        return self._protocol is not None
+
+    def _send_request(self, request: _Request) -> None:
+        if request.message is None:
+            request.deferred.callback(self.registration or {})
+            return
+        request_id = next(self._ids)
+        request.message["id"] = request_id
+        request.protocol = self._protocol
+        self._in_flight[request_id] = request
+        if not self._send(request.message):
+            del self._in_flight[request_id]
+            request.deferred.errback(SignalingDisconnected("not connected"))
+
+    def _send(self, message: JSONObject) -> bool:
+        protocol = self._protocol
+        if protocol is None or protocol.state != protocol.STATE_OPEN:
+            return False
+        try:
+            protocol.sendMessage(msg.encode(message), isBinary=False)
+        except Disconnected:
+            return False
+        return True
+
+    def _flush_queue(self) -> None:
+        queued, self._queued = self._queued, []
+        for request in queued:
+            if self._ready_for(request):
+                self._send_request(request)
+            else:
+                self._queued.append(request)
+
+    def _fail_all(self, error: Exception) -> None:
+        requests = [*self._queued, *self._in_flight.values()]
+        self._queued.clear()
+        self._in_flight.clear()
+        for request in requests:
+            if not request.deferred.called:
+                request.deferred.errback(error)
+
+    # -- connection events (from the protocol) -------------------------------------------
+
+    def _opened(self, protocol: SignalingClientProtocol) -> None:
+        self._protocol = protocol
+        self._emit(CONNECTED, {})
+        self._register()
+        self._flush_queue()  # pings may go before registration
+
+    def _register(self) -> None:
+        message: JSONObject = {"type": "register", "peerId": self.peer_id}
+        if self.metadata:
+            message["metadata"] = self.metadata
+        if self.reconnect_token is not None:
+            message["reconnectToken"] = self.reconnect_token
+        request = _Request(message, defer.Deferred(), needs_registration=False)
+        request.deferred.addTimeout(self.request_timeout, self._clock)
+        request.deferred.addCallbacks(self._registered, self._registration_failed)
+        self._send_request(request)
+
+    def _registered(self, reply: JSONObject) -> None:
+        self.registration = reply
+        self.reconnect_token = reply.get("reconnectToken", self.reconnect_token)
+        _log.info("registered as {peer} at {url}", peer=self.peer_id, url=self.url)
+        for room_id in list(self.rooms):
+            rejoin = self._request({"type": "join-room", "roomId": room_id})
+            rejoin.addErrback(self._rejoin_failed, room_id)
+        self._start_keepalive(reply)
+        self._flush_queue()
+
+    def _rejoin_failed(self, failure: Any, room_id: str) -> None:
+        _log.warn(
+            "could not rejoin room {room}: {error}", room=room_id, error=failure.getErrorMessage()
+        )
+
+    def _registration_failed(self, failure: Any) -> None:
+        if failure.check(SignalingDisconnected, ClientStopped, defer.CancelledError):
+            return
+        _log.warn("registration as {peer} failed: {error}", peer=self.peer_id, error=failure.value)
+        error = failure.value
+        for request in list(self._queued):
+            if request.needs_registration:
+                self._queued.remove(request)
+                request.deferred.errback(error)
+        # Try again on a fresh connection (with backoff): the id may free up.
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.sendClose(1000, "registration failed")
+
+    def _start_keepalive(self, reply: JSONObject) -> None:
+        interval = self.keepalive_interval
+        if interval is None:
+            peer_timeout = reply.get("peerTimeout")
+            if not isinstance(peer_timeout, int | float) or peer_timeout <= 0:
+                return
+            interval = peer_timeout / 3.0
+        self._stop_keepalive()
+        self._keepalive = task.LoopingCall(self._send, {"type": "ping"})
+        self._keepalive.clock = self._clock
+        self._keepalive.start(interval, now=False).addErrback(
+            lambda f: _log.failure("signaling keepalive", f)
+        )
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+
+    def _received(self, protocol: SignalingClientProtocol, payload: bytes) -> None:
+        try:
+            message = msg.decode_object(payload, max_size=len(payload))
+        except msg.MessageError as e:
+            _log.warn("ignoring a bad message from the server: {error}", error=e)
+            return
+        kind = message.get("type")
+        request_id = message.get("id")
+        if kind in _REPLY_TYPES and isinstance(request_id, int):
+            request = self._in_flight.pop(request_id, None)
+            if request is not None and not request.deferred.called:
+                if kind == "error":
+                    request.deferred.errback(
+                        SignalingRequestError(
+                            str(message.get("code")),
+                            str(message.get("message")),
+                            (request.message or {}).get("type"),
+                        )
+                    )
+                else:
+                    request.deferred.callback(message)
+        if isinstance(kind, str):
+            self._emit(kind, message)
+        self._emit(MESSAGE, message)
+
+    def _closed(
+        self,
+        protocol: SignalingClientProtocol,
+        was_clean: bool,
+        code: int | None,
+        reason: str | None,
+    ) -> None:
+        if protocol is self._protocol:
+            self._protocol = None
+            self.registration = None
+            self._stop_keepalive()
+            lost = [(i, r) for i, r in self._in_flight.items() if r.protocol is protocol]
+            for request_id, request in lost:
+                del self._in_flight[request_id]
+                if not request.deferred.called:
+                    request.deferred.errback(SignalingDisconnected(reason or "connection lost"))
+        self._emit(DISCONNECTED, {"code": code, "reason": reason, "wasClean": was_clean})
+        status = _HANDSHAKE_STATUS.search(reason or "")
+        if status is not None and int(status.group(1)) in (401, 403):
+            self._give_up(SignalingAuthError(int(status.group(1)), reason or ""))
+        elif code == msg.CLOSE_SESSION_REPLACED:
+            self._give_up(SessionReplaced(reason or "peer id taken over"))
+
+    def _emit(self, event: str, message: JSONObject) -> None:
+        for callback in list(self._subscribers.get(event, ())):
+            try:
+                callback(message)
+            except Exception:
+                _log.failure("signaling event handler for {event!r} failed", event=event)

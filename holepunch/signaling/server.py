@@ -1,0 +1,700 @@
+# -*- test-case-name: tests.test_signaling_protocol,tests.test_signaling_integration -*-
+"""The WebSocket signaling server: Autobahn protocol, limits, auth, and its service.
+
+Layers, from the wire inwards:
+
+- :class:`SignalingServerProtocol` (Autobahn, thin): the handshake checks (connection
+  limits, auth token) in ``onConnect``, then frames in and out of a session.
+- :class:`SignalingSession`: one connection's state (its peer id, its rate limiter),
+  turning parsed requests (:mod:`holepunch.signaling.messages`) into calls on the room
+  model (:mod:`holepunch.signaling.model`) and the model's callbacks into messages. No
+  Autobahn in here: it gets a ``send`` and a ``close`` function.
+- :func:`make_signaling_service`: the wiring, a :class:`SignalingService` that listens on
+  a strports endpoint with a twisted.web site whose root ``/`` answers WebSocket upgrades
+  (and a short text page to plain GETs), so other code can serve HTTP on the same port with
+  ``service.root.putChild(b"metrics", ...)``, and sweeps idle peers every
+  ``cleanup_interval`` seconds.
+
+The protocol is described in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from autobahn.exception import Disconnected, PayloadExceededError
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from holepunch import __version__
+from holepunch.signaling import auth
+from holepunch.signaling import messages as msg
+from holepunch.signaling.model import (
+    DisconnectReason,
+    ISignalingClient,
+    JSONObject,
+    Limits,
+    RoomRegistry,
+    SignalingError,
+)
+
+_log = Logger()
+
+
+@dataclass
+class SignalingConfig:
+    """Everything the signaling server can be told. Times are in seconds."""
+
+    endpoint: str = "tcp:8080"
+    """Where to listen, a strports string: ``tcp:8080``, ``ssl:8443:privateKey=...``."""
+    peer_timeout: float = 300.0
+    """Evict a registered peer after this long without a message from it."""
+    cleanup_interval: float = 60.0
+    """How often idle peers are looked for."""
+    max_message_size: int = 64 * 1024
+    """Larger messages get ``error`` ``message-too-large``; the connection stays."""
+    max_frame_size: int = 256 * 1024
+    """Larger WebSocket messages make Autobahn close the connection (1009)."""
+    messages_per_second: float = 20.0
+    """Sustained message rate per connection (token bucket refill)."""
+    message_burst: int = 60
+    """Token bucket size: how many messages may arrive at once."""
+    rate_limit_violations: int = 30
+    """Refused (``rate-limited``) messages tolerated per 10 s before closing with 1008."""
+    max_connections: int = 10_000
+    max_connections_per_address: int = 64
+    max_peers: int = 10_000
+    max_peers_per_room: int = 100
+    max_rooms_per_peer: int = 16
+    auth_secret: str | None = None
+    """When set, every connection needs a token signed with it (see ``auth``)."""
+    auto_ping_interval: float = 30.0
+    """WebSocket ping every so often, so dead TCP connections are found."""
+    auto_ping_timeout: float = 20.0
+    """Drop the connection when a ping is not answered within this time."""
+    open_handshake_timeout: float = 10.0
+    close_handshake_timeout: float = 2.0
+    trust_x_forwarded_for: int = 0
+    """Number of reverse proxies in front whose ``X-Forwarded-For`` is to be believed."""
+
+    def limits(self) -> Limits:
+        """The room model's share of the configuration."""
+        return Limits(
+            max_peers=self.max_peers,
+            max_peers_per_room=self.max_peers_per_room,
+            max_rooms_per_peer=self.max_rooms_per_peer,
+            peer_timeout=self.peer_timeout,
+        )
+
+
+class TokenBucket:
+    """The token bucket rate limiter: ``rate`` tokens per second, at most ``capacity``."""
+
+    def __init__(self, rate: float, capacity: float, clock: IReactorTime) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self._clock = clock
+        self._tokens = float(capacity)
+        self._updated = clock.seconds()
+
+    @property
+    def tokens(self) -> float:
+        self._refill()
+        return self._tokens
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        elapsed = max(0.0, now - self._updated)
+        self._updated = now
+        self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
+
+    def take(self) -> bool:
+        """Take one token if there is one; False means the caller is over its rate."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class ServerStats:
+    """Counters of one server, beyond what the room model counts."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.connections_total = 0
+        self.denied: Counter[int] = Counter()
+        self.messages: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+
+def describe_address(address: object, forwarded: str | None = None) -> JSONObject:
+    """The ``yourAddress`` of ``welcome``: how the server sees the client."""
+    if forwarded is not None:
+        try:
+            family = "IPv6" if ipaddress.ip_address(forwarded).version == 6 else "IPv4"
+        except ValueError:
+            family = "unknown"
+        return {"address": forwarded, "family": family}
+    if isinstance(address, IPv4Address | IPv6Address):
+        family = "IPv6" if isinstance(address, IPv6Address) else "IPv4"
+        return {"address": address.host, "port": address.port, "family": family}
+    return {"address": str(address), "family": "unknown"}
+
+
+@implementer(ISignalingClient)
+class SignalingSession:
+    """One connection of the JSON signaling protocol, without the WebSocket.
+
+    ``send`` delivers one server message; ``close(code, reason)`` starts closing the
+    connection. ``address`` is the client's ``yourAddress``; ``auth_peer_id`` the peer id
+    its token grants (None when auth is off).
+    """
+
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        config: SignalingConfig,
+        clock: IReactorTime,
+        stats: ServerStats,
+        send: Callable[[JSONObject], None],
+        close: Callable[[int, str], None],
+        address: JSONObject,
+        auth_peer_id: str | None = None,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.stats = stats
+        self._send = send
+        self._close = close
+        self.address = address
+        self.auth_peer_id = auth_peer_id
+        self.peer_id: str | None = None
+        self.opened_at = clock.seconds()
+        self.last_activity = self.opened_at
+        self.closing = False
+        self._bucket = TokenBucket(config.messages_per_second, config.message_burst, clock)
+        self._violations = TokenBucket(
+            config.rate_limit_violations / 10.0, config.rate_limit_violations, clock
+        )
+
+    # -- from the connection ---------------------------------------------------------------
+
+    def opened(self) -> None:
+        """The WebSocket is open: greet the client."""
+        self._send(msg.welcome(self.clock.seconds(), self.address))
+
+    def message_received(self, payload: bytes) -> None:
+        """One complete WebSocket message arrived."""
+        if self.closing:
+            return
+        if not self._bucket.take():
+            self._rate_limited(payload)
+            return
+        now = self.clock.seconds()
+        self.last_activity = now
+        if self.peer_id is not None:
+            self.registry.touch(self.peer_id, now)
+        try:
+            request = msg.parse_request(payload, self.config.max_message_size)
+        except msg.MessageError as e:
+            self._error(e.code, e.message, e.request_id)
+            return
+        self.stats.messages[msg.request_type(request)] += 1
+        try:
+            self._dispatch(request, now)
+        except SignalingError as e:
+            self._error(e.code, e.message, request.id)
+        except Exception:
+            _log.failure("signaling request {request!r} failed", request=request)
+            self._error(msg.INTERNAL_ERROR, "internal server error", request.id)
+
+    def closed(self) -> None:
+        """The connection is gone: the peer leaves its rooms."""
+        self.closing = True
+        if self.peer_id is not None:
+            peer_id, self.peer_id = self.peer_id, None
+            self.registry.unregister(peer_id, self, self.clock.seconds())
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection from the server side."""
+        if not self.closing:
+            self.closing = True
+            self._close(code, reason)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _rate_limited(self, payload: bytes) -> None:
+        self.stats.errors[msg.RATE_LIMITED] += 1
+        if not self._violations.take():
+            _log.info("closing {address}: sustained rate limit abuse", address=self.address)
+            self.close(msg.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+            return
+        request_id = None
+        if len(payload) <= self.config.max_message_size:
+            try:
+                request_id = msg.request_from_object(
+                    msg.decode_object(payload, self.config.max_message_size)
+                ).id
+            except msg.MessageError as e:
+                request_id = e.request_id
+        self._send(
+            msg.error(
+                msg.RATE_LIMITED,
+                f"more than {self.config.messages_per_second:g} messages per second",
+                request_id,
+            )
+        )
+
+    def _error(self, code: str, message: str, request_id: msg.RequestId | None) -> None:
+        self.stats.errors[code] += 1
+        self._send(msg.error(code, message, request_id))
+
+    def _registered_sender(self, request: msg.Request) -> str:
+        if self.peer_id is None:
+            raise SignalingError(msg.NOT_REGISTERED, "send 'register' first")
+        if request.claimed_sender is not None and request.claimed_sender != self.peer_id:
+            raise SignalingError(
+                msg.SPOOFED_FROM,
+                f"this connection is registered as {self.peer_id!r}, "
+                f"not {request.claimed_sender!r}",
+            )
+        return self.peer_id
+
+    def _dispatch(self, request: msg.Request, now: float) -> None:
+        match request:
+            case msg.Ping():
+                self._send(msg.pong(now, request.id))
+            case msg.Register():
+                self._register(request, now)
+            case msg.JoinRoom():
+                me = self._registered_sender(request)
+                peers = self.registry.join(me, request.room_id, now)
+                self._send(msg.room_joined(request.room_id, peers, now, request.id))
+            case msg.LeaveRoom():
+                me = self._registered_sender(request)
+                self.registry.leave(me, request.room_id, now)
+                self._send(msg.room_left(request.room_id, now, request.id))
+            case msg.GetRoomPeers():
+                me = self._registered_sender(request)
+                peers = self.registry.room_peers(me, request.room_id)
+                self._send(msg.room_peers(request.room_id, peers, now, request.id))
+            case msg.Relay():
+                me = self._registered_sender(request)
+                self.registry.relay(me, request.to, request.kind, request.payload)
+                if request.id is not None:
+                    self._send(msg.ack(request.kind, now, request.id))
+            case msg.ConnectionStateReport():
+                me = self._registered_sender(request)
+                self.registry.set_connection_state(
+                    me, request.peer_id, request.state, request.method, now
+                )
+                if request.id is not None:
+                    self._send(msg.ack("connection-state", now, request.id))
+
+    def _register(self, request: msg.Register, now: float) -> None:
+        if self.peer_id is not None:
+            raise SignalingError(
+                msg.ALREADY_REGISTERED, f"this connection is registered as {self.peer_id!r}"
+            )
+        if self.auth_peer_id is not None and request.peer_id != self.auth_peer_id:
+            raise SignalingError(
+                msg.UNAUTHORIZED, f"the token grants peer id {self.auth_peer_id!r} only"
+            )
+        registration = self.registry.register(
+            self, request.peer_id, request.metadata, now, request.reconnect_token
+        )
+        self.peer_id = request.peer_id
+        _log.debug("peer {peer} registered", peer=request.peer_id)
+        self._send(
+            msg.registered(
+                registration.peer_id,
+                registration.reconnect_token,
+                self.config.peer_timeout,
+                now,
+                request.id,
+                replaced=registration.resumed,
+            )
+        )
+
+    # -- ISignalingClient ----------------------------------------------------------------
+
+    def peer_joined(
+        self, room_id: str, peer_id: str, metadata: JSONObject, timestamp: float
+    ) -> None:
+        self._send(msg.peer_joined(room_id, peer_id, metadata, timestamp))
+
+    def peer_left(self, room_id: str, peer_id: str, metadata: JSONObject, timestamp: float) -> None:
+        self._send(msg.peer_left(room_id, peer_id, metadata, timestamp))
+
+    def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
+        self._send(msg.relayed(kind, from_peer, payload))
+
+    def disconnect(self, reason: DisconnectReason) -> None:
+        self.peer_id = None
+        if reason is DisconnectReason.REPLACED:
+            self.close(msg.CLOSE_SESSION_REPLACED, "peer id taken over by a new connection")
+        else:
+            self.close(msg.CLOSE_IDLE_TIMEOUT, "idle timeout")
+
+
+class SignalingServerProtocol(WebSocketServerProtocol):
+    """The Autobahn side of one connection: handshake checks, then a session."""
+
+    factory: SignalingServerFactory
+    session: SignalingSession | None = None
+    _counted_host: str | None = None
+    _auth_peer_id: str | None = None
+    _forwarded: str | None = None
+    _finished = False
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        factory = self.factory
+        config = factory.config
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", str(peer))
+        if config.trust_x_forwarded_for and not str(request.peer).startswith(("tcp", "unix")):
+            self._forwarded = host = str(request.peer)
+        if factory.accepted >= config.max_connections:
+            factory.stats.denied[503] += 1
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server full")
+        if factory.per_address[host] >= config.max_connections_per_address:
+            factory.stats.denied[429] += 1
+            raise ConnectionDeny(429, "too many connections from your address")
+        if config.auth_secret:
+            token = auth.token_from_request(request.params, request.headers)
+            if token is None:
+                factory.stats.denied[401] += 1
+                raise ConnectionDeny(401, "authentication required: token missing")
+            try:
+                self._auth_peer_id = auth.verify_token(
+                    config.auth_secret, token, factory.clock.seconds()
+                )
+            except auth.InvalidToken as e:
+                factory.stats.denied[401] += 1
+                raise ConnectionDeny(401, f"authentication failed: {e.reason}") from None
+        factory.accepted += 1
+        factory.per_address[host] += 1
+        self._counted_host = host
+        return None
+
+    def onOpen(self) -> None:
+        factory = self.factory
+        assert self.transport is not None
+        self.session = SignalingSession(
+            factory.registry,
+            factory.config,
+            factory.clock,
+            factory.stats,
+            self._send_json,
+            self._close_with,
+            describe_address(self.transport.getPeer(), self._forwarded),
+            self._auth_peer_id,
+        )
+        factory.protocols.add(self)
+        factory.stats.connections_total += 1
+        self.session.opened()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.session is not None:
+            self.session.message_received(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._finish()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        factory = self.factory
+        factory.protocols.discard(self)
+        if self._counted_host is not None:
+            factory.accepted -= 1
+            factory.per_address[self._counted_host] -= 1
+            if factory.per_address[self._counted_host] <= 0:
+                del factory.per_address[self._counted_host]
+            self._counted_host = None
+        if self.session is not None:
+            self.session.closed()
+
+    def _send_json(self, message: JSONObject) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        try:
+            self.sendMessage(msg.encode(message), isBinary=False)
+        except (Disconnected, PayloadExceededError):
+            _log.failure("could not send a {type} message", type=message.get("type"))
+
+    def _close_with(self, code: int, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            # sendClose() refuses the 1xxx codes; the frame itself may carry any valid code.
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+        else:
+            self.dropConnection(abort=True)
+
+
+class SignalingServerFactory(WebSocketServerFactory):
+    """Builds :class:`SignalingServerProtocol`; owns the per-server state they share."""
+
+    protocol = SignalingServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        config: SignalingConfig,
+        registry: RoomRegistry,
+        clock: IReactorTime,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(reactor=reactor if reactor is not None else clock)
+        self.config = config
+        self.registry = registry
+        self.clock = clock
+        self.stats = ServerStats()
+        self.accepted = 0
+        self.per_address: Counter[str] = Counter()
+        self.protocols: set[SignalingServerProtocol] = set()
+        self.setProtocolOptions(
+            maxFramePayloadSize=config.max_frame_size,
+            maxMessagePayloadSize=config.max_frame_size,
+            autoPingInterval=config.auto_ping_interval,
+            autoPingTimeout=config.auto_ping_timeout,
+            maxConnections=config.max_connections,
+            openHandshakeTimeout=config.open_handshake_timeout,
+            closeHandshakeTimeout=config.close_handshake_timeout,
+            trustXForwardedFor=config.trust_x_forwarded_for,
+            failByDrop=False,
+            webStatus=False,
+        )
+
+    def sweep(self, now: float) -> None:
+        """Evict idle peers; close connections that never registered within the timeout."""
+        evicted = self.registry.sweep(now)
+        if evicted:
+            _log.info("evicted {count} idle peers", count=len(evicted))
+        for proto in list(self.protocols):
+            session = proto.session
+            if (
+                session is not None
+                and session.peer_id is None
+                and now - session.last_activity >= self.config.peer_timeout
+            ):
+                session.close(msg.CLOSE_IDLE_TIMEOUT, "idle timeout")
+
+    def close_all(self, code: int, reason: str) -> list[defer.Deferred[Any]]:
+        """Start closing every connection; return Deferreds that fire as each is gone."""
+        waiting: list[defer.Deferred[Any]] = []
+        for proto in list(self.protocols):
+            waiting.append(_observe(proto.is_closed))
+            if proto.session is not None:
+                proto.session.close(code, reason)
+        return waiting
+
+
+def _observe(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A new Deferred that fires (with None) when ``d`` does, leaving ``d``'s result alone."""
+    observer: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: object) -> object:
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer
+
+
+_INDEX_TEXT = (
+    "holepunch signaling server {version}\n\n"
+    "Connect a WebSocket client to this URL (ws:// or wss://) and speak the JSON\n"
+    "signaling protocol: register, join-room, offer, answer, ice-candidate.\n"
+)
+
+
+class SignalingRootPage(Resource):
+    """``/``: the WebSocket upgrade, or a short text page for a plain GET."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: WebSocketResource) -> None:
+        super().__init__()
+        self._websocket = websocket
+
+    def render(self, request: Request) -> bytes | int:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if upgrade.strip().lower() == b"websocket":
+            result: bytes | int = self._websocket.render(request)
+            return result
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            return b""
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return _INDEX_TEXT.format(version=__version__).encode("utf-8")
+
+
+class _ListeningService(Service):
+    """Listens on an endpoint while running; ``port`` is the listening port."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Site) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: defer.Deferred[IListeningPort] | None = None
+        self._waiters: list[defer.Deferred[IListeningPort]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._listening = self.endpoint.listen(self.factory)
+        failures: list[Failure] = []
+        self._listening.addCallbacks(self._listened, failures.append)
+        if failures:
+            # Like StreamServerEndpointService: a port in use stops twistd at startup.
+            self._fire_waiters(failures[0])
+            failures[0].raiseException()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        self._fire_waiters(port)
+
+    def _fire_waiters(self, result: IListeningPort | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    def when_listening(self) -> defer.Deferred[IListeningPort]:
+        if self.port is not None:
+            return defer.succeed(self.port)
+        d: defer.Deferred[IListeningPort] = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        port, self.port = self.port, None
+        if port is not None:
+            stopped = port.stopListening()
+            if isinstance(stopped, defer.Deferred):
+                return stopped.addCallback(lambda _: None)
+            return defer.succeed(None)
+        if listening is not None:
+            listening.cancel()
+        return defer.succeed(None)
+
+
+class SignalingService(MultiService):
+    """The signaling server as a service: listener, idle sweeper, registry and web root.
+
+    - ``registry``: the :class:`~holepunch.signaling.model.RoomRegistry`;
+    - ``root``: the twisted.web resource served on the port (``putChild`` more pages);
+    - ``port``: the listening port once listening, else None; ``when_listening()``;
+    - ``stats()``: counters for health and metrics pages.
+    """
+
+    def __init__(
+        self,
+        config: SignalingConfig,
+        registry: RoomRegistry,
+        factory: SignalingServerFactory,
+        root: Resource,
+        site: Site,
+        endpoint: IStreamServerEndpoint,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.registry = registry
+        self.factory = factory
+        self.root = root
+        self.site = site
+        self.clock = clock
+        self._listener = _ListeningService(endpoint, site)
+        self._listener.setServiceParent(self)
+        self._sweeper = TimerService(config.cleanup_interval, self._sweep)
+        self._sweeper.clock = clock
+        self._sweeper.setServiceParent(self)
+
+    @property
+    def port(self) -> IListeningPort | None:
+        return self._listener.port
+
+    def when_listening(self) -> defer.Deferred[IListeningPort]:
+        """Fires with the listening port once the server listens."""
+        return self._listener.when_listening()
+
+    def _sweep(self) -> None:
+        try:
+            self.factory.sweep(self.clock.seconds())
+        except Exception:
+            _log.failure("sweeping idle signaling peers failed")
+
+    def stats(self) -> dict[str, Any]:
+        """Peers, rooms, connections, messages relayed by type, errors by code."""
+        stats = self.factory.stats
+        result = self.registry.stats()
+        result.update(
+            connections=len(self.factory.protocols),
+            connections_total=stats.connections_total,
+            denied={str(code): n for code, n in sorted(stats.denied.items())},
+            messages=dict(stats.messages),
+            errors=dict(stats.errors),
+        )
+        return result
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening, tell every client we are going away (1001), wait for them."""
+        closing = self.factory.close_all(msg.CLOSE_GOING_AWAY, "server shutting down")
+        result = super().stopService()
+        stopped = result if isinstance(result, defer.Deferred) else defer.succeed(None)
+        everything = defer.gatherResults([stopped, *closing], consumeErrors=True)
+        deadline = self.config.close_handshake_timeout + 1.0
+        everything.addTimeout(deadline, self.clock, onTimeoutCancel=self._abort_all)
+        everything.addErrback(lambda f: _log.failure("stopping the signaling server", f))
+        return everything.addCallback(lambda _: None)
+
+    def _abort_all(self, result: object, timeout: float) -> None:
+        for proto in list(self.factory.protocols):
+            proto.dropConnection(abort=True)
+        return None
+
+
+def make_signaling_service(config: SignalingConfig, reactor: Any = None) -> SignalingService:
+    """Build the signaling server described by ``config`` (not yet started)."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    clock = cast(IReactorTime, reactor)
+    registry = RoomRegistry(config.limits())
+    factory = SignalingServerFactory(config, registry, clock, reactor=reactor)
+    root = Resource()
+    root.putChild(b"", SignalingRootPage(WebSocketResource(factory)))
+    site = Site(root, reactor=reactor)
+    site.noisy = False
+    endpoint = serverFromString(reactor, config.endpoint)
+    return SignalingService(config, registry, factory, root, site, endpoint, clock)
