@@ -1,0 +1,1 @@
+"""ICE (RFC 8445): candidates, connectivity checks, nomination, the peer connection."""

@@ -1,0 +1,883 @@
+# -*- test-case-name: tests.test_ice_agent -*-
+"""The ICE agent (RFC 8445): gathering, connectivity checks, nomination, consent.
+
+One UDP socket per agent carries everything: STUN to the servers (so the
+server-reflexive address it learns is the mapping the punch uses), connectivity checks
+in both directions, and, once a pair is selected, application data; datagrams are told
+apart by the STUN magic cookie.
+
+- Gathering (RFC 8445 5.1.1): host candidates (every usable local IPv4 address, or the
+  configured ones), server-reflexive candidates from each STUN server, sent from the
+  same socket. Candidates are announced as they are found (trickle ICE), then
+  end-of-candidates.
+- Checks (6.1.4, 7.2): Binding requests with USERNAME ``remote:local``, PRIORITY,
+  ICE-CONTROLLING / ICE-CONTROLLED with the tie-breaker, MESSAGE-INTEGRITY with the
+  peer's password, FINGERPRINT; paced one per ``Ta``; triggered checks first. A
+  response must come from where the request went (7.2.5.2.1).
+- Answering checks (7.3): only requests whose USERNAME names our ufrag and whose
+  MESSAGE-INTEGRITY verifies with our password count; anything else is dropped and
+  counted. Role conflicts are settled by tie-breaker with 487 (7.3.1.1). An unknown
+  source becomes a peer-reflexive remote candidate and gets a triggered check.
+- Nomination (8.1): regular nomination when controlling (a USE-CANDIDATE check on the
+  best valid pair once no better pair can still succeed, or after
+  ``nomination_delay``); as controlled, a pair is selected when a USE-CANDIDATE request
+  arrives on a valid pair (this also accepts aggressive nomination).
+- After selection (RFC 7675): consent checks every 5 s +/- 20 %; no answer for 30 s
+  loses consent and closes the connection. A Binding indication is sent whenever
+  nothing else was sent for ``keepalive_interval`` (RFC 8445 11).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
+from holepunch.ice.checklist import CandidatePair, CheckList, PairState
+from holepunch.ice.connection import PeerConnection
+from holepunch.stun.client import (
+    RetransmissionPolicy,
+    StunErrorResponse,
+    StunResponse,
+    StunTimeout,
+    TransactionTable,
+)
+from holepunch.stun.message import (
+    Address,
+    Attr,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    StunError,
+    StunMessage,
+    decode,
+    encode,
+    is_stun,
+)
+
+_log = Logger()
+
+_UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+
+
+def random_ice_string(length: int) -> str:
+    """A random ice-char string (RFC 8839 5.4): ufrag >= 4, pwd >= 22 characters."""
+    return "".join(secrets.choice(_UFRAG_CHARS) for _ in range(length))
+
+
+class IceError(Exception):
+    """ICE could not connect; ``stage`` names where it stopped."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
+@dataclass
+class IceConfig:
+    """Settings of an :class:`IceAgent`; every wait is bounded."""
+
+    stun_servers: Sequence[tuple[str, int]] = ()
+    addresses: Sequence[str] | None = None
+    include_loopback: bool = False
+    port: int = 0
+    ta: float = 0.02
+    check_policy: RetransmissionPolicy = field(
+        default_factory=lambda: RetransmissionPolicy(rto=0.1, rc=7, rm=8)
+    )
+    gather_policy: RetransmissionPolicy = field(
+        default_factory=lambda: RetransmissionPolicy(rto=0.25, rc=4, rm=4)
+    )
+    nomination_delay: float = 0.15
+    connection_timeout: float = 30.0
+    consent_interval: float = 5.0
+    consent_timeout: float = 30.0
+    keepalive_interval: float = 25.0
+    max_pairs: int = 100
+    early_datagrams: int = 64
+
+
+def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
+    """Usable local IPv4 addresses (ifaddr), loopback and link-local left out."""
+    import ifaddr
+
+    result: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if not isinstance(ip.ip, str):
+                continue
+            address = ipaddress.ip_address(ip.ip)
+            if address.is_link_local or (address.is_loopback and not include_loopback):
+                continue
+            if str(address) not in result:
+                result.append(str(address))
+    return result
+
+
+def route_source(remote: tuple[str, int]) -> str | None:
+    """The local address the kernel would send from toward ``remote`` (no packet sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(remote)
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+class _IceSocket(DatagramProtocol):
+    def __init__(self, agent: IceAgent) -> None:
+        self.agent = agent
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.agent.datagram_received(datagram, (addr[0], addr[1]))
+
+
+@dataclass
+class AgentStats:
+    """What the agent did; for logs, /metrics and tests."""
+
+    checks_sent: int = 0
+    checks_received: int = 0
+    responses_sent: int = 0
+    unauthenticated: int = 0
+    malformed: int = 0
+    role_conflicts: int = 0
+    data_dropped: int = 0
+    consent_checks: int = 0
+    keepalives: int = 0
+
+
+class IceAgent:
+    """One side of one ICE session (one component, UDP)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        controlling: bool,
+        config: IceConfig | None = None,
+        *,
+        ufrag: str | None = None,
+        pwd: str | None = None,
+        tie_breaker: int | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config or IceConfig()
+        self.controlling = controlling
+        self.local_ufrag = ufrag or random_ice_string(8)
+        self.local_pwd = pwd or random_ice_string(24)
+        self.tie_breaker = (
+            tie_breaker if tie_breaker is not None else int.from_bytes(os.urandom(8), "big")
+        )
+        self.remote_ufrag: str | None = None
+        self.remote_pwd: str | None = None
+        self.local_candidates: list[Candidate] = []
+        self.remote_candidates: list[Candidate] = []
+        self.remote_end_of_candidates = False
+        self.gathering_complete = False
+        self.checklist = CheckList(controlling, self.config.max_pairs)
+        self.stats = AgentStats()
+        self.on_local_candidate: Callable[[Candidate | None], None] | None = None
+        self.selected: CandidatePair | None = None
+        self.connection: PeerConnection | None = None
+        self._port: Any = None
+        self._local: tuple[str, int] | None = None
+        self._transactions: TransactionTable | None = None
+        self._check_timer: IDelayedCall | None = None
+        self._timers: dict[str, IDelayedCall] = {}
+        self._connect_d: defer.Deferred[PeerConnection] | None = None
+        self._running = False
+        self._closed = False
+        self._nominating: CandidatePair | None = None
+        self._pending_triggers: list[tuple[str, int]] = []
+        self._early: list[tuple[bytes, tuple[str, int]]] = []
+        self._last_sent = 0.0
+        self._last_consent = 0.0
+        self._started_at: float | None = None
+        self._host_bases: dict[str, Candidate] = {}
+        self._pending_checks: dict[int, defer.Deferred[StunResponse]] = {}
+
+    # -- socket --
+
+    def listen(self) -> tuple[str, int]:
+        """Bind the agent's UDP socket (once); returns its local address."""
+        if self._closed:
+            raise IceError("closed", "the agent is closed")
+        if self._local is not None:
+            return self._local
+        if self._port is None:
+            addresses = self.config.addresses
+            interface = addresses[0] if addresses and len(addresses) == 1 else ""
+            self._port = self.reactor.listenUDP(
+                self.config.port, _IceSocket(self), interface=interface
+            )
+            self._transactions = TransactionTable(self._send_stun, self.reactor)
+        host = self._port.getHost()
+        self._local = (host.host, host.port)
+        return self._local
+
+    @property
+    def local_port(self) -> int:
+        """The socket's port (bound on first use)."""
+        if self._local is not None:
+            return self._local[1]
+        return self.listen()[1]
+
+    def _send_stun(self, data: bytes, address: Address) -> None:
+        self._write(data, (address.host, address.port))
+
+    def _write(self, data: bytes, address: tuple[str, int]) -> None:
+        if self._port is None or self._closed:
+            raise OSError("agent closed")
+        self._port.write(data, address)
+        self._last_sent = self.reactor.seconds()
+
+    def send_data(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send an application datagram (used by :class:`PeerConnection`)."""
+        self._write(data, address)
+
+    # -- gathering --
+
+    def _emit(self, candidate: Candidate | None) -> None:
+        if self.on_local_candidate is not None:
+            try:
+                self.on_local_candidate(candidate)
+            except Exception:
+                _log.failure("on_local_candidate raised")
+
+    def _add_local(self, candidate: Candidate) -> bool:
+        if any(
+            c.address == candidate.address and c.transport == candidate.transport
+            for c in self.local_candidates
+        ):
+            return False
+        self.local_candidates.append(candidate)
+        self._emit(candidate)
+        return True
+
+    async def gather(self) -> list[Candidate]:
+        """Gather host and server-reflexive candidates; returns them all.
+
+        Each is announced through ``on_local_candidate`` as soon as it is known, then
+        ``None`` (end of candidates). A STUN server that does not answer within the
+        gather policy is skipped, with a log line.
+        """
+        _, port = self.listen()
+        addresses = list(
+            self.config.addresses or local_ipv4_addresses(self.config.include_loopback)
+        )
+        if not addresses:
+            raise IceError("gathering", "no usable local IPv4 address")
+        for preference, host in enumerate(addresses):
+            candidate = make_candidate("host", host, port, local_preference=65535 - preference)
+            self._host_bases[host] = candidate
+            self._add_local(candidate)
+        self._pair_all()
+        results = await defer.DeferredList(
+            [
+                defer.ensureDeferred(self._gather_srflx(server))
+                for server in self.config.stun_servers
+            ],
+            consumeErrors=True,
+        )
+        del results
+        self.gathering_complete = True
+        self._emit(None)
+        return list(self.local_candidates)
+
+    async def _gather_srflx(self, server: tuple[str, int]) -> None:
+        from holepunch.stun.client import parse_binding_response, resolve_server
+
+        assert self._transactions is not None
+        try:
+            address = await resolve_server(self.reactor, server[0], server[1])
+            response = await self._transactions.request(
+                StunMessage.request(), address, policy=self.config.gather_policy
+            )
+            result = parse_binding_response(response)
+        except Exception as e:
+            _log.info("STUN server {server} gave no reflexive address: {err}", server=server, err=e)
+            return
+        base = self._base_for(address.host, address.port)
+        if result.mapped == Address(base.host, base.port):
+            return  # no NAT toward this server: the host candidate says it all
+        srflx = make_candidate(
+            "srflx",
+            result.mapped.host,
+            result.mapped.port,
+            base=(base.host, base.port),
+            server=f"{address.host}:{address.port}",
+            local_preference=base.priority >> 8 & 0xFFFF,
+        )
+        if self._add_local(srflx):
+            _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
+
+    def _base_for(self, host: str, port: int) -> Candidate:
+        """The host candidate the kernel sends from toward ``host:port``."""
+        source = route_source((host, port))
+        if source is not None and source in self._host_bases:
+            return self._host_bases[source]
+        return next(iter(self._host_bases.values()))
+
+    # -- remote description --
+
+    def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
+        """The peer's ufrag and password, from its offer or answer."""
+        if not ufrag or not pwd:
+            raise ValueError("remote ufrag and pwd must not be empty")
+        self.remote_ufrag = ufrag
+        self.remote_pwd = pwd
+        for address in self._pending_triggers:
+            pair = self.checklist.find(None, address)
+            if pair is not None:
+                self.checklist.trigger(pair)
+        self._pending_triggers.clear()
+        self._schedule_checks()
+
+    def add_remote_candidate(self, candidate: Candidate | None) -> None:
+        """A candidate from the peer (trickled or in its offer); None ends them."""
+        if candidate is None:
+            self.remote_end_of_candidates = True
+            self._check_failure()
+            return
+        if candidate.transport != "udp" or candidate.component != 1:
+            return
+        try:
+            if ipaddress.ip_address(candidate.host).version != 4:
+                return
+        except ValueError:
+            return
+        if any(c.address == candidate.address for c in self.remote_candidates):
+            return
+        self.remote_candidates.append(candidate)
+        self._pair_with(candidate)
+        self._schedule_checks()
+
+    def _pair_all(self) -> None:
+        for remote in self.remote_candidates:
+            self._pair_with(remote)
+
+    def _pair_with(self, remote: Candidate) -> CandidatePair | None:
+        if not self._host_bases:
+            return None
+        local = self._base_for(remote.host, remote.port)
+        return self.checklist.add(local, remote)
+
+    # -- checks --
+
+    def connect(self) -> defer.Deferred[PeerConnection]:
+        """Start (or join) the connectivity checks; fires with the :class:`PeerConnection`.
+
+        Fails with :class:`IceError` when every pair failed after the peer's
+        end-of-candidates, or after ``connection_timeout``. Cancelling it closes the
+        agent (socket and timers).
+        """
+        if self._connect_d is not None:
+            return self._connect_d
+        self.listen()
+
+        def cancel(_: object) -> None:
+            self.close()
+
+        self._connect_d = defer.Deferred(cancel)
+        self._running = True
+        self._started_at = self.reactor.seconds()
+        self._timers["timeout"] = self.reactor.callLater(
+            self.config.connection_timeout, self._timed_out
+        )
+        self._schedule_checks()
+        return self._connect_d
+
+    def _timed_out(self) -> None:
+        self._timers.pop("timeout", None)
+        if self.selected is None:
+            tried = len(self.checklist)
+            valid = len(self.checklist.valid_pairs())
+            stage = "connectivity-checks" if tried else "candidates"
+            if valid:
+                stage = "nomination"
+            detail = (
+                f"no working path within {self.config.connection_timeout:g}s "
+                f"({tried} pairs tried, {valid} valid, "
+                f"{len(self.remote_candidates)} remote candidates)"
+            )
+            self._fail(IceError(stage, detail))
+
+    def _fail(self, error: IceError) -> None:
+        d, self._connect_d = self._connect_d, None
+        _log.info("ICE failed: {err}", err=error)
+        self.close()
+        if d is not None and not d.called:
+            d.errback(error)
+
+    def _check_failure(self) -> None:
+        if (
+            self._running
+            and self.selected is None
+            and self.remote_end_of_candidates
+            and self.gathering_complete
+            and self.checklist.all_failed()
+        ):
+            self._fail(
+                IceError(
+                    "connectivity-checks",
+                    f"all {len(self.checklist)} candidate pairs failed",
+                )
+            )
+
+    def _schedule_checks(self) -> None:
+        if not self._running or self._closed or self._check_timer is not None:
+            return
+        if self.remote_pwd is None:
+            return
+        self._check_timer = self.reactor.callLater(0, self._next_check)
+
+    def _next_check(self) -> None:
+        self._check_timer = None
+        if self._closed or self.remote_pwd is None:
+            return
+        pair = self.checklist.next_pair()
+        if pair is None:
+            return
+        self._start_check(pair, nominate=False)
+        self._check_timer = self.reactor.callLater(self.config.ta, self._next_check)
+
+    def _check_request(self, pair: CandidatePair, nominate: bool) -> StunMessage:
+        assert self.remote_ufrag is not None
+        request = StunMessage.request(Method.BINDING)
+        request.add_string(Attr.USERNAME, f"{self.remote_ufrag}:{self.local_ufrag}")
+        request.add_uint32(
+            Attr.PRIORITY, candidate_priority("prflx", pair.local.priority >> 8 & 0xFFFF)
+        )
+        if self.controlling:
+            request.add_uint64(Attr.ICE_CONTROLLING, self.tie_breaker)
+            if nominate:
+                request.add_flag(Attr.USE_CANDIDATE)
+        else:
+            request.add_uint64(Attr.ICE_CONTROLLED, self.tie_breaker)
+        return request
+
+    def _start_check(self, pair: CandidatePair, nominate: bool) -> None:
+        assert self._transactions is not None and self.remote_pwd is not None
+        previous = self._pending_checks.pop(id(pair), None)
+        if previous is not None:
+            previous.cancel()
+        pair.state = PairState.IN_PROGRESS
+        pair.checks_sent += 1
+        self.stats.checks_sent += 1
+        request = self._check_request(pair, nominate)
+        started = self.reactor.seconds()
+        destination = Address(pair.remote.host, pair.remote.port)
+        _log.debug(
+            "check {pair}{nom}", pair=pair.describe(), nom=" USE-CANDIDATE" if nominate else ""
+        )
+        d = self._transactions.request(
+            request,
+            destination,
+            policy=self.config.check_policy,
+            integrity_key=self.remote_pwd.encode(),
+        )
+        self._pending_checks[id(pair)] = d
+        d.addCallbacks(
+            self._check_succeeded,
+            self._check_failed,
+            callbackArgs=(pair, nominate, started, destination),
+            errbackArgs=(pair, nominate, d),
+        )
+
+    def _check_succeeded(
+        self,
+        response: StunResponse,
+        pair: CandidatePair,
+        nominate: bool,
+        started: float,
+        destination: Address,
+    ) -> None:
+        self._pending_checks.pop(id(pair), None)
+        if self._closed:
+            return
+        if response.source != destination:
+            _log.debug(
+                "non-symmetric answer for {pair} from {src}",
+                pair=pair.describe(),
+                src=response.source,
+            )
+            self.checklist.failed(pair)
+            self._check_failure()
+            return
+        try:
+            mapped = response.message.get_address(Attr.XOR_MAPPED_ADDRESS)
+        except StunDecodeError:
+            mapped = None
+        rtt = self.reactor.seconds() - started
+        first_success = pair.state != PairState.SUCCEEDED
+        self.checklist.succeeded(pair, (mapped.host, mapped.port) if mapped else None, rtt)
+        if mapped is not None and not any(
+            c.address == tuple(mapped) for c in self.local_candidates
+        ):
+            # A peer-reflexive local candidate (RFC 8445 7.2.5.3.1); not signalled.
+            prflx = make_candidate(
+                "prflx", mapped.host, mapped.port, base=(pair.local.host, pair.local.port)
+            )
+            self.local_candidates.append(prflx)
+        if first_success:
+            _log.info("pair valid: {pair} (rtt {rtt:.1f} ms)", pair=pair.describe(), rtt=rtt * 1000)
+        if self.selected is not None:
+            if pair is self.selected:
+                self._last_consent = self.reactor.seconds()
+            return
+        if self.controlling:
+            if nominate:
+                pair.nominated = True
+                self._select(pair)
+            else:
+                self._consider_nomination()
+        elif pair.remote_nominated:
+            pair.nominated = True
+            self._select(pair)
+        self._schedule_checks()
+
+    def _check_failed(self, failure: Failure, pair: CandidatePair, nominate: bool, d: Any) -> None:
+        if self._pending_checks.get(id(pair)) is d:
+            del self._pending_checks[id(pair)]
+        if failure.check(defer.CancelledError) or self._closed:
+            return
+        if failure.check(StunErrorResponse) and failure.value.code == 487:  # type: ignore[union-attr]
+            # Role conflict (RFC 8445 7.2.5.1): switch role, check the pair again.
+            self.stats.role_conflicts += 1
+            self._set_role(not self.controlling)
+            self.checklist.trigger(pair)
+            self._schedule_checks()
+            return
+        reason = failure.getErrorMessage()
+        if not failure.check(StunTimeout, StunError, OSError):
+            _log.failure("unexpected check failure", failure)
+        _log.debug("check failed {pair}: {reason}", pair=pair.describe(), reason=reason)
+        if nominate and self._nominating is pair:
+            self._nominating = None
+        if pair is self.selected:
+            return
+        self.checklist.failed(pair)
+        if self.controlling and self.selected is None:
+            self._consider_nomination()
+        self._check_failure()
+
+    def _set_role(self, controlling: bool) -> None:
+        _log.info("ICE role is now {role}", role="controlling" if controlling else "controlled")
+        self.controlling = controlling
+        self.checklist.set_role(controlling)
+
+    # -- nomination --
+
+    def _consider_nomination(self) -> None:
+        if self.selected is not None or self._nominating is not None:
+            return
+        best = self.checklist.best_valid()
+        if best is None:
+            return
+        if not self.checklist.higher_pending(best):
+            self._nominate(best)
+        elif "nominate" not in self._timers:
+            self._timers["nominate"] = self.reactor.callLater(
+                self.config.nomination_delay, self._nominate_best
+            )
+
+    def _nominate_best(self) -> None:
+        self._timers.pop("nominate", None)
+        best = self.checklist.best_valid()
+        if best is not None and self.selected is None and self._nominating is None:
+            self._nominate(best)
+
+    def _nominate(self, pair: CandidatePair) -> None:
+        timer = self._timers.pop("nominate", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._nominating = pair
+        _log.debug("nominating {pair}", pair=pair.describe())
+        self._start_check(pair, nominate=True)
+
+    def _select(self, pair: CandidatePair) -> None:
+        if self.selected is not None:
+            return
+        self.selected = pair
+        self._nominating = None
+        for name in ("timeout", "nominate"):
+            timer = self._timers.pop(name, None)
+            if timer is not None and timer.active():
+                timer.cancel()
+        for other_id, d in list(self._pending_checks.items()):
+            if other_id != id(pair):
+                d.cancel()
+        local = self.listen()
+        mapped = pair.mapped
+        no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
+        method = "direct" if pair.remote.type == "host" and no_nat_here else "udp-hole-punch"
+        elapsed = self.reactor.seconds() - (self._started_at or self.reactor.seconds())
+        self.connection = PeerConnection(
+            self,
+            method,
+            (pair.local.host if local[0] in ("0.0.0.0", "") else local[0], local[1]),
+            pair.remote.address,
+            pair.rtt,
+            pair.local,
+            pair.remote,
+        )
+        _log.info(
+            "selected {pair} as {method} after {ms:.0f} ms",
+            pair=pair.describe(),
+            method=method,
+            ms=elapsed * 1000,
+        )
+        self._last_consent = self.reactor.seconds()
+        self._schedule_consent()
+        self._schedule_keepalive()
+        early, self._early = self._early, []
+        for data, source in early:
+            self._deliver(data, source)
+        waiting, self._connect_d = self._connect_d, None
+        if waiting is not None and not waiting.called:
+            waiting.callback(self.connection)
+
+    # -- incoming --
+
+    def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+        """Demultiplex one datagram: STUN (checks, responses) or application data."""
+        if self._closed:
+            return
+        if is_stun(data):
+            try:
+                message = decode(data)
+            except StunDecodeError:
+                message = None
+            if message is not None:
+                self._stun_received(message, source)
+                return
+        self._deliver(data, source)
+
+    def _deliver(self, data: bytes, source: tuple[str, int]) -> None:
+        if self.connection is not None:
+            if source == self.connection.remote or any(
+                p.remote.address == source for p in self.checklist.valid_pairs()
+            ):
+                self.connection._datagram(data)
+                return
+        elif any(p.remote.address == source for p in self.checklist.valid_pairs()) or any(
+            c.address == source for c in self.remote_candidates
+        ):
+            if len(self._early) < self.config.early_datagrams:
+                self._early.append((data, source))
+                return
+        self.stats.data_dropped += 1
+
+    def _stun_received(self, message: StunMessage, source: tuple[str, int]) -> None:
+        if message.message_class in (MessageClass.SUCCESS, MessageClass.ERROR):
+            assert self._transactions is not None
+            if not self._transactions.handle(message, Address(*source)):
+                self.stats.malformed += 1
+            return
+        if message.message_class == MessageClass.INDICATION:
+            return  # keepalives
+        if message.method != Method.BINDING:
+            self.stats.malformed += 1
+            return
+        self._check_received(message, source)
+
+    def _check_received(self, request: StunMessage, source: tuple[str, int]) -> None:
+        self.stats.checks_received += 1
+        try:
+            username = request.get_string(Attr.USERNAME)
+            priority = request.get_uint32(Attr.PRIORITY)
+            controlling = request.get_uint64(Attr.ICE_CONTROLLING)
+            controlled = request.get_uint64(Attr.ICE_CONTROLLED)
+        except StunDecodeError:
+            self.stats.malformed += 1
+            return
+        if (
+            username is None
+            or not username.startswith(self.local_ufrag + ":")
+            or not request.check_integrity(self.local_pwd.encode())
+        ):
+            self.stats.unauthenticated += 1
+            _log.debug("dropped unauthenticated check from {src}", src=source)
+            return
+        if priority is None:
+            self._respond_error(request, source, 400, "PRIORITY missing")
+            return
+        remote_ufrag = username.split(":", 1)[1]
+        if self.remote_ufrag is not None and remote_ufrag != self.remote_ufrag:
+            self.stats.unauthenticated += 1
+            return
+        # Role conflict (RFC 8445 7.3.1.1).
+        if self.controlling and controlling is not None:
+            self.stats.role_conflicts += 1
+            if self.tie_breaker >= controlling:
+                self._respond_error(request, source, 487, "Role Conflict")
+                return
+            self._set_role(False)
+        elif not self.controlling and controlled is not None:
+            self.stats.role_conflicts += 1
+            if self.tie_breaker >= controlled:
+                self._set_role(True)
+            else:
+                self._respond_error(request, source, 487, "Role Conflict")
+                return
+        response = request.success_response()
+        response.add_address(Attr.XOR_MAPPED_ADDRESS, source)
+        self._send_response(response, source)
+
+        remote = next((c for c in self.remote_candidates if c.address == source), None)
+        if remote is None:
+            # Peer-reflexive remote candidate (RFC 8445 7.3.1.3).
+            remote = Candidate(
+                foundation=str(random.getrandbits(31)),
+                component=1,
+                transport="udp",
+                priority=priority,
+                host=source[0],
+                port=source[1],
+                type="prflx",
+            )
+            self.remote_candidates.append(remote)
+            _log.debug("peer-reflexive remote candidate {c}", c=remote.to_sdp())
+        pair = self.checklist.find(None, source) or self._pair_with(remote)
+        if pair is None:
+            return
+        use_candidate = request.has(Attr.USE_CANDIDATE) and not self.controlling
+        if use_candidate:
+            pair.remote_nominated = True
+        if pair.state == PairState.SUCCEEDED:
+            if use_candidate and self.selected is None:
+                pair.nominated = True
+                self._select(pair)
+            elif pair is self.selected:
+                self._last_consent = max(self._last_consent, self.reactor.seconds() - 0)
+            return
+        if self.selected is not None and not use_candidate:
+            return
+        if self.remote_pwd is None:
+            self._pending_triggers.append(source)
+            return
+        self.checklist.trigger(pair)
+        self._schedule_checks()
+
+    def _send_response(self, response: StunMessage, source: tuple[str, int]) -> None:
+        try:
+            self._write(
+                encode(response, integrity_key=self.local_pwd.encode(), fingerprint=True), source
+            )
+            self.stats.responses_sent += 1
+        except OSError as e:
+            _log.debug("could not answer {src}: {err}", src=source, err=e)
+
+    def _respond_error(
+        self, request: StunMessage, source: tuple[str, int], code: int, reason: str
+    ) -> None:
+        self._send_response(request.error_response(code, reason), source)
+
+    # -- consent freshness and keepalive --
+
+    def _schedule_consent(self) -> None:
+        if self._closed or self.config.consent_interval <= 0:
+            return
+        jitter = random.uniform(0.8, 1.2)
+        self._timers["consent"] = self.reactor.callLater(
+            self.config.consent_interval * jitter, self._consent_tick
+        )
+
+    def _consent_tick(self) -> None:
+        self._timers.pop("consent", None)
+        pair = self.selected
+        if self._closed or pair is None or self.connection is None:
+            return
+        now = self.reactor.seconds()
+        if now - self._last_consent > self.config.consent_timeout:
+            self._lose_consent()
+            return
+        self.stats.consent_checks += 1
+        assert self._transactions is not None and self.remote_pwd is not None
+        d = self._transactions.request(
+            self._check_request(pair, nominate=False),
+            Address(*pair.remote.address),
+            policy=RetransmissionPolicy(rto=0.5, rc=3, rm=2),
+            integrity_key=self.remote_pwd.encode(),
+        )
+
+        def fresh(response: StunResponse) -> None:
+            if response.source == Address(*pair.remote.address):
+                self._last_consent = self.reactor.seconds()
+
+        d.addCallbacks(fresh, lambda f: None)
+        self._schedule_consent()
+
+    def _lose_consent(self) -> None:
+        elapsed = self.reactor.seconds() - self._last_consent
+        _log.info("consent lost: no answer from the peer for {s:.0f}s", s=elapsed)
+        if self.connection is not None:
+            self.connection._closed(f"consent expired (no answer for {elapsed:.0f}s)")
+        self.close()
+
+    def _schedule_keepalive(self) -> None:
+        if self._closed or self.config.keepalive_interval <= 0:
+            return
+        self._timers["keepalive"] = self.reactor.callLater(
+            self.config.keepalive_interval, self._keepalive_tick
+        )
+
+    def _keepalive_tick(self) -> None:
+        self._timers.pop("keepalive", None)
+        if self._closed or self.connection is None:
+            return
+        idle = self.reactor.seconds() - self._last_sent
+        if idle >= self.config.keepalive_interval * 0.99:
+            self.stats.keepalives += 1
+            try:
+                self._write(
+                    encode(StunMessage.indication(Method.BINDING), fingerprint=True),
+                    self.connection.remote,
+                )
+            except OSError as e:
+                _log.debug("keepalive failed: {err}", err=e)
+            self._schedule_keepalive()
+        else:
+            wait = self.config.keepalive_interval - idle
+            self._timers["keepalive"] = self.reactor.callLater(wait, self._keepalive_tick)
+
+    # -- shutdown --
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop everything: checks, timers, the socket; the connection (if any) closes."""
+        if self._closed:
+            return defer.succeed(None)
+        self._closed = True
+        self._running = False
+        if self._check_timer is not None and self._check_timer.active():
+            self._check_timer.cancel()
+        self._check_timer = None
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self._transactions is not None:
+            self._transactions.cancel_all()
+        self._pending_checks.clear()
+        if self.connection is not None:
+            self.connection._closed("closed locally")
+        d, self._connect_d = self._connect_d, None
+        if d is not None and not d.called:
+            d.errback(IceError("cancelled", "the attempt was cancelled"))
+        port, self._port = self._port, None
+        if port is None:
+            return defer.succeed(None)
+        result: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return result

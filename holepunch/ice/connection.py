@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_ice_agent -*-
+"""The result of ICE: a working, authenticated datagram path to a peer.
+
+A :class:`PeerConnection` sends and receives application datagrams on the agent's one
+UDP socket, through the selected candidate pair. The agent keeps consent (RFC 7675) and
+the NAT mapping alive underneath it; when consent is lost, or either side closes, the
+connection fires its ``disconnected`` observers once and stops.
+
+Application datagrams share the socket with STUN, so the agent tells them apart by the
+STUN magic cookie (RFC 7983 demultiplexing). A reliable stream (QUIC, later) can run on
+top: it needs exactly ``send(bytes)`` and a receive callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from holepunch.ice.agent import IceAgent
+
+_log = Logger()
+
+DatagramHandler = Callable[[bytes], None]
+DisconnectHandler = Callable[[str], None]
+
+
+class ConnectionClosed(Exception):
+    """The connection is closed; nothing can be sent on it."""
+
+
+class PeerConnection:
+    """A datagram connection to a peer, made by an :class:`~holepunch.ice.agent.IceAgent`.
+
+    Attributes: ``method`` (``direct`` or ``udp-hole-punch``; later ``turn-relay``, and
+    so on), ``local`` and ``remote`` (``(host, port)``), ``rtt`` (seconds, from the
+    check that made the pair valid), ``local_candidate`` and ``remote_candidate``.
+    """
+
+    def __init__(
+        self,
+        agent: IceAgent,
+        method: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        rtt: float | None,
+        local_candidate: Any,
+        remote_candidate: Any,
+    ) -> None:
+        self._agent = agent
+        self.method = method
+        self.local = local
+        self.remote = remote
+        self.rtt = rtt
+        self.local_candidate = local_candidate
+        self.remote_candidate = remote_candidate
+        self.closed = False
+        self.close_reason: str | None = None
+        self._receivers: list[DatagramHandler] = []
+        self._disconnect_observers: list[DisconnectHandler] = []
+        self._backlog: list[bytes] = []
+        self._waiters: list[defer.Deferred[str]] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def __repr__(self) -> str:
+        state = f"closed: {self.close_reason}" if self.closed else "open"
+        return f"<PeerConnection {self.method} {self.local} -> {self.remote} {state}>"
+
+    @property
+    def local_port(self) -> int:
+        """The local port (the seed's ``localPort``)."""
+        return self.local[1]
+
+    @property
+    def remote_address(self) -> str:
+        """The peer's address (the seed's ``remoteAddress``)."""
+        return self.remote[0]
+
+    @property
+    def remote_port(self) -> int:
+        """The peer's port (the seed's ``remotePort``)."""
+        return self.remote[1]
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram to the peer."""
+        if self.closed:
+            raise ConnectionClosed(self.close_reason or "closed")
+        self._agent.send_data(data, self.remote)
+        self.bytes_sent += len(data)
+
+    def on_datagram(self, handler: DatagramHandler) -> Callable[[], None]:
+        """Call ``handler(data)`` for every datagram from the peer; returns an unsubscriber.
+
+        Datagrams that arrived before the first handler was set are delivered to it at
+        once, in order.
+        """
+        self._receivers.append(handler)
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            handler(data)
+
+        def unsubscribe() -> None:
+            if handler in self._receivers:
+                self._receivers.remove(handler)
+
+        return unsubscribe
+
+    def on_disconnected(self, handler: DisconnectHandler) -> Callable[[], None]:
+        """Call ``handler(reason)`` once when the connection ends; returns an unsubscriber."""
+        if self.closed:
+            handler(self.close_reason or "closed")
+            return lambda: None
+        self._disconnect_observers.append(handler)
+
+        def unsubscribe() -> None:
+            if handler in self._disconnect_observers:
+                self._disconnect_observers.remove(handler)
+
+        return unsubscribe
+
+    def when_closed(self) -> defer.Deferred[str]:
+        """A Deferred that fires with the reason when the connection ends."""
+        d: defer.Deferred[str] = defer.Deferred()
+        if self.closed:
+            d.callback(self.close_reason or "closed")
+        else:
+            self._waiters.append(d)
+        return d
+
+    def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
+        """Close the connection and its agent (socket and timers)."""
+        self._closed(reason)
+        return self._agent.close()
+
+    # -- called by the agent --
+
+    def _datagram(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.bytes_received += len(data)
+        if not self._receivers:
+            if len(self._backlog) < 256:
+                self._backlog.append(data)
+            return
+        for handler in list(self._receivers):
+            try:
+                handler(data)
+            except Exception:
+                _log.failure("datagram handler raised")
+
+    def _closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        _log.info("connection to {remote} closed: {reason}", remote=self.remote, reason=reason)
+        observers, self._disconnect_observers = self._disconnect_observers, []
+        for handler in observers:
+            try:
+                handler(reason)
+            except Exception:
+                _log.failure("disconnect observer raised")
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(reason)
