@@ -77,6 +77,9 @@ def verify_token(secret: str | bytes, token: str, now: float) -> str:
         mac = _b64decode(mac_b64)
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed token") from None
+    if _b64encode(mac) != mac_b64:
+        # Unused low bits of the last character would give one MAC several spellings.
+        raise InvalidToken("malformed token")
     expected = _mac(_key(secret), f"{version}.{peer_b64}.{expiry_text}")
     if not hmac.compare_digest(mac, expected):
         raise InvalidToken("bad token signature")

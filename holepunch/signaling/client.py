@@ -34,10 +34,13 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from holepunch.signaling import messages as msg
+from holepunch.signaling._autobahn import cancel_close_timer
 from holepunch.signaling.messages import JSONObject
 
 if TYPE_CHECKING:
@@ -129,6 +132,10 @@ class SignalingClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.client._closed(self, wasClean, code, reason)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        cancel_close_timer(self)
 
 
 class _SignalingClientFactory(WebSocketClientFactory):
@@ -318,7 +325,9 @@ class SignalingClient(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """Close the connection (1000), stop reconnecting, fail what is outstanding."""
-        self._fail_all(ClientStopped("the signaling client was stopped"))
+        if self._stopped_error is None:
+            self._stopped_error = ClientStopped("the signaling client was stopped")
+        self._fail_all(self._stopped_error)
         protocol = self._protocol
         if protocol is not None and protocol.state == protocol.STATE_OPEN:
             protocol.sendClose(1000, "client stopping")
@@ -330,9 +339,14 @@ class SignalingClient(MultiService):
         """Stop reconnecting for good, failing everything outstanding with ``error``."""
         self._stopped_error = error
         self._fail_all(error)
-        if self.running:
-            d = self.stopService()
-            d.addErrback(lambda f: _log.failure("stopping the signaling client", f))
+
+        def stop() -> None:
+            if self.running:
+                d = self.stopService()
+                d.addErrback(lambda f: _log.failure("stopping the signaling client", f))
+
+        # Not from within the connection's callbacks: ClientService is not reentrant.
+        self._clock.callLater(0, stop)
 
     # -- requests ------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from zope.interface import implementer
 from holepunch import __version__
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
+from holepunch.signaling._autobahn import cancel_close_timer
 from holepunch.signaling.model import (
     DisconnectReason,
     ISignalingClient,
@@ -423,6 +424,7 @@ class SignalingServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
+        cancel_close_timer(self)
         self._finish()
 
     def _finish(self) -> None:
@@ -683,13 +685,20 @@ class SignalingService(MultiService):
         return None
 
 
-def make_signaling_service(config: SignalingConfig, reactor: Any = None) -> SignalingService:
-    """Build the signaling server described by ``config`` (not yet started)."""
+def make_signaling_service(
+    config: SignalingConfig, reactor: Any = None, clock: IReactorTime | None = None
+) -> SignalingService:
+    """Build the signaling server described by ``config`` (not yet started).
+
+    ``reactor`` listens; ``clock`` (default: the reactor) times the protocol: idle
+    eviction, rate limits, token expiry and timestamps.
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    clock = cast(IReactorTime, reactor)
+    if clock is None:
+        clock = cast(IReactorTime, reactor)
     registry = RoomRegistry(config.limits())
     factory = SignalingServerFactory(config, registry, clock, reactor=reactor)
     root = Resource()
