@@ -64,6 +64,9 @@ PUBLIC_B = "203.0.113.11"
 WAN_PREFIX = "203.0.113."
 WAN_PREFIXLEN = 24
 
+TWISTD = (sys.executable, "-c", "from twisted.scripts.twistd import run; run()")
+"""``twistd`` run by this interpreter (the ``twistd`` script may belong to another one)."""
+
 SEQUENTIAL_PORT_BASE = 20000
 """The first WAN port the symmetric-sequential preset hands out."""
 SEQUENTIAL_PORT_COUNT = 10000
@@ -813,6 +816,61 @@ class NatLab:
             process=proc,
         )
         targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (port, alt_port)]
+        self._wait_for_stun(proc, targets, timeout, "turnserver", info.log_path)
+        return info
+
+    def start_holepunch_daemon(
+        self,
+        *,
+        stun_port: int = 3480,
+        stun_alt_port: int = 3481,
+        extra_args: Sequence[str] = (),
+        timeout: float = 15.0,
+    ) -> subprocess.Popen[Any]:
+        """Run ``twistd -n holepunch`` in :attr:`public` in RFC 5780 mode; wait until it answers.
+
+        The STUN server listens on both public addresses, on ``stun_port`` and
+        ``stun_alt_port`` (by default beside coturn's 3478/3479). Its log goes to a
+        temporary file that :meth:`close` removes. ``extra_args`` are more daemon options;
+        signaling is off unless they name ``--signaling``.
+        """
+        directory = tempfile.mkdtemp(prefix=f"{self.prefix}-holepunch-")
+        self._tempdirs.append(directory)
+        log_path = os.path.join(directory, "twistd.log")
+        args = [
+            "--stun-interface", PUBLIC_A, "--stun-alternate-address", PUBLIC_B,
+            "--stun-port", str(stun_port), "--stun-alternate-port", str(stun_alt_port),
+        ]  # fmt: skip
+        if not any(a.startswith("--signaling") for a in extra_args):
+            args.append("--no-signaling")
+        argv = [
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={log_path}",
+            "holepunch",
+            *args,
+            *extra_args,
+        ]
+        proc = self.public.popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (stun_port, stun_alt_port)]
+        self._wait_for_stun(proc, targets, timeout, "twistd holepunch", log_path)
+        return proc
+
+    def _wait_for_stun(
+        self,
+        proc: subprocess.Popen[Any],
+        targets: Sequence[str],
+        timeout: float,
+        what: str,
+        log_path: str,
+    ) -> None:
+        """Poll with real STUN Bindings from :attr:`public` until every target answers.
+
+        On failure ``proc`` is stopped and :class:`LabError` carries the tail of its log.
+        """
         probe = self.public.python_argv(
             "holepunch.testing.udpobserver",
             "--timeout",
@@ -822,16 +880,16 @@ class NatLab:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                problem = f"turnserver exited {proc.returncode}"
+                problem = f"{what} exited {proc.returncode}"
             elif self.public.run(probe, timeout=10.0).returncode == 0:
-                return info
+                return
             elif time.monotonic() > deadline:
-                problem = f"turnserver did not answer STUN within {timeout}s"
+                problem = f"{what} did not answer STUN within {timeout}s"
             else:
                 continue
             _stop_processes([proc])
             self._forget(proc)
-            raise LabError(f"{problem}; log: {_tail(info.log_path)}")
+            raise LabError(f"{problem}; log: {_tail(log_path)}")
 
     # -- teardown --
 
