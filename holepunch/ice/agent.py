@@ -358,7 +358,15 @@ class IceAgent:
                 return
         except ValueError:
             return
-        if any(c.address == candidate.address for c in self.remote_candidates):
+        known = next((c for c in self.remote_candidates if c.address == candidate.address), None)
+        if known is not None:
+            if known.type == "prflx" and candidate.type != "prflx":
+                # The signalled candidate replaces the peer-reflexive one learnt from a
+                # check (RFC 8445 7.3.1.3), so the pair reports what the peer said.
+                self.remote_candidates[self.remote_candidates.index(known)] = candidate
+                for pair in self.checklist:
+                    if pair.remote is known:
+                        pair.remote = candidate
             return
         self.remote_candidates.append(candidate)
         self._pair_with(candidate)

@@ -1,0 +1,400 @@
+# -*- test-case-name: tests.test_ice_negotiation -*-
+"""ICE negotiation over the signaling server: offers, answers, trickled candidates.
+
+The messages are the ones a browser sends (``offer`` / ``answer`` / ``ice-candidate``),
+with an ``ice`` object in place of SDP (see docs/protocol.md, "Native peers: ICE
+negotiation")::
+
+    {"type": "offer", "to": "bob",
+     "offer": {"type": "offer", "session": "5f0c...",
+               "ice": {"ufrag": "U", "pwd": "P", "candidates": ["candidate:..."]},
+               "nat": {...nat-check fields...}}}
+    {"type": "ice-candidate", "to": "bob",
+     "candidate": {"candidate": "candidate:...", "sdpMid": "0", "session": "5f0c..."}}
+    {"type": "ice-candidate", "to": "bob",
+     "candidate": {"candidate": "", "sdpMid": "0", "session": "5f0c..."}}   (end)
+
+The offerer is the controlling agent. The session id keeps parallel attempts between the
+same two peers apart; a message for an unknown session is ignored (and counted).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from holepunch.ice.agent import IceAgent, IceConfig, IceError
+from holepunch.ice.candidate import Candidate, CandidateError
+from holepunch.ice.connection import PeerConnection
+from holepunch.nat.model import NatInfo
+
+_log = Logger()
+
+JSON = dict[str, Any]
+
+
+class NegotiationError(IceError):
+    """The peer's offer or answer was unusable, or signaling failed."""
+
+
+@dataclass
+class Session:
+    """One negotiation with one peer."""
+
+    session_id: str
+    peer_id: str
+    agent: IceAgent
+    offerer: bool
+    remote_nat: NatInfo | None = None
+    result: defer.Deferred[PeerConnection] | None = None
+    answered: bool = False
+    sent: set[str] = field(default_factory=set)
+    pending_candidates: list[JSON] = field(default_factory=list)
+
+
+def ice_description(agent: IceAgent, nat: NatInfo | None, kind: str, session_id: str) -> JSON:
+    """The ``offer`` / ``answer`` payload for ``agent``."""
+    description: JSON = {
+        "type": kind,
+        "session": session_id,
+        "ice": {
+            "ufrag": agent.local_ufrag,
+            "pwd": agent.local_pwd,
+            "candidates": [c.to_sdp() for c in agent.local_candidates if c.type != "prflx"],
+        },
+    }
+    if nat is not None:
+        description["nat"] = nat.to_json()
+    return description
+
+
+def parse_description(payload: Any) -> tuple[str, str, str, list[Candidate], NatInfo | None]:
+    """Session id, ufrag, pwd, candidates and NAT info of an offer/answer payload.
+
+    Raises :class:`NegotiationError` naming what is wrong. Candidates that do not parse
+    are skipped (a newer peer may send kinds we do not know).
+    """
+    if not isinstance(payload, dict):
+        raise NegotiationError("negotiation", "description is not an object")
+    ice = payload.get("ice")
+    session_id = payload.get("session")
+    if not isinstance(ice, dict) or not isinstance(session_id, str) or not session_id:
+        raise NegotiationError("negotiation", "not a native ICE description (no ice/session)")
+    ufrag, pwd = ice.get("ufrag"), ice.get("pwd")
+    if not isinstance(ufrag, str) or not isinstance(pwd, str) or len(ufrag) < 4 or len(pwd) < 22:
+        raise NegotiationError("negotiation", "ufrag/pwd missing or too short (RFC 8445 5.3)")
+    candidates: list[Candidate] = []
+    for line in ice.get("candidates") or []:
+        try:
+            candidates.append(Candidate.from_sdp(line))
+        except CandidateError as e:
+            _log.debug("skipping remote candidate {line!r}: {err}", line=line, err=e)
+    nat: NatInfo | None = None
+    if isinstance(payload.get("nat"), dict):
+        try:
+            nat = NatInfo.from_json(payload["nat"])
+        except ValueError:
+            nat = None
+    return session_id, ufrag, pwd, candidates, nat
+
+
+class Negotiator:
+    """Runs ICE sessions with peers through a :class:`~holepunch.signaling.client.SignalingClient`.
+
+    :param agent_factory: makes the agent of each session (tests and the coordinator
+        pass their own; the default uses ``config``).
+    :param nat: this host's NAT description, sent in offers and answers.
+    :param on_incoming: called with each new incoming :class:`Session`'s Deferred when
+        an offer arrives and no :meth:`accept` is waiting; by default offers are
+        accepted anyway and the connection goes to ``on_connection``.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        signaling: Any,
+        config: IceConfig | None = None,
+        *,
+        nat: NatInfo | None = None,
+        agent_factory: Callable[[bool], IceAgent] | None = None,
+        max_retries: int = 0,
+    ) -> None:
+        self.reactor = reactor
+        self.signaling = signaling
+        self.config = config or IceConfig()
+        self.nat = nat
+        self.max_retries = max_retries
+        self._agent_factory = agent_factory or (
+            lambda controlling: IceAgent(reactor, controlling, self.config)
+        )
+        self.sessions: dict[str, Session] = {}
+        self.ignored = 0
+        self._acceptors: list[tuple[str | None, defer.Deferred[PeerConnection]]] = []
+        self.on_connection: Callable[[str, PeerConnection], None] | None = None
+        self._subscriptions = [
+            signaling.on("offer", self._offer_received),
+            signaling.on("answer", self._answer_received),
+            signaling.on("ice-candidate", self._candidate_received),
+        ]
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Stop listening and close every session's agent that has not connected."""
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._subscriptions = []
+        for _, d in self._acceptors:
+            d.cancel()
+        self._acceptors.clear()
+        closing = [s.agent.close() for s in self.sessions.values() if s.agent.connection is None]
+        self.sessions.clear()
+        return defer.DeferredList(closing)
+
+    # -- outgoing --
+
+    def connect(self, peer_id: str) -> defer.Deferred[PeerConnection]:
+        """Offer a connection to ``peer_id``; retried up to ``max_retries`` times.
+
+        Fails with :class:`IceError` (``stage`` says where) when every attempt failed.
+        Cancelling stops the attempt and frees its socket and timers.
+        """
+        current: list[defer.Deferred[PeerConnection]] = []
+
+        def cancel(_: object) -> None:
+            for d in current:
+                d.cancel()
+
+        result: defer.Deferred[PeerConnection] = defer.Deferred(cancel)
+
+        def attempt(number: int) -> None:
+            d = self._offer(peer_id)
+            current[:] = [d]
+
+            def failed(f: Failure) -> None:
+                if result.called:
+                    return
+                if f.check(defer.CancelledError) or number >= self.max_retries:
+                    result.errback(f)
+                    return
+                if f.check(NegotiationError) and f.value.stage == "signaling":  # type: ignore[union-attr]
+                    result.errback(f)
+                    return
+                _log.info(
+                    "attempt {n} to reach {peer} failed ({err}); retrying",
+                    n=number + 1,
+                    peer=peer_id,
+                    err=f.getErrorMessage(),
+                )
+                attempt(number + 1)
+
+            d.addCallbacks(lambda c: result.callback(c) if not result.called else None, failed)
+
+        attempt(0)
+        return result
+
+    def _offer(self, peer_id: str) -> defer.Deferred[PeerConnection]:
+        session = self._new_session(peer_id, offerer=True, session_id=secrets.token_hex(8))
+        d = defer.ensureDeferred(self._run_offer(session))
+        d.addErrback(self._session_failed, session)
+        return self._with_cancel(d, session)
+
+    def _with_cancel(
+        self, d: defer.Deferred[PeerConnection], session: Session
+    ) -> defer.Deferred[PeerConnection]:
+        result: defer.Deferred[PeerConnection] = defer.Deferred(
+            lambda _: self._cancel_session(session, d)
+        )
+        d.addCallbacks(
+            lambda c: result.callback(c) if not result.called else None,
+            lambda f: result.errback(f) if not result.called else None,
+        )
+        return result
+
+    def _cancel_session(self, session: Session, inner: defer.Deferred[Any]) -> None:
+        self.sessions.pop(session.session_id, None)
+        session.agent.close()
+        inner.cancel()
+
+    async def _run_offer(self, session: Session) -> PeerConnection:
+        return await self._run(session, "offer")
+
+    async def _gather_hosts(self, session: Session) -> None:
+        """Gather in the background; return once the host candidates are known."""
+        agent = session.agent
+        gathered = defer.ensureDeferred(agent.gather())
+        gathered.addErrback(self._gather_failed, session)
+
+    def _gather_failed(self, failure: Failure, session: Session) -> None:
+        _log.info(
+            "gathering for {peer} failed: {err}",
+            peer=session.peer_id,
+            err=failure.getErrorMessage(),
+        )
+        session.agent._fail(IceError("gathering", failure.getErrorMessage()))
+
+    def _describe(self, session: Session, kind: str) -> JSON:
+        description = ice_description(session.agent, self.nat, kind, session.session_id)
+        session.sent.update(description["ice"]["candidates"])
+        return description
+
+    def _start_trickle(self, session: Session) -> None:
+        """Send candidates found after the offer/answer, then end-of-candidates."""
+        agent = session.agent
+        sent = session.sent
+
+        def trickle(candidate: Candidate | None) -> None:
+            if candidate is not None:
+                line = candidate.to_sdp()
+                if line in sent or candidate.type == "prflx":
+                    return
+                sent.add(line)
+            payload = {
+                "candidate": candidate.to_sdp() if candidate else "",
+                "sdpMid": "0",
+                "session": session.session_id,
+            }
+            d = self.signaling.send_ice_candidate(session.peer_id, payload)
+            d.addErrback(lambda f: _log.debug("trickle failed: {err}", err=f.getErrorMessage()))
+
+        agent.on_local_candidate = trickle
+        for candidate in list(agent.local_candidates):  # found while the offer was in flight
+            trickle(candidate)
+        if agent.gathering_complete:
+            trickle(None)
+
+    # -- incoming --
+
+    def accept(self, peer_id: str | None = None) -> defer.Deferred[PeerConnection]:
+        """Wait for an offer (from ``peer_id``, or anyone) and answer it."""
+
+        def cancel(d: defer.Deferred[PeerConnection]) -> None:
+            self._acceptors[:] = [(p, a) for p, a in self._acceptors if a is not d]
+
+        d: defer.Deferred[PeerConnection] = defer.Deferred(cancel)
+        self._acceptors.append((peer_id, d))
+        return d
+
+    def _offer_received(self, message: JSON) -> None:
+        peer_id = message.get("from")
+        payload = message.get("offer")
+        if not isinstance(peer_id, str):
+            return
+        try:
+            session_id, ufrag, pwd, candidates, nat = parse_description(payload)
+        except NegotiationError as e:
+            self.ignored += 1
+            _log.debug("ignored offer from {peer}: {err}", peer=peer_id, err=e)
+            return
+        if session_id in self.sessions:
+            return
+        acceptor = next(((p, d) for p, d in self._acceptors if p in (None, peer_id)), None)
+        if acceptor is None and self.on_connection is None:
+            self.ignored += 1
+            _log.info("ignored an offer from {peer}: nobody is accepting", peer=peer_id)
+            return
+        session = self._new_session(peer_id, offerer=False, session_id=session_id)
+        session.remote_nat = nat
+        agent = session.agent
+        agent.set_remote_credentials(ufrag, pwd)
+        for candidate in candidates:
+            agent.add_remote_candidate(candidate)
+        d = defer.ensureDeferred(self._run_answer(session))
+        d.addErrback(self._session_failed, session)
+        if acceptor is not None:
+            self._acceptors.remove(acceptor)
+            d.chainDeferred(acceptor[1])
+        else:
+            d.addCallback(lambda c: self.on_connection(peer_id, c) if self.on_connection else None)
+            d.addErrback(
+                lambda f: _log.info(
+                    "incoming from {peer} failed: {err}", peer=peer_id, err=f.getErrorMessage()
+                )
+            )
+
+    async def _run_answer(self, session: Session) -> PeerConnection:
+        return await self._run(session, "answer")
+
+    async def _run(self, session: Session, kind: str) -> PeerConnection:
+        """Start checks, gather, send the description, trickle; wait for the connection."""
+        agent = session.agent
+        agent.listen()
+        connecting = agent.connect()
+        await defer.ensureDeferred(self._gather_hosts(session))
+        send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
+        try:
+            await send(session.peer_id, self._describe(session, kind))
+        except Exception as e:
+            connecting.addErrback(lambda _: None)  # the agent's own failure is not the story
+            agent.close()
+            if isinstance(e, defer.CancelledError):
+                raise
+            raise NegotiationError("signaling", f"could not send the {kind}: {e}") from e
+        self._start_trickle(session)
+        return await connecting
+
+    def _answer_received(self, message: JSON) -> None:
+        try:
+            session_id, ufrag, pwd, candidates, nat = parse_description(message.get("answer"))
+        except NegotiationError:
+            self.ignored += 1
+            return
+        session = self.sessions.get(session_id)
+        if (
+            session is None
+            or not session.offerer
+            or session.answered
+            or message.get("from") != session.peer_id
+        ):
+            self.ignored += 1
+            return
+        session.answered = True
+        session.remote_nat = nat
+        session.agent.set_remote_credentials(ufrag, pwd)
+        for candidate in candidates:
+            session.agent.add_remote_candidate(candidate)
+        for payload in session.pending_candidates:
+            self._apply_candidate(session, payload)
+        session.pending_candidates.clear()
+
+    def _candidate_received(self, message: JSON) -> None:
+        payload = message.get("candidate")
+        if not isinstance(payload, dict):
+            self.ignored += 1
+            return
+        session = self.sessions.get(str(payload.get("session")))
+        if session is None or message.get("from") != session.peer_id:
+            self.ignored += 1
+            return
+        if session.offerer and not session.answered:
+            if len(session.pending_candidates) < 100:
+                session.pending_candidates.append(payload)
+            return
+        self._apply_candidate(session, payload)
+
+    def _apply_candidate(self, session: Session, payload: JSON) -> None:
+        line = payload.get("candidate")
+        if line == "" or line is None:
+            session.agent.add_remote_candidate(None)
+            return
+        try:
+            session.agent.add_remote_candidate(Candidate.from_sdp(line))
+        except CandidateError as e:
+            _log.debug("skipping trickled candidate {line!r}: {err}", line=line, err=e)
+
+    # -- bookkeeping --
+
+    def _new_session(self, peer_id: str, offerer: bool, session_id: str) -> Session:
+        agent = self._agent_factory(offerer)
+        session = Session(session_id, peer_id, agent, offerer)
+        self.sessions[session_id] = session
+        return session
+
+    def _session_failed(self, failure: Failure, session: Session) -> Failure:
+        self.sessions.pop(session.session_id, None)
+        session.agent.close()
+        return failure

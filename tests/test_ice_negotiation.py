@@ -1,0 +1,145 @@
+"""ICE negotiation through a real signaling server on loopback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from holepunch.ice.agent import IceConfig
+from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
+from holepunch.signaling.client import SignalingClient
+from holepunch.signaling.server import SignalingConfig, make_signaling_service
+
+
+class NegotiationTestBase(TestCase):
+    """A signaling server on 127.0.0.1 and helpers to make registered peers."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.service = make_signaling_service(
+            SignalingConfig(endpoint="tcp:0:interface=127.0.0.1"), reactor
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        port = yield self.service.when_listening()
+        self.url = f"ws://127.0.0.1:{port.getHost().port}/"
+
+    @defer.inlineCallbacks
+    def peer(self, peer_id: str, **kw: Any) -> Any:
+        client = SignalingClient(self.url, peer_id, reactor=reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield client.register()
+        negotiator = Negotiator(reactor, client, IceConfig(addresses=["127.0.0.1"]), **kw)
+        self.addCleanup(negotiator.stop)
+        return client, negotiator
+
+
+class NegotiationTests(NegotiationTestBase):
+    """Offer, answer and trickle over our signaling messages."""
+
+    @defer.inlineCallbacks
+    def test_connect_and_accept(self) -> Any:
+        """An offerer and an accepting peer end up with a working datagram path."""
+        _, alice = yield self.peer("alice")
+        _, bob = yield self.peer("bob")
+        accepted = bob.accept()
+        ca = yield alice.connect("bob")
+        cb = yield accepted
+        self.addCleanup(ca.close)
+        self.addCleanup(cb.close)
+        self.assertEqual(ca.method, "direct")
+        self.assertEqual(ca.remote, cb.local)
+        got: defer.Deferred[bytes] = defer.Deferred()
+        ca.on_datagram(lambda d: got.callback(d) if not got.called else None)
+        cb.send(b"hi alice")
+        data = yield got
+        self.assertEqual(data, b"hi alice")
+
+    @defer.inlineCallbacks
+    def test_unknown_peer_fails_at_signaling(self) -> Any:
+        """Offering to a peer that is not connected fails at the signaling stage, without retries."""
+        _, alice = yield self.peer("alice", max_retries=3)
+        e = yield self.assertFailure(alice.connect("nobody"), NegotiationError)
+        self.assertEqual(e.stage, "signaling")
+        self.assertIn("peer-not-found", str(e))
+        self.assertEqual(alice.sessions, {})
+
+    @defer.inlineCallbacks
+    def test_parallel_sessions_kept_apart(self) -> Any:
+        """Two attempts between the same peers at once get two separate connections."""
+        _, alice = yield self.peer("alice")
+        _, bob = yield self.peer("bob")
+        accepts = [bob.accept("alice"), bob.accept("alice")]
+        first, second = yield defer.gatherResults([alice.connect("bob"), alice.connect("bob")])
+        others = yield defer.gatherResults(accepts)
+        for c in [first, second, *others]:
+            self.addCleanup(c.close)
+        self.assertNotEqual(first.local, second.local)
+        self.assertEqual({first.remote, second.remote}, {o.local for o in others})
+
+    @defer.inlineCallbacks
+    def test_garbage_negotiation_ignored(self) -> Any:
+        """Malformed offers and candidates from a peer are ignored and counted; a good offer still works."""
+        mallory, _ = yield self.peer("mallory")
+        _, bob = yield self.peer("bob")
+        accepted = bob.accept()
+        for payload in [
+            {"sdp": "v=0", "type": "offer"},
+            {"ice": {"ufrag": "x"}, "session": "s"},
+            {},
+        ]:
+            yield mallory.send_offer("bob", payload)
+        yield mallory.send_ice_candidate("bob", {"candidate": "candidate:bogus", "session": "nope"})
+        yield mallory.ping()
+        self.assertGreaterEqual(bob.ignored, 4)
+        self.assertNoResult(accepted)
+        _, alice = yield self.peer("alice")
+        connection = yield alice.connect("bob")
+        self.addCleanup(connection.close)
+        other = yield accepted
+        self.addCleanup(other.close)
+
+    @defer.inlineCallbacks
+    def test_cancel_frees_the_agent(self) -> Any:
+        """Cancelling a connect while the peer never answers closes the session's socket."""
+        _, alice = yield self.peer("alice")
+        silent, _ = yield self.peer("silent")  # registered, but nobody accepts offers
+        d = alice.connect("silent")
+        yield silent.ping()
+        self.assertEqual(len(alice.sessions), 1)
+        session = next(iter(alice.sessions.values()))
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertIsNone(session.agent._port)
+        self.assertEqual(alice.sessions, {})
+
+
+class DescriptionTests(TestCase):
+    """Parsing offer/answer payloads."""
+
+    def test_browser_offer_is_not_native(self) -> None:
+        """A browser's SDP offer is refused as not native, with a reason."""
+        e = self.assertRaises(NegotiationError, parse_description, {"type": "offer", "sdp": "v=0"})
+        self.assertIn("not a native ICE description", str(e))
+
+    def test_short_credentials_refused(self) -> None:
+        """ufrag under 4 or pwd under 22 characters is refused (RFC 8445 5.3)."""
+        payload = {"session": "s", "ice": {"ufrag": "abc", "pwd": "x" * 22, "candidates": []}}
+        self.assertRaises(NegotiationError, parse_description, payload)
+
+    def test_bad_candidates_skipped(self) -> None:
+        """Unparseable candidate lines are skipped, good ones kept."""
+        payload = {
+            "session": "s",
+            "ice": {
+                "ufrag": "abcd",
+                "pwd": "x" * 22,
+                "candidates": ["candidate:1 1 udp 1 1.2.3.4 5 typ host", "garbage", 7],
+            },
+        }
+        _, _, _, candidates, nat = parse_description(payload)
+        self.assertEqual([c.port for c in candidates], [5])
+        self.assertIsNone(nat)
