@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "nat-check": ("holepunch.nat.cli", "discover the NAT you are behind (RFC 5780)"),
+    "token": ("holepunch.signaling.token_cli", "mint a signaling auth token"),
 }
 
 

@@ -44,6 +44,32 @@ class Options(usage.Options):
         ],
         ["stun-alternate-port", None, 3479, "Second STUN port, used with RFC 5780.", _port],
         ["signaling", None, "tcp:8080", "Endpoint of the signaling server (strports)."],
+        # Signaling server (holepunch.signaling.server.SignalingConfig has the defaults).
+        [
+            "auth-secret",
+            None,
+            None,
+            "Require signaling tokens signed with this secret (default: $P2P_AUTH_SECRET; "
+            "unset: no auth). Mint them with `holepunch token`.",
+        ],
+        ["peer-timeout", None, 300.0, "Evict peers silent for this many seconds.", float],
+        ["cleanup-interval", None, 60.0, "Look for idle peers every so many seconds.", float],
+        ["max-message-size", None, 65536, "Largest signaling message, bytes.", int],
+        ["max-frame-size", None, 262144, "Larger WebSocket messages close the link.", int],
+        ["message-rate", None, 20.0, "Signaling messages per second per connection.", float],
+        ["message-burst", None, 60, "Signaling messages allowed at once per connection.", int],
+        ["max-connections", None, 10000, "Signaling connections in total.", int],
+        ["max-connections-per-address", None, 64, "Signaling connections per source IP.", int],
+        ["max-peers", None, 10000, "Registered signaling peers in total.", int],
+        ["max-peers-per-room", None, 100, "Peers in one room.", int],
+        ["max-rooms-per-peer", None, 16, "Rooms one peer may join.", int],
+        [
+            "trust-x-forwarded-for",
+            None,
+            0,
+            "Reverse proxies in front of the signaling server whose X-Forwarded-For to trust.",
+            int,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -75,6 +101,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             reactor=reactor,
         ).setServiceParent(top)
     if not options["no-signaling"]:
-        # Filled in by the signaling server (issue 3).
-        pass
+        from holepunch.signaling.server import config_from_options, make_signaling_service
+
+        signaling = make_signaling_service(config_from_options(options), reactor)
+        signaling.setName("signaling")
+        signaling.setServiceParent(top)
     return top

@@ -386,3 +386,60 @@ class EndpointTests(SynchronousTestCase):
         """Anything but ws:// or wss:// is refused."""
         for url in ["http://example.com/", "ws:///nohost", "example.com"]:
             self.assertRaises(ValueError, endpoint_for_url, Clock(), url)
+
+
+class TokenCommandTests(SynchronousTestCase):
+    """``holepunch token``."""
+
+    def run_command(self, argv: list[str], environ: dict[str, str]) -> tuple[int, str, str]:
+        import argparse
+        import io
+
+        from holepunch.signaling import token_cli
+
+        parser = argparse.ArgumentParser()
+        token_cli.add_arguments(parser)
+        out, err = io.StringIO(), io.StringIO()
+        status = token_cli.run(parser.parse_args(argv), lambda: T0, environ, out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_mints_verifiable_token(self) -> None:
+        """The printed token verifies with the secret, for the peer id, until the ttl ends."""
+        status, out, _ = self.run_command(
+            ["--peer-id", "alice", "--ttl", "60", "--secret", "k"], {}
+        )
+        self.assertEqual(status, 0)
+        token = out.strip()
+        self.assertEqual(auth.verify_token("k", token, T0 + 59), "alice")
+        self.assertRaises(auth.InvalidToken, auth.verify_token, "k", token, T0 + 60)
+
+    def test_secret_from_environment(self) -> None:
+        """Without --secret, P2P_AUTH_SECRET is used; JSON output names the expiry."""
+        import json
+
+        status, out, _ = self.run_command(
+            ["--peer-id", "bob", "--json"], {"P2P_AUTH_SECRET": "env"}
+        )
+        self.assertEqual(status, 0)
+        printed = json.loads(out)
+        self.assertEqual((printed["peerId"], printed["expires"]), ("bob", int(T0) + 3600))
+        self.assertEqual(auth.verify_token("env", printed["token"], T0), "bob")
+
+    def test_no_secret(self) -> None:
+        """No secret anywhere is a usage error (status 2) with a message."""
+        status, out, err = self.run_command(["--peer-id", "bob"], {})
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("P2P_AUTH_SECRET", err)
+
+    def test_bad_ttl(self) -> None:
+        """A non-positive ttl is refused."""
+        status, _, err = self.run_command(["--peer-id", "bob", "--ttl", "0", "--secret", "k"], {})
+        self.assertEqual(status, 2)
+        self.assertIn("ttl", err)
+
+    def test_registered_subcommand(self) -> None:
+        """`holepunch token` is a subcommand of the holepunch command."""
+        from holepunch.cli import build_parser
+
+        args = build_parser().parse_args(["token", "--peer-id", "x", "--secret", "s"])
+        self.assertEqual(args._module.__name__, "holepunch.signaling.token_cli")

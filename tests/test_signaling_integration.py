@@ -510,3 +510,36 @@ class WebRootTests(IntegrationTestCase):
         alice = await self.client(url, "alice")
         self.assertTrue(alice.registered)
         self.assertEqual(json.loads(json.dumps(service.stats()))["peers"], 1)
+
+
+class DaemonTests(IntegrationTestCase):
+    """`twistd holepunch` wiring (holepunch.tap) runs the signaling server."""
+
+    async def test_tap_runs_signaling(self) -> None:
+        """The daemon's options reach the signaling service, which answers on its endpoint."""
+        from holepunch.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(
+            [
+                "--no-stun",
+                "--signaling",
+                LOCAL,
+                "--auth-secret",
+                "tap-secret",
+                "--peer-timeout",
+                "120",
+            ]
+        )
+        top = makeService(options, reactor)
+        service = top.getServiceNamed("signaling")
+        self.assertEqual(
+            (service.config.peer_timeout, service.config.auth_secret), (120, "tap-secret")
+        )
+        top.startService()
+        self.addCleanup(top.stopService)
+        port = await service.when_listening()
+        url = f"ws://127.0.0.1:{port.getHost().port}/"
+        token = auth.mint_token("tap-secret", "alice", 60, reactor.seconds())
+        alice = await self.client(url, "alice", token=token)
+        self.assertEqual(alice.registration["peerTimeout"], 120)

@@ -21,6 +21,7 @@ from holepunch.signaling.server import (
     SignalingServerFactory,
     SignalingSession,
     TokenBucket,
+    config_from_options,
     describe_address,
     make_signaling_service,
 )
@@ -696,3 +697,41 @@ class ServiceTests(SynchronousTestCase):
         post.method = b"POST"
         page.render(post)
         self.assertEqual(post.responseCode, 405)
+
+
+class ConfigTests(SynchronousTestCase):
+    """SignalingConfig and its construction from daemon options."""
+
+    def test_seed_defaults(self) -> None:
+        """The defaults are the seed's: 300 s peer timeout, 60 s cleanup, port 8080, no auth."""
+        config = SignalingConfig()
+        self.assertEqual((config.peer_timeout, config.cleanup_interval), (300, 60))
+        self.assertEqual((config.endpoint, config.auth_secret), ("tcp:8080", None))
+        self.assertEqual(config.max_message_size, 64 * 1024)
+
+    def test_from_options(self) -> None:
+        """Daemon options map onto the config; the secret falls back to P2P_AUTH_SECRET."""
+        config = config_from_options(
+            {
+                "signaling": "tcp:9000",
+                "peer-timeout": 10.0,
+                "message-rate": 5.0,
+                "auth-secret": None,
+            },
+            {"P2P_AUTH_SECRET": "from-env"},
+        )
+        self.assertEqual((config.endpoint, config.peer_timeout), ("tcp:9000", 10.0))
+        self.assertEqual((config.messages_per_second, config.auth_secret), (5.0, "from-env"))
+        explicit = config_from_options({"auth-secret": "given"}, {"P2P_AUTH_SECRET": "env"})
+        self.assertEqual(explicit.auth_secret, "given")
+        self.assertIsNone(config_from_options({}, {}).auth_secret)
+
+    def test_nonsense_refused(self) -> None:
+        """Non-positive limits and a frame limit below the message limit are refused."""
+        for bad in [
+            {"peer_timeout": 0},
+            {"max_peers": 0},
+            {"messages_per_second": -1},
+            {"max_message_size": 1000, "max_frame_size": 999},
+        ]:
+            self.assertRaises(ValueError, SignalingConfig, **bad)

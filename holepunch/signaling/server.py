@@ -21,8 +21,9 @@ The protocol is described in ``docs/protocol.md``.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -95,6 +96,25 @@ class SignalingConfig:
     trust_x_forwarded_for: int = 0
     """Number of reverse proxies in front whose ``X-Forwarded-For`` is to be believed."""
 
+    def __post_init__(self) -> None:
+        for name in ("peer_timeout", "cleanup_interval", "messages_per_second"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_message_size",
+            "message_burst",
+            "rate_limit_violations",
+            "max_connections",
+            "max_connections_per_address",
+            "max_peers",
+            "max_peers_per_room",
+            "max_rooms_per_peer",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_frame_size < self.max_message_size:
+            raise ValueError("max_frame_size must be at least max_message_size")
+
     def limits(self) -> Limits:
         """The room model's share of the configuration."""
         return Limits(
@@ -103,6 +123,46 @@ class SignalingConfig:
             max_rooms_per_peer=self.max_rooms_per_peer,
             peer_timeout=self.peer_timeout,
         )
+
+
+_OPTION_FIELDS = {
+    "signaling": "endpoint",
+    "auth-secret": "auth_secret",
+    "peer-timeout": "peer_timeout",
+    "cleanup-interval": "cleanup_interval",
+    "max-message-size": "max_message_size",
+    "max-frame-size": "max_frame_size",
+    "message-rate": "messages_per_second",
+    "message-burst": "message_burst",
+    "max-connections": "max_connections",
+    "max-connections-per-address": "max_connections_per_address",
+    "max-peers": "max_peers",
+    "max-peers-per-room": "max_peers_per_room",
+    "max-rooms-per-peer": "max_rooms_per_peer",
+    "trust-x-forwarded-for": "trust_x_forwarded_for",
+}
+
+
+def config_from_options(
+    options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> SignalingConfig:
+    """The signaling configuration from ``twistd holepunch`` options (``holepunch.tap``).
+
+    Options left out (or None) keep their defaults; the auth secret falls back to the
+    ``P2P_AUTH_SECRET`` environment variable, so it need not appear in a process list.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option, field_name in _OPTION_FIELDS.items():
+        try:
+            value = options[option]
+        except KeyError:
+            continue
+        if value is not None:
+            values[field_name] = value
+    if not values.get("auth_secret"):
+        values["auth_secret"] = environ.get("P2P_AUTH_SECRET") or None
+    return SignalingConfig(**values)
 
 
 class TokenBucket:
