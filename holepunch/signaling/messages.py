@@ -442,7 +442,7 @@ def registered(
         "type": "registered",
         "peerId": peer_id,
         "reconnectToken": reconnect_token,
-        "peerTimeout": peer_timeout,
+        "peerTimeout": int(peer_timeout) if float(peer_timeout).is_integer() else peer_timeout,
         "timestamp": milliseconds(now),
     }
     if replaced:
