@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "nat-check": ("holepunch.nat.cli", "discover the NAT you are behind (RFC 5780)"),
     "token": ("holepunch.signaling.token_cli", "mint a signaling auth token"),
+    "connect": ("holepunch.ice.cli", "reach a peer through NATs and carry lines (like nc -u)"),
 }
 
 

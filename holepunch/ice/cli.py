@@ -1,0 +1,313 @@
+# -*- test-case-name: tests.test_connect_cli -*-
+"""``holepunch connect``: reach a peer through NATs, then carry lines like ``nc -u``.
+
+Each line of stdin goes to the peer as one datagram; each datagram from the peer is
+written to stdout as a line. End of stdin sends an end marker (an empty datagram) and
+closes the connection; the peer's command exits too. With ``--json`` the first line of
+stdout is ``{"method", "local", "remote", "elapsed_ms", "rtt_ms"}``.
+
+Exit status: 0 after a clean end, 1 with a one-line reason on stderr naming the stage
+that failed (``signaling``, ``peer``, ``gathering``, ``candidates``,
+``connectivity-checks``, ``nomination``, ``connection``), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from twisted.internet import defer
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+MAX_LINE = 60000
+END_MARKER = b""
+
+
+class StageError(Exception):
+    """A failure with the stage it happened in."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holepunch connect``."""
+    parser.add_argument("--signaling", required=True, metavar="URL", help="ws:// or wss:// URL")
+    parser.add_argument("--id", required=True, metavar="ME", help="this peer's id")
+    parser.add_argument("--room", metavar="R", help="join this room first")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--to", metavar="PEER", help="offer a connection to PEER")
+    who.add_argument("--accept", action="store_true", help="wait for a peer's offer")
+    parser.add_argument(
+        "--stun-server", action="append", default=[], metavar="HOST:PORT", help="repeatable"
+    )
+    parser.add_argument(
+        "--host-address",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="local address(es) to offer as host candidates (default: every interface)",
+    )
+    parser.add_argument("--token", default=os.environ.get("P2P_AUTH_TOKEN"), help="auth token")
+    parser.add_argument("--json", action="store_true", help="print the connection as JSON first")
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="seconds to connect (30)"
+    )
+    parser.add_argument("--retries", type=int, default=0, help="more ICE attempts on failure")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        metavar="N",
+        help="send at most N lines a second (2000), so a burst does not overflow the peer",
+    )
+
+
+class _Lines(LineOnlyReceiver):
+    """stdin lines to the connection (paced), the connection's datagrams to stdout.
+
+    Lines are sent at most ``rate`` a second, in ticks of 10 ms, and stdin is paused
+    while many wait: a burst of datagrams larger than the receiver's socket buffer would
+    be lost on the way, as with any UDP tool, and pacing keeps every line arriving.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_LINE
+    TICK = 0.01
+
+    def __init__(
+        self, reactor: Any, connection: Any, done: defer.Deferred[str], err: TextIO, rate: float
+    ) -> None:
+        self.reactor = reactor
+        self.connection = connection
+        self.done = done
+        self.err = err
+        self.per_tick = max(1, int(rate * self.TICK))
+        self.queue: list[bytes] = []
+        self.ended = False
+        self.paused = False
+        self._timer: Any = None
+
+    def lineReceived(self, line: bytes) -> None:
+        self.queue.append(line + b"\n")  # never empty: an empty datagram is the end
+        if len(self.queue) > 512 and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._timer is None:
+            self._timer = self.reactor.callLater(0, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.connection.closed:
+            return
+        batch, self.queue = self.queue[: self.per_tick], self.queue[self.per_tick :]
+        for data in batch:
+            self.connection.send(data)
+        if self.paused and len(self.queue) < 128 and self.transport is not None:
+            self.paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self.queue:
+            self._timer = self.reactor.callLater(self.TICK, self._tick)
+        elif self.ended:
+            self._finish()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.err.write(f"holepunch connect: line longer than {MAX_LINE} bytes dropped\n")
+        self.err.flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.ended = True
+        if not self.queue:
+            self._finish()
+
+    def _finish(self) -> None:
+        # End of stdin and everything sent: tell the peer (three times: it is UDP).
+        if not self.connection.closed:
+            for _ in range(3):
+                self.connection.send(END_MARKER)
+        if not self.done.called:
+            self.done.callback("end of input")
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+async def _offer_until_present(negotiator: Any, reactor: Any, peer: str, deadline: float) -> Any:
+    from holepunch.ice.negotiation import NegotiationError
+    from holepunch.signaling.client import SignalingRequestError
+
+    while True:
+        try:
+            return await negotiator.connect(peer)
+        except NegotiationError as e:
+            cause = e.__cause__
+            waiting = isinstance(cause, SignalingRequestError) and cause.code == "peer-not-found"
+            if not waiting or reactor.seconds() + 0.5 > deadline:
+                if waiting:
+                    raise StageError("peer", f"{peer} did not come online") from e
+                raise
+            await _sleep(reactor, 0.5)
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def connect_command(
+    reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO, stdio: Any = None
+) -> int:
+    """Run the command; returns the exit status."""
+    from holepunch.ice.agent import IceConfig, IceError
+    from holepunch.ice.negotiation import Negotiator
+    from holepunch.signaling.client import SignalingClient
+    from holepunch.stun.client import parse_server
+
+    try:
+        stun_servers = [parse_server(s) for s in args.stun_server]
+    except ValueError as e:
+        err.write(f"holepunch connect: {e}\n")
+        return 2
+    started = reactor.seconds()
+    deadline = started + args.timeout
+    client = SignalingClient(args.signaling, args.id, reactor=reactor, token=args.token)
+    client.startService()
+    negotiator: Negotiator | None = None
+    connection: Any = None
+    try:
+        try:
+            registering = client.register()
+            registering.addTimeout(args.timeout, reactor)
+            await registering
+            if args.room:
+                await client.join_room(args.room)
+        except Exception as e:
+            raise StageError("signaling", f"{args.signaling}: {_reason(e)}") from e
+        config = IceConfig(
+            stun_servers=stun_servers,
+            addresses=args.host_address,
+            connection_timeout=max(1.0, deadline - reactor.seconds()),
+        )
+        negotiator = Negotiator(reactor, client, config, max_retries=args.retries)
+        attempt_started = reactor.seconds()
+        if args.accept:
+            waiting = negotiator.accept()
+            waiting.addTimeout(max(0.1, deadline - reactor.seconds()), reactor)
+            try:
+                connection = await waiting
+            except defer.TimeoutError:
+                raise StageError("peer", "no offer arrived in time") from None
+        else:
+            connection = await _offer_until_present(negotiator, reactor, args.to, deadline)
+        elapsed = reactor.seconds() - attempt_started
+        if args.json:
+            out.write(
+                json.dumps(
+                    {
+                        "method": connection.method,
+                        "local": f"{connection.local[0]}:{connection.local[1]}",
+                        "remote": f"{connection.remote[0]}:{connection.remote[1]}",
+                        "elapsed_ms": round(elapsed * 1000, 1),
+                        "rtt_ms": round((connection.rtt or 0) * 1000, 2),
+                    }
+                )
+                + "\n"
+            )
+            out.flush()
+        return await _carry(reactor, connection, out, err, stdio, args.rate)
+    except (StageError, IceError) as e:
+        err.write(f"holepunch connect: {e}\n")
+        return 1
+    except Exception as e:
+        err.write(f"holepunch connect: {type(e).__name__}: {e}\n")
+        return 1
+    finally:
+        if connection is not None and not connection.closed:
+            await connection.close()
+        if negotiator is not None:
+            await negotiator.stop()
+        await client.stopService()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, defer.TimeoutError):
+        return "no answer from the signaling server"
+    return str(e) or type(e).__name__
+
+
+async def _carry(
+    reactor: Any, connection: Any, out: TextIO, err: TextIO, stdio: Any, rate: float
+) -> int:
+    from twisted.internet.stdio import StandardIO
+
+    done: defer.Deferred[str] = defer.Deferred()
+    lines = _Lines(reactor, connection, done, err, rate)
+    output = sys.stdout.buffer if out is sys.stdout else None
+
+    def received(data: bytes) -> None:
+        if data == END_MARKER:
+            if not done.called:
+                done.callback("peer ended")
+            return
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        if output is not None:
+            output.write(data)
+            output.flush()
+        else:
+            out.write(data.decode(errors="replace"))
+
+    connection.on_datagram(received)
+    lost: list[str] = []
+
+    def disconnected(reason: str) -> None:
+        lost.append(reason)
+        if not done.called:
+            done.callback(reason)
+
+    connection.on_disconnected(disconnected)
+    io = stdio(lines) if stdio is not None else StandardIO(lines, reactor=reactor)
+    how = await done
+    lines.stop()
+    if how not in ("end of input", "peer ended"):
+        err.write(f"holepunch connect: connection: {how}\n")
+        _close_stdio(io)
+        return 1
+    _close_stdio(io)
+    return 0
+
+
+def _close_stdio(io: Any) -> None:
+    try:
+        io.loseConnection()
+    except Exception:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point from :mod:`holepunch.cli`."""
+    from twisted.internet import task
+
+    status = 1
+
+    async def main(reactor: Any) -> None:
+        nonlocal status
+        status = await connect_command(reactor, args, sys.stdout, sys.stderr)
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else 1
+    return status
