@@ -262,8 +262,7 @@ class ReconnectTests(ClientTestCase):
         self.assertEqual(attempts[:3], [2.0, 6.0, 14.0])
 
     def test_token_takes_over_half_dead_connection(self) -> None:
-        """If the server still holds the old connection, the reconnect token takes the id
-        back; the room sees no one leave or join."""
+        """The token takes the id back from a half-dead connection; the room sees nothing."""
         alice = self.client("alice")
         bob = self.client("bob")
         for client in (alice, bob):

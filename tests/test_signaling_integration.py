@@ -164,8 +164,7 @@ class GarbageTests(IntegrationTestCase):
     """Bad input gets stable error codes; nobody else notices."""
 
     async def test_every_kind_of_garbage(self) -> None:
-        """Each kind of garbage gets its error code, the sender's connection keeps working,
-        and another peer in the room sees nothing but its own traffic."""
+        """Every kind of garbage gets its code; the sender goes on; a roommate sees nothing."""
         _, url = await self.server(max_message_size=4096, max_frame_size=16384)
         garbage = await self.raw(url)
         welcome = await garbage.next()
@@ -263,8 +262,7 @@ class EvictionTests(IntegrationTestCase):
     """Idle peers are evicted on the server's (injected) clock."""
 
     async def test_idle_peer_evicted(self) -> None:
-        """A silent peer is evicted after peer_timeout: closed with 4000, its room hears
-        peer-left; a peer that keeps talking stays."""
+        """A silent peer is closed with 4000 and its room hears peer-left; a talker stays."""
         clock = Clock()
         clock.advance(1_700_000_000)
         service, url = await self.server(clock=clock, peer_timeout=300, cleanup_interval=60)
@@ -294,9 +292,7 @@ class ReconnectTests(IntegrationTestCase):
     """The client reconnects and reclaims its id with the reconnect token."""
 
     async def test_reconnect_with_token(self) -> None:
-        """When the client's side of the connection dies but the server's does not, the
-        reconnecting client takes its id back with the token: its rooms are kept and the
-        other peers see no one leave or join."""
+        """A half-dead connection's id is taken back with the token; the room notices nothing."""
         service, url = await self.server()
         port = int(url.split(":")[2].strip("/"))
         proxy = FreezingProxy(reactor, port)
@@ -346,8 +342,7 @@ class AuthTests(IntegrationTestCase):
     SECRET = "integration-secret"
 
     async def test_denied(self) -> None:
-        """No token, a forged one or an expired one: HTTP 401 with the reason; the client
-        gives up with SignalingAuthError."""
+        """Missing, forged or expired tokens get HTTP 401 with a reason; the client gives up."""
         _, url = await self.server(auth_secret=self.SECRET)
         upgrade = {
             "Upgrade": ["websocket"],
@@ -471,8 +466,7 @@ class TLSTests(IntegrationTestCase):
         self.assertGreaterEqual(await alice.ping(), 0.0)
 
     async def test_wrong_name_or_untrusted_ca_refused(self) -> None:
-        """The TLS handshake fails for a name the certificate does not carry, and for a CA
-        the client does not trust."""
+        """TLS fails for a name the certificate lacks and for a CA the client distrusts."""
         from OpenSSL.SSL import Error as TLSError
         from service_identity import VerificationError
 

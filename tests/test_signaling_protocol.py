@@ -521,8 +521,7 @@ class AutobahnProtocolTests(SynchronousTestCase):
         self.assertEqual(client.take()[0]["type"], "pong")
 
     def test_message_too_large_then_frame_too_large(self) -> None:
-        """Above max_message_size: an error and the connection stays; above the frame
-        limit: Autobahn closes with 1009."""
+        """Over the message limit: an error, connection kept; over the frame limit: 1009."""
         factory = self.factory(max_message_size=512, max_frame_size=1024)
         client, _, pump = self.connect(factory)
         client.take()
