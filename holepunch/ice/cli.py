@@ -142,29 +142,6 @@ class _Lines(LineOnlyReceiver):
         self._timer = None
 
 
-async def _offer_until_present(negotiator: Any, reactor: Any, peer: str, deadline: float) -> Any:
-    from holepunch.ice.negotiation import NegotiationError
-    from holepunch.signaling.client import SignalingRequestError
-
-    while True:
-        try:
-            return await negotiator.connect(peer)
-        except NegotiationError as e:
-            cause = e.__cause__
-            waiting = isinstance(cause, SignalingRequestError) and cause.code == "peer-not-found"
-            if not waiting or reactor.seconds() + 0.5 > deadline:
-                if waiting:
-                    raise StageError("peer", f"{peer} did not come online") from e
-                raise
-            await _sleep(reactor, 0.5)
-
-
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
-
-
 async def connect_command(
     reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO, stdio: Any = None
 ) -> int:
@@ -209,7 +186,9 @@ async def connect_command(
             except defer.TimeoutError:
                 raise StageError("peer", "no offer arrived in time") from None
         else:
-            connection = await _offer_until_present(negotiator, reactor, args.to, deadline)
+            connection = await negotiator.connect_when_present(
+                args.to, max(0.1, deadline - reactor.seconds())
+            )
         elapsed = reactor.seconds() - attempt_started
         if args.json:
             out.write(

@@ -197,6 +197,32 @@ class Negotiator:
         attempt(0)
         return result
 
+    def connect_when_present(self, peer_id: str, timeout: float) -> defer.Deferred[PeerConnection]:
+        """Like :meth:`connect`, but wait (up to ``timeout``) for ``peer_id`` to register.
+
+        Offers are retried every half second while the server says ``peer-not-found``;
+        then it fails with :class:`NegotiationError` at stage ``peer``.
+        """
+        return defer.ensureDeferred(self._connect_when_present(peer_id, timeout))
+
+    async def _connect_when_present(self, peer_id: str, timeout: float) -> PeerConnection:
+        from holepunch.signaling.client import SignalingRequestError
+
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            try:
+                return await self.connect(peer_id)
+            except NegotiationError as e:
+                cause = e.__cause__
+                absent = isinstance(cause, SignalingRequestError) and cause.code == "peer-not-found"
+                if not absent:
+                    raise
+                if self.reactor.seconds() + 0.5 > deadline:
+                    raise NegotiationError("peer", f"{peer_id} did not come online") from e
+            d: defer.Deferred[None] = defer.Deferred()
+            self.reactor.callLater(0.5, d.callback, None)
+            await d
+
     def _offer(self, peer_id: str) -> defer.Deferred[PeerConnection]:
         session = self._new_session(peer_id, offerer=True, session_id=secrets.token_hex(8))
         d = defer.ensureDeferred(self._run_offer(session))
