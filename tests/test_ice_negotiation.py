@@ -140,6 +140,21 @@ class DescriptionTests(TestCase):
                 "candidates": ["candidate:1 1 udp 1 1.2.3.4 5 typ host", "garbage", 7],
             },
         }
-        _, _, _, candidates, nat = parse_description(payload)
-        self.assertEqual([c.port for c in candidates], [5])
-        self.assertIsNone(nat)
+        description = parse_description(payload)
+        self.assertEqual([c.port for c in description.candidates], [5])
+        self.assertIsNone(description.nat)
+        self.assertIsNone(description.mapping)
+
+    def test_mapping_round_trip_and_garbage(self) -> None:
+        """ice.mapping is read back; a malformed one is ignored, not fatal."""
+        base = {"session": "s", "ice": {"ufrag": "abcd", "pwd": "x" * 22, "candidates": []}}
+        good = {"address": "203.0.113.1", "port": 20003, "endpointIndependent": False,
+                "allocation": "sequential", "delta": 1}  # fmt: skip
+        base["ice"]["mapping"] = good
+        mapping = parse_description(base).mapping
+        assert mapping is not None
+        self.assertEqual(mapping.to_json(), good)
+        self.assertTrue(mapping.sequential)
+        for bad in [{"address": "x"}, {**good, "port": 0}, "nope", {**good, "allocation": 5}]:
+            base["ice"]["mapping"] = bad
+            self.assertIsNone(parse_description(base).mapping)

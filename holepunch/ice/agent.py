@@ -47,6 +47,13 @@ from twisted.python.failure import Failure
 from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
 from holepunch.ice.checklist import CandidatePair, CheckList, PairState
 from holepunch.ice.connection import PeerConnection
+from holepunch.ice.hardnat import (
+    PORT_RANGE,
+    MappingProfile,
+    Technique,
+    plan,
+    predicted_ports,
+)
 from holepunch.stun.client import (
     RetransmissionPolicy,
     StunErrorResponse,
@@ -107,6 +114,20 @@ class IceConfig:
     keepalive_interval: float = 25.0
     max_pairs: int = 100
     early_datagrams: int = 64
+    probe_mapping: bool = True
+    """Measure our NAT's mapping from the agent's socket (needs an RFC 5780 server)."""
+    prediction_window: int = 10
+    """How many of a sequential peer's next ports to try."""
+    birthday_sockets: int = 256
+    """Sockets the hard (random-port) side opens for birthday probing."""
+    birthday_open_rate: float = 1000.0
+    """Sockets a second the hard side opens (each sends one check to the peer)."""
+    probe_rate: float = 100.0
+    """Birthday probes a second from the easy side (all to the peer's address)."""
+    max_probes: int = 2000
+    max_probe_time: float = 20.0
+    birthday_delay: float = 0.3
+    """The easy side waits this long for a cheaper path before probing."""
 
 
 def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
@@ -136,12 +157,40 @@ def route_source(remote: tuple[str, int]) -> str | None:
         return None
 
 
-class _IceSocket(DatagramProtocol):
+class IceSocket(DatagramProtocol):
+    """One UDP socket of an agent, with its own STUN transactions.
+
+    The agent's main socket carries everything; birthday probing (hard side) adds more,
+    each with its own local candidate (``base``), and all but the winner are closed
+    once a pair is selected.
+    """
+
     def __init__(self, agent: IceAgent) -> None:
         self.agent = agent
+        self.port: Any = None
+        self.local: tuple[str, int] = ("", 0)
+        self.base: Candidate | None = None
+        self.transactions = TransactionTable(self._send_stun, agent.reactor)
+
+    def _send_stun(self, data: bytes, address: Address) -> None:
+        self.write(data, (address.host, address.port))
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        if self.port is None:
+            raise OSError("socket closed")
+        self.port.write(data, address)
+        self.agent._last_sent = self.agent.reactor.seconds()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.agent.datagram_received(datagram, (addr[0], addr[1]))
+        self.agent.datagram_received(datagram, (addr[0], addr[1]), self)
+
+    def close(self) -> defer.Deferred[None]:
+        self.transactions.cancel_all()
+        port, self.port = self.port, None
+        if port is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return d
 
 
 @dataclass
@@ -157,6 +206,9 @@ class AgentStats:
     data_dropped: int = 0
     consent_checks: int = 0
     keepalives: int = 0
+    predicted_checks: int = 0
+    birthday_sockets: int = 0
+    probes_sent: int = 0
 
 
 class IceAgent:
@@ -191,16 +243,23 @@ class IceAgent:
         self.on_local_candidate: Callable[[Candidate | None], None] | None = None
         self.selected: CandidatePair | None = None
         self.connection: PeerConnection | None = None
-        self._port: Any = None
+        self._main: IceSocket | None = None
+        self._extra: dict[int, IceSocket] = {}
         self._local: tuple[str, int] | None = None
-        self._transactions: TransactionTable | None = None
+        self.mapping: MappingProfile | None = None
+        self.remote_mapping: MappingProfile | None = None
+        self.techniques: set[Technique] = set()
+        self._ordered: list[CandidatePair] = []
+        self._probe_ports: list[int] = []
+        self._probing = False
+        self._probe_deadline = 0.0
         self._check_timer: IDelayedCall | None = None
         self._timers: dict[str, IDelayedCall] = {}
         self._connect_d: defer.Deferred[PeerConnection] | None = None
         self._running = False
         self._closed = False
         self._nominating: CandidatePair | None = None
-        self._pending_triggers: list[tuple[str, int]] = []
+        self._pending_triggers: list[tuple[Candidate, tuple[str, int]]] = []
         self._early: list[tuple[bytes, tuple[str, int]]] = []
         self._last_sent = 0.0
         self._last_consent = 0.0
@@ -211,41 +270,54 @@ class IceAgent:
     # -- socket --
 
     def listen(self) -> tuple[str, int]:
-        """Bind the agent's UDP socket (once); returns its local address."""
+        """Bind the agent's main UDP socket (once); returns its local address."""
         if self._closed:
             raise IceError("closed", "the agent is closed")
         if self._local is not None:
             return self._local
-        if self._port is None:
-            addresses = self.config.addresses
-            interface = addresses[0] if addresses and len(addresses) == 1 else ""
-            self._port = self.reactor.listenUDP(
-                self.config.port, _IceSocket(self), interface=interface
-            )
-            self._transactions = TransactionTable(self._send_stun, self.reactor)
-        host = self._port.getHost()
-        self._local = (host.host, host.port)
+        addresses = self.config.addresses
+        interface = addresses[0] if addresses and len(addresses) == 1 else ""
+        self._main = self._open_socket(interface, self.config.port)
+        self._local = self._main.local
         return self._local
+
+    def _open_socket(self, interface: str, port: int) -> IceSocket:
+        sock = IceSocket(self)
+        sock.port = self.reactor.listenUDP(port, sock, interface=interface)
+        host = sock.port.getHost()
+        sock.local = (host.host, host.port)
+        return sock
 
     @property
     def local_port(self) -> int:
-        """The socket's port (bound on first use)."""
+        """The main socket's port (bound on first use)."""
         if self._local is not None:
             return self._local[1]
         return self.listen()[1]
 
-    def _send_stun(self, data: bytes, address: Address) -> None:
-        self._write(data, (address.host, address.port))
+    @property
+    def _port(self) -> Any:
+        """The main socket's listening port, None once closed."""
+        return self._main.port if self._main is not None else None
 
-    def _write(self, data: bytes, address: tuple[str, int]) -> None:
-        if self._port is None or self._closed:
+    def _socket_for(self, local: Candidate) -> IceSocket | None:
+        """The socket a local candidate sends from (its base's port)."""
+        port = local.port if local.type == "host" else local.related_port
+        extra = self._extra.get(port or 0)
+        if extra is not None:
+            return extra
+        return self._main
+
+    def _write(self, data: bytes, address: tuple[str, int], sock: IceSocket | None = None) -> None:
+        sock = sock or self._main
+        if sock is None or self._closed:
             raise OSError("agent closed")
-        self._port.write(data, address)
-        self._last_sent = self.reactor.seconds()
+        sock.write(data, address)
 
     def send_data(self, data: bytes, address: tuple[str, int]) -> None:
         """Send an application datagram (used by :class:`PeerConnection`)."""
-        self._write(data, address)
+        sock = self._socket_for(self.selected.local) if self.selected is not None else None
+        self._write(data, address, sock)
 
     # -- gathering --
 
@@ -294,15 +366,16 @@ class IceAgent:
         del results
         self.gathering_complete = True
         self._emit(None)
+        self._schedule_checks()
         return list(self.local_candidates)
 
     async def _gather_srflx(self, server: tuple[str, int]) -> None:
         from holepunch.stun.client import parse_binding_response, resolve_server
 
-        assert self._transactions is not None
+        assert self._main is not None
         try:
             address = await resolve_server(self.reactor, server[0], server[1])
-            response = await self._transactions.request(
+            response = await self._main.transactions.request(
                 StunMessage.request(), address, policy=self.config.gather_policy
             )
             result = parse_binding_response(response)
@@ -310,18 +383,44 @@ class IceAgent:
             _log.info("STUN server {server} gave no reflexive address: {err}", server=server, err=e)
             return
         base = self._base_for(address.host, address.port)
-        if result.mapped == Address(base.host, base.port):
-            return  # no NAT toward this server: the host candidate says it all
-        srflx = make_candidate(
-            "srflx",
-            result.mapped.host,
-            result.mapped.port,
-            base=(base.host, base.port),
-            server=f"{address.host}:{address.port}",
-            local_preference=base.priority >> 8 & 0xFFFF,
-        )
-        if self._add_local(srflx):
-            _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
+        if result.mapped != Address(base.host, base.port):
+            srflx = make_candidate(
+                "srflx",
+                result.mapped.host,
+                result.mapped.port,
+                base=(base.host, base.port),
+                server=f"{address.host}:{address.port}",
+                local_preference=base.priority >> 8 & 0xFFFF,
+            )
+            if self._add_local(srflx):
+                _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
+        if self.config.probe_mapping and self.mapping is None:
+            await self._probe_mapping(address, result)
+
+    async def _probe_mapping(self, server: Address, first: Any) -> None:
+        """Measure our own NAT's mapping from this socket (RFC 5780 OTHER-ADDRESS)."""
+        from holepunch.stun.client import parse_binding_response
+
+        assert self._main is not None
+        ports = [first.mapped.port]
+        other = first.other_address
+        if other is not None and other.host != server.host and other.port != server.port:
+            for target in (Address(other.host, server.port), other):
+                try:
+                    response = await self._main.transactions.request(
+                        StunMessage.request(), target, policy=self.config.gather_policy
+                    )
+                    result = parse_binding_response(response)
+                except Exception as e:
+                    _log.info("mapping probe to {t} failed: {err}", t=target, err=e)
+                    break
+                ports.append(result.mapped.port)
+        if len(ports) < 3 and len(set(ports)) == 1:
+            # One sample, or a plain server: say nothing rather than guess.
+            return
+        self.mapping = MappingProfile.from_ports(first.mapped.host, ports)
+        _log.info("our mapping: ports {ports} -> {profile}", ports=ports, profile=self.mapping)
+        self._plan()
 
     def _base_for(self, host: str, port: int) -> Candidate:
         """The host candidate the kernel sends from toward ``host:port``."""
@@ -338,11 +437,12 @@ class IceAgent:
             raise ValueError("remote ufrag and pwd must not be empty")
         self.remote_ufrag = ufrag
         self.remote_pwd = pwd
-        for address in self._pending_triggers:
-            pair = self.checklist.find(None, address)
+        for local, address in self._pending_triggers:
+            pair = self.checklist.find(local, address)
             if pair is not None:
                 self.checklist.trigger(pair)
         self._pending_triggers.clear()
+        self._plan()
         self._schedule_checks()
 
     def add_remote_candidate(self, candidate: Candidate | None) -> None:
@@ -404,6 +504,7 @@ class IceAgent:
         self._timers["timeout"] = self.reactor.callLater(
             self.config.connection_timeout, self._timed_out
         )
+        self._plan()
         self._schedule_checks()
         return self._connect_d
 
@@ -429,9 +530,16 @@ class IceAgent:
         if d is not None and not d.called:
             d.errback(error)
 
+    def _hard_nat_pending(self) -> bool:
+        """Birthday probing is under way or about to start: not a failure yet."""
+        return any(name in self._timers for name in ("probe", "probe-end", "birthday-open")) or (
+            self._probing
+        )
+
     def _check_failure(self) -> None:
         if (
-            self._running
+            not self._hard_nat_pending()
+            and self._running
             and self.selected is None
             and self.remote_end_of_candidates
             and self.gathering_complete
@@ -451,11 +559,25 @@ class IceAgent:
             return
         self._check_timer = self.reactor.callLater(0, self._next_check)
 
+    def _holding(self) -> bool:
+        """Hold checks until our mapping is measured: a check is a new flow, and on a
+        sequential NAT a flow before the probe would shift every prediction."""
+        return bool(
+            self.config.probe_mapping and self.config.stun_servers and not self.gathering_complete
+        )
+
     def _next_check(self) -> None:
         self._check_timer = None
-        if self._closed or self.remote_pwd is None:
+        if self._closed or self.remote_pwd is None or self._holding():
             return
-        pair = self.checklist.next_pair()
+        pair = None
+        while self._ordered and pair is None:
+            candidate = self._ordered.pop(0)
+            if candidate.state in (PairState.WAITING, PairState.FROZEN):
+                pair = candidate
+                self.stats.predicted_checks += 1
+        if pair is None:
+            pair = self.checklist.next_pair()
         if pair is None:
             return
         self._start_check(pair, nominate=False)
@@ -476,8 +598,17 @@ class IceAgent:
             request.add_uint64(Attr.ICE_CONTROLLED, self.tie_breaker)
         return request
 
-    def _start_check(self, pair: CandidatePair, nominate: bool) -> None:
-        assert self._transactions is not None and self.remote_pwd is not None
+    def _start_check(
+        self,
+        pair: CandidatePair,
+        nominate: bool,
+        policy: RetransmissionPolicy | None = None,
+    ) -> None:
+        assert self.remote_pwd is not None
+        sock = self._socket_for(pair.local)
+        if sock is None or sock.port is None:
+            self.checklist.failed(pair)
+            return
         previous = self._pending_checks.pop(id(pair), None)
         if previous is not None:
             previous.cancel()
@@ -490,10 +621,10 @@ class IceAgent:
         _log.debug(
             "check {pair}{nom}", pair=pair.describe(), nom=" USE-CANDIDATE" if nominate else ""
         )
-        d = self._transactions.request(
+        d = sock.transactions.request(
             request,
             destination,
-            policy=self.config.check_policy,
+            policy=policy or self.config.check_policy,
             integrity_key=self.remote_pwd.encode(),
         )
         self._pending_checks[id(pair)] = d
@@ -620,17 +751,31 @@ class IceAgent:
             return
         self.selected = pair
         self._nominating = None
-        for name in ("timeout", "nominate"):
+        self._probing = False
+        self._ordered.clear()
+        for name in ("timeout", "nominate", "probe", "probe-end", "birthday-open"):
             timer = self._timers.pop(name, None)
             if timer is not None and timer.active():
                 timer.cancel()
         for other_id, d in list(self._pending_checks.items()):
             if other_id != id(pair):
                 d.cancel()
-        local = self.listen()
+        sock = self._socket_for(pair.local)
+        assert sock is not None
+        # Birthday sockets that lost are closed now; the winner carries the connection.
+        for port, extra in list(self._extra.items()):
+            if extra is not sock:
+                del self._extra[port]
+                extra.close()
+        local = sock.local
         mapped = pair.mapped
         no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
-        method = "direct" if pair.remote.type == "host" and no_nat_here else "udp-hole-punch"
+        if pair.tag:
+            method = pair.tag
+        elif pair.remote.type == "host" and no_nat_here:
+            method = "direct"
+        else:
+            method = "udp-hole-punch"
         elapsed = self.reactor.seconds() - (self._started_at or self.reactor.seconds())
         self.connection = PeerConnection(
             self,
@@ -657,19 +802,206 @@ class IceAgent:
         if waiting is not None and not waiting.called:
             waiting.callback(self.connection)
 
+    # -- hard NATs: port prediction and birthday probing --
+
+    def set_remote_mapping(self, profile: MappingProfile | None) -> None:
+        """The peer's measured mapping (``ice.mapping`` in its offer or answer)."""
+        self.remote_mapping = profile
+        self._plan()
+        self._schedule_checks()
+
+    def _plan(self) -> None:
+        """Decide, once both mappings and the peer's password are known, what to add."""
+        if (
+            self.techniques
+            or not self._running
+            or self.remote_pwd is None
+            or self.mapping is None
+            or self.remote_mapping is None
+            or self.selected is not None
+        ):
+            return
+        self.techniques = plan(self.mapping, self.remote_mapping)
+        if not self.techniques:
+            return
+        _log.info(
+            "hard NAT plan: {t} (ours {ours}, theirs {theirs})",
+            t=sorted(t.value for t in self.techniques),
+            ours=self.mapping,
+            theirs=self.remote_mapping,
+        )
+        if self.techniques & {Technique.PREDICT, Technique.PREDICT_IN_ORDER}:
+            self._add_predictions()
+        if Technique.BIRTHDAY_HARD in self.techniques:
+            self._open_birthday_sockets()
+        if Technique.BIRTHDAY_EASY in self.techniques:
+            self._timers["probe"] = self.reactor.callLater(
+                self.config.birthday_delay, self._start_probing
+            )
+
+    def _remote_at(self, host: str, port: int, tag: str) -> Candidate:
+        """The remote candidate at ``host:port``, made (not signalled) if unknown."""
+        known = next((c for c in self.remote_candidates if c.address == (host, port)), None)
+        if known is not None:
+            return known
+        candidate = Candidate(
+            foundation=tag.replace("-", "")[:8] or "x",
+            component=1,
+            transport="udp",
+            priority=candidate_priority("srflx", 0),
+            host=host,
+            port=port,
+            type="srflx",
+            extensions=((tag, "1"),),
+        )
+        self.remote_candidates.append(candidate)
+        return candidate
+
+    def _add_predictions(self) -> None:
+        """Predicted candidates of a sequential peer, checked first and in order."""
+        assert self.remote_mapping is not None
+        remote = self.remote_mapping
+        for port in predicted_ports(remote, self.config.prediction_window):
+            candidate = self._remote_at(remote.address, port, "predicted")
+            local = self._base_for(remote.address, port)
+            pair = self.checklist.find(local, candidate.address) or self.checklist.add(
+                local, candidate, tag="port-prediction"
+            )
+            if pair is not None:
+                pair.tag = "port-prediction"
+                pair.state = PairState.WAITING
+                self._ordered.append(pair)
+
+    def _open_birthday_sockets(self) -> None:
+        """Hard side: many sockets, each sending a check to the peer's public address."""
+        assert self.remote_mapping is not None and self._main is not None
+        target = self._remote_at(
+            self.remote_mapping.address, self.remote_mapping.last_port, "mapped"
+        )
+        interface = self._main.local[0]
+        policy = RetransmissionPolicy(
+            rto=self.config.max_probe_time / 2, rc=2, rm=1
+        )  # a second send keeps the NAT's unreplied entry alive past 30 s of probing
+        interval = 1.0 / self.config.birthday_open_rate if self.config.birthday_open_rate else 0
+        remaining = [self.config.birthday_sockets]
+
+        def open_one() -> None:
+            self._timers.pop("birthday-open", None)
+            if self._closed or self.selected is not None or remaining[0] <= 0:
+                return
+            remaining[0] -= 1
+            try:
+                sock = self._open_socket(interface if interface != "0.0.0.0" else "", 0)
+            except Exception as e:
+                _log.info("birthday socket failed: {err}", err=e)
+                return
+            host = self._base_for(target.host, target.port).host
+            sock.base = make_candidate("host", host, sock.local[1], local_preference=0)
+            self._extra[sock.local[1]] = sock
+            self.stats.birthday_sockets += 1
+            pair = self.checklist.add(sock.base, target, tag="birthday")
+            if pair is not None:
+                self._start_check(pair, nominate=False, policy=policy)
+            self._timers["birthday-open"] = self.reactor.callLater(interval, open_one)
+
+        self.checklist.max_pairs += self.config.birthday_sockets
+        open_one()
+
+    def _probes_done(self) -> None:
+        """The last probes' answers had time to arrive: judge the attempt."""
+        self._timers.pop("probe-end", None)
+        self._check_failure()
+
+    def _start_probing(self) -> None:
+        """Easy side: checks to random ports of the peer's public address, paced."""
+        self._timers.pop("probe", None)
+        if self._closed or self.selected is not None or self.checklist.valid_pairs():
+            return
+        assert self.remote_mapping is not None
+        low, high = PORT_RANGE
+        count = min(self.config.max_probes, high - low + 1)
+        self._probe_ports = random.sample(range(low, high + 1), count)
+        self._probing = True
+        self._probe_deadline = self.reactor.seconds() + self.config.max_probe_time
+        _log.info(
+            "birthday probing {addr}: up to {n} probes at {rate}/s",
+            addr=self.remote_mapping.address,
+            n=count,
+            rate=self.config.probe_rate,
+        )
+        self._probe_tick()
+
+    def _probe_tick(self) -> None:
+        self._timers.pop("probe", None)
+        if (
+            self._closed
+            or not self._probing
+            or self.selected is not None
+            or self.reactor.seconds() > self._probe_deadline
+            or not self._probe_ports
+        ):
+            if self._probing:
+                self._probing = False
+                _log.info("birthday probing ended after {n} probes", n=self.stats.probes_sent)
+                self._timers["probe-end"] = self.reactor.callLater(2.5, self._probes_done)
+            return
+        assert self.remote_mapping is not None and self._main is not None
+        assert self.remote_pwd is not None
+        port = self._probe_ports.pop()
+        address = self.remote_mapping.address  # only ever the peer's signalled address
+        self.stats.probes_sent += 1
+        local = self._base_for(address, port)
+        probe_pair = CandidatePair(local, self._remote_at(address, port, "probe"), tag="birthday")
+        request = self._check_request(probe_pair, nominate=False)
+        d = self._main.transactions.request(
+            request,
+            Address(address, port),
+            policy=RetransmissionPolicy(rto=2.0, rc=1, rm=1),
+            integrity_key=self.remote_pwd.encode(),
+        )
+        started = self.reactor.seconds()
+
+        def hit(response: StunResponse) -> None:
+            if self._closed or response.source != Address(address, port):
+                return
+            _log.info("birthday probe hit {addr}:{port}", addr=address, port=port)
+            self._probing = False
+            pair = self.checklist.find(local, (address, port))
+            if pair is None:
+                self.checklist.max_pairs += 1
+                pair = self.checklist.add(local, probe_pair.remote, tag="birthday")
+            if pair is None:
+                return
+            pair.tag = "birthday"
+            self._check_succeeded(response, pair, False, started, Address(address, port))
+
+        def missed(_: Failure) -> None:
+            # Probes to ports nobody opened are not kept as candidates.
+            if probe_pair.remote in self.remote_candidates and not any(
+                p.remote is probe_pair.remote for p in self.checklist
+            ):
+                self.remote_candidates.remove(probe_pair.remote)
+
+        d.addCallbacks(hit, missed)
+        interval = 1.0 / self.config.probe_rate if self.config.probe_rate > 0 else 0.01
+        self._timers["probe"] = self.reactor.callLater(interval, self._probe_tick)
+
     # -- incoming --
 
-    def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+    def datagram_received(
+        self, data: bytes, source: tuple[str, int], sock: IceSocket | None = None
+    ) -> None:
         """Demultiplex one datagram: STUN (checks, responses) or application data."""
         if self._closed:
             return
+        sock = sock or self._main
         if is_stun(data):
             try:
                 message = decode(data)
             except StunDecodeError:
                 message = None
-            if message is not None:
-                self._stun_received(message, source)
+            if message is not None and sock is not None:
+                self._stun_received(message, source, sock)
                 return
         self._deliver(data, source)
 
@@ -688,10 +1020,11 @@ class IceAgent:
                 return
         self.stats.data_dropped += 1
 
-    def _stun_received(self, message: StunMessage, source: tuple[str, int]) -> None:
+    def _stun_received(
+        self, message: StunMessage, source: tuple[str, int], sock: IceSocket
+    ) -> None:
         if message.message_class in (MessageClass.SUCCESS, MessageClass.ERROR):
-            assert self._transactions is not None
-            if not self._transactions.handle(message, Address(*source)):
+            if not sock.transactions.handle(message, Address(*source)):
                 self.stats.malformed += 1
             return
         if message.message_class == MessageClass.INDICATION:
@@ -699,9 +1032,11 @@ class IceAgent:
         if message.method != Method.BINDING:
             self.stats.malformed += 1
             return
-        self._check_received(message, source)
+        self._check_received(message, source, sock)
 
-    def _check_received(self, request: StunMessage, source: tuple[str, int]) -> None:
+    def _check_received(
+        self, request: StunMessage, source: tuple[str, int], sock: IceSocket
+    ) -> None:
         self.stats.checks_received += 1
         try:
             username = request.get_string(Attr.USERNAME)
@@ -720,7 +1055,7 @@ class IceAgent:
             _log.debug("dropped unauthenticated check from {src}", src=source)
             return
         if priority is None:
-            self._respond_error(request, source, 400, "PRIORITY missing")
+            self._respond_error(request, source, 400, "PRIORITY missing", sock)
             return
         remote_ufrag = username.split(":", 1)[1]
         if self.remote_ufrag is not None and remote_ufrag != self.remote_ufrag:
@@ -730,7 +1065,7 @@ class IceAgent:
         if self.controlling and controlling is not None:
             self.stats.role_conflicts += 1
             if self.tie_breaker >= controlling:
-                self._respond_error(request, source, 487, "Role Conflict")
+                self._respond_error(request, source, 487, "Role Conflict", sock)
                 return
             self._set_role(False)
         elif not self.controlling and controlled is not None:
@@ -738,11 +1073,11 @@ class IceAgent:
             if self.tie_breaker >= controlled:
                 self._set_role(True)
             else:
-                self._respond_error(request, source, 487, "Role Conflict")
+                self._respond_error(request, source, 487, "Role Conflict", sock)
                 return
         response = request.success_response()
         response.add_address(Attr.XOR_MAPPED_ADDRESS, source)
-        self._send_response(response, source)
+        self._send_response(response, source, sock)
 
         remote = next((c for c in self.remote_candidates if c.address == source), None)
         if remote is None:
@@ -758,7 +1093,8 @@ class IceAgent:
             )
             self.remote_candidates.append(remote)
             _log.debug("peer-reflexive remote candidate {c}", c=remote.to_sdp())
-        pair = self.checklist.find(None, source) or self._pair_with(remote)
+        local = sock.base if sock.base is not None else self._base_for(*source)
+        pair = self.checklist.find(local, source) or self.checklist.add(local, remote)
         if pair is None:
             return
         use_candidate = request.has(Attr.USE_CANDIDATE) and not self.controlling
@@ -768,30 +1104,37 @@ class IceAgent:
             if use_candidate and self.selected is None:
                 pair.nominated = True
                 self._select(pair)
-            elif pair is self.selected:
-                self._last_consent = max(self._last_consent, self.reactor.seconds() - 0)
             return
         if self.selected is not None and not use_candidate:
             return
         if self.remote_pwd is None:
-            self._pending_triggers.append(source)
+            self._pending_triggers.append((local, source))
             return
         self.checklist.trigger(pair)
         self._schedule_checks()
 
-    def _send_response(self, response: StunMessage, source: tuple[str, int]) -> None:
+    def _send_response(
+        self, response: StunMessage, source: tuple[str, int], sock: IceSocket | None = None
+    ) -> None:
         try:
             self._write(
-                encode(response, integrity_key=self.local_pwd.encode(), fingerprint=True), source
+                encode(response, integrity_key=self.local_pwd.encode(), fingerprint=True),
+                source,
+                sock,
             )
             self.stats.responses_sent += 1
         except OSError as e:
             _log.debug("could not answer {src}: {err}", src=source, err=e)
 
     def _respond_error(
-        self, request: StunMessage, source: tuple[str, int], code: int, reason: str
+        self,
+        request: StunMessage,
+        source: tuple[str, int],
+        code: int,
+        reason: str,
+        sock: IceSocket | None = None,
     ) -> None:
-        self._send_response(request.error_response(code, reason), source)
+        self._send_response(request.error_response(code, reason), source, sock)
 
     # -- consent freshness and keepalive --
 
@@ -813,8 +1156,10 @@ class IceAgent:
             self._lose_consent()
             return
         self.stats.consent_checks += 1
-        assert self._transactions is not None and self.remote_pwd is not None
-        d = self._transactions.request(
+        sock = self._socket_for(pair.local)
+        if sock is None or self.remote_pwd is None:
+            return
+        d = sock.transactions.request(
             self._check_request(pair, nominate=False),
             Address(*pair.remote.address),
             policy=RetransmissionPolicy(rto=0.5, rc=3, rm=2),
@@ -853,6 +1198,7 @@ class IceAgent:
                 self._write(
                     encode(StunMessage.indication(Method.BINDING), fingerprint=True),
                     self.connection.remote,
+                    self._socket_for(self.selected.local) if self.selected else None,
                 )
             except OSError as e:
                 _log.debug("keepalive failed: {err}", err=e)
@@ -876,16 +1222,17 @@ class IceAgent:
             if timer.active():
                 timer.cancel()
         self._timers.clear()
-        if self._transactions is not None:
-            self._transactions.cancel_all()
+        self._probing = False
         self._pending_checks.clear()
         if self.connection is not None:
             self.connection._closed("closed locally")
         d, self._connect_d = self._connect_d, None
         if d is not None and not d.called:
             d.errback(IceError("cancelled", "the attempt was cancelled"))
-        port, self._port = self._port, None
-        if port is None:
-            return defer.succeed(None)
-        result: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        sockets = [s for s in [self._main, *self._extra.values()] if s is not None]
+        self._extra.clear()
+        closing = [sock.close() for sock in sockets]
+        result: defer.Deferred[None] = defer.gatherResults(closing, consumeErrors=True).addCallback(
+            lambda _: None
+        )
         return result

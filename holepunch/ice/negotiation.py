@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from holepunch.ice.agent import IceAgent, IceConfig, IceError
 from holepunch.ice.candidate import Candidate, CandidateError
 from holepunch.ice.connection import PeerConnection
+from holepunch.ice.hardnat import MappingProfile
 from holepunch.nat.model import NatInfo
 
 _log = Logger()
@@ -69,13 +70,27 @@ def ice_description(agent: IceAgent, nat: NatInfo | None, kind: str, session_id:
             "candidates": [c.to_sdp() for c in agent.local_candidates if c.type != "prflx"],
         },
     }
+    if agent.mapping is not None:
+        description["ice"]["mapping"] = agent.mapping.to_json()
     if nat is not None:
         description["nat"] = nat.to_json()
     return description
 
 
-def parse_description(payload: Any) -> tuple[str, str, str, list[Candidate], NatInfo | None]:
-    """Session id, ufrag, pwd, candidates and NAT info of an offer/answer payload.
+@dataclass
+class Description:
+    """A parsed offer or answer."""
+
+    session_id: str
+    ufrag: str
+    pwd: str
+    candidates: list[Candidate]
+    nat: NatInfo | None
+    mapping: MappingProfile | None
+
+
+def parse_description(payload: Any) -> Description:
+    """Session id, credentials, candidates, NAT info and mapping of an offer/answer.
 
     Raises :class:`NegotiationError` naming what is wrong. Candidates that do not parse
     are skipped (a newer peer may send kinds we do not know).
@@ -101,7 +116,13 @@ def parse_description(payload: Any) -> tuple[str, str, str, list[Candidate], Nat
             nat = NatInfo.from_json(payload["nat"])
         except ValueError:
             nat = None
-    return session_id, ufrag, pwd, candidates, nat
+    mapping: MappingProfile | None = None
+    if ice.get("mapping") is not None:
+        try:
+            mapping = MappingProfile.from_json(ice["mapping"])
+        except ValueError as e:
+            _log.debug("ignoring the peer's mapping: {err}", err=e)
+    return Description(session_id, ufrag, pwd, candidates, nat, mapping)
 
 
 class Negotiator:
@@ -250,10 +271,21 @@ class Negotiator:
         return await self._run(session, "offer")
 
     async def _gather_hosts(self, session: Session) -> None:
-        """Gather in the background; return once the host candidates are known."""
+        """Gather; return once the host candidates are known, or, when the agent
+        measures its mapping (hard-NAT techniques), once gathering is complete, so that
+        the description carries the mapping."""
         agent = session.agent
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(self._gather_failed, session)
+        if agent.config.probe_mapping and agent.config.stun_servers:
+            done: defer.Deferred[None] = defer.Deferred()
+
+            def finished(result: object) -> object:
+                done.callback(None)
+                return result
+
+            gathered.addBoth(finished)
+            await done
 
     def _gather_failed(self, failure: Failure, session: Session) -> None:
         _log.info(
@@ -311,24 +343,20 @@ class Negotiator:
         if not isinstance(peer_id, str):
             return
         try:
-            session_id, ufrag, pwd, candidates, nat = parse_description(payload)
+            offer = parse_description(payload)
         except NegotiationError as e:
             self.ignored += 1
             _log.debug("ignored offer from {peer}: {err}", peer=peer_id, err=e)
             return
-        if session_id in self.sessions:
+        if offer.session_id in self.sessions:
             return
         acceptor = next(((p, d) for p, d in self._acceptors if p in (None, peer_id)), None)
         if acceptor is None and self.on_connection is None:
             self.ignored += 1
             _log.info("ignored an offer from {peer}: nobody is accepting", peer=peer_id)
             return
-        session = self._new_session(peer_id, offerer=False, session_id=session_id)
-        session.remote_nat = nat
-        agent = session.agent
-        agent.set_remote_credentials(ufrag, pwd)
-        for candidate in candidates:
-            agent.add_remote_candidate(candidate)
+        session = self._new_session(peer_id, offerer=False, session_id=offer.session_id)
+        self._apply_description(session, offer)
         d = defer.ensureDeferred(self._run_answer(session))
         d.addErrback(self._session_failed, session)
         if acceptor is not None:
@@ -365,11 +393,11 @@ class Negotiator:
 
     def _answer_received(self, message: JSON) -> None:
         try:
-            session_id, ufrag, pwd, candidates, nat = parse_description(message.get("answer"))
+            answer = parse_description(message.get("answer"))
         except NegotiationError:
             self.ignored += 1
             return
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(answer.session_id)
         if (
             session is None
             or not session.offerer
@@ -379,10 +407,7 @@ class Negotiator:
             self.ignored += 1
             return
         session.answered = True
-        session.remote_nat = nat
-        session.agent.set_remote_credentials(ufrag, pwd)
-        for candidate in candidates:
-            session.agent.add_remote_candidate(candidate)
+        self._apply_description(session, answer)
         for payload in session.pending_candidates:
             self._apply_candidate(session, payload)
         session.pending_candidates.clear()
@@ -411,6 +436,14 @@ class Negotiator:
             session.agent.add_remote_candidate(Candidate.from_sdp(line))
         except CandidateError as e:
             _log.debug("skipping trickled candidate {line!r}: {err}", line=line, err=e)
+
+    def _apply_description(self, session: Session, description: Description) -> None:
+        agent = session.agent
+        session.remote_nat = description.nat
+        agent.set_remote_credentials(description.ufrag, description.pwd)
+        for candidate in description.candidates:
+            agent.add_remote_candidate(candidate)
+        agent.set_remote_mapping(description.mapping)
 
     # -- bookkeeping --
 
