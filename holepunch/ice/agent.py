@@ -537,18 +537,28 @@ class IceAgent:
         )
 
     def _check_failure(self) -> None:
+        """Fail once nothing can succeed any more: every pair failed (or there were
+        none), the peer ended its candidates, ours are gathered, no probing is left."""
         if (
-            not self._hard_nat_pending()
-            and self._running
-            and self.selected is None
-            and self.remote_end_of_candidates
-            and self.gathering_complete
-            and self.checklist.all_failed()
+            not self._running
+            or self.selected is not None
+            or not self.remote_end_of_candidates
+            or not self.gathering_complete
+            or self._hard_nat_pending()
         ):
+            return
+        probes = (
+            f" and {self.stats.probes_sent} birthday probes went unanswered"
+            if self.stats.probes_sent
+            else ""
+        )
+        if not len(self.checklist):
+            self._fail(IceError("candidates", f"no candidate pairs to check{probes}"))
+        elif self.checklist.all_failed():
             self._fail(
                 IceError(
                     "connectivity-checks",
-                    f"all {len(self.checklist)} candidate pairs failed",
+                    f"all {len(self.checklist)} candidate pairs failed{probes}",
                 )
             )
 

@@ -1,0 +1,134 @@
+"""Tests for holepunch.ice.hardnat and the agent's probing discipline (fake clock)."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from holepunch.ice.agent import IceAgent, IceConfig, IceError
+from holepunch.ice.hardnat import (
+    MappingProfile,
+    Technique,
+    birthday_success,
+    plan,
+    predicted_ports,
+)
+from holepunch.nat.model import PortAllocation
+from holepunch.stun.message import Attr, decode
+from holepunch.testing.fakenet import FakeNetwork
+
+CONE = MappingProfile("203.0.113.1", 40000, True, PortAllocation.PRESERVING, 0)
+SEQ = MappingProfile("203.0.113.2", 20003, False, PortAllocation.SEQUENTIAL, 1)
+RANDOM = MappingProfile("203.0.113.3", 51234, False, PortAllocation.RANDOM, None)
+
+
+class PlanTests(SynchronousTestCase):
+    """Which technique each pair of mappings gets."""
+
+    def test_table(self) -> None:
+        """Prediction toward sequential peers, in order when both are; birthday only random vs cone."""
+        self.assertEqual(plan(CONE, CONE), set())
+        self.assertEqual(plan(CONE, SEQ), {Technique.PREDICT})
+        self.assertEqual(plan(SEQ, CONE), set())
+        self.assertEqual(plan(SEQ, SEQ), {Technique.PREDICT_IN_ORDER})
+        self.assertEqual(plan(RANDOM, CONE), {Technique.BIRTHDAY_HARD})
+        self.assertEqual(plan(CONE, RANDOM), {Technique.BIRTHDAY_EASY})
+        self.assertEqual(plan(RANDOM, RANDOM), set())
+        self.assertEqual(plan(RANDOM, SEQ), set())
+        self.assertEqual(plan(None, SEQ), set())
+
+    def test_predicted_ports(self) -> None:
+        """The next ports by the delta, in flow order, within the port range."""
+        self.assertEqual(predicted_ports(SEQ, 3), [20004, 20005, 20006])
+        down = MappingProfile("203.0.113.2", 1026, False, PortAllocation.SEQUENTIAL, -1)
+        self.assertEqual(predicted_ports(down, 5), [1025, 1024])
+        self.assertEqual(predicted_ports(RANDOM, 5), [])
+
+    def test_profile_from_ports(self) -> None:
+        """Equal ports: endpoint-independent; +1 steps: sequential; otherwise random."""
+        self.assertTrue(MappingProfile.from_ports("192.0.2.1", [5, 5, 5]).endpoint_independent)
+        seq = MappingProfile.from_ports("192.0.2.1", [20000, 20001, 20002])
+        self.assertEqual((seq.sequential, seq.delta, seq.last_port), (True, 1, 20002))
+        self.assertTrue(MappingProfile.from_ports("192.0.2.1", [40000, 1234, 60000]).random)
+
+    def test_profile_json(self) -> None:
+        """to_json/from_json round trip; garbage raises ValueError."""
+        self.assertEqual(MappingProfile.from_json(SEQ.to_json()), SEQ)
+        for bad in [
+            None,
+            {},
+            {**SEQ.to_json(), "address": "nope"},
+            {**SEQ.to_json(), "delta": 5000},
+        ]:
+            self.assertRaises(ValueError, MappingProfile.from_json, bad)
+
+
+class BirthdayTheoryTests(SynchronousTestCase):
+    """The birthday arithmetic the issue quotes, for 256 open ports."""
+
+    def test_known_points(self) -> None:
+        """About 175 probes for 50 %, 1,000 for 98 %, 2,000 for 99.9 %."""
+        self.assertLess(abs(birthday_success(256, 175) - 0.5), 0.01)
+        self.assertLess(abs(birthday_success(256, 1000) - 0.98), 0.005)
+        self.assertGreater(birthday_success(256, 2000), 0.999)
+        self.assertEqual(birthday_success(256, 0), 0.0)
+
+
+class ProbingDisciplineTests(SynchronousTestCase):
+    """The easy side's probes: paced, bounded, and only toward the peer's address."""
+
+    def agent(self, **kw: object) -> tuple[FakeNetwork, IceAgent]:
+        net = FakeNetwork()
+        config = IceConfig(addresses=["192.0.2.1"], connection_timeout=60, **kw)  # type: ignore[arg-type]
+        agent = IceAgent(net, True, config)
+        agent.set_remote_credentials("abcd", "p" * 22)
+        agent.mapping = CONE
+        defer.ensureDeferred(agent.gather())
+        return net, agent
+
+    def test_rate_cap_and_single_destination(self) -> None:
+        """At 100/s, ten seconds of probing send about 1,000 checks, every one to the peer's address."""
+        net, agent = self.agent(max_probe_time=10.0)
+        d = agent.connect()
+        agent.set_remote_mapping(RANDOM)
+        net.pump([0.01] * 1200)
+        port = net.ports[("192.0.2.1", agent.local_port)]
+        probes = [(data, addr) for data, addr in port.sent]
+        self.assertEqual({addr[0] for _, addr in probes}, {RANDOM.address})
+        self.assertLessEqual(agent.stats.probes_sent, 100 * 10 + 1)
+        self.assertGreaterEqual(agent.stats.probes_sent, 100 * 10 - 40)
+        ports = [addr[1] for _, addr in probes]
+        self.assertEqual(len(ports), len(set(ports)))  # each port probed once
+        for data, _ in probes[:5]:
+            message = decode(data)
+            self.assertIsNotNone(message.get(Attr.MESSAGE_INTEGRITY))
+        # Every second holds at most rate + 1 probes.
+        agent.close()
+        d.addErrback(lambda f: None)
+
+    def test_probe_count_bound(self) -> None:
+        """max_probes stops probing even with time left, and the attempt then fails cleanly."""
+        net, agent = self.agent(max_probes=50, max_probe_time=100.0)
+        d = agent.connect()
+        agent.set_remote_mapping(RANDOM)
+        agent.add_remote_candidate(None)
+        net.pump([0.01] * 1500)
+        self.assertEqual(agent.stats.probes_sent, 50)
+        failure = self.failureResultOf(d, IceError)
+        self.assertIn("50 birthday probes went unanswered", str(failure.value))
+        self.assertEqual(net.getDelayedCalls(), [])
+
+    def test_no_probing_when_a_path_exists(self) -> None:
+        """Probing never starts when a cheaper pair became valid first."""
+        net, agent = self.agent()
+        agent.connect().addErrback(lambda f: None)
+        from holepunch.ice.candidate import make_candidate
+
+        remote = make_candidate("srflx", RANDOM.address, RANDOM.last_port, base=("10.0.0.2", 1))
+        agent.add_remote_candidate(remote)
+        pair = next(iter(agent.checklist))
+        agent.checklist.succeeded(pair, ("203.0.113.1", 40000), 0.01)
+        agent.set_remote_mapping(RANDOM)
+        net.pump([0.01] * 100)
+        self.assertEqual(agent.stats.probes_sent, 0)
+        agent.close()
