@@ -199,6 +199,8 @@ async def connect_command(
                         "remote": f"{connection.remote[0]}:{connection.remote[1]}",
                         "elapsed_ms": round(elapsed * 1000, 1),
                         "rtt_ms": round((connection.rtt or 0) * 1000, 2),
+                        "probes_sent": connection._agent.stats.probes_sent,
+                        "birthday_sockets": connection._agent.stats.birthday_sockets,
                     }
                 )
                 + "\n"

@@ -1,0 +1,199 @@
+"""The NAT traversal matrix: every ordered pair of lab presets, measured.
+
+Builds the NAT lab (real kernel NATs in network namespaces; needs root, nft, ip), runs
+our daemon (signaling + RFC 5780 STUN) in the public namespace, and for each cell runs
+``holepunch connect`` in a host behind each preset (the row offers, the column accepts),
+``--runs`` times. Prints, per cell: successes, the method(s) used, and the median connect
+time (``elapsed_ms`` from the offerer's ``--json`` line); with ``--markdown`` a table for
+docs/nat-matrix.md, with ``--json`` the raw results.
+
+    python benchmarks/nat_matrix.py --runs 5 --markdown
+    python benchmarks/nat_matrix.py --rows symmetric-random --cols port-restricted --runs 20
+
+Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from holepunch.testing.natlab import PRESETS, LabHost, NatLab
+from holepunch.testing.peers import PeerProcessError, connect_pair, start_lab_daemon
+
+SHORT = {
+    "open": "open",
+    "full-cone": "full",
+    "restricted-cone": "restr",
+    "port-restricted": "port-r",
+    "symmetric-sequential": "sym-seq",
+    "symmetric-random": "sym-rand",
+    "udp-blocked": "udp-blk",
+}
+
+
+@dataclass
+class Cell:
+    """Results of one (offerer preset, answerer preset) cell."""
+
+    row: str
+    col: str
+    runs: int = 0
+    ok: int = 0
+    methods: Counter[str] = field(default_factory=Counter)
+    times_ms: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    probes: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "col": self.col,
+            "runs": self.runs,
+            "ok": self.ok,
+            "methods": dict(self.methods),
+            "median_ms": round(statistics.median(self.times_ms), 1) if self.times_ms else None,
+            "max_ms": round(max(self.times_ms), 1) if self.times_ms else None,
+            "probes": self.probes,
+            "failures": self.failures[:3],
+        }
+
+
+def run_once(
+    a: LabHost, b: LabHost, url: str, names: tuple[str, str], timeout: float
+) -> dict[str, Any]:
+    """One connect between two hosts; the offerer's JSON plus the answerer's method."""
+    started = time.monotonic()
+    pa, pb = connect_pair(a, b, url, names=names, timeout=timeout)
+    try:
+        info_a = pa.info(timeout + 10)
+        info_b = pb.info(10)
+        pa.send_lines(["ping"])
+        if pb.read_lines(1, 5) != ["ping"]:
+            raise PeerProcessError("data did not arrive")
+        pa.end_input()
+        pa.wait(10)
+        pb.wait(10)
+        return {
+            "ok": True,
+            "method": info_a["method"]
+            if info_a["method"] == info_b["method"]
+            else f"{info_a['method']}/{info_b['method']}",
+            "elapsed_ms": info_a["elapsed_ms"],
+            "probes": max(info_a.get("probes_sent", 0), info_b.get("probes_sent", 0)),
+            "wall_s": time.monotonic() - started,
+        }
+    except PeerProcessError as e:
+        reason = (pa.stderr or pb.stderr or str(e)).strip().splitlines()
+        return {
+            "ok": False,
+            "reason": reason[-1] if reason else str(e),
+            "wall_s": time.monotonic() - started,
+        }
+    finally:
+        pa.kill()
+        pb.kill()
+
+
+def measure(
+    rows: list[str], cols: list[str], runs: int, timeout: float, parallel: int
+) -> list[Cell]:
+    """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair."""
+    cells = [Cell(r, c) for r in rows for c in cols]
+    with NatLab() as lab:
+        url = start_lab_daemon(lab)
+        slots = []
+        for i in range(parallel):
+            slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))
+                          for j, p in enumerate(sorted(set(rows) | set(cols)))})  # fmt: skip
+        for run in range(runs):
+            for start in range(0, len(cells), parallel):
+                batch = cells[start : start + parallel]
+                import concurrent.futures
+
+                with concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
+                    futures = {
+                        pool.submit(
+                            run_once,
+                            slots[k][cell.row][0],
+                            slots[k][cell.col][1],
+                            url,
+                            (f"o{run}x{start + k}", f"a{run}x{start + k}"),
+                            timeout,
+                        ): cell
+                        for k, cell in enumerate(batch)
+                    }
+                    for future, cell in futures.items():
+                        result = future.result()
+                        cell.runs += 1
+                        cell.wall_s.append(result["wall_s"])
+                        if result["ok"]:
+                            cell.ok += 1
+                            cell.methods[result["method"]] += 1
+                            cell.times_ms.append(result["elapsed_ms"])
+                            cell.probes.append(result["probes"])
+                        else:
+                            cell.failures.append(result["reason"])
+                print(f"run {run + 1}/{runs}: cells {start + 1}-{start + len(batch)} done",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    return cells
+
+
+def markdown(cells: list[Cell], rows: list[str], cols: list[str]) -> str:
+    """The matrix as a markdown table: ok/runs, method, median ms."""
+    by = {(c.row, c.col): c for c in cells}
+    head = "| offerer \\ answerer | " + " | ".join(SHORT[c] for c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for r in rows:
+        parts = []
+        for c in cols:
+            cell = by[(r, c)]
+            if cell.ok:
+                method = (
+                    "/".join(sorted(cell.methods))
+                    if len(cell.methods) > 1
+                    else next(iter(cell.methods))
+                )
+                median = statistics.median(cell.times_ms)
+                parts.append(f"{cell.ok}/{cell.runs} {method} {median:.0f} ms")
+            else:
+                parts.append(f"0/{cell.runs} fails ({statistics.median(cell.wall_s):.0f} s)")
+        lines.append(f"| **{SHORT[r]}** | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="*", default=list(PRESETS), help="offerer presets")
+    parser.add_argument("--cols", nargs="*", default=list(PRESETS), help="answerer presets")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=20.0, help="connect --timeout")
+    parser.add_argument("--parallel", type=int, default=4, help="cells at a time")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    cells = measure(args.rows, args.cols, args.runs, args.timeout, args.parallel)
+    if args.json:
+        print(json.dumps([c.summary() for c in cells], indent=1))
+    if args.markdown or not args.json:
+        print(markdown(cells, args.rows, args.cols))
+        print(f"\n{args.runs} runs per cell, {time.monotonic() - started:.0f} s in all.")
+        for cell in cells:
+            if cell.failures:
+                print(f"- {cell.row} -> {cell.col}: {cell.failures[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
