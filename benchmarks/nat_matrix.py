@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from holepunch.testing.natlab import PRESETS, LabHost, NatLab
-from holepunch.testing.peers import PeerProcessError, connect_pair, start_lab_daemon
+from holepunch.testing.peers import run_connect, start_lab_daemon
 
 SHORT = {
     "open": "open",
@@ -72,37 +72,14 @@ class Cell:
 def run_once(
     a: LabHost, b: LabHost, url: str, names: tuple[str, str], timeout: float
 ) -> dict[str, Any]:
-    """One connect between two hosts; the offerer's JSON plus the answerer's method."""
-    started = time.monotonic()
-    pa, pb = connect_pair(a, b, url, names=names, timeout=timeout)
-    try:
-        info_a = pa.info(timeout + 10)
-        info_b = pb.info(10)
-        pa.send_lines(["ping"])
-        if pb.read_lines(1, 5) != ["ping"]:
-            raise PeerProcessError("data did not arrive")
-        pa.end_input()
-        pa.wait(10)
-        pb.wait(10)
-        return {
-            "ok": True,
-            "method": info_a["method"]
-            if info_a["method"] == info_b["method"]
-            else f"{info_a['method']}/{info_b['method']}",
-            "elapsed_ms": info_a["elapsed_ms"],
-            "probes": max(info_a.get("probes_sent", 0), info_b.get("probes_sent", 0)),
-            "wall_s": time.monotonic() - started,
-        }
-    except PeerProcessError as e:
-        reason = (pa.stderr or pb.stderr or str(e)).strip().splitlines()
-        return {
-            "ok": False,
-            "reason": reason[-1] if reason else str(e),
-            "wall_s": time.monotonic() - started,
-        }
-    finally:
-        pa.kill()
-        pb.kill()
+    """One connect; method (both sides'), offerer's connect time, probes, wall time."""
+    result = run_connect(a, b, url, names=names, timeout=timeout)
+    if result["ok"]:
+        ours, theirs = result["method"], result["other"]["method"]
+        result["method"] = ours if ours == theirs else f"{ours}/{theirs}"
+        result["probes"] = max(result["probes_sent"], result["other"]["probes_sent"])
+    result["wall_s"] = result["seconds"]
+    return result
 
 
 def measure(

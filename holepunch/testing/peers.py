@@ -169,3 +169,42 @@ def connect_pair(
     b = ConnectProcess(answerer, ["--id", names[1], "--accept", *common])
     a = ConnectProcess(offerer, ["--id", names[0], "--to", names[1], *common])
     return a, b
+
+
+def run_connect(
+    offerer: LabHost,
+    answerer: LabHost,
+    signaling_url: str,
+    *,
+    names: tuple[str, str],
+    timeout: float,
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One connect and one line across, then a clean end.
+
+    Returns the offerer's ``--json`` object plus ``other`` (the answerer's), ``ok``
+    (True), ``seconds`` (wall time); or ``ok`` False with ``reason`` (the last stderr
+    line) and ``seconds``.
+    """
+    started = time.monotonic()
+    a, b = connect_pair(
+        offerer, answerer, signaling_url, names=names, timeout=timeout, extra_args=extra_args
+    )
+    try:
+        info = a.info(timeout + 10)
+        other = b.info(10)
+        a.send_lines(["ping"])
+        if b.read_lines(1, 5) != ["ping"]:
+            raise PeerProcessError("the line did not arrive")
+        a.end_input()
+        a.wait(10)
+        b.wait(10)
+        return {**info, "other": other, "ok": True, "seconds": time.monotonic() - started}
+    except PeerProcessError as e:
+        a.kill()
+        b.kill()
+        lines = (a.stderr + "\n" + b.stderr).strip().splitlines() or [str(e)]
+        return {"ok": False, "reason": lines[-1], "seconds": time.monotonic() - started}
+    finally:
+        a.kill()
+        b.kill()
