@@ -1,0 +1,579 @@
+# -*- test-case-name: tests.test_benchmarks_signaling -*-
+"""Signaling relay benchmark: our server, PeerJS, a bare Autobahn relay and a null echo.
+
+One command, one run, everything on 127.0.0.1::
+
+    python benchmarks/signaling_load.py [--pairs 200] [--duration 10] [--rate 2000]
+        [--idle-connections 10000] [--targets holepunch,bare,peerjs,echo] [--json]
+
+For each target in turn, a fresh server process is started and the same load generator
+(``benchmarks/signaling/loadgen.mjs``: Node.js and the ``ws`` client, speaking each
+server's dialect) measures
+
+- **full load**: ``pairs`` pairs of connections relay offers to each other with a window
+  of offers in flight per connection; delivered offers per second, with the CPU share of
+  the server and of the generator over the measurement window;
+- **paced latency**: ``rate`` offers per second in total, p50/p99 of arrival minus
+  scheduled send time;
+- **idle memory**: in a second fresh server process, the growth of the server's RSS per
+  connection with ``idle-connections`` registered, idle connections.
+
+Targets: ``holepunch`` (our daemon, ``twistd -n holepunch --no-stun`` with its defaults
+except the per-connection message rate and the connection and peer limits), ``peerjs``
+(the npm ``peer`` server), ``bare`` (a 40-line Autobahn relay without validation,
+``signaling/bare_relay.py``) and ``echo`` (a Node.js server that echoes each message to
+its sender: the generator's own ceiling). Node packages come from
+``benchmarks/signaling/package-lock.json``; ``npm ci`` is run there if they are missing.
+Every process started is stopped before the script exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NODE_DIR = HERE / "signaling"
+TARGETS = ("holepunch", "bare", "peerjs", "echo")
+TITLES = {
+    "holepunch": "holepunch",
+    "bare": "bare Autobahn relay",
+    "peerjs": "PeerJS (peer 1.0.2)",
+    "echo": "null echo (ceiling)",
+}
+DIALECT = {"holepunch": "holepunch", "bare": "holepunch", "peerjs": "peerjs", "echo": "echo"}
+START_TIMEOUT = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchmarkError(RuntimeError):
+    """A server or the generator failed; the message says which and why."""
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+# ``twistd holepunch`` with the daemon's defaults except the limits a single-host load test
+# hits: the per-connection message rate and the connection and peer counts.
+HOLEPUNCH_LIMITS = [
+    "--message-rate=1e9",
+    "--message-burst=1000000000",
+    "--max-connections=50000",
+    "--max-connections-per-address=50000",
+    "--max-peers=50000",
+]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers that cannot say)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def server_argv(target: str, port: int, log_dir: Path) -> list[str]:
+    """The command that runs ``target``; 0 lets a server that prints its port choose."""
+    if target == "holepunch":
+        return [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--nodaemon",
+            "--pidfile=",
+            f"--logfile={log_dir / 'twistd-holepunch.log'}",
+            "holepunch",
+            "--no-stun",
+            f"--signaling=tcp:{port}:interface=127.0.0.1:backlog=1024",
+            *HOLEPUNCH_LIMITS,
+        ]
+    if target == "bare":
+        return [sys.executable, str(NODE_DIR / "bare_relay.py"), str(port)]
+    if target == "peerjs":
+        return ["node", str(NODE_DIR / "peerjs_server.mjs"), str(port)]
+    if target == "echo":
+        return ["node", str(NODE_DIR / "echo_server.mjs"), str(port)]
+    raise ValueError(f"unknown target {target!r}")
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class LineReader:
+    """Reads whole lines from a child's stdout with a deadline, without blocking past it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.buffer = b""
+
+    def line(self, deadline: float) -> bytes | None:
+        """The next line, or None at end of file; raises TimeoutError after ``deadline``."""
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
+class Processes:
+    """Every child process of the run; :meth:`stop_all` ends each one by its own id."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.live: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], name: str, stdin: bool = False) -> subprocess.Popen[bytes]:
+        stderr = open(self.log_dir / f"{name}.log", "ab")  # closed below, the child keeps it
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=child_env(),
+            cwd=str(NODE_DIR),
+            start_new_session=True,
+        )
+        stderr.close()
+        self.live.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if proc in self.live:
+            self.live.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.live):
+            self.stop(proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def wait_for_port(proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    while proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.1)
+    raise BenchmarkError(f"the server exited at startup (status {proc.returncode})")
+
+
+@contextlib.contextmanager
+def running_server(processes: Processes, target: str) -> Iterator[tuple[int, int]]:
+    """Start ``target``; yield its (pid, port); stop it afterwards."""
+    # twistd cannot say which port it got, so it is given one; the others print theirs.
+    port = free_port() if target == "holepunch" else 0
+    proc = processes.start(server_argv(target, port, processes.log_dir), f"server-{target}")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        if port:
+            wait_for_port(proc, port, deadline)
+        else:
+            line = LineReader(proc).line(deadline)
+            if line is None:
+                raise BenchmarkError(f"{target} server exited at startup (see its log)")
+            port = int(json.loads(line)["port"])
+        yield proc.pid, port
+        if proc.poll() is not None:
+            raise BenchmarkError(f"{target} server died during the run (see its log)")
+    except TimeoutError:
+        raise BenchmarkError(f"{target} server did not start in {START_TIMEOUT:g} s") from None
+    finally:
+        processes.stop(proc)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    pairs: int
+    window: int
+    warmup: float
+    duration: float
+    rate: float
+    idle_connections: int
+    payload_bytes: int
+
+    def generator_args(self, target: str, port: int, mode: str) -> list[str]:
+        return [
+            "node",
+            str(NODE_DIR / "loadgen.mjs"),
+            "--url",
+            f"ws://127.0.0.1:{port}/",
+            "--protocol",
+            DIALECT[target],
+            "--mode",
+            mode,
+            "--pairs",
+            str(self.pairs),
+            "--window",
+            str(self.window),
+            "--warmup",
+            str(self.warmup),
+            "--duration",
+            str(self.duration),
+            "--rate",
+            str(self.rate),
+            "--connections",
+            str(self.idle_connections),
+            "--payload-bytes",
+            str(self.payload_bytes),
+        ]
+
+    def relay_deadline(self) -> float:
+        return 60.0 + 2 * (self.warmup + self.duration) + 25.0
+
+
+@dataclass
+class TargetResult:
+    target: str
+    full_load: dict[str, Any] = field(default_factory=dict)
+    paced: dict[str, Any] = field(default_factory=dict)
+    idle: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def measure_relay(
+    processes: Processes, target: str, options: Options, result: TargetResult
+) -> None:
+    with running_server(processes, target) as (pid, port):
+        generator = processes.start(options.generator_args(target, port, "relay"), "loadgen")
+        reader = LineReader(generator)
+        deadline = time.monotonic() + options.relay_deadline()
+        cpu_start = wall_start = 0.0
+        final: dict[str, Any] | None = None
+        try:
+            while (line := reader.line(deadline)) is not None:
+                event = json.loads(line)
+                if event["event"] == "window-start":
+                    cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
+                elif event["event"] == "window-end":
+                    elapsed = time.monotonic() - wall_start
+                    result.full_load["serverCpu"] = (cpu_seconds(pid) - cpu_start) / elapsed
+                elif event["event"] == "result":
+                    final = event
+        except TimeoutError:
+            raise BenchmarkError(f"the generator did not finish against {target}") from None
+        finally:
+            processes.stop(generator)
+        if final is None:
+            raise BenchmarkError(f"the generator printed no result against {target}")
+        if final.get("error"):
+            raise BenchmarkError(f"{target}: {final['error']}")
+        result.full_load.update(final["fullLoad"])
+        rate = result.full_load.get("messagesPerSecond") or 0.0
+        if rate > 0 and "serverCpu" in result.full_load:
+            result.full_load["serverCpuMicrosecondsPerMessage"] = (
+                result.full_load["serverCpu"] / rate * 1e6
+            )
+        result.paced.update(final["paced"])
+        if final.get("errors"):
+            result.errors.append(f"{final['errors']} errors, last: {final.get('lastError')}")
+
+
+def measure_idle(processes: Processes, target: str, options: Options, result: TargetResult) -> None:
+    with running_server(processes, target) as (pid, port):
+        time.sleep(1.0)
+        before = rss_bytes(pid)
+        generator = processes.start(
+            options.generator_args(target, port, "idle"), "loadgen", stdin=True
+        )
+        reader = LineReader(generator)
+        deadline = time.monotonic() + 180.0
+        try:
+            line = reader.line(deadline)
+            if line is None:
+                raise BenchmarkError(f"the idle generator exited early against {target}")
+            ready = json.loads(line)
+            if ready.get("event") != "ready":
+                raise BenchmarkError(f"idle generator against {target}: {ready}")
+            time.sleep(2.0)  # let the last handshakes settle
+            after = rss_bytes(pid)
+            assert generator.stdin is not None
+            generator.stdin.write(b"close\n")
+            generator.stdin.flush()
+            while (line := reader.line(deadline)) is not None:
+                pass
+        except TimeoutError:
+            raise BenchmarkError(f"the idle generator did not finish against {target}") from None
+        finally:
+            processes.stop(generator)
+        connected = int(ready["connected"])
+        result.idle = {
+            "connections": connected,
+            "failed": ready["failed"],
+            "firstFailure": ready.get("firstFailure"),
+            "setupSeconds": ready["setupSeconds"],
+            "rssBeforeBytes": before,
+            "rssAfterBytes": after,
+            "bytesPerConnection": (after - before) / connected if connected else None,
+        }
+
+
+# --- setup and report ---------------------------------------------------------------------------
+
+
+def ensure_node_packages() -> None:
+    if shutil.which("node") is None:
+        raise BenchmarkError("needs Node.js ('node' on PATH; Debian package nodejs)")
+    if not (NODE_DIR / "node_modules" / "peer").is_dir():
+        if shutil.which("npm") is None:
+            raise BenchmarkError("needs npm to install benchmarks/signaling's packages")
+        print("installing Node packages: npm ci in benchmarks/signaling", file=sys.stderr)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            check=True,
+            timeout=600,
+        )
+
+
+def raise_file_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    new_hard = hard if hard == resource.RLIM_INFINITY or hard >= needed else needed
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, new_hard))
+    except (ValueError, OSError) as e:
+        raise BenchmarkError(f"cannot raise the open file limit to {needed}: {e}") from None
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for name in ("twisted", "autobahn"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+    with contextlib.suppress(Exception):
+        versions["node"] = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    for package in ("peer", "ws"):
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((NODE_DIR / "node_modules" / package / "package.json").read_text())
+            versions[package] = meta["version"]
+    return {
+        "loadAverage": os.getloadavg(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "versions": versions,
+    }
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def table(results: Sequence[TargetResult], options: Options) -> str:
+    head = (
+        f"{'target':<22} {'full-load msg/s':>15} {'server CPU':>10} {'µs/msg':>7} {'gen CPU':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'KiB/idle conn':>13}"
+    )
+    lines = [
+        f"{options.pairs} pairs ({2 * options.pairs} connections), window {options.window}, "
+        f"{options.payload_bytes}-byte offers; latency at {options.rate:g} offers/s; "
+        f"idle memory at {options.idle_connections} connections",
+        head,
+        "-" * len(head),
+    ]
+    for r in results:
+        per_conn = r.idle.get("bytesPerConnection")
+        lines.append(
+            f"{TITLES[r.target]:<22} "
+            f"{_fmt(r.full_load.get('messagesPerSecond'), ',.0f'):>15} "
+            f"{_fmt(r.full_load.get('serverCpu'), '.0%'):>10} "
+            f"{_fmt(r.full_load.get('serverCpuMicrosecondsPerMessage'), '.1f'):>7} "
+            f"{_fmt(r.full_load.get('generatorCpu'), '.0%'):>8} "
+            f"{_fmt(r.paced.get('p50Ms'), '.2f'):>7} "
+            f"{_fmt(r.paced.get('p99Ms'), '.2f'):>7} "
+            f"{_fmt(r.paced.get('lost'), 'd'):>5} "
+            f"{_fmt(None if per_conn is None else per_conn / 1024, '.1f'):>13}"
+        )
+        for error in r.errors:
+            lines.append(f"  {r.target}: {error}")
+    echo = next((r for r in results if r.target == "echo"), None)
+    if echo is not None and echo.full_load.get("generatorCpu"):
+        rate, share = echo.full_load["messagesPerSecond"], echo.full_load["generatorCpu"]
+        lines.append(
+            f"generator ceiling: {rate:,.0f} msg/s against the null echo, using {share:.0%} "
+            f"of a core (about {rate / share:,.0f} msg/s at 100%)"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=200, help="peer pairs (default 200)")
+    parser.add_argument("--window", type=int, default=8, help="offers in flight per connection")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured")
+    parser.add_argument("--rate", type=float, default=2000.0, help="paced offers/s in total")
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=10_000,
+        help="connections for the memory measurement (0: skip it)",
+    )
+    parser.add_argument("--payload-bytes", type=int, default=256, help="SDP filler per offer")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help="comma-separated subset of " + ",".join(TARGETS),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="keep server/generator logs here"
+    )
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(targets) - set(TARGETS)
+    if unknown or not targets:
+        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    args.targets = targets
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = Options(
+        pairs=args.pairs,
+        window=args.window,
+        warmup=args.warmup,
+        duration=args.duration,
+        rate=args.rate,
+        idle_connections=args.idle_connections,
+        payload_bytes=args.payload_bytes,
+    )
+    import tempfile
+
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="signaling-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = Processes(log_dir)
+    # SIGTERM/SIGINT unwind through ``finally``, which stops every child.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    results: list[TargetResult] = []
+    status = 0
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5:
+        print(
+            f"signaling_load: load average {load_before[0]:.2f} before the run: other "
+            "processes are using the CPU, figures will be low and noisy",
+            file=sys.stderr,
+        )
+    try:
+        ensure_node_packages()
+        raise_file_limit(max(4096, options.idle_connections + 1024))  # per process
+        for target in args.targets:
+            result = TargetResult(target)
+            results.append(result)
+            try:
+                measure_relay(processes, target, options, result)
+                if options.idle_connections > 0 and target != "echo":
+                    measure_idle(processes, target, options, result)
+            except BenchmarkError as e:
+                result.errors.append(str(e))
+                status = 1
+            if not args.json:
+                print(f"{target}: done", file=sys.stderr, flush=True)
+    except BenchmarkError as e:
+        print(f"signaling_load: {e}", file=sys.stderr)
+        return 2
+    finally:
+        processes.stop_all()
+    report: dict[str, Any] = {
+        "machine": {**machine(), "loadAverageBefore": load_before},
+        "options": vars(options),
+        "logs": str(log_dir),
+        "results": {
+            r.target: {
+                "fullLoad": r.full_load,
+                "paced": r.paced,
+                "idle": r.idle,
+                "errors": r.errors,
+            }
+            for r in results
+        },
+    }
+    (log_dir / "report.json").write_text(json.dumps(report, indent=1))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        m = report["machine"]
+        print(f"{m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['versions']}")
+        print(
+            "load average before: {:.2f} {:.2f} {:.2f}; at the end: {:.2f} {:.2f} {:.2f}".format(
+                *m["loadAverageBefore"], *m["loadAverage"]
+            )
+        )
+        print(table(results, options))
+        print(f"logs and report.json: {log_dir}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
