@@ -90,6 +90,7 @@ class IceError(Exception):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage}: {message}")
         self.stage = stage
+        self.detail = message
 
 
 @dataclass
@@ -105,7 +106,7 @@ class IceConfig:
         default_factory=lambda: RetransmissionPolicy(rto=0.1, rc=7, rm=8)
     )
     gather_policy: RetransmissionPolicy = field(
-        default_factory=lambda: RetransmissionPolicy(rto=0.25, rc=4, rm=4)
+        default_factory=lambda: RetransmissionPolicy(rto=0.2, rc=3, rm=4)
     )
     nomination_delay: float = 0.15
     connection_timeout: float = 30.0
@@ -127,6 +128,11 @@ class IceConfig:
     max_probes: int = 2000
     max_probe_time: float = 20.0
     birthday_delay: float = 0.3
+    tcp: bool = True
+    """Learn a TCP mapping and punch TCP (RFC 6544 simultaneous open) when UDP is
+    blocked on either side (needs a STUN server that speaks TCP)."""
+    tcp_race: bool = False
+    """Punch TCP alongside UDP even when UDP works; the first path wins."""
     """The easy side waits this long for a cheaper path before probing."""
 
 
@@ -250,6 +256,7 @@ class IceAgent:
         self.remote_mapping: MappingProfile | None = None
         self.techniques: set[Technique] = set()
         self._ordered: list[CandidatePair] = []
+        self.stun_answers = 0
         self._probe_ports: list[int] = []
         self._probing = False
         self._probe_deadline = 0.0
@@ -382,6 +389,7 @@ class IceAgent:
         except Exception as e:
             _log.info("STUN server {server} gave no reflexive address: {err}", server=server, err=e)
             return
+        self.stun_answers += 1
         base = self._base_for(address.host, address.port)
         if result.mapped != Address(base.host, base.port):
             srflx = make_candidate(
@@ -421,6 +429,11 @@ class IceAgent:
         self.mapping = MappingProfile.from_ports(first.mapped.host, ports)
         _log.info("our mapping: ports {ports} -> {profile}", ports=ports, profile=self.mapping)
         self._plan()
+
+    @property
+    def udp_blocked(self) -> bool:
+        """STUN servers were asked over UDP and none answered (known after gathering)."""
+        return bool(self.config.stun_servers) and self.gathering_complete and not self.stun_answers
 
     def _base_for(self, host: str, port: int) -> Candidate:
         """The host candidate the kernel sends from toward ``host:port``."""

@@ -199,8 +199,8 @@ async def connect_command(
                         "remote": f"{connection.remote[0]}:{connection.remote[1]}",
                         "elapsed_ms": round(elapsed * 1000, 1),
                         "rtt_ms": round((connection.rtt or 0) * 1000, 2),
-                        "probes_sent": connection._agent.stats.probes_sent,
-                        "birthday_sockets": connection._agent.stats.birthday_sockets,
+                        "probes_sent": _stat(connection, "probes_sent"),
+                        "birthday_sockets": _stat(connection, "birthday_sockets"),
                     }
                 )
                 + "\n"
@@ -219,6 +219,11 @@ async def connect_command(
         if negotiator is not None:
             await negotiator.stop()
         await client.stopService()
+
+
+def _stat(connection: Any, name: str) -> int:
+    agent = getattr(connection, "_agent", None)
+    return int(getattr(agent.stats, name)) if agent is not None else 0
 
 
 def _reason(e: BaseException) -> str:

@@ -33,6 +33,7 @@ from holepunch.ice.agent import IceAgent, IceConfig, IceError
 from holepunch.ice.candidate import Candidate, CandidateError
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.hardnat import MappingProfile
+from holepunch.ice.tcpsession import TcpTrack
 from holepunch.nat.model import NatInfo
 
 _log = Logger()
@@ -57,6 +58,9 @@ class Session:
     answered: bool = False
     sent: set[str] = field(default_factory=set)
     pending_candidates: list[JSON] = field(default_factory=list)
+    tcp: TcpTrack | None = None
+    remote_tcp: tuple[str, int] | None = None
+    remote_udp_blocked: bool = False
 
 
 def ice_description(agent: IceAgent, nat: NatInfo | None, kind: str, session_id: str) -> JSON:
@@ -87,6 +91,7 @@ class Description:
     candidates: list[Candidate]
     nat: NatInfo | None
     mapping: MappingProfile | None
+    udp_blocked: bool = False
 
 
 def parse_description(payload: Any) -> Description:
@@ -122,7 +127,9 @@ def parse_description(payload: Any) -> Description:
             mapping = MappingProfile.from_json(ice["mapping"])
         except ValueError as e:
             _log.debug("ignoring the peer's mapping: {err}", err=e)
-    return Description(session_id, ufrag, pwd, candidates, nat, mapping)
+    return Description(
+        session_id, ufrag, pwd, candidates, nat, mapping, ice.get("udpBlocked") is True
+    )
 
 
 class Negotiator:
@@ -297,6 +304,12 @@ class Negotiator:
 
     def _describe(self, session: Session, kind: str) -> JSON:
         description = ice_description(session.agent, self.nat, kind, session.session_id)
+        if session.tcp is not None:
+            tcp_candidate = session.tcp.candidate()
+            if tcp_candidate is not None:
+                description["ice"]["candidates"].append(tcp_candidate.to_sdp())
+        if session.agent.udp_blocked:
+            description["ice"]["udpBlocked"] = True
         session.sent.update(description["ice"]["candidates"])
         return description
 
@@ -373,23 +386,104 @@ class Negotiator:
     async def _run_answer(self, session: Session) -> PeerConnection:
         return await self._run(session, "answer")
 
-    async def _run(self, session: Session, kind: str) -> PeerConnection:
-        """Start checks, gather, send the description, trickle; wait for the connection."""
+    async def _run(self, session: Session, kind: str) -> Any:
+        """Start checks, gather, send the description, trickle; wait for the connection
+        (over UDP, or over TCP when that track runs and wins)."""
         agent = session.agent
         agent.listen()
         connecting = agent.connect()
+        learning: defer.Deferred[Any] | None = None
+        if agent.config.tcp and agent.config.stun_servers:
+            session.tcp = await self._tcp_track(agent)
+            if session.tcp is not None:
+                session.tcp.remote = session.remote_tcp
+                learning = defer.ensureDeferred(session.tcp.learn_mapping())
         await defer.ensureDeferred(self._gather_hosts(session))
+        if learning is not None:
+            await learning
         send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
         try:
             await send(session.peer_id, self._describe(session, kind))
         except Exception as e:
             connecting.addErrback(lambda _: None)  # the agent's own failure is not the story
             agent.close()
+            if session.tcp is not None:
+                session.tcp.cancel()
             if isinstance(e, defer.CancelledError):
                 raise
             raise NegotiationError("signaling", f"could not send the {kind}: {e}") from e
         self._start_trickle(session)
-        return await connecting
+        if kind == "answer":
+            self._maybe_start_tcp(session)
+        return await self._race(session, connecting)
+
+    async def _tcp_track(self, agent: IceAgent) -> TcpTrack | None:
+        from holepunch.stun.client import resolve_server
+
+        host, port = agent.config.stun_servers[0]
+        try:
+            server = await resolve_server(self.reactor, host, port)
+        except Exception as e:
+            _log.info("no TCP track: {err}", err=e)
+            return None
+        addresses = agent.config.addresses
+        interface = addresses[0] if addresses and len(addresses) == 1 else ""
+        return TcpTrack(self.reactor, (server.host, server.port), interface=interface)
+
+    def _maybe_start_tcp(self, session: Session) -> None:
+        """The offerer starts the TCP sync once both descriptions are known, if UDP is
+        blocked on either side (or racing is asked for)."""
+        tcp = session.tcp
+        if tcp is None or not session.offerer or tcp.remote is None or tcp.mapping is None:
+            return
+        config = session.agent.config
+        if session.agent.udp_blocked or session.remote_udp_blocked or config.tcp_race:
+            tcp.begin(lambda payload: self._send_sync(session, payload))
+
+    def _send_sync(self, session: Session, payload: JSON) -> None:
+        d = self.signaling.send_ice_candidate(
+            session.peer_id, {**payload, "session": session.session_id}
+        )
+        d.addErrback(lambda f: _log.info("TCP sync failed: {err}", err=f.getErrorMessage()))
+
+    async def _race(self, session: Session, connecting: defer.Deferred[PeerConnection]) -> Any:
+        """The first path that works; fail only when every path that ran failed."""
+        outcome: defer.Deferred[Any] = defer.Deferred()
+        errors: dict[str, Failure] = {}
+        tcp = session.tcp
+
+        def won(connection: Any, track: str) -> None:
+            if outcome.called:
+                if track == "tcp":
+                    connection.close("another path won")
+                return
+            if track == "udp" and tcp is not None:
+                tcp.cancel()
+            elif track == "tcp":
+                session.agent.close()
+            outcome.callback(connection)
+
+        def lost(failure: Failure, track: str) -> None:
+            errors[track] = failure
+            if outcome.called:
+                return
+            tcp_running = tcp is not None and tcp.started and "tcp" not in errors
+            if track == "udp" and tcp_running:
+                return  # TCP may still make it
+            if track == "tcp" and "udp" not in errors:
+                return  # UDP may still make it
+            if "udp" in errors and "tcp" in errors:
+                udp = getattr(errors["udp"].value, "detail", errors["udp"].getErrorMessage())
+                message = f"{udp}; TCP: {errors['tcp'].getErrorMessage()}"
+                stage = getattr(errors["udp"].value, "stage", "connectivity-checks")
+                outcome.errback(IceError(stage, message))
+            else:
+                outcome.errback(failure)
+
+        connecting.addCallbacks(won, lost, callbackArgs=("udp",), errbackArgs=("udp",))
+        if tcp is not None:
+            tcp.result.addCallbacks(won, lost, callbackArgs=("tcp",), errbackArgs=("tcp",))
+        return await outcome
 
     def _answer_received(self, message: JSON) -> None:
         try:
@@ -421,6 +515,11 @@ class Negotiator:
         if session is None or message.get("from") != session.peer_id:
             self.ignored += 1
             return
+        sync = payload.get("tcpSync")
+        if sync is not None:
+            if session.tcp is not None and isinstance(sync, str):
+                session.tcp.sync(lambda p: self._send_sync(session, p), sync)
+            return
         if session.offerer and not session.answered:
             if len(session.pending_candidates) < 100:
                 session.pending_candidates.append(payload)
@@ -440,10 +539,19 @@ class Negotiator:
     def _apply_description(self, session: Session, description: Description) -> None:
         agent = session.agent
         session.remote_nat = description.nat
+        session.remote_udp_blocked = description.udp_blocked
         agent.set_remote_credentials(description.ufrag, description.pwd)
         for candidate in description.candidates:
+            if candidate.transport == "tcp" and candidate.tcptype == "so":
+                if session.remote_tcp is None:
+                    session.remote_tcp = candidate.address
+                    if session.tcp is not None:
+                        session.tcp.remote = candidate.address
+                continue
             agent.add_remote_candidate(candidate)
         agent.set_remote_mapping(description.mapping)
+        if session.offerer:
+            self._maybe_start_tcp(session)
 
     # -- bookkeeping --
 

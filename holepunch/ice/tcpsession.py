@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.test_ice_negotiation -*-
+"""TCP hole punching inside a negotiation: the mapping, the sync, the framed stream.
+
+Each side learns its TCP mapping (STUN over TCP from the port it will dial from, see
+:mod:`holepunch.ice.tcp`) and puts it in its offer or answer as an RFC 6544
+simultaneous-open candidate (``... tcp ... typ srflx ... tcptype so``). When UDP is
+blocked on either side (or ``IceConfig.tcp_race`` asks for it) the offerer runs the
+DCUtR-style sync over signaling, as ``ice-candidate`` payloads of the session::
+
+    offerer -> {"session": S, "tcpSync": "ping"}
+    answerer -> {"session": S, "tcpSync": "pong"}      (offerer measures the round trip)
+    offerer -> {"session": S, "tcpSync": "go"}         (offerer dials at now + rtt/2 + lead,
+                                                        answerer dials on receipt + lead)
+
+The connection is a normal Twisted TCP transport (``stream.transport``); the
+:class:`StreamConnection` around it carries datagrams as length-prefixed frames, so a
+caller gets the same API as over UDP, with ``method`` ``tcp-hole-punch``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from holepunch.ice.candidate import Candidate, make_candidate
+from holepunch.ice.connection import ConnectionClosed
+from holepunch.ice.tcp import PunchedStream, TcpMapping, simultaneous_open, sync_moment, tcp_mapping
+
+_log = Logger()
+
+MAX_FRAME = 65536
+
+
+class _Framed(Int32StringReceiver):
+    MAX_LENGTH = MAX_FRAME
+
+    def __init__(self) -> None:
+        self.owner: StreamConnection | None = None
+        self.pending: list[bytes] = []
+
+    def stringReceived(self, data: bytes) -> None:
+        if self.owner is None:
+            self.pending.append(data)
+        else:
+            self.owner._datagram(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.owner is not None:
+            self.owner._lost("the TCP connection closed")
+
+
+class StreamConnection:
+    """A punched TCP connection with the :class:`~holepunch.ice.connection.PeerConnection` API.
+
+    ``stream`` is the :class:`~holepunch.ice.tcp.PunchedStream` (its ``transport`` is an
+    ordinary Twisted TCP transport); ``send`` frames each message with a 4-byte length.
+    """
+
+    method = "tcp-hole-punch"
+
+    def __init__(self, stream: PunchedStream, rtt: float | None) -> None:
+        self.stream = stream
+        self.local = stream.local
+        self.remote = stream.remote
+        self.rtt = rtt
+        self.closed = False
+        self.close_reason: str | None = None
+        self.transport = stream.transport
+        self._receivers: list[Callable[[bytes], None]] = []
+        self._observers: list[Callable[[str], None]] = []
+        self._backlog: list[bytes] = []
+        protocol = stream.protocol
+        assert isinstance(protocol, _Framed)
+        self._protocol = protocol
+        protocol.owner = self
+        pending, protocol.pending = protocol.pending, []
+        self._backlog.extend(pending)
+
+    @property
+    def local_port(self) -> int:
+        return self.local[1]
+
+    @property
+    def remote_address(self) -> str:
+        return self.remote[0]
+
+    @property
+    def remote_port(self) -> int:
+        return self.remote[1]
+
+    def send(self, data: bytes) -> None:
+        """Send one message (framed)."""
+        if self.closed:
+            raise ConnectionClosed(self.close_reason or "closed")
+        self._protocol.sendString(data)
+
+    def on_datagram(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        self._receivers.append(handler)
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            handler(data)
+        return lambda: self._receivers.remove(handler) if handler in self._receivers else None
+
+    def on_disconnected(self, handler: Callable[[str], None]) -> Callable[[], None]:
+        if self.closed:
+            handler(self.close_reason or "closed")
+            return lambda: None
+        self._observers.append(handler)
+        return lambda: self._observers.remove(handler) if handler in self._observers else None
+
+    def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
+        self._lost(reason)
+        self.transport.loseConnection()
+        return defer.succeed(None)
+
+    def _datagram(self, data: bytes) -> None:
+        if not self._receivers:
+            self._backlog.append(data)
+            return
+        for handler in list(self._receivers):
+            handler(data)
+
+    def _lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for handler in list(self._observers):
+            try:
+                handler(reason)
+            except Exception:
+                _log.failure("disconnect observer raised")
+
+
+class TcpTrack:
+    """The TCP side of one negotiation session."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        stun_server: tuple[str, int],
+        *,
+        interface: str = "",
+        lead: float = 0.1,
+        attempts: int = 5,
+        mapping_timeout: float = 3.0,
+    ) -> None:
+        self.reactor = reactor
+        self.stun_server = stun_server
+        self.interface = interface
+        self.lead = lead
+        self.attempts = attempts
+        self.mapping_timeout = mapping_timeout
+        self.mapping: TcpMapping | None = None
+        self.remote: tuple[str, int] | None = None
+        self.result: defer.Deferred[StreamConnection] = defer.Deferred(lambda _: self.cancel())
+        self._punch: defer.Deferred[PunchedStream] | None = None
+        self._ping_sent: float | None = None
+        self.rtt: float | None = None
+        self.started = False
+
+    async def learn_mapping(self) -> TcpMapping | None:
+        """Our TCP mapping, or None (logged) if STUN over TCP did not answer."""
+        try:
+            self.mapping = await tcp_mapping(
+                self.reactor,
+                self.stun_server,
+                interface=self.interface,
+                timeout=self.mapping_timeout,
+            )
+        except Exception as e:
+            _log.info("no TCP mapping from {server}: {err}", server=self.stun_server, err=e)
+            self.mapping = None
+        return self.mapping
+
+    def candidate(self) -> Candidate | None:
+        """Our RFC 6544 simultaneous-open candidate."""
+        if self.mapping is None:
+            return None
+        return make_candidate(
+            "srflx",
+            self.mapping.mapped[0],
+            self.mapping.mapped[1],
+            base=self.mapping.local,
+            transport="tcp",
+            tcptype="so",
+            server=f"tcp:{self.stun_server[0]}:{self.stun_server[1]}",
+        )
+
+    def sync(self, send: Callable[[dict[str, Any]], Any], message: str) -> None:
+        """Handle a ``tcpSync`` message from the peer (``send`` relays ours)."""
+        now = self.reactor.seconds()
+        if message == "ping":
+            send({"tcpSync": "pong"})
+        elif message == "pong" and self._ping_sent is not None and not self.started:
+            self.rtt = now - self._ping_sent
+            send({"tcpSync": "go"})
+            self.dial(sync_moment(now, self.rtt, self.lead))
+        elif message == "go" and not self.started:
+            self.dial(now + self.lead)
+
+    def begin(self, send: Callable[[dict[str, Any]], Any]) -> None:
+        """Offerer: start the sync (ping)."""
+        self._ping_sent = self.reactor.seconds()
+        send({"tcpSync": "ping"})
+
+    def dial(self, start_at: float) -> None:
+        """Punch toward the peer's mapping at ``start_at``."""
+        if self.started or self.mapping is None or self.remote is None:
+            return
+        self.started = True
+        _log.info(
+            "TCP punch from port {port} to {remote} in {wait:.0f} ms",
+            port=self.mapping.local[1],
+            remote=self.remote,
+            wait=(start_at - self.reactor.seconds()) * 1000,
+        )
+        self._punch = simultaneous_open(
+            self.reactor,
+            self.mapping.local[1],
+            self.remote,
+            start_at=start_at,
+            protocol_factory=Factory.forProtocol(_Framed),
+            attempts=self.attempts,
+            interface=self.interface,
+        )
+
+        def won(stream: PunchedStream) -> None:
+            if not self.result.called:
+                self.result.callback(StreamConnection(stream, self.rtt))
+            else:
+                stream.transport.loseConnection()
+
+        def lost(failure: Failure) -> None:
+            if not self.result.called:
+                self.result.errback(failure)
+
+        self._punch.addCallbacks(won, lost)
+
+    def cancel(self) -> None:
+        if self._punch is not None and not self._punch.called:
+            self._punch.cancel()
