@@ -118,3 +118,32 @@ class HardNatLabTests(TestCase):
         self.assertFalse(result["ok"])
         self.assertIn("holepunch connect: connectivity-checks:", result["reason"])
         self.assertLess(result["seconds"], 20)
+
+    def test_udp_blocked_connects_by_tcp(self) -> None:
+        """A host whose UDP is blocked connects by TCP hole punching to every cone type, both orders."""
+        lab = lab_fixture(self)
+        blocked = {c: lab.add_host(f"u{i}", "udp-blocked") for i, c in enumerate(CONES)}
+        cones = {c: lab.add_host(f"k{i}", c) for i, c in enumerate(CONES)}
+        url = start_lab_daemon(lab)
+        problems: list[str] = []
+        for order in ("blocked-offers", "cone-offers"):
+            with concurrent.futures.ThreadPoolExecutor(len(CONES)) as pool:
+                futures = {}
+                for i, c in enumerate(CONES):
+                    a, b = (
+                        (blocked[c], cones[c])
+                        if order == "blocked-offers"
+                        else (cones[c], blocked[c])
+                    )
+                    futures[c] = pool.submit(
+                        run_connect_args, a, b, url, (f"t{order[0]}{i}o", f"t{order[0]}{i}a"), 20
+                    )
+                for c, future in futures.items():
+                    result = future.result()
+                    if not result["ok"]:
+                        problems.append(f"{order} {c}: {result['reason']}")
+                    elif {result["method"], result["other"]["method"]} != {"tcp-hole-punch"}:
+                        problems.append(
+                            f"{order} {c}: methods {result['method']}/{result['other']['method']}"
+                        )
+        self.assertEqual(problems, [], "\n".join(problems))
