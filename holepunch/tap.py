@@ -5,16 +5,39 @@ The daemon runs, each part optional:
 
 - the STUN server (UDP and TCP, port 3478 on every interface; RFC 5780 behaviour discovery
   when given an alternate address), see :mod:`holepunch.stun.server`;
-- the WebSocket signaling server with its HTTP endpoints (``tcp:8080``), see
-  :mod:`holepunch.signaling.server`.
+- the WebSocket signaling server (``tcp:8080``), see :mod:`holepunch.signaling.server`,
+  with the HTTP endpoints of :mod:`holepunch.web` on the same port (``/p2p/health``,
+  ``/p2p/stats``, ``/p2p/nat``, ``/metrics``), and on ``--http`` if given;
+- with ``--discover-nat``, a NAT discovery at start-up, shown by ``/p2p/nat``.
+
+Options override the ``P2P_*`` environment variables of :mod:`holepunch.config`
+(``P2P_SIGNALING_PORT``, ``P2P_SIGNALING_ENABLED``, ``P2P_PEER_TIMEOUT``,
+``P2P_STUN_SERVERS``, ``LOG_LEVEL``, ...); a bad value stops start-up with a usage error
+naming it. ``LOG_LEVEL`` (or ``--log-level``) filters what twistd logs. SIGTERM and
+SIGINT stop every service: signaling clients are closed with 1001, listeners closed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LegacyLogObserverWrapper,
+    LogLevel,
+    LogLevelFilterPredicate,
+)
 from twisted.python import usage
+from twisted.python.components import Componentized
+
+from holepunch.config import ConfigError, P2PConfig, build_config
+
+if TYPE_CHECKING:
+    from holepunch.web import DaemonStatus, Metrics
 
 
 def _port(value: str) -> int:
@@ -30,7 +53,12 @@ class Options(usage.Options):
     optFlags = [
         ["no-stun", None, "Do not run the STUN server."],
         ["no-stun-tcp", None, "Run the STUN server over UDP only."],
-        ["no-signaling", None, "Do not run the signaling server."],
+        ["no-signaling", None, "Do not run the signaling server (or P2P_SIGNALING_ENABLED=false)."],
+        [
+            "discover-nat",
+            None,
+            "At start-up, find out what NAT this host is behind (shown by /p2p/nat).",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["stun-interface", None, "", "Address the STUN server binds (default: every interface)."],
@@ -43,7 +71,36 @@ class Options(usage.Options):
             "(needs --stun-interface set to the primary address).",
         ],
         ["stun-alternate-port", None, 3479, "Second STUN port, used with RFC 5780.", _port],
-        ["signaling", None, "tcp:8080", "Endpoint of the signaling server (strports)."],
+        [
+            "stun-rate",
+            None,
+            50.0,
+            "STUN requests per second allowed from one source IP (0: unlimited).",
+            float,
+        ],
+        ["stun-burst", None, 100.0, "STUN token-bucket burst per source IP.", float],
+        [
+            "signaling",
+            None,
+            None,
+            "Endpoint of the signaling server and its HTTP pages (strports; default "
+            "tcp:$P2P_SIGNALING_PORT, else tcp:8080).",
+        ],
+        [
+            "http",
+            None,
+            None,
+            "Also serve /p2p/health, /p2p/stats, /p2p/nat and /metrics on this endpoint "
+            "(strports, e.g. tcp:9090:interface=127.0.0.1).",
+        ],
+        ["log-level", None, None, "debug, info, warn or error (default: $LOG_LEVEL, else info)."],
+        [
+            "nat-stun-servers",
+            None,
+            None,
+            "STUN servers for --discover-nat, HOST:PORT,... (default: $P2P_STUN_SERVERS, "
+            "else Google's and Cloudflare's).",
+        ],
         # Signaling server (holepunch.signaling.server.SignalingConfig has the defaults).
         [
             "auth-secret",
@@ -52,8 +109,20 @@ class Options(usage.Options):
             "Require signaling tokens signed with this secret (default: $P2P_AUTH_SECRET; "
             "unset: no auth). Mint them with `holepunch token`.",
         ],
-        ["peer-timeout", None, 300.0, "Evict peers silent for this many seconds.", float],
-        ["cleanup-interval", None, 60.0, "Look for idle peers every so many seconds.", float],
+        [
+            "peer-timeout",
+            None,
+            None,
+            "Evict peers silent for this many seconds (default: $P2P_PEER_TIMEOUT ms, else 300).",
+            float,
+        ],
+        [
+            "cleanup-interval",
+            None,
+            None,
+            "Look for idle peers every so many seconds (default 60).",
+            float,
+        ],
         ["max-message-size", None, 65536, "Largest signaling message, bytes.", int],
         ["max-frame-size", None, 262144, "Larger WebSocket messages close the link.", int],
         ["message-rate", None, 20.0, "Signaling messages per second per connection.", float],
@@ -72,7 +141,35 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        """Where the ``P2P_*`` variables are read (tests pass their own)."""
+        self.config = P2PConfig()
+        """The settings shared with the coordinator, after options and environment."""
+
     def postOptions(self) -> None:
+        try:
+            self.config = build_config(
+                options={
+                    "no-signaling": self["no-signaling"],
+                    "peer-timeout": self["peer-timeout"],
+                    "cleanup-interval": self["cleanup-interval"],
+                    "log-level": self["log-level"],
+                    "stun-servers": self["nat-stun-servers"],
+                },
+                environ=self.environ,
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        config = self.config
+        # From here on the options hold the values in force, whichever source set them.
+        if self["signaling"] is None:
+            self["signaling"] = config.signaling_endpoint()
+        self["no-signaling"] = int(not config.enable_signaling)
+        self["peer-timeout"] = config.peer_timeout
+        self["cleanup-interval"] = config.cleanup_interval
+        self["log-level"] = config.log_level
         if self["stun-alternate-address"] and not self["stun-interface"]:
             raise usage.UsageError(
                 "--stun-alternate-address needs --stun-interface: RFC 5780 answers name the "
@@ -82,28 +179,106 @@ class Options(usage.Options):
             raise usage.UsageError("--stun-alternate-port must differ from --stun-port")
 
 
+_LOG_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+}
+
+
+def level_filter(observer: Any, level: str) -> ILogObserver:
+    """``observer`` (new or legacy style) seeing only events at ``level`` or above."""
+    if not ILogObserver.providedBy(observer):
+        observer = LegacyLogObserverWrapper(observer)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LOG_LEVELS[level])
+    return FilteringLogObserver(observer, [predicate])
+
+
+def _twistd_log_observer(options: Options) -> ILogObserver | None:
+    """twistd's own log observer (``--logfile``, ``--syslog``...) filtered at the level.
+
+    None when not run by twistd, or when twistd was given its own ``--logger``.
+    """
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is None or twistd_options.get("logger"):
+        return None
+    from twisted.scripts.twistd import _SomeApplicationRunner
+
+    observer = _SomeApplicationRunner.loggerFactory(twistd_options)._getLogObserver()
+    return level_filter(observer, options.config.log_level)
+
+
+class DaemonService(MultiService):
+    """The daemon's top service.
+
+    Put in twistd's application, it sets the application's ``ILogObserver`` component
+    (the hook twistd offers for a custom log observer) to ``log_observer``: the observer
+    twistd would have made, behind the ``LOG_LEVEL`` filter.
+    """
+
+    log_observer: ILogObserver | None = None
+    status: DaemonStatus | None = None
+    """What the HTTP pages show."""
+    metrics: Metrics | None = None
+    """What ``/metrics`` shows."""
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the daemon's service tree from parsed options."""
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    top = MultiService()
+    from holepunch.web import (
+        DaemonStatus,
+        NatDiscoveryService,
+        daemon_metrics,
+        install_http,
+        make_http_service,
+    )
+
+    top = DaemonService()
+    top.log_observer = _twistd_log_observer(options)
+    status = DaemonStatus(reactor)
     if not options["no-stun"]:
         from holepunch.stun.server import make_stun_service
 
-        make_stun_service(
+        stun = make_stun_service(
             interface=options["stun-interface"],
             port=options["stun-port"],
             alternate_address=options["stun-alternate-address"],
             alternate_port=options["stun-alternate-port"],
             tcp=not options["no-stun-tcp"],
             reactor=reactor,
-        ).setServiceParent(top)
+            rate=options["stun-rate"],
+            burst=options["stun-burst"],
+        )
+        stun.setServiceParent(top)
+        status.stun = stun.getServiceNamed("stun")
     if not options["no-signaling"]:
         from holepunch.signaling.server import config_from_options, make_signaling_service
 
         signaling = make_signaling_service(config_from_options(options), reactor)
         signaling.setName("signaling")
         signaling.setServiceParent(top)
+        status.signaling = signaling
+    if options["discover-nat"]:
+        status.nat = NatDiscoveryService(reactor, list(options.config.stun_servers))
+        status.nat.setServiceParent(top)
+    metrics = daemon_metrics(status)
+    if status.signaling is not None:
+        install_http(status.signaling.root, status, metrics)
+    if options["http"]:
+        make_http_service(options["http"], status, metrics, reactor).setServiceParent(top)
+    top.status, top.metrics = status, metrics
     return top

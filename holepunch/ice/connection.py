@@ -33,7 +33,7 @@ class ConnectionClosed(Exception):
 
 
 class PeerConnection:
-    """A datagram connection to a peer, made by an :class:`~holepunch.ice.agent.IceAgent`.
+    """A datagram connection to a peer, made by an :class:`IceAgent <holepunch.ice.agent.IceAgent>`.
 
     Attributes: ``method`` (``direct`` or ``udp-hole-punch``; later ``turn-relay``, and
     so on), ``local`` and ``remote`` (``(host, port)``), ``rtt`` (seconds, from the

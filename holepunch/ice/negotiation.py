@@ -133,14 +133,16 @@ def parse_description(payload: Any) -> Description:
 
 
 class Negotiator:
-    """Runs ICE sessions with peers through a :class:`~holepunch.signaling.client.SignalingClient`.
+    """Runs ICE sessions with peers through a signaling client.
+
+    The client is a :class:`holepunch.signaling.client.SignalingClient`. An offer is
+    answered by a waiting :meth:`accept`; when none waits, it is answered anyway if
+    ``on_connection`` is set (called with the peer id and the connection once made), and
+    ignored (counted in ``ignored``) otherwise.
 
     :param agent_factory: makes the agent of each session (tests and the coordinator
         pass their own; the default uses ``config``).
     :param nat: this host's NAT description, sent in offers and answers.
-    :param on_incoming: called with each new incoming :class:`Session`'s Deferred when
-        an offer arrives and no :meth:`accept` is waiting; by default offers are
-        accepted anyway and the connection goes to ``on_connection``.
     """
 
     def __init__(

@@ -56,9 +56,10 @@ class _Framed(Int32StringReceiver):
 
 
 class StreamConnection:
-    """A punched TCP connection with the :class:`~holepunch.ice.connection.PeerConnection` API.
+    """A punched TCP connection with the API of a UDP ``PeerConnection``.
 
-    ``stream`` is the :class:`~holepunch.ice.tcp.PunchedStream` (its ``transport`` is an
+    That is :class:`holepunch.ice.connection.PeerConnection`'s API. ``stream`` is the
+    :class:`PunchedStream <holepunch.ice.tcp.PunchedStream>` (its ``transport`` is an
     ordinary Twisted TCP transport); ``send`` frames each message with a 4-byte length.
     """
 

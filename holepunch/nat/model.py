@@ -6,16 +6,16 @@ depend on where we send?) and its *filtering* behaviour (who may send back throu
 mapping?). The classic names of RFC 3489, which the seed's users know, are derived from
 the two:
 
-=========================  ===========================  ===============================
-classic name               mapping                      filtering
-=========================  ===========================  ===============================
-open                       no NAT (mapped == local)     any
-full-cone                  endpoint-independent         endpoint-independent
-restricted-cone            endpoint-independent         address-dependent
-port-restricted            endpoint-independent         address-and-port-dependent
-symmetric                  address(-and-port)-dependent any
-udp-blocked                no UDP answer at all         -
-=========================  ===========================  ===============================
+=================  ==============================  ============================
+classic name       mapping                         filtering
+=================  ==============================  ============================
+open               no NAT (mapped == local)        any
+full-cone          endpoint-independent            endpoint-independent
+restricted-cone    endpoint-independent            address-dependent
+port-restricted    endpoint-independent            address-and-port-dependent
+symmetric          address(-and-port)-dependent    any
+udp-blocked        no UDP answer at all            -
+=================  ==============================  ============================
 
 The port allocation pattern (preserving, sequential with a delta, random) decides
 whether a symmetric NAT's next port can be predicted, and so which technique the

@@ -1,19 +1,19 @@
 # -*- test-case-name: tests.test_signaling_client -*-
 """``SignalingClient``: a peer's connection to the signaling server, kept alive.
 
-An Autobahn WebSocket client run by a :class:`twisted.application.internet.ClientService`,
+An Autobahn WebSocket client run by a ``twisted.application.internet.ClientService``,
 so a lost connection is retried with exponential backoff and jitter. After each
 (re)connection the client registers its peer id again, with the reconnect token the server
 issued last time (which takes the id back from a connection the server still thinks is
 alive), and rejoins the rooms it was in.
 
-Requests (:meth:`SignalingClient.join_room`, :meth:`~SignalingClient.send_offer`, ...)
+Requests (:meth:`SignalingClient.join_room`, :meth:`send_offer <SignalingClient.send_offer>`, ...)
 return Deferreds matched to the server's reply by ``id``, with a timeout; a request made
 while disconnected waits for the next registration (within the same timeout). Every
 server message is also an event: ``client.on("offer", callback)``.
 
 For ``wss://`` URLs the server's certificate is checked against the URL's host name with
-service-identity (:func:`twisted.internet.ssl.optionsForClientTLS`); pass ``trust_root``
+service-identity (``twisted.internet.ssl.optionsForClientTLS``); pass ``trust_root``
 to trust a private CA.
 """
 
@@ -173,7 +173,7 @@ class SignalingClient(MultiService):
     :param keepalive_interval: seconds between ``ping`` messages that keep the peer from
         idle eviction; default a third of the server's ``peerTimeout``.
     :param retry_initial, retry_max, retry_factor, jitter: the reconnect backoff
-        (:func:`twisted.application.internet.backoffPolicy`).
+        (``twisted.application.internet.backoffPolicy``).
     """
 
     def __init__(

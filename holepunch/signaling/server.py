@@ -672,7 +672,7 @@ class _ListeningService(Service):
 class SignalingService(MultiService):
     """The signaling server as a service: listener, idle sweeper, registry and web root.
 
-    - ``registry``: the :class:`~holepunch.signaling.model.RoomRegistry`;
+    - ``registry``: the :class:`RoomRegistry <holepunch.signaling.model.RoomRegistry>`;
     - ``root``: the twisted.web resource served on the port (``putChild`` more pages);
     - ``port``: the listening port once listening, else None; ``when_listening()``;
     - ``stats()``: counters for health and metrics pages.

@@ -19,6 +19,8 @@ practice and is what the RFC 5769 test vectors were built with.
 
 from __future__ import annotations
 
+__docformat__ = "epytext"
+
 import enum
 import hashlib
 import stringprep

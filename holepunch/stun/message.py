@@ -30,6 +30,8 @@ L{holepunch.stun.credentials}.
 
 from __future__ import annotations
 
+__docformat__ = "epytext"
+
 import enum
 import hmac
 import ipaddress
@@ -345,7 +347,7 @@ class StunMessage:
 
     def get(self, attr_type: int) -> bytes | None:
         """
-        The value of the first attribute of C{attr_type}, or L{None}.
+        The value of the first attribute of C{attr_type}, or C{None}.
         """
         for attribute in self.attributes:
             if attribute.type == attr_type:
@@ -964,7 +966,7 @@ def message_length(prefix: BytesLike) -> int | None:
     The total length of the STUN message or TURN ChannelData frame (padded
     to 4 bytes, as over TCP) that starts with C{prefix}.
 
-    @return: L{None} if fewer than 4 bytes are given.
+    @return: C{None} if fewer than 4 bytes are given.
     @raise StunDecodeError: if C{prefix} starts neither (first two bits 1x),
         or claims a STUN length that is not a multiple of 4.
     """

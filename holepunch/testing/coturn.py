@@ -13,9 +13,9 @@ where ``turnserver`` is not installed.
 Credentials are either one long-term user (``--lt-cred-mech --user=U:P``) or, with
 ``auth_secret``, the TURN REST API (``--use-auth-secret --static-auth-secret=S``).
 :func:`make_test_certificate` makes a throw-away CA and a server certificate (with
-:mod:`cryptography`) for the TLS listener.
+``cryptography``) for the TLS listener.
 
-This is test infrastructure: it uses :mod:`subprocess` and blocking sockets and needs no
+This is test infrastructure: it uses ``subprocess`` and blocking sockets and needs no
 reactor.
 """
 
@@ -238,7 +238,7 @@ def start_coturn(
     allowed (``--allow-loopback-peers``), or every CreatePermission toward 127.0.0.1 would
     be refused with 403. ``extra_args`` are appended (``--stale-nonce=5``, ...).
 
-    @raise CoturnError: it exited or did not answer within ``timeout`` (with its log).
+    :raises CoturnError: it exited or did not answer within ``timeout`` (with its log).
     """
     reason = coturn_unavailable_reason()
     if reason is not None:

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_ice_agent -*-
-"""A deterministic in-memory UDP network on a :class:`twisted.internet.task.Clock`.
+"""A deterministic in-memory UDP network on a ``twisted.internet.task.Clock``.
 
 For unit tests of code that takes a reactor and uses ``listenUDP``, ``callLater`` and
 ``seconds``: datagrams are delivered after ``latency`` seconds of fake time, and a test

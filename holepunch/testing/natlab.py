@@ -16,7 +16,7 @@ veth is made inside the lab's namespaces, and the lab's "internet" has no route 
 else. :meth:`NatLab.close` kills every process in the lab's namespaces and deletes them; it
 also runs at interpreter exit, and :func:`remove_stale_labs` sweeps up after a killed run.
 
-This is test infrastructure: it runs ``ip``, ``nft`` and ``sysctl`` with :mod:`subprocess`
+This is test infrastructure: it runs ``ip``, ``nft`` and ``sysctl`` with ``subprocess``
 and needs no reactor.
 """
 

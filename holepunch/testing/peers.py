@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_natlab_connect -*-
 """Run ``holepunch connect`` peers in lab hosts and talk to them (tests, benchmarks).
 
-A :class:`ConnectProcess` starts the command in a :class:`~holepunch.testing.natlab.LabHost`
-(or locally), reads its stdout and stderr in background threads, and lets the caller
-write lines, wait for lines, and end input. :func:`connect_pair` starts one accepting
+A :class:`ConnectProcess` starts the command in a
+:class:`LabHost <holepunch.testing.natlab.LabHost>` (or locally), reads its stdout and
+stderr in background threads, and lets the caller write lines, wait for lines, and end
+input. :func:`connect_pair` starts one accepting
 and one offering peer, the way a user would.
 """
 

@@ -2,7 +2,7 @@
 """Drive TCP hole punching between lab hosts and measure it (tests, docs/tcp-hole-punching.md).
 
 :class:`PunchDriver` runs :mod:`holepunch.testing.tcp_punch_driver` in a
-:class:`~holepunch.testing.natlab.LabHost` and talks to it through its stdin and stdout
+:class:`LabHost <holepunch.testing.natlab.LabHost>` and talks to it through its stdin and stdout
 (background reader threads, as in :mod:`holepunch.testing.peers`): this process plays the
 signaling server. :func:`punch_round` runs one DCUtR-style round between an initiator and
 a responder; :func:`measure` runs many pairs at once; :func:`summary` makes the table.
@@ -171,7 +171,7 @@ def punch_round(
 
     Both learn a mapping; the round trip to the responder is measured with a ping; then the
     responder is told to dial ``lead`` after reading its command, and the initiator to dial
-    at :func:`~holepunch.ice.tcp.sync_moment` of that send.
+    at :func:`sync_moment <holepunch.ice.tcp.sync_moment>` of that send.
     """  # fmt: skip
     initiator.send(session, "mapping")
     responder.send(session, "mapping")

@@ -12,7 +12,7 @@ It implements
 
  - RFC 8656 section 7 (Allocate, with REQUESTED-TRANSPORT UDP and an optional LIFETIME;
    300 ALTERNATE-SERVER followed once, 7.2 / RFC 8489 10), section 8 (Refresh: at 5/6 of
-   the granted lifetime, and LIFETIME 0 to deallocate on :meth:`~TurnAllocation.close`),
+   the granted lifetime, and LIFETIME 0 to deallocate on :meth:`close <TurnAllocation.close>`),
    section 9 (permissions, refreshed every 240 s, under the 300 s they live), section 10
    (Send and Data indications), section 12 (ChannelBind, refreshed every 540 s, under
    the 600 s a binding lives; ChannelData, padded to 4 bytes over streams, 12.5);
@@ -22,11 +22,11 @@ It implements
    the credentials are wrong: :class:`TurnAuthError`); responses are checked as 9.2.5
    says: a success response must carry a valid MESSAGE-INTEGRITY or it is ignored, an
    error response is checked only if it carries one (401 and 438 never do);
- - RFC 8489 section 6.2 through :class:`~holepunch.stun.client.TransactionTable`:
+ - RFC 8489 section 6.2 through :class:`TransactionTable <holepunch.stun.client.TransactionTable>`:
    retransmissions over UDP, one send and one timeout over a stream.
 
 Every wait is bounded and every timer goes through the injected clock; cancelling
-:meth:`~TurnAllocation.allocate`, :meth:`~TurnAllocation.close` and losing the
+:meth:`allocate <TurnAllocation.allocate>`, :meth:`close <TurnAllocation.close>` and losing the
 allocation all stop every timer and transaction and call ``on_close`` (which frees the
 socket or connection, when the allocation owns one).
 
@@ -266,7 +266,7 @@ class TurnAllocation:
     :param server: the server's resolved address (where requests go, and the only source
         :meth:`datagram_received` accepts over UDP).
     :param send: ``send(data, (host, port))`` writes to the server. Over a stream the
-        address is the server's and can be ignored. It may raise :class:`OSError`.
+        address is the server's and can be ignored. It may raise ``OSError``.
     :param clock: the reactor (or a ``task.Clock`` in tests).
     :param stream: the transport is TCP or TLS: no retransmissions (one send, then
         ``policy.total`` seconds), ChannelData padded to 4 bytes; a 300 answer then fails

@@ -104,7 +104,7 @@ def parse_turn_uri(uri: str, username: str = "", password: str = "") -> TurnServ
 
     Credentials written in the URI win over ``username`` and ``password``.
 
-    @raise ValueError: not a ``turn:``/``turns:`` URI, a bad port, an unknown transport,
+    :raises ValueError: not a ``turn:``/``turns:`` URI, a bad port, an unknown transport,
         or ``turns`` with ``transport=udp`` (DTLS).
     """
     text = uri.strip()
@@ -175,7 +175,7 @@ def rest_api_credentials(secret: str | bytes, user: str, ttl: float, now: float)
     being ``now + ttl`` in whole seconds; the password is the base64 HMAC-SHA1 of the
     username keyed with ``secret``. coturn refuses them (401) once ``EXPIRY`` has passed.
 
-    @param now: the current UNIX time (``clock.seconds()`` with a real reactor).
+    :param now: the current UNIX time (``clock.seconds()`` with a real reactor).
     """
     if ttl <= 0:
         raise ValueError(f"the credentials' lifetime must be positive, not {ttl}")

@@ -1,15 +1,15 @@
 # -*- test-case-name: tests.test_turn_coturn -*-
 """Sockets and connections for TURN allocations, and failover across several servers.
 
-The wiring around :class:`~holepunch.turn.client.TurnAllocation`, which itself never
+The wiring around :class:`TurnAllocation <holepunch.turn.client.TurnAllocation>`, which itself never
 touches a socket:
 
 - :func:`open_allocation` gives an allocation its own transport, as the server's URI says:
   a UDP socket (``turn:...?transport=udp``), a TCP connection (``transport=tcp``) or TLS
   over TCP (``turns:``; the server's certificate is checked against its name with
-  ``service_identity``, through :func:`twisted.internet.ssl.optionsForClientTLS`). Over a
+  ``service_identity``, through ``twisted.internet.ssl.optionsForClientTLS``). Over a
   stream, STUN messages and ChannelData are framed by
-  :class:`~holepunch.stun.message.StreamFramer` (RFC 8489 6.2.2, RFC 8656 12.5), and a
+  :class:`StreamFramer <holepunch.stun.message.StreamFramer>` (RFC 8489 6.2.2, RFC 8656 12.5), and a
   300 answer opens a connection to the alternate server (once). Closing the allocation
   closes its socket or connection.
 - :func:`allocate_first` tries several servers in order, each for at most ``timeout``
