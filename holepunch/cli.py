@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,8 +37,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr(level_name: str) -> None:
+    """With ``LOG_LEVEL`` set, log at that level and above to stderr (for diagnosis)."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    name = {"warning": "warn"}.get(level_name.lower(), level_name.lower())
+    try:
+        level = LogLevel.levelWithName(name)
+    except Exception:
+        sys.stderr.write(
+            f"holepunch: LOG_LEVEL: expected debug, info, warn or error, got {level_name!r}\n"
+        )
+        raise SystemExit(2) from None
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``holepunch`` command; return its exit status."""
+    """Run the ``holepunch`` command; return its exit status.
+
+    Commands are quiet but for their output and one-line errors; set ``LOG_LEVEL``
+    (debug, info, warn, error) to see the library's log on stderr.
+    """
+    level = os.environ.get("LOG_LEVEL")
+    if level:
+        _log_to_stderr(level)
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     status: int = args._module.run(args)

@@ -133,6 +133,20 @@ class IceConfig:
     blocked on either side (needs a STUN server that speaks TCP)."""
     tcp_race: bool = False
     """Punch TCP alongside UDP even when UDP works; the first path wins."""
+    turn_servers: Sequence[Any] = ()
+    """:class:`holepunch.turn.TurnServer` s, tried in order for one relayed candidate."""
+    turn_timeout: float = 5.0
+    """How long one TURN server may take to allocate before the next is tried."""
+    relay_wait: float = 2.0
+    """A valid relayed pair is nominated only after this long without a direct one."""
+    relay_wait_hard: float = 12.0
+    """The same wait while port prediction or birthday probing is under way."""
+    relay_only: bool = False
+    """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
+    relay_check_delay: float = 0.3
+    """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
+    permission for us is in place first (a check that reaches a relay port before the
+    permission is dropped, and coturn also spoils the allocation's nonce over it)."""
     """The easy side waits this long for a cheaper path before probing."""
 
 
@@ -161,6 +175,11 @@ def route_source(remote: tuple[str, int]) -> str | None:
             return str(s.getsockname()[0])
     except OSError:
         return None
+
+
+def _relayed(pair: CandidatePair) -> bool:
+    """Whether a pair goes through a TURN relay (either side's candidate is relayed)."""
+    return pair.local.type == "relay" or pair.remote.type == "relay"
 
 
 class IceSocket(DatagramProtocol):
@@ -196,6 +215,38 @@ class IceSocket(DatagramProtocol):
         if port is None:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return d
+
+
+class RelaySocket(IceSocket):
+    """A TURN allocation seen as one more socket of the agent (its relayed candidate).
+
+    Writes go through the allocation (Send indication, or ChannelData once bound);
+    what the relay delivers comes back as datagrams from the peer's address.
+    """
+
+    def __init__(self, agent: IceAgent, allocation: Any, candidate: Candidate) -> None:
+        super().__init__(agent)
+        self.allocation = allocation
+        self.base = candidate
+        self.local = candidate.address
+        self.port = allocation
+        allocation.on_data(
+            lambda data, peer: agent.datagram_received(data, (peer.host, peer.port), self)
+        )
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        if self.port is None:
+            raise OSError("relay closed")
+        self.allocation.send(data, Address(*address))
+        self.agent._last_sent = self.agent.reactor.seconds()
+
+    def close(self) -> defer.Deferred[None]:
+        self.transactions.cancel_all()
+        allocation, self.port = self.port, None
+        if allocation is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = allocation.close()
         return d
 
 
@@ -251,6 +302,8 @@ class IceAgent:
         self.connection: PeerConnection | None = None
         self._main: IceSocket | None = None
         self._extra: dict[int, IceSocket] = {}
+        self._relays: dict[tuple[str, int], RelaySocket] = {}
+        self._main_allocations: list[Any] = []
         self._local: tuple[str, int] | None = None
         self.mapping: MappingProfile | None = None
         self.remote_mapping: MappingProfile | None = None
@@ -308,7 +361,9 @@ class IceAgent:
         return self._main.port if self._main is not None else None
 
     def _socket_for(self, local: Candidate) -> IceSocket | None:
-        """The socket a local candidate sends from (its base's port)."""
+        """The socket a local candidate sends from (its base's port, or its relay)."""
+        if local.type == "relay":
+            return self._relays.get(local.address)
         port = local.port if local.type == "host" else local.related_port
         extra = self._extra.get(port or 0)
         if extra is not None:
@@ -363,13 +418,12 @@ class IceAgent:
             self._host_bases[host] = candidate
             self._add_local(candidate)
         self._pair_all()
-        results = await defer.DeferredList(
-            [
-                defer.ensureDeferred(self._gather_srflx(server))
-                for server in self.config.stun_servers
-            ],
-            consumeErrors=True,
-        )
+        gathering = [
+            defer.ensureDeferred(self._gather_srflx(server)) for server in self.config.stun_servers
+        ]
+        if self.config.turn_servers:
+            gathering.append(defer.ensureDeferred(self._gather_relay()))
+        results = await defer.DeferredList(gathering, consumeErrors=True)
         del results
         self.gathering_complete = True
         self._emit(None)
@@ -404,6 +458,76 @@ class IceAgent:
                 _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
         if self.config.probe_mapping and self.mapping is None:
             await self._probe_mapping(address, result)
+
+    async def _gather_relay(self) -> None:
+        """One relayed candidate from the first TURN server that allocates (RFC 8656).
+
+        UDP servers are used from the agent's own socket; TCP and TLS ones over their
+        own connection. A dead server is abandoned after ``turn_timeout``.
+        """
+        from holepunch.stun.client import resolve_server
+        from holepunch.turn import TurnAllocation, allocate_first, open_allocation
+
+        assert self._main is not None
+        main = self._main
+
+        def open_one(server: Any) -> defer.Deferred[Any]:
+            async def attempt() -> Any:
+                if server.transport != "udp":
+                    return await open_allocation(
+                        server, reactor=self.reactor, timeout=self.config.turn_timeout
+                    )
+                address = await resolve_server(self.reactor, server.host, server.port)
+                allocation = TurnAllocation(
+                    address,
+                    main.write,
+                    self.reactor,
+                    username=server.username,
+                    password=server.password,
+                )
+                self._main_allocations.append(allocation)
+                try:
+                    await allocation.allocate()
+                except BaseException:
+                    self._main_allocations.remove(allocation)
+                    raise
+                return allocation
+
+            return defer.ensureDeferred(attempt())
+
+        try:
+            allocation = await allocate_first(
+                list(self.config.turn_servers),
+                reactor=self.reactor,
+                timeout=self.config.turn_timeout,
+                open_one=open_one,
+            )
+        except Exception as e:
+            _log.info("no relayed candidate: {err}", err=e)
+            return
+        if self._closed:
+            allocation.close()
+            return
+        allocated = allocation.allocated
+        if allocated is None or allocated.mapped is None:
+            _log.info("TURN allocation without addresses; no relayed candidate")
+            allocation.close()
+            return
+        relay = make_candidate(
+            "relay",
+            allocated.relayed.host,
+            allocated.relayed.port,
+            base=(allocated.mapped.host, allocated.mapped.port),
+            server=f"turn:{allocated.server}",
+        )
+        sock = RelaySocket(self, allocation, relay)
+        self._relays[relay.address] = sock
+        self._add_local(relay)
+        _log.info("relayed candidate {c}", c=relay.to_sdp())
+        for remote in self.remote_candidates:
+            self._permit(remote)
+            self.checklist.add(relay, remote)
+        self._schedule_checks()
 
     async def _probe_mapping(self, server: Address, first: Any) -> None:
         """Measure our own NAT's mapping from this socket (RFC 5780 OTHER-ADDRESS)."""
@@ -482,8 +606,29 @@ class IceAgent:
                         pair.remote = candidate
             return
         self.remote_candidates.append(candidate)
+        self._permit(candidate)
+        if candidate.type == "relay" and self.config.relay_check_delay > 0:
+            self.reactor.callLater(self.config.relay_check_delay, self._pair_later, candidate)
+            return
         self._pair_with(candidate)
         self._schedule_checks()
+
+    def _pair_later(self, candidate: Candidate) -> None:
+        if self._closed or candidate not in self.remote_candidates:
+            return
+        self._pair_with(candidate)
+        self._schedule_checks()
+
+    def _permit(self, candidate: Candidate) -> None:
+        """Install TURN permissions for a remote candidate's address at once (RFC 8656
+        9), before any check needs them, as browsers do."""
+        for relay in self._relays.values():
+            d = relay.allocation.create_permission(candidate.host)
+            d.addErrback(
+                lambda f, h=candidate.host: _log.info(
+                    "TURN permission for {host} refused: {err}", host=h, err=f.getErrorMessage()
+                )
+            )
 
     def _pair_all(self) -> None:
         for remote in self.remote_candidates:
@@ -493,7 +638,11 @@ class IceAgent:
         if not self._host_bases:
             return None
         local = self._base_for(remote.host, remote.port)
-        return self.checklist.add(local, remote)
+        pair = None if self.config.relay_only else self.checklist.add(local, remote)
+        for relay in self._relays.values():
+            if relay.base is not None:
+                self.checklist.add(relay.base, remote)
+        return pair
 
     # -- checks --
 
@@ -698,6 +847,17 @@ class IceAgent:
         if self.selected is not None:
             if pair is self.selected:
                 self._last_consent = self.reactor.seconds()
+                return
+            if not _relayed(self.selected) or _relayed(pair):
+                return
+            # A direct pair came through while we are on the relay: upgrade to it.
+            if self.controlling:
+                if nominate:
+                    self._select(pair)
+                elif self._nominating is None:
+                    self._nominate(pair)
+            elif pair.remote_nominated:
+                self._select(pair)
             return
         if self.controlling:
             if nominate:
@@ -748,12 +908,30 @@ class IceAgent:
         best = self.checklist.best_valid()
         if best is None:
             return
+        if _relayed(best):
+            direct_pending = self._hard_nat_pending() or any(
+                not _relayed(p) for p in self.checklist.pending()
+            )
+            if not direct_pending:
+                self._nominate(best)
+            elif "relay" not in self._timers:
+                wait = self.config.relay_wait_hard if self.techniques else self.config.relay_wait
+                _log.info("relay works; waiting {s:g}s for a direct path", s=wait)
+                self._timers["relay"] = self.reactor.callLater(wait, self._relay_wait_over)
+            return
         if not self.checklist.higher_pending(best):
             self._nominate(best)
         elif "nominate" not in self._timers:
             self._timers["nominate"] = self.reactor.callLater(
                 self.config.nomination_delay, self._nominate_best
             )
+
+    def _relay_wait_over(self) -> None:
+        self._timers.pop("relay", None)
+        if self.selected is None and self._nominating is None:
+            best = self.checklist.best_valid()
+            if best is not None:
+                self._nominate(best)
 
     def _nominate_best(self) -> None:
         self._timers.pop("nominate", None)
@@ -769,14 +947,22 @@ class IceAgent:
         _log.debug("nominating {pair}", pair=pair.describe())
         self._start_check(pair, nominate=True)
 
-    def _select(self, pair: CandidatePair) -> None:
-        if self.selected is not None:
-            return
-        self.selected = pair
-        self._nominating = None
+    def _method(self, pair: CandidatePair) -> str:
+        if _relayed(pair):
+            return "turn-relay"
+        if pair.tag:
+            return pair.tag
+        mapped = pair.mapped
+        no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
+        if pair.remote.type == "host" and no_nat_here:
+            return "direct"
+        return "udp-hole-punch"
+
+    def _settle(self, pair: CandidatePair) -> None:
+        """A direct pair is selected: stop everything still trying another path."""
         self._probing = False
         self._ordered.clear()
-        for name in ("timeout", "nominate", "probe", "probe-end", "birthday-open"):
+        for name in ("nominate", "probe", "probe-end", "birthday-open", "relay"):
             timer = self._timers.pop(name, None)
             if timer is not None and timer.active():
                 timer.cancel()
@@ -784,26 +970,36 @@ class IceAgent:
             if other_id != id(pair):
                 d.cancel()
         sock = self._socket_for(pair.local)
-        assert sock is not None
         # Birthday sockets that lost are closed now; the winner carries the connection.
         for port, extra in list(self._extra.items()):
             if extra is not sock:
                 del self._extra[port]
                 extra.close()
+
+    def _local_address(self, pair: CandidatePair) -> tuple[str, int]:
+        sock = self._socket_for(pair.local)
+        assert sock is not None
         local = sock.local
-        mapped = pair.mapped
-        no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
-        if pair.tag:
-            method = pair.tag
-        elif pair.remote.type == "host" and no_nat_here:
-            method = "direct"
-        else:
-            method = "udp-hole-punch"
+        return (pair.local.host if local[0] in ("0.0.0.0", "") else local[0], local[1])
+
+    def _select(self, pair: CandidatePair) -> None:
+        if self.selected is not None:
+            if pair is not self.selected and _relayed(self.selected) and not _relayed(pair):
+                self._upgrade(pair)
+            return
+        self.selected = pair
+        self._nominating = None
+        timer = self._timers.pop("timeout", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not _relayed(pair):
+            self._settle(pair)
+        method = self._method(pair)
         elapsed = self.reactor.seconds() - (self._started_at or self.reactor.seconds())
         self.connection = PeerConnection(
             self,
             method,
-            (pair.local.host if local[0] in ("0.0.0.0", "") else local[0], local[1]),
+            self._local_address(pair),
             pair.remote.address,
             pair.rtt,
             pair.local,
@@ -824,6 +1020,28 @@ class IceAgent:
         waiting, self._connect_d = self._connect_d, None
         if waiting is not None and not waiting.called:
             waiting.callback(self.connection)
+
+    def _upgrade(self, pair: CandidatePair) -> None:
+        """Leave the relay for a direct pair that succeeded later (same connection)."""
+        old = self.selected
+        assert old is not None and self.connection is not None
+        self.selected = pair
+        self._nominating = None
+        pair.nominated = True
+        self._settle(pair)
+        connection = self.connection
+        connection.method = self._method(pair)
+        connection.local = self._local_address(pair)
+        connection.remote = pair.remote.address
+        connection.rtt = pair.rtt
+        connection.local_candidate = pair.local
+        connection.remote_candidate = pair.remote
+        self._last_consent = self.reactor.seconds()
+        _log.info(
+            "upgraded from the relay to {pair} ({method})",
+            pair=pair.describe(),
+            method=connection.method,
+        )
 
     # -- hard NATs: port prediction and birthday probing --
 
@@ -1018,6 +1236,10 @@ class IceAgent:
         if self._closed:
             return
         sock = sock or self._main
+        if sock is self._main and self._main_allocations:
+            for allocation in self._main_allocations:
+                if allocation.datagram_received(data, Address(*source)):
+                    return
         if is_stun(data):
             try:
                 message = decode(data)
@@ -1252,8 +1474,23 @@ class IceAgent:
         d, self._connect_d = self._connect_d, None
         if d is not None and not d.called:
             d.errback(IceError("cancelled", "the attempt was cancelled"))
+        relays = list(self._relays.values())
+        self._relays.clear()
         sockets = [s for s in [self._main, *self._extra.values()] if s is not None]
         self._extra.clear()
+        # Deallocate first (through the main socket for UDP relays), then close sockets.
+        deallocating = defer.gatherResults([r.close() for r in relays], consumeErrors=True)
+        self._main_allocations.clear()
+        if relays:
+            closed: defer.Deferred[None] = defer.Deferred()
+
+            def then_sockets(_: object) -> None:
+                defer.gatherResults([sock.close() for sock in sockets], consumeErrors=True).addBoth(
+                    lambda _: closed.callback(None)
+                )
+
+            deallocating.addBoth(then_sockets)
+            return closed
         closing = [sock.close() for sock in sockets]
         result: defer.Deferred[None] = defer.gatherResults(closing, consumeErrors=True).addCallback(
             lambda _: None

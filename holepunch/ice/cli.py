@@ -47,6 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stun-server", action="append", default=[], metavar="HOST:PORT", help="repeatable"
     )
     parser.add_argument(
+        "--turn-server",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="TURN relay, repeatable, tried in order: turn:USER:PASS@HOST:PORT[?transport=tcp] "
+        "or turns:USER:PASS@HOST:PORT (TLS)",
+    )
+    parser.add_argument(
+        "--no-tcp", action="store_true", help="no TCP hole punching (UDP and TURN only)"
+    )
+    parser.add_argument(
         "--host-address",
         action="append",
         default=None,
@@ -150,9 +161,11 @@ async def connect_command(
     from holepunch.ice.negotiation import Negotiator
     from holepunch.signaling.client import SignalingClient
     from holepunch.stun.client import parse_server
+    from holepunch.turn import parse_turn_uri
 
     try:
         stun_servers = [parse_server(s) for s in args.stun_server]
+        turn_servers = [parse_turn_uri(uri) for uri in args.turn_server]
     except ValueError as e:
         err.write(f"holepunch connect: {e}\n")
         return 2
@@ -173,6 +186,8 @@ async def connect_command(
             raise StageError("signaling", f"{args.signaling}: {_reason(e)}") from e
         config = IceConfig(
             stun_servers=stun_servers,
+            turn_servers=turn_servers,
+            tcp=not args.no_tcp,
             addresses=args.host_address,
             connection_timeout=max(1.0, deadline - reactor.seconds()),
         )

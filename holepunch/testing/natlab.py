@@ -61,6 +61,8 @@ PUBLIC_A = "203.0.113.10"
 """The public server namespace's primary address."""
 PUBLIC_B = "203.0.113.11"
 """The public server namespace's second address (RFC 5780 needs two)."""
+VOID_GATEWAY = "203.0.113.254"
+"""A gateway address nobody owns: where ``pub`` sends what the lab does not route."""
 WAN_PREFIX = "203.0.113."
 WAN_PREFIXLEN = 24
 
@@ -662,6 +664,13 @@ class NatLab:
             self._plug_into_wan("pub", pub, "eth0")
             for address in (PUBLIC_A, PUBLIC_B):
                 _ip(pub, f"addr add {address}/{WAN_PREFIXLEN} dev eth0")
+            # Like the internet: a packet for an address nobody routes is lost on the way,
+            # not refused at once (coturn closes an allocation whose relay gets a send
+            # error, e.g. toward a peer's private host address). A blackhole route would
+            # give the sender EINVAL, so the default route goes to a gateway whose MAC
+            # nobody has: the frames are sent, and nobody takes them.
+            _ip(pub, f"neigh add {VOID_GATEWAY} lladdr 02:00:00:00:00:fe dev eth0 nud permanent")
+            _ip(pub, f"route add default via {VOID_GATEWAY}")
             self._public = LabHost(
                 self,
                 name="pub",
