@@ -6,3 +6,14 @@ TURN (RFC 8656) relaying, and a WebSocket signaling server with rooms.
 """
 
 __version__ = "0.1.0.dev0"
+
+__all__ = ["P2PCoordinator", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use, so `import holepunch` stays light (no Twisted services).
+    if name == "P2PCoordinator":
+        from holepunch.coordinator import P2PCoordinator
+
+        return P2PCoordinator
+    raise AttributeError(f"module 'holepunch' has no attribute {name!r}")

@@ -1,0 +1,644 @@
+# -*- test-case-name: tests.test_coordinator -*-
+"""``P2PCoordinator``: the one object the seed's users know, as a Twisted service.
+
+It detects the NAT, hosts a signaling server and/or joins a remote one, and returns a
+working connection to a peer by the best method that works (the ICE engine: direct, UDP
+hole punching, port prediction, birthday probing; TURN when configured). The seed's API
+in Python names, with its camelCase names as thin aliases::
+
+    p2p = P2PCoordinator({"signaling_port": 8080, "enable_signaling": True}, peer_id="me")
+    await p2p.initialize()
+    p2p.on("peer-connected", lambda event: print(event["peerId"], event["method"]))
+    connection = await p2p.connect_to_peer("peer-123")
+    await p2p.shutdown()
+
+Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
+``hole-punching-ready``, ``peer-registered``, ``peer-joined-room``, ``peer-left-room``,
+``peer-connected``, ``peer-disconnected``. It implements
+:class:`holepunch.web.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from holepunch.ice.agent import IceConfig
+from holepunch.ice.connection import PeerConnection
+from holepunch.nat.model import NatInfo, NatType, recommended_strategy
+from holepunch.web import IStatusProvider
+
+_log = Logger()
+
+EVENTS = frozenset(
+    {
+        "initialized",
+        "hole-punching-ready",
+        "peer-registered",
+        "peer-joined-room",
+        "peer-left-room",
+        "peer-connected",
+        "peer-disconnected",
+    }
+)
+
+Callback = Callable[[dict[str, Any]], object]
+
+
+class CoordinatorError(Exception):
+    """A coordinator call that cannot be served (not initialized, unknown peer, ...)."""
+
+
+class Subscription:
+    """What :meth:`P2PCoordinator.on` returns; ``cancel()`` unsubscribes."""
+
+    def __init__(self, callbacks: list[Callback], callback: Callback) -> None:
+        self._callbacks = callbacks
+        self._callback = callback
+
+    def cancel(self) -> None:
+        if self._callback in self._callbacks:
+            self._callbacks.remove(self._callback)
+
+
+@dataclass
+class RegisteredPeer:
+    """A peer known out of band (a DHT, a tracker): its address and metadata."""
+
+    peer_id: str
+    address: str | None
+    port: int | None
+    metadata: dict[str, Any]
+
+
+@implementer(IStatusProvider)
+class P2PCoordinator(MultiService):
+    """NAT detection, signaling and connections to peers, as one service.
+
+    :param config: a :class:`holepunch.config.P2PConfig`, or a mapping of its keys
+        (snake_case, or the seed's camelCase in the seed's units).
+    :param peer_id: this peer's id on signaling (default: a random one).
+    :param metadata: sent with the registration.
+    :param ice_config: override the ICE agents' settings (tests use it to keep agents on
+        127.0.0.1).
+    :param nat_detection: run NAT discovery in :meth:`initialize` (default True).
+    """
+
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        reactor: Any = None,
+        peer_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ice_config: IceConfig | None = None,
+        nat_detection: bool = True,
+        environ: Mapping[str, str] | None = None,
+        **explicit: Any,
+    ) -> None:
+        super().__init__()
+        from holepunch.config import P2PConfig, build_config
+
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        if isinstance(config, P2PConfig):
+            self.config = config
+            if explicit:
+                from dataclasses import replace
+
+                from holepunch.config import _from_explicit
+
+                self.config = replace(config, **_from_explicit(explicit))
+        else:
+            self.config = build_config(
+                {**dict(config or {}), **explicit}, environ=environ if environ is not None else None
+            )
+        self.config.validate()
+        import secrets
+
+        self.peer_id = peer_id or f"peer-{secrets.token_hex(6)}"
+        self.metadata = dict(metadata or {})
+        self.nat_detection = nat_detection
+        self.initialized = False
+        self.nat_info: NatInfo | None = None
+        self.signaling_server: Any = None
+        self.signaling_client: Any = None
+        self.negotiator: Any = None
+        self.connections: dict[str, PeerConnection] = {}
+        self.registered_peers: dict[str, RegisteredPeer] = {}
+        self.metrics: Any = None
+        self._ice_config = ice_config
+        self._subscribers: dict[str, list[Callback]] = {}
+        self._init_d: defer.Deferred[dict[str, Any]] | None = None
+        self._started_at = time.time()
+        self.stats_counters: dict[str, int] = {"attempts": 0, "successes": 0, "failures": 0}
+        self.by_method: dict[str, int] = {}
+
+    # -- events -----------------------------------------------------------------------
+
+    def on(self, event: str, callback: Callback) -> Subscription:
+        """Call ``callback(event_dict)`` for every ``event``; returns a :class:`Subscription`."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events are {sorted(EVENTS)}")
+        callbacks = self._subscribers.setdefault(event, [])
+        callbacks.append(callback)
+        return Subscription(callbacks, callback)
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        for callback in list(self._subscribers.get(event, ())):
+            try:
+                callback(payload)
+            except Exception:
+                _log.failure("handler of {event!r} raised", event=event)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def initialize(self) -> defer.Deferred[dict[str, Any]]:
+        """Start everything that is enabled; detect the NAT. Fires with the seed's
+        ``initialized`` payload: ``{signaling, holePunching, natInfo}``. Calling it again
+        gives the same result; after a failure it starts over."""
+        if self._init_d is None:
+            self._init_d = defer.ensureDeferred(self._initialize())
+        shared = self._init_d
+        forked: defer.Deferred[dict[str, Any]] = defer.Deferred()
+
+        def both(result: Any) -> Any:
+            if isinstance(result, Failure):
+                if self._init_d is shared:
+                    self._init_d = None
+                forked.errback(result)
+                return None
+            forked.callback(result)
+            return result
+
+        shared.addBoth(both)
+        return forked
+
+    async def _initialize(self) -> dict[str, Any]:
+        if not self.running:
+            self.startService()
+        config = self.config
+        if config.enable_signaling:
+            from holepunch.signaling.server import SignalingConfig, make_signaling_service
+
+            interface = config.signaling_interface
+            endpoint = f"tcp:{config.signaling_port}" + (
+                f":interface={interface}" if interface else ""
+            )
+            self.signaling_server = make_signaling_service(
+                SignalingConfig(
+                    endpoint=endpoint,
+                    peer_timeout=config.peer_timeout,
+                    cleanup_interval=config.cleanup_interval,
+                ),
+                self.reactor,
+            )
+            self.signaling_server.setName("signaling-server")
+            self.signaling_server.setServiceParent(self)
+            port = await self.signaling_server.when_listening()
+            _log.info("signaling server on port {port}", port=port.getHost().port)
+        url = config.signaling_url
+        if url is None and self.signaling_server is not None:
+            port = self.signaling_server.port.getHost()
+            host = config.signaling_interface or "127.0.0.1"
+            url = f"ws://{host if host not in ('0.0.0.0', '') else '127.0.0.1'}:{port.port}/"
+        if url is not None and config.enable_hole_punching:
+            await self._join_signaling(url)
+        if config.enable_hole_punching and self.nat_detection and config.stun_servers:
+            await self._detect_nat()
+        self.initialized = True
+        payload = {
+            "signaling": self.signaling_server is not None or self.signaling_client is not None,
+            "holePunching": config.enable_hole_punching,
+            "natInfo": self.get_nat_info(),
+        }
+        self._emit("initialized", payload)
+        return payload
+
+    async def _join_signaling(self, url: str) -> None:
+        from holepunch.ice.negotiation import Negotiator
+        from holepunch.signaling.client import SignalingClient
+
+        client = SignalingClient(url, self.peer_id, self.metadata, reactor=self.reactor)
+        client.setName("signaling-client")
+        client.setServiceParent(self)
+        self.signaling_client = client
+        client.on("peer-joined", self._peer_joined)
+        client.on("peer-left", self._peer_left)
+        try:
+            await client.register()
+        except Exception as e:
+            raise CoordinatorError(f"could not register on {url}: {e}") from e
+        self.negotiator = Negotiator(
+            self.reactor,
+            client,
+            self._ice(),
+            max_retries=self.config.max_retries,
+        )
+        self.negotiator.on_connection = self._incoming
+
+    async def _detect_nat(self) -> None:
+        from holepunch.nat.discovery import discover_nat
+
+        interface = ""
+        if self._ice_config is not None and self._ice_config.addresses:
+            interface = self._ice_config.addresses[0]
+        try:
+            self.nat_info = await discover_nat(
+                self.reactor, list(self.config.stun_servers), interface=interface
+            )
+        except Exception as e:
+            _log.warn("NAT detection failed: {err}", err=e)
+            self.nat_info = None
+            return
+        if self.negotiator is not None:
+            self.negotiator.nat = self.nat_info
+        self._emit("hole-punching-ready", self.nat_info.to_json())
+
+    def _ice(self) -> IceConfig:
+        base = self._ice_config or IceConfig()
+        from dataclasses import replace
+
+        turn = list(base.turn_servers)
+        if not turn and self.config.turn_servers:
+            from holepunch.turn import TurnServer
+
+            for server in self.config.turn_servers:
+                turn.extend(TurnServer.from_ice_server(server.as_ice_server()))
+        return replace(
+            base,
+            turn_servers=tuple(turn),
+            stun_servers=base.stun_servers or tuple(self.config.stun_servers),
+            connection_timeout=self.config.connection_timeout,
+            keepalive_interval=self.config.keep_alive_interval,
+            port=base.port or self.config.hole_punching_port,
+        )
+
+    def stopService(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        for peer_id, connection in list(self.connections.items()):
+            if not connection.closed:
+                await connection.close()
+            self.connections.pop(peer_id, None)
+        if self.negotiator is not None:
+            await self.negotiator.stop()
+        if self.running:
+            await MultiService.stopService(self)
+        self.initialized = False
+
+    def shutdown(self) -> defer.Deferred[None]:
+        """Close every connection, socket and timer; stop the servers."""
+        return self.stopService()
+
+    # -- peers ------------------------------------------------------------------------
+
+    def register_peer(self, peer_id: str, info: Mapping[str, Any] | None = None) -> RegisteredPeer:
+        """Remember a peer known out of band: ``{address, port, metadata}``."""
+        info = dict(info or {})
+        port = info.get("port")
+        if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+            raise ValueError(f"port must be 1-65535, got {port!r}")
+        peer = RegisteredPeer(peer_id, info.get("address"), port, dict(info.get("metadata") or {}))
+        self.registered_peers[peer_id] = peer
+        self._emit("peer-registered", {"peerId": peer_id, "metadata": peer.metadata})
+        return peer
+
+    def connect_to_peer(self, peer_id: str) -> defer.Deferred[PeerConnection]:
+        """A connection to ``peer_id`` by the best method that works.
+
+        A peer on signaling gets the full engine (with ``max_retries``). A peer only
+        registered out of band (an address from a DHT or tracker) is tried directly
+        (UDP, both sides sending: a one-sided punch). Fails with a clear error.
+        """
+        return defer.ensureDeferred(self._connect(peer_id))
+
+    async def _connect(self, peer_id: str) -> PeerConnection:
+        if not self.initialized:
+            raise CoordinatorError("call initialize() first")
+        existing = self.connections.get(peer_id)
+        if existing is not None and not existing.closed:
+            return existing
+        self.stats_counters["attempts"] += 1
+        started = self.reactor.seconds()
+        try:
+            if self.negotiator is not None:
+                try:
+                    connection = await self.negotiator.connect(peer_id)
+                except Exception as e:
+                    registered = self.registered_peers.get(peer_id)
+                    if registered is None or registered.address is None:
+                        raise
+                    _log.info(
+                        "signaling could not reach {peer} ({err}); trying its address",
+                        peer=peer_id,
+                        err=e,
+                    )
+                    connection = await self._direct(registered)
+            else:
+                registered = self.registered_peers.get(peer_id)
+                if registered is None or registered.address is None:
+                    raise CoordinatorError(
+                        f"peer {peer_id!r} is neither on signaling nor registered with an address"
+                    )
+                connection = await self._direct(registered)
+        except Exception:
+            self.stats_counters["failures"] += 1
+            raise
+        self._connected(peer_id, connection, self.reactor.seconds() - started)
+        return connection
+
+    async def _direct(self, peer: RegisteredPeer) -> Any:
+        assert peer.address is not None and peer.port is not None
+        ice = self._ice()
+        interface = ice.addresses[0] if ice.addresses and len(ice.addresses) == 1 else ""
+        return await one_sided_punch(
+            self.reactor,
+            (peer.address, peer.port),
+            interface=interface,
+            port=ice.port,
+            timeout=self.config.connection_timeout,
+        )
+
+    def _incoming(self, peer_id: str, connection: PeerConnection) -> None:
+        self._connected(peer_id, connection, None)
+
+    def _connected(self, peer_id: str, connection: PeerConnection, seconds: float | None) -> None:
+        self.connections[peer_id] = connection
+        self.stats_counters["successes"] += 1
+        self.by_method[connection.method] = self.by_method.get(connection.method, 0) + 1
+        if self.metrics is not None and seconds is not None:
+            self.metrics.observe_connection(connection.method, seconds)
+
+        def gone(reason: str) -> None:
+            if self.connections.get(peer_id) is connection:
+                del self.connections[peer_id]
+            self._emit("peer-disconnected", {"peerId": peer_id, "reason": reason})
+
+        connection.on_disconnected(gone)
+        self._emit(
+            "peer-connected",
+            {"peerId": peer_id, "connection": connection, "method": connection.method},
+        )
+
+    def _peer_joined(self, message: dict[str, Any]) -> None:
+        self._emit(
+            "peer-joined-room",
+            {
+                "peerId": message.get("peerId"),
+                "roomId": message.get("roomId"),
+                "metadata": message.get("metadata", {}),
+            },
+        )
+
+    def _peer_left(self, message: dict[str, Any]) -> None:
+        self._emit(
+            "peer-left-room", {"peerId": message.get("peerId"), "roomId": message.get("roomId")}
+        )
+
+    # -- rooms ------------------------------------------------------------------------
+
+    def join_room(self, room_id: str) -> defer.Deferred[list[dict[str, Any]]]:
+        """Join a room on signaling; fires with its other peers."""
+        return self._client().join_room(room_id)
+
+    def leave_room(self, room_id: str) -> defer.Deferred[None]:
+        """Leave a room."""
+        return self._client().leave_room(room_id)
+
+    def get_room_peers(self, room_id: str) -> defer.Deferred[list[dict[str, Any]]]:
+        """The other peers of a room this peer is in."""
+        return self._client().get_room_peers(room_id)
+
+    def _client(self) -> Any:
+        if self.signaling_client is None:
+            raise CoordinatorError(
+                "no signaling: set enable_signaling or signaling_url and initialize()"
+            )
+        return self.signaling_client
+
+    # -- information ------------------------------------------------------------------
+
+    def get_nat_info(self) -> dict[str, Any] | None:
+        """The seed's ``{type, publicAddress, localPort, hairpinning, portPredictable}``
+        plus the RFC 5780 fields; None before detection (or when it failed)."""
+        return self.nat_info.to_json() if self.nat_info is not None else None
+
+    def get_recommended_strategy(self) -> dict[str, Any] | None:
+        """``{strategy, recommendation, methods, difficulty, natType, ...}``."""
+        return recommended_strategy(self.nat_info) if self.nat_info is not None else None
+
+    def get_stats(self) -> dict[str, Any]:
+        """``{initialized, natInfo, activeConnections, signaling, holePunching}``."""
+        active = [c for c in self.connections.values() if not c.closed]
+        signaling: dict[str, Any] = {
+            "server": self.signaling_server.stats() if self.signaling_server is not None else None,
+            "client": {
+                "connected": self.signaling_client.connected,
+                "registered": self.signaling_client.registered,
+                "rooms": list(self.signaling_client.rooms),
+            }
+            if self.signaling_client is not None
+            else None,
+        }
+        if self.signaling_server is not None:
+            signaling["peers"] = self.signaling_server.stats().get("peers")
+        return {
+            "initialized": self.initialized,
+            "natInfo": self.get_nat_info(),
+            "activeConnections": len(active),
+            "signaling": signaling,
+            "holePunching": {
+                "enabled": self.config.enable_hole_punching,
+                **self.stats_counters,
+                "byMethod": dict(self.by_method),
+                "connections": {
+                    peer: {"method": c.method, "local": list(c.local), "remote": list(c.remote)}
+                    for peer, c in self.connections.items()
+                    if not c.closed
+                },
+            },
+        }
+
+    def health_check(self) -> defer.Deferred[dict[str, Any]]:
+        """``{status, initialized, timestamp, services}``; status is ``healthy`` when
+        everything enabled is up."""
+        services: dict[str, Any] = {}
+        healthy = self.initialized
+        if self.config.enable_signaling:
+            up = self.signaling_server is not None and self.signaling_server.port is not None
+            services["signalingServer"] = "up" if up else "down"
+            healthy = healthy and up
+        if self.signaling_client is not None:
+            services["signaling"] = (
+                "registered" if self.signaling_client.registered else "disconnected"
+            )
+            healthy = healthy and self.signaling_client.registered
+        services["holePunching"] = "enabled" if self.config.enable_hole_punching else "disabled"
+        services["nat"] = self.nat_info.type.value if self.nat_info is not None else "unknown"
+        return defer.succeed(
+            {
+                "status": "healthy" if healthy else "unhealthy",
+                "initialized": self.initialized,
+                "timestamp": int(time.time() * 1000),
+                "services": services,
+            }
+        )
+
+    # -- the seed's names -------------------------------------------------------------
+
+    registerPeer = register_peer
+    connectToPeer = connect_to_peer
+    getNATInfo = get_nat_info
+    getRecommendedStrategy = get_recommended_strategy
+    getStats = get_stats
+    healthCheck = health_check
+    getRoomPeers = get_room_peers
+    joinRoom = join_room
+
+
+PUNCH_MARKER = b"holepunch:punch"
+"""What a one-sided punch sends until the peer answers (it is never delivered as data)."""
+
+
+class DirectConnection(DatagramProtocol):
+    """A UDP path to a peer reached at its registered address (no ICE, no signaling).
+
+    The same surface as :class:`PeerConnection <holepunch.ice.connection.PeerConnection>`:
+    ``method``, ``local``, ``remote``, ``rtt``, ``send``, ``on_datagram``,
+    ``on_disconnected``, ``close``. Used for peers known only by address (a DHT, a
+    tracker) when both sides punch toward each other.
+    """
+
+    def __init__(self, reactor: Any, remote: tuple[str, int]) -> None:
+        self.reactor = reactor
+        self.remote = remote
+        self.method = "udp-hole-punch"
+        self.local: tuple[str, int] = ("", 0)
+        self.rtt: float | None = None
+        self.closed = False
+        self.close_reason: str | None = None
+        self.ready: defer.Deferred[DirectConnection] = defer.Deferred()
+        self._receivers: list[Callable[[bytes], None]] = []
+        self._observers: list[Callable[[str], None]] = []
+        self._backlog: list[bytes] = []
+        self._sent_at = 0.0
+
+    @property
+    def local_port(self) -> int:
+        return self.local[1]
+
+    @property
+    def remote_address(self) -> str:
+        return self.remote[0]
+
+    @property
+    def remote_port(self) -> int:
+        return self.remote[1]
+
+    def punch(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._sent_at = self.reactor.seconds()
+            self.transport.write(PUNCH_MARKER, self.remote)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if (addr[0], addr[1]) != self.remote or self.closed:
+            return
+        if not self.ready.called:
+            self.rtt = self.reactor.seconds() - self._sent_at
+            self.punch()  # make sure the peer hears from us too
+            self.ready.callback(self)
+        if datagram == PUNCH_MARKER:
+            return
+        if not self._receivers:
+            self._backlog.append(datagram)
+            return
+        for receiver in list(self._receivers):
+            receiver(datagram)
+
+    def send(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            from holepunch.ice.connection import ConnectionClosed
+
+            raise ConnectionClosed(self.close_reason or "closed")
+        self.transport.write(data, self.remote)
+
+    def on_datagram(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
+        self._receivers.append(handler)
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            handler(data)
+        return lambda: self._receivers.remove(handler) if handler in self._receivers else None
+
+    def on_disconnected(self, handler: Callable[[str], None]) -> Callable[[], None]:
+        self._observers.append(handler)
+        return lambda: self._observers.remove(handler) if handler in self._observers else None
+
+    def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
+        if self.closed:
+            return defer.succeed(None)
+        self.closed = True
+        self.close_reason = reason
+        for handler in list(self._observers):
+            handler(reason)
+        port: Any = self.transport
+        if port is None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
+        return d
+
+
+async def one_sided_punch(
+    reactor: Any,
+    remote: tuple[str, int],
+    *,
+    interface: str = "",
+    port: int = 0,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+) -> DirectConnection:
+    """Send to ``remote`` every ``interval`` until it answers (or ``timeout``).
+
+    This opens our NAT toward the peer; it works when the peer is reachable (no NAT, a
+    full cone, a forwarded port) or is punching toward us at the same time.
+    """
+    from twisted.internet.task import LoopingCall
+
+    connection = DirectConnection(reactor, remote)
+    listening = reactor.listenUDP(port, connection, interface=interface)
+    host = listening.getHost()
+    connection.local = (host.host, host.port)
+    loop = LoopingCall(connection.punch)
+    loop.clock = reactor
+    loop.start(interval)
+    connection.ready.addTimeout(timeout, reactor)
+    try:
+        await connection.ready
+    except defer.TimeoutError:
+        await connection.close("no answer")
+        raise CoordinatorError(
+            f"{remote[0]}:{remote[1]} did not answer within {timeout:g}s"
+        ) from None
+    except BaseException:
+        await connection.close("cancelled")
+        raise
+    finally:
+        if loop.running:
+            loop.stop()
+    return connection
+
+
+__all__ = ["EVENTS", "CoordinatorError", "NatType", "P2PCoordinator", "RegisteredPeer"]

@@ -1,0 +1,174 @@
+"""Tests for holepunch.coordinator.P2PCoordinator, on loopback with real sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from holepunch import P2PCoordinator
+from holepunch.coordinator import CoordinatorError
+from holepunch.ice.agent import IceConfig
+from holepunch.stun.message import Address
+from holepunch.stun.server import StunResponder, StunServerService
+
+LOOPBACK = IceConfig(addresses=["127.0.0.1"])
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CoordinatorTests(TestCase):
+    """The seed's API over real loopback sockets."""
+
+    def setUp(self) -> None:
+        responder = StunResponder(Address("127.0.0.1", 0), Address("127.0.0.2", 0))
+        self.stun = StunServerService(responder, reactor)
+        self.stun.startService()
+        self.addCleanup(self.stun.stopService)
+        self.stun_server = (responder.primary.host, responder.primary.port)
+
+    def coordinator(self, config: dict[str, Any], **kw: Any) -> P2PCoordinator:
+        p2p = P2PCoordinator(
+            {"stun_servers": [self.stun_server], **config},
+            reactor=reactor,
+            ice_config=LOOPBACK,
+            environ={},
+            **kw,
+        )
+        self.addCleanup(p2p.shutdown)
+        return p2p
+
+    def host(self, **kw: Any) -> P2PCoordinator:
+        return self.coordinator(
+            {"signaling_port": 0, "enable_signaling": True, "signaling_interface": "127.0.0.1"},
+            peer_id="host",
+            **kw,
+        )
+
+    def member(self, host: P2PCoordinator, peer_id: str) -> P2PCoordinator:
+        port = host.signaling_server.port.getHost().port
+        return self.coordinator(
+            {"enable_signaling": False, "signaling_url": f"ws://127.0.0.1:{port}/"}, peer_id=peer_id
+        )
+
+    @defer.inlineCallbacks
+    def test_quick_start(self) -> Any:
+        """initialize() hosts signaling, detects the NAT (none on loopback), reports stats and health."""
+        p2p = self.host()
+        events: list[dict[str, Any]] = []
+        p2p.on("initialized", events.append)
+        p2p.on("hole-punching-ready", events.append)
+        result = yield p2p.initialize()
+        self.assertEqual(result["natInfo"]["type"], "open")
+        self.assertEqual(p2p.get_nat_info()["publicAddress"], "127.0.0.1")
+        self.assertEqual(p2p.getNATInfo(), p2p.get_nat_info())
+        self.assertEqual(p2p.get_recommended_strategy()["strategy"], "direct")
+        self.assertEqual(len(events), 2)
+        stats = p2p.get_stats()
+        self.assertEqual(
+            {"initialized", "natInfo", "activeConnections", "signaling", "holePunching"}, set(stats)
+        )
+        self.assertTrue(stats["initialized"])
+        health = yield p2p.health_check()
+        self.assertEqual(health["status"], "healthy")
+        from zope.interface.verify import verifyObject
+
+        from holepunch.web import IStatusProvider
+
+        self.assertTrue(verifyObject(IStatusProvider, p2p))
+        self.assertEqual({"status", "initialized", "timestamp", "services"}, set(health))
+
+    @defer.inlineCallbacks
+    def test_rooms_and_connect(self) -> Any:
+        """Peers meet in a room, connect through the engine, and both see peer-connected."""
+        host = self.host()
+        yield host.initialize()
+        alice = self.member(host, "alice")
+        bob = self.member(host, "bob")
+        yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        joined: list[dict[str, Any]] = []
+        alice.on("peer-joined-room", joined.append)
+        yield alice.join_room("torrent-abc123")
+        yield bob.joinRoom("torrent-abc123")
+        peers = yield alice.get_room_peers("torrent-abc123")
+        self.assertEqual([p["peerId"] for p in peers], ["bob"])
+        self.assertEqual([e["peerId"] for e in joined], ["bob"])
+        connected: list[dict[str, Any]] = []
+        bob.on("peer-connected", connected.append)
+        connection = yield alice.connect_to_peer("bob")
+        self.assertEqual(connection.method, "direct")
+        self.assertEqual([e["peerId"] for e in connected], ["alice"])
+        received: defer.Deferred[bytes] = defer.Deferred()
+        bob.connections["alice"].on_datagram(received.callback)
+        connection.send(b"piece 7")
+        data = yield received
+        self.assertEqual(data, b"piece 7")
+        self.assertEqual(alice.get_stats()["activeConnections"], 1)
+        self.assertEqual(alice.get_stats()["holePunching"]["byMethod"], {"direct": 1})
+        again = yield alice.connectToPeer("bob")
+        self.assertIs(again, connection)
+
+    @defer.inlineCallbacks
+    def test_registered_peers_punch_directly(self) -> Any:
+        """Two peers that know each other's address only (no signaling) connect by a one-sided punch each."""
+        port_a, port_b = free_port(), free_port()
+        a = self.coordinator(
+            {"enable_signaling": False, "hole_punching_port": port_a},
+            peer_id="a",
+            nat_detection=False,
+        )
+        b = self.coordinator(
+            {"enable_signaling": False, "hole_punching_port": port_b},
+            peer_id="b",
+            nat_detection=False,
+        )
+        yield defer.gatherResults([a.initialize(), b.initialize()])
+        registered: list[dict[str, Any]] = []
+        a.on("peer-registered", registered.append)
+        a.register_peer(
+            "b", {"address": "127.0.0.1", "port": port_b, "metadata": {"source": "dht"}}
+        )
+        b.registerPeer("a", {"address": "127.0.0.1", "port": port_a})
+        self.assertEqual(registered, [{"peerId": "b", "metadata": {"source": "dht"}}])
+        ca, cb = yield defer.gatherResults([a.connect_to_peer("b"), b.connect_to_peer("a")])
+        self.assertEqual((ca.remote_address, ca.remote_port), ("127.0.0.1", port_b))
+        got: defer.Deferred[bytes] = defer.Deferred()
+        cb.on_datagram(got.callback)
+        ca.send(b"hello")
+        data = yield got
+        self.assertEqual(data, b"hello")
+
+    @defer.inlineCallbacks
+    def test_unknown_peer_and_errors(self) -> Any:
+        """Connecting before initialize, or to a peer nobody knows, fails with a clear error."""
+        p2p = self.coordinator({"enable_signaling": False}, nat_detection=False)
+        yield self.assertFailure(p2p.connect_to_peer("x"), CoordinatorError)
+        yield p2p.initialize()
+        e = yield self.assertFailure(p2p.connect_to_peer("ghost"), CoordinatorError)
+        self.assertIn("neither on signaling nor registered", str(e))
+        self.assertRaises(ValueError, p2p.on, "no-such-event", lambda e: None)
+        self.assertRaises(ValueError, p2p.register_peer, "p", {"address": "1.2.3.4", "port": 0})
+
+    @defer.inlineCallbacks
+    def test_shutdown_closes_everything(self) -> Any:
+        """shutdown() closes connections, the signaling server and client; peers see peer-disconnected."""
+        host = self.host()
+        yield host.initialize()
+        alice = self.member(host, "alice")
+        bob = self.member(host, "bob")
+        yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        connection = yield alice.connect_to_peer("bob")
+        gone: list[dict[str, Any]] = []
+        alice.on("peer-disconnected", gone.append)
+        yield alice.shutdown()
+        self.assertTrue(connection.closed)
+        self.assertEqual([g["peerId"] for g in gone], ["bob"])
+        self.assertFalse(alice.initialized)
+        yield host.shutdown()
+        self.assertIsNone(host.signaling_server.port)
