@@ -310,6 +310,8 @@ class IceAgent:
         self.techniques: set[Technique] = set()
         self._ordered: list[CandidatePair] = []
         self.stun_answers = 0
+        self.stun_complete = False
+        self._stun_waiters: list[defer.Deferred[None]] = []
         self._probe_ports: list[int] = []
         self._probing = False
         self._probe_deadline = 0.0
@@ -418,12 +420,17 @@ class IceAgent:
             self._host_bases[host] = candidate
             self._add_local(candidate)
         self._pair_all()
-        gathering = [
+        stun = [
             defer.ensureDeferred(self._gather_srflx(server)) for server in self.config.stun_servers
         ]
-        if self.config.turn_servers:
-            gathering.append(defer.ensureDeferred(self._gather_relay()))
-        results = await defer.DeferredList(gathering, consumeErrors=True)
+        relay = [defer.ensureDeferred(self._gather_relay())] if self.config.turn_servers else []
+        await defer.DeferredList(stun, consumeErrors=True)
+        self.stun_complete = True
+        waiters, self._stun_waiters = self._stun_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self._schedule_checks()
+        results = await defer.DeferredList(relay, consumeErrors=True)
         del results
         self.gathering_complete = True
         self._emit(None)
@@ -556,8 +563,17 @@ class IceAgent:
 
     @property
     def udp_blocked(self) -> bool:
-        """STUN servers were asked over UDP and none answered (known after gathering)."""
-        return bool(self.config.stun_servers) and self.gathering_complete and not self.stun_answers
+        """STUN servers were asked over UDP and none answered (known once STUN is done)."""
+        return bool(self.config.stun_servers) and self.stun_complete and not self.stun_answers
+
+    def when_stun_complete(self) -> defer.Deferred[None]:
+        """Fires once every STUN server answered or gave up (server-reflexive candidates
+        and our mapping are known then; relayed candidates may still come)."""
+        if self.stun_complete:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stun_waiters.append(d)
+        return d
 
     def _base_for(self, host: str, port: int) -> Candidate:
         """The host candidate the kernel sends from toward ``host:port``."""
@@ -735,7 +751,7 @@ class IceAgent:
         """Hold checks until our mapping is measured: a check is a new flow, and on a
         sequential NAT a flow before the probe would shift every prediction."""
         return bool(
-            self.config.probe_mapping and self.config.stun_servers and not self.gathering_complete
+            self.config.probe_mapping and self.config.stun_servers and not self.stun_complete
         )
 
     def _next_check(self) -> None:
@@ -926,6 +942,10 @@ class IceAgent:
                 self.config.nomination_delay, self._nominate_best
             )
 
+    def _settled(self) -> bool:
+        """A pair is selected and it is direct: nothing else is worth trying."""
+        return self.selected is not None and not _relayed(self.selected)
+
     def _relay_wait_over(self) -> None:
         self._timers.pop("relay", None)
         if self.selected is None and self._nominating is None:
@@ -1042,6 +1062,7 @@ class IceAgent:
             pair=pair.describe(),
             method=connection.method,
         )
+        connection._path_changed()
 
     # -- hard NATs: port prediction and birthday probing --
 
@@ -1059,7 +1080,7 @@ class IceAgent:
             or self.remote_pwd is None
             or self.mapping is None
             or self.remote_mapping is None
-            or self.selected is not None
+            or self._settled()
         ):
             return
         self.techniques = plan(self.mapping, self.remote_mapping)
@@ -1128,7 +1149,7 @@ class IceAgent:
 
         def open_one() -> None:
             self._timers.pop("birthday-open", None)
-            if self._closed or self.selected is not None or remaining[0] <= 0:
+            if self._closed or self._settled() or remaining[0] <= 0:
                 return
             remaining[0] -= 1
             try:
@@ -1156,7 +1177,11 @@ class IceAgent:
     def _start_probing(self) -> None:
         """Easy side: checks to random ports of the peer's public address, paced."""
         self._timers.pop("probe", None)
-        if self._closed or self.selected is not None or self.checklist.valid_pairs():
+        if (
+            self._closed
+            or self._settled()
+            or any(not _relayed(p) for p in self.checklist.valid_pairs())
+        ):
             return
         assert self.remote_mapping is not None
         low, high = PORT_RANGE
@@ -1177,7 +1202,7 @@ class IceAgent:
         if (
             self._closed
             or not self._probing
-            or self.selected is not None
+            or self._settled()
             or self.reactor.seconds() > self._probe_deadline
             or not self._probe_ports
         ):
@@ -1346,11 +1371,11 @@ class IceAgent:
         if use_candidate:
             pair.remote_nominated = True
         if pair.state == PairState.SUCCEEDED:
-            if use_candidate and self.selected is None:
+            if use_candidate and not self._settled():
                 pair.nominated = True
-                self._select(pair)
+                self._select(pair)  # selects, or upgrades from a relayed pair
             return
-        if self.selected is not None and not use_candidate:
+        if self._settled() and not use_candidate:
             return
         if self.remote_pwd is None:
             self._pending_triggers.append((local, source))

@@ -58,6 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-tcp", action="store_true", help="no TCP hole punching (UDP and TURN only)"
     )
     parser.add_argument(
+        "--relay-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a working relay waits for a direct path before it is used (default 2, "
+        "12 while port prediction or birthday probing runs); a direct path found later "
+        "still takes over",
+    )
+    parser.add_argument(
         "--host-address",
         action="append",
         default=None,
@@ -184,7 +193,13 @@ async def connect_command(
                 await client.join_room(args.room)
         except Exception as e:
             raise StageError("signaling", f"{args.signaling}: {_reason(e)}") from e
+        waits = (
+            {"relay_wait": args.relay_wait, "relay_wait_hard": args.relay_wait}
+            if args.relay_wait is not None
+            else {}
+        )
         config = IceConfig(
+            **waits,
             stun_servers=stun_servers,
             turn_servers=turn_servers,
             tcp=not args.no_tcp,
@@ -221,6 +236,23 @@ async def connect_command(
                 + "\n"
             )
             out.flush()
+
+            def upgraded(c: Any) -> None:
+                out.write(
+                    json.dumps(
+                        {
+                            "event": "path-changed",
+                            "method": c.method,
+                            "local": f"{c.local[0]}:{c.local[1]}",
+                            "remote": f"{c.remote[0]}:{c.remote[1]}",
+                        }
+                    )
+                    + "\n"
+                )
+                out.flush()
+
+            if hasattr(connection, "on_path_changed"):
+                connection.on_path_changed(upgraded)
         return await _carry(reactor, connection, out, err, stdio, args.rate)
     except (StageError, IceError) as e:
         err.write(f"holepunch connect: {e}\n")

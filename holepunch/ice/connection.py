@@ -61,6 +61,7 @@ class PeerConnection:
         self.close_reason: str | None = None
         self._receivers: list[DatagramHandler] = []
         self._disconnect_observers: list[DisconnectHandler] = []
+        self._path_observers: list[Callable[[PeerConnection], None]] = []
         self._backlog: list[bytes] = []
         self._waiters: list[defer.Deferred[str]] = []
         self.bytes_sent = 0
@@ -121,6 +122,22 @@ class PeerConnection:
                 self._disconnect_observers.remove(handler)
 
         return unsubscribe
+
+    def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
+        """Call ``handler(connection)`` when the path changes under the connection (a
+        relayed connection upgraded to a direct pair); ``method``, ``local`` and
+        ``remote`` are then the new path's."""
+        self._path_observers.append(handler)
+        return lambda: (
+            self._path_observers.remove(handler) if handler in self._path_observers else None
+        )
+
+    def _path_changed(self) -> None:
+        for handler in list(self._path_observers):
+            try:
+                handler(self)
+            except Exception:
+                _log.failure("path observer raised")
 
     def when_closed(self) -> defer.Deferred[str]:
         """A Deferred that fires with the reason when the connection ends."""

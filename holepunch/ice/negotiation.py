@@ -287,14 +287,16 @@ class Negotiator:
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(self._gather_failed, session)
         if agent.config.probe_mapping and agent.config.stun_servers:
-            done: defer.Deferred[None] = defer.Deferred()
+            # The description carries our mapping; relayed candidates are trickled.
+            stun_done = agent.when_stun_complete()
 
-            def finished(result: object) -> object:
-                done.callback(None)
-                return result
+            def gathering_failed(f: Failure) -> Failure:
+                if not stun_done.called:
+                    stun_done.callback(None)
+                return f
 
-            gathered.addBoth(finished)
-            await done
+            gathered.addErrback(gathering_failed)
+            await stun_done
 
     def _gather_failed(self, failure: Failure, session: Session) -> None:
         _log.info(
