@@ -8,6 +8,7 @@ time (``elapsed_ms`` from the offerer's ``--json`` line); with ``--markdown`` a 
 docs/nat-matrix.md, with ``--json`` the raw results.
 
     python benchmarks/nat_matrix.py --runs 5 --markdown
+    python benchmarks/nat_matrix.py --runs 3 --turn --markdown    # with coturn as TURN
     python benchmarks/nat_matrix.py --rows symmetric-random --cols port-restricted --runs 20
 
 Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl-C).
@@ -83,12 +84,16 @@ def run_once(
 
 
 def measure(
-    rows: list[str], cols: list[str], runs: int, timeout: float, parallel: int
+    rows: list[str], cols: list[str], runs: int, timeout: float, parallel: int, turn: bool
 ) -> list[Cell]:
     """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair."""
     cells = [Cell(r, c) for r in rows for c in cols]
     with NatLab() as lab:
         url = start_lab_daemon(lab)
+        extra: tuple[str, ...] = ()
+        if turn:
+            coturn = lab.start_coturn()
+            extra = ("--turn-server", f"turn:u:p@{coturn.address}:{coturn.port}")
         slots = []
         for i in range(parallel):
             slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))
@@ -107,6 +112,7 @@ def measure(
                             url,
                             (f"o{run}x{start + k}", f"a{run}x{start + k}"),
                             timeout,
+                            extra,
                         ): cell
                         for k, cell in enumerate(batch)
                     }
@@ -156,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=20.0, help="connect --timeout")
     parser.add_argument("--parallel", type=int, default=4, help="cells at a time")
+    parser.add_argument("--turn", action="store_true", help="give every peer coturn as TURN")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    cells = measure(args.rows, args.cols, args.runs, args.timeout, args.parallel)
+    cells = measure(args.rows, args.cols, args.runs, args.timeout, args.parallel, args.turn)
     if args.json:
         print(json.dumps([c.summary() for c in cells], indent=1))
     if args.markdown or not args.json:
