@@ -1,0 +1,79 @@
+"""examples/torrent_swarm.py: two copies of the example find each other in a torrent's
+room and connect (real processes, a signaling server and a STUN server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.trial.unittest import TestCase
+
+from holepunch.signaling.server import SignalingConfig, make_signaling_service
+from holepunch.stun.message import Address
+from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.testing.natlab import _lab_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "torrent_swarm.py")
+
+
+class _Events(ProcessProtocol):
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.stderr = b""
+        self._buffer = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            self.events.append(json.loads(line))
+
+    def errReceived(self, data: bytes) -> None:
+        self.stderr += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class SwarmExampleTests(TestCase):
+    """The embedding example, run as a user would."""
+
+    timeout = 60
+
+    async def test_two_peers_meet_and_talk(self) -> None:
+        """Both copies join torrent-<infohash>, connect to each other and exchange greetings."""
+        signaling = make_signaling_service(
+            SignalingConfig(endpoint="tcp:0:interface=127.0.0.1"), reactor
+        )
+        signaling.startService()
+        self.addCleanup(signaling.stopService)
+        port = (await signaling.when_listening()).getHost().port
+        stun = StunServerService(StunResponder(Address("127.0.0.1", 0)), reactor)
+        stun.startService()
+        self.addCleanup(stun.stopService)
+        peers = {}
+        for name in ("alice", "bob"):
+            proto = _Events()
+            argv = [sys.executable, EXAMPLE, "--signaling", f"ws://127.0.0.1:{port}/",
+                    "--id", name, "--infohash", "abc123", "--host-address", "127.0.0.1",
+                    "--stun-server", f"127.0.0.1:{stun.responder.primary.port}",
+                    "--duration", "6"]  # fmt: skip
+            transport = reactor.spawnProcess(proto, sys.executable, argv, env=_lab_env(None))
+            self.addCleanup(
+                lambda t=transport, p=proto: None if p.ended.called else t.signalProcess("KILL")
+            )
+            peers[name] = proto
+        codes = await defer.gatherResults([p.ended for p in peers.values()])
+        self.assertEqual(codes, [0, 0], [p.stderr.decode()[-2000:] for p in peers.values()])
+        for me, other in (("alice", "bob"), ("bob", "alice")):
+            events = peers[me].events
+            connected = [e for e in events if e["event"] == "peer-connected"]
+            messages = [e for e in events if e["event"] == "message"]
+            self.assertEqual([e["peer"] for e in connected], [other], events)
+            self.assertEqual([e["text"] for e in messages], [f"hello from {other}"], events)
