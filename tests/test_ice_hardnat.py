@@ -132,3 +132,25 @@ class ProbingDisciplineTests(SynchronousTestCase):
         net.pump([0.01] * 100)
         self.assertEqual(agent.stats.probes_sent, 0)
         agent.close()
+
+
+class StrategyAgreementTests(SynchronousTestCase):
+    """get_recommended_strategy() names the techniques the engine actually uses."""
+
+    def test_hard_nat_strategies_match_the_plan(self) -> None:
+        """Sequential -> port-prediction, random -> birthday (against a cone), both in the strategy's methods."""
+        from holepunch.nat.model import Behavior, NatInfo, NatType, recommended_strategy
+
+        apd = Behavior.ADDRESS_AND_PORT_DEPENDENT
+        sequential = NatInfo(
+            NatType.SYMMETRIC, apd, apd, port_allocation=PortAllocation.SEQUENTIAL, port_delta=1
+        )
+        random_nat = NatInfo(NatType.SYMMETRIC, apd, apd, port_allocation=PortAllocation.RANDOM)
+        self.assertEqual(recommended_strategy(sequential)["strategy"], "port-prediction")
+        self.assertIn(Technique.PREDICT, plan(CONE, SEQ))
+        self.assertEqual(recommended_strategy(random_nat)["strategy"], "birthday")
+        self.assertIn(Technique.BIRTHDAY_HARD, plan(RANDOM, CONE))
+        self.assertIn("turn-relay", recommended_strategy(random_nat)["methods"])
+        self.assertEqual(plan(RANDOM, RANDOM), set())  # hence the relay in the methods
+        blocked = recommended_strategy(NatInfo(NatType.UDP_BLOCKED))
+        self.assertEqual(blocked["methods"], ["tcp-hole-punch", "turn-relay"])
