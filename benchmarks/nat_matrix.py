@@ -71,10 +71,15 @@ class Cell:
 
 
 def run_once(
-    a: LabHost, b: LabHost, url: str, names: tuple[str, str], timeout: float
+    a: LabHost,
+    b: LabHost,
+    url: str,
+    names: tuple[str, str],
+    timeout: float,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One connect; method (both sides'), offerer's connect time, probes, wall time."""
-    result = run_connect(a, b, url, names=names, timeout=timeout)
+    result = run_connect(a, b, url, names=names, timeout=timeout, extra_args=extra)
     if result["ok"]:
         ours, theirs = result["method"], result["other"]["method"]
         result["method"] = ours if ours == theirs else f"{ours}/{theirs}"
@@ -93,7 +98,9 @@ def measure(
         extra: tuple[str, ...] = ()
         if turn:
             coturn = lab.start_coturn()
-            extra = ("--turn-server", f"turn:u:p@{coturn.address}:{coturn.port}")
+            uri = f"turn:u:p@{coturn.address}:{coturn.port}"
+            # UDP first, TCP for hosts whose UDP is blocked (as the seed's example 4).
+            extra = ("--turn-server", uri, "--turn-server", uri + "?transport=tcp")
         slots = []
         for i in range(parallel):
             slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))

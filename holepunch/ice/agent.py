@@ -306,6 +306,7 @@ class IceAgent:
         self._main_allocations: list[Any] = []
         self._local: tuple[str, int] | None = None
         self.mapping: MappingProfile | None = None
+        self._probe_targets: tuple[Address, Address] | None = None
         self.remote_mapping: MappingProfile | None = None
         self.techniques: set[Technique] = set()
         self._ordered: list[CandidatePair] = []
@@ -423,15 +424,19 @@ class IceAgent:
         stun = [
             defer.ensureDeferred(self._gather_srflx(server)) for server in self.config.stun_servers
         ]
-        relay = [defer.ensureDeferred(self._gather_relay())] if self.config.turn_servers else []
         await defer.DeferredList(stun, consumeErrors=True)
         self.stun_complete = True
         waiters, self._stun_waiters = self._stun_waiters, []
         for waiter in waiters:
             waiter.callback(None)
         self._schedule_checks()
-        results = await defer.DeferredList(relay, consumeErrors=True)
-        del results
+        if self.config.turn_servers:
+            if self.mapping is not None and self.mapping.sequential:
+                # On a sequential NAT every new flow moves the counter: the TURN
+                # allocation (a new flow) waits until the predicted checks have gone out,
+                # so that the port we announced is still the last one.
+                await self._after_predictions()
+            await defer.ensureDeferred(self._gather_relay())
         self.gathering_complete = True
         self._emit(None)
         self._schedule_checks()
@@ -465,6 +470,41 @@ class IceAgent:
                 _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
         if self.config.probe_mapping and self.mapping is None:
             await self._probe_mapping(address, result)
+
+    async def remeasure_mapping(self) -> None:
+        """On a sequential NAT, learn the latest public port again (one new flow, to a
+        destination the probe did not use) after other flows (TCP, say) moved it."""
+        from dataclasses import replace
+
+        from holepunch.stun.client import parse_binding_response
+
+        if self.mapping is None or not self.mapping.sequential or self._probe_targets is None:
+            return
+        if self._main is None or self._closed:
+            return
+        server, other = self._probe_targets
+        target = Address(server.host, other.port)
+        self._probe_targets = None  # used now; a second call would not be a new flow
+        try:
+            response = await self._main.transactions.request(
+                StunMessage.request(), target, policy=self.config.gather_policy
+            )
+            result = parse_binding_response(response)
+        except Exception as e:
+            _log.info("mapping re-measure failed: {err}", err=e)
+            return
+        self.mapping = replace(self.mapping, last_port=result.mapped.port)
+        _log.info("our mapping's last port is now {port}", port=result.mapped.port)
+
+    async def _after_predictions(self, longest: float = 4.0) -> None:
+        """Wait until the ordered predicted checks have been sent (at most ``longest``)."""
+        deadline = self.reactor.seconds() + longest
+        while self.reactor.seconds() < deadline and not self._closed:
+            if self.techniques and not self._ordered:
+                return
+            d: defer.Deferred[None] = defer.Deferred()
+            self.reactor.callLater(self.config.ta, d.callback, None)
+            await d
 
     async def _gather_relay(self) -> None:
         """One relayed candidate from the first TURN server that allocates (RFC 8656).
@@ -502,9 +542,13 @@ class IceAgent:
 
             return defer.ensureDeferred(attempt())
 
+        servers = list(self.config.turn_servers)
+        if self.udp_blocked:
+            # UDP got no STUN answer: a UDP relay would only cost its timeout.
+            servers.sort(key=lambda server: server.transport == "udp")
         try:
             allocation = await allocate_first(
-                list(self.config.turn_servers),
+                servers,
                 reactor=self.reactor,
                 timeout=self.config.turn_timeout,
                 open_one=open_one,
@@ -557,6 +601,7 @@ class IceAgent:
         if len(ports) < 3 and len(set(ports)) == 1:
             # One sample, or a plain server: say nothing rather than guess.
             return
+        self._probe_targets = (server, other) if other is not None else None
         self.mapping = MappingProfile.from_ports(first.mapped.host, ports)
         _log.info("our mapping: ports {ports} -> {profile}", ports=ports, profile=self.mapping)
         self._plan()

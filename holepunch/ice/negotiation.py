@@ -405,6 +405,9 @@ class Negotiator:
         await defer.ensureDeferred(self._gather_hosts(session))
         if learning is not None:
             await learning
+            # The TCP flow moved a sequential NAT's counter too: measure the last port
+            # again, so the mapping we announce is the one our next flow follows.
+            await defer.ensureDeferred(agent.remeasure_mapping())
         send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
         try:
             await send(session.peer_id, self._describe(session, kind))
