@@ -505,6 +505,15 @@ class WebRootTests(IntegrationTestCase):
         self.assertTrue(alice.registered)
         self.assertEqual(json.loads(json.dumps(service.stats()))["peers"], 1)
 
+    async def test_http_channel_released_after_upgrade(self) -> None:
+        """Once upgraded, twisted.web's HTTPChannel is no longer the TCP transport's producer."""
+        service, url = await self.server()
+        proto = await self.raw(url)
+        await self.register_raw(proto, "alice")
+        [server] = service.factory.protocols
+        self.assertIsNone(server.transport.producer)  # type: ignore[union-attr]
+        self.assertEqual((await proto.request({"type": "ping", "id": 1}))["type"], "pong")
+
 
 class DaemonTests(IntegrationTestCase):
     """`twistd holepunch` wiring (holepunch.tap) runs the signaling server."""

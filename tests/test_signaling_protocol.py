@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from unittest import mock
 
+import txaio
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
+from holepunch.signaling._autobahn import debug_logging_off
 from holepunch.signaling.model import DisconnectReason, ISignalingClient, RoomRegistry
 from holepunch.signaling.server import (
     ServerStats,
@@ -77,6 +80,24 @@ class ParseTests(SynchronousTestCase):
         """Bytes that are not JSON (or not UTF-8, or NaN, or absurdly nested) are invalid-json."""
         for data in [b"{", b"hello", b"\xff\xfe", b"NaN", b'{"a": Infinity}', b"[" * 900]:
             self.assertCode(m.INVALID_JSON, data)
+
+    def test_strict_json(self) -> None:
+        """Lone surrogates and numbers beyond a double's range are invalid-json too."""
+        for data in [b'{"type": "ping", "id": "\\ud800"}', b'{"a": 1e400}', b"\xef\xbb\xbf{}"]:
+            self.assertCode(m.INVALID_JSON, data)
+
+    def test_text_with_surrogates(self) -> None:
+        """Text input holding a lone surrogate is invalid-json, not an encoding crash."""
+        e = self.assertRaises(m.MessageError, m.parse_request, '{"type":"\ud800"}', 100)
+        self.assertEqual(e.code, m.INVALID_JSON)
+
+    def test_identifier_characters(self) -> None:
+        """Identifiers: 1 to 256 characters, C0 and C1 controls refused, the rest allowed."""
+        for good in ["a", "x" * 256, "caf\u00e9", "\u00a0", "\u2028", "\U0001f600", "~"]:
+            request = self.parse({"type": "join-room", "roomId": good})
+            self.assertEqual(request, m.JoinRoom(good))
+        for bad in ["", "x" * 257, "a\x00", "\x1f", "\x7f", "a\x85b", "\x9f"]:
+            self.assertCode(m.INVALID_FIELD, {"type": "join-room", "roomId": bad, "id": 1}, 1)
 
     def test_not_object(self) -> None:
         """JSON that is not an object is not-an-object."""
@@ -161,6 +182,14 @@ class ParseTests(SynchronousTestCase):
             {"type": "ice-candidate", "from": "a", "candidate": None},
         )
         self.assertEqual(json.loads(m.encode({"x": "é"})), {"x": "é"})
+
+    def test_encode_what_orjson_refuses(self) -> None:
+        """Integers past 64 bits and non-string keys are still encoded as json would."""
+        self.assertEqual(m.encode({"n": 2**70}), b'{"n":1180591620717411303424}')
+        self.assertEqual(m.encode({"a": {1: "x"}}), b'{"a":{"1":"x"}}')
+        self.assertEqual(
+            m.encode({"type": "pong", "x": "\u2028é"}), '{"type":"pong","x":"\u2028é"}'.encode()
+        )
 
 
 class TokenBucketTests(SynchronousTestCase):
@@ -519,6 +548,67 @@ class AutobahnProtocolTests(SynchronousTestCase):
         client.send_raw(b'{"type":"ping","id":1}', binary=True)
         pump.flush()
         self.assertEqual(client.take()[0]["type"], "pong")
+
+    def test_invalid_utf8_text_frame(self) -> None:
+        """A text frame that is not UTF-8 gets invalid-json (no 1007 close): the connection stays."""
+        client, _, pump = self.connect(self.factory())
+        client.take()
+        client.send_raw(b'{"type":"ping","id":"\xff"}')
+        pump.flush()
+        [reply] = client.take()
+        self.assertEqual(
+            (reply["type"], reply["code"], reply["id"]), ("error", m.INVALID_JSON, None)
+        )
+        client.send_json({"type": "ping", "id": 2})
+        pump.flush()
+        self.assertEqual(client.take()[0]["type"], "pong")
+        self.assertIsNone(client.close_info)
+
+    def test_message_event_still_fires(self) -> None:
+        """With a listener on Autobahn's "message" event, Autobahn's path fires it as before."""
+        client, server, pump = self.connect(self.factory())
+        client.take()
+        seen: list[tuple[bytes, bool]] = []
+        server.on("message", lambda payload, is_binary: seen.append((payload, is_binary)))
+        client.send_raw(b'{"type":"ping","id":1}')
+        pump.flush()
+        self.assertEqual(client.take()[0]["type"], "pong")
+        self.assertEqual(seen, [(b'{"type":"ping","id":1}', False)])
+
+    def test_writes_counted_on_either_path(self) -> None:
+        """Direct writes count wire octets as Autobahn does; with octet logging, Autobahn writes."""
+        client, server, pump = self.connect(self.factory())
+        client.take()
+        received: list[bytes] = []
+        for log_octets in (False, True):
+            server.logOctets = log_octets
+            before = server.trafficStats.outgoingOctetsWireLevel
+            client.send_json({"type": "ping", "id": 1})
+            pump.flush()
+            received.append(json.dumps(client.take()[0]).encode())
+            # A pong of len(p) < 126 bytes is a 2-byte header and the payload.
+            pong = m.encode(m.pong(self.clock.seconds(), 1))
+            self.assertEqual(server.trafficStats.outgoingOctetsWireLevel - before, 2 + len(pong))
+        self.assertEqual(received[0], received[1])
+
+    def test_debug_logging_takes_autobahns_path(self) -> None:
+        """With Autobahn's debug logging on, reads and writes go through Autobahn's methods."""
+        client, server, pump = self.connect(self.factory())
+        client.take()
+        make_logger = txaio.make_logger  # type: ignore[attr-defined]
+        debug_log = make_logger()
+        debug_log.set_log_level("debug")
+        self.assertFalse(debug_logging_off(debug_log))
+        self.assertTrue(debug_logging_off(make_logger()))
+        formats: list[str] = []
+        recording = mock.Mock(wraps=debug_log)
+        recording.debug.side_effect = lambda fmt, *a, **kw: formats.append(fmt)
+        server.log = recording
+        client.send_json({"type": "ping", "id": 1})
+        pump.flush()
+        self.assertEqual(client.take()[0]["type"], "pong")
+        self.assertTrue(any("received" in f for f in formats), formats)
+        self.assertTrue(any("sent" in f for f in formats), formats)
 
     def test_message_too_large_then_frame_too_large(self) -> None:
         """Over the message limit: an error, connection kept; over the frame limit: 1009."""

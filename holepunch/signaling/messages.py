@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
+
+import orjson
 
 # ---------------------------------------------------------------------------------------
 # Error codes: stable strings, the ``code`` of an ``error`` message.
@@ -111,7 +114,7 @@ class MessageError(Exception):
 # Requests (client -> server)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Register:
     """``register {peerId, metadata?, reconnectToken?}``."""
 
@@ -122,7 +125,7 @@ class Register:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JoinRoom:
     """``join-room {roomId}``."""
 
@@ -131,7 +134,7 @@ class JoinRoom:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaveRoom:
     """``leave-room {roomId}``."""
 
@@ -140,7 +143,7 @@ class LeaveRoom:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GetRoomPeers:
     """``get-room-peers {roomId}``."""
 
@@ -149,7 +152,7 @@ class GetRoomPeers:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Relay:
     """``offer {to, offer}``, ``answer {to, answer}`` or ``ice-candidate {to, candidate}``.
 
@@ -164,7 +167,7 @@ class Relay:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectionStateReport:
     """``connection-state {peerId, state, method?}``: how the sender's link to a peer is."""
 
@@ -175,7 +178,7 @@ class ConnectionStateReport:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ping:
     """``ping``: keeps the peer from idle eviction; answered with ``pong``."""
 
@@ -208,15 +211,16 @@ def request_type(request: Request) -> str:
 # ---------------------------------------------------------------------------------------
 # Parsing
 
+_ABSENT: Final = object()
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+_IDENTIFIER: Final = re.compile(f"[^\\x00-\\x1f\\x7f-\\x9f]{{1,{MAX_ID_LENGTH}}}")
+"""1 to MAX_ID_LENGTH characters, none of them a C0 or C1 control character."""
 
 
 def _request_id(obj: Mapping[str, Any]) -> RequestId | None:
-    if "id" not in obj or obj["id"] is None:
+    value = obj.get("id")
+    if value is None:
         return None
-    value = obj["id"]
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MessageError(INVALID_FIELD, "'id' must be a string or an integer")
     if isinstance(value, str) and not 0 < len(value) <= MAX_ID_LENGTH:
@@ -226,16 +230,10 @@ def _request_id(obj: Mapping[str, Any]) -> RequestId | None:
     return value
 
 
-def _is_identifier(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_ID_LENGTH
-        and not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value)
-    )
-
-
 class _Fields:
     """Typed field access on one message object, raising the right error code."""
+
+    __slots__ = ("obj", "request_id")
 
     def __init__(self, obj: Mapping[str, Any], request_id: RequestId | None) -> None:
         self.obj = obj
@@ -248,15 +246,14 @@ class _Fields:
         return MessageError(INVALID_FIELD, f"'{name}' must be {what}", self.request_id)
 
     def identifier(self, name: str) -> str:
-        if name not in self.obj:
+        value = self.obj.get(name, _ABSENT)
+        if isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None:
+            return value
+        if value is _ABSENT:
             raise self._missing(name)
-        value = self.obj[name]
-        if not _is_identifier(value):
-            raise self._invalid(
-                name, f"a string of 1 to {MAX_ID_LENGTH} characters without control characters"
-            )
-        result: str = value
-        return result
+        raise self._invalid(
+            name, f"a string of 1 to {MAX_ID_LENGTH} characters without control characters"
+        )
 
     def optional_identifier(self, name: str) -> str | None:
         if self.obj.get(name) is None:
@@ -274,14 +271,14 @@ class _Fields:
         return value
 
     def payload(self, name: str, nullable: bool) -> JSONObject | None:
-        if name not in self.obj:
-            raise self._missing(name)
-        value = self.obj[name]
+        value = self.obj.get(name, _ABSENT)
+        if isinstance(value, dict):
+            return value
         if value is None and nullable:
             return None
-        if not isinstance(value, dict):
-            raise self._invalid(name, "a JSON object" + (" or null" if nullable else ""))
-        return value
+        if value is _ABSENT:
+            raise self._missing(name)
+        raise self._invalid(name, "a JSON object" + (" or null" if nullable else ""))
 
     def choice(self, name: str, choices: frozenset[str]) -> str:
         if name not in self.obj:
@@ -304,15 +301,19 @@ def decode_object(payload: bytes | str, max_size: int) -> JSONObject:
     """Decode one message into a JSON object, enforcing the size limit (in bytes).
 
     Raises :class:`MessageError` with ``message-too-large``, ``invalid-json`` or
-    ``not-an-object``.
+    ``not-an-object``. Strict RFC 8259 JSON in UTF-8 (orjson): no ``NaN`` or
+    ``Infinity``, no numbers beyond a double's range, no lone surrogates; integers beyond
+    64 bits are read as doubles, as JavaScript reads them.
     """
-    size = len(payload) if isinstance(payload, bytes) else len(payload.encode("utf-8"))
+    if isinstance(payload, bytes):
+        size = len(payload)
+    else:
+        size = len(payload.encode("utf-8", "surrogatepass"))
     if size > max_size:
         raise MessageError(MESSAGE_TOO_LARGE, f"message of {size} bytes exceeds {max_size}")
     try:
-        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        obj = orjson.loads(payload)
+    except (ValueError, RecursionError) as e:  # orjson.JSONDecodeError is a ValueError
         raise MessageError(INVALID_JSON, f"not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise MessageError(NOT_AN_OBJECT, f"a message must be a JSON object, not {_kind(obj)}")
@@ -344,19 +345,27 @@ def parse_request(payload: bytes | str, max_size: int) -> Request:
 def request_from_object(obj: Mapping[str, Any]) -> Request:
     """Validate a decoded message object and build its typed request."""
     request_id = _request_id(obj)
-    f = _Fields(obj, request_id)
-    if "type" not in obj:
-        raise MessageError(MISSING_FIELD, "'type' is required", request_id)
-    kind = obj["type"]
+    kind = obj.get("type", _ABSENT)
     if not isinstance(kind, str):
+        if kind is _ABSENT:
+            raise MessageError(MISSING_FIELD, "'type' is required", request_id)
         raise MessageError(INVALID_FIELD, "'type' must be a string", request_id)
+    f = _Fields(obj, request_id)
+    # The most frequent messages first: relays, then keepalives.
+    payload_field = RELAY_FIELDS.get(kind)
+    if payload_field is not None:
+        # A registered peer may name itself as the sender in ``from``, as the seed does.
+        sender = f.optional_identifier("from")
+        to = f.identifier("to")
+        payload = f.payload(payload_field, nullable=kind == "ice-candidate")
+        return Relay(kind, to, payload, request_id, sender)  # type: ignore[arg-type]
+    if kind == "ping":
+        return Ping(request_id, f.optional_identifier("from"))
     if kind == "register":
         token = f.optional_identifier("reconnectToken")
         return Register(f.identifier("peerId"), f.metadata("metadata"), token, request_id)
-    if kind == "ping":
-        return Ping(request_id, f.optional_identifier("from"))
     # Every other message comes from a registered peer, who may name itself as the sender:
-    # in ``from`` (relays, as the seed protocol does) or ``peerId`` (the seed's join-room).
+    # in ``from`` or ``peerId`` (the seed's join-room).
     sender = f.optional_identifier("from")
     if kind in ("join-room", "leave-room", "get-room-peers"):
         sender = sender or f.optional_identifier("peerId")
@@ -366,11 +375,6 @@ def request_from_object(obj: Mapping[str, Any]) -> Request:
         if kind == "leave-room":
             return LeaveRoom(room_id, request_id, sender)
         return GetRoomPeers(room_id, request_id, sender)
-    if kind in RELAY_FIELDS:
-        to = f.identifier("to")
-        relay_kind: RelayKind = kind  # type: ignore[assignment]
-        payload = f.payload(RELAY_FIELDS[kind], nullable=kind == "ice-candidate")
-        return Relay(relay_kind, to, payload, request_id, sender)
     if kind == "connection-state":
         return ConnectionStateReport(
             f.identifier("peerId"),
@@ -394,8 +398,16 @@ def _with_id(message: JSONObject, request_id: RequestId | None) -> JSONObject:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """Serialise one message as compact UTF-8 JSON."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Serialise one message as compact UTF-8 JSON.
+
+    orjson, unless the message holds what it refuses and the standard library takes
+    (integers beyond 64 bits, non-string keys, a non-dict mapping): those go through
+    ``json`` as before.
+    """
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def milliseconds(seconds: float) -> int:
@@ -403,7 +415,7 @@ def milliseconds(seconds: float) -> int:
     return math.floor(seconds * 1000)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerEntry:
     """A peer as listed in ``room-joined`` and ``room-peers``."""
 

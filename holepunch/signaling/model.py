@@ -111,7 +111,7 @@ class IRoomRegistry(Interface):
         """Evict idle peers; return their ids."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Capacity limits of one registry."""
 
@@ -121,7 +121,7 @@ class Limits:
     peer_timeout: float = 300.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Registration:
     """The result of a successful :meth:`RoomRegistry.register`."""
 
@@ -131,7 +131,7 @@ class Registration:
     """True when the peer id was taken over from a live connection with the token."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectionState:
     """What a peer last reported about its connection to one other peer."""
 
@@ -140,7 +140,7 @@ class ConnectionState:
     updated_at: float
 
 
-@dataclass
+@dataclass(slots=True)
 class Peer:
     """A registered peer and the connection that currently speaks for it."""
 
@@ -155,7 +155,7 @@ class Peer:
     connection_states: dict[str, ConnectionState] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Room:
     """A room: the peers in it, in the order they joined."""
 

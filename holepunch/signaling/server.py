@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from autobahn.exception import Disconnected, PayloadExceededError
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -47,7 +47,11 @@ from zope.interface import implementer
 from holepunch import __version__
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
-from holepunch.signaling._autobahn import cancel_close_timer
+from holepunch.signaling._autobahn import (
+    QuietWebSocketServerProtocol,
+    cancel_close_timer,
+    release_http_channel,
+)
 from holepunch.signaling.model import (
     DisconnectReason,
     ISignalingClient,
@@ -168,6 +172,8 @@ def config_from_options(
 class TokenBucket:
     """The token bucket rate limiter: ``rate`` tokens per second, at most ``capacity``."""
 
+    __slots__ = ("_clock", "_tokens", "_updated", "capacity", "rate")
+
     def __init__(self, rate: float, capacity: float, clock: IReactorTime) -> None:
         self.rate = rate
         self.capacity = capacity
@@ -180,15 +186,20 @@ class TokenBucket:
         self._refill()
         return self._tokens
 
-    def _refill(self) -> None:
-        now = self._clock.seconds()
-        elapsed = max(0.0, now - self._updated)
+    def _refill(self, now: float | None = None) -> None:
+        if now is None:
+            now = self._clock.seconds()
+        elapsed = now - self._updated
+        if elapsed > 0.0:
+            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
         self._updated = now
-        self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
 
-    def take(self) -> bool:
-        """Take one token if there is one; False means the caller is over its rate."""
-        self._refill()
+    def take(self, now: float | None = None) -> bool:
+        """Take one token if there is one; False means the caller is over its rate.
+
+        ``now`` is the clock's time when the caller has it already.
+        """
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
@@ -229,6 +240,24 @@ class SignalingSession:
     its token grants (None when auth is off).
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_bucket",
+        "_close",
+        "_send",
+        "_violations",
+        "address",
+        "auth_peer_id",
+        "clock",
+        "closing",
+        "config",
+        "last_activity",
+        "opened_at",
+        "peer_id",
+        "registry",
+        "stats",
+    )
+
     def __init__(
         self,
         registry: RoomRegistry,
@@ -267,10 +296,10 @@ class SignalingSession:
         """One complete WebSocket message arrived."""
         if self.closing:
             return
-        if not self._bucket.take():
+        now = self.clock.seconds()
+        if not self._bucket.take(now):
             self._rate_limited(payload)
             return
-        now = self.clock.seconds()
         self.last_activity = now
         if self.peer_id is not None:
             self.registry.touch(self.peer_id, now)
@@ -341,7 +370,12 @@ class SignalingSession:
         return self.peer_id
 
     def _dispatch(self, request: msg.Request, now: float) -> None:
-        match request:
+        match request:  # the most frequent first
+            case msg.Relay():
+                me = self._registered_sender(request)
+                self.registry.relay(me, request.to, request.kind, request.payload)
+                if request.id is not None:
+                    self._send(msg.ack(request.kind, now, request.id))
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
             case msg.Register():
@@ -358,11 +392,6 @@ class SignalingSession:
                 me = self._registered_sender(request)
                 peers = self.registry.room_peers(me, request.room_id)
                 self._send(msg.room_peers(request.room_id, peers, now, request.id))
-            case msg.Relay():
-                me = self._registered_sender(request)
-                self.registry.relay(me, request.to, request.kind, request.payload)
-                if request.id is not None:
-                    self._send(msg.ack(request.kind, now, request.id))
             case msg.ConnectionStateReport():
                 me = self._registered_sender(request)
                 self.registry.set_connection_state(
@@ -417,7 +446,7 @@ class SignalingSession:
             self.close(msg.CLOSE_IDLE_TIMEOUT, "idle timeout")
 
 
-class SignalingServerProtocol(WebSocketServerProtocol):
+class SignalingServerProtocol(QuietWebSocketServerProtocol):
     """The Autobahn side of one connection: handshake checks, then a session."""
 
     factory: SignalingServerFactory
@@ -549,6 +578,10 @@ class SignalingServerFactory(WebSocketServerFactory):
             trustXForwardedFor=config.trust_x_forwarded_for,
             failByDrop=False,
             webStatus=False,
+            # Text frames are not UTF-8-validated by Autobahn: the JSON decoder validates
+            # UTF-8 anyway, and invalid text then gets ``invalid-json`` like a bad binary
+            # frame instead of a 1007 close.
+            utf8validateIncoming=False,
         )
 
     def sweep(self, now: float) -> None:
@@ -606,7 +639,11 @@ class SignalingRootPage(Resource):
     def render(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade") or b""
         if upgrade.strip().lower() == b"websocket":
+            transport = request.channel.transport
             result: bytes | int = self._websocket.render(request)
+            if transport is not None and request.channel.transport is None:
+                # Autobahn took the connection over: the HTTP channel is done with it.
+                release_http_channel(transport)
             return result
         if request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
