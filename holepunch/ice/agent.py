@@ -307,6 +307,9 @@ class IceAgent:
         self._local: tuple[str, int] | None = None
         self.mapping: MappingProfile | None = None
         self._probe_targets: tuple[Address, Address] | None = None
+        self.hold_checks = False
+        """While True no check is sent (the negotiation sets it while other flows, TCP
+        mapping for instance, still have to happen before our first check)."""
         self.remote_mapping: MappingProfile | None = None
         self.techniques: set[Technique] = set()
         self._ordered: list[CandidatePair] = []
@@ -795,9 +798,14 @@ class IceAgent:
     def _holding(self) -> bool:
         """Hold checks until our mapping is measured: a check is a new flow, and on a
         sequential NAT a flow before the probe would shift every prediction."""
-        return bool(
+        return self.hold_checks or bool(
             self.config.probe_mapping and self.config.stun_servers and not self.stun_complete
         )
+
+    def release_checks(self) -> None:
+        """End :attr:`hold_checks` and start checking."""
+        self.hold_checks = False
+        self._schedule_checks()
 
     def _next_check(self) -> None:
         self._check_timer = None

@@ -401,13 +401,17 @@ class Negotiator:
             session.tcp = await self._tcp_track(agent)
             if session.tcp is not None:
                 session.tcp.remote = session.remote_tcp
+                agent.hold_checks = True  # until the TCP flow and the re-measure are done
                 learning = defer.ensureDeferred(session.tcp.learn_mapping())
         await defer.ensureDeferred(self._gather_hosts(session))
         if learning is not None:
             await learning
             # The TCP flow moved a sequential NAT's counter too: measure the last port
             # again, so the mapping we announce is the one our next flow follows.
-            await defer.ensureDeferred(agent.remeasure_mapping())
+            try:
+                await defer.ensureDeferred(agent.remeasure_mapping())
+            finally:
+                agent.release_checks()
         send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
         try:
             await send(session.peer_id, self._describe(session, kind))
