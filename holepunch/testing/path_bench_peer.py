@@ -57,7 +57,12 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     if args.to is None:
         ended: defer.Deferred[str] = defer.Deferred()
         connection.on_disconnected(ended.callback)
-        reactor.callLater(args.seconds + 30, lambda: ended.called or ended.callback("time"))
+
+        def give_up() -> None:
+            if not ended.called:
+                ended.callback("time")
+
+        reactor.callLater(args.seconds + 30, give_up)
         await ended
         return result
     rtts = []
