@@ -54,9 +54,7 @@ class ConnectCommandTests(TestCase):
         info_a, info_b, got_a, got_b, code_a, code_b = yield threads.deferToThread(talk)
         self.assertEqual(info_a["method"], "direct")
         self.assertEqual(info_a["remote"], info_b["local"])
-        self.assertLessEqual(
-            {"method", "local", "remote", "elapsed_ms", "rtt_ms"}, set(info_a)
-        )
+        self.assertLessEqual({"method", "local", "remote", "elapsed_ms", "rtt_ms"}, set(info_a))
         self.assertEqual(got_b, ["hello", "", "from alice"])
         self.assertEqual(got_a, ["hi"])
         self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
@@ -86,3 +84,17 @@ class ConnectCommandTests(TestCase):
         code = yield threads.deferToThread(b.wait, 20)
         self.assertEqual(code, 1)
         self.assertIn("peer: no offer arrived in time", b.stderr)
+
+    @defer.inlineCallbacks
+    def test_bad_turn_environment(self) -> Any:
+        """Without --turn-server the P2P_TURN_* variables are read; a bad one stops with its name (exit 2)."""
+        import os
+
+        os.environ["P2P_TURN_SERVERS"] = "not-a-turn-uri"
+        try:
+            proc = self.start("--signaling", self.url, "--id", "x", "--accept", "--timeout", "1")
+        finally:
+            del os.environ["P2P_TURN_SERVERS"]
+        code = yield threads.deferToThread(proc.wait, 20)
+        self.assertEqual(code, 2)
+        self.assertIn("P2P_TURN_SERVERS", proc.stderr)

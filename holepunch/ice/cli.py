@@ -175,6 +175,8 @@ async def connect_command(
     try:
         stun_servers = [parse_server(s) for s in args.stun_server]
         turn_servers = [parse_turn_uri(uri) for uri in args.turn_server]
+        if not turn_servers:
+            turn_servers = _turn_from_environment()
     except ValueError as e:
         err.write(f"holepunch connect: {e}\n")
         return 2
@@ -266,6 +268,18 @@ async def connect_command(
         if negotiator is not None:
             await negotiator.stop()
         await client.stopService()
+
+
+def _turn_from_environment() -> list[Any]:
+    """TURN servers from ``P2P_TURN_SERVERS`` / ``P2P_TURN_USERNAME`` / ``P2P_TURN_PASSWORD``
+    (used when no ``--turn-server`` is given); a bad value raises ValueError naming it."""
+    from holepunch.config import _from_environment
+    from holepunch.turn import TurnServer
+
+    servers: list[Any] = []
+    for entry in _from_environment(os.environ).get("turn_servers", []):
+        servers.extend(TurnServer.from_ice_server(entry.as_ice_server()))
+    return servers
 
 
 def _stat(connection: Any, name: str) -> int:
