@@ -12,7 +12,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(command)
         command.set_defaults(_module=module)
     return parser
+
+
+def react(main: Callable[[Any], Awaitable[int]]) -> int:
+    """Run ``main(reactor)`` on the reactor until it returns; return its exit status."""
+    from twisted.internet import defer, task
+
+    status = 1
+
+    async def wrapper(reactor: Any) -> None:
+        nonlocal status
+        status = await main(reactor)
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(wrapper(reactor)))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else 1
+    return status
 
 
 def _log_to_stderr(level_name: str) -> None:

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from holepunch.ice.agent import IceConfig
-from holepunch.ice.connection import PeerConnection
+from holepunch.ice.connection import Channel, PeerConnection
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
 from holepunch.web import IStatusProvider
 
@@ -514,40 +514,18 @@ PUNCH_MARKER = b"holepunch:punch"
 """What a one-sided punch sends until the peer answers (it is never delivered as data)."""
 
 
-class DirectConnection(DatagramProtocol):
+class DirectConnection(DatagramProtocol, Channel):
     """A UDP path to a peer reached at its registered address (no ICE, no signaling).
 
-    The same surface as :class:`PeerConnection <holepunch.ice.connection.PeerConnection>`:
-    ``method``, ``local``, ``remote``, ``rtt``, ``send``, ``on_datagram``,
-    ``on_disconnected``, ``close``. Used for peers known only by address (a DHT, a
-    tracker) when both sides punch toward each other.
+    The :class:`Channel <holepunch.ice.connection.Channel>` API; used for peers known only
+    by address (a DHT, a tracker) when both sides punch toward each other.
     """
 
     def __init__(self, reactor: Any, remote: tuple[str, int]) -> None:
+        Channel.__init__(self, "udp-hole-punch", ("", 0), remote, None)
         self.reactor = reactor
-        self.remote = remote
-        self.method = "udp-hole-punch"
-        self.local: tuple[str, int] = ("", 0)
-        self.rtt: float | None = None
-        self.closed = False
-        self.close_reason: str | None = None
         self.ready: defer.Deferred[DirectConnection] = defer.Deferred()
-        self._receivers: list[Callable[[bytes], None]] = []
-        self._observers: list[Callable[[str], None]] = []
-        self._backlog: list[bytes] = []
         self._sent_at = 0.0
-
-    @property
-    def local_port(self) -> int:
-        return self.local[1]
-
-    @property
-    def remote_address(self) -> str:
-        return self.remote[0]
-
-    @property
-    def remote_port(self) -> int:
-        return self.remote[1]
 
     def punch(self) -> None:
         if self.transport is not None and not self.closed:
@@ -561,39 +539,15 @@ class DirectConnection(DatagramProtocol):
             self.rtt = self.reactor.seconds() - self._sent_at
             self.punch()  # make sure the peer hears from us too
             self.ready.callback(self)
-        if datagram == PUNCH_MARKER:
-            return
-        if not self._receivers:
-            self._backlog.append(datagram)
-            return
-        for receiver in list(self._receivers):
-            receiver(datagram)
+        if datagram != PUNCH_MARKER:
+            self._datagram(datagram)
 
-    def send(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            from holepunch.ice.connection import ConnectionClosed
-
-            raise ConnectionClosed(self.close_reason or "closed")
+    def _send(self, data: bytes) -> None:
+        if self.transport is None:
+            raise OSError("socket closed")
         self.transport.write(data, self.remote)
 
-    def on_datagram(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
-        self._receivers.append(handler)
-        backlog, self._backlog = self._backlog, []
-        for data in backlog:
-            handler(data)
-        return lambda: self._receivers.remove(handler) if handler in self._receivers else None
-
-    def on_disconnected(self, handler: Callable[[str], None]) -> Callable[[], None]:
-        self._observers.append(handler)
-        return lambda: self._observers.remove(handler) if handler in self._observers else None
-
-    def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
-        if self.closed:
-            return defer.succeed(None)
-        self.closed = True
-        self.close_reason = reason
-        for handler in list(self._observers):
-            handler(reason)
+    def _release(self) -> defer.Deferred[None]:
         port: Any = self.transport
         if port is None:
             return defer.succeed(None)

@@ -344,17 +344,6 @@ def _close_stdio(io: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point from :mod:`holepunch.cli`."""
-    from twisted.internet import task
+    from holepunch.cli import react
 
-    status = 1
-
-    async def main(reactor: Any) -> None:
-        nonlocal status
-        status = await connect_command(reactor, args, sys.stdout, sys.stderr)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status
+    return react(lambda reactor: connect_command(reactor, args, sys.stdout, sys.stderr))

@@ -32,44 +32,38 @@ class ConnectionClosed(Exception):
     """The connection is closed; nothing can be sent on it."""
 
 
-class PeerConnection:
-    """A datagram connection to a peer, made by an :class:`IceAgent <holepunch.ice.agent.IceAgent>`.
+class Channel:
+    """What every connection to a peer offers, whatever carries it.
 
-    Attributes: ``method`` (``direct`` or ``udp-hole-punch``; later ``turn-relay``, and
-    so on), ``local`` and ``remote`` (``(host, port)``), ``rtt`` (seconds, from the
-    check that made the pair valid), ``local_candidate`` and ``remote_candidate``.
+    ``method``, ``local`` and ``remote`` (``(host, port)``), ``rtt`` (seconds, or None),
+    ``closed``; ``send(bytes)``; ``on_datagram(handler)`` (datagrams that arrived before
+    the first handler are delivered to it at once, in order); ``on_disconnected(handler)``
+    (called once, with the reason); ``when_closed()``; ``close()``. Subclasses provide
+    ``_send(data)`` and ``_release()`` (free the transport), and call ``_datagram`` and
+    ``_closed``.
     """
 
+    BACKLOG = 256
+
     def __init__(
-        self,
-        agent: IceAgent,
-        method: str,
-        local: tuple[str, int],
-        remote: tuple[str, int],
-        rtt: float | None,
-        local_candidate: Any,
-        remote_candidate: Any,
+        self, method: str, local: tuple[str, int], remote: tuple[str, int], rtt: float | None
     ) -> None:
-        self._agent = agent
         self.method = method
         self.local = local
         self.remote = remote
         self.rtt = rtt
-        self.local_candidate = local_candidate
-        self.remote_candidate = remote_candidate
         self.closed = False
         self.close_reason: str | None = None
-        self._receivers: list[DatagramHandler] = []
-        self._disconnect_observers: list[DisconnectHandler] = []
-        self._path_observers: list[Callable[[PeerConnection], None]] = []
-        self._backlog: list[bytes] = []
-        self._waiters: list[defer.Deferred[str]] = []
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._receivers: list[DatagramHandler] = []
+        self._disconnect_observers: list[DisconnectHandler] = []
+        self._backlog: list[bytes] = []
+        self._waiters: list[defer.Deferred[str]] = []
 
     def __repr__(self) -> str:
         state = f"closed: {self.close_reason}" if self.closed else "open"
-        return f"<PeerConnection {self.method} {self.local} -> {self.remote} {state}>"
+        return f"<{type(self).__name__} {self.method} {self.local} -> {self.remote} {state}>"
 
     @property
     def local_port(self) -> int:
@@ -87,28 +81,22 @@ class PeerConnection:
         return self.remote[1]
 
     def send(self, data: bytes) -> None:
-        """Send one datagram to the peer."""
+        """Send one datagram (message) to the peer."""
         if self.closed:
             raise ConnectionClosed(self.close_reason or "closed")
-        self._agent.send_data(data, self.remote)
+        self._send(data)
         self.bytes_sent += len(data)
 
-    def on_datagram(self, handler: DatagramHandler) -> Callable[[], None]:
-        """Call ``handler(data)`` for every datagram from the peer; returns an unsubscriber.
+    def _send(self, data: bytes) -> None:
+        raise NotImplementedError
 
-        Datagrams that arrived before the first handler was set are delivered to it at
-        once, in order.
-        """
+    def on_datagram(self, handler: DatagramHandler) -> Callable[[], None]:
+        """Call ``handler(data)`` for every datagram from the peer; returns an unsubscriber."""
         self._receivers.append(handler)
         backlog, self._backlog = self._backlog, []
         for data in backlog:
             handler(data)
-
-        def unsubscribe() -> None:
-            if handler in self._receivers:
-                self._receivers.remove(handler)
-
-        return unsubscribe
+        return lambda: self._receivers.remove(handler) if handler in self._receivers else None
 
     def on_disconnected(self, handler: DisconnectHandler) -> Callable[[], None]:
         """Call ``handler(reason)`` once when the connection ends; returns an unsubscriber."""
@@ -116,28 +104,11 @@ class PeerConnection:
             handler(self.close_reason or "closed")
             return lambda: None
         self._disconnect_observers.append(handler)
-
-        def unsubscribe() -> None:
-            if handler in self._disconnect_observers:
-                self._disconnect_observers.remove(handler)
-
-        return unsubscribe
-
-    def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
-        """Call ``handler(connection)`` when the path changes under the connection (a
-        relayed connection upgraded to a direct pair); ``method``, ``local`` and
-        ``remote`` are then the new path's."""
-        self._path_observers.append(handler)
         return lambda: (
-            self._path_observers.remove(handler) if handler in self._path_observers else None
+            self._disconnect_observers.remove(handler)
+            if handler in self._disconnect_observers
+            else None
         )
-
-    def _path_changed(self) -> None:
-        for handler in list(self._path_observers):
-            try:
-                handler(self)
-            except Exception:
-                _log.failure("path observer raised")
 
     def when_closed(self) -> defer.Deferred[str]:
         """A Deferred that fires with the reason when the connection ends."""
@@ -149,18 +120,19 @@ class PeerConnection:
         return d
 
     def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
-        """Close the connection and its agent (socket and timers)."""
+        """Close the connection and free what carries it."""
         self._closed(reason)
-        return self._agent.close()
+        return self._release()
 
-    # -- called by the agent --
+    def _release(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
 
     def _datagram(self, data: bytes) -> None:
         if self.closed:
             return
         self.bytes_received += len(data)
         if not self._receivers:
-            if len(self._backlog) < 256:
+            if len(self._backlog) < self.BACKLOG:
                 self._backlog.append(data)
             return
         for handler in list(self._receivers):
@@ -184,3 +156,50 @@ class PeerConnection:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(reason)
+
+
+class PeerConnection(Channel):
+    """A datagram connection to a peer, made by an :class:`IceAgent <holepunch.ice.agent.IceAgent>`.
+
+    Besides :class:`Channel`'s API: ``local_candidate`` and ``remote_candidate`` (the
+    selected pair), ``on_path_changed`` (a relayed connection upgraded to a direct pair).
+    ``rtt`` comes from the check that made the pair valid.
+    """
+
+    def __init__(
+        self,
+        agent: IceAgent,
+        method: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        rtt: float | None,
+        local_candidate: Any,
+        remote_candidate: Any,
+    ) -> None:
+        super().__init__(method, local, remote, rtt)
+        self._agent = agent
+        self.local_candidate = local_candidate
+        self.remote_candidate = remote_candidate
+        self._path_observers: list[Callable[[PeerConnection], None]] = []
+
+    def _send(self, data: bytes) -> None:
+        self._agent.send_data(data, self.remote)
+
+    def _release(self) -> defer.Deferred[None]:
+        return self._agent.close()
+
+    def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
+        """Call ``handler(connection)`` when the path changes under the connection (a
+        relayed connection upgraded to a direct pair); ``method``, ``local`` and
+        ``remote`` are then the new path's."""
+        self._path_observers.append(handler)
+        return lambda: (
+            self._path_observers.remove(handler) if handler in self._path_observers else None
+        )
+
+    def _path_changed(self) -> None:
+        for handler in list(self._path_observers):
+            try:
+                handler(self)
+            except Exception:
+                _log.failure("path observer raised")

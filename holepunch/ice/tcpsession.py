@@ -29,7 +29,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from holepunch.ice.candidate import Candidate, make_candidate
-from holepunch.ice.connection import ConnectionClosed
+from holepunch.ice.connection import Channel
 from holepunch.ice.tcp import PunchedStream, TcpMapping, simultaneous_open, sync_moment, tcp_mapping
 
 _log = Logger()
@@ -55,88 +55,35 @@ class _Framed(Int32StringReceiver):
             self.owner._lost("the TCP connection closed")
 
 
-class StreamConnection:
-    """A punched TCP connection with the API of a UDP ``PeerConnection``.
+class StreamConnection(Channel):
+    """A punched TCP connection with the :class:`Channel <holepunch.ice.connection.Channel>` API.
 
-    That is :class:`holepunch.ice.connection.PeerConnection`'s API. ``stream`` is the
-    :class:`PunchedStream <holepunch.ice.tcp.PunchedStream>` (its ``transport`` is an
-    ordinary Twisted TCP transport); ``send`` frames each message with a 4-byte length.
+    ``stream`` is the :class:`PunchedStream <holepunch.ice.tcp.PunchedStream>` (its
+    ``transport`` is an ordinary Twisted TCP transport); ``send`` frames each message with
+    a 4-byte length.
     """
 
-    method = "tcp-hole-punch"
-
     def __init__(self, stream: PunchedStream, rtt: float | None) -> None:
+        super().__init__("tcp-hole-punch", stream.local, stream.remote, rtt)
         self.stream = stream
-        self.local = stream.local
-        self.remote = stream.remote
-        self.rtt = rtt
-        self.closed = False
-        self.close_reason: str | None = None
         self.transport = stream.transport
-        self._receivers: list[Callable[[bytes], None]] = []
-        self._observers: list[Callable[[str], None]] = []
-        self._backlog: list[bytes] = []
         protocol = stream.protocol
         assert isinstance(protocol, _Framed)
         self._protocol = protocol
         protocol.owner = self
         pending, protocol.pending = protocol.pending, []
-        self._backlog.extend(pending)
+        for data in pending:
+            self._datagram(data)
 
-    @property
-    def local_port(self) -> int:
-        return self.local[1]
-
-    @property
-    def remote_address(self) -> str:
-        return self.remote[0]
-
-    @property
-    def remote_port(self) -> int:
-        return self.remote[1]
-
-    def send(self, data: bytes) -> None:
-        """Send one message (framed)."""
-        if self.closed:
-            raise ConnectionClosed(self.close_reason or "closed")
+    def _send(self, data: bytes) -> None:
         self._protocol.sendString(data)
 
-    def on_datagram(self, handler: Callable[[bytes], None]) -> Callable[[], None]:
-        self._receivers.append(handler)
-        backlog, self._backlog = self._backlog, []
-        for data in backlog:
-            handler(data)
-        return lambda: self._receivers.remove(handler) if handler in self._receivers else None
-
-    def on_disconnected(self, handler: Callable[[str], None]) -> Callable[[], None]:
-        if self.closed:
-            handler(self.close_reason or "closed")
-            return lambda: None
-        self._observers.append(handler)
-        return lambda: self._observers.remove(handler) if handler in self._observers else None
-
-    def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
-        self._lost(reason)
+    def _release(self) -> defer.Deferred[None]:
         self.transport.loseConnection()
         return defer.succeed(None)
 
-    def _datagram(self, data: bytes) -> None:
-        if not self._receivers:
-            self._backlog.append(data)
-            return
-        for handler in list(self._receivers):
-            handler(data)
-
     def _lost(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        for handler in list(self._observers):
-            try:
-                handler(reason)
-            except Exception:
-                _log.failure("disconnect observer raised")
+        self._closed(reason)
 
 
 class TcpTrack:

@@ -121,17 +121,6 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
 
 def run(args: argparse.Namespace) -> int:
     """Entry point from :mod:`holepunch.cli`."""
-    from twisted.internet import defer, task
+    from holepunch.cli import react
 
-    status = 1
-
-    async def main(reactor: Any) -> None:
-        nonlocal status
-        status = await nat_check(reactor, args, sys.stdout, sys.stderr)
-
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status
+    return react(lambda reactor: nat_check(reactor, args, sys.stdout, sys.stderr))
