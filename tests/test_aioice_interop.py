@@ -6,12 +6,10 @@ the library in this process. Both on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from holepunch.ice.agent import IceConfig
@@ -19,28 +17,7 @@ from holepunch.ice.negotiation import Negotiator
 from holepunch.signaling.client import SignalingClient
 from holepunch.signaling.server import SignalingConfig, make_signaling_service
 from holepunch.testing.natlab import _lab_env
-
-
-class LineProcess(ProcessProtocol):
-    """Collects a child's stdout lines (as JSON) in a queue; stderr kept for messages."""
-
-    def __init__(self) -> None:
-        self.lines: defer.DeferredQueue[dict[str, Any]] = defer.DeferredQueue()
-        self.stderr = b""
-        self._buffer = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.lines.put(json.loads(line))
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
+from holepunch.testing.processes import JsonLinesProcess
 
 
 class AioiceInteropTests(TestCase):
@@ -64,8 +41,8 @@ class AioiceInteropTests(TestCase):
         self.negotiator = Negotiator(reactor, self.client, IceConfig(addresses=["127.0.0.1"]))
         self.addCleanup(self.negotiator.stop)
 
-    def aioice(self, *args: str) -> LineProcess:
-        proto = LineProcess()
+    def aioice(self, *args: str) -> JsonLinesProcess:
+        proto = JsonLinesProcess()
         argv = [sys.executable, "-m", "holepunch.testing.aioice_peer", "--signaling", self.url,
                 "--id", "theirs", "--duration", "60", *args]  # fmt: skip
         transport = reactor.spawnProcess(proto, sys.executable, argv, env=_lab_env(None))
@@ -80,7 +57,7 @@ class AioiceInteropTests(TestCase):
         return proto
 
     @defer.inlineCallbacks
-    def exercise(self, connection: Any, peer: LineProcess) -> Any:
+    def exercise(self, connection: Any, peer: JsonLinesProcess) -> Any:
         """Data both ways now, then again after 36 s of consent checks only."""
         self.addCleanup(connection.close)
         status = yield peer.lines.get()

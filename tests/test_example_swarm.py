@@ -3,42 +3,20 @@ room and connect (real processes, a signaling server and a STUN server on loopba
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from holepunch.signaling.server import SignalingConfig, make_signaling_service
 from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.testing.natlab import _lab_env
+from holepunch.testing.processes import JsonLinesProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "torrent_swarm.py")
-
-
-class _Events(ProcessProtocol):
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.stderr = b""
-        self._buffer = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            self.events.append(json.loads(line))
-
-    def errReceived(self, data: bytes) -> None:
-        self.stderr += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(reason.value.exitCode)
 
 
 class SwarmExampleTests(TestCase):
@@ -59,7 +37,7 @@ class SwarmExampleTests(TestCase):
         self.addCleanup(stun.stopService)
         peers = {}
         for name in ("alice", "bob"):
-            proto = _Events()
+            proto = JsonLinesProcess()
             argv = [sys.executable, EXAMPLE, "--signaling", f"ws://127.0.0.1:{port}/",
                     "--id", name, "--infohash", "abc123", "--host-address", "127.0.0.1",
                     "--stun-server", f"127.0.0.1:{stun.responder.primary.port}",
