@@ -20,7 +20,6 @@ Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,7 +141,6 @@ class P2PCoordinator(MultiService):
         self._ice_config = ice_config
         self._subscribers: dict[str, list[Callback]] = {}
         self._init_d: defer.Deferred[dict[str, Any]] | None = None
-        self._started_at = time.time()
         self.stats_counters: dict[str, int] = {"attempts": 0, "successes": 0, "failures": 0}
         self.by_method: dict[str, int] = {}
 
@@ -493,7 +491,7 @@ class P2PCoordinator(MultiService):
             {
                 "status": "healthy" if healthy else "unhealthy",
                 "initialized": self.initialized,
-                "timestamp": int(time.time() * 1000),
+                "timestamp": int(self.reactor.seconds() * 1000),
                 "services": services,
             }
         )
