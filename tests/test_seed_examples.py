@@ -223,5 +223,28 @@ class SeedExamplesTests(TestCase):
         a = self.p2p("a", turn_servers=turn, ice_config=relay_only)
         b = self.p2p("b", turn_servers=turn, ice_config=relay_only)
         await defer.gatherResults([a.initialize(), b.initialize()])
+        b_connected: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        b.on("peer-connected", lambda e: b_connected.called or b_connected.callback(e))
         connection = await a.connectToPeer("b")
         self.assertEqual(connection.method, "turn-relay")
+        # Application data on the selected relay pair goes as ChannelData once bound.
+        other = (await b_connected)["connection"]
+        got: defer.DeferredQueue[bytes] = defer.DeferredQueue()
+        other.on_datagram(got.put)
+        back: defer.DeferredQueue[bytes] = defer.DeferredQueue()
+        connection.on_datagram(back.put)
+        relays = [
+            sock.allocation
+            for c in (connection, other)
+            for sock in c._agent._relays.values()
+            if c.local_candidate.type == "relay"
+        ]
+        for _ in range(50):
+            if any(r.stats.channels_bound for r in relays):
+                break
+            await task.deferLater(reactor, 0.02, lambda: None)
+        connection.send(b"through the relay")
+        other.send(b"and back")  # whichever side owns the relayed candidate sends through it
+        self.assertEqual(await got.get(), b"through the relay")
+        self.assertEqual(await back.get(), b"and back")
+        self.assertTrue(any(r.stats.channel_data_sent for r in relays), [r.stats for r in relays])

@@ -181,8 +181,9 @@ class Negotiator:
         for _, d in self._acceptors:
             d.cancel()
         self._acceptors.clear()
-        closing = [s.agent.close() for s in self.sessions.values() if s.agent.connection is None]
+        sessions = list(self.sessions.values())  # closing an agent ends its session too
         self.sessions.clear()
+        closing = [s.agent.close() for s in sessions if s.agent.connection is None]
         return defer.DeferredList(closing)
 
     # -- outgoing --
