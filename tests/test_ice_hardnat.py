@@ -154,3 +154,42 @@ class StrategyAgreementTests(SynchronousTestCase):
         self.assertEqual(plan(RANDOM, RANDOM), set())  # hence the relay in the methods
         blocked = recommended_strategy(NatInfo(NatType.UDP_BLOCKED))
         self.assertEqual(blocked["methods"], ["tcp-hole-punch", "turn-relay"])
+
+
+class BirthdaySocketsTests(SynchronousTestCase):
+    """The hard side's extra sockets exist only until a pair wins."""
+
+    def test_losing_sockets_closed_when_a_pair_wins(self) -> None:
+        """256 sockets are opened toward the peer; once connected only the winner stays open."""
+        from holepunch.ice.candidate import make_candidate
+
+        net = FakeNetwork()
+        hard = IceAgent(net, True, IceConfig(addresses=["192.0.2.1"], birthday_open_rate=5000))
+        easy = IceAgent(net, False, IceConfig(addresses=["192.0.2.2"]))
+        hard.set_remote_credentials(easy.local_ufrag, easy.local_pwd)
+        easy.set_remote_credentials(hard.local_ufrag, hard.local_pwd)
+        hard.mapping = RANDOM
+        easy.mapping = CONE
+        da, db = hard.connect(), easy.connect()
+        defer.ensureDeferred(hard.gather())
+        defer.ensureDeferred(easy.gather())
+        # The peers know each other only by their public mappings (what STUN would say).
+        easy_public = make_candidate(
+            "srflx", "192.0.2.2", easy.local_port, base=("192.0.2.2", easy.local_port)
+        )
+        hard.set_remote_mapping(
+            MappingProfile("192.0.2.2", easy.local_port, True, PortAllocation.PRESERVING, 0)
+        )
+        easy.set_remote_mapping(RANDOM)
+        hard.add_remote_candidate(easy_public)
+        net.advance(0.01)
+        self.assertGreater(hard.stats.birthday_sockets, 1)
+        net.pump([0.01] * 400)
+        connection = self.successResultOf(da)
+        self.successResultOf(db)
+        hard_ports = [p for p in net.ports if p[0] == "192.0.2.1"]
+        # The main socket and, if a birthday socket won, that one: never the losers.
+        self.assertLessEqual(len(hard_ports), 2, hard_ports)
+        self.assertIn(connection.local[1], [p[1] for p in hard_ports])
+        hard.close()
+        easy.close()

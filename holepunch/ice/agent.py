@@ -850,10 +850,13 @@ class IceAgent:
         if sock is None or sock.port is None:
             self.checklist.failed(pair)
             return
+        if self._nominating is pair and not nominate:
+            return  # the nomination check in flight answers for this pair too
         previous = self._pending_checks.pop(id(pair), None)
         if previous is not None:
             previous.cancel()
-        pair.state = PairState.IN_PROGRESS
+        if pair.state != PairState.SUCCEEDED:  # a valid pair stays valid while re-checked
+            pair.state = PairState.IN_PROGRESS
         pair.checks_sent += 1
         self.stats.checks_sent += 1
         request = self._check_request(pair, nominate)
