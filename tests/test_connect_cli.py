@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from holepunch.signaling.server import SignalingConfig, make_signaling_service
+from holepunch.testing.loopback import start_signaling_server
 from holepunch.testing.peers import ConnectProcess
 
 
@@ -23,13 +23,7 @@ class ConnectCommandTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.service = make_signaling_service(
-            SignalingConfig(endpoint="tcp:0:interface=127.0.0.1"), reactor
-        )
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        port = yield self.service.when_listening()
-        self.url = f"ws://127.0.0.1:{port.getHost().port}/"
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
 
     def start(self, *args: str) -> ConnectProcess:
         proc = ConnectProcess(None, ["--host-address", "127.0.0.1", *args])

@@ -11,8 +11,7 @@ from twisted.trial.unittest import TestCase
 from holepunch import P2PCoordinator
 from holepunch.coordinator import CoordinatorError
 from holepunch.ice.agent import IceConfig
-from holepunch.stun.message import Address
-from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.testing.loopback import start_stun_server
 
 LOOPBACK = IceConfig(addresses=["127.0.0.1"])
 
@@ -27,10 +26,8 @@ class CoordinatorTests(TestCase):
     """The seed's API over real loopback sockets."""
 
     def setUp(self) -> None:
-        responder = StunResponder(Address("127.0.0.1", 0), Address("127.0.0.2", 0))
-        self.stun = StunServerService(responder, reactor)
-        self.stun.startService()
-        self.addCleanup(self.stun.stopService)
+        self.stun = start_stun_server(self, reactor)
+        responder = self.stun.responder
         self.stun_server = (responder.primary.host, responder.primary.port)
 
     def coordinator(self, config: dict[str, Any], **kw: Any) -> P2PCoordinator:

@@ -9,9 +9,7 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from holepunch.signaling.server import SignalingConfig, make_signaling_service
-from holepunch.stun.message import Address
-from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.testing.loopback import start_signaling_server, start_stun_server
 from holepunch.testing.natlab import _lab_env
 from holepunch.testing.processes import JsonLinesProcess
 
@@ -26,19 +24,12 @@ class SwarmExampleTests(TestCase):
 
     async def test_two_peers_meet_and_talk(self) -> None:
         """Both copies join torrent-<infohash>, connect to each other and exchange greetings."""
-        signaling = make_signaling_service(
-            SignalingConfig(endpoint="tcp:0:interface=127.0.0.1"), reactor
-        )
-        signaling.startService()
-        self.addCleanup(signaling.stopService)
-        port = (await signaling.when_listening()).getHost().port
-        stun = StunServerService(StunResponder(Address("127.0.0.1", 0)), reactor)
-        stun.startService()
-        self.addCleanup(stun.stopService)
+        _, url = await start_signaling_server(self, reactor)
+        stun = start_stun_server(self, reactor, rfc5780=False)
         peers = {}
         for name in ("alice", "bob"):
             proto = JsonLinesProcess()
-            argv = [sys.executable, EXAMPLE, "--signaling", f"ws://127.0.0.1:{port}/",
+            argv = [sys.executable, EXAMPLE, "--signaling", url,
                     "--id", name, "--infohash", "abc123", "--host-address", "127.0.0.1",
                     "--stun-server", f"127.0.0.1:{stun.responder.primary.port}",
                     "--duration", "6"]  # fmt: skip

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from holepunch.ice.agent import IceConfig
 from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
 from holepunch.signaling.client import SignalingClient
-from holepunch.signaling.server import SignalingConfig, make_signaling_service
+from holepunch.testing.loopback import start_signaling_server
 
 
 class NegotiationTestBase(TestCase):
@@ -18,13 +18,7 @@ class NegotiationTestBase(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.service = make_signaling_service(
-            SignalingConfig(endpoint="tcp:0:interface=127.0.0.1"), reactor
-        )
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        port = yield self.service.when_listening()
-        self.url = f"ws://127.0.0.1:{port.getHost().port}/"
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
 
     @defer.inlineCallbacks
     def peer(self, peer_id: str, **kw: Any) -> Any:

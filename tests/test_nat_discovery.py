@@ -20,6 +20,7 @@ from holepunch.nat.model import Behavior, NatType, PortAllocation
 from holepunch.stun.client import NoStunServerAnswered, RetransmissionPolicy, listen_stun
 from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.testing.loopback import start_stun_server
 
 FAST = DiscoveryTimers(
     answered=RetransmissionPolicy(0.05, 3, 4),
@@ -35,13 +36,7 @@ class LoopbackDiscoveryTests(TestCase):
     """Discovery against our own server on 127.0.0.1 / 127.0.0.2."""
 
     def server(self, alternate: bool = True) -> StunServerService:
-        responder = StunResponder(
-            Address("127.0.0.1", 0), Address("127.0.0.2", 0) if alternate else None
-        )
-        svc = StunServerService(responder, reactor)
-        svc.startService()
-        self.addCleanup(svc.stopService)
-        return svc
+        return start_stun_server(self, reactor, rfc5780=alternate)
 
     @defer.inlineCallbacks
     def test_rfc5780_server_no_nat(self) -> Any:
@@ -131,10 +126,7 @@ class NatCheckCommandTests(TestCase):
     @defer.inlineCallbacks
     def test_json_is_one_object(self) -> Any:
         """--json prints exactly one JSON object with the documented fields, and exits 0."""
-        responder = StunResponder(Address("127.0.0.1", 0), Address("127.0.0.2", 0))
-        svc = StunServerService(responder, reactor)
-        svc.startService()
-        self.addCleanup(svc.stopService)
+        responder = start_stun_server(self, reactor).responder
         out, err, code = yield self.run_command(
             "--json",
             "--interface",
@@ -168,10 +160,7 @@ class NatCheckCommandTests(TestCase):
     @defer.inlineCallbacks
     def test_human_report(self) -> Any:
         """Without --json the report is readable and progress goes to stderr."""
-        responder = StunResponder(Address("127.0.0.1", 0))
-        svc = StunServerService(responder, reactor)
-        svc.startService()
-        self.addCleanup(svc.stopService)
+        responder = start_stun_server(self, reactor, rfc5780=False).responder
         out, err, code = yield self.run_command(
             "--interface",
             "127.0.0.1",

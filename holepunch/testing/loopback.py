@@ -1,0 +1,46 @@
+# -*- test-case-name: tests.test_ice_negotiation -*-
+"""Our own servers on loopback, for tests: a STUN server and a signaling server.
+
+Each starts on ephemeral ports of 127.0.0.1 (and 127.0.0.2 for RFC 5780) and registers
+its own stop with the test case's cleanups.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
+from holepunch.stun.message import Address
+from holepunch.stun.server import StunResponder, StunServerService
+
+
+class _TestCaseLike(Protocol):
+    def addCleanup(self, function: Any, *args: Any, **kwargs: Any) -> None: ...
+
+
+def start_stun_server(
+    testcase: _TestCaseLike, reactor: Any, *, rfc5780: bool = True, responder: Any = None
+) -> StunServerService:
+    """A STUN server on 127.0.0.1 (with 127.0.0.2 as the RFC 5780 alternate); its
+    primary address is ``service.responder.primary``."""
+    if responder is None:
+        alternate = Address("127.0.0.2", 0) if rfc5780 else None
+        responder = StunResponder(Address("127.0.0.1", 0), alternate)
+    service = StunServerService(responder, reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    return service
+
+
+async def start_signaling_server(
+    testcase: _TestCaseLike, reactor: Any, **config: Any
+) -> tuple[SignalingService, str]:
+    """A signaling server on 127.0.0.1; returns it and its ``ws://`` URL."""
+    service = make_signaling_service(
+        SignalingConfig(endpoint="tcp:0:interface=127.0.0.1", **config), reactor
+    )
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    listening = await service.when_listening()
+    address: Any = listening.getHost()
+    return service, f"ws://127.0.0.1:{address.port}/"
