@@ -445,16 +445,23 @@ class IceAgent:
         self._schedule_checks()
         return list(self.local_candidates)
 
+    async def _binding(self, server: Address) -> Any:
+        """One STUN Binding from the main socket (a new flow toward ``server``)."""
+        from holepunch.stun.client import parse_binding_response
+
+        assert self._main is not None
+        response = await self._main.transactions.request(
+            StunMessage.request(), server, policy=self.config.gather_policy
+        )
+        return parse_binding_response(response)
+
     async def _gather_srflx(self, server: tuple[str, int]) -> None:
-        from holepunch.stun.client import parse_binding_response, resolve_server
+        from holepunch.stun.client import resolve_server
 
         assert self._main is not None
         try:
             address = await resolve_server(self.reactor, server[0], server[1])
-            response = await self._main.transactions.request(
-                StunMessage.request(), address, policy=self.config.gather_policy
-            )
-            result = parse_binding_response(response)
+            result = await self._binding(address)
         except Exception as e:
             _log.info("STUN server {server} gave no reflexive address: {err}", server=server, err=e)
             return
@@ -479,8 +486,6 @@ class IceAgent:
         destination the probe did not use) after other flows (TCP, say) moved it."""
         from dataclasses import replace
 
-        from holepunch.stun.client import parse_binding_response
-
         if self.mapping is None or not self.mapping.sequential or self._probe_targets is None:
             return
         if self._main is None or self._closed:
@@ -489,10 +494,7 @@ class IceAgent:
         target = Address(server.host, other.port)
         self._probe_targets = None  # used now; a second call would not be a new flow
         try:
-            response = await self._main.transactions.request(
-                StunMessage.request(), target, policy=self.config.gather_policy
-            )
-            result = parse_binding_response(response)
+            result = await self._binding(target)
         except Exception as e:
             _log.info("mapping re-measure failed: {err}", err=e)
             return
@@ -585,7 +587,6 @@ class IceAgent:
 
     async def _probe_mapping(self, server: Address, first: Any) -> None:
         """Measure our own NAT's mapping from this socket (RFC 5780 OTHER-ADDRESS)."""
-        from holepunch.stun.client import parse_binding_response
 
         assert self._main is not None
         ports = [first.mapped.port]
@@ -593,10 +594,7 @@ class IceAgent:
         if other is not None and other.host != server.host and other.port != server.port:
             for target in (Address(other.host, server.port), other):
                 try:
-                    response = await self._main.transactions.request(
-                        StunMessage.request(), target, policy=self.config.gather_policy
-                    )
-                    result = parse_binding_response(response)
+                    result = await self._binding(target)
                 except Exception as e:
                     _log.info("mapping probe to {t} failed: {err}", t=target, err=e)
                     break
