@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def ours(runs: int) -> list[float]:
     from twisted.internet import defer, task
 
-    from holepunch.ice.agent import IceAgent, IceConfig
+    from holepunch.ice.agent import IceAgent
+    from holepunch.ice.config import IceConfig
 
     times: list[float] = []
 
     async def one(reactor: Any) -> float:
-        config = IceConfig(addresses=["127.0.0.1"])
+        config = IceConfig.on("127.0.0.1")
         offerer = IceAgent(reactor, True, config)
-        answerer = IceAgent(reactor, False, IceConfig(addresses=["127.0.0.1"]))
+        answerer = IceAgent(reactor, False, IceConfig.on("127.0.0.1"))
         offerer.on_local_candidate = answerer.add_remote_candidate
         answerer.on_local_candidate = offerer.add_remote_candidate
         connecting = offerer.connect()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import defer, task
 
 from holepunch import P2PCoordinator
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 
 
 def say(**event: Any) -> None:
@@ -40,7 +40,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         reactor=reactor,
         peer_id=args.id,
         metadata={"client": "torrent-swarm-example"},
-        ice_config=IceConfig(addresses=args.host_address) if args.host_address else None,
+        ice_config=IceConfig.on(*args.host_address) if args.host_address else None,
     )
     room = f"torrent-{args.infohash}"
     done: defer.Deferred[None] = defer.Deferred()

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import Channel, PeerConnection
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
 from holepunch.web import IStatusProvider
@@ -251,8 +251,8 @@ class P2PCoordinator(MultiService):
         from holepunch.nat.discovery import discover_nat
 
         interface = ""
-        if self._ice_config is not None and self._ice_config.addresses:
-            interface = self._ice_config.addresses[0]
+        if self._ice_config is not None and self._ice_config.gathering.addresses:
+            interface = self._ice_config.gathering.addresses[0]
         try:
             self.nat_info = await discover_nat(
                 self.reactor, list(self.config.stun_servers), interface=interface
@@ -269,19 +269,23 @@ class P2PCoordinator(MultiService):
         base = self._ice_config or IceConfig()
         from dataclasses import replace
 
-        turn = list(base.turn_servers)
+        turn = list(base.relay.servers)
         if not turn and self.config.turn_servers:
             from holepunch.turn import TurnServer
 
             for server in self.config.turn_servers:
                 turn.extend(TurnServer.from_ice_server(server.as_ice_server()))
+        gathering = base.gathering
         return replace(
             base,
-            turn_servers=tuple(turn),
-            stun_servers=base.stun_servers or tuple(self.config.stun_servers),
-            connection_timeout=self.config.connection_timeout,
-            keepalive_interval=self.config.keep_alive_interval,
-            port=base.port or self.config.hole_punching_port,
+            gathering=replace(
+                gathering,
+                stun_servers=gathering.stun_servers or tuple(self.config.stun_servers),
+                port=gathering.port or self.config.hole_punching_port,
+            ),
+            relay=replace(base.relay, servers=tuple(turn)),
+            checks=replace(base.checks, connection_timeout=self.config.connection_timeout),
+            consent=replace(base.consent, keepalive_interval=self.config.keep_alive_interval),
         )
 
     def stopService(self) -> defer.Deferred[None]:
@@ -362,12 +366,13 @@ class P2PCoordinator(MultiService):
     async def _direct(self, peer: RegisteredPeer) -> Any:
         assert peer.address is not None and peer.port is not None
         ice = self._ice()
-        interface = ice.addresses[0] if ice.addresses and len(ice.addresses) == 1 else ""
+        addresses = ice.gathering.addresses
+        interface = addresses[0] if addresses and len(addresses) == 1 else ""
         return await one_sided_punch(
             self.reactor,
             (peer.address, peer.port),
             interface=interface,
-            port=ice.port,
+            port=ice.gathering.port,
             timeout=self.config.connection_timeout,
         )
 
@@ -538,14 +543,14 @@ class DirectConnection(DatagramProtocol, Channel):
             self.punch()  # make sure the peer hears from us too
             self.ready.callback(self)
         if datagram != PUNCH_MARKER:
-            self._datagram(datagram)
+            self.deliver(datagram)
 
-    def _send(self, data: bytes) -> None:
+    def transmit(self, data: bytes) -> None:
         if self.transport is None:
             raise OSError("socket closed")
         self.transport.write(data, self.remote)
 
-    def _release(self) -> defer.Deferred[None]:
+    def release(self) -> defer.Deferred[None]:
         port: Any = self.transport
         if port is None:
             return defer.succeed(None)

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import Negotiator
 from holepunch.signaling.client import SignalingClient
 from holepunch.testing.loopback import start_signaling_server
@@ -32,7 +32,7 @@ class AioiceInteropTests(TestCase):
         self.client.startService()
         self.addCleanup(self.client.stopService)
         yield self.client.register()
-        self.negotiator = Negotiator(reactor, self.client, IceConfig(addresses=["127.0.0.1"]))
+        self.negotiator = Negotiator(reactor, self.client, IceConfig.on("127.0.0.1"))
         self.addCleanup(self.negotiator.stop)
 
     def aioice(self, *args: str) -> JsonLinesProcess:
@@ -68,7 +68,7 @@ class AioiceInteropTests(TestCase):
         connection.send(b"after 36 s")
         echo = yield received.get()
         self.assertEqual(echo, b"echo:after 36 s")
-        self.assertGreaterEqual(connection._agent.stats.consent_checks, 5)
+        self.assertGreaterEqual(connection.agent.stats.consent_checks, 5)
         connection.send(b"quit")
         code = yield peer.ended
         self.assertEqual(code, 0, peer.stderr)
@@ -78,7 +78,7 @@ class AioiceInteropTests(TestCase):
         """We are controlling (offerer), aioice is controlled: connect, data both ways, consent past 35 s."""
         peer = self.aioice("--accept")
         connection = yield self.negotiator.connect_when_present("theirs", timeout=20)
-        self.assertTrue(connection._agent.controlling)
+        self.assertTrue(connection.agent.controlling)
         yield self.exercise(connection, peer)
 
     @defer.inlineCallbacks
@@ -87,5 +87,5 @@ class AioiceInteropTests(TestCase):
         accepted = self.negotiator.accept("theirs")
         peer = self.aioice("--to", "ours")
         connection = yield accepted
-        self.assertFalse(connection._agent.controlling)
+        self.assertFalse(connection.agent.controlling)
         yield self.exercise(connection, peer)

@@ -10,10 +10,10 @@ from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
 from holepunch.coordinator import CoordinatorError
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 from holepunch.testing.loopback import start_stun_server
 
-LOOPBACK = IceConfig(addresses=["127.0.0.1"])
+LOOPBACK = IceConfig.on("127.0.0.1")
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:

@@ -11,15 +11,23 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from holepunch.ice.agent import IceAgent, IceConfig, IceError
+from holepunch.ice.agent import IceAgent
 from holepunch.ice.candidate import Candidate
+from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import ConnectionClosed, PeerConnection
+from holepunch.ice.events import IceError
 from holepunch.stun.message import Attr, StunMessage, decode, encode
 from holepunch.testing.fakenet import FakeNetwork
 
 
 def config(host: str, **kw: Any) -> IceConfig:
-    return IceConfig(addresses=[host], **kw)
+    """Defaults on one address; keyword arguments set CheckConfig/ConsentConfig fields."""
+    ice = IceConfig.on(host)
+    for name, value in kw.items():
+        part = ice.checks if hasattr(ice.checks, name) else ice.consent
+        assert hasattr(part, name), name
+        setattr(part, name, value)
+    return ice
 
 
 class Pair:
@@ -194,7 +202,7 @@ class AgentTests(SynchronousTestCase):
     def test_keepalive_when_silent(self) -> None:
         """With consent checks off, a Binding indication goes out after keepalive_interval of silence, never later."""
         net = FakeNetwork()
-        pair = Pair(net, consent_interval=0, keepalive_interval=25)
+        pair = Pair(net, interval=0, keepalive_interval=25)
         ca, cb = pair.connect(self)
         port = net.ports[("192.0.2.1", pair.a.local_port)]
         start = len(port.sent)
@@ -215,7 +223,7 @@ class AgentTests(SynchronousTestCase):
         net = FakeNetwork()
         pair = Pair(net)
         net.block(("192.0.2.2", 0))
-        net.block(("192.0.2.1", pair.a.local_port) if pair.a._port else ("0", 0))
+        net.block(("192.0.2.1", pair.a.local_port) if pair.a.listening else ("0", 0))
         net.filter = lambda data, src, dst: False
         da = pair.a.connect()
         pair.b.connect().addErrback(lambda f: None)
@@ -250,7 +258,7 @@ class AgentTests(SynchronousTestCase):
         net.advance(0.3)
         da.cancel()
         self.failureResultOf(da)
-        self.assertNotIn(("192.0.2.1", pair.a.local_port if pair.a._port else 0), net.ports)
+        self.assertNotIn(("192.0.2.1", pair.a.local_port if pair.a.listening else 0), net.ports)
         pair.b.close()
         self.assertEqual(net.getDelayedCalls(), [])
 
@@ -303,8 +311,8 @@ class LoopbackAgentTests(TestCase):
     @defer.inlineCallbacks
     def test_real_sockets(self) -> Any:
         """Agents on loopback connect directly and carry datagrams both ways."""
-        a = IceAgent(reactor, True, IceConfig(addresses=["127.0.0.1"]))
-        b = IceAgent(reactor, False, IceConfig(addresses=["127.0.0.1"]))
+        a = IceAgent(reactor, True, IceConfig.on("127.0.0.1"))
+        b = IceAgent(reactor, False, IceConfig.on("127.0.0.1"))
         self.addCleanup(a.close)
         self.addCleanup(b.close)
         a.on_local_candidate = b.add_remote_candidate

@@ -5,7 +5,9 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from holepunch.ice.agent import IceAgent, IceConfig, IceError
+from holepunch.ice.agent import IceAgent
+from holepunch.ice.config import IceConfig
+from holepunch.ice.events import IceError
 from holepunch.ice.hardnat import (
     MappingProfile,
     Technique,
@@ -79,7 +81,10 @@ class ProbingDisciplineTests(SynchronousTestCase):
 
     def agent(self, **kw: object) -> tuple[FakeNetwork, IceAgent]:
         net = FakeNetwork()
-        config = IceConfig(addresses=["192.0.2.1"], connection_timeout=60, **kw)  # type: ignore[arg-type]
+        config = IceConfig.on("192.0.2.1")
+        config.checks.connection_timeout = 60
+        for name, value in kw.items():
+            setattr(config.hardnat, name, value)
         agent = IceAgent(net, True, config)
         agent.set_remote_credentials("abcd", "p" * 22)
         agent.mapping = CONE
@@ -164,8 +169,9 @@ class BirthdaySocketsTests(SynchronousTestCase):
         from holepunch.ice.candidate import make_candidate
 
         net = FakeNetwork()
-        hard = IceAgent(net, True, IceConfig(addresses=["192.0.2.1"], birthday_open_rate=5000))
-        easy = IceAgent(net, False, IceConfig(addresses=["192.0.2.2"]))
+        hard = IceAgent(net, True, IceConfig.on("192.0.2.1"))
+        hard.config.hardnat.birthday_open_rate = 5000
+        easy = IceAgent(net, False, IceConfig.on("192.0.2.2"))
         hard.set_remote_credentials(easy.local_ufrag, easy.local_pwd)
         easy.set_remote_credentials(hard.local_ufrag, hard.local_pwd)
         hard.mapping = RANDOM

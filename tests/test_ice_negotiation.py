@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
 from holepunch.signaling.client import SignalingClient
 from holepunch.testing.loopback import start_signaling_server
@@ -26,7 +26,7 @@ class NegotiationTestBase(TestCase):
         client.startService()
         self.addCleanup(client.stopService)
         yield client.register()
-        negotiator = Negotiator(reactor, client, IceConfig(addresses=["127.0.0.1"]), **kw)
+        negotiator = Negotiator(reactor, client, IceConfig.on("127.0.0.1"), **kw)
         self.addCleanup(negotiator.stop)
         return client, negotiator
 
@@ -107,7 +107,7 @@ class NegotiationTests(NegotiationTestBase):
         session = next(iter(alice.sessions.values()))
         d.cancel()
         yield self.assertFailure(d, defer.CancelledError)
-        self.assertIsNone(session.agent._port)
+        self.assertFalse(session.agent.listening)
         self.assertEqual(alice.sessions, {})
 
 

@@ -19,13 +19,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
-from holepunch.ice.agent import IceConfig
+from holepunch.ice.config import IceConfig
 from holepunch.testing.coturn import coturn_fixture
 from holepunch.testing.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOOPBACK = IceConfig(addresses=["127.0.0.1"])
+LOOPBACK = IceConfig.on("127.0.0.1")
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -219,7 +219,8 @@ class SeedExamplesTests(TestCase):
         turn = [
             {"urls": [coturn.uri("udp")], "username": coturn.user, "credential": coturn.password}
         ]
-        relay_only = IceConfig(addresses=["127.0.0.1"], relay_only=True)  # loopback is never hard
+        relay_only = IceConfig.on("127.0.0.1")  # loopback is never hard
+        relay_only.relay.only = True
         a = self.p2p("a", turn_servers=turn, ice_config=relay_only)
         b = self.p2p("b", turn_servers=turn, ice_config=relay_only)
         await defer.gatherResults([a.initialize(), b.initialize()])
@@ -234,9 +235,9 @@ class SeedExamplesTests(TestCase):
         back: defer.DeferredQueue[bytes] = defer.DeferredQueue()
         connection.on_datagram(back.put)
         relays = [
-            sock.allocation
+            allocation
             for c in (connection, other)
-            for sock in c._agent._relays.values()
+            for allocation in c.agent.relay_allocations
             if c.local_candidate.type == "relay"
         ]
         for _ in range(50):

@@ -71,6 +71,11 @@ class CandidatePair:
         )
 
 
+def relayed(pair: CandidatePair) -> bool:
+    """Whether a pair goes through a TURN relay (either side's candidate is relayed)."""
+    return pair.local.type == "relay" or pair.remote.type == "relay"
+
+
 class CheckList:
     """The pairs of one component, in priority order, with the triggered-check queue."""
 

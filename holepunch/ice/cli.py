@@ -166,7 +166,14 @@ async def connect_command(
     reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO, stdio: Any = None
 ) -> int:
     """Run the command; returns the exit status."""
-    from holepunch.ice.agent import IceConfig, IceError
+    from holepunch.ice.config import (
+        CheckConfig,
+        GatheringConfig,
+        IceConfig,
+        RelayConfig,
+        TcpConfig,
+    )
+    from holepunch.ice.events import IceError
     from holepunch.ice.negotiation import Negotiator
     from holepunch.signaling.client import SignalingClient
     from holepunch.stun.client import parse_server
@@ -195,18 +202,16 @@ async def connect_command(
                 await client.join_room(args.room)
         except Exception as e:
             raise StageError("signaling", f"{args.signaling}: {_reason(e)}") from e
-        waits = (
-            {"relay_wait": args.relay_wait, "relay_wait_hard": args.relay_wait}
-            if args.relay_wait is not None
-            else {}
-        )
+        relay = RelayConfig(servers=turn_servers)
+        if args.relay_wait is not None:
+            relay = RelayConfig(
+                servers=turn_servers, wait=args.relay_wait, wait_hard=args.relay_wait
+            )
         config = IceConfig(
-            **waits,
-            stun_servers=stun_servers,
-            turn_servers=turn_servers,
-            tcp=not args.no_tcp,
-            addresses=args.host_address,
-            connection_timeout=max(1.0, deadline - reactor.seconds()),
+            gathering=GatheringConfig(stun_servers=stun_servers, addresses=args.host_address),
+            checks=CheckConfig(connection_timeout=max(1.0, deadline - reactor.seconds())),
+            relay=relay,
+            tcp=TcpConfig(enabled=not args.no_tcp),
         )
         negotiator = Negotiator(reactor, client, config, max_retries=args.retries)
         attempt_started = reactor.seconds()
@@ -283,7 +288,7 @@ def _turn_from_environment() -> list[Any]:
 
 
 def _stat(connection: Any, name: str) -> int:
-    agent = getattr(connection, "_agent", None)
+    agent = getattr(connection, "agent", None)
     return int(getattr(agent.stats, name)) if agent is not None else 0
 
 

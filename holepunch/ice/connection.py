@@ -14,13 +14,10 @@ top: it needs exactly ``send(bytes)`` and a receive callback.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
-
-if TYPE_CHECKING:
-    from holepunch.ice.agent import IceAgent
 
 _log = Logger()
 
@@ -39,8 +36,8 @@ class Channel:
     ``closed``; ``send(bytes)``; ``on_datagram(handler)`` (datagrams that arrived before
     the first handler are delivered to it at once, in order); ``on_disconnected(handler)``
     (called once, with the reason); ``when_closed()``; ``close()``. Subclasses provide
-    ``_send(data)`` and ``_release()`` (free the transport), and call ``_datagram`` and
-    ``_closed``.
+    ``transmit(data)`` and ``release()`` (free the transport); what carries the
+    connection calls ``deliver(data)`` for each datagram and ``mark_closed(reason)``.
     """
 
     BACKLOG = 256
@@ -84,10 +81,11 @@ class Channel:
         """Send one datagram (message) to the peer."""
         if self.closed:
             raise ConnectionClosed(self.close_reason or "closed")
-        self._send(data)
+        self.transmit(data)
         self.bytes_sent += len(data)
 
-    def _send(self, data: bytes) -> None:
+    def transmit(self, data: bytes) -> None:
+        """Put one datagram on the wire (subclasses)."""
         raise NotImplementedError
 
     def on_datagram(self, handler: DatagramHandler) -> Callable[[], None]:
@@ -121,13 +119,15 @@ class Channel:
 
     def close(self, reason: str = "closed locally") -> defer.Deferred[None]:
         """Close the connection and free what carries it."""
-        self._closed(reason)
-        return self._release()
+        self.mark_closed(reason)
+        return self.release()
 
-    def _release(self) -> defer.Deferred[None]:
+    def release(self) -> defer.Deferred[None]:
+        """Free what carries the connection (subclasses)."""
         return defer.succeed(None)
 
-    def _datagram(self, data: bytes) -> None:
+    def deliver(self, data: bytes) -> None:
+        """A datagram from the peer: to the handlers, or kept until the first one."""
         if self.closed:
             return
         self.bytes_received += len(data)
@@ -141,7 +141,8 @@ class Channel:
             except Exception:
                 _log.failure("datagram handler raised")
 
-    def _closed(self, reason: str) -> None:
+    def mark_closed(self, reason: str) -> None:
+        """The connection ended (once): observers and waiters hear ``reason``."""
         if self.closed:
             return
         self.closed = True
@@ -158,6 +159,16 @@ class Channel:
             d.callback(reason)
 
 
+class DatagramSender(Protocol):
+    """What a :class:`PeerConnection` needs from the agent under it."""
+
+    def send_data(self, data: bytes, destination: tuple[str, int]) -> None:
+        """Send one application datagram on the selected path."""
+
+    def close(self) -> defer.Deferred[None]:
+        """Stop the agent (sockets, timers)."""
+
+
 class PeerConnection(Channel):
     """A datagram connection to a peer, made by an :class:`IceAgent <holepunch.ice.agent.IceAgent>`.
 
@@ -168,7 +179,7 @@ class PeerConnection(Channel):
 
     def __init__(
         self,
-        agent: IceAgent,
+        agent: DatagramSender,
         method: str,
         local: tuple[str, int],
         remote: tuple[str, int],
@@ -182,11 +193,38 @@ class PeerConnection(Channel):
         self.remote_candidate = remote_candidate
         self._path_observers: list[Callable[[PeerConnection], None]] = []
 
-    def _send(self, data: bytes) -> None:
+    @property
+    def agent(self) -> DatagramSender:
+        """The agent that carries this connection."""
+        return self._agent
+
+    def transmit(self, data: bytes) -> None:
         self._agent.send_data(data, self.remote)
 
-    def _release(self) -> defer.Deferred[None]:
+    def release(self) -> defer.Deferred[None]:
         return self._agent.close()
+
+    def move_to(
+        self,
+        method: str,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        rtt: float | None,
+        local_candidate: Any,
+        remote_candidate: Any,
+    ) -> None:
+        """The path changed under the connection; path observers hear of it."""
+        self.method = method
+        self.local = local
+        self.remote = remote
+        self.rtt = rtt
+        self.local_candidate = local_candidate
+        self.remote_candidate = remote_candidate
+        for handler in list(self._path_observers):
+            try:
+                handler(self)
+            except Exception:
+                _log.failure("path observer raised")
 
     def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
         """Call ``handler(connection)`` when the path changes under the connection (a
@@ -196,10 +234,3 @@ class PeerConnection(Channel):
         return lambda: (
             self._path_observers.remove(handler) if handler in self._path_observers else None
         )
-
-    def _path_changed(self) -> None:
-        for handler in list(self._path_observers):
-            try:
-                handler(self)
-            except Exception:
-                _log.failure("path observer raised")

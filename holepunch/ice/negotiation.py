@@ -29,9 +29,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from holepunch.ice.agent import IceAgent, IceConfig, IceError
+from holepunch.ice.agent import IceAgent
 from holepunch.ice.candidate import Candidate, CandidateError
+from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
+from holepunch.ice.events import IceError
 from holepunch.ice.hardnat import MappingProfile
 from holepunch.ice.tcpsession import TcpTrack
 from holepunch.nat.model import NatInfo
@@ -287,7 +289,7 @@ class Negotiator:
         agent = session.agent
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(self._gather_failed, session)
-        if agent.config.probe_mapping and agent.config.stun_servers:
+        if agent.config.gathering.probe_mapping and agent.config.gathering.stun_servers:
             # The description carries our mapping; relayed candidates are trickled.
             stun_done = agent.when_stun_complete()
 
@@ -305,7 +307,7 @@ class Negotiator:
             peer=session.peer_id,
             err=failure.getErrorMessage(),
         )
-        session.agent._fail(IceError("gathering", failure.getErrorMessage()))
+        session.agent.fail(IceError("gathering", failure.getErrorMessage()))
 
     def _describe(self, session: Session, kind: str) -> JSON:
         description = ice_description(session.agent, self.nat, kind, session.session_id)
@@ -398,7 +400,7 @@ class Negotiator:
         agent.listen()
         connecting = agent.connect()
         learning: defer.Deferred[Any] | None = None
-        if agent.config.tcp and agent.config.stun_servers:
+        if agent.config.tcp.enabled and agent.config.gathering.stun_servers:
             session.tcp = await self._tcp_track(agent)
             if session.tcp is not None:
                 session.tcp.remote = session.remote_tcp
@@ -432,13 +434,13 @@ class Negotiator:
     async def _tcp_track(self, agent: IceAgent) -> TcpTrack | None:
         from holepunch.stun.client import resolve_server
 
-        host, port = agent.config.stun_servers[0]
+        host, port = agent.config.gathering.stun_servers[0]
         try:
             server = await resolve_server(self.reactor, host, port)
         except Exception as e:
             _log.info("no TCP track: {err}", err=e)
             return None
-        addresses = agent.config.addresses
+        addresses = agent.config.gathering.addresses
         interface = addresses[0] if addresses and len(addresses) == 1 else ""
         return TcpTrack(self.reactor, (server.host, server.port), interface=interface)
 
@@ -449,7 +451,7 @@ class Negotiator:
         if tcp is None or not session.offerer or tcp.remote is None or tcp.mapping is None:
             return
         config = session.agent.config
-        if session.agent.udp_blocked or session.remote_udp_blocked or config.tcp_race:
+        if session.agent.udp_blocked or session.remote_udp_blocked or config.tcp.race:
             tcp.begin(lambda payload: self._send_sync(session, payload))
 
     def _send_sync(self, session: Session, payload: JSON) -> None:

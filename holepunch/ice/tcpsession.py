@@ -4,7 +4,7 @@
 Each side learns its TCP mapping (STUN over TCP from the port it will dial from, see
 :mod:`holepunch.ice.tcp`) and puts it in its offer or answer as an RFC 6544
 simultaneous-open candidate (``... tcp ... typ srflx ... tcptype so``). When UDP is
-blocked on either side (or ``IceConfig.tcp_race`` asks for it) the offerer runs the
+blocked on either side (or ``TcpConfig.race`` asks for it) the offerer runs the
 DCUtR-style sync over signaling, as ``ice-candidate`` payloads of the session::
 
     offerer -> {"session": S, "tcpSync": "ping"}
@@ -48,7 +48,7 @@ class _Framed(Int32StringReceiver):
         if self.owner is None:
             self.pending.append(data)
         else:
-            self.owner._datagram(data)
+            self.owner.deliver(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.owner is not None:
@@ -73,17 +73,17 @@ class StreamConnection(Channel):
         protocol.owner = self
         pending, protocol.pending = protocol.pending, []
         for data in pending:
-            self._datagram(data)
+            self.deliver(data)
 
-    def _send(self, data: bytes) -> None:
+    def transmit(self, data: bytes) -> None:
         self._protocol.sendString(data)
 
-    def _release(self) -> defer.Deferred[None]:
+    def release(self) -> defer.Deferred[None]:
         self.transport.loseConnection()
         return defer.succeed(None)
 
     def _lost(self, reason: str) -> None:
-        self._closed(reason)
+        self.mark_closed(reason)
 
 
 class TcpTrack:

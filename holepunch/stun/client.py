@@ -46,22 +46,17 @@ from holepunch.stun.message import (
     encode,
     is_stun,
 )
+from holepunch.stun.transactions import (
+    DEFAULT_POLICY,
+    ClientTransactions,
+    RetransmissionPolicy,
+    StunErrorResponse,
+    StunResponse,
+    StunTimeout,
+    TransactionOutcome,
+)
 
 _log = Logger()
-
-
-class StunTimeout(StunError):
-    """No response arrived within the transaction's retransmission schedule."""
-
-
-class StunErrorResponse(StunError):
-    """The server answered with an error response."""
-
-    def __init__(self, code: int, reason: str, response: StunMessage) -> None:
-        super().__init__(f"STUN error {code}: {reason}")
-        self.code = code
-        self.reason = reason
-        self.response = response
 
 
 class NoStunServerAnswered(StunError):
@@ -73,62 +68,23 @@ class NoStunServerAnswered(StunError):
         self.failures = failures
 
 
-@dataclass(frozen=True)
-class RetransmissionPolicy:
-    """RFC 8489 6.2.1 timers: initial RTO in seconds, Rc sends, last wait Rm * RTO."""
-
-    rto: float = 0.5
-    rc: int = 7
-    rm: int = 16
-
-    def __post_init__(self) -> None:
-        if self.rto <= 0 or self.rc < 1 or self.rm < 1:
-            raise ValueError(f"invalid retransmission policy {self}")
-
-    def waits(self) -> list[float]:
-        """Time to wait after each send before the next send (or the final give-up)."""
-        waits = [self.rto * (2**i) for i in range(self.rc - 1)]
-        waits.append(self.rto * self.rm)
-        return waits
-
-    @property
-    def total(self) -> float:
-        """Seconds from the first send to giving up (39.5 s with the defaults)."""
-        return sum(self.waits())
-
-
-DEFAULT_POLICY = RetransmissionPolicy()
-
-
-@dataclass(frozen=True)
-class StunResponse:
-    """A response that matched a transaction, and where it came from."""
-
-    message: StunMessage
-    source: Address
-
-
-@dataclass
-class _Transaction:
-    request: bytes
-    destination: Address
-    deferred: Deferred[StunResponse]
-    waits: list[float]
-    integrity_key: bytes | None
-    timer: IDelayedCall | None = None
-    sends: int = 0
-
-
 class TransactionTable:
-    """Client transactions keyed by transaction id, on someone else's socket."""
+    """Client transactions on someone else's socket, as Deferreds.
+
+    A thin adapter over the sans-I/O :class:`ClientTransactions
+    <holepunch.stun.transactions.ClientTransactions>`: give it a ``send(data, address)``
+    function and a clock, feed it incoming messages with :meth:`handle`.
+    """
 
     def __init__(self, send: Callable[[bytes, Address], None], clock: IReactorTime) -> None:
         self._send = send
         self._clock = clock
-        self._transactions: dict[bytes, _Transaction] = {}
+        self._core = ClientTransactions()
+        self._deferreds: dict[bytes, Deferred[StunResponse]] = {}
+        self._timer: IDelayedCall | None = None
 
     def __len__(self) -> int:
-        return len(self._transactions)
+        return len(self._core)
 
     def request(
         self,
@@ -146,76 +102,77 @@ class TransactionTable:
         request carries MESSAGE-INTEGRITY, and a response that does not verify with the
         same key is ignored (RFC 8489 9.1.4).
         """
-        tid = message.transaction_id
-        if tid in self._transactions:
-            raise ValueError("a transaction with this id is already running")
-        data = encode(message, integrity_key=integrity_key, fingerprint=fingerprint)
+        tid = self._core.start(
+            message,
+            destination,
+            self._clock.seconds(),
+            policy=policy,
+            integrity_key=integrity_key,
+            fingerprint=fingerprint,
+        )
 
         def cancel(d: Deferred[StunResponse]) -> None:
-            self._forget(tid)
+            self._deferreds.pop(tid, None)
+            self._core.cancel(tid)
+            self._reschedule()
 
         d: Deferred[StunResponse] = Deferred(cancel)
-        txn = _Transaction(data, destination, d, policy.waits(), integrity_key)
-        self._transactions[tid] = txn
-        self._transmit(tid)
+        self._deferreds[tid] = d
+        self._flush()
         return d
 
-    def _transmit(self, tid: bytes) -> None:
-        txn = self._transactions.get(tid)
-        if txn is None:
-            return
-        txn.timer = None
-        if txn.sends >= len(txn.waits):
-            self._forget(tid)
-            txn.deferred.errback(
-                StunTimeout(
-                    f"no response from {txn.destination.host}:{txn.destination.port} "
-                    f"after {txn.sends} attempts"
-                )
-            )
-            return
-        wait = txn.waits[txn.sends]
-        txn.sends += 1
-        try:
-            self._send(txn.request, txn.destination)
-        except OSError as e:
-            # An unreachable destination is reported, not retried (ICMP errors on Linux).
-            _log.debug("STUN send to {dest} failed: {err}", dest=txn.destination, err=e)
-        txn.timer = self._clock.callLater(wait, self._transmit, tid)
+    def _flush(self) -> None:
+        for data, destination, _ in self._core.datagrams_to_send():
+            try:
+                self._send(data, destination)
+            except OSError as e:
+                # An unreachable destination is reported, not retried (ICMP errors on Linux).
+                _log.debug("STUN send to {dest} failed: {err}", dest=destination, err=e)
+        self._reschedule()
 
-    def _forget(self, tid: bytes) -> _Transaction | None:
-        txn = self._transactions.pop(tid, None)
-        if txn is not None and txn.timer is not None and txn.timer.active():
-            txn.timer.cancel()
-        return txn
+    def _reschedule(self) -> None:
+        at = self._core.get_timer()
+        if self._timer is not None and self._timer.active():
+            if at is not None and self._timer.getTime() == at:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if at is not None:
+            self._timer = self._clock.callLater(max(0.0, at - self._clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        outcomes = self._core.handle_timer(self._clock.seconds())
+        self._flush()
+        for outcome in outcomes:
+            self._settle(outcome)
+
+    def _settle(self, outcome: TransactionOutcome) -> None:
+        d = self._deferreds.pop(outcome.transaction_id, None)
+        if d is None:
+            return
+        if outcome.response is not None:
+            d.callback(outcome.response)
+        else:
+            d.errback(outcome.error)
 
     def handle(self, message: StunMessage, source: Address) -> bool:
         """Offer a decoded response; True when it answered a transaction of ours."""
-        if message.message_class not in (MessageClass.SUCCESS, MessageClass.ERROR):
-            return False
-        txn = self._transactions.get(message.transaction_id)
-        if txn is None:
-            return False
-        if txn.integrity_key is not None and not message.check_integrity(txn.integrity_key):
+        outcome = self._core.receive(message, source)
+        if outcome is True:
             _log.debug("ignored STUN response failing MESSAGE-INTEGRITY from {s}", s=source)
             return True
-        self._forget(message.transaction_id)
-        if message.message_class == MessageClass.ERROR:
-            try:
-                code, reason = message.get_error_code() or (0, "no ERROR-CODE")
-            except StunDecodeError as e:
-                code, reason = 0, f"malformed ERROR-CODE: {e}"
-            txn.deferred.errback(StunErrorResponse(code, reason, message))
-        else:
-            txn.deferred.callback(StunResponse(message, source))
+        if outcome is False:
+            return False
+        assert isinstance(outcome, TransactionOutcome)
+        self._reschedule()
+        self._settle(outcome)
         return True
 
     def cancel_all(self) -> None:
         """Fail every running transaction with CancelledError and stop its timers."""
-        for tid in list(self._transactions):
-            txn = self._transactions.get(tid)
-            if txn is not None:
-                txn.deferred.cancel()
+        for d in list(self._deferreds.values()):
+            d.cancel()
 
 
 @dataclass(frozen=True)

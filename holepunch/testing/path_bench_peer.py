@@ -20,7 +20,7 @@ from twisted.internet import defer, task
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from holepunch.ice.agent import IceConfig
+    from holepunch.ice.config import GatheringConfig, IceConfig, RelayConfig, TcpConfig
     from holepunch.ice.negotiation import Negotiator
     from holepunch.signaling.client import SignalingClient
     from holepunch.turn import parse_turn_uri
@@ -29,10 +29,13 @@ async def run(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     client.startService()
     await client.register()
     config = IceConfig(
-        stun_servers=[(args.stun.split(":")[0], int(args.stun.split(":")[1]))],
-        turn_servers=[parse_turn_uri(args.turn)] if args.turn else [],
-        relay_only=args.relay_only,
-        tcp=False,
+        gathering=GatheringConfig(
+            stun_servers=[(args.stun.split(":")[0], int(args.stun.split(":")[1]))]
+        ),
+        relay=RelayConfig(
+            servers=[parse_turn_uri(args.turn)] if args.turn else [], only=args.relay_only
+        ),
+        tcp=TcpConfig(enabled=False),
     )
     negotiator = Negotiator(reactor, client, config)
     if args.to:

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_ice_agent -*-
+"""Settings of the ICE engine, grouped by the part of the engine that reads them.
+
+:class:`IceConfig` holds one sub-config per concern: :class:`GatheringConfig` (RFC 8445
+5.1), :class:`CheckConfig` (6.1.4, 7.2, 8.1), :class:`ConsentConfig` (RFC 7675 and RFC
+8445 11), :class:`HardNatConfig` (port prediction and birthday probing),
+:class:`RelayConfig` (TURN, RFC 8656) and :class:`TcpConfig` (RFC 6544 simultaneous
+open). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from holepunch.stun.transactions import RetransmissionPolicy
+
+
+@dataclass
+class GatheringConfig:
+    """Where candidates come from."""
+
+    stun_servers: Sequence[tuple[str, int]] = ()
+    """STUN servers asked for server-reflexive candidates, from the agent's socket."""
+    addresses: Sequence[str] | None = None
+    """Local addresses for host candidates (None: every usable local IPv4 address)."""
+    include_loopback: bool = False
+    port: int = 0
+    """The main socket's port (0: any)."""
+    policy: RetransmissionPolicy = field(
+        default_factory=lambda: RetransmissionPolicy(rto=0.2, rc=3, rm=4)
+    )
+    """Retransmissions of the Binding requests to STUN servers."""
+    probe_mapping: bool = True
+    """Measure our NAT's mapping from the agent's socket (for port prediction and
+    birthday probing)."""
+
+
+@dataclass
+class CheckConfig:
+    """Connectivity checks and nomination."""
+
+    ta: float = 0.02
+    """Pacing: one new check every ``ta`` seconds (RFC 8445 14.2)."""
+    policy: RetransmissionPolicy = field(
+        default_factory=lambda: RetransmissionPolicy(rto=0.1, rc=7, rm=8)
+    )
+    """Retransmissions of one check."""
+    nomination_delay: float = 0.15
+    """How long the controlling agent waits for a better pair before nominating."""
+    connection_timeout: float = 30.0
+    """The whole attempt fails after this long without a selected pair."""
+    max_pairs: int = 100
+    early_datagrams: int = 64
+    """Application datagrams kept while the peer is selected before we are."""
+
+
+@dataclass
+class ConsentConfig:
+    """Consent freshness (RFC 7675) and keepalives (RFC 8445 11) after selection."""
+
+    interval: float = 5.0
+    """A consent check every ``interval`` seconds, +/- 20 %."""
+    timeout: float = 30.0
+    """No answer for this long loses consent and closes the connection."""
+    keepalive_interval: float = 25.0
+    """A Binding indication whenever nothing else was sent for this long."""
+
+
+@dataclass
+class HardNatConfig:
+    """Port prediction and birthday probing (:mod:`holepunch.ice.hardnat`)."""
+
+    prediction_window: int = 10
+    """How many of a sequential peer's next ports to try."""
+    birthday_sockets: int = 256
+    """Sockets the hard (random-port) side opens for birthday probing."""
+    birthday_open_rate: float = 1000.0
+    """Sockets a second the hard side opens (each sends one check to the peer)."""
+    probe_rate: float = 100.0
+    """Birthday probes a second from the easy side (all to the peer's address)."""
+    max_probes: int = 2000
+    max_probe_time: float = 20.0
+    birthday_delay: float = 0.3
+    """The easy side waits this long for a cheaper path before probing."""
+
+
+@dataclass
+class RelayConfig:
+    """TURN relays (RFC 8656) as the last resort."""
+
+    servers: Sequence[Any] = ()
+    """:class:`holepunch.turn.TurnServer` s, tried in order for one relayed candidate."""
+    timeout: float = 5.0
+    """How long one TURN server may take to allocate before the next is tried."""
+    wait: float = 2.0
+    """A valid relayed pair is nominated only after this long without a direct one."""
+    wait_hard: float = 12.0
+    """The same wait while port prediction or birthday probing is under way."""
+    only: bool = False
+    """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
+    check_delay: float = 0.3
+    """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
+    permission for us is in place first (a check that reaches a relay port before the
+    permission is dropped, and coturn also spoils the allocation's nonce over it)."""
+
+
+@dataclass
+class TcpConfig:
+    """TCP hole punching (RFC 6544 simultaneous open, :mod:`holepunch.punch.tcp`)."""
+
+    enabled: bool = True
+    """Learn a TCP mapping and punch TCP when UDP is blocked on either side (needs a
+    STUN server that speaks TCP)."""
+    race: bool = False
+    """Punch TCP alongside UDP even when UDP works; the first path wins."""
+
+
+@dataclass
+class IceConfig:
+    """Settings of an ICE agent, one sub-config per concern."""
+
+    gathering: GatheringConfig = field(default_factory=GatheringConfig)
+    checks: CheckConfig = field(default_factory=CheckConfig)
+    consent: ConsentConfig = field(default_factory=ConsentConfig)
+    hardnat: HardNatConfig = field(default_factory=HardNatConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+
+    @classmethod
+    def on(cls, *addresses: str, **gathering: Any) -> IceConfig:
+        """Defaults, with host candidates only on ``addresses`` (tests, loopback demos);
+        ``gathering`` sets other :class:`GatheringConfig` fields."""
+        return cls(gathering=GatheringConfig(addresses=list(addresses), **gathering))

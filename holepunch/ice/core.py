@@ -1,0 +1,559 @@
+# -*- test-case-name: tests.test_ice_core -*-
+"""The ICE agent's state machine without I/O (RFC 8445, one component, UDP).
+
+:class:`IceCore` takes datagrams and time in and gives datagrams, one timer and events
+out, in the shape of aioquic's ``QuicConnection``:
+
+- ``receive_datagram(data, source, via, now)``: a datagram that arrived on socket ``via``;
+- ``datagrams_to_send(now)``: ``(data, destination, via)`` to write;
+- ``get_timer()`` / ``handle_timer(now)``: when it next needs time, and that time;
+- ``next_event()``: :mod:`holepunch.ice.events`, news and requests for I/O;
+- commands, each with ``now``: ``start_gathering``, ``set_remote_credentials``,
+  ``add_remote_candidate``, ``set_remote_mapping``, ``connect``, ``send_datagram``,
+  ``close``, and the answers to its requests (``socket_opened``, ``add_relay``,
+  ``relays_done``).
+
+The work is split by concern, one module each: :mod:`~holepunch.ice.gathering`
+(candidates and our mapping), :mod:`~holepunch.ice.checks` (sending and answering
+connectivity checks), :mod:`~holepunch.ice.nomination` (one selector per role),
+:mod:`~holepunch.ice.probing` (port prediction and birthday probing),
+:mod:`~holepunch.ice.consent` (RFC 7675 consent and keepalives). This module keeps the
+state they share and routes datagrams, transactions and timers to them. The Twisted
+adapter is :class:`holepunch.ice.agent.IceAgent`.
+
+One UDP socket (``via`` 0) carries everything: STUN to the servers (so the reflexive
+address it learns is the mapping the punch uses), checks both ways, and application
+data; datagrams are told apart by the STUN magic cookie (RFC 7983).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from holepunch.ice import events
+from holepunch.ice.candidate import Candidate
+from holepunch.ice.checklist import CandidatePair, CheckList, relayed
+from holepunch.ice.checks import Checker
+from holepunch.ice.config import IceConfig
+from holepunch.ice.consent import Consent
+from holepunch.ice.events import MAIN, IceError
+from holepunch.ice.gathering import Gatherer
+from holepunch.ice.hardnat import MappingProfile, Technique
+from holepunch.ice.nomination import Selector, selector_for
+from holepunch.ice.probing import HardNatProbing
+from holepunch.ice.timers import Timers
+from holepunch.stun.message import (
+    Address,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    StunMessage,
+    decode,
+    is_stun,
+)
+from holepunch.stun.transactions import (
+    ClientTransactions,
+    RetransmissionPolicy,
+    TransactionOutcome,
+)
+
+_UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+
+
+def random_ice_string(length: int) -> str:
+    """A random ice-char string (RFC 8839 5.4): ufrag >= 4, pwd >= 22 characters."""
+    return "".join(secrets.choice(_UFRAG_CHARS) for _ in range(length))
+
+
+@dataclass
+class AgentStats:
+    """What the agent did; for logs, /metrics and tests."""
+
+    checks_sent: int = 0
+    checks_received: int = 0
+    responses_sent: int = 0
+    unauthenticated: int = 0
+    malformed: int = 0
+    role_conflicts: int = 0
+    data_dropped: int = 0
+    consent_checks: int = 0
+    keepalives: int = 0
+    predicted_checks: int = 0
+    birthday_sockets: int = 0
+    probes_sent: int = 0
+
+
+class TransactionOwner(Protocol):
+    """A component whose STUN transactions the core routes back to it."""
+
+    def transaction_done(self, outcome: TransactionOutcome, payload: object) -> None: ...
+
+
+Route = Callable[[tuple[str, int]], "str | None"]
+"""The local address the system would send from toward a remote address."""
+
+
+class IceCore:
+    """One side of one ICE session, as a state machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        controlling: bool,
+        config: IceConfig | None = None,
+        *,
+        ufrag: str | None = None,
+        pwd: str | None = None,
+        tie_breaker: int | None = None,
+        route: Route | None = None,
+    ) -> None:
+        self.config = config or IceConfig()
+        self.controlling = controlling
+        self.local_ufrag = ufrag or random_ice_string(8)
+        self.local_pwd = pwd or random_ice_string(24)
+        self.tie_breaker = (
+            tie_breaker if tie_breaker is not None else int.from_bytes(os.urandom(8), "big")
+        )
+        self.route = route
+        self.remote_ufrag: str | None = None
+        self.remote_pwd: str | None = None
+        self.local_candidates: list[Candidate] = []
+        self.remote_candidates: list[Candidate] = []
+        self.remote_end_of_candidates = False
+        self.checklist = CheckList(controlling, self.config.checks.max_pairs)
+        self.stats = AgentStats()
+        self.selected: CandidatePair | None = None
+        self.mapping: MappingProfile | None = None
+        self.remote_mapping: MappingProfile | None = None
+        self.techniques: set[Technique] = set()
+        self.hold_checks = False
+        """While True no check is sent (the negotiation sets it while other flows, TCP
+        mapping for instance, still have to happen before our first check)."""
+        self.running = False
+        self.closed = False
+        self.now = 0.0
+        self.started_at: float | None = None
+        self.nominating: CandidatePair | None = None
+        self.last_sent = 0.0
+        self.transactions = ClientTransactions()
+        self.timers = Timers()
+        self.host_bases: dict[str, Candidate] = {}
+        self.socket_bases: dict[int, Candidate] = {}
+        """Local candidates of the extra sockets and relays, by ``via``."""
+        self.open_sockets: set[int] = set()
+        self._next_via = MAIN + 1
+        self._outgoing: list[tuple[bytes, tuple[str, int], int]] = []
+        self._events: deque[events.Event] = deque()
+        self._early: list[tuple[bytes, tuple[str, int]]] = []
+        self.gatherer = Gatherer(self)
+        self.checker = Checker(self)
+        self.probing = HardNatProbing(self)
+        self.consent = Consent(self)
+        self.selector: Selector = selector_for(self)
+
+    # -- the sans-I/O interface --
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, tuple[str, int], int]]:
+        """Datagrams to write now: ``(data, destination, via)``."""
+        self.now = now
+        for data, destination, via in self.transactions.datagrams_to_send():
+            assert isinstance(via, int)
+            self._outgoing.append((data, (destination.host, destination.port), via))
+        outgoing, self._outgoing = self._outgoing, []
+        if outgoing:
+            self.last_sent = now
+        return outgoing
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (None: never)."""
+        if self.closed:
+            return None
+        times = [
+            t for t in (self.timers.get_timer(), self.transactions.get_timer()) if t is not None
+        ]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Let time pass: retransmissions, timeouts and every component's timers."""
+        self.now = now
+        if self.closed:
+            return
+        for outcome in self.transactions.handle_timer(now):
+            self._dispatch(outcome)
+        for name in self.timers.due(now):
+            if self.closed:
+                return
+            self._fire(name)
+
+    def next_event(self) -> events.Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def receive_datagram(self, data: bytes, source: tuple[str, int], via: int, now: float) -> None:
+        """One datagram from ``source`` on socket ``via``: STUN (checks, responses) or
+        application data. Anything malformed is dropped and counted."""
+        self.now = now
+        if self.closed:
+            return
+        if is_stun(data):
+            try:
+                message = decode(data)
+            except StunDecodeError:
+                message = None
+            if message is not None:
+                self._stun_received(message, source, via)
+                return
+        self.deliver(data, source)
+
+    # -- commands --
+
+    def start_gathering(
+        self, hosts: Sequence[str], port: int, stun_servers: Sequence[Address], now: float
+    ) -> None:
+        """Host candidates on ``hosts`` (all on the main socket's ``port``) and
+        server-reflexive ones from ``stun_servers`` (resolved addresses)."""
+        self.now = now
+        self.open_sockets.add(MAIN)
+        self.gatherer.start(hosts, port, stun_servers)
+
+    def set_remote_credentials(self, ufrag: str, pwd: str, now: float) -> None:
+        """The peer's ufrag and password, from its offer or answer."""
+        self.now = now
+        if not ufrag or not pwd:
+            raise ValueError("remote ufrag and pwd must not be empty")
+        self.remote_ufrag = ufrag
+        self.remote_pwd = pwd
+        self.checker.release_triggers()
+        self.probing.plan()
+        self.checker.schedule()
+
+    def add_remote_candidate(self, candidate: Candidate | None, now: float) -> None:
+        """A candidate from the peer (trickled or in its offer); None ends them."""
+        self.now = now
+        if self.closed:
+            return
+        if candidate is None:
+            self.remote_end_of_candidates = True
+            self.check_failure()
+            return
+        self.checker.add_remote(candidate)
+
+    def set_remote_mapping(self, profile: MappingProfile | None, now: float) -> None:
+        """The peer's measured mapping (``ice.mapping`` in its offer or answer)."""
+        self.now = now
+        self.remote_mapping = profile
+        self.probing.plan()
+        self.checker.schedule()
+
+    def set_mapping(self, profile: MappingProfile | None, now: float) -> None:
+        """Our own mapping, when it was measured elsewhere."""
+        self.now = now
+        self.mapping = profile
+        self.probing.plan()
+
+    def release_checks(self, now: float) -> None:
+        """End :attr:`hold_checks` and start checking."""
+        self.now = now
+        self.hold_checks = False
+        self.checker.schedule()
+
+    def connect(self, now: float) -> None:
+        """Start the connectivity checks; the outcome is a :class:`PairSelected
+        <holepunch.ice.events.PairSelected>` or a :class:`Failed
+        <holepunch.ice.events.Failed>` event."""
+        self.now = now
+        if self.running or self.closed:
+            return
+        self.running = True
+        self.started_at = now
+        self.timers.set("timeout", now + self.config.checks.connection_timeout)
+        self.probing.plan()
+        self.checker.schedule()
+
+    def remeasure_mapping(self, now: float) -> bool:
+        """On a sequential NAT, learn the latest public port again (one new flow) after
+        other flows moved it; a :class:`MappingMeasured` event says when it is done.
+        False when there is nothing to measure."""
+        self.now = now
+        return self.gatherer.remeasure()
+
+    def socket_opened(self, via: int, local: tuple[str, int], now: float) -> None:
+        """The socket asked for with :class:`SocketWanted` is bound at ``local``."""
+        self.now = now
+        self.open_sockets.add(via)
+        self.probing.socket_opened(via, local)
+
+    def socket_failed(self, via: int, now: float) -> None:
+        """The socket asked for could not be opened; probing goes on without it."""
+        self.now = now
+        self.probing.socket_failed(via)
+
+    def add_relay(
+        self, relayed_address: tuple[str, int], mapped: tuple[str, int], server: str, now: float
+    ) -> int:
+        """A TURN allocation at ``relayed_address``; returns its ``via``."""
+        self.now = now
+        via = self.new_via()
+        self.open_sockets.add(via)
+        self.gatherer.add_relay(via, relayed_address, mapped, server)
+        return via
+
+    def relays_done(self, now: float) -> None:
+        """No more relayed candidates will come: gathering is complete."""
+        self.now = now
+        self.gatherer.finish()
+
+    def send_datagram(self, data: bytes, destination: tuple[str, int], now: float) -> None:
+        """An application datagram, from the selected pair's socket."""
+        self.now = now
+        if self.closed:
+            raise OSError("agent closed")
+        via = self.via_for(self.selected.local) if self.selected is not None else MAIN
+        if via is None or via not in self.open_sockets:
+            raise OSError("socket closed")
+        self.send(data, destination, via)
+
+    def fail(self, error: IceError, now: float) -> None:
+        """Give up: a :class:`Failed` event, and the core closes."""
+        self.now = now
+        if self.closed:
+            return
+        self.running = False
+        self.emit(events.Failed(error))
+        self.close(now)
+
+    def close(self, now: float) -> None:
+        """Stop everything: checks, timers, transactions. The adapter closes sockets."""
+        self.now = now
+        if self.closed:
+            return
+        self.closed = True
+        self.running = False
+        self.timers.clear()
+        self.transactions.cancel_all()
+        self.checker.clear()
+        self.probing.stop()
+        self._outgoing.clear()
+
+    # -- shared by the components --
+
+    @property
+    def gathering_complete(self) -> bool:
+        """Every local candidate, relayed ones too, is known."""
+        return self.gatherer.complete
+
+    @property
+    def stun_complete(self) -> bool:
+        """Every STUN server answered or gave up."""
+        return self.gatherer.stun_complete
+
+    @property
+    def udp_blocked(self) -> bool:
+        """STUN servers were asked over UDP and none answered (known once STUN is done)."""
+        return self.gatherer.udp_blocked
+
+    def new_via(self) -> int:
+        """A fresh socket number."""
+        via, self._next_via = self._next_via, self._next_via + 1
+        return via
+
+    def emit(self, event: events.Event) -> None:
+        """Queue an event for the adapter."""
+        self._events.append(event)
+
+    def send(self, data: bytes, destination: tuple[str, int], via: int) -> None:
+        """Queue a datagram."""
+        self._outgoing.append((data, destination, via))
+
+    def add_local(self, candidate: Candidate, announce: bool = True) -> bool:
+        """Add a local candidate (announced unless ``announce`` is False); False if known."""
+        if any(
+            c.address == candidate.address and c.transport == candidate.transport
+            for c in self.local_candidates
+        ):
+            return False
+        self.local_candidates.append(candidate)
+        if announce:
+            self.emit(events.LocalCandidate(candidate))
+        return True
+
+    def base_for(self, host: str, port: int) -> Candidate:
+        """The host candidate the system sends from toward ``host:port``."""
+        source = self.route((host, port)) if self.route is not None else None
+        if source is not None and source in self.host_bases:
+            return self.host_bases[source]
+        return next(iter(self.host_bases.values()))
+
+    def via_for(self, local: Candidate) -> int | None:
+        """The socket a local candidate sends from (its base's socket, or its relay)."""
+        for via, base in self.socket_bases.items():
+            if base == local or (
+                local.type != "relay"
+                and base.type == "host"
+                and base.port == (local.port if local.type == "host" else local.related_port)
+            ):
+                return via if via in self.open_sockets else None
+        if local.type == "relay":
+            return None
+        return MAIN if MAIN in self.open_sockets else None
+
+    def release_socket(self, via: int) -> None:
+        """An extra socket or relay is no longer used: forget it and ask to close it."""
+        self.socket_bases.pop(via, None)
+        self.open_sockets.discard(via)
+        self.transactions.cancel_all(via)
+        self.emit(events.SocketReleased(via))
+
+    def settled(self) -> bool:
+        """A pair is selected and it is direct: nothing else is worth trying."""
+        return self.selected is not None and not relayed(self.selected)
+
+    def hard_nat_pending(self) -> bool:
+        """Birthday probing is under way or about to start: not a failure yet."""
+        return self.probing.pending()
+
+    def check_failure(self) -> None:
+        """Fail once nothing can succeed any more: every pair failed (or there were
+        none), the peer ended its candidates, ours are gathered, no probing is left."""
+        if (
+            not self.running
+            or self.selected is not None
+            or not self.remote_end_of_candidates
+            or not self.gathering_complete
+            or self.hard_nat_pending()
+        ):
+            return
+        probes = (
+            f" and {self.stats.probes_sent} birthday probes went unanswered"
+            if self.stats.probes_sent
+            else ""
+        )
+        if not len(self.checklist):
+            self.fail(IceError("candidates", f"no candidate pairs to check{probes}"), self.now)
+        elif self.checklist.all_failed():
+            self.fail(
+                IceError(
+                    "connectivity-checks",
+                    f"all {len(self.checklist)} candidate pairs failed{probes}",
+                ),
+                self.now,
+            )
+
+    def set_role(self, controlling: bool) -> None:
+        """Change role (a role conflict, RFC 8445 7.2.5.1 and 7.3.1.1)."""
+        self.controlling = controlling
+        self.checklist.set_role(controlling)
+        self.selector = selector_for(self)
+
+    def start_transaction(
+        self,
+        owner: TransactionOwner,
+        payload: object,
+        *,
+        message: StunMessage,
+        destination: Address,
+        via: int,
+        policy: RetransmissionPolicy,
+        integrity_key: bytes | None = None,
+    ) -> bytes:
+        """Start a STUN transaction whose outcome goes to ``owner.transaction_done``."""
+        return self.transactions.start(
+            message,
+            destination,
+            self.now,
+            via=via,
+            policy=policy,
+            integrity_key=integrity_key,
+            context=(owner, payload),
+        )
+
+    def deliver(self, data: bytes, source: tuple[str, int]) -> None:
+        """Application data: to the connection once selected, kept a little before."""
+        if self.selected is not None:
+            if source == self.selected.remote.address or any(
+                p.remote.address == source for p in self.checklist.valid_pairs()
+            ):
+                self.emit(events.DatagramReceived(data, source))
+                return
+        elif any(p.remote.address == source for p in self.checklist.valid_pairs()) or any(
+            c.address == source for c in self.remote_candidates
+        ):
+            if len(self._early) < self.config.checks.early_datagrams:
+                self._early.append((data, source))
+                return
+        self.stats.data_dropped += 1
+
+    def flush_early(self) -> None:
+        """Deliver what arrived before the pair was selected."""
+        early, self._early = self._early, []
+        for data, source in early:
+            self.deliver(data, source)
+
+    def method(self, pair: CandidatePair) -> str:
+        """How a pair connects, in the names the API reports."""
+        if relayed(pair):
+            return "turn-relay"
+        if pair.tag:
+            return pair.tag
+        mapped = pair.mapped
+        no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
+        if pair.remote.type == "host" and no_nat_here:
+            return "direct"
+        return "udp-hole-punch"
+
+    # -- routing --
+
+    def _stun_received(self, message: StunMessage, source: tuple[str, int], via: int) -> None:
+        if message.message_class in (MessageClass.SUCCESS, MessageClass.ERROR):
+            outcome = self.transactions.receive(message, Address(*source), via)
+            if outcome is False:
+                self.stats.malformed += 1
+            elif isinstance(outcome, TransactionOutcome):
+                self._dispatch(outcome)
+            return
+        if message.message_class == MessageClass.INDICATION:
+            return  # keepalives
+        if message.method != Method.BINDING:
+            self.stats.malformed += 1
+            return
+        self.checker.request_received(message, source, via)
+
+    def _dispatch(self, outcome: TransactionOutcome) -> None:
+        context = outcome.context
+        assert isinstance(context, tuple)
+        owner: TransactionOwner = context[0]
+        owner.transaction_done(outcome, context[1])
+
+    def _fire(self, name: Hashable) -> None:
+        key = name[0] if isinstance(name, tuple) else name
+        if key == "timeout":
+            self._timed_out()
+        elif key in ("pace", "pair-later"):
+            self.checker.timer(name)
+        elif key in ("nominate", "relay"):
+            self.selector.timer(key)
+        elif key in ("probe", "probe-end", "birthday-open"):
+            self.probing.timer(key)
+        elif key in ("consent", "keepalive"):
+            self.consent.timer(key)
+        elif key == "relay-gather":
+            self.gatherer.timer(key)
+
+    def _timed_out(self) -> None:
+        if self.selected is not None:
+            return
+        tried = len(self.checklist)
+        valid = len(self.checklist.valid_pairs())
+        stage = "connectivity-checks" if tried else "candidates"
+        if valid:
+            stage = "nomination"
+        detail = (
+            f"no working path within {self.config.checks.connection_timeout:g}s "
+            f"({tried} pairs tried, {valid} valid, "
+            f"{len(self.remote_candidates)} remote candidates)"
+        )
+        self.fail(IceError(stage, detail), self.now)

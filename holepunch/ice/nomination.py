@@ -1,0 +1,186 @@
+# -*- test-case-name: tests.test_ice_core -*-
+"""Nomination and selection (RFC 8445 8.1), one selector per role, as pion/ice does.
+
+- :class:`ControllingSelector`: regular nomination. Once a pair is valid and no pair of
+  higher priority can still succeed (or after ``nomination_delay``), it checks that pair
+  again with USE-CANDIDATE; the answer selects it. A relayed pair is nominated only after
+  ``relay_wait`` without a direct one (longer while port prediction or birthday probing
+  runs).
+- :class:`ControlledSelector`: a pair is selected when a USE-CANDIDATE request arrives on
+  a valid pair, or when the check of a pair the peer nominated succeeds (this also
+  accepts aggressive nomination).
+
+Both: a direct pair that succeeds after a relayed one was selected replaces it on the
+same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); once a direct
+pair is selected, everything still trying another path stops (probing, other checks,
+losing birthday sockets).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from holepunch.ice import events
+from holepunch.ice.checklist import CandidatePair, relayed
+
+if TYPE_CHECKING:
+    from holepunch.ice.core import IceCore
+
+_log = Logger()
+
+
+class Selector:
+    """What both roles do once a pair is chosen."""
+
+    def __init__(self, core: IceCore) -> None:
+        self.core = core
+
+    def check_succeeded(self, pair: CandidatePair, nominate: bool) -> None:
+        """A check of ours on ``pair`` was answered."""
+        raise NotImplementedError
+
+    def consider(self) -> None:
+        """Nominate if it is time (controlling only)."""
+
+    def timer(self, name: str) -> None:
+        """The nomination delay or the relay wait is over."""
+        core = self.core
+        if core.selected is not None or core.nominating is not None:
+            return
+        best = core.checklist.best_valid()
+        if best is not None:
+            self.nominate(best)
+
+    def nominate(self, pair: CandidatePair) -> None:
+        """Check ``pair`` again with USE-CANDIDATE."""
+        core = self.core
+        core.timers.cancel("nominate")
+        core.nominating = pair
+        _log.debug("nominating {pair}", pair=pair.describe())
+        core.checker.start_check(pair, nominate=True)
+
+    def select(self, pair: CandidatePair) -> None:
+        """``pair`` carries the connection from now on."""
+        core = self.core
+        if core.selected is not None:
+            if pair is not core.selected and relayed(core.selected) and not relayed(pair):
+                self._upgrade(pair)
+            return
+        core.selected = pair
+        core.nominating = None
+        core.timers.cancel("timeout")
+        if not relayed(pair):
+            self._settle(pair)
+        via = core.via_for(pair.local)
+        assert via is not None
+        if pair.local.type == "relay":
+            # Application data through our relay goes as ChannelData (4-byte header)
+            # rather than Send indications (36 bytes) once the pair is selected.
+            core.emit(events.ChannelWanted(via, pair.remote.address))
+        method = core.method(pair)
+        elapsed = core.now - (core.started_at if core.started_at is not None else core.now)
+        _log.info(
+            "selected {pair} as {method} after {ms:.0f} ms",
+            pair=pair.describe(),
+            method=method,
+            ms=elapsed * 1000,
+        )
+        core.emit(events.PairSelected(pair, via, method, elapsed))
+        core.consent.start()
+        core.flush_early()
+
+    def _upgrade(self, pair: CandidatePair) -> None:
+        """Leave the relay for a direct pair that succeeded later (same connection)."""
+        core = self.core
+        core.selected = pair
+        core.nominating = None
+        pair.nominated = True
+        self._settle(pair)
+        core.consent.refresh()
+        method = core.method(pair)
+        via = core.via_for(pair.local)
+        assert via is not None
+        _log.info(
+            "upgraded from the relay to {pair} ({method})", pair=pair.describe(), method=method
+        )
+        core.emit(events.PathChanged(pair, via, method))
+
+    def _settle(self, pair: CandidatePair) -> None:
+        """A direct pair is selected: stop everything still trying another path."""
+        core = self.core
+        core.probing.settle()
+        core.timers.cancel("nominate", "relay")
+        core.checker.cancel_others(pair)
+        keep = core.via_for(pair.local)
+        # Birthday sockets that lost are closed now; the winner carries the connection.
+        for via in core.probing.release_losers(keep):
+            core.release_socket(via)
+
+
+class ControllingSelector(Selector):
+    """Regular nomination by the controlling agent."""
+
+    def check_succeeded(self, pair: CandidatePair, nominate: bool) -> None:
+        core = self.core
+        if core.selected is not None:
+            if pair is core.selected:
+                core.consent.refresh()
+            elif relayed(core.selected) and not relayed(pair):
+                # A direct pair came through while we are on the relay: upgrade to it.
+                if nominate:
+                    self.select(pair)
+                elif core.nominating is None:
+                    self.nominate(pair)
+            return
+        if nominate:
+            pair.nominated = True
+            self.select(pair)
+        else:
+            self.consider()
+
+    def consider(self) -> None:
+        core = self.core
+        if core.selected is not None or core.nominating is not None:
+            return
+        best = core.checklist.best_valid()
+        if best is None:
+            return
+        if relayed(best):
+            direct_pending = core.hard_nat_pending() or any(
+                not relayed(p) for p in core.checklist.pending()
+            )
+            if not direct_pending:
+                self.nominate(best)
+            elif "relay" not in core.timers:
+                relay = core.config.relay
+                wait = relay.wait_hard if core.techniques else relay.wait
+                _log.info("relay works; waiting {s:g}s for a direct path", s=wait)
+                core.timers.set("relay", core.now + wait)
+            return
+        if not core.checklist.higher_pending(best):
+            self.nominate(best)
+        elif "nominate" not in core.timers:
+            core.timers.set("nominate", core.now + core.config.checks.nomination_delay)
+
+
+class ControlledSelector(Selector):
+    """The controlled agent follows the peer's USE-CANDIDATE."""
+
+    def check_succeeded(self, pair: CandidatePair, nominate: bool) -> None:
+        core = self.core
+        if core.selected is not None:
+            if pair is core.selected:
+                core.consent.refresh()
+            elif relayed(core.selected) and not relayed(pair) and pair.remote_nominated:
+                self.select(pair)
+            return
+        if pair.remote_nominated:
+            pair.nominated = True
+            self.select(pair)
+
+
+def selector_for(core: IceCore) -> Selector:
+    """The selector for the core's current role."""
+    return ControllingSelector(core) if core.controlling else ControlledSelector(core)

@@ -1,0 +1,264 @@
+"""Tests for the sans-I/O ICE core: two IceCores wired in memory, datagrams and a clock only.
+
+No reactor and no socket: a Wire moves what one core wants sent into the other core's
+``receive_datagram`` after a fixed latency, and time is a number the test advances.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from holepunch.ice import events
+from holepunch.ice.candidate import make_candidate
+from holepunch.ice.config import IceConfig
+from holepunch.ice.core import IceCore
+from holepunch.ice.timers import Timers
+from holepunch.stun.message import Address, Attr, StunMessage, decode, encode
+from holepunch.stun.transactions import (
+    ClientTransactions,
+    RetransmissionPolicy,
+    StunTimeout,
+    TransactionOutcome,
+)
+
+
+class Wire:
+    """Two cores on two addresses; datagrams arrive after ``latency`` seconds."""
+
+    def __init__(self, a: IceCore, b: IceCore, latency: float = 0.005) -> None:
+        self.cores = {("192.0.2.1", 5000): a, ("192.0.2.2", 6000): b}
+        self.address = {id(a): ("192.0.2.1", 5000), id(b): ("192.0.2.2", 6000)}
+        self.latency = latency
+        self.now = 0.0
+        self.in_flight: list[tuple[float, bytes, tuple[str, int], tuple[str, int]]] = []
+        self.events: dict[int, list[events.Event]] = {id(a): [], id(b): []}
+        self.dropped = 0
+        self.blocked = False
+
+    def flush(self) -> None:
+        for core in self.cores.values():
+            for data, destination, via in core.datagrams_to_send(self.now):
+                assert via == events.MAIN
+                if not self.blocked:
+                    self.in_flight.append(
+                        (self.now + self.latency, data, self.address[id(core)], destination)
+                    )
+            event = core.next_event()
+            while event is not None:
+                self.events[id(core)].append(event)
+                event = core.next_event()
+
+    def run(self, until: float, step: float = 0.001) -> None:
+        """Advance time to ``until``, delivering datagrams and firing timers."""
+        while self.now < until:
+            self.flush()
+            self.now = round(self.now + step, 6)
+            due = [d for d in self.in_flight if d[0] <= self.now]
+            self.in_flight = [d for d in self.in_flight if d[0] > self.now]
+            for _, data, source, destination in due:
+                core = self.cores.get(destination)
+                if core is None:
+                    self.dropped += 1
+                else:
+                    core.receive_datagram(data, source, events.MAIN, self.now)
+            for core in self.cores.values():
+                timer = core.get_timer()
+                if timer is not None and timer <= self.now:
+                    core.handle_timer(self.now)
+        self.flush()
+
+    def of(self, core: IceCore, kind: type) -> list:
+        return [e for e in self.events[id(core)] if isinstance(e, kind)]
+
+
+def pair_of_cores(**checks: float) -> tuple[IceCore, IceCore, Wire]:
+    a = IceCore(True, IceConfig.on("192.0.2.1"), tie_breaker=2)
+    b = IceCore(False, IceConfig.on("192.0.2.2"), tie_breaker=1)
+    for core in (a, b):
+        for name, value in checks.items():
+            setattr(core.config.checks, name, value)
+    wire = Wire(a, b)
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd, 0)
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd, 0)
+    a.start_gathering(["192.0.2.1"], 5000, [], 0)
+    b.start_gathering(["192.0.2.2"], 6000, [], 0)
+    a.connect(0)
+    b.connect(0)
+    return a, b, wire
+
+
+def exchange_candidates(a: IceCore, b: IceCore, wire: Wire) -> None:
+    wire.flush()
+    for src, dst in ((a, b), (b, a)):
+        for event in wire.of(src, events.LocalCandidate):
+            dst.add_remote_candidate(event.candidate, wire.now)
+
+
+class CoreExchangeTests(SynchronousTestCase):
+    """A whole check exchange between two cores, in memory."""
+
+    def test_full_exchange_selects_the_same_pair(self) -> None:
+        """Gathering, checks, nomination: both cores select the direct pair toward each other."""
+        a, b, wire = pair_of_cores()
+        exchange_candidates(a, b, wire)
+        wire.run(0.5)
+        [sa] = wire.of(a, events.PairSelected)
+        [sb] = wire.of(b, events.PairSelected)
+        self.assertEqual(sa.pair.remote.address, ("192.0.2.2", 6000))
+        self.assertEqual(sb.pair.remote.address, ("192.0.2.1", 5000))
+        self.assertEqual((sa.method, sb.method), ("direct", "direct"))
+        self.assertTrue(sa.pair.nominated and sb.pair.nominated)
+        self.assertEqual(wire.of(a, events.Failed) + wire.of(b, events.Failed), [])
+
+    def test_application_data_after_selection(self) -> None:
+        """send_datagram goes out on the selected pair and arrives as DatagramReceived."""
+        a, b, wire = pair_of_cores()
+        exchange_candidates(a, b, wire)
+        wire.run(0.5)
+        a.send_datagram(b"hello", ("192.0.2.2", 6000), wire.now)
+        wire.run(0.6)
+        [got] = wire.of(b, events.DatagramReceived)
+        self.assertEqual((got.data, got.source), (b"hello", ("192.0.2.1", 5000)))
+
+    def test_checks_are_paced(self) -> None:
+        """New checks leave at most one per Ta (here 50 ms)."""
+        a, b, wire = pair_of_cores(ta=0.05)
+        for port in range(7000, 7005):  # five dead remote candidates
+            a.add_remote_candidate(make_candidate("host", "192.0.2.9", port), 0)
+        first_sent: dict[tuple[str, int], float] = {}
+        original = a.datagrams_to_send
+
+        def record(now: float) -> list[tuple[bytes, tuple[str, int], int]]:
+            out = original(now)
+            for data, destination, _ in out:
+                if destination[0] == "192.0.2.9" and _is_request(data):
+                    first_sent.setdefault(destination, now)
+            return out
+
+        a.datagrams_to_send = record  # type: ignore[method-assign]
+        wire.run(0.3)
+        firsts = sorted(first_sent.values())
+        gaps = [round(y - x, 3) for x, y in itertools.pairwise(firsts)]
+        self.assertEqual(len(firsts), 5)
+        # The wire's clock moves in 1 ms steps, so a 50 ms pace can show as 49 ms.
+        self.assertTrue(all(gap >= 0.048 for gap in gaps), gaps)
+
+    def test_role_conflict_resolved_in_memory(self) -> None:
+        """Two controlling cores: the smaller tie-breaker yields (487) and they connect."""
+        a = IceCore(True, IceConfig.on("192.0.2.1"), tie_breaker=2)
+        b = IceCore(True, IceConfig.on("192.0.2.2"), tie_breaker=1)
+        wire = Wire(a, b)
+        a.set_remote_credentials(b.local_ufrag, b.local_pwd, 0)
+        b.set_remote_credentials(a.local_ufrag, a.local_pwd, 0)
+        a.start_gathering(["192.0.2.1"], 5000, [], 0)
+        b.start_gathering(["192.0.2.2"], 6000, [], 0)
+        a.connect(0)
+        b.connect(0)
+        exchange_candidates(a, b, wire)
+        wire.run(1.0)
+        self.assertTrue(a.controlling)
+        self.assertFalse(b.controlling)
+        self.assertEqual(len(wire.of(a, events.PairSelected)), 1)
+        self.assertEqual(len(wire.of(b, events.PairSelected)), 1)
+
+    def test_timeout_without_peer(self) -> None:
+        """With the wire cut, the attempt fails at connection_timeout with a stage and a reason."""
+        a, b, wire = pair_of_cores(connection_timeout=3.0)
+        exchange_candidates(a, b, wire)
+        wire.blocked = True
+        wire.run(3.1, step=0.01)
+        [failed] = wire.of(a, events.Failed)
+        self.assertIn(failed.error.stage, ("connectivity-checks", "nomination"))
+        self.assertTrue(a.closed)
+        self.assertIsNone(a.get_timer())
+
+    def test_forged_check_is_dropped(self) -> None:
+        """A check whose MESSAGE-INTEGRITY uses the wrong password is counted, not answered."""
+        a, b, wire = pair_of_cores()
+        request = StunMessage.request()
+        request.add_string(Attr.USERNAME, f"{a.local_ufrag}:{b.local_ufrag}")
+        request.add_uint32(Attr.PRIORITY, 1)
+        data = encode(request, integrity_key=b"wrong password!!!!!!!!", fingerprint=True)
+        a.receive_datagram(data, ("198.51.100.7", 9), events.MAIN, 0)
+        a.receive_datagram(b"\x00\x01garbage", ("198.51.100.7", 9), events.MAIN, 0)
+        self.assertEqual(a.stats.unauthenticated, 1)
+        self.assertEqual(
+            [d for d in a.datagrams_to_send(0) if d[1][0] == "198.51.100.7"], []
+        )
+
+    def test_consent_lost_after_timeout(self) -> None:
+        """After selection, a silent peer costs consent after consent.timeout and the core closes."""
+        a, b, wire = pair_of_cores()
+        for core in (a, b):
+            core.config.consent.timeout = 6.0
+        exchange_candidates(a, b, wire)
+        wire.run(0.5)
+        wire.blocked = True
+        wire.run(16.0, step=0.01)
+        [lost] = wire.of(a, events.ConsentLost)
+        self.assertGreater(lost.seconds, 6.0)
+        self.assertTrue(a.closed)
+
+
+def _is_request(data: bytes) -> bool:
+    try:
+        return decode(data).message_class.name == "REQUEST"
+    except Exception:
+        return False
+
+
+class TimersTests(SynchronousTestCase):
+    """Named deadlines."""
+
+    def test_earliest_first_and_moving(self) -> None:
+        """due() returns what has come, earliest first; set() again moves a deadline."""
+        timers = Timers()
+        timers.set("b", 2.0)
+        timers.set("a", 1.0)
+        timers.set("c", 3.0)
+        timers.set("c", 0.5)
+        self.assertEqual(timers.get_timer(), 0.5)
+        self.assertEqual(timers.due(2.0), ["c", "a", "b"])
+        self.assertIsNone(timers.get_timer())
+
+
+class ClientTransactionsTests(SynchronousTestCase):
+    """The sans-I/O STUN transaction table."""
+
+    def test_retransmission_schedule(self) -> None:
+        """RTO 0.1 s, Rc 3, Rm 2: sends at 0, 0.1, 0.3, then a timeout at 0.5."""
+        table = ClientTransactions()
+        table.start(
+            StunMessage.request(),
+            Address("192.0.2.9", 3478),
+            0.0,
+            policy=RetransmissionPolicy(rto=0.1, rc=3, rm=2),
+        )
+        sends = [0.0] if table.datagrams_to_send() else []
+        outcomes: list[TransactionOutcome] = []
+        now = 0.0
+        while (at := table.get_timer()) is not None:
+            now = at
+            outcomes.extend(table.handle_timer(now))
+            if table.datagrams_to_send():
+                sends.append(round(now, 6))
+        self.assertEqual(sends, [0.0, 0.1, 0.3])
+        self.assertEqual(round(now, 6), 0.5)
+        [outcome] = outcomes
+        self.assertIsInstance(outcome.error, StunTimeout)
+
+    def test_response_matches_and_ends(self) -> None:
+        """A success response with the transaction's id ends it with the response."""
+        table = ClientTransactions()
+        request = StunMessage.request()
+        table.start(request, Address("192.0.2.9", 3478), 0.0, context="ctx", via=3)
+        response = decode(encode(request.success_response()))
+        self.assertFalse(table.receive(response, Address("192.0.2.9", 3478), via=4))
+        outcome = table.receive(response, Address("192.0.2.9", 3478), via=3)
+        assert isinstance(outcome, TransactionOutcome)
+        self.assertEqual((outcome.context, outcome.via), ("ctx", 3))
+        self.assertIsNotNone(outcome.response)
+        self.assertEqual(len(table), 0)
+        self.assertIsNone(table.get_timer())
