@@ -13,11 +13,11 @@ out, in the shape of aioquic's ``QuicConnection``:
   ``close``, and the answers to its requests (``socket_opened``, ``add_relay``,
   ``relays_done``).
 
-The work is split by concern, one module each: :mod:`~holepunch.ice.gathering`
-(candidates and our mapping), :mod:`~holepunch.ice.checks` (sending and answering
-connectivity checks), :mod:`~holepunch.ice.nomination` (one selector per role),
-:mod:`~holepunch.ice.probing` (port prediction and birthday probing),
-:mod:`~holepunch.ice.consent` (RFC 7675 consent and keepalives). This module keeps the
+The work is split by concern, one module each: :mod:`holepunch.ice.gathering`
+(candidates and our mapping), :mod:`holepunch.ice.checks` (sending and answering
+connectivity checks), :mod:`holepunch.ice.nomination` (one selector per role),
+:mod:`holepunch.ice.probing` (port prediction and birthday probing),
+:mod:`holepunch.ice.consent` (RFC 7675 consent and keepalives). This module keeps the
 state they share and routes datagrams, transactions and timers to them. The Twisted
 adapter is :class:`holepunch.ice.agent.IceAgent`.
 
@@ -285,12 +285,18 @@ class IceCore:
         """The socket asked for with :class:`SocketWanted` is bound at ``local``."""
         self.now = now
         self.open_sockets.add(via)
-        self.probing.socket_opened(via, local)
+        if self.gatherer.owns_socket(via):
+            self.gatherer.socket_opened(via)
+        else:
+            self.probing.socket_opened(via, local)
 
     def socket_failed(self, via: int, now: float) -> None:
         """The socket asked for could not be opened; probing goes on without it."""
         self.now = now
-        self.probing.socket_failed(via)
+        if self.gatherer.owns_socket(via):
+            self.gatherer.socket_failed(via)
+        else:
+            self.probing.socket_failed(via)
 
     def add_relay(
         self, relayed_address: tuple[str, int], mapped: tuple[str, int], server: str, now: float
