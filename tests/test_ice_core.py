@@ -7,6 +7,7 @@ No reactor and no socket: a Wire moves what one core wants sent into the other c
 from __future__ import annotations
 
 import itertools
+import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,6 +17,7 @@ from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.timers import Timers
 from holepunch.stun.message import Address, Attr, StunMessage, decode, encode
+from holepunch.stun.server import StunResponder
 from holepunch.stun.transactions import (
     ClientTransactions,
     RetransmissionPolicy,
@@ -262,3 +264,133 @@ class ClientTransactionsTests(SynchronousTestCase):
         self.assertIsNotNone(outcome.response)
         self.assertEqual(len(table), 0)
         self.assertIsNone(table.get_timer())
+
+
+class MemoryNat:
+    """A NAT in memory: public ports for (socket, destination) flows, by preset."""
+
+    def __init__(self, preset: str, public: str = "203.0.113.5") -> None:
+        self.preset = preset
+        self.public = public
+        self.flows: dict[tuple[int, Address], int] = {}
+        self.counter = 20000
+        self.rng = random.Random(7)
+
+    def port(self, via: int, destination: Address) -> int:
+        key = (via, destination)
+        if self.preset == "eim":
+            key = (via, Address("0.0.0.0", 0))
+        if key not in self.flows:
+            if self.preset == "random":
+                self.flows[key] = self.rng.randrange(1024, 65536)
+            else:
+                self.counter += 1
+                self.flows[key] = self.counter
+        return self.flows[key]
+
+
+def gather_behind(
+    preset: str, servers: list[Address], answering: set[Address] | None = None
+) -> tuple[IceCore, MemoryNat, list[Address]]:
+    """Gather behind a MemoryNat; STUN servers answer (sans-I/O StunResponders) where
+    ``answering`` says (default: every server and, RFC 5780 aside, nothing else)."""
+    nat = MemoryNat(preset)
+    responders = {s: StunResponder(s) for s in (answering or set(servers))}
+    core = IceCore(True, IceConfig.on("10.0.0.2"), tie_breaker=1)
+    core.start_gathering(["10.0.0.2"], 5000, servers, 0)
+    asked: list[Address] = []
+    now = 0.0
+    for _ in range(200):
+        for data, destination, via in core.datagrams_to_send(now):
+            target = Address(*destination)
+            if _is_request(data) and target not in asked:
+                asked.append(target)
+            responder = responders.get(target)
+            if responder is None:
+                continue
+            source = Address(nat.public, nat.port(via, target))
+            reply = responder.handle(data, source, target, now)
+            assert reply is not None
+            core.receive_datagram(reply.data, destination, via, now)
+        if core.stun_complete:
+            break
+        timer = core.get_timer()
+        assert timer is not None
+        now = timer
+        core.handle_timer(now)
+    return core, nat, asked
+
+
+class MappingWithoutRfc5780Tests(SynchronousTestCase):
+    """Our mapping, measured from ordinary one-address STUN servers."""
+
+    ONE = Address("198.51.100.1", 3478)
+    TWO = Address("198.51.100.2", 3478)
+
+    def test_two_servers_sequential(self) -> None:
+        """Two servers on different addresses: ports one apart make a sequential mapping."""
+        core, nat, _ = gather_behind("sequential", [self.ONE, self.TWO])
+        mapping = core.mapping
+        assert mapping is not None
+        self.assertTrue(mapping.sequential)
+        self.assertEqual((mapping.delta, mapping.last_port), (1, nat.counter))
+        self.assertEqual(core.gatherer.evidence[0], "stun:198.51.100.1:3478")
+
+    def test_two_servers_endpoint_independent(self) -> None:
+        """The same public port toward both servers: endpoint-independent."""
+        core, _, _ = gather_behind("eim", [self.ONE, self.TWO])
+        assert core.mapping is not None
+        self.assertTrue(core.mapping.endpoint_independent)
+
+    def test_two_servers_random(self) -> None:
+        """Random ports: neither sequential nor endpoint-independent."""
+        core, _, _ = gather_behind("random", [self.ONE, self.TWO])
+        assert core.mapping is not None
+        self.assertTrue(core.mapping.random)
+
+    def test_lone_server_second_port(self) -> None:
+        """One server (the daemon on 3478 and 3479): its port + 1 is the second sample."""
+        second = Address(self.ONE.host, 3479)
+        core, nat, asked = gather_behind("sequential", [self.ONE], {self.ONE, second})
+        self.assertEqual(asked, [self.ONE, second])
+        assert core.mapping is not None
+        self.assertEqual((core.mapping.delta, core.mapping.last_port), (1, nat.counter))
+        srflx = [c for c in core.local_candidates if c.type == "srflx"]
+        self.assertEqual(len(srflx), 1, "the second port gives no extra candidate")
+
+    def test_lone_server_without_second_port(self) -> None:
+        """A public-style server with nothing on port + 1: no guess, and STUN still ends."""
+        core, _, asked = gather_behind("sequential", [self.ONE])
+        self.assertEqual(len(asked), 2)
+        self.assertIsNone(core.mapping)
+        self.assertTrue(core.stun_complete)
+
+    def test_remeasure_from_a_fresh_socket(self) -> None:
+        """With no unused server destination, the re-measure opens a fresh socket; a
+        sequential NAT's shared counter gives the latest port."""
+        core, nat, _ = gather_behind("sequential", [self.ONE, self.TWO])
+        for _ in range(3):  # other flows (TCP, say) move the counter
+            nat.port(9, Address("192.0.2.77", nat.counter))
+        self.assertTrue(core.remeasure_mapping(5.0))
+        [wanted] = [e for e in _drain(core) if isinstance(e, events.SocketWanted)]
+        core.socket_opened(wanted.via, ("10.0.0.2", 5001), 5.0)
+        [(data, destination, via)] = core.datagrams_to_send(5.0)
+        self.assertEqual(via, wanted.via)
+        target = Address(*destination)
+        reply = StunResponder(target).handle(
+            data, Address(nat.public, nat.port(via, target)), target, 5.0
+        )
+        assert reply is not None
+        core.receive_datagram(reply.data, destination, via, 5.0)
+        after = _drain(core)
+        self.assertIn(events.SocketReleased(wanted.via), after)
+        self.assertTrue(any(isinstance(e, events.MappingMeasured) for e in after))
+        assert core.mapping is not None
+        self.assertEqual(core.mapping.last_port, nat.counter)
+
+
+def _drain(core: IceCore) -> list[events.Event]:
+    out = []
+    while (event := core.next_event()) is not None:
+        out.append(event)
+    return out

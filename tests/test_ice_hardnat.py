@@ -14,6 +14,7 @@ from holepunch.ice.hardnat import (
     birthday_success,
     plan,
     predicted_ports,
+    profile_from_flows,
 )
 from holepunch.nat.model import PortAllocation
 from holepunch.stun.message import Attr, decode
@@ -46,12 +47,26 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(predicted_ports(down, 5), [1025, 1024])
         self.assertEqual(predicted_ports(RANDOM, 5), [])
 
-    def test_profile_from_ports(self) -> None:
-        """Equal ports: endpoint-independent; +1 steps: sequential; otherwise random."""
-        self.assertTrue(MappingProfile.from_ports("192.0.2.1", [5, 5, 5]).endpoint_independent)
-        seq = MappingProfile.from_ports("192.0.2.1", [20000, 20001, 20002])
+    def test_profile_from_flows(self) -> None:
+        """Equal ports: endpoint-independent; on a small-step line: sequential (unanswered
+        flows count toward the last port); otherwise random; one flow says nothing."""
+        host = "192.0.2.1"
+        self.assertTrue(profile_from_flows(host, [(0, 5), (1, 5)], 2).endpoint_independent)
+        seq = profile_from_flows(host, [(0, 20000), (1, 20001), (2, 20002)], 3)
+        assert seq is not None
         self.assertEqual((seq.sequential, seq.delta, seq.last_port), (True, 1, 20002))
-        self.assertTrue(MappingProfile.from_ports("192.0.2.1", [40000, 1234, 60000]).random)
+        gap = profile_from_flows(host, [(0, 20000), (2, 20004)], 4)
+        assert gap is not None
+        self.assertEqual((gap.delta, gap.last_port), (2, 20006))
+        two = profile_from_flows(host, [(1, 30000), (0, 30003)], 2)
+        assert two is not None
+        self.assertEqual((two.delta, two.last_port), (-3, 30000))
+        for samples in ([(0, 40000), (1, 1234), (2, 60000)], [(0, 40000), (1, 40100)]):
+            profile = profile_from_flows(host, samples, len(samples))
+            assert profile is not None
+            self.assertTrue(profile.random, samples)
+        self.assertTrue(profile_from_flows(host, [(0, 20000), (1, 20001), (2, 20005)], 3).random)
+        self.assertIsNone(profile_from_flows(host, [(0, 20000)], 2))
 
     def test_profile_json(self) -> None:
         """to_json/from_json round trip; garbage raises ValueError."""

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState
+from holepunch.ice.events import MAIN
 from holepunch.stun.message import Address, Attr, Method, StunDecodeError, StunMessage, encode
 from holepunch.stun.transactions import (
     RetransmissionPolicy,
@@ -267,6 +268,8 @@ class Checker:
                 "prflx", mapped.host, mapped.port, base=(pair.local.host, pair.local.port)
             )
             core.add_local(prflx, announce=False)
+            if core.via_for(pair.local) == MAIN:
+                core.gatherer.peer_sample(destination, mapped)
         if first_success:
             _log.info("pair valid: {pair} (rtt {rtt:.1f} ms)", pair=pair.describe(), rtt=rtt * 1000)
         was_selected = core.selected is not None

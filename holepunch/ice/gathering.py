@@ -5,8 +5,14 @@ NAT's mapping, for the sans-I/O :class:`IceCore <holepunch.ice.core.IceCore>`.
 - Host candidates: one per local address, all on the main socket (RFC 8445 5.1.1.1).
 - Server-reflexive candidates: a Binding request to each STUN server from the main
   socket, so the mapping learned is the one the checks will use (5.1.1.2).
-- Our mapping (for :mod:`holepunch.ice.hardnat`): the public ports of several new flows
-  from the same socket say whether the NAT maps per destination and how it allocates.
+- Our mapping (for :mod:`holepunch.ice.hardnat`): every Binding from the main socket to a
+  destination it had not used is a new flow, and the public ports of those flows say
+  whether the NAT maps per destination and how it allocates
+  (:func:`holepunch.ice.hardnat.profile_from_flows`). The flows are the ones gathering
+  makes anyway (one per configured STUN server; the defaults are two servers), plus the
+  second port of a lone server (port + 1: the daemon answers on 3478 and 3479), plus a
+  server's RFC 5780 OTHER-ADDRESS where it has one. The answers of the peer's checks
+  (our mapping toward the peer) are samples too.
 - Relayed candidates: the core asks its adapter for TURN allocations
   (:class:`RelaysWanted <holepunch.ice.events.RelaysWanted>`) once STUN is done; on a
   sequential NAT only after the predicted checks went out, since an allocation is one
@@ -18,7 +24,7 @@ Candidates are announced as they are found (trickle ICE), then end-of-candidates
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -26,10 +32,10 @@ from twisted.logger import Logger
 from holepunch.ice import events
 from holepunch.ice.candidate import make_candidate
 from holepunch.ice.events import MAIN
-from holepunch.ice.hardnat import MappingProfile
+from holepunch.ice.hardnat import profile_from_flows
 from holepunch.stun.client import parse_binding_response
 from holepunch.stun.message import Address, StunDecodeError, StunMessage
-from holepunch.stun.transactions import TransactionOutcome
+from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
 
 if TYPE_CHECKING:
     from holepunch.ice.core import IceCore
@@ -40,23 +46,25 @@ _AFTER_PREDICTIONS = 4.0
 """The longest the relay allocation waits for the predicted checks to go out."""
 
 
-@dataclass
-class _Srflx:
-    server: Address
+_SECOND_PORT_POLICY = RetransmissionPolicy(rto=0.1, rc=2, rm=4)
+"""A lone server's port + 1 may not answer (only some servers listen there): ~0.5 s."""
 
 
 @dataclass
-class _Probe:
-    server: Address
-    other: Address
-    host: str
-    ports: list[int]
-    targets: list[Address] = field(default_factory=list)
+class _Flow:
+    """A Binding from the main socket to a destination it had not used: a new flow."""
+
+    index: int
+    target: Address
+    kind: str
+    """``stun`` (a configured server: a server-reflexive candidate too), ``second-port``
+    (a lone server's port + 1) or ``rfc5780`` (a server's OTHER-ADDRESS)."""
 
 
 @dataclass
 class _Remeasure:
     target: Address
+    via: int
 
 
 class Gatherer:
@@ -67,8 +75,17 @@ class Gatherer:
         self.stun_complete = False
         self.complete = False
         self.stun_answers = 0
-        self._servers_pending = 0
-        self._probe_targets: tuple[Address, Address] | None = None
+        self.samples: list[tuple[int, int]] = []
+        """``(flow, public port)`` of the main socket's answered new flows, in order."""
+        self.evidence: list[str] = []
+        """Where each sample came from (``stun:host:port``, ``second-port:...``,
+        ``rfc5780:...``, ``peer:...``)."""
+        self._flows: dict[Address, int] = {}
+        self._mapped_host: str | None = None
+        self._pending = 0
+        self._rfc5780: tuple[Address, Address] | None = None
+        self._servers: list[Address] = []
+        self._remeasure: _Remeasure | None = None
         self._relay_deadline = 0.0
 
     @property
@@ -81,79 +98,123 @@ class Gatherer:
         )
 
     def start(self, hosts: Sequence[str], port: int, servers: Sequence[Address]) -> None:
-        """Host candidates now; a Binding to each STUN server."""
+        """Host candidates now; a Binding to each STUN server (and a lone server's
+        second port, for the mapping)."""
         core = self.core
         for preference, host in enumerate(hosts):
             candidate = make_candidate("host", host, port, local_preference=65535 - preference)
             core.host_bases[host] = candidate
             core.add_local(candidate)
         core.checker.pair_all()
-        self._servers_pending = len(servers)
-        for server in servers:
-            self._binding(server, _Srflx(server))
-        if not servers:
+        self._servers = list(dict.fromkeys(servers))
+        for server in self._servers:
+            self._new_flow(server, "stun")
+        if self._measuring() and len(self._servers) == 1 and self._servers[0].port < 65535:
+            lone = self._servers[0]
+            self._new_flow(
+                Address(lone.host, lone.port + 1), "second-port", policy=_SECOND_PORT_POLICY
+            )
+        if not self._pending:
             self._stun_done()
 
-    def _binding(self, target: Address, payload: object) -> None:
-        """One STUN Binding from the main socket (a new flow toward ``target``)."""
+    def _measuring(self) -> bool:
+        return self.core.config.gathering.probe_mapping and self.core.mapping is None
+
+    def _new_flow(
+        self,
+        target: Address,
+        kind: str,
+        *,
+        policy: RetransmissionPolicy | None = None,
+    ) -> None:
+        """One STUN Binding from the main socket to a destination it had not used."""
+        flow = _Flow(len(self._flows), target, kind)
+        self._flows[target] = flow.index
+        self._pending += 1
         self.core.start_transaction(
             self,
-            payload,
+            flow,
             message=StunMessage.request(),
             destination=target,
             via=MAIN,
-            policy=self.core.config.gathering.policy,
+            policy=policy or self.core.config.gathering.policy,
         )
 
     def transaction_done(self, outcome: TransactionOutcome, payload: object) -> None:
         """A Binding to a STUN server ended."""
-        mapped: Address | None = None
         result = None
         if outcome.response is not None:
             try:
                 result = parse_binding_response(outcome.response)
-                mapped = result.mapped
             except StunDecodeError as e:
                 outcome = replace(outcome, response=None, error=e)
-        if isinstance(payload, _Srflx):
-            if result is None:
-                _log.info(
-                    "STUN server {server} gave no reflexive address: {err}",
-                    server=(payload.server.host, payload.server.port),
-                    err=outcome.error,
-                )
-                self._server_done()
-                return
-            self._reflexive(payload.server, result.mapped)
+        if isinstance(payload, _Remeasure):
+            self._remeasured(payload, result.mapped if result is not None else None, outcome)
+            return
+        assert isinstance(payload, _Flow)
+        target = (payload.target.host, payload.target.port)
+        if result is None:
+            _log.info(
+                "{what} {target} gave no reflexive address: {err}",
+                what="STUN server" if payload.kind == "stun" else f"{payload.kind} probe to",
+                target=target,
+                err=outcome.error,
+            )
+        else:
+            self._sample(payload.index, result.mapped, f"{payload.kind}:{target[0]}:{target[1]}")
+            if payload.kind == "stun":
+                self._reflexive(payload.target, result.mapped)
             other = result.other_address
-            if self.core.config.gathering.probe_mapping and self.core.mapping is None:
-                server = payload.server
-                if other is not None and other.host != server.host and other.port != server.port:
-                    probe = _Probe(server, other, result.mapped.host, [result.mapped.port])
-                    probe.targets = [Address(other.host, server.port), other]
-                    self._binding(probe.targets.pop(0), probe)
-                    return
-            self._server_done()
-        elif isinstance(payload, _Probe):
-            if mapped is None:
-                _log.info(
-                    "mapping probe to {t} failed: {err}", t=outcome.destination, err=outcome.error
-                )
-            else:
-                payload.ports.append(mapped.port)
-                if payload.targets:
-                    self._binding(payload.targets.pop(0), payload)
-                    return
-            self._measured(payload)
-            self._server_done()
-        elif isinstance(payload, _Remeasure):
-            core = self.core
-            if mapped is None:
-                _log.info("mapping re-measure failed: {err}", err=outcome.error)
-            elif core.mapping is not None:
-                core.mapping = replace(core.mapping, last_port=mapped.port)
-                _log.info("our mapping's last port is now {port}", port=mapped.port)
-            core.emit(events.MappingMeasured())
+            if (
+                other is not None
+                and self._measuring()
+                and self._rfc5780 is None
+                and other.host != payload.target.host
+                and other.port != payload.target.port
+            ):
+                # RFC 5780: two more destinations of the same server, both new flows.
+                self._rfc5780 = (payload.target, other)
+                for probe in (Address(other.host, payload.target.port), other):
+                    if probe not in self._flows:
+                        self._new_flow(probe, "rfc5780")
+        self._pending -= 1
+        if self._pending <= 0 and not self.stun_complete:
+            self._stun_done()
+
+    def _sample(self, index: int, mapped: Address, evidence: str) -> None:
+        self.samples.append((index, mapped.port))
+        self.evidence.append(evidence)
+        if self._mapped_host is None:
+            self._mapped_host = mapped.host
+
+    def peer_sample(self, destination: Address, mapped: Address) -> None:
+        """A check from the main socket to ``destination`` was answered: ``mapped`` is our
+        mapping toward the peer. A new destination is one more sample; with no mapping
+        measured yet (one STUN server, say), it may now be known."""
+        if destination in self._flows or not self.stun_complete:
+            return
+        index = len(self._flows)
+        self._flows[destination] = index
+        self._sample(index, mapped, f"peer:{destination.host}:{destination.port}")
+        if self._measuring():
+            self._measure()
+
+    def _measure(self) -> None:
+        """Our mapping from the samples, when they tell."""
+        core = self.core
+        if self._mapped_host is None:
+            return
+        profile = profile_from_flows(self._mapped_host, self.samples, len(self._flows))
+        if profile is None:
+            return
+        core.mapping = profile
+        _log.info(
+            "our mapping: {profile} (from {evidence})",
+            profile=profile,
+            evidence=", ".join(self.evidence),
+        )
+        core.probing.plan()
+        core.emit(events.MappingMeasured())
 
     def _reflexive(self, server: Address, mapped: Address) -> None:
         core = self.core
@@ -171,39 +232,81 @@ class Gatherer:
             if core.add_local(srflx):
                 _log.debug("server-reflexive candidate {c}", c=srflx.to_sdp())
 
-    def _measured(self, probe: _Probe) -> None:
-        """Our mapping from the ports of the probe's flows (RFC 5780 OTHER-ADDRESS)."""
-        ports = probe.ports
-        if len(ports) < 3 and len(set(ports)) == 1:
-            return  # one sample: say nothing rather than guess
-        core = self.core
-        self._probe_targets = (probe.server, probe.other)
-        core.mapping = MappingProfile.from_ports(probe.host, ports)
-        _log.info("our mapping: ports {ports} -> {profile}", ports=ports, profile=core.mapping)
-        core.probing.plan()
-        core.emit(events.MappingMeasured())
-
     def remeasure(self) -> bool:
-        """One new flow to a destination the probe did not use, for the latest port."""
+        """One new flow, for the latest public port of a sequential NAT.
+
+        To a destination of a server the socket has not used (RFC 5780's other port) when
+        there is one; otherwise from a fresh socket to a server: a sequential NAT's counter
+        is shared by all flows, so the port that flow gets is the latest one too.
+        """
         core = self.core
         mapping = core.mapping
-        if mapping is None or not mapping.sequential or self._probe_targets is None:
+        if core.closed or mapping is None or not mapping.sequential or self._remeasure:
             return False
-        if core.closed:
+        fresh = sorted(self._rfc5780_destinations() - set(self._flows))
+        if fresh:
+            target = fresh[0]
+            self._flows[target] = len(self._flows)
+            self._remeasure = _Remeasure(target, MAIN)
+            self._start_remeasure()
+        elif self._servers:
+            self._remeasure = _Remeasure(self._servers[0], core.new_via())
+            core.emit(events.SocketWanted(self._remeasure.via))
+        else:
             return False
-        server, other = self._probe_targets
-        self._probe_targets = None  # used now; a second call would not be a new flow
-        target = Address(server.host, other.port)
-        self._binding(target, _Remeasure(target))
         return True
 
-    def _server_done(self) -> None:
-        self._servers_pending -= 1
-        if self._servers_pending <= 0 and not self.stun_complete:
-            self._stun_done()
+    def _rfc5780_destinations(self) -> set[Address]:
+        """Destinations known to answer: the RFC 5780 server's two addresses crossed
+        with its two ports."""
+        if self._rfc5780 is None:
+            return set()
+        server, other = self._rfc5780
+        return {Address(h, p) for h in (server.host, other.host) for p in (server.port, other.port)}
+
+    def owns_socket(self, via: int) -> bool:
+        """``via`` is the re-measure's fresh socket."""
+        return self._remeasure is not None and self._remeasure.via == via != MAIN
+
+    def socket_opened(self, via: int) -> None:
+        """The fresh socket for the re-measure is open."""
+        self._start_remeasure()
+
+    def socket_failed(self, via: int) -> None:
+        """No fresh socket: the mapping stays as measured."""
+        self._remeasure = None
+        self.core.emit(events.MappingMeasured())
+
+    def _start_remeasure(self) -> None:
+        remeasure = self._remeasure
+        assert remeasure is not None
+        self.core.start_transaction(
+            self,
+            remeasure,
+            message=StunMessage.request(),
+            destination=remeasure.target,
+            via=remeasure.via,
+            policy=self.core.config.gathering.policy,
+        )
+
+    def _remeasured(
+        self, remeasure: _Remeasure, mapped: Address | None, outcome: TransactionOutcome
+    ) -> None:
+        core = self.core
+        self._remeasure = None
+        if remeasure.via != MAIN:
+            core.release_socket(remeasure.via)
+        if mapped is None:
+            _log.info("mapping re-measure failed: {err}", err=outcome.error)
+        elif core.mapping is not None:
+            core.mapping = replace(core.mapping, last_port=mapped.port)
+            _log.info("our mapping's last port is now {port}", port=mapped.port)
+        core.emit(events.MappingMeasured())
 
     def _stun_done(self) -> None:
         core = self.core
+        if self._measuring():
+            self._measure()
         self.stun_complete = True
         core.emit(events.StunComplete())
         core.checker.schedule()

@@ -1,10 +1,13 @@
 # -*- test-case-name: tests.test_ice_hardnat -*-
 """Hard NATs: which extra technique a pair of peers needs, and its arithmetic.
 
-Pure rules, no sockets. The agent measures its own mapping during gathering (three
-Binding requests from its one socket, to the server's primary address and to its RFC
-5780 OTHER-ADDRESS, so three new flows) and sends the result in its offer or answer as
-``ice.mapping``. With both sides' profiles, :func:`plan` says what to add to plain ICE:
+Pure rules, no sockets. The agent measures its own mapping during gathering: Binding
+requests from its one socket to destinations that differ in address or port (every
+configured STUN server, a single server's second port, and a server's RFC 5780
+OTHER-ADDRESS where it has one) are new flows, and their public ports say whether the
+NAT maps per destination and how it allocates (:func:`profile_from_flows`). It sends the
+result in its offer or answer as ``ice.mapping``. With both sides' profiles,
+:func:`plan` says what to add to plain ICE:
 
 - **Port prediction** when the peer's NAT allocates sequentially (delta ``d``): its next
   flows will leave from ``last + d``, ``last + 2d``, ... so we add those as predicted
@@ -24,12 +27,17 @@ Random against random (or against a sequential NAT) has no direct path: a relay 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from holepunch.nat.model import PortAllocation, port_allocation
+from holepunch.nat.model import PortAllocation
 
 PORT_RANGE = (1024, 65535)
+
+MAX_STEP = 16
+"""The largest per-flow step still taken for a sequential allocator (as
+:func:`holepunch.nat.model.port_allocation` does)."""
 """Public ports a NAT may hand out (what the easy side probes)."""
 
 
@@ -51,16 +59,6 @@ class MappingProfile:
     endpoint_independent: bool
     allocation: PortAllocation
     delta: int | None = None
-
-    @classmethod
-    def from_ports(cls, address: str, ports: list[int]) -> MappingProfile:
-        """From the public ports of successive new flows (oldest first)."""
-        if not ports:
-            raise ValueError("no ports")
-        if len(set(ports)) == 1:
-            return cls(address, ports[-1], True, PortAllocation.PRESERVING, 0)
-        allocation, delta = port_allocation(ports)
-        return cls(address, ports[-1], False, allocation, delta)
 
     @property
     def sequential(self) -> bool:
@@ -109,6 +107,40 @@ class MappingProfile:
         if not 0 < port < 65536 or (profile.delta is not None and abs(profile.delta) > 1000):
             raise ValueError("mapping port or delta out of range")
         return profile
+
+
+def profile_from_flows(
+    address: str, samples: Sequence[tuple[int, int]], flows: int
+) -> MappingProfile | None:
+    """Our mapping from the answered flows of one socket, or None when they cannot tell.
+
+    ``samples`` are ``(flow, public port)`` for the flows that were answered, where
+    ``flow`` numbers the socket's new flows (each to a destination it had not used) in
+    the order they were made, and ``flows`` is how many were made in all (answered or
+    not). Two destinations are enough: the same public port toward both means the NAT
+    maps endpoint-independently. Otherwise the ports must sit on one line, ``port =
+    first + delta * flow`` with ``0 < |delta| <= MAX_STEP``, for a sequential allocator
+    (from two samples that is a guess a random allocator passes by chance about once in
+    two thousand); anything else is random. For a sequential NAT the last port is where
+    the line is at the last flow made, so unanswered flows still count.
+    """
+    ordered = sorted(samples)
+    if len({flow for flow, _ in ordered}) < 2:
+        return None
+    ports = [port for _, port in ordered]
+    if len(set(ports)) == 1:
+        return MappingProfile(address, ports[-1], True, PortAllocation.PRESERVING, 0)
+    (first_flow, first_port), (second_flow, second_port) = ordered[0], ordered[1]
+    step, remainder = divmod(second_port - first_port, second_flow - first_flow)
+    on_line = (
+        remainder == 0
+        and 0 < abs(step) <= MAX_STEP
+        and all(port == first_port + step * (flow - first_flow) for flow, port in ordered)
+    )
+    if on_line:
+        last = first_port + step * (max(flows, ordered[-1][0] + 1) - 1 - first_flow)
+        return MappingProfile(address, last, False, PortAllocation.SEQUENTIAL, step)
+    return MappingProfile(address, ports[-1], False, PortAllocation.RANDOM, None)
 
 
 def plan(local: MappingProfile | None, remote: MappingProfile | None) -> set[Technique]:
