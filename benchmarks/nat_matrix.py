@@ -10,6 +10,8 @@ docs/nat-matrix.md, with ``--json`` the raw results.
     python benchmarks/nat_matrix.py --runs 5 --markdown
     python benchmarks/nat_matrix.py --runs 3 --turn --markdown    # with coturn as TURN
     python benchmarks/nat_matrix.py --rows symmetric-random --cols port-restricted --runs 20
+    python benchmarks/nat_matrix.py --setup one-address --runs 3 --markdown  # README daemon
+    python benchmarks/nat_matrix.py --setup public-style --runs 3 --markdown
 
 Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl-C).
 """
@@ -29,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from holepunch.testing.natlab import PRESETS, LabHost, NatLab
-from holepunch.testing.peers import run_connect, start_lab_daemon
+from holepunch.testing.peers import SETUPS, LabServers, run_connect, start_lab_servers
 
 SHORT = {
     "open": "open",
@@ -76,10 +78,18 @@ def run_once(
     url: str,
     names: tuple[str, str],
     timeout: float,
-    extra: tuple[str, ...] = (),
+    servers: LabServers,
 ) -> dict[str, Any]:
     """One connect; method (both sides'), offerer's connect time, probes, wall time."""
-    result = run_connect(a, b, url, names=names, timeout=timeout, extra_args=extra)
+    result = run_connect(
+        a,
+        b,
+        url,
+        names=names,
+        timeout=timeout,
+        stun_servers=servers.stun_servers,
+        extra_args=servers.turn_args(),
+    )
     if result["ok"]:
         ours, theirs = result["method"], result["other"]["method"]
         result["method"] = ours if ours == theirs else f"{ours}/{theirs}"
@@ -89,18 +99,19 @@ def run_once(
 
 
 def measure(
-    rows: list[str], cols: list[str], runs: int, timeout: float, parallel: int, turn: bool
+    rows: list[str],
+    cols: list[str],
+    runs: int,
+    timeout: float,
+    parallel: int,
+    turn: bool,
+    setup: str = "rfc5780",
 ) -> list[Cell]:
     """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair."""
     cells = [Cell(r, c) for r in rows for c in cols]
     with NatLab() as lab:
-        url = start_lab_daemon(lab)
-        extra: tuple[str, ...] = ()
-        if turn:
-            coturn = lab.start_coturn()
-            uri = f"turn:u:p@{coturn.address}:{coturn.port}"
-            # UDP first, TCP for hosts whose UDP is blocked (as the seed's example 4).
-            extra = ("--turn-server", uri, "--turn-server", uri + "?transport=tcp")
+        servers = start_lab_servers(lab, setup, turn)
+        url = servers.url
         slots = []
         for i in range(parallel):
             slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))
@@ -119,7 +130,7 @@ def measure(
                             url,
                             (f"o{run}x{start + k}", f"a{run}x{start + k}"),
                             timeout,
-                            extra,
+                            servers,
                         ): cell
                         for k, cell in enumerate(batch)
                     }
@@ -170,11 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=20.0, help="connect --timeout")
     parser.add_argument("--parallel", type=int, default=4, help="cells at a time")
     parser.add_argument("--turn", action="store_true", help="give every peer coturn as TURN")
+    parser.add_argument(
+        "--setup",
+        choices=SETUPS,
+        default="rfc5780",
+        help="the servers: the daemon with RFC 5780 (two addresses); the daemon on one "
+        "address with its defaults, clients given only the signaling URL; or two "
+        "one-address STUN servers without RFC 5780 (daemon and coturn)",
+    )
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    cells = measure(args.rows, args.cols, args.runs, args.timeout, args.parallel, args.turn)
+    cells = measure(
+        args.rows, args.cols, args.runs, args.timeout, args.parallel, args.turn, args.setup
+    )
     if args.json:
         print(json.dumps([c.summary() for c in cells], indent=1))
     if args.markdown or not args.json:

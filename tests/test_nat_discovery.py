@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from twisted.internet import defer, reactor, utils
+from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import TestCase
 
 from holepunch.nat.discovery import DiscoveryTimers, discover_nat
@@ -93,6 +94,35 @@ class LoopbackDiscoveryTests(TestCase):
             )
         )
         self.assertEqual(info.mapping, Behavior.ENDPOINT_INDEPENDENT)
+
+    def consecutive_servers(self) -> tuple[StunServerService, StunServerService]:
+        """Two plain servers on 127.0.0.1, on ports p and p + 1 (as the daemon's 3478/3479)."""
+        for _ in range(20):
+            first = self.server(alternate=False)
+            port = first.responder.primary.port
+            second = StunServerService(StunResponder(Address("127.0.0.1", port + 1)), reactor)
+            try:
+                second.startService()
+            except CannotListenError:
+                continue
+            self.addCleanup(second.stopService)
+            return first, second
+        raise self.failureException("no two consecutive free UDP ports")
+
+    @defer.inlineCallbacks
+    def test_lone_server_second_port(self) -> Any:
+        """Given one server, its port + 1 is asked too: two destinations measure mapping,
+        and the report says so (evidence) and what one address cannot tell (notes)."""
+        first, second = self.consecutive_servers()
+        info = yield defer.ensureDeferred(
+            discover_nat(reactor, [first.responder.primary], interface="127.0.0.1", timers=FAST)
+        )
+        self.assertEqual(info.mapping, Behavior.ENDPOINT_INDEPENDENT)
+        self.assertGreaterEqual(second.responder.stats.requests, 1)
+        port = first.responder.primary.port
+        [mapping] = [e for e in info.evidence if e.startswith("mapping: ")]
+        self.assertIn(f"127.0.0.1:{port}, 127.0.0.1:{port + 1}", mapping)
+        self.assertTrue(any("second address" in note for note in info.notes), info.notes)
 
     @defer.inlineCallbacks
     def test_no_server_answers(self) -> Any:

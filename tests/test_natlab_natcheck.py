@@ -15,6 +15,8 @@ from twisted.trial.unittest import TestCase
 
 from holepunch.testing.natlab import (
     PRESETS,
+    PUBLIC_A,
+    PUBLIC_B,
     LabHost,
     NatLab,
     coturn_unavailable_reason,
@@ -37,13 +39,28 @@ EXPECTED: dict[str, tuple[str, str, str, str, int | None]] = {
 }
 
 
+# Two one-address servers without RFC 5780: filtering cannot be measured (so every cone is
+# reported port-restricted, the strictest), mapping differs between the two addresses on a
+# symmetric NAT, and the allocation comes from two new flows of one socket.
+EXPECTED_ORDINARY: dict[str, tuple[str, str, str, str, int | None]] = {
+    "open": ("open", EI, "unknown", "preserving", 0),
+    "full-cone": ("port-restricted", EI, "unknown", "preserving", 0),
+    "restricted-cone": ("port-restricted", EI, "unknown", "preserving", 0),
+    "port-restricted": ("port-restricted", EI, "unknown", "preserving", 0),
+    "symmetric-sequential": ("symmetric", AD, "unknown", "sequential", 1),
+    "symmetric-random": ("symmetric", AD, "unknown", "random", None),
+    "udp-blocked": ("udp-blocked", "unknown", "unknown", "unknown", None),
+}
+
+
 def run_everywhere(
-    hosts: dict[str, LabHost], server: str
+    hosts: dict[str, LabHost], *servers: str
 ) -> dict[str, tuple[dict[str, Any] | None, str]]:
     """Run nat-check --json in every host at once; preset -> (parsed JSON or None, stderr)."""
     procs = {}
+    stun = [arg for server in servers for arg in ("--stun-server", server)]
     for preset, host in hosts.items():
-        argv = host.python_argv("holepunch", "nat-check", "--json", "--stun-server", server)
+        argv = host.python_argv("holepunch", "nat-check", "--json", *stun)
         procs[preset] = host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     results: dict[str, tuple[dict[str, Any] | None, str]] = {}
     for preset, proc in procs.items():
@@ -68,10 +85,15 @@ class NatCheckInLabTests(TestCase):
         hosts = {preset: lab.add_host(f"h{i}", preset) for i, preset in enumerate(PRESETS)}
         return lab, hosts
 
-    def check(self, hosts: dict[str, LabHost], server: str) -> None:
-        results = run_everywhere(hosts, server)
+    def check(
+        self,
+        hosts: dict[str, LabHost],
+        *servers: str,
+        expected_by_preset: dict[str, tuple[str, str, str, str, int | None]] = EXPECTED,
+    ) -> dict[str, tuple[dict[str, Any] | None, str]]:
+        results = run_everywhere(hosts, *servers)
         problems = []
-        for preset, expected in EXPECTED.items():
+        for preset, expected in expected_by_preset.items():
             data, err = results[preset]
             if data is None:
                 problems.append(f"{preset}: no JSON ({err.strip()})")
@@ -91,6 +113,7 @@ class NatCheckInLabTests(TestCase):
                     f"expected {hosts[preset].public_address}"
                 )
         self.assertEqual(problems, [], "\n".join(problems))
+        return results
 
     def test_against_our_daemon(self) -> None:
         """Behind each preset, nat-check against `twistd holepunch` (RFC 5780 mode) prints the right type, mapping, filtering and port allocation."""
@@ -106,3 +129,26 @@ class NatCheckInLabTests(TestCase):
         lab, hosts = self.lab()
         coturn = lab.start_coturn()
         self.check(hosts, coturn.stun_server)
+
+    def test_against_two_ordinary_servers(self) -> None:
+        """Two one-address servers without RFC 5780 (the daemon and coturn, one address
+        each), as public STUN servers are: mapping and port allocation still measured,
+        with the evidence named; filtering unknown, with a note."""
+        reason = coturn_unavailable_reason()
+        if reason:
+            raise self.skipTest(reason)
+        lab, hosts = self.lab()
+        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False)
+        coturn = lab.start_coturn(addresses=(PUBLIC_B,))
+        results = self.check(
+            hosts,
+            f"{PUBLIC_A}:3478",
+            coturn.stun_server,
+            expected_by_preset=EXPECTED_ORDINARY,
+        )
+        data, _ = results["symmetric-sequential"]
+        assert data is not None
+        self.assertFalse(data["rfc5780"])
+        self.assertTrue(any(e.startswith("mapping: ") for e in data["evidence"]), data)
+        self.assertTrue(any(e.startswith("allocation: ") for e in data["evidence"]), data)
+        self.assertTrue(any("filtering not measured" in n for n in data["notes"]), data)

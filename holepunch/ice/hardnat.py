@@ -31,15 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from holepunch.nat.model import PortAllocation
+from holepunch.nat.model import PortAllocation, allocation_of_flows
 
 PORT_RANGE = (1024, 65535)
-
-MAX_STEP = 16
-"""The largest per-flow step still taken for a sequential allocator (as
-:func:`holepunch.nat.model.port_allocation` does)."""
-"""Public ports a NAT may hand out (what the easy side probes)."""
-
 
 class Technique(enum.Enum):
     """What the agent adds to plain ICE for a pair."""
@@ -118,11 +112,8 @@ def profile_from_flows(
     ``flow`` numbers the socket's new flows (each to a destination it had not used) in
     the order they were made, and ``flows`` is how many were made in all (answered or
     not). Two destinations are enough: the same public port toward both means the NAT
-    maps endpoint-independently. Otherwise the ports must sit on one line, ``port =
-    first + delta * flow`` with ``0 < |delta| <= MAX_STEP``, for a sequential allocator
-    (from two samples that is a guess a random allocator passes by chance about once in
-    two thousand); anything else is random. For a sequential NAT the last port is where
-    the line is at the last flow made, so unanswered flows still count.
+    maps endpoint-independently; otherwise the pattern is
+    :func:`holepunch.nat.model.allocation_of_flows`'s.
     """
     ordered = sorted(samples)
     if len({flow for flow, _ in ordered}) < 2:
@@ -130,17 +121,8 @@ def profile_from_flows(
     ports = [port for _, port in ordered]
     if len(set(ports)) == 1:
         return MappingProfile(address, ports[-1], True, PortAllocation.PRESERVING, 0)
-    (first_flow, first_port), (second_flow, second_port) = ordered[0], ordered[1]
-    step, remainder = divmod(second_port - first_port, second_flow - first_flow)
-    on_line = (
-        remainder == 0
-        and 0 < abs(step) <= MAX_STEP
-        and all(port == first_port + step * (flow - first_flow) for flow, port in ordered)
-    )
-    if on_line:
-        last = first_port + step * (max(flows, ordered[-1][0] + 1) - 1 - first_flow)
-        return MappingProfile(address, last, False, PortAllocation.SEQUENTIAL, step)
-    return MappingProfile(address, ports[-1], False, PortAllocation.RANDOM, None)
+    allocation, delta, last = allocation_of_flows(ordered, flows)
+    return MappingProfile(address, last, False, allocation, delta)
 
 
 def plan(local: MappingProfile | None, remote: MappingProfile | None) -> set[Technique]:

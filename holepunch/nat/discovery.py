@@ -20,9 +20,12 @@ The tests, in the order they run:
    leave state behind (in the NAT or its conntrack table) that changes the next test's
    mapping: the mistake that makes pystun3 and pynat call Linux's NAT "symmetric".
 
-Without an RFC 5780 server, what can be measured is: the mapped address, mapping across
-several servers (if given), and port allocation; the rest is reported ``unknown`` with a
-note saying why.
+Without an RFC 5780 server, ordinary servers still tell a lot: every server given is asked
+from the same socket, and a lone server on its second port too (port + 1: the daemon
+answers on 3478 and 3479); mappings toward destinations that differ in address or port
+tell mapping behaviour, and new flows from a fresh socket to those destinations tell the
+port allocation. Filtering needs CHANGE-REQUEST and is reported ``unknown`` with a note.
+``evidence`` says what each finding rests on.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from holepunch.nat.model import (
     NatInfo,
     NatType,
     PortAllocation,
+    allocation_of_flows,
     classify,
     port_allocation,
 )
@@ -167,6 +171,13 @@ class NatDiscovery:
         answered = [(s, a) for s, a in zip(self.servers, answers, strict=True) if a is not None]
         if not answered:
             return await self._udp_blocked(names)
+        if all(a.other_address is None for _, a in answered) and len(self.servers) == 1:
+            lone = self.servers[0]
+            second = Address(lone.host, lone.port + 1)
+            self.progress(f"One server: asking its second port {second.host}:{second.port}")
+            r = await self._binding(main, second, t.answered)
+            if r is not None:
+                answered.append((second, r))
 
         server, first = next(
             ((s, a) for s, a in answered if a.other_address is not None), answered[0]
@@ -197,11 +208,15 @@ class NatDiscovery:
 
         if other is not None:
             info.mapping = await self._mapping_rfc5780(main, server, other, first)
+            info.evidence.append(
+                f"mapping: RFC 5780 tests against {info.server} and its other address "
+                f"{other.host}:{other.port}"
+            )
         else:
             info.mapping = self._mapping_from_servers(answered, info)
 
         info.hairpinning = await self._hairpinning(first.mapped)
-        await self._allocation(server, other, info)
+        await self._allocation(server, other, info, [s for s, _ in answered])
 
         if other is not None:
             info.filtering = await self._filtering(server)
@@ -260,18 +275,31 @@ class NatDiscovery:
     def _mapping_from_servers(
         self, answered: list[tuple[Address, BindingResult]], info: NatInfo
     ) -> Behavior:
-        hosts = {s.host for s, _ in answered}
-        if len(hosts) < 2:
+        """Mapping behaviour from one socket's mappings toward several destinations."""
+        names = ", ".join(f"{s.host}:{s.port}" for s, _ in answered)
+        if len(answered) < 2:
             info.notes.append(
-                "mapping not measured: it needs an RFC 5780 server, or two servers on "
-                "different addresses"
+                "mapping not measured: it needs two destinations (two servers, a server's "
+                "second port, or an RFC 5780 server); only one answered"
             )
             return Behavior.UNKNOWN
+        info.evidence.append(f"mapping: one socket's mappings toward {names}")
+        hosts = {s.host for s, _ in answered}
         if len({a.mapped for _, a in answered}) == 1:
+            if len(hosts) < 2:
+                info.notes.append(
+                    "the same mapping toward two ports of one address: endpoint-independent, "
+                    "or address-dependent (telling them apart needs a second address)"
+                )
             return Behavior.ENDPOINT_INDEPENDENT
+        by_host: dict[str, set[Address]] = {}
+        for s, a in answered:
+            by_host.setdefault(s.host, set()).add(a.mapped)
+        if any(len(mapped) > 1 for mapped in by_host.values()):
+            return Behavior.ADDRESS_AND_PORT_DEPENDENT  # another port alone, another mapping
         info.notes.append(
             "mapping differs between servers; telling address-dependent from "
-            "address-and-port-dependent needs an RFC 5780 server"
+            "address-and-port-dependent needs two ports of one server"
         )
         return Behavior.ADDRESS_DEPENDENT
 
@@ -318,14 +346,38 @@ class NatDiscovery:
         finally:
             main.on_datagram = previous
 
-    async def _allocation(self, server: Address, other: Address | None, info: NatInfo) -> None:
+    async def _allocation(
+        self,
+        server: Address,
+        other: Address | None,
+        info: NatInfo,
+        destinations: Sequence[Address] = (),
+    ) -> None:
         t = self.timers
         ports: list[int] = []
         local_port: int | None = None
-        if (
-            info.mapping in (Behavior.ADDRESS_DEPENDENT, Behavior.ADDRESS_AND_PORT_DEPENDENT)
-            and other
-        ):
+        dependent = info.mapping in (
+            Behavior.ADDRESS_DEPENDENT,
+            Behavior.ADDRESS_AND_PORT_DEPENDENT,
+        )
+        if dependent and not other and len(destinations) >= 2:
+            # One fresh socket, a new flow to each destination that answered, in a row.
+            sock = self._socket()
+            self.progress(f"Port allocation: {len(destinations)} new flows from one socket")
+            samples: list[tuple[int, int]] = []
+            for flow, target in enumerate(destinations):
+                r = await self._binding(sock, target, t.answered)
+                if r is not None:
+                    samples.append((flow, r.mapped.port))
+            info.evidence.append(
+                f"allocation: public ports {[p for _, p in samples]} of "
+                f"{len(destinations)} new flows from one socket"
+            )
+            if len({p for _, p in samples}) >= 2:
+                allocation, delta, _ = allocation_of_flows(samples, len(destinations))
+                info.port_allocation, info.port_delta = allocation, delta
+            return
+        if dependent and other:
             # One fresh socket, four new flows in a row.
             sock = self._socket()
             local_port = sock.local.port
@@ -341,6 +393,9 @@ class NatDiscovery:
                 if r is None:
                     break
                 ports.append(r.mapped.port)
+            info.evidence.append(
+                f"allocation: public ports {ports} of four new flows from one socket"
+            )
         else:
             # Fresh sockets, one flow each, toward the same server.
             self.progress("Port allocation: three fresh sockets")
@@ -352,6 +407,7 @@ class NatDiscovery:
                 if r is None:
                     break
                 ports.append(r.mapped.port)
+            info.evidence.append(f"allocation: public ports {ports} of three fresh sockets")
             if ports and local_port is not None and ports[0] == local_port:
                 # Every mapping preserved its port if each fresh socket's did.
                 preserved = all(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,40 @@ def port_allocation(
     return PortAllocation.RANDOM, None
 
 
+MAX_STEP = 16
+"""The largest per-flow step still taken for a sequential allocator."""
+
+
+def allocation_of_flows(
+    samples: Sequence[tuple[int, int]], flows: int
+) -> tuple[PortAllocation, int | None, int]:
+    """The allocation pattern of one socket's new flows, numbered, some perhaps unanswered.
+
+    ``samples`` are ``(flow, public port)`` for the answered flows, where ``flow`` numbers
+    the new flows (each to a destination not used before) in the order they were made,
+    and ``flows`` is how many were made in all. Returns the pattern, its delta, and the
+    last port: for a sequential allocator where the line stands at the last flow made
+    (unanswered flows still moved the counter), otherwise the last port seen. Sequential
+    needs the ports on one line ``first + delta * flow`` with ``0 < |delta| <=``
+    :data:`MAX_STEP`; from two samples that is a guess a random allocator passes by
+    chance about once in two thousand. Needs two samples with different ports.
+    """
+    ordered = sorted(samples)
+    if len(ordered) < 2 or len({port for _, port in ordered}) < 2:
+        raise ValueError("needs two samples with different ports")
+    (first_flow, first_port), (second_flow, second_port) = ordered[0], ordered[1]
+    step, remainder = divmod(second_port - first_port, second_flow - first_flow)
+    on_line = (
+        remainder == 0
+        and 0 < abs(step) <= MAX_STEP
+        and all(port == first_port + step * (flow - first_flow) for flow, port in ordered)
+    )
+    if on_line:
+        last = first_port + step * (max(flows, ordered[-1][0] + 1) - 1 - first_flow)
+        return PortAllocation.SEQUENTIAL, step, last
+    return PortAllocation.RANDOM, None, ordered[-1][1]
+
+
 @dataclass
 class NatInfo:
     """The result of NAT discovery: the seed's fields and RFC 5780's."""
@@ -125,6 +160,10 @@ class NatInfo:
     server: str | None = None
     rfc5780: bool = False
     notes: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+    """What each finding rests on (``mapping: ...``, ``allocation: ...``), in words."""
+    port_mapping: dict[str, bool] | None = None
+    """Which of ``upnp``, ``natpmp`` and ``pcp`` the router answers (None: not asked)."""
 
     @property
     def port_predictable(self) -> bool:
@@ -152,6 +191,8 @@ class NatInfo:
             "rfc5780": self.rfc5780,
             "server": self.server,
             "notes": list(self.notes),
+            "evidence": list(self.evidence),
+            "portMapping": dict(self.port_mapping) if self.port_mapping is not None else None,
             "strategy": recommended_strategy(self),
         }
 
@@ -173,6 +214,12 @@ class NatInfo:
                 rfc5780=bool(data.get("rfc5780", False)),
                 server=data.get("server"),
                 notes=list(data.get("notes", [])),
+                evidence=[str(e) for e in data.get("evidence") or []],
+                port_mapping=(
+                    {str(k): bool(v) for k, v in data["portMapping"].items()}
+                    if isinstance(data.get("portMapping"), dict)
+                    else None
+                ),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a NAT description: {e}") from None

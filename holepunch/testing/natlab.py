@@ -775,25 +775,26 @@ class NatLab:
         user: str = "u",
         password: str = "p",
         realm: str = "lab",
+        addresses: Sequence[str] = (PUBLIC_A, PUBLIC_B),
         extra_args: Sequence[str] = (),
         timeout: float = 10.0,
     ) -> CoturnInfo:
-        """Run coturn in :attr:`public` on both public addresses and wait until it answers.
+        """Run coturn in :attr:`public` on ``addresses`` and wait until it answers.
 
         With two listening addresses and ``alt_port`` it sends OTHER-ADDRESS and honours
-        CHANGE-REQUEST (RFC 5780). Its log, pid file and user database live in a temporary
-        directory that :meth:`close` removes. Readiness is a real STUN Binding answered on
-        all four address/port pairs, polled until ``timeout``.
+        CHANGE-REQUEST (RFC 5780); with one (``addresses=(PUBLIC_B,)``, say) it is an
+        ordinary one-address STUN/TURN server, as most deployments are. Its log, pid file
+        and user database live in a temporary directory that :meth:`close` removes.
+        Readiness is a real STUN Binding answered on every address/port pair, polled until
+        ``timeout``.
         """
         directory = tempfile.mkdtemp(prefix=f"{self.prefix}-coturn-")
         self._tempdirs.append(directory)
         argv = [
             "turnserver",
             "-n",
-            f"--listening-ip={PUBLIC_A}",
-            f"--listening-ip={PUBLIC_B}",
-            f"--relay-ip={PUBLIC_A}",
-            f"--relay-ip={PUBLIC_B}",
+            *(f"--listening-ip={a}" for a in addresses),
+            *(f"--relay-ip={a}" for a in addresses),
             f"--listening-port={port}",
             f"--alt-listening-port={alt_port}",
             "--no-tls",
@@ -814,8 +815,8 @@ class NatLab:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
             )
         info = CoturnInfo(
-            address=PUBLIC_A,
-            alt_address=PUBLIC_B,
+            address=addresses[0],
+            alt_address=addresses[-1],
             port=port,
             alt_port=alt_port,
             user=user,
@@ -824,7 +825,8 @@ class NatLab:
             directory=directory,
             process=proc,
         )
-        targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (port, alt_port)]
+        ports = (port, alt_port) if len(addresses) > 1 else (port,)
+        targets = [f"{a}:{p}" for a in addresses for p in ports]
         self._wait_for_stun(proc, targets, timeout, "turnserver", info.log_path)
         return info
 
@@ -833,23 +835,31 @@ class NatLab:
         *,
         stun_port: int = 3480,
         stun_alt_port: int = 3481,
+        rfc5780: bool = True,
         extra_args: Sequence[str] = (),
         timeout: float = 15.0,
     ) -> subprocess.Popen[Any]:
-        """Run ``twistd -n holepunch`` in :attr:`public` in RFC 5780 mode; wait until it answers.
+        """Run ``twistd -n holepunch`` in :attr:`public`; wait until its STUN server answers.
 
-        The STUN server listens on both public addresses, on ``stun_port`` and
-        ``stun_alt_port`` (by default beside coturn's 3478/3479). Its log goes to a
+        With ``rfc5780`` the STUN server listens on both public addresses, on ``stun_port``
+        and ``stun_alt_port`` (by default beside coturn's 3478/3479). Without, it listens
+        on :data:`PUBLIC_A` only, as the README starts it: ``stun_port`` and the daemon's
+        own default second port. Its log goes to a
         temporary file that :meth:`close` removes. ``extra_args`` are more daemon options;
         signaling is off unless they name ``--signaling``.
         """
         directory = tempfile.mkdtemp(prefix=f"{self.prefix}-holepunch-")
         self._tempdirs.append(directory)
         log_path = os.path.join(directory, "twistd.log")
-        args = [
-            "--stun-interface", PUBLIC_A, "--stun-alternate-address", PUBLIC_B,
-            "--stun-port", str(stun_port), "--stun-alternate-port", str(stun_alt_port),
-        ]  # fmt: skip
+        if rfc5780:
+            args = [
+                "--stun-interface", PUBLIC_A, "--stun-alternate-address", PUBLIC_B,
+                "--stun-port", str(stun_port), "--stun-alternate-port", str(stun_alt_port),
+            ]  # fmt: skip
+            targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (stun_port, stun_alt_port)]
+        else:
+            args = ["--stun-interface", PUBLIC_A, "--stun-port", str(stun_port)]
+            targets = [f"{PUBLIC_A}:{stun_port}"]
         if not any(a.startswith("--signaling") for a in extra_args):
             args.append("--no-signaling")
         argv = [
@@ -864,7 +874,6 @@ class NatLab:
         proc = self.public.popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (stun_port, stun_alt_port)]
         self._wait_for_stun(proc, targets, timeout, "twistd holepunch", log_path)
         return proc
 

@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any
 
-from holepunch.testing.natlab import PUBLIC_A, LabHost, NatLab, _lab_env
+from holepunch.testing.natlab import PUBLIC_A, PUBLIC_B, LabHost, NatLab, _lab_env
 
 SIGNALING_PORT = 8080
 STUN_PORT = 3480
@@ -151,6 +152,63 @@ def start_lab_daemon(lab: NatLab) -> str:
     return f"ws://{PUBLIC_A}:{SIGNALING_PORT}/"
 
 
+SETUPS = ("rfc5780", "one-address", "public-style")
+"""The server setups a user may have (docs/nat-matrix.md):
+
+- ``rfc5780``: the daemon on two public addresses (RFC 5780), clients told its STUN port;
+- ``one-address``: the daemon as the README starts it (one address, its defaults),
+  clients given only the signaling URL;
+- ``public-style``: two one-address STUN servers without RFC 5780 (the daemon on
+  :data:`PUBLIC_A`, coturn on :data:`PUBLIC_B`), given to clients as ``--stun-server``.
+"""
+
+
+@dataclass
+class LabServers:
+    """What the clients of one setup are given."""
+
+    url: str
+    stun_servers: list[str] = field(default_factory=list)
+    turn_servers: list[str] = field(default_factory=list)
+
+    def turn_args(self) -> list[str]:
+        """``holepunch connect`` options for the TURN servers."""
+        return [arg for t in self.turn_servers for arg in ("--turn-server", t)]
+
+
+def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -> LabServers:
+    """Start the servers of ``setup`` (one of :data:`SETUPS`) in the lab's public namespace;
+    with ``turn``, coturn too (on one address unless the setup is ``rfc5780``)."""
+    if setup not in SETUPS:
+        raise ValueError(f"setup must be one of {SETUPS}, not {setup!r}")
+    signaling = ["--signaling", f"tcp:{SIGNALING_PORT}", "--message-rate", "200",
+                 "--message-burst", "400"]  # fmt: skip
+    url = f"ws://{PUBLIC_A}:{SIGNALING_PORT}/"
+    if setup == "rfc5780":
+        lab.start_holepunch_daemon(
+            stun_port=STUN_PORT, stun_alt_port=STUN_PORT + 1, extra_args=signaling
+        )
+        servers = LabServers(url, [f"{PUBLIC_A}:{STUN_PORT}"])
+    elif setup == "one-address":
+        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False, extra_args=signaling)
+        servers = LabServers(url)
+    else:
+        lab.start_holepunch_daemon(
+            stun_port=3478, rfc5780=False, extra_args=signaling
+        )
+        servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"])
+    if turn or setup == "public-style":
+        if setup == "rfc5780":
+            coturn = lab.start_coturn()
+        else:
+            coturn = lab.start_coturn(addresses=(PUBLIC_B,))
+        if turn:
+            uri = f"turn:u:p@{coturn.address}:{coturn.port}"
+            # UDP first, TCP for hosts whose UDP is blocked (as the seed's example 4).
+            servers.turn_servers = [uri, uri + "?transport=tcp"]
+    return servers
+
+
 def connect_pair(
     offerer: LabHost,
     answerer: LabHost,
@@ -179,6 +237,7 @@ def run_connect(
     *,
     names: tuple[str, str],
     timeout: float,
+    stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
     extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One connect and one line across, then a clean end.
@@ -189,7 +248,13 @@ def run_connect(
     """
     started = time.monotonic()
     a, b = connect_pair(
-        offerer, answerer, signaling_url, names=names, timeout=timeout, extra_args=extra_args
+        offerer,
+        answerer,
+        signaling_url,
+        names=names,
+        timeout=timeout,
+        stun_servers=stun_servers,
+        extra_args=extra_args,
     )
     try:
         info = a.info(timeout + 10)
