@@ -15,14 +15,11 @@ the core and its modules; see :mod:`holepunch.ice.core`.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from holepunch.ice import events
@@ -33,62 +30,12 @@ from holepunch.ice.connection import PeerConnection
 from holepunch.ice.core import AgentStats, IceCore
 from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.hardnat import MappingProfile, Technique
+from holepunch.ice.relays import Relays
+from holepunch.ice.sockets import IceSocket, local_ipv4_addresses, route_source
 from holepunch.stun.client import resolve_server
 from holepunch.stun.message import Address
 
 _log = Logger()
-
-
-def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
-    """Usable local IPv4 addresses (ifaddr), loopback and link-local left out."""
-    import ifaddr
-
-    result: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if not isinstance(ip.ip, str):
-                continue
-            address = ipaddress.ip_address(ip.ip)
-            if address.is_link_local or (address.is_loopback and not include_loopback):
-                continue
-            if str(address) not in result:
-                result.append(str(address))
-    return result
-
-
-def route_source(remote: tuple[str, int]) -> str | None:
-    """The local address the kernel would send from toward ``remote`` (no packet sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(remote)
-            return str(s.getsockname()[0])
-    except OSError:
-        return None
-
-
-class _Socket(DatagramProtocol):
-    """One UDP socket of an agent; what arrives goes to the agent with its ``via``."""
-
-    def __init__(self, agent: IceAgent, via: int) -> None:
-        self.agent = agent
-        self.via = via
-        self.port: Any = None
-        self.local: tuple[str, int] = ("", 0)
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.agent.datagram_received(datagram, (addr[0], addr[1]), self.via)
-
-    def write(self, data: bytes, address: tuple[str, int]) -> None:
-        if self.port is None:
-            raise OSError("socket closed")
-        self.port.write(data, address)
-
-    def close(self) -> defer.Deferred[None]:
-        port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
-        return d
 
 
 class IceAgent:
@@ -116,9 +63,9 @@ class IceAgent:
         self.on_local_candidate: Callable[[Candidate | None], None] | None = None
         """Called with each local candidate as it is found, then None (trickle ICE)."""
         self.connection: PeerConnection | None = None
-        self._sockets: dict[int, _Socket] = {}
-        self._relays: dict[int, Any] = {}
-        self._main_allocations: list[Any] = []
+        self._sockets: dict[int, IceSocket] = {}
+        self.relays = Relays(reactor, self.core.config.relay)
+        """The TURN allocations (:class:`holepunch.ice.relays.Relays`)."""
         self._local: tuple[str, int] | None = None
         self._timer: IDelayedCall | None = None
         self._connect_d: defer.Deferred[PeerConnection] | None = None
@@ -213,7 +160,7 @@ class IceAgent:
     @property
     def relay_allocations(self) -> list[Any]:
         """The TURN allocations behind our relayed candidates."""
-        return list(self._relays.values())
+        return self.relays.allocations
 
     # -- sockets --
 
@@ -228,11 +175,8 @@ class IceAgent:
         self._local = self._open_socket(MAIN, interface, self.config.gathering.port).local
         return self._local
 
-    def _open_socket(self, via: int, interface: str, port: int) -> _Socket:
-        sock = _Socket(self, via)
-        sock.port = self.reactor.listenUDP(port, sock, interface=interface)
-        host = sock.port.getHost()
-        sock.local = (host.host, host.port)
+    def _open_socket(self, via: int, interface: str, port: int) -> IceSocket:
+        sock = IceSocket.bind(self.reactor, via, interface, port, self.datagram_received)
         self._sockets[via] = sock
         return sock
 
@@ -247,23 +191,19 @@ class IceAgent:
     def listening(self) -> bool:
         """The main socket is open."""
         main = self._sockets.get(MAIN)
-        return main is not None and main.port is not None
+        return main is not None and main.open
 
     def datagram_received(self, data: bytes, source: tuple[str, int], via: int = MAIN) -> None:
         """A datagram from one of our sockets or relays."""
         if self._closed:
             return
-        if via == MAIN:
-            for allocation in self._main_allocations:
-                if allocation.datagram_received(data, Address(*source)):
-                    return
+        if via == MAIN and self.relays.demultiplex(data, source):
+            return
         self.core.receive_datagram(data, source, via, self.reactor.seconds())
         self._pump()
 
     def _write(self, data: bytes, destination: tuple[str, int], via: int) -> None:
-        relay = self._relays.get(via)
-        if relay is not None:
-            relay.send(data, Address(*destination))
+        if self.relays.send(via, data, destination):
             return
         sock = self._sockets.get(via)
         if sock is None:
@@ -335,14 +275,9 @@ class IceAgent:
         elif isinstance(event, events.SocketReleased):
             self._release(event.via)
         elif isinstance(event, events.PermissionWanted):
-            self._permit(event.host, event.via)
+            self.relays.permit(event.host, event.via)
         elif isinstance(event, events.ChannelWanted):
-            relay = self._relays.get(event.via)
-            if relay is not None:
-                d = relay.bind_channel(event.peer)
-                d.addErrback(
-                    lambda f: _log.info("TURN channel not bound: {err}", err=f.getErrorMessage())
-                )
+            self.relays.bind_channel(event.via, event.peer)
         elif isinstance(event, events.PairSelected):
             self._selected(event)
         elif isinstance(event, events.PathChanged):
@@ -377,8 +312,7 @@ class IceAgent:
                 _log.failure("on_local_candidate raised")
 
     def _local_address(self, via: int, candidate: Candidate) -> tuple[str, int]:
-        relay = self._relays.get(via)
-        if relay is not None:
+        if via in self.relays:
             return candidate.address
         sock = self._sockets[via]
         host, port = sock.local
@@ -424,24 +358,11 @@ class IceAgent:
         self.core.socket_opened(via, sock.local, self.reactor.seconds())
 
     def _release(self, via: int) -> None:
-        relay = self._relays.pop(via, None)
-        if relay is not None:
-            relay.close()
+        if self.relays.release(via):
+            return
         sock = self._sockets.pop(via, None)
         if sock is not None:
             sock.close()
-
-    def _permit(self, host: str, via: int | None) -> None:
-        relays = [self._relays[via]] if via in self._relays else list(self._relays.values())
-        if via is not None and via not in self._relays:
-            relays = []
-        for relay in relays:
-            d = relay.create_permission(host)
-            d.addErrback(
-                lambda f, h=host: _log.info(
-                    "TURN permission for {host} refused: {err}", host=h, err=f.getErrorMessage()
-                )
-            )
 
     # -- gathering --
 
@@ -503,76 +424,23 @@ class IceAgent:
         await d
 
     async def _gather_relays(self) -> None:
-        """One relayed candidate from the first TURN server that allocates (RFC 8656).
-
-        UDP servers are used from the agent's own socket; TCP and TLS ones over their
-        own connection. A dead server is abandoned after the relay timeout.
-        """
-        from holepunch.turn import TurnAllocation, allocate_first, open_allocation
-
-        relay_config = self.config.relay
+        """One relayed candidate from the first TURN server that allocates (RFC 8656)."""
         main = self._sockets[MAIN]
-
-        def open_one(server: Any) -> defer.Deferred[Any]:
-            async def attempt() -> Any:
-                if server.transport != "udp":
-                    return await open_allocation(
-                        server, reactor=self.reactor, timeout=relay_config.timeout
-                    )
-                address = await resolve_server(self.reactor, server.host, server.port)
-                allocation = TurnAllocation(
-                    address,
-                    main.write,
-                    self.reactor,
-                    username=server.username,
-                    password=server.password,
-                )
-                self._main_allocations.append(allocation)
-                try:
-                    await allocation.allocate()
-                except BaseException:
-                    self._main_allocations.remove(allocation)
-                    raise
-                return allocation
-
-            return defer.ensureDeferred(attempt())
-
-        servers = list(relay_config.servers)
-        if self.udp_blocked:
-            # UDP got no STUN answer: a UDP relay would only cost its timeout.
-            servers.sort(key=lambda server: server.transport == "udp")
-        try:
-            allocation = await allocate_first(
-                servers, reactor=self.reactor, timeout=relay_config.timeout, open_one=open_one
-            )
-        except Exception as e:
-            _log.info("no relayed candidate: {err}", err=e)
-            allocation = None
-        if allocation is not None:
+        allocation = await self.relays.allocate(main.write, self.udp_blocked)
+        if allocation is not None and not self._closed:
             allocated = allocation.allocated
-            if self._closed:
-                allocation.close()
-            elif allocated is None or allocated.mapped is None:
-                _log.info("TURN allocation without addresses; no relayed candidate")
-                allocation.close()
-            else:
-                self._add_relay(allocation, allocated)
+            via = self.core.add_relay(
+                (allocated.relayed.host, allocated.relayed.port),
+                (allocated.mapped.host, allocated.mapped.port),
+                str(allocated.server),
+                self.reactor.seconds(),
+            )
+            self.relays.add(via, allocation, self.datagram_received)
+        elif allocation is not None:
+            allocation.close()
         if not self._closed:
             self.core.relays_done(self.reactor.seconds())
             self._pump()
-
-    def _add_relay(self, allocation: Any, allocated: Any) -> None:
-        via = self.core.add_relay(
-            (allocated.relayed.host, allocated.relayed.port),
-            (allocated.mapped.host, allocated.mapped.port),
-            str(allocated.server),
-            self.reactor.seconds(),
-        )
-        self._relays[via] = allocation
-        allocation.on_data(
-            lambda data, peer: self.datagram_received(data, (peer.host, peer.port), via)
-        )
-        self._pump()
 
     # -- the peer --
 
@@ -639,13 +507,10 @@ class IceAgent:
             d.errback(IceError("cancelled", "the attempt was cancelled"))
         for waiters in (self._gathered, self._stun_waiters, self._measure_waiters):
             self._fire(waiters)
-        relays = list(self._relays.values())
-        self._relays.clear()
         sockets = list(self._sockets.values())
         self._sockets.clear()
         # Deallocate first (through the main socket for UDP relays), then close sockets.
-        deallocating = defer.gatherResults([r.close() for r in relays], consumeErrors=True)
-        self._main_allocations.clear()
+        deallocating = self.relays.close()
         closed: defer.Deferred[None] = defer.Deferred()
 
         def then_sockets(_: object) -> None:
