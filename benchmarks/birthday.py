@@ -7,6 +7,7 @@ the share of runs that had succeeded within k probes next to the theoretical cha
 ``1 - prod(1 - n/(N-i))`` for n = 256 open ports in N = 64,512.
 
     python benchmarks/birthday.py --runs 20
+    python benchmarks/birthday.py --runs 20 --setup one-address   # the README's daemon
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from holepunch.ice.hardnat import birthday_success
 from holepunch.testing.natlab import NatLab
-from holepunch.testing.peers import run_connect, start_lab_daemon
+from holepunch.testing.peers import SETUPS, run_connect, start_lab_servers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,16 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--easy", default="port-restricted", help="the easy side's preset")
     parser.add_argument("--timeout", type=float, default=25.0)
+    parser.add_argument("--setup", choices=SETUPS, default="rfc5780", help="the servers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = []
     with NatLab() as lab:
         hard = lab.add_host("hard", "symmetric-random")
         easy = lab.add_host("easy", args.easy)
-        url = start_lab_daemon(lab)
+        servers = start_lab_servers(lab, args.setup)
         for run in range(args.runs):
             a, b = (hard, easy) if run % 2 == 0 else (easy, hard)
-            r = run_connect(a, b, url, names=(f"o{run}", f"a{run}"), timeout=args.timeout)
+            r = run_connect(
+                a,
+                b,
+                servers.url,
+                names=(f"o{run}", f"a{run}"),
+                timeout=args.timeout,
+                stun_servers=servers.stun_servers,
+            )
             row = {
                 "run": run + 1,
                 "offerer": a.preset,
