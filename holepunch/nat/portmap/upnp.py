@@ -87,14 +87,16 @@ class UpnpClient:
             return self._igd
         import miniupnpc
 
-        upnp = miniupnpc.UPnP()
         remaining = max(0.0, deadline - now())
         # SSDP collects answers until a quiet period of discoverdelay: leave time for the
         # description fetch and the SOAP call after it.
-        upnp.discoverdelay = max(_MIN_DISCOVER_MS, int(remaining * 1000 * 0.4))
+        options: dict[str, Any] = {
+            "discoverdelay": max(_MIN_DISCOVER_MS, int(remaining * 1000 * 0.4))
+        }
         interface = self._multicast_interface or self._local_address
         if interface:
-            upnp.multicastif = interface
+            options["multicastif"] = interface  # read-only once made: a constructor argument
+        upnp = miniupnpc.UPnP(**options)
         if self._root_url:
             try:
                 upnp.selectigd(self._root_url)
