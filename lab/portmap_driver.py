@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.lab.test_portmap_lab -*-
-"""Drive a :class:`~holepunch.nat.portmap.PortMapper` inside a lab host, one JSON line per event.
+"""Drive a :class:`holepunch.nat.portmap.PortMapper` inside a lab host, one JSON line per event.
 
 Run in a lab host's namespace (``LabHost.popen(host.python_argv("lab.portmap_driver", ...))``)::
 

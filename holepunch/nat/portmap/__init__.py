@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.unit.test_portmap -*-
 """Port mapping on the home router: PCP (RFC 6887), NAT-PMP (RFC 6886) and UPnP IGD.
 
-:class:`PortMapper` is the API; :mod:`~holepunch.nat.portmap.pcp` and
-:mod:`~holepunch.nat.portmap.natpmp` are sans-I/O protocol cores,
-:mod:`~holepunch.nat.portmap.gateway_udp` carries them over UDP,
-:mod:`~holepunch.nat.portmap.upnp` wraps ``miniupnpc`` in threads. See
+:class:`PortMapper` is the API; :mod:`holepunch.nat.portmap.pcp` and
+:mod:`holepunch.nat.portmap.natpmp` are sans-I/O protocol cores,
+:mod:`holepunch.nat.portmap.gateway_udp` carries them over UDP,
+:mod:`holepunch.nat.portmap.upnp` wraps ``miniupnpc`` in threads. See
 ``docs/port-mapping.md``.
 """
 

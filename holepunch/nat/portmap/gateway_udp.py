@@ -4,7 +4,7 @@
 One :class:`GatewayRequestProtocol` per request: a UDP socket bound to this host's address
 toward the gateway and connected to the gateway's port 5351 (so only the gateway's answers
 reach it, and an ICMP port unreachable ends the request at once instead of at the
-deadline), driving one sans-I/O :class:`~holepunch.nat.portmap._core.RetransmittingRequest`.
+deadline), driving one sans-I/O ``RetransmittingRequest``.
 Cancelling the Deferred stops the retransmissions and closes the socket.
 """
 

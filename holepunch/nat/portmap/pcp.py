@@ -3,7 +3,7 @@
 
 Implements the common request and response headers (section 7.1, 7.2), the MAP opcode
 (section 11.1) with its mapping nonce, ANNOUNCE as a bare header (section 14.1, used only
-by :meth:`~holepunch.nat.portmap.PortMapper.probe`), the result codes (section 7.4) and the
+by :meth:`holepunch.nat.portmap.PortMapper.probe`), the result codes (section 7.4) and the
 client retransmission timer (section 8.1.1). No options are sent; options in answers are
 skipped over.
 
