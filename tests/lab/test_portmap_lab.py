@@ -125,6 +125,12 @@ class PortMappingLabTests(TestCase):
         self.assertEqual(received["data"], token)
         self.assertEqual(received["source"][0], self.lab.public.address)
 
+        driver.command("renew")
+        renewed = driver.expect("renewed")
+        self.assertEqual(renewed["external"], [address, port])
+        self.send_from_wan(address, port, token + "-renewed")
+        self.assertEqual(driver.expect("received")["data"], token + "-renewed")
+
         driver.command("unmap")
         driver.expect("unmapped")
         self.assertNotIn(f"dport {port}", self.daemon.rules())
@@ -133,15 +139,15 @@ class PortMappingLabTests(TestCase):
         self.assertRaises(queue.Empty, driver.events.get, timeout=1.0)
 
     def test_pcp(self):
-        """PCP MAP gives a reachable public address behind symmetric-random; delete stops it."""
+        """PCP: a WAN peer reaches the mapped port behind symmetric-random; renew keeps it, delete ends it."""
         self.map_and_reach("pcp")
 
     def test_natpmp(self):
-        """NAT-PMP gives a reachable public address behind symmetric-random; delete stops it."""
+        """NAT-PMP: a WAN peer reaches the mapped port behind symmetric-random; renew keeps it, delete ends it."""
         self.map_and_reach("natpmp")
 
     def test_upnp(self):
-        """UPnP IGD gives a reachable public address behind symmetric-random; delete stops it."""
+        """UPnP IGD: a WAN peer reaches the mapped port behind symmetric-random; renew keeps it, delete ends it."""
         self.map_and_reach("upnp")
 
     def test_default_order_prefers_pcp_and_close_deletes(self):
