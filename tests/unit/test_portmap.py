@@ -22,6 +22,7 @@ from holepunch.nat.portmap import (
     ResultCodeError,
     natpmp,
     pcp,
+    ssdp,
 )
 from holepunch.nat.portmap._core import RetransmittingRequest
 from holepunch.nat.portmap.gateway import parse_proc_net_route
@@ -243,6 +244,71 @@ class PcpCodecTests(TestCase):
         )
 
 
+class SsdpCodecTests(TestCase):
+    """UDA 1.3 M-SEARCH and its answer."""
+
+    ANSWER = (
+        b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\n"
+        b"ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n"
+        b"USN: uuid:x::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nEXT:\r\n"
+        b"SERVER: Debian/12 UPnP/1.1 MiniUPnPd/2.3.1\r\n"
+        b"Location: http://10.1.0.1:5000/rootDesc.xml\r\n\r\n"
+    )
+
+    def test_msearch(self):
+        """The M-SEARCH names the multicast host, ssdp:discover, MX and the IGD type."""
+        text = ssdp.encode_msearch().decode()
+        self.assertTrue(text.startswith("M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n"))
+        self.assertIn('MAN: "ssdp:discover"\r\nMX: 1\r\n', text)
+        self.assertIn("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n", text)
+        self.assertTrue(text.endswith("\r\n\r\n"))
+
+    def test_answer(self):
+        """The answer's LOCATION (any header case) and ST are read."""
+        answer = ssdp.decode_search_response(self.ANSWER)
+        self.assertEqual(answer.location, "http://10.1.0.1:5000/rootDesc.xml")
+        self.assertIn("MiniUPnPd", answer.server)
+
+    def test_not_an_igd_or_not_ok(self):
+        """Answers from other devices, errors, non-HTTP and binary junk are malformed."""
+        other = self.ANSWER.replace(b"device:InternetGatewayDevice", b"device:MediaRenderer")
+        for data in (
+            other,
+            self.ANSWER.replace(b"200 OK", b"404 Not Found"),
+            self.ANSWER.replace(b"Location: http://10.1.0.1:5000/rootDesc.xml\r\n", b""),
+            b"NOTIFY * HTTP/1.1\r\n\r\n",
+            b"\xff\xfe",
+        ):
+            self.assertRaises(MalformedResponse, ssdp.decode_search_response, data)
+
+    def test_only_the_gateway_counts(self):
+        """On the multicast adapter an IGD answer from another host is ignored."""
+        clock = Clock()
+        core = RetransmittingRequest(
+            ssdp.encode_msearch(),
+            ssdp.decode_search_response,
+            ssdp.retransmission_schedule(),
+            0.0,
+            1.0,
+        )
+        protocol = GatewayRequestProtocol(
+            core, clock, "ssdp", destination=("239.255.255.250", 1900), accept_from="10.1.0.1"
+        )
+        transport = RecordingTransport()
+        protocol.makeConnection(transport)
+        protocol.start()
+        self.assertEqual(transport.destinations, [("239.255.255.250", 1900)])
+        protocol.datagramReceived(self.ANSWER, ("10.1.0.99", 1900))
+        self.assertNoResult(protocol.deferred)
+        clock.advance(0.25)
+        self.assertEqual(len(transport.written), 2)
+        protocol.datagramReceived(self.ANSWER, ("10.1.0.1", 1900))
+        self.assertEqual(
+            self.successResultOf(protocol.deferred).location, "http://10.1.0.1:5000/rootDesc.xml"
+        )
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class RetransmittingRequestTests(TestCase):
     """The shared sans-I/O request: send, resend, accept, give up."""
 
@@ -301,11 +367,13 @@ class RetransmittingRequestTests(TestCase):
 class RecordingTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.destinations: list[Any] = []
         self.stopped = False
 
     def write(self, data: bytes, addr: Any = None) -> None:
         assert not self.stopped
         self.written.append(data)
+        self.destinations.append(addr)
 
     def stopListening(self) -> None:
         self.stopped = True

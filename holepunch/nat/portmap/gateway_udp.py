@@ -29,16 +29,29 @@ class GatewayRefused(ConnectionRefusedError):
 
 
 class GatewayRequestProtocol(DatagramProtocol, Generic[T]):
-    """Sends one request's transmissions on a connected UDP transport and feeds back answers.
+    """Sends one request's transmissions on a UDP transport and feeds back answers.
 
-    Works with any transport that has ``write(data)`` and ``stopListening()``, so tests can
-    drive it with a recording transport and ``task.Clock``.
+    By default the transport is connected to the gateway (``write(data)``). With
+    ``destination`` (SSDP's multicast group) it writes there, and then only datagrams
+    from ``accept_from`` (the gateway's address), if given, are fed to the core. Works with
+    any transport that has ``write`` and ``stopListening()``, so tests can drive it with a
+    recording transport and ``task.Clock``.
     """
 
     noisy = False
 
-    def __init__(self, core: RetransmittingRequest[T], clock: IReactorTime, label: str) -> None:
+    def __init__(
+        self,
+        core: RetransmittingRequest[T],
+        clock: IReactorTime,
+        label: str,
+        *,
+        destination: tuple[str, int] | None = None,
+        accept_from: str | None = None,
+    ) -> None:
         self.core = core
+        self._destination = destination
+        self._accept_from = accept_from
         self._clock = clock
         self._label = label
         self._timer: IDelayedCall | None = None
@@ -51,6 +64,9 @@ class GatewayRequestProtocol(DatagramProtocol, Generic[T]):
         self._pump()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self._accept_from is not None and addr[0] != self._accept_from:
+            _log.debug("{label}: ignored an answer from {addr}", label=self._label, addr=addr)
+            return
         if self.core.receive_datagram(datagram):
             self._pump()
         elif self.core.ignored:
@@ -80,7 +96,10 @@ class GatewayRequestProtocol(DatagramProtocol, Generic[T]):
             return
         for datagram in self.core.datagrams_to_send():
             try:
-                self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
+                if self._destination is None:
+                    self.transport.write(datagram)  # type: ignore[union-attr,call-arg]
+                else:
+                    self.transport.write(datagram, self._destination)  # type: ignore[union-attr]
             except OSError as e:  # e.g. ENETUNREACH: no route to the gateway
                 self.core.fail(e)
                 break
@@ -136,6 +155,31 @@ def send_request(
     listening = udp.listenUDP(0, protocol, interface=local_address, maxPacketSize=8192)
     try:
         listening.connect(gateway, port)  # type: ignore[attr-defined]
+    except Exception:
+        listening.stopListening()
+        raise
+    protocol.start()
+    return protocol.deferred
+
+
+def send_multicast_request(
+    reactor: Any,
+    group: tuple[str, int],
+    local_address: str,
+    accept_from: str | None,
+    make_core: Callable[[float], RetransmittingRequest[T]],
+    label: str,
+) -> Deferred[T]:
+    """Multicast the request ``make_core(now)`` builds to ``group`` from ``local_address``
+    (TTL 2, as UPnP asks); answers come back unicast, and only ``accept_from``'s count."""
+    clock: IReactorTime = reactor
+    protocol = GatewayRequestProtocol(
+        make_core(clock.seconds()), clock, label, destination=group, accept_from=accept_from
+    )
+    listening = reactor.listenMulticast(0, protocol, interface=local_address, maxPacketSize=8192)
+    try:
+        listening.setOutgoingInterface(local_address)
+        listening.setTTL(2)
     except Exception:
         listening.stopListening()
         raise

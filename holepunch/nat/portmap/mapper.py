@@ -142,8 +142,8 @@ class PortMapper:
 
     ``gateway`` defaults to the default route's gateway (``/proc/net/route``);
     ``local_address`` to this host's address toward it. ``methods`` is the order to try
-    (see the module docstring). ``upnp_multicast_interface`` and ``upnp_root_url`` steer
-    UPnP discovery (see :mod:`holepunch.nat.portmap.upnp`). ``server_port`` is where PCP
+    (see the module docstring). ``upnp_root_url`` skips UPnP's SSDP discovery
+    (see :mod:`holepunch.nat.portmap.upnp`). ``server_port`` is where PCP
     and NAT-PMP requests go (5351; tests point it at a fake gateway).
 
     Everything that waits takes a timeout in seconds; every Deferred can be cancelled,
@@ -157,7 +157,6 @@ class PortMapper:
         *,
         local_address: str | None = None,
         methods: Sequence[Method | str] = DEFAULT_METHODS,
-        upnp_multicast_interface: str | None = None,
         upnp_root_url: str | None = None,
         server_port: int = pcp.SERVER_PORT,
         upnp: UpnpClient | None = None,
@@ -172,10 +171,7 @@ class PortMapper:
         self._local_address = local_address
         self.methods = tuple(Method(m) for m in methods)
         self._server_port = server_port
-        self._upnp_options = {
-            "multicast_interface": upnp_multicast_interface,
-            "root_url": upnp_root_url,
-        }
+        self._upnp_root_url = upnp_root_url
         self._upnp = upnp
         self._mappings: dict[tuple[Method, int], PortMapping] = {}
         self._renewals: dict[tuple[Method, int], Renewal] = {}
@@ -202,7 +198,10 @@ class PortMapper:
     def _upnp_client(self) -> UpnpClient:
         if self._upnp is None:
             self._upnp = UpnpClient(
-                self.reactor, local_address=self.local_address, **self._upnp_options
+                self.reactor,
+                gateway=self.gateway,
+                local_address=self.local_address,
+                root_url=self._upnp_root_url,
             )
         return self._upnp
 

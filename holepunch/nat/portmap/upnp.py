@@ -1,19 +1,21 @@
 # -*- test-case-name: tests.lab.test_portmap_lab -*-
-"""UPnP IGD port mapping through ``miniupnpc``, run off the reactor thread.
+"""UPnP IGD port mapping: SSDP from the reactor, then ``miniupnpc`` off the reactor thread.
 
-``miniupnpc`` (the reference UPnP client, from the miniupnp project) does SSDP discovery,
-the device description and the SOAP calls (``AddPortMapping``, ``GetExternalIPAddress``,
-``DeletePortMapping``), but blocks. Every call here runs in the reactor's thread pool; one
+``miniupnpc`` (the reference UPnP client, from the miniupnp project) reads the device
+description and makes the SOAP calls (``AddPortMapping``, ``GetExternalIPAddress``,
+``DeletePortMapping``), but blocks: every call runs in the reactor's thread pool, and one
 lock serialises them because a ``miniupnpc.UPnP`` object is not thread-safe.
 
-Discovery is bounded by the caller's timeout: SSDP waits ``discoverdelay`` ms for answers,
-and we set it to a share of the time left. ``multicast_interface`` (an interface name or
-address) picks the interface the SSDP M-SEARCH leaves from; inside a network namespace the
-default is the address this host uses toward the gateway. ``root_url`` skips SSDP and
-fetches the IGD description from a known URL instead.
+Discovery is ours (:mod:`holepunch.nat.portmap.ssdp`): ``miniupnpc``'s ``discover()``
+waits at least a second whatever its ``discoverdelay`` (its ``MX`` is in whole seconds),
+and picks its interface from ``UPnP(multicastif=...)`` (read-only after construction). We
+multicast the M-SEARCH from this host's address toward the gateway (so it leaves by the
+right interface inside a network namespace too), accept the first answer that comes from
+the gateway itself, within the caller's timeout, and pass its ``LOCATION`` to
+``selectigd(url)``. ``root_url`` skips SSDP for a known description URL.
 
 A thread cannot be interrupted: when the caller's Deferred times out or is cancelled while
-``AddPortMapping`` is in flight, the thread deletes the mapping it made as soon as the call
+``AddPortMapping`` is in flight, the mapping it makes is deleted as soon as the call
 returns, so nothing is left behind on the gateway.
 """
 
@@ -24,16 +26,20 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from holepunch.nat.portmap import ssdp
+from holepunch.nat.portmap._core import NoResponse, RetransmittingRequest
+from holepunch.nat.portmap.gateway_udp import send_multicast_request
 
 T = TypeVar("T")
 _log = Logger()
 
 DESCRIPTION = "holepunch"
 """The ``NewPortMappingDescription`` our mappings carry."""
-_MIN_DISCOVER_MS = 50
 _CONFLICT_RETRIES = 8
 
 
@@ -62,105 +68,132 @@ class UpnpMapping:
 
 
 class UpnpClient:
-    """A UPnP IGD client: discovery once, then mapping calls, each in a worker thread."""
+    """A UPnP IGD client for ``gateway``: SSDP once, then SOAP calls in worker threads."""
 
     def __init__(
         self,
         reactor: Any,
         *,
-        multicast_interface: str | None = None,
+        gateway: str,
+        local_address: str,
         root_url: str | None = None,
-        local_address: str | None = None,
     ) -> None:
         self._reactor = reactor
-        self._multicast_interface = multicast_interface
-        self._root_url = root_url
+        self._gateway = gateway
         self._local_address = local_address
+        self._root_url = root_url
+        self._location: str | None = root_url
         self._lock = threading.Lock()
-        self._igd: Any = None
+        self._devices: dict[str, Any] = {}
+
+    # -- discovery (reactor thread) --
+
+    async def _find(self, timeout: float) -> str:
+        """The IGD description URL: known, or from the gateway's SSDP answer."""
+        if self._location is not None:
+            return self._location
+
+        def make(now: float) -> RetransmittingRequest[ssdp.SearchResponse]:
+            return RetransmittingRequest(
+                ssdp.encode_msearch(),
+                ssdp.decode_search_response,
+                ssdp.retransmission_schedule(),
+                now,
+                now + timeout,
+            )
+
+        try:
+            answer: ssdp.SearchResponse = await send_multicast_request(
+                self._reactor,
+                (ssdp.MULTICAST_ADDRESS, ssdp.PORT),
+                self._local_address,
+                self._gateway,
+                make,
+                "SSDP M-SEARCH",
+            )
+        except NoResponse as e:
+            raise UpnpError(
+                f"no IGD answered SSDP M-SEARCH from {self._gateway} within {timeout:.2f} s ({e})"
+            ) from e
+        _log.debug("SSDP: IGD at {location} ({server})", location=answer.location,
+                   server=answer.server)  # fmt: skip
+        self._location = answer.location
+        return answer.location
 
     # -- blocking parts (worker thread) --
 
-    def _device(self, deadline: float, now: Callable[[], float]) -> Any:
-        """The IGD's ``miniupnpc.UPnP`` object, discovering it the first time."""
-        if self._igd is not None:
-            return self._igd
-        import miniupnpc
-
-        remaining = max(0.0, deadline - now())
-        # SSDP collects answers until a quiet period of discoverdelay: leave time for the
-        # description fetch and the SOAP call after it.
-        options: dict[str, Any] = {
-            "discoverdelay": max(_MIN_DISCOVER_MS, int(remaining * 1000 * 0.4))
-        }
-        interface = self._multicast_interface or self._local_address
-        if interface:
-            options["multicastif"] = interface  # read-only once made: a constructor argument
-        upnp = miniupnpc.UPnP(**options)
-        if self._root_url:
-            try:
-                upnp.selectigd(self._root_url)
-            except Exception as e:
-                raise UpnpError(f"no IGD at {self._root_url}: {e}") from e
-        else:
-            try:
-                found = upnp.discover()
-            except Exception as e:
-                raise UpnpError(f"SSDP discovery failed: {e}") from e
-            if not found:
-                raise UpnpError(f"no UPnP device answered SSDP in {upnp.discoverdelay} ms")
-            try:
-                upnp.selectigd()
-            except Exception as e:
-                raise UpnpError(f"{found} UPnP device(s) found, but no usable IGD: {e}") from e
-        self._igd = upnp
-        return upnp
-
-    def _run(self, timeout: float, work: Callable[[Any, float], T]) -> T:
-        clock = self._reactor.seconds  # reads the time only; safe from a thread
-        deadline = clock() + timeout
+    def _run(self, location: str, work: Callable[[Any], T]) -> T:
         with self._lock:
-            device = self._device(deadline, clock)
-            return work(device, deadline)
+            device = self._devices.get(location)
+            if device is None:
+                import miniupnpc
 
-    def _defer(
+                device = miniupnpc.UPnP()
+                try:
+                    device.selectigd(location)
+                except Exception as e:
+                    raise UpnpError(f"no usable IGD at {location}: {e}") from e
+                self._devices[location] = device
+            return work(device)
+
+    # -- plumbing (reactor thread) --
+
+    def _forget(self, location: str) -> None:
+        """After a failure, discover again next time (the gateway may have restarted)."""
+        self._devices.pop(location, None)
+        if self._location == location and location != self._root_url:
+            self._location = None
+
+    def _call(
         self,
         timeout: float,
-        work: Callable[[Any, float], T],
+        work: Callable[[Any], T],
         what: str,
         undo: Callable[[T], object] | None = None,
     ) -> Deferred[T]:
-        """Run ``work(device, deadline)`` in a thread; the result Deferred times out.
+        """Find the IGD, then run ``work(device)`` in a thread; all within ``timeout``.
 
         If the caller has gone (timeout, cancel) when the thread returns, ``undo`` is
         called with the late result: a mapping nobody will use is deleted again.
         """
-        outer: Deferred[T] = Deferred()
-        inner: Deferred[T] = deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self._run, timeout, work
-        )
+        deadline = self._reactor.seconds() + timeout
 
-        def succeeded(result: T) -> None:
-            if not outer.called:
-                outer.callback(result)
-            elif undo is not None:
-                _log.info("UPnP {what} finished after its caller gave up; undoing it", what=what)
-                undo(result)
+        async def call() -> T:
+            location = await self._find(timeout)
+            remaining = max(0.0, deadline - self._reactor.seconds())
+            outer: Deferred[T] = Deferred()
+            inner: Deferred[T] = deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(), self._run, location, work
+            )
 
-        def failed(failure: Any) -> None:
-            if not outer.called:
-                outer.errback(failure)
+            def succeeded(result: T) -> None:
+                if not outer.called:
+                    outer.callback(result)
+                elif undo is not None:
+                    _log.info("UPnP {what} returned after its caller gave up; undoing it",
+                              what=what)  # fmt: skip
+                    undo(result)
 
-        inner.addCallbacks(succeeded, failed)
-        outer.addTimeout(timeout, self._reactor)
-        return outer
+            def failed(failure: Failure) -> None:
+                self._forget(location)
+                if not outer.called:
+                    outer.errback(failure)
+
+            inner.addCallbacks(succeeded, failed)
+            outer.addTimeout(remaining, self._reactor)
+            try:
+                return await outer
+            except TimeoutError as e:
+                raise UpnpError(f"{what}: no answer from the IGD at {location} in time") from e
+
+        return ensureDeferred(call())
 
     # -- the API (reactor thread) --
 
     def external_address(self, timeout: float) -> Deferred[str]:
         """``GetExternalIPAddress``."""
 
-        def work(device: Any, deadline: float) -> str:
+        def work(device: Any) -> str:
             try:
                 address = device.externalipaddress()
             except Exception as e:
@@ -169,7 +202,7 @@ class UpnpClient:
                 raise UpnpError("GetExternalIPAddress returned no address")
             return str(address)
 
-        return self._defer(timeout, work, "GetExternalIPAddress")
+        return self._call(timeout, work, "GetExternalIPAddress")
 
     def add_udp_mapping(
         self, internal_port: int, lifetime: int, timeout: float, external_port: int | None = None
@@ -181,7 +214,7 @@ class UpnpClient:
         """
         wanted = external_port or internal_port
 
-        def work(device: Any, deadline: float) -> UpnpMapping:
+        def work(device: Any) -> UpnpMapping:
             host = str(device.lanaddr)
             try:
                 address = str(device.externalipaddress())
@@ -218,15 +251,15 @@ class UpnpClient:
                 lambda f: _log.warn("UPnP: could not delete a late mapping: {f}", f=f.value)
             )
 
-        return self._defer(timeout, work, "AddPortMapping", undo)
+        return self._call(timeout, work, "AddPortMapping", undo)
 
     def delete_udp_mapping(self, external_port: int, timeout: float) -> Deferred[None]:
         """``DeletePortMapping`` for UDP ``external_port``."""
 
-        def work(device: Any, deadline: float) -> None:
+        def work(device: Any) -> None:
             try:
                 device.deleteportmapping(external_port, "UDP", "")
             except Exception as e:
                 raise UpnpError(f"DeletePortMapping of UDP {external_port} failed: {e}") from e
 
-        return self._defer(timeout, work, "DeletePortMapping")
+        return self._call(timeout, work, "DeletePortMapping")
