@@ -224,11 +224,19 @@ class UpnpClient:
                 1024 + (wanted * 7919 + i * 104729) % 64511 for i in range(_CONFLICT_RETRIES)
             ]
             errors = []
+            lease = lifetime
             for port in candidates:
                 try:
-                    device.addportmapping(
-                        port, "UDP", host, internal_port, DESCRIPTION, "", lifetime
-                    )
+                    try:
+                        device.addportmapping(
+                            port, "UDP", host, internal_port, DESCRIPTION, "", lease
+                        )
+                    except Exception as e:
+                        # IGD v1 error 725: this router only grants leases "until deleted".
+                        if lease == 0 or "OnlyPermanentLeasesSupported" not in str(e):
+                            raise
+                        lease = 0
+                        device.addportmapping(port, "UDP", host, internal_port, DESCRIPTION, "", 0)
                 except Exception as e:
                     errors.append(f"port {port}: {e}")
                     if "onflict" not in str(e):  # only a taken port is worth another try
@@ -236,14 +244,14 @@ class UpnpClient:
                     if port == wanted:
                         try:
                             got = device.addanyportmapping(
-                                port, "UDP", host, internal_port, DESCRIPTION, "", lifetime
+                                port, "UDP", host, internal_port, DESCRIPTION, "", lease
                             )
                         except Exception as e2:
                             errors.append(f"AddAnyPortMapping: {e2}")
                         else:
-                            return UpnpMapping(host, internal_port, address, int(got), lifetime)
+                            return UpnpMapping(host, internal_port, address, int(got), lease)
                     continue
-                return UpnpMapping(host, internal_port, address, port, lifetime)
+                return UpnpMapping(host, internal_port, address, port, lease)
             raise UpnpError(f"AddPortMapping failed: {'; '.join(errors)}")
 
         def undo(mapping: UpnpMapping) -> None:
