@@ -144,7 +144,8 @@ class PortMapper:
     ``local_address`` to this host's address toward it. ``methods`` is the order to try
     (see the module docstring). ``upnp_root_url`` skips UPnP's SSDP discovery
     (see :mod:`holepunch.nat.portmap.upnp`). ``server_port`` is where PCP
-    and NAT-PMP requests go (5351; tests point it at a fake gateway).
+    and NAT-PMP requests go (5351; tests point it at a fake gateway). ``upnp`` replaces
+    the UPnP client (one made for the gateway by default).
 
     Everything that waits takes a timeout in seconds; every Deferred can be cancelled,
     which stops retransmissions and closes the request's socket.
