@@ -10,7 +10,8 @@ Run in a lab host's namespace (``LabHost.popen(host.python_argv("lab.portmap_dri
 ``map`` binds a UDP socket, prints ``{"event": "listening", "port": P}``, maps it and
 prints ``mapped`` (with the mapping and ``elapsed_ms``) or ``failed`` (with ``attempts``).
 Then every datagram the socket receives is printed as ``received``; stdin lines ``unmap``
-and ``renew`` do that and print the outcome; end of stdin closes the mapper and exits.
+and ``renew`` do that and print the outcome; end of stdin closes the mapper (which also
+waits for abandoned UPnP calls to undo their mappings), prints ``closed`` and exits.
 ``probe`` prints the probe report. ``bench`` maps and deletes ``--rounds`` times, each time
 with a new mapper (so UPnP discovers the gateway again, as a fresh application would), and
 prints one ``round`` line per round.
@@ -89,21 +90,26 @@ async def run_map(reactor: Any, args: argparse.Namespace) -> None:
 
     port = reactor.listenUDP(0, Receiver())
     emit("listening", port=port.getHost().port)
-    mapper = PortMapper(reactor, args.gateway, methods=args.method or DEFAULT_METHODS)
+    mapper = PortMapper(
+        reactor,
+        args.gateway,
+        methods=args.method or DEFAULT_METHODS,
+        upnp_root_url=args.upnp_root_url,
+    )
     started = time.monotonic()
+    done: defer.Deferred[None] = defer.Deferred()
+    commands = Commands(mapper, done)
     try:
-        mapping = await mapper.map_udp(
+        commands.mapping = await mapper.map_udp(
             port.getHost().port, lifetime=args.lifetime, timeout=args.timeout
         )
     except PortMappingError as e:
         emit("failed", error=str(e), attempts=e.attempts, elapsed_ms=_ms(started))
-        return
-    emit("mapped", elapsed_ms=_ms(started), **mapping_fields(mapping))
-    done: defer.Deferred[None] = defer.Deferred()
-    commands = Commands(mapper, done)
-    commands.mapping = mapping
+    else:
+        emit("mapped", elapsed_ms=_ms(started), **mapping_fields(commands.mapping))
     stdio.StandardIO(commands, reactor=reactor)
-    await done
+    await done  # end of stdin: close the mapper (deletes what it made)
+    emit("closed")
     await port.stopListening()
 
 
@@ -144,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--lifetime", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--upnp-root-url", default=None)
     args = parser.parse_args(argv)
     run = {"map": run_map, "probe": run_probe, "bench": run_bench}[args.mode]
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))

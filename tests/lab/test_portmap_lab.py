@@ -21,7 +21,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 from holepunch.testing.natlab import LabHost, coturn_unavailable_reason, lab_fixture
-from lab.miniupnpd import miniupnpd_unavailable_reason, start_miniupnpd
+from lab.miniupnpd import HTTP_PORT, miniupnpd_unavailable_reason, start_miniupnpd
 
 EVENT_TIMEOUT = 15.0
 SEND = (
@@ -172,6 +172,22 @@ class PortMappingLabTests(TestCase):
                          {"pcp": True, "natpmp": True, "upnp": True})  # fmt: skip
         self.assertEqual(report["natpmp"]["external_address"], self.host.public_address)
         self.assertEqual(report["upnp"]["external_address"], self.host.public_address)
+
+    def test_abandoned_upnp_mapping_is_deleted(self):
+        """A UPnP AddPortMapping that returns after map_udp timed out is deleted again."""
+        root_url = f"http://{self.daemon.gateway}:{HTTP_PORT}/rootDesc.xml"
+        driver = Driver(
+            self.host, "--method", "upnp", "--timeout", "0.001", "--upnp-root-url", root_url
+        )
+        driver.expect("listening")
+        failed = driver.expect("failed")
+        self.assertIn("no answer from the IGD", failed["attempts"]["upnp"])
+        driver.finish()
+        self.assertEqual(driver.process.returncode, 0, driver.stderr())
+        self.assertTrue(self.daemon.wait_for_log("removing redirect rule", timeout=EVENT_TIMEOUT))
+        added = [line for line in self.daemon.log if "redirecting port" in line]
+        self.assertEqual(len(added), 1, self.daemon.log[-20:])
+        self.assertNotIn("dport", self.daemon.rules())
 
     def test_daemon_stopped(self):
         """With miniupnpd stopped, map_udp fails within its timeout naming every method."""

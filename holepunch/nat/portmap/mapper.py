@@ -511,22 +511,24 @@ class PortMapper:
         """Stop all renewals and delete every mapping made, at once; never fails.
 
         Each deletion is bounded by ``timeout``; failures are logged (the mapping lapses
-        on its own at the end of its lifetime).
+        on its own at the end of its lifetime). Also waits (up to ``timeout``) for UPnP
+        calls abandoned by their callers, which delete what they mapped when they return.
         """
         deletions = [self.unmap(mapping, timeout) for mapping in list(self._mappings.values())]
         for renewal in self._renewals.values():
             renewal.stop()
         self._renewals.clear()
-        if not deletions:
-            return succeed(None)
 
-        def report(results: list[tuple[bool, Any]]) -> None:
+        async def close() -> None:
+            results: list[tuple[bool, Any]] = await DeferredList(deletions, consumeErrors=True)
             for ok, value in results:
                 if not ok:
                     _log.warn("on close: {error}", error=value.value)
+            if self._upnp is not None:
+                # a UPnP call abandoned by its caller may still map a port: let it undo that
+                await self._upnp.drain(timeout)
 
-        d: Deferred[Any] = DeferredList(deletions, consumeErrors=True)
-        return d.addCallback(report)
+        return ensureDeferred(close())
 
     def probe(self, timeout: float = 1.0) -> Deferred[dict[str, dict[str, Any]]]:
         """Which of PCP, NAT-PMP and UPnP the gateway answers, all asked at once.

@@ -26,7 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -85,6 +86,7 @@ class UpnpClient:
         self._location: str | None = root_url
         self._lock = threading.Lock()
         self._devices: dict[str, Any] = {}
+        self._inflight: set[Deferred[Any]] = set()
 
     # -- discovery (reactor thread) --
 
@@ -166,13 +168,14 @@ class UpnpClient:
                 self._reactor, self._reactor.getThreadPool(), self._run, location, work
             )
 
-            def succeeded(result: T) -> None:
+            def succeeded(result: T) -> object:
                 if not outer.called:
                     outer.callback(result)
                 elif undo is not None:
                     _log.info("UPnP {what} returned after its caller gave up; undoing it",
                               what=what)  # fmt: skip
-                    undo(result)
+                    return undo(result)  # drain() waits for this too
+                return None
 
             def failed(failure: Failure) -> None:
                 self._forget(location)
@@ -180,15 +183,30 @@ class UpnpClient:
                     outer.errback(failure)
 
             inner.addCallbacks(succeeded, failed)
+            self._inflight.add(inner)
+            inner.addBoth(lambda _: self._inflight.discard(inner))
             outer.addTimeout(remaining, self._reactor)
             try:
                 return await outer
-            except TimeoutError as e:
+            except DeferredTimeout as e:
                 raise UpnpError(f"{what}: no answer from the IGD at {location} in time") from e
 
         return ensureDeferred(call())
 
     # -- the API (reactor thread) --
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Fires once no UPnP call is left running in a thread (or after ``timeout``).
+
+        A call whose caller gave up may still be running, and a mapping it makes is then
+        deleted: wait for that before the process exits.
+        """
+        if not self._inflight:
+            return succeed(None)
+        waiting: Deferred[Any] = DeferredList(list(self._inflight), consumeErrors=True)
+        waiting.addTimeout(timeout, self._reactor)
+        waiting.addErrback(lambda f: _log.warn("UPnP calls still running: {f}", f=f.value))
+        return waiting.addCallback(lambda _: None)
 
     def external_address(self, timeout: float) -> Deferred[str]:
         """``GetExternalIPAddress``."""
@@ -254,8 +272,8 @@ class UpnpClient:
                 return UpnpMapping(host, internal_port, address, port, lease)
             raise UpnpError(f"AddPortMapping failed: {'; '.join(errors)}")
 
-        def undo(mapping: UpnpMapping) -> None:
-            self.delete_udp_mapping(mapping.external_port, timeout).addErrback(
+        def undo(mapping: UpnpMapping) -> Deferred[None]:
+            return self.delete_udp_mapping(mapping.external_port, max(timeout, 1.0)).addErrback(
                 lambda f: _log.warn("UPnP: could not delete a late mapping: {f}", f=f.value)
             )
 
