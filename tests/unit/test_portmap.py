@@ -668,6 +668,44 @@ class LoopbackGatewayTests(TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     @defer.inlineCallbacks
+    def test_auto_renew_reports_a_lapse(self):
+        """When renewals keep failing, they retry at half the time left, then report the lapse."""
+        gateway = self.start_gateway(max_lifetime=20)
+        clock = Clock()
+        mapper = self.mapper(reactor_=ClockedReactor(clock))
+        mapping = yield mapper.map_udp(4000)
+        gateway.speaks = ()
+        lost: list[Exception] = []
+        renewal = mapper.auto_renew(mapping, on_lost=lost.append)
+        clock.pump([1.0] * 19)
+        self.assertEqual(lost, [])
+        clock.advance(1.0)  # renewals at 10, 16 and 19 (the 1 s steps), each failing 1 s later
+        self.assertEqual(len(lost), 1)
+        self.assertIsInstance(lost[0], PortMappingError)
+        self.assertIn("NoResponse", str(lost[0]))
+        self.assertTrue(renewal.stopped)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_probe_nothing_there(self):
+        """probe says plainly that neither PCP nor NAT-PMP answers a port with no server."""
+        probe = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.gateway_port = probe.getHost().port
+        yield probe.stopListening()
+        report = yield self.mapper().probe(timeout=1.0)
+        self.assertEqual(report["pcp"]["available"], False)
+        self.assertEqual(report["natpmp"]["available"], False)
+        self.assertIn("unreachable", report["natpmp"]["detail"])
+
+    @defer.inlineCallbacks
+    def test_probe_pcp(self):
+        """probe finds a PCP server by ANNOUNCE, changing nothing on the gateway."""
+        gateway = self.start_gateway()
+        report = yield self.mapper().probe(timeout=1.0)
+        self.assertEqual(report["pcp"], {"available": True, "detail": "epoch 7"})
+        self.assertEqual(gateway.table, {})
+
+    @defer.inlineCallbacks
     def test_probe(self):
         """probe reports which of PCP and NAT-PMP answer, with the external address."""
         self.start_gateway(speaks=("natpmp",))
