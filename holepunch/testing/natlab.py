@@ -540,6 +540,13 @@ class LabHost:
         kwargs.setdefault("start_new_session", True)
         return self.lab._popen(self.argv(argv), **kwargs)
 
+    def router_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in :attr:`edge_namespace` (a daemon on the router, say), as
+        :meth:`popen` does in the host; :meth:`NatLab.close` stops it."""
+        kwargs["env"] = _lab_env(kwargs.get("env"))
+        kwargs.setdefault("start_new_session", True)
+        return self.lab._popen(["ip", "netns", "exec", self.edge_namespace, *argv], **kwargs)
+
     def router_nft(
         self, args: Sequence[str], *, input: bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
