@@ -229,7 +229,7 @@ def start_holepunch(procs: Processes, tmp: Path, cpu: int | None) -> Target:
     env = dict(os.environ, PYTHONPATH=pythonpath)
     proc = procs.start(_pinned(args, cpu), cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_ready(proc, port, log)
-    from holepunch import __version__
+    from holepunch.version import __version__
 
     return Target("holepunch", f"holepunch {__version__} (twistd)", port, BINDING_SUCCESS, proc.pid)
 

@@ -15,7 +15,7 @@ in Python names, with its camelCase names as thin aliases::
 Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 ``hole-punching-ready``, ``peer-registered``, ``peer-joined-room``, ``peer-left-room``,
 ``peer-connected``, ``peer-disconnected``. It implements
-:class:`holepunch.web.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
+:class:`holepunch.interfaces.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from zope.interface import implementer
 
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import Channel, PeerConnection
+from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
-from holepunch.web import IStatusProvider
 
 _log = Logger()
 

@@ -44,10 +44,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-from holepunch import __version__
+from holepunch.interfaces import IStatusProvider, JSONDict
 from holepunch.nat.model import NatInfo, recommended_strategy
+from holepunch.version import __version__
 
 if TYPE_CHECKING:
     from holepunch.signaling.server import SignalingService
@@ -55,32 +56,8 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
-JSONDict = dict[str, Any]
-
 CONNECT_TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
 """Buckets (seconds) of ``holepunch_connect_time_seconds``: a LAN punch to a slow relay."""
-
-
-class IStatusProvider(Interface):
-    """What the HTTP endpoints show: implemented by ``P2PCoordinator`` and
-    :class:`DaemonStatus`."""
-
-    def health_check() -> defer.Deferred[JSONDict]:
-        """Fires with ``{status, initialized, timestamp, services}``.
-
-        ``status`` is ``healthy`` when everything enabled works (``/p2p/health`` answers
-        200), anything else (``unhealthy``) otherwise (503); ``timestamp`` is in
-        milliseconds since the epoch; ``services`` maps each part to its state.
-        """
-
-    def get_stats() -> JSONDict:
-        """``{initialized, natInfo, activeConnections, signaling, holePunching}``."""
-
-    def get_nat_info() -> JSONDict | None:
-        """The NAT this side is behind (``NatInfo.to_json()``), or None when unknown."""
-
-    def get_recommended_strategy() -> JSONDict | None:
-        """``{strategy, recommendation, methods, difficulty, natType, ...}``, or None."""
 
 
 # -- JSON pages -------------------------------------------------------------------------

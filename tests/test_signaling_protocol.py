@@ -14,10 +14,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
+from holepunch.interfaces import ISignalingClient
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
 from holepunch.signaling._autobahn import debug_logging_off
-from holepunch.signaling.model import DisconnectReason, ISignalingClient, RoomRegistry
+from holepunch.signaling.model import DisconnectReason, RoomRegistry
 from holepunch.signaling.server import (
     ServerStats,
     SignalingConfig,

@@ -349,7 +349,7 @@ class MetricsTests(SynchronousTestCase):
 
     def test_build_info(self) -> None:
         """holepunch_build_info carries the version."""
-        from holepunch import __version__
+        from holepunch.version import __version__
 
         self.assertEqual(
             samples(Metrics())[("holepunch_build_info", (("version", __version__),))], 1

@@ -44,7 +44,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from holepunch import __version__
+from holepunch.interfaces import ISignalingClient
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
 from holepunch.signaling._autobahn import (
@@ -54,12 +54,12 @@ from holepunch.signaling._autobahn import (
 )
 from holepunch.signaling.model import (
     DisconnectReason,
-    ISignalingClient,
     JSONObject,
     Limits,
     RoomRegistry,
     SignalingError,
 )
+from holepunch.version import __version__
 
 _log = Logger()
 

@@ -41,7 +41,6 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
-from holepunch import __version__
 from holepunch.stun.message import (
     Address,
     Attr,
@@ -54,6 +53,7 @@ from holepunch.stun.message import (
     decode,
     encode,
 )
+from holepunch.version import __version__
 
 _log = Logger()
 
