@@ -35,6 +35,7 @@ from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import Channel, PeerConnection
 from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
+from holepunch.subscription import Subscription
 
 _log = Logger()
 
@@ -55,18 +56,6 @@ Callback = Callable[[dict[str, Any]], object]
 
 class CoordinatorError(Exception):
     """A coordinator call that cannot be served (not initialized, unknown peer, ...)."""
-
-
-class Subscription:
-    """What :meth:`P2PCoordinator.on` returns; ``cancel()`` unsubscribes."""
-
-    def __init__(self, callbacks: list[Callback], callback: Callback) -> None:
-        self._callbacks = callbacks
-        self._callback = callback
-
-    def cancel(self) -> None:
-        if self._callback in self._callbacks:
-            self._callbacks.remove(self._callback)
 
 
 @dataclass
@@ -146,7 +135,7 @@ class P2PCoordinator(MultiService):
 
     # -- events -----------------------------------------------------------------------
 
-    def on(self, event: str, callback: Callback) -> Subscription:
+    def on(self, event: str, callback: Callback) -> Subscription[Callback]:
         """Call ``callback(event_dict)`` for every ``event``; returns a :class:`Subscription`."""
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; events are {sorted(EVENTS)}")

@@ -48,6 +48,7 @@ from zope.interface import implementer
 
 from holepunch.interfaces import IStatusProvider, JSONDict
 from holepunch.nat.model import NatInfo, recommended_strategy
+from holepunch.textpage import TextPage, index_text
 from holepunch.version import __version__
 
 if TYPE_CHECKING:
@@ -397,21 +398,13 @@ def install_http(root: Resource, provider: IStatusProvider, metrics: Metrics | N
         root.putChild(b"metrics", MetricsPage(metrics))
 
 
-_HTTP_INDEX = (
-    "holepunch {version}\n\n"
+_HTTP_INDEX = index_text(
+    "holepunch",
     "/p2p/health   health as JSON (200 healthy, 503 otherwise)\n"
     "/p2p/stats    statistics as JSON\n"
     "/p2p/nat      the NAT and the recommended strategy as JSON\n"
-    "/metrics      Prometheus metrics\n"
+    "/metrics      Prometheus metrics\n",
 )
-
-
-class _IndexPage(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return _HTTP_INDEX.format(version=__version__).encode("utf-8")
 
 
 def make_http_service(
@@ -419,7 +412,7 @@ def make_http_service(
 ) -> Service:
     """A service serving the same pages on an endpoint of their own (strports)."""
     root = Resource()
-    root.putChild(b"", _IndexPage())
+    root.putChild(b"", TextPage(_HTTP_INDEX))
     install_http(root, provider, metrics)
     site = Site(root, reactor=reactor)
     site.noisy = False
