@@ -106,9 +106,9 @@ class P2PCoordinator(MultiService):
             if explicit:
                 from dataclasses import replace
 
-                from holepunch.config import _from_explicit
+                from holepunch.config import explicit_values
 
-                self.config = replace(config, **_from_explicit(explicit))
+                self.config = replace(config, **explicit_values(explicit))
         else:
             self.config = build_config(
                 {**dict(config or {}), **explicit}, environ=environ if environ is not None else None
@@ -258,12 +258,7 @@ class P2PCoordinator(MultiService):
         base = self._ice_config or IceConfig()
         from dataclasses import replace
 
-        turn = list(base.relay.servers)
-        if not turn and self.config.turn_servers:
-            from holepunch.turn import TurnServer
-
-            for server in self.config.turn_servers:
-                turn.extend(TurnServer.from_ice_server(server.as_ice_server()))
+        turn = list(base.relay.servers) or list(self.config.turn_servers)
         gathering = base.gathering
         return replace(
             base,

@@ -278,12 +278,9 @@ async def connect_command(
 def _turn_from_environment() -> list[Any]:
     """TURN servers from ``P2P_TURN_SERVERS`` / ``P2P_TURN_USERNAME`` / ``P2P_TURN_PASSWORD``
     (used when no ``--turn-server`` is given); a bad value raises ValueError naming it."""
-    from holepunch.config import _from_environment
-    from holepunch.turn import TurnServer
+    from holepunch.config import environment_values
 
-    servers: list[Any] = []
-    for entry in _from_environment(os.environ).get("turn_servers", []):
-        servers.extend(TurnServer.from_ice_server(entry.as_ice_server()))
+    servers: list[Any] = environment_values(os.environ).get("turn_servers", [])
     return servers
 
 
