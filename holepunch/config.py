@@ -22,7 +22,7 @@ and says what was expected::
 
     P2P_SIGNALING_PORT: expected a port number 0-65535, got 'abc'
 
-Pure: no sockets, no reactor. The daemon's wiring is in :mod:`holepunch.tap`; the
+Pure: no sockets, no reactor. The daemon's wiring is in :mod:`holepunch.daemon.tap`; the
 operator's view (every variable, with examples) is in ``docs/operations.md``.
 """
 
@@ -630,8 +630,8 @@ def build_config(
         ``{"host": ..., "port": ...}`` or ``"host:port"`` (a whole string may be a comma
         list); ``turn_servers`` entries ``{"urls": str | list, "username": ...,
         "credential": ...}`` (the seed's and WebRTC's ``RTCIceServer``), a
-        :class:`~holepunch.turn.config.TurnServer` or a bare ``turn:`` URI; each URI
-        becomes one :class:`~holepunch.turn.config.TurnServer`.
+        :class:`holepunch.turn.config.TurnServer` or a bare ``turn:`` URI; each URI
+        becomes one :class:`holepunch.turn.config.TurnServer`.
     :param options: twistd options: a field's name with dashes (``peer-timeout``,
         ``log-level``, ``stun-servers``; seconds), or the flags ``no-signaling`` and
         ``no-hole-punching``. None means not given.

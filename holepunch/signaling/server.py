@@ -151,7 +151,7 @@ _OPTION_FIELDS = {
 def config_from_options(
     options: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> SignalingConfig:
-    """The signaling configuration from ``twistd holepunch`` options (``holepunch.tap``).
+    """The signaling configuration from ``twistd holepunch`` options (``holepunch.daemon.tap``).
 
     Options left out (or None) keep their defaults; the auth secret falls back to the
     ``P2P_AUTH_SECRET`` environment variable, so it need not appear in a process list.

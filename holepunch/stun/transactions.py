@@ -4,10 +4,10 @@
 :class:`ClientTransactions` keeps the client transactions of one endpoint: what to send,
 when to send it again, which response answers which request. It owns no socket and no
 clock: requests go in with ``now``, datagrams to send come out of
-:meth:`~ClientTransactions.datagrams_to_send`, :meth:`~ClientTransactions.get_timer` says
+:meth:`ClientTransactions.datagrams_to_send`, :meth:`ClientTransactions.get_timer` says
 when it next needs time, and every transaction ends in exactly one
 :class:`TransactionOutcome` (a response, an error response, or a timeout) returned by
-:meth:`~ClientTransactions.receive` or :meth:`~ClientTransactions.handle_timer`. This is
+:meth:`ClientTransactions.receive` or :meth:`ClientTransactions.handle_timer`. This is
 the shape of aioquic's ``QuicConnection``; the Deferred-returning
 :class:`holepunch.stun.client.TransactionTable` and the ICE core both drive it.
 
