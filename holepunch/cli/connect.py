@@ -17,11 +17,14 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from holepunch.ice.connection import PeerConnection
 
 MAX_LINE = 60000
 END_MARKER = b""
@@ -284,9 +287,10 @@ def _turn_from_environment() -> list[Any]:
     return servers
 
 
-def _stat(connection: Any, name: str) -> int:
-    agent = getattr(connection, "agent", None)
-    return int(getattr(agent.stats, name)) if agent is not None else 0
+def _stat(connection: PeerConnection, name: str) -> int:
+    """One counter of the agent under ``connection`` (0 when it keeps none)."""
+    stats = getattr(connection.agent, "stats", None)
+    return int(getattr(stats, name)) if stats is not None else 0
 
 
 def _reason(e: BaseException) -> str:
