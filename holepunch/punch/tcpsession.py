@@ -30,7 +30,13 @@ from twisted.python.failure import Failure
 
 from holepunch.ice.candidate import Candidate, make_candidate
 from holepunch.ice.connection import Channel
-from holepunch.punch.tcp import PunchedStream, TcpMapping, simultaneous_open, sync_moment, tcp_mapping
+from holepunch.punch.tcp import (
+    PunchedStream,
+    TcpMapping,
+    simultaneous_open,
+    sync_moment,
+    tcp_mapping,
+)
 
 _log = Logger()
 
