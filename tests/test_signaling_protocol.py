@@ -18,7 +18,7 @@ from holepunch.interfaces import ISignalingClient
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
-from holepunch.signaling._autobahn import debug_logging_off
+from holepunch.signaling.autobahn_fixes import debug_logging_off
 from holepunch.signaling.model import DisconnectReason, RoomRegistry
 from holepunch.signaling.server import (
     ServerStats,

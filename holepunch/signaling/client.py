@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from holepunch.signaling import messages as msg
-from holepunch.signaling._autobahn import cancel_close_timer
+from holepunch.signaling.autobahn_fixes import cancel_close_timer
 from holepunch.signaling.messages import JSONObject
 from holepunch.subscription import Subscription
 

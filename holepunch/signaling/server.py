@@ -48,7 +48,7 @@ from holepunch.interfaces import ISignalingClient
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
-from holepunch.signaling._autobahn import (
+from holepunch.signaling.autobahn_fixes import (
     QuietWebSocketServerProtocol,
     cancel_close_timer,
     release_http_channel,
