@@ -36,17 +36,17 @@ from twisted.python.failure import Failure
 
 from holepunch.stun.client import DEFAULT_POLICY, RetransmissionPolicy, resolve_server
 from holepunch.stun.message import Address, StreamFramer, StunDecodeError
-from holepunch.turn.client import (
+from holepunch.turn.client import TurnAllocation
+from holepunch.turn.config import TurnServer
+from holepunch.turn.model import (
     DEFAULT_TIMERS,
     SOFTWARE,
     NoTurnServerAvailable,
-    TurnAllocation,
     TurnError,
     TurnRedirect,
     TurnTimeoutError,
     TurnTimers,
 )
-from holepunch.turn.config import TurnServer
 
 _log = Logger()
 
