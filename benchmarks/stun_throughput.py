@@ -62,15 +62,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from holepunch.stun.message import (  # noqa: E402
+from holepunch.stun.message import StunMessage, decode, encode  # noqa: E402
+from holepunch.stun.wire import (  # noqa: E402
     Address,
     Attr,
     MessageClass,
     Method,
     StunDecodeError,
-    StunMessage,
-    decode,
-    encode,
 )
 
 HOST = "127.0.0.1"

@@ -14,15 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.ratelimit import TokenBuckets
 from holepunch.stun.client import StunErrorResponse, binding_over_tcp, listen_stun
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    Method,
-    StunMessage,
-    decode,
-    encode,
-)
+from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import (
     MAX_PADDED_RESPONSE,
     StunDatagramProtocol,
@@ -31,6 +23,7 @@ from holepunch.stun.server import (
     StunStreamProtocol,
     make_stun_service,
 )
+from holepunch.stun.wire import Address, Attr, MessageClass, Method
 
 A = Address("192.0.2.10", 3478)
 B = Address("192.0.2.11", 3479)

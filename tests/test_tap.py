@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.daemon.tap import Options, makeService
 from holepunch.stun.client import listen_stun
-from holepunch.stun.message import Address
+from holepunch.stun.wire import Address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

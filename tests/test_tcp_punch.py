@@ -27,8 +27,8 @@ from holepunch.punch.tcp import (
     sync_moment,
     tcp_mapping,
 )
-from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.stun.wire import Address
 from holepunch.testing.natlab import PUBLIC_A, lab_fixture
 from holepunch.testing.tcp_punch_lab import STUN_PORT, PunchDriver, build_hosts, measure, summary
 

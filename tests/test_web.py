@@ -38,7 +38,7 @@ from holepunch.daemon.tap import DaemonService, Options, level_filter, makeServi
 from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import Behavior, NatInfo, NatType
 from holepunch.stun.client import listen_stun
-from holepunch.stun.message import Address
+from holepunch.stun.wire import Address
 from holepunch.testing.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 

@@ -34,7 +34,7 @@ from holepunch.ice.core import AgentStats, IceCore
 from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.stun.client import resolve_server
-from holepunch.stun.message import Address
+from holepunch.stun.wire import Address
 
 _log = Logger()
 

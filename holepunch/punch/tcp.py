@@ -54,15 +54,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from holepunch.stun.message import (
-    Attr,
-    MessageClass,
-    StreamFramer,
-    StunError,
-    StunMessage,
-    decode,
-    encode,
-)
+from holepunch.stun.framing import StreamFramer
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import Attr, MessageClass, StunError
 
 _log = Logger()
 

@@ -42,18 +42,9 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from holepunch.ratelimit import TokenBuckets
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    Method,
-    StreamFramer,
-    StunDecodeError,
-    StunError,
-    StunMessage,
-    decode,
-    encode,
-)
+from holepunch.stun.framing import StreamFramer
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import Address, Attr, MessageClass, Method, StunDecodeError, StunError
 from holepunch.version import __version__
 
 _log = Logger()

@@ -54,7 +54,9 @@ from holepunch.stun.client import (
     StunResponse,
     StunTimeout,
 )
-from holepunch.stun.message import (
+from holepunch.stun.framing import decode_channel_data, encode_channel_data, is_stun
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import (
     CHANNEL_NUMBER_MAX,
     CHANNEL_NUMBER_MIN,
     Address,
@@ -62,12 +64,6 @@ from holepunch.stun.message import (
     MessageClass,
     Method,
     StunDecodeError,
-    StunMessage,
-    decode,
-    decode_channel_data,
-    encode,
-    encode_channel_data,
-    is_stun,
 )
 from holepunch.turn.credentials import AuthenticatedTransactions, LongTermCredentials
 from holepunch.turn.model import (

@@ -15,7 +15,8 @@ from twisted.logger import Logger
 
 from holepunch.stun.client import TransactionTable
 from holepunch.stun.credentials import long_term_key
-from holepunch.stun.message import Address, Attr, MessageClass, StunMessage
+from holepunch.stun.message import StunMessage
+from holepunch.stun.wire import Address, Attr, MessageClass
 from holepunch.turn.model import TurnAuthError, TurnError
 
 _log = Logger()

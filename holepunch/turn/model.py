@@ -11,7 +11,8 @@ import enum
 import ipaddress
 from typing import TYPE_CHECKING
 
-from holepunch.stun.message import Address, Method, StunError, StunMessage
+from holepunch.stun.message import StunMessage
+from holepunch.stun.wire import Address, Method, StunError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -155,7 +156,7 @@ class ChannelBinding:
 
 
 def peer_address(peer: tuple[str, int]) -> Address:
-    """``peer`` as an :class:`Address <holepunch.stun.message.Address>`, checked: TURN
+    """``peer`` as an :class:`Address <holepunch.stun.wire.Address>`, checked: TURN
     peers are IP addresses, never names.
 
     :raises ValueError: not an IP address, or the port is out of range.
