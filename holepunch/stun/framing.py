@@ -9,8 +9,6 @@ A pure model module: no sockets, no reactor, no clock.
 
 from __future__ import annotations
 
-__docformat__ = "epytext"
-
 import struct
 
 from holepunch.stun.wire import (
@@ -29,7 +27,7 @@ from holepunch.stun.wire import (
 
 def is_stun(data: BytesLike) -> bool:
     """
-    A cheap test for demultiplexing: does C{data} look like one STUN message
+    A cheap test for demultiplexing: does ``data`` look like one STUN message
     with the magic cookie?  (No attribute parsing.)
     """
     return (
@@ -44,10 +42,10 @@ def is_stun(data: BytesLike) -> bool:
 def message_length(prefix: BytesLike) -> int | None:
     """
     The total length of the STUN message or TURN ChannelData frame (padded
-    to 4 bytes, as over TCP) that starts with C{prefix}.
+    to 4 bytes, as over TCP) that starts with ``prefix``.
 
-    @return: C{None} if fewer than 4 bytes are given.
-    @raise StunDecodeError: if C{prefix} starts neither (first two bits 1x),
+    :return: ``None`` if fewer than 4 bytes are given.
+    :raise StunDecodeError: if ``prefix`` starts neither (first two bits 1x),
         or claims a STUN length that is not a multiple of 4.
     """
     if len(prefix) < 4:
@@ -86,10 +84,10 @@ class StreamFramer:
 
     def feed(self, data: BytesLike) -> list[bytes]:
         """
-        Add C{data} and return the frames it completes, in order.
+        Add ``data`` and return the frames it completes, in order.
 
-        @raise StunDecodeError: the stream holds something else, or a frame
-            longer than C{max_size}.
+        :raise StunDecodeError: the stream holds something else, or a frame
+            longer than ``max_size``.
         """
         if self._error is not None:
             raise self._error
@@ -117,7 +115,7 @@ class StreamFramer:
 
 def encode_channel_data(channel: int, data: bytes, pad: bool = False) -> bytes:
     """
-    A ChannelData message (RFC 8656 12.4); C{pad=True} pads it to a multiple
+    A ChannelData message (RFC 8656 12.4); ``pad=True`` pads it to a multiple
     of 4 bytes, as required over stream transports (12.5).
     """
     check_range(channel, CHANNEL_NUMBER_MIN, CHANNEL_NUMBER_MAX, "channel number")
@@ -129,10 +127,10 @@ def encode_channel_data(channel: int, data: bytes, pad: bool = False) -> bytes:
 
 def decode_channel_data(frame: BytesLike) -> tuple[int, bytes]:
     """
-    Parse a ChannelData message into C{(channel, data)}.  Up to the padding
+    Parse a ChannelData message into ``(channel, data)``.  Up to the padding
     to a multiple of 4 bytes may follow the data (it is optional over UDP).
 
-    @raise StunDecodeError: if C{frame} is not one ChannelData message.
+    :raise StunDecodeError: if ``frame`` is not one ChannelData message.
     """
     if not is_bytes(frame):
         raise StunDecodeError(f"expected bytes, not {type(frame).__name__}")

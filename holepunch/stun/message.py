@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_stun_message -*-
 """
-The STUN message codec: bytes in, L{StunMessage} out, and back.
+The STUN message codec: bytes in, `StunMessage` out, and back.
 
 A pure model module: no sockets, no reactor, no clock.  It implements
 
@@ -22,14 +22,12 @@ A pure model module: no sockets, no reactor, no clock.  It implements
  - RFC 8445 section 16.1 (PRIORITY, USE-CANDIDATE, ICE-CONTROLLED,
    ICE-CONTROLLING).
 
-The registries, errors and TLV primitives are in L{holepunch.stun.wire}; framing over
-streams and ChannelData (RFC 8489 6.2.2, RFC 8656 12) in L{holepunch.stun.framing};
-credentials (SASLprep and key derivation) in L{holepunch.stun.credentials}.
+The registries, errors and TLV primitives are in `holepunch.stun.wire`; framing over
+streams and ChannelData (RFC 8489 6.2.2, RFC 8656 12) in `holepunch.stun.framing`;
+credentials (SASLprep and key derivation) in `holepunch.stun.credentials`.
 """
 
 from __future__ import annotations
-
-__docformat__ = "epytext"
 
 import hmac
 import ipaddress
@@ -82,10 +80,10 @@ class StunMessage:
     """
     A STUN message: header fields and the ordered list of attributes.
 
-    @ivar cookie: the magic cookie, or for an RFC 3489 message the first four
+    :ivar cookie: the magic cookie, or for an RFC 3489 message the first four
         bytes of its 16-byte transaction ID.
-    @ivar raw: the datagram this message was decoded from (set by L{decode});
-        L{check_integrity} and friends work on it.  Not part of equality.
+    :ivar raw: the datagram this message was decoded from (set by `decode`);
+        `check_integrity` and friends work on it.  Not part of equality.
     """
 
     method: int
@@ -128,8 +126,8 @@ class StunMessage:
 
     def error_response(self, code: int, reason: str | None = None) -> StunMessage:
         """
-        An error response to this message carrying ERROR-CODE C{code}; the
-        reason phrase defaults to the one registered for C{code}.
+        An error response to this message carrying ERROR-CODE ``code``; the
+        reason phrase defaults to the one registered for ``code``.
         """
         if reason is None:
             reason = ERROR_REASONS.get(code, "")
@@ -149,7 +147,7 @@ class StunMessage:
 
     def add(self, attr_type: int, value: bytes) -> StunMessage:
         """
-        Append an attribute with a raw value; returns C{self}.
+        Append an attribute with a raw value; returns ``self``.
         """
         check_range(attr_type, 0, 0xFFFF, "attribute type")
         if not is_bytes(value):
@@ -161,7 +159,7 @@ class StunMessage:
 
     def get(self, attr_type: int) -> bytes | None:
         """
-        The value of the first attribute of C{attr_type}, or C{None}.
+        The value of the first attribute of ``attr_type``, or ``None``.
         """
         for attribute in self.attributes:
             if attribute.type == attr_type:
@@ -170,19 +168,19 @@ class StunMessage:
 
     def get_all(self, attr_type: int) -> list[bytes]:
         """
-        The values of every attribute of C{attr_type}, in order.
+        The values of every attribute of ``attr_type``, in order.
         """
         return [a.value for a in self.attributes if a.type == attr_type]
 
     def has(self, attr_type: int) -> bool:
         """
-        Whether an attribute of C{attr_type} is present.
+        Whether an attribute of ``attr_type`` is present.
         """
         return any(a.type == attr_type for a in self.attributes)
 
     def remove(self, attr_type: int) -> None:
         """
-        Remove every attribute of C{attr_type}.
+        Remove every attribute of ``attr_type``.
         """
         self.attributes = [a for a in self.attributes if a.type != attr_type]
 
@@ -191,7 +189,7 @@ class StunMessage:
     def add_address(self, attr_type: int, address: Address | tuple[str, int]) -> StunMessage:
         """
         Append an address attribute.  The family comes from the host string;
-        the types in L{XOR_ADDRESS_ATTRIBUTES} are XOR-encoded with the cookie
+        the types in `XOR_ADDRESS_ATTRIBUTES` are XOR-encoded with the cookie
         (and for IPv6 the transaction ID).
         """
         host, port = address
@@ -208,8 +206,8 @@ class StunMessage:
 
     def get_address(self, attr_type: int) -> Address | None:
         """
-        The first address attribute of C{attr_type}, decoded (and un-XORed
-        for the types in L{XOR_ADDRESS_ATTRIBUTES}).
+        The first address attribute of ``attr_type``, decoded (and un-XORed
+        for the types in `XOR_ADDRESS_ATTRIBUTES`).
         """
         value = self.get(attr_type)
         if value is None:
@@ -247,7 +245,7 @@ class StunMessage:
 
     def get_string(self, attr_type: int) -> str | None:
         """
-        The first attribute of C{attr_type} decoded as UTF-8.
+        The first attribute of ``attr_type`` decoded as UTF-8.
         """
         value = self.get(attr_type)
         if value is None:
@@ -268,7 +266,7 @@ class StunMessage:
 
     def get_uint32(self, attr_type: int) -> int | None:
         """
-        The first attribute of C{attr_type} as a 32-bit unsigned integer.
+        The first attribute of ``attr_type`` as a 32-bit unsigned integer.
         """
         value = self.get(attr_type)
         if value is None:
@@ -285,7 +283,7 @@ class StunMessage:
 
     def get_uint64(self, attr_type: int) -> int | None:
         """
-        The first attribute of C{attr_type} as a 64-bit unsigned integer.
+        The first attribute of ``attr_type`` as a 64-bit unsigned integer.
         """
         value = self.get(attr_type)
         if value is None:
@@ -304,7 +302,7 @@ class StunMessage:
 
     def add_error_code(self, code: int, reason: str) -> StunMessage:
         """
-        Append ERROR-CODE; C{code} is 300..699.
+        Append ERROR-CODE; ``code`` is 300..699.
         """
         check_range(code, 300, 699, "error code")
         try:
@@ -316,7 +314,7 @@ class StunMessage:
 
     def get_error_code(self) -> tuple[int, str] | None:
         """
-        ERROR-CODE as C{(code, reason)}.  An undecodable reason phrase is
+        ERROR-CODE as ``(code, reason)``.  An undecodable reason phrase is
         decoded with replacement characters rather than rejected.
         """
         value = self.get(Attr.ERROR_CODE)
@@ -334,7 +332,7 @@ class StunMessage:
 
     def add_unknown_attributes(self, types: Sequence[int]) -> StunMessage:
         """
-        Append UNKNOWN-ATTRIBUTES listing C{types}.
+        Append UNKNOWN-ATTRIBUTES listing ``types``.
         """
         for t in types:
             check_range(t, 0, 0xFFFF, "attribute type")
@@ -362,7 +360,7 @@ class StunMessage:
 
     def get_change_request(self) -> tuple[bool, bool] | None:
         """
-        CHANGE-REQUEST as C{(change_ip, change_port)}.
+        CHANGE-REQUEST as ``(change_ip, change_port)``.
         """
         value = self.get(Attr.CHANGE_REQUEST)
         if value is None:
@@ -389,7 +387,7 @@ class StunMessage:
 
     def add_padding(self, length: int) -> StunMessage:
         """
-        Append PADDING (RFC 5780 7.6) with C{length} zero bytes.
+        Append PADDING (RFC 5780 7.6) with ``length`` zero bytes.
         """
         check_range(length, 0, MAX_VALUE_LENGTH, "padding length")
         return self.add(Attr.PADDING, bytes(length))
@@ -442,7 +440,7 @@ class StunMessage:
 
     def get_password_algorithm(self) -> tuple[int, bytes] | None:
         """
-        PASSWORD-ALGORITHM as C{(algorithm, parameters)}.
+        PASSWORD-ALGORITHM as ``(algorithm, parameters)``.
         """
         value = self.get(Attr.PASSWORD_ALGORITHM)
         if value is None:
@@ -462,7 +460,7 @@ class StunMessage:
 
     def get_password_algorithms(self) -> list[tuple[int, bytes]] | None:
         """
-        PASSWORD-ALGORITHMS as a list of C{(algorithm, parameters)}.
+        PASSWORD-ALGORITHMS as a list of ``(algorithm, parameters)``.
         """
         value = self.get(Attr.PASSWORD_ALGORITHMS)
         if value is None:
@@ -476,7 +474,7 @@ class StunMessage:
     ) -> list[int]:
         """
         Comprehension-required attribute types (below 0x8000) not in
-        C{known}, each once, in order of appearance (RFC 8489 7.3).
+        ``known``, each once, in order of appearance (RFC 8489 7.3).
         """
         unknown: list[int] = []
         for attribute in self.attributes:
@@ -487,21 +485,21 @@ class StunMessage:
 
     def check_integrity(self, key: bytes) -> bool:
         """
-        Whether MESSAGE-INTEGRITY in L{raw} is the HMAC-SHA1 of the message
-        under C{key} (RFC 8489 14.5).  False when absent or not decoded.
+        Whether MESSAGE-INTEGRITY in `raw` is the HMAC-SHA1 of the message
+        under ``key`` (RFC 8489 14.5).  False when absent or not decoded.
         """
         return self._check_mac(Attr.MESSAGE_INTEGRITY, key)
 
     def check_integrity_sha256(self, key: bytes) -> bool:
         """
-        Whether MESSAGE-INTEGRITY-SHA256 in L{raw} is the (possibly truncated)
-        HMAC-SHA256 of the message under C{key} (RFC 8489 14.6).
+        Whether MESSAGE-INTEGRITY-SHA256 in `raw` is the (possibly truncated)
+        HMAC-SHA256 of the message under ``key`` (RFC 8489 14.6).
         """
         return self._check_mac(Attr.MESSAGE_INTEGRITY_SHA256, key)
 
     def check_fingerprint(self) -> bool:
         """
-        Whether FINGERPRINT in L{raw} is the right CRC-32 (RFC 8489 14.7).
+        Whether FINGERPRINT in `raw` is the right CRC-32 (RFC 8489 14.7).
         """
         if self.raw is None:
             return False
@@ -531,7 +529,7 @@ class StunMessage:
     def stripped(self) -> StunMessage:
         """
         A copy without MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and
-        FINGERPRINT, and without L{raw}: ready to be re-encoded and sealed.
+        FINGERPRINT, and without `raw`: ready to be re-encoded and sealed.
         """
         attributes = [replace(a) for a in self.attributes if a.type not in SEAL_ATTRIBUTES]
         return replace(self, attributes=attributes, raw=None)
@@ -571,17 +569,17 @@ def encode(
     integrity_sha256_length: int = 32,
 ) -> bytes:
     """
-    Serialize C{msg}.
+    Serialize ``msg``.
 
-    If any of C{integrity_key}, C{integrity_sha256_key} or C{fingerprint} is
+    If any of ``integrity_key``, ``integrity_sha256_key`` or ``fingerprint`` is
     given, existing MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and
     FINGERPRINT attributes are dropped and fresh ones appended in that order
     (RFC 8489 14.5, 14.6, 14.7); otherwise the attribute list is written as
     it is.
 
-    @param integrity_sha256_length: how many bytes of the HMAC-SHA256 to keep
+    :param integrity_sha256_length: how many bytes of the HMAC-SHA256 to keep
         (16..32, a multiple of 4; RFC 8489 14.6 truncation).
-    @raise StunError: for values a STUN message cannot carry.
+    :raise StunError: for values a STUN message cannot carry.
     """
     method = check_range(msg.method, 0, 0xFFF, "method")
     message_class = check_range(msg.message_class, 0, 3, "message class")
@@ -624,9 +622,9 @@ def encode(
 
 def decode(data: BytesLike) -> StunMessage:
     """
-    Parse one STUN message; C{data} must be exactly one message.
+    Parse one STUN message; ``data`` must be exactly one message.
 
-    @raise StunDecodeError: for any input that is not a well-formed STUN
+    :raise StunDecodeError: for any input that is not a well-formed STUN
         message, including a wrong FINGERPRINT.
     """
     if not is_bytes(data):

@@ -4,14 +4,12 @@ The STUN wire format below the message: the registries (message classes, methods
 attribute types), the codec's errors, the TLV layout with its padding, and the
 MESSAGE-INTEGRITY and FINGERPRINT computations (RFC 8489 sections 5, 14, 14.5-14.7).
 
-A pure model module: no sockets, no reactor, no clock.  L{holepunch.stun.message} builds
-L{StunMessage <holepunch.stun.message.StunMessage>} on it; L{holepunch.stun.framing}
+A pure model module: no sockets, no reactor, no clock.  `holepunch.stun.message` builds
+`StunMessage <holepunch.stun.message.StunMessage>` on it; `holepunch.stun.framing`
 frames messages over streams.
 """
 
 from __future__ import annotations
-
-__docformat__ = "epytext"
 
 import enum
 import functools
@@ -155,7 +153,7 @@ class StunDecodeError(StunError):
     """
     Bytes are not a well-formed STUN message (or attribute value).
 
-    @ivar reason: a human-readable reason, also C{str(error)}.
+    :ivar reason: a human-readable reason, also ``str(error)``.
     """
 
     def __init__(self, reason: str) -> None:
@@ -165,7 +163,7 @@ class StunDecodeError(StunError):
 
 class Address(NamedTuple):
     """
-    A transport address: C{host} is a textual IPv4 or IPv6 address.
+    A transport address: ``host`` is a textual IPv4 or IPv6 address.
     """
 
     host: str
@@ -177,9 +175,9 @@ class RawAttribute:
     """
     One attribute as it appears on the wire.
 
-    @ivar padding: the pad bytes seen when decoding (so that re-encoding is
+    :ivar padding: the pad bytes seen when decoding (so that re-encoding is
         byte exact).  When encoding, padding of the wrong length (such as the
-        default C{b""}) means zeros.  It is not part of equality.
+        default ``b""``) means zeros.  It is not part of equality.
     """
 
     type: int
@@ -263,7 +261,7 @@ def pack_header(message_type: int, length: int, cookie: int, transaction_id: byt
 
 def compute_mac(key: bytes, prefix: bytes, mac_length: int, digest: str) -> bytes:
     """
-    The HMAC over C{prefix} (a message up to, not including, the integrity
+    The HMAC over ``prefix`` (a message up to, not including, the integrity
     attribute) with the header length adjusted to end after the attribute.
     """
     length = len(prefix) - HEADER_LENGTH + 4 + mac_length
@@ -309,7 +307,7 @@ def encode_attribute(attribute: RawAttribute) -> bytes:
 
 def parse_raw(data: bytes) -> tuple[int, int, bytes, list[tuple[int, RawAttribute]]]:
     """
-    Check the structure of C{data} and return the message type, cookie,
+    Check the structure of ``data`` and return the message type, cookie,
     transaction ID and the attributes that count, each with its offset.
 
     Per RFC 8489 14.5 and 14.6, attributes after MESSAGE-INTEGRITY other than
