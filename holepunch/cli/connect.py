@@ -24,7 +24,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from holepunch.ice.connection import PeerConnection
+    from holepunch.ice.connection import Channel
 
 MAX_LINE = 60000
 END_MARKER = b""
@@ -287,8 +287,13 @@ def _turn_from_environment() -> list[Any]:
     return servers
 
 
-def _stat(connection: PeerConnection, name: str) -> int:
-    """One counter of the agent under ``connection`` (0 when it keeps none)."""
+def _stat(connection: Channel, name: str) -> int:
+    """One counter of the ICE agent under ``connection`` (0 for a TCP-punched
+    connection, which has no agent, or an agent that keeps none)."""
+    from holepunch.ice.connection import PeerConnection
+
+    if not isinstance(connection, PeerConnection):
+        return 0
     stats = getattr(connection.agent, "stats", None)
     return int(getattr(stats, name)) if stats is not None else 0
 
