@@ -62,15 +62,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from holepunch.stun.message import (  # noqa: E402
+from holepunch.stun.message import StunMessage, decode, encode  # noqa: E402
+from holepunch.stun.wire import (  # noqa: E402
     Address,
     Attr,
     MessageClass,
     Method,
     StunDecodeError,
-    StunMessage,
-    decode,
-    encode,
 )
 
 HOST = "127.0.0.1"
@@ -229,7 +227,7 @@ def start_holepunch(procs: Processes, tmp: Path, cpu: int | None) -> Target:
     env = dict(os.environ, PYTHONPATH=pythonpath)
     proc = procs.start(_pinned(args, cpu), cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wait_ready(proc, port, log)
-    from holepunch import __version__
+    from holepunch.version import __version__
 
     return Target("holepunch", f"holepunch {__version__} (twistd)", port, BINDING_SUCCESS, proc.pid)
 

@@ -5,7 +5,12 @@ STUN (RFC 8489) and NAT behaviour discovery (RFC 5780), ICE (RFC 8445) hole punc
 TURN (RFC 8656) relaying, and a WebSocket signaling server with rooms.
 """
 
-__version__ = "0.1.0.dev0"
+from typing import TYPE_CHECKING
+
+from holepunch.version import __version__
+
+if TYPE_CHECKING:
+    from holepunch.coordinator import P2PCoordinator
 
 __all__ = ["P2PCoordinator", "__version__"]
 

@@ -22,7 +22,7 @@ and says what was expected::
 
     P2P_SIGNALING_PORT: expected a port number 0-65535, got 'abc'
 
-Pure: no sockets, no reactor. The daemon's wiring is in :mod:`holepunch.tap`; the
+Pure: no sockets, no reactor. The daemon's wiring is in :mod:`holepunch.daemon.tap`; the
 operator's view (every variable, with examples) is in ``docs/operations.md``.
 """
 
@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from holepunch.turn.config import TurnServer, parse_turn_uri
 
 DEFAULT_STUN_SERVERS: tuple[tuple[str, int], ...] = (
     ("stun.l.google.com", 19302),
@@ -94,30 +96,6 @@ class _Invalid(Exception):
 
 
 @dataclass
-class TurnServerConfig:
-    """One TURN server in the WebRTC ``RTCIceServer`` shape of the seed.
-
-    ``urls`` are ``turn:`` or ``turns:`` URIs (RFC 7065), e.g.
-    ``turn:turn.example.com:3478?transport=tcp``; ``username`` and ``credential`` are its
-    long-term credentials, both set or both None (None: none, or given in the URI as
-    ``turn:USER:PASS@HOST``).
-    """
-
-    urls: list[str]
-    username: str | None = None
-    credential: str | None = field(default=None, repr=False)
-
-    def as_ice_server(self) -> dict[str, Any]:
-        """The seed's (and a browser's) dict form: ``{urls, username, credential}``."""
-        entry: dict[str, Any] = {"urls": list(self.urls)}
-        if self.username is not None:
-            entry["username"] = self.username
-        if self.credential is not None:
-            entry["credential"] = self.credential
-        return entry
-
-
-@dataclass
 class P2PConfig:
     """The settings of the coordinator and the daemon. Times are in seconds.
 
@@ -135,8 +113,8 @@ class P2PConfig:
     """Local UDP port the hole punching socket binds (0: chosen by the kernel)."""
     stun_servers: list[tuple[str, int]] = field(default_factory=lambda: list(DEFAULT_STUN_SERVERS))
     """STUN servers for NAT detection and server-reflexive candidates."""
-    turn_servers: list[TurnServerConfig] = field(default_factory=list)
-    """TURN relays, the last resort."""
+    turn_servers: list[TurnServer] = field(default_factory=list)
+    """TURN relays, the last resort (one per URI: an ``{urls: [...]}`` entry gives several)."""
     connection_timeout: float = 30.0
     """Give up on one connection attempt after this long."""
     keep_alive_interval: float = 25.0
@@ -306,42 +284,34 @@ def _parse_servers(value: object) -> list[tuple[str, int]]:
     return servers
 
 
-def _check_turn_uri(uri: object) -> str:
-    """Check the shape of an RFC 7065 TURN URI; the TURN client parses it fully."""
-    expected = "a TURN URI like turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]"
+_TURN_URI = "a TURN URI like turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]"
+
+
+_TURN_SERVER_FIELDS = frozenset(f.name for f in dataclasses.fields(TurnServer))
+
+
+def _turn_uri(uri: object, username: str = "", password: str = "") -> TurnServer:
+    """One RFC 7065 URI (credentials may be in it, ``turn:USER:PASS@HOST``) as a server."""
     if not isinstance(uri, str):
-        raise _Invalid(expected, uri)
-    scheme, colon, rest = uri.strip().partition(":")
-    if not colon or scheme.lower() not in ("turn", "turns"):
-        raise _Invalid(expected, uri)
-    rest = rest.removeprefix("//")
-    rest, _, query = rest.partition("?")
-    rest = rest.rpartition("@")[2]
-    for item in filter(None, query.split("&")):
-        key, _, val = item.partition("=")
-        if key.lower() != "transport" or val.lower() not in ("udp", "tcp"):
-            raise _Invalid(expected, uri)
-    if rest.startswith("["):
-        host, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            raise _Invalid(expected, uri)
-        port_text = after[1:]
-    elif rest.count(":") > 1:
-        raise _Invalid(expected, uri)
-    else:
-        host, _, port_text = rest.partition(":")
-    if not host or (port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536)):
-        raise _Invalid(expected, uri)
-    return uri.strip()
+        raise _Invalid(_TURN_URI, uri)
+    try:
+        return parse_turn_uri(uri, username, password)
+    except ValueError:
+        raise _Invalid(_TURN_URI, uri) from None
 
 
-def _turn_entry(entry: object) -> TurnServerConfig:
-    if isinstance(entry, TurnServerConfig):
-        urls: object = entry.urls
-        username: object = entry.username
-        credential: object = entry.credential
-    elif isinstance(entry, str):
-        urls, username, credential = [entry], None, None
+def _turn_entry(entry: object) -> list[TurnServer]:
+    if isinstance(entry, TurnServer):
+        return [entry]
+    if isinstance(entry, Mapping) and "host" in entry and set(entry) <= _TURN_SERVER_FIELDS:
+        try:  # what dataclasses.asdict() makes of a TurnServer
+            return [TurnServer(**entry)]
+        except (TypeError, ValueError):
+            raise _Invalid("a TurnServer's fields", dict(entry)) from None
+    if isinstance(entry, str):
+        urls: object = [entry]
+        username: object = None
+        credential: object = None
     elif isinstance(entry, Mapping):
         unknown = set(entry) - {"urls", "url", "username", "credential"}
         if unknown:
@@ -358,30 +328,30 @@ def _turn_entry(entry: object) -> TurnServerConfig:
         urls = [urls]
     if not isinstance(urls, list | tuple) or not urls:
         raise _Invalid("one turn: URI or a non-empty list of them", urls, ".urls")
-    checked = []
-    for index, url in enumerate(urls):
-        try:
-            checked.append(_check_turn_uri(url))
-        except _Invalid as e:
-            raise _Invalid(e.expected, e.value, f".urls[{index}]") from None
     for name, value in (("username", username), ("credential", credential)):
         if value is not None and not isinstance(value, str):
             raise _Invalid("a string", value, f".{name}")
     if (username is None) != (credential is None):
         missing = "credential" if credential is None else "username"
         raise _Invalid("username and credential together (both or neither)", None, f".{missing}")
-    return TurnServerConfig(checked, username, credential)  # type: ignore[arg-type]
+    servers = []
+    for index, url in enumerate(urls):
+        try:
+            servers.append(_turn_uri(url, str(username or ""), str(credential or "")))
+        except _Invalid as e:
+            raise _Invalid(e.expected, e.value, f".urls[{index}]") from None
+    return servers
 
 
-def _parse_turn_servers(value: object) -> list[TurnServerConfig]:
-    if isinstance(value, str | Mapping | TurnServerConfig):
+def _parse_turn_servers(value: object) -> list[TurnServer]:
+    if isinstance(value, str | Mapping | TurnServer):
         value = [value]
     if not isinstance(value, list | tuple):
         raise _Invalid("a list of TURN servers", value)
     servers = []
     for index, entry in enumerate(value):
         try:
-            servers.append(_turn_entry(entry))
+            servers.extend(_turn_entry(entry))
         except _Invalid as e:
             raise _Invalid(e.expected, e.value, f"[{index}]{e.where}") from None
     return servers
@@ -459,8 +429,8 @@ def _check_servers(value: object) -> None:
 
 
 def _check_turn(value: object) -> None:
-    if not isinstance(value, list) or not all(isinstance(s, TurnServerConfig) for s in value):
-        raise _Invalid("a list of TurnServerConfig", value)
+    if not isinstance(value, list) or not all(isinstance(s, TurnServer) for s in value):
+        raise _Invalid("a list of TurnServer", value)
     _parse_turn_servers(value)
 
 
@@ -554,7 +524,11 @@ def _parse_with(parse: Callable[[object], Any], value: object, name: str) -> Any
         raise ConfigError(e.message(name)) from None
 
 
-def _from_explicit(explicit: Mapping[str, Any]) -> dict[str, Any]:
+def explicit_values(explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields set by ``explicit`` (see :func:`build_config`), parsed and checked.
+
+    :raises ConfigError: naming the key.
+    """
     values: dict[str, Any] = {}
     given_as: dict[str, str] = {}
     for key, value in explicit.items():
@@ -580,7 +554,11 @@ def _from_explicit(explicit: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _from_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def option_values(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields set by twistd ``options`` (see :func:`build_config`), parsed and checked.
+
+    :raises ConfigError: naming the ``--option``.
+    """
     values: dict[str, Any] = {}
     for option, field_name in _OPTION_FLAGS.items():
         if options.get(option):
@@ -593,7 +571,12 @@ def _from_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields set by the ``P2P_*`` variables of ``environ`` (see :data:`ENV_VARS`).
+
+    :raises ConfigError: naming the variable.
+    """
+
     def get(name: str) -> str | None:
         value = environ.get(name)
         return value if value is not None and value.strip() else None
@@ -620,8 +603,11 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     servers = []
     for uri in (u.strip() for u in uris.split(",")):
         if uri:
-            checked = _parse_with(_check_turn_uri, uri, "P2P_TURN_SERVERS")
-            servers.append(TurnServerConfig([checked], username, password))
+            servers.append(
+                _parse_with(
+                    lambda u: _turn_uri(u, username or "", password or ""), uri, "P2P_TURN_SERVERS"
+                )
+            )
     values["turn_servers"] = servers
     return values
 
@@ -643,17 +629,19 @@ def build_config(
         Servers: ``stun_servers`` entries may be ``("host", port)``,
         ``{"host": ..., "port": ...}`` or ``"host:port"`` (a whole string may be a comma
         list); ``turn_servers`` entries ``{"urls": str | list, "username": ...,
-        "credential": ...}``, a :class:`TurnServerConfig` or a bare ``turn:`` URI.
+        "credential": ...}`` (the seed's and WebRTC's ``RTCIceServer``), a
+        :class:`holepunch.turn.config.TurnServer` or a bare ``turn:`` URI; each URI
+        becomes one :class:`holepunch.turn.config.TurnServer`.
     :param options: twistd options: a field's name with dashes (``peer-timeout``,
         ``log-level``, ``stun-servers``; seconds), or the flags ``no-signaling`` and
         ``no-hole-punching``. None means not given.
     :param environ: the environment (default ``os.environ``); see :data:`ENV_VARS`.
     :raises ConfigError: a value that cannot be used, named after its source.
     """
-    env_values = _from_environment(os.environ if environ is None else environ)
-    option_values = _from_options(options or {})
-    explicit_values = _from_explicit(explicit or {})
-    config = dataclasses.replace(P2PConfig(), **{**env_values, **option_values, **explicit_values})
+    from_env = environment_values(os.environ if environ is None else environ)
+    from_options = option_values(options or {})
+    from_explicit = explicit_values(explicit or {})
+    config = dataclasses.replace(P2PConfig(), **{**from_env, **from_options, **from_explicit})
     config.validate()
     return config
 
@@ -664,6 +652,8 @@ __all__ = [
     "LOG_LEVELS",
     "ConfigError",
     "P2PConfig",
-    "TurnServerConfig",
     "build_config",
+    "environment_values",
+    "explicit_values",
+    "option_values",
 ]

@@ -15,7 +15,7 @@ in Python names, with its camelCase names as thin aliases::
 Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 ``hole-punching-ready``, ``peer-registered``, ``peer-joined-room``, ``peer-left-room``,
 ``peer-connected``, ``peer-disconnected``. It implements
-:class:`holepunch.web.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
+:class:`holepunch.interfaces.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
 """
 
 from __future__ import annotations
@@ -26,15 +26,16 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from holepunch.ice.config import IceConfig
-from holepunch.ice.connection import Channel, PeerConnection
+from holepunch.ice.connection import PeerConnection
+from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
-from holepunch.web import IStatusProvider
+from holepunch.punch.udp import PunchTimeout, one_sided_punch
+from holepunch.subscription import Subscription
 
 _log = Logger()
 
@@ -55,18 +56,6 @@ Callback = Callable[[dict[str, Any]], object]
 
 class CoordinatorError(Exception):
     """A coordinator call that cannot be served (not initialized, unknown peer, ...)."""
-
-
-class Subscription:
-    """What :meth:`P2PCoordinator.on` returns; ``cancel()`` unsubscribes."""
-
-    def __init__(self, callbacks: list[Callback], callback: Callback) -> None:
-        self._callbacks = callbacks
-        self._callback = callback
-
-    def cancel(self) -> None:
-        if self._callback in self._callbacks:
-            self._callbacks.remove(self._callback)
 
 
 @dataclass
@@ -117,9 +106,9 @@ class P2PCoordinator(MultiService):
             if explicit:
                 from dataclasses import replace
 
-                from holepunch.config import _from_explicit
+                from holepunch.config import explicit_values
 
-                self.config = replace(config, **_from_explicit(explicit))
+                self.config = replace(config, **explicit_values(explicit))
         else:
             self.config = build_config(
                 {**dict(config or {}), **explicit}, environ=environ if environ is not None else None
@@ -146,7 +135,7 @@ class P2PCoordinator(MultiService):
 
     # -- events -----------------------------------------------------------------------
 
-    def on(self, event: str, callback: Callback) -> Subscription:
+    def on(self, event: str, callback: Callback) -> Subscription[Callback]:
         """Call ``callback(event_dict)`` for every ``event``; returns a :class:`Subscription`."""
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}; events are {sorted(EVENTS)}")
@@ -269,12 +258,7 @@ class P2PCoordinator(MultiService):
         base = self._ice_config or IceConfig()
         from dataclasses import replace
 
-        turn = list(base.relay.servers)
-        if not turn and self.config.turn_servers:
-            from holepunch.turn import TurnServer
-
-            for server in self.config.turn_servers:
-                turn.extend(TurnServer.from_ice_server(server.as_ice_server()))
+        turn = list(base.relay.servers) or list(self.config.turn_servers)
         gathering = base.gathering
         return replace(
             base,
@@ -368,13 +352,16 @@ class P2PCoordinator(MultiService):
         ice = self._ice()
         addresses = ice.gathering.addresses
         interface = addresses[0] if addresses and len(addresses) == 1 else ""
-        return await one_sided_punch(
-            self.reactor,
-            (peer.address, peer.port),
-            interface=interface,
-            port=ice.gathering.port,
-            timeout=self.config.connection_timeout,
-        )
+        try:
+            return await one_sided_punch(
+                self.reactor,
+                (peer.address, peer.port),
+                interface=interface,
+                port=ice.gathering.port,
+                timeout=self.config.connection_timeout,
+            )
+        except PunchTimeout as e:
+            raise CoordinatorError(str(e)) from None
 
     def _incoming(self, peer_id: str, connection: PeerConnection) -> None:
         self._connected(peer_id, connection, None)
@@ -511,91 +498,6 @@ class P2PCoordinator(MultiService):
     healthCheck = health_check
     getRoomPeers = get_room_peers
     joinRoom = join_room
-
-
-PUNCH_MARKER = b"holepunch:punch"
-"""What a one-sided punch sends until the peer answers (it is never delivered as data)."""
-
-
-class DirectConnection(DatagramProtocol, Channel):
-    """A UDP path to a peer reached at its registered address (no ICE, no signaling).
-
-    The :class:`Channel <holepunch.ice.connection.Channel>` API; used for peers known only
-    by address (a DHT, a tracker) when both sides punch toward each other.
-    """
-
-    def __init__(self, reactor: Any, remote: tuple[str, int]) -> None:
-        Channel.__init__(self, "udp-hole-punch", ("", 0), remote, None)
-        self.reactor = reactor
-        self.ready: defer.Deferred[DirectConnection] = defer.Deferred()
-        self._sent_at = 0.0
-
-    def punch(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._sent_at = self.reactor.seconds()
-            self.transport.write(PUNCH_MARKER, self.remote)
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if (addr[0], addr[1]) != self.remote or self.closed:
-            return
-        if not self.ready.called:
-            self.rtt = self.reactor.seconds() - self._sent_at
-            self.punch()  # make sure the peer hears from us too
-            self.ready.callback(self)
-        if datagram != PUNCH_MARKER:
-            self.deliver(datagram)
-
-    def transmit(self, data: bytes) -> None:
-        if self.transport is None:
-            raise OSError("socket closed")
-        self.transport.write(data, self.remote)
-
-    def release(self) -> defer.Deferred[None]:
-        port: Any = self.transport
-        if port is None:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.maybeDeferred(port.stopListening)
-        return d
-
-
-async def one_sided_punch(
-    reactor: Any,
-    remote: tuple[str, int],
-    *,
-    interface: str = "",
-    port: int = 0,
-    timeout: float = 30.0,
-    interval: float = 0.2,
-) -> DirectConnection:
-    """Send to ``remote`` every ``interval`` until it answers (or ``timeout``).
-
-    This opens our NAT toward the peer; it works when the peer is reachable (no NAT, a
-    full cone, a forwarded port) or is punching toward us at the same time.
-    """
-    from twisted.internet.task import LoopingCall
-
-    connection = DirectConnection(reactor, remote)
-    listening = reactor.listenUDP(port, connection, interface=interface)
-    host = listening.getHost()
-    connection.local = (host.host, host.port)
-    loop = LoopingCall(connection.punch)
-    loop.clock = reactor
-    loop.start(interval)
-    connection.ready.addTimeout(timeout, reactor)
-    try:
-        await connection.ready
-    except defer.TimeoutError:
-        await connection.close("no answer")
-        raise CoordinatorError(
-            f"{remote[0]}:{remote[1]} did not answer within {timeout:g}s"
-        ) from None
-    except BaseException:
-        await connection.close("cancelled")
-        raise
-    finally:
-        if loop.running:
-            loop.stop()
-    return connection
 
 
 __all__ = ["EVENTS", "CoordinatorError", "NatType", "P2PCoordinator", "RegisteredPeer"]

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, utils
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from holepunch.tap import Options
+from holepunch.daemon.tap import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "stun_throughput.py")

@@ -12,9 +12,9 @@ from holepunch.config import (
     ENV_VARS,
     ConfigError,
     P2PConfig,
-    TurnServerConfig,
     build_config,
 )
+from holepunch.turn.config import TurnServer
 
 # Every environment variable: a good value, what it sets, and a bad value.
 ENV_CASES: dict[str, tuple[str, str, Any, str]] = {
@@ -128,8 +128,8 @@ class EnvironmentTests(SynchronousTestCase):
         self.assertEqual(
             config.turn_servers,
             [
-                TurnServerConfig(["turn:turn.example.com:3478"], "user", "pass"),
-                TurnServerConfig(["turn:turn.example.com:3478?transport=tcp"], "user", "pass"),
+                TurnServer("turn.example.com", 3478, "udp", "user", "pass"),
+                TurnServer("turn.example.com", 3478, "tcp", "user", "pass"),
             ],
         )
 
@@ -161,7 +161,7 @@ class EnvironmentTests(SynchronousTestCase):
     def test_turn_credentials_only_for_environment_servers(self) -> None:
         """Explicit TURN servers replace the environment's, credentials and all."""
         config = build_config({"turn_servers": ["turn:other.example.com"]}, environ=TURN_ENV)
-        self.assertEqual(config.turn_servers, [TurnServerConfig(["turn:other.example.com"])])
+        self.assertEqual(config.turn_servers, [TurnServer("other.example.com")])
 
 
 class PrecedenceTests(SynchronousTestCase):
@@ -252,7 +252,7 @@ class KeyTests(SynchronousTestCase):
             environ={},
         )
         expected = P2PConfig(
-            turn_servers=[TurnServerConfig(["turn:turn.example.com:3478"], "user", "pass")]
+            turn_servers=[TurnServer("turn.example.com", 3478, "udp", "user", "pass")]
         )
         self.assertEqual(config, expected)
 
@@ -343,7 +343,7 @@ class ServerFormTests(SynchronousTestCase):
             self.assertTrue(str(e).startswith("stunServers[0]: expected a STUN server"), str(e))
         self.assertRaises(ConfigError, build_config, {"stunServers": 3478}, environ={})
 
-    def turn(self, value: Any) -> list[TurnServerConfig]:
+    def turn(self, value: Any) -> list[TurnServer]:
         return build_config({"turnServers": value}, environ={}).turn_servers
 
     def test_turn_dict_shapes(self) -> None:
@@ -354,14 +354,15 @@ class ServerFormTests(SynchronousTestCase):
                     {"urls": "turn:a.example", "username": "u", "credential": "p"},
                     {"urls": ["turn:b.example:3478?transport=tcp", "turns:b.example:5349"]},
                     "turn:u:p@c.example",
-                    TurnServerConfig(["turn:[2001:db8::1]:3478"], "u", "p"),
+                    TurnServer("2001:db8::1", 3478, "udp", "u", "p"),
                 ]
             ),
             [
-                TurnServerConfig(["turn:a.example"], "u", "p"),
-                TurnServerConfig(["turn:b.example:3478?transport=tcp", "turns:b.example:5349"]),
-                TurnServerConfig(["turn:u:p@c.example"]),
-                TurnServerConfig(["turn:[2001:db8::1]:3478"], "u", "p"),
+                TurnServer("a.example", 3478, "udp", "u", "p"),
+                TurnServer("b.example", 3478, "tcp"),
+                TurnServer("b.example", 5349, "tls"),
+                TurnServer("c.example", 3478, "udp", "u", "p"),
+                TurnServer("2001:db8::1", 3478, "udp", "u", "p"),
             ],
         )
 
@@ -381,7 +382,11 @@ class ServerFormTests(SynchronousTestCase):
 
     def test_turn_as_ice_server(self) -> None:
         """as_ice_server() gives back the seed's dict form."""
-        entry = {"urls": ["turn:a.example"], "username": "u", "credential": "s3cret"}
+        entry = {
+            "urls": ["turn:a.example:3478?transport=udp"],
+            "username": "u",
+            "credential": "s3cret",
+        }
         self.assertEqual(self.turn([entry])[0].as_ice_server(), entry)
         self.assertNotIn("s3cret", repr(self.turn([entry])[0]))
 

@@ -76,7 +76,7 @@ class CoordinatorTests(TestCase):
         self.assertEqual(health["status"], "healthy")
         from zope.interface.verify import verifyObject
 
-        from holepunch.web import IStatusProvider
+        from holepunch.interfaces import IStatusProvider
 
         self.assertTrue(verifyObject(IStatusProvider, p2p))
         self.assertEqual({"status", "initialized", "timestamp", "services"}, set(health))

@@ -42,5 +42,5 @@ class ApiDocsTests(TestCase):
         self.assertEqual(code, 0, f"pydoctor reported problems:\n{report}")
         self.assertEqual(report.strip(), "", report)
         self.assertTrue(output.child("index.html").exists())
-        for module in ("holepunch.config", "holepunch.web", "holepunch.stun.message"):
+        for module in ("holepunch.config", "holepunch.daemon.http", "holepunch.stun.message"):
             self.assertTrue(output.child(f"{module}.html").exists(), module)

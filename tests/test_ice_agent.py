@@ -16,7 +16,8 @@ from holepunch.ice.candidate import Candidate
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import ConnectionClosed, PeerConnection
 from holepunch.ice.events import IceError
-from holepunch.stun.message import Attr, StunMessage, decode, encode
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import Attr
 from holepunch.testing.fakenet import FakeNetwork
 
 

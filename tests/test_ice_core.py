@@ -16,7 +16,7 @@ from holepunch.ice.candidate import make_candidate
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.timers import Timers
-from holepunch.stun.message import Address, Attr, StunMessage, decode, encode
+from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunResponder
 from holepunch.stun.transactions import (
     ClientTransactions,
@@ -24,6 +24,7 @@ from holepunch.stun.transactions import (
     StunTimeout,
     TransactionOutcome,
 )
+from holepunch.stun.wire import Address, Attr
 
 
 class Wire:
@@ -186,9 +187,7 @@ class CoreExchangeTests(SynchronousTestCase):
         a.receive_datagram(data, ("198.51.100.7", 9), events.MAIN, 0)
         a.receive_datagram(b"\x00\x01garbage", ("198.51.100.7", 9), events.MAIN, 0)
         self.assertEqual(a.stats.unauthenticated, 1)
-        self.assertEqual(
-            [d for d in a.datagrams_to_send(0) if d[1][0] == "198.51.100.7"], []
-        )
+        self.assertEqual([d for d in a.datagrams_to_send(0) if d[1][0] == "198.51.100.7"], [])
 
     def test_consent_lost_after_timeout(self) -> None:
         """After selection, a silent peer costs consent after consent.timeout and the core closes."""

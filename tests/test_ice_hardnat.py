@@ -17,7 +17,8 @@ from holepunch.ice.hardnat import (
     profile_from_flows,
 )
 from holepunch.nat.model import PortAllocation
-from holepunch.stun.message import Attr, decode
+from holepunch.stun.message import decode
+from holepunch.stun.wire import Attr
 from holepunch.testing.fakenet import FakeNetwork
 
 CONE = MappingProfile("203.0.113.1", 40000, True, PortAllocation.PRESERVING, 0)

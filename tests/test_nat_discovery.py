@@ -19,8 +19,8 @@ from twisted.trial.unittest import TestCase
 from holepunch.nat.discovery import DiscoveryTimers, discover_nat
 from holepunch.nat.model import Behavior, NatType, PortAllocation
 from holepunch.stun.client import NoStunServerAnswered, RetransmissionPolicy, listen_stun
-from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.stun.wire import Address
 from holepunch.testing.loopback import start_stun_server
 
 FAST = DiscoveryTimers(

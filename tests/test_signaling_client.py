@@ -394,7 +394,7 @@ class TokenCommandTests(SynchronousTestCase):
         import argparse
         import io
 
-        from holepunch.signaling import token_cli
+        from holepunch.cli import token as token_cli
 
         parser = argparse.ArgumentParser()
         token_cli.add_arguments(parser)
@@ -441,4 +441,4 @@ class TokenCommandTests(SynchronousTestCase):
         from holepunch.cli import build_parser
 
         args = build_parser().parse_args(["token", "--peer-id", "x", "--secret", "s"])
-        self.assertEqual(args._module.__name__, "holepunch.signaling.token_cli")
+        self.assertEqual(args.command_module.__name__, "holepunch.cli.token")

@@ -516,11 +516,11 @@ class WebRootTests(IntegrationTestCase):
 
 
 class DaemonTests(IntegrationTestCase):
-    """`twistd holepunch` wiring (holepunch.tap) runs the signaling server."""
+    """`twistd holepunch` wiring (holepunch.daemon.tap) runs the signaling server."""
 
     async def test_tap_runs_signaling(self) -> None:
         """The daemon's options reach the signaling service, which answers on its endpoint."""
-        from holepunch.tap import Options, makeService
+        from holepunch.daemon.tap import Options, makeService
 
         options = Options()
         options.parseOptions(

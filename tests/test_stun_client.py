@@ -20,8 +20,9 @@ from holepunch.stun.client import (
     listen_stun,
     parse_server,
 )
-from holepunch.stun.message import Address, Attr, StunMessage, decode, encode
+from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.stun.wire import Address, Attr
 
 SERVER = Address("192.0.2.1", 3478)
 

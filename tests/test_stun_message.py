@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from holepunch.stun.credentials import PasswordAlgorithm, long_term_key, userhash
-from holepunch.stun.message import (
+from holepunch.stun.framing import (
+    StreamFramer,
+    decode_channel_data,
+    encode_channel_data,
+    is_stun,
+    message_length,
+)
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import (
     KNOWN_ATTRIBUTES,
     MAGIC_COOKIE,
     XOR_ADDRESS_ATTRIBUTES,
@@ -28,16 +36,8 @@ from holepunch.stun.message import (
     MessageClass,
     Method,
     RawAttribute,
-    StreamFramer,
     StunDecodeError,
     StunError,
-    StunMessage,
-    decode,
-    decode_channel_data,
-    encode,
-    encode_channel_data,
-    is_stun,
-    message_length,
 )
 
 # The vectors of /work/shared/testdata/stun-vectors.md (RFC 5769 and the

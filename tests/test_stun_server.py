@@ -12,25 +12,18 @@ from twisted.internet.task import Clock
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from holepunch.ratelimit import TokenBuckets
 from holepunch.stun.client import StunErrorResponse, binding_over_tcp, listen_stun
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    Method,
-    StunMessage,
-    decode,
-    encode,
-)
+from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import (
     MAX_PADDED_RESPONSE,
     StunDatagramProtocol,
     StunResponder,
     StunServerService,
     StunStreamProtocol,
-    TokenBuckets,
     make_stun_service,
 )
+from holepunch.stun.wire import Address, Attr, MessageClass, Method
 
 A = Address("192.0.2.10", 3478)
 B = Address("192.0.2.11", 3479)
@@ -198,7 +191,7 @@ class TokenBucketTests(SynchronousTestCase):
         buckets = TokenBuckets(rate=1, burst=1, max_keys=3)
         for i in range(10):
             buckets.allow(str(i), 0.0)
-        self.assertEqual(len(buckets._buckets), 3)
+        self.assertEqual(len(buckets), 3)
         self.assertFalse(buckets.allow("9", 0.0))
         self.assertTrue(buckets.allow("0", 0.0))
 

@@ -1,4 +1,4 @@
-"""Tests for holepunch.tap: the daemon's options and service tree, and the twistd plugin."""
+"""Tests for holepunch.daemon.tap: the daemon's options and service tree, and the twistd plugin."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from twisted.internet import defer, reactor, utils
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from holepunch.daemon.tap import Options, makeService
 from holepunch.stun.client import listen_stun
-from holepunch.stun.message import Address
-from holepunch.tap import Options, makeService
+from holepunch.stun.wire import Address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""TCP hole punching by simultaneous open (holepunch.ice.tcp).
+"""TCP hole punching by simultaneous open (holepunch.punch.tcp).
 
 Unit tests use task.Clock; the loopback tests use real sockets on 127.0.0.1 only; the lab
 tests run the driver (holepunch.testing.tcp_punch_driver) in hosts behind real kernel
@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
-from holepunch.ice.tcp import (
+from holepunch.punch.tcp import (
     METHOD,
     PunchedStream,
     TcpMapping,
@@ -27,8 +27,8 @@ from holepunch.ice.tcp import (
     sync_moment,
     tcp_mapping,
 )
-from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
+from holepunch.stun.wire import Address
 from holepunch.testing.natlab import PUBLIC_A, lab_fixture
 from holepunch.testing.tcp_punch_lab import STUN_PORT, PunchDriver, build_hosts, measure, summary
 
@@ -150,7 +150,7 @@ class _LoopbackBase(TestCase):
         return [
             c
             for c in reactor.getDelayedCalls()
-            if "holepunch.ice.tcp" in repr(getattr(c, "func", None))
+            if "holepunch.punch.tcp" in repr(getattr(c, "func", None))
             or "Deferred.addTimeout" in repr(c)  # the mapping's deadline
         ]
 

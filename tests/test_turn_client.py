@@ -17,18 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from holepunch.stun.client import RetransmissionPolicy
 from holepunch.stun.credentials import long_term_key
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    Method,
-    StreamFramer,
-    StunMessage,
-    decode,
-    decode_channel_data,
-    encode,
-    encode_channel_data,
-)
+from holepunch.stun.framing import StreamFramer, decode_channel_data, encode_channel_data
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import Address, Attr, MessageClass, Method
 from holepunch.turn import (
     AllocationState,
     NoTurnServerAvailable,

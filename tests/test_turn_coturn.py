@@ -20,7 +20,9 @@ from twisted.internet.ssl import Certificate
 from twisted.trial.unittest import TestCase
 
 from holepunch.stun.client import TransactionTable, parse_binding_response
-from holepunch.stun.message import Address, StunMessage, decode, is_stun
+from holepunch.stun.framing import is_stun
+from holepunch.stun.message import StunMessage, decode
+from holepunch.stun.wire import Address
 from holepunch.testing.coturn import (
     Coturn,
     coturn_fixture,

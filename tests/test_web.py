@@ -1,4 +1,4 @@
-"""Tests for holepunch.web and its wiring in holepunch.tap: HTTP pages, metrics, the daemon.
+"""Tests for holepunch.daemon (HTTP pages, metrics, status) and its wiring in holepunch.daemon.tap: HTTP pages, metrics, the daemon.
 
 In memory first (DummyRequest, a fake provider, task.Clock), then on 127.0.0.1: the
 service tree of ``makeService``, and the real ``twistd -n holepunch`` checked with
@@ -30,18 +30,16 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer, provider
 from zope.interface.verify import verifyObject
 
+from holepunch.daemon.http import install_http
+from holepunch.daemon.metrics import Metrics
+from holepunch.daemon.natservice import NatDiscoveryService
+from holepunch.daemon.status import DaemonStatus
+from holepunch.daemon.tap import DaemonService, Options, level_filter, makeService
+from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import Behavior, NatInfo, NatType
 from holepunch.stun.client import listen_stun
-from holepunch.stun.message import Address
-from holepunch.tap import DaemonService, Options, level_filter, makeService
+from holepunch.stun.wire import Address
 from holepunch.testing.natlab import TWISTD
-from holepunch.web import (
-    DaemonStatus,
-    IStatusProvider,
-    Metrics,
-    NatDiscoveryService,
-    install_http,
-)
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -349,7 +347,7 @@ class MetricsTests(SynchronousTestCase):
 
     def test_build_info(self) -> None:
         """holepunch_build_info carries the version."""
-        from holepunch import __version__
+        from holepunch.version import __version__
 
         self.assertEqual(
             samples(Metrics())[("holepunch_build_info", (("version", __version__),))], 1

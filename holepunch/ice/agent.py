@@ -33,7 +33,7 @@ from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.ice.relays import Relays
 from holepunch.ice.sockets import IceSocket, local_ipv4_addresses, route_source
 from holepunch.stun.client import resolve_server
-from holepunch.stun.message import Address
+from holepunch.stun.wire import Address
 
 _log = Logger()
 

@@ -33,13 +33,14 @@ from holepunch.ice import events
 from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState
 from holepunch.ice.events import MAIN
-from holepunch.stun.message import Address, Attr, Method, StunDecodeError, StunMessage, encode
+from holepunch.stun.message import StunMessage, encode
 from holepunch.stun.transactions import (
     RetransmissionPolicy,
     StunErrorResponse,
     StunResponse,
     TransactionOutcome,
 )
+from holepunch.stun.wire import Address, Attr, Method, StunDecodeError
 
 if TYPE_CHECKING:
     from holepunch.ice.core import IceCore

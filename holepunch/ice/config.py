@@ -108,7 +108,7 @@ class RelayConfig:
 
 @dataclass
 class TcpConfig:
-    """TCP hole punching (RFC 6544 simultaneous open, :mod:`holepunch.ice.tcp`)."""
+    """TCP hole punching (RFC 6544 simultaneous open, :mod:`holepunch.punch.tcp`)."""
 
     enabled: bool = True
     """Learn a TCP mapping and punch TCP when UDP is blocked on either side (needs a

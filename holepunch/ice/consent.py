@@ -19,8 +19,9 @@ from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.checklist import CandidatePair
-from holepunch.stun.message import Address, Method, StunMessage, encode
+from holepunch.stun.message import StunMessage, encode
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
+from holepunch.stun.wire import Address, Method
 
 if TYPE_CHECKING:
     from holepunch.ice.core import IceCore

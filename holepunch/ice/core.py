@@ -47,20 +47,14 @@ from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.ice.nomination import Selector, selector_for
 from holepunch.ice.probing import HardNatProbing
 from holepunch.ice.timers import Timers
-from holepunch.stun.message import (
-    Address,
-    MessageClass,
-    Method,
-    StunDecodeError,
-    StunMessage,
-    decode,
-    is_stun,
-)
+from holepunch.stun.framing import is_stun
+from holepunch.stun.message import StunMessage, decode
 from holepunch.stun.transactions import (
     ClientTransactions,
     RetransmissionPolicy,
     TransactionOutcome,
 )
+from holepunch.stun.wire import Address, MessageClass, Method, StunDecodeError
 
 _UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
 

@@ -34,8 +34,9 @@ from holepunch.ice.candidate import make_candidate
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import profile_from_flows
 from holepunch.stun.client import parse_binding_response
-from holepunch.stun.message import Address, StunDecodeError, StunMessage
+from holepunch.stun.message import StunMessage
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
+from holepunch.stun.wire import Address, StunDecodeError
 
 if TYPE_CHECKING:
     from holepunch.ice.core import IceCore

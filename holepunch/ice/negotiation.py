@@ -35,8 +35,8 @@ from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.events import IceError
 from holepunch.ice.hardnat import MappingProfile
-from holepunch.ice.tcpsession import TcpTrack
 from holepunch.nat.model import NatInfo
+from holepunch.punch.tcpsession import TcpTrack
 
 _log = Logger()
 

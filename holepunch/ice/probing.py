@@ -29,8 +29,8 @@ from holepunch.ice.candidate import Candidate, candidate_priority, make_candidat
 from holepunch.ice.checklist import CandidatePair, PairState, relayed
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import PORT_RANGE, Technique, plan, predicted_ports
-from holepunch.stun.message import Address
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
+from holepunch.stun.wire import Address
 
 if TYPE_CHECKING:
     from holepunch.ice.core import IceCore

@@ -59,7 +59,8 @@ from holepunch.stun.client import (
     listen_stun,
     resolve_server,
 )
-from holepunch.stun.message import Address, MessageClass, StunDecodeError, decode, encode
+from holepunch.stun.message import decode, encode
+from holepunch.stun.wire import Address, MessageClass, StunDecodeError
 
 _log = Logger()
 

@@ -40,8 +40,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from holepunch.signaling import messages as msg
-from holepunch.signaling._autobahn import cancel_close_timer
+from holepunch.signaling.autobahn_fixes import cancel_close_timer
 from holepunch.signaling.messages import JSONObject
+from holepunch.subscription import Subscription
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -93,21 +94,6 @@ class SessionReplaced(Exception):
 
 class ClientStopped(Exception):
     """The client was stopped before the request was answered."""
-
-
-class Subscription:
-    """The handle :meth:`SignalingClient.on` returns; :meth:`cancel` unsubscribes."""
-
-    def __init__(self, callbacks: list[EventCallback], callback: EventCallback) -> None:
-        self._callbacks = callbacks
-        self._callback = callback
-
-    def cancel(self) -> None:
-        """Stop delivering events to the callback (idempotent)."""
-        if self._callback in self._callbacks:
-            self._callbacks.remove(self._callback)
-
-    __call__ = cancel
 
 
 @dataclass
@@ -251,7 +237,7 @@ class SignalingClient(MultiService):
         """The peer id is registered on the current connection."""
         return self.registration is not None
 
-    def on(self, event: str, callback: EventCallback) -> Subscription:
+    def on(self, event: str, callback: EventCallback) -> Subscription[EventCallback]:
         """Call ``callback(message)`` for every server message of type ``event``.
 
         ``event`` is a server message type (``offer``, ``peer-joined``, ``error``, ...) or

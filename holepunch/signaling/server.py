@@ -44,22 +44,23 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from holepunch import __version__
+from holepunch.interfaces import ISignalingClient
+from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
-from holepunch.signaling._autobahn import (
+from holepunch.signaling.autobahn_fixes import (
     QuietWebSocketServerProtocol,
     cancel_close_timer,
     release_http_channel,
 )
 from holepunch.signaling.model import (
     DisconnectReason,
-    ISignalingClient,
     JSONObject,
     Limits,
     RoomRegistry,
     SignalingError,
 )
+from holepunch.textpage import index_text, render_text
 
 _log = Logger()
 
@@ -150,7 +151,7 @@ _OPTION_FIELDS = {
 def config_from_options(
     options: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> SignalingConfig:
-    """The signaling configuration from ``twistd holepunch`` options (``holepunch.tap``).
+    """The signaling configuration from ``twistd holepunch`` options (``holepunch.daemon.tap``).
 
     Options left out (or None) keep their defaults; the auth secret falls back to the
     ``P2P_AUTH_SECRET`` environment variable, so it need not appear in a process list.
@@ -167,43 +168,6 @@ def config_from_options(
     if not values.get("auth_secret"):
         values["auth_secret"] = environ.get("P2P_AUTH_SECRET") or None
     return SignalingConfig(**values)
-
-
-class TokenBucket:
-    """The token bucket rate limiter: ``rate`` tokens per second, at most ``capacity``."""
-
-    __slots__ = ("_clock", "_tokens", "_updated", "capacity", "rate")
-
-    def __init__(self, rate: float, capacity: float, clock: IReactorTime) -> None:
-        self.rate = rate
-        self.capacity = capacity
-        self._clock = clock
-        self._tokens = float(capacity)
-        self._updated = clock.seconds()
-
-    @property
-    def tokens(self) -> float:
-        self._refill()
-        return self._tokens
-
-    def _refill(self, now: float | None = None) -> None:
-        if now is None:
-            now = self._clock.seconds()
-        elapsed = now - self._updated
-        if elapsed > 0.0:
-            self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
-        self._updated = now
-
-    def take(self, now: float | None = None) -> bool:
-        """Take one token if there is one; False means the caller is over its rate.
-
-        ``now`` is the clock's time when the caller has it already.
-        """
-        self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class ServerStats:
@@ -281,9 +245,9 @@ class SignalingSession:
         self.opened_at = clock.seconds()
         self.last_activity = self.opened_at
         self.closing = False
-        self._bucket = TokenBucket(config.messages_per_second, config.message_burst, clock)
+        self._bucket = TokenBucket(config.messages_per_second, config.message_burst, self.opened_at)
         self._violations = TokenBucket(
-            config.rate_limit_violations / 10.0, config.rate_limit_violations, clock
+            config.rate_limit_violations / 10.0, config.rate_limit_violations, self.opened_at
         )
 
     # -- from the connection ---------------------------------------------------------------
@@ -334,7 +298,7 @@ class SignalingSession:
 
     def _rate_limited(self, payload: bytes) -> None:
         self.stats.errors[msg.RATE_LIMITED] += 1
-        if not self._violations.take():
+        if not self._violations.take(self.clock.seconds()):
             _log.info("closing {address}: sustained rate limit abuse", address=self.address)
             self.close(msg.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
             return
@@ -620,10 +584,10 @@ def _observe(d: defer.Deferred[Any]) -> defer.Deferred[None]:
     return observer
 
 
-_INDEX_TEXT = (
-    "holepunch signaling server {version}\n\n"
+_INDEX_TEXT = index_text(
+    "holepunch signaling server",
     "Connect a WebSocket client to this URL (ws:// or wss://) and speak the JSON\n"
-    "signaling protocol: register, join-room, offer, answer, ice-candidate.\n"
+    "signaling protocol: register, join-room, offer, answer, ice-candidate.\n",
 )
 
 
@@ -649,8 +613,7 @@ class SignalingRootPage(Resource):
             request.setResponseCode(405)
             request.setHeader(b"allow", b"GET, HEAD")
             return b""
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return _INDEX_TEXT.format(version=__version__).encode("utf-8")
+        return render_text(request, _INDEX_TEXT)
 
 
 class _ListeningService(Service):

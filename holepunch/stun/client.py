@@ -34,18 +34,8 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    StreamFramer,
-    StunDecodeError,
-    StunError,
-    StunMessage,
-    decode,
-    encode,
-    is_stun,
-)
+from holepunch.stun.framing import StreamFramer, is_stun
+from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.transactions import (
     DEFAULT_POLICY,
     ClientTransactions,
@@ -55,6 +45,7 @@ from holepunch.stun.transactions import (
     StunTimeout,
     TransactionOutcome,
 )
+from holepunch.stun.wire import Address, Attr, MessageClass, StunDecodeError, StunError
 
 _log = Logger()
 

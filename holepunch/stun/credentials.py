@@ -7,8 +7,8 @@ Implements
  - RFC 4013 (SASLprep, the stringprep profile of RFC 3454): mapping (2.1),
    NFKC normalization (2.2), prohibited output (2.3), bidirectional
    characters (2.4, RFC 3454 section 6) and unassigned code points (2.5),
-   with the Unicode 3.2 tables of the standard library's C{stringprep} and
-   C{unicodedata.ucd_3_2_0};
+   with the Unicode 3.2 tables of the standard library's ``stringprep`` and
+   ``unicodedata.ucd_3_2_0``;
  - RFC 8489 9.1.1 (short-term key), 9.2.2 (long-term key with the MD5 and
    SHA-256 password algorithms of 18.5) and 14.4 (USERHASH).
 
@@ -18,8 +18,6 @@ practice and is what the RFC 5769 test vectors were built with.
 """
 
 from __future__ import annotations
-
-__docformat__ = "epytext"
 
 import enum
 import hashlib
@@ -51,12 +49,12 @@ _PROHIBITED = (
 
 def saslprep(value: str, allow_unassigned: bool = True) -> str:
     """
-    Prepare C{value} with the SASLprep profile (RFC 4013).
+    Prepare ``value`` with the SASLprep profile (RFC 4013).
 
-    @param allow_unassigned: whether code points unassigned in Unicode 3.2
+    :param allow_unassigned: whether code points unassigned in Unicode 3.2
         are let through (RFC 4013 2.5: yes for queries, no for stored
         strings).
-    @raise ValueError: the output holds a prohibited character, an
+    :raise ValueError: the output holds a prohibited character, an
         unassigned code point (when not allowed), or violates the
         bidirectional rules.
     """
@@ -102,9 +100,9 @@ def long_term_key(
 ) -> bytes:
     """
     The long-term credential key (RFC 8489 9.2.2): the MD5 or SHA-256 of
-    C{username ":" realm ":" SASLprep(password)} in UTF-8.
+    ``username ":" realm ":" SASLprep(password)`` in UTF-8.
 
-    @raise ValueError: for an unknown algorithm or a password SASLprep
+    :raise ValueError: for an unknown algorithm or a password SASLprep
         rejects.
     """
     text = f"{username}:{realm}:{saslprep(password)}".encode()
@@ -118,6 +116,6 @@ def long_term_key(
 def userhash(username: str, realm: str) -> bytes:
     """
     The USERHASH attribute value (RFC 8489 14.4): SHA-256 of
-    C{username ":" realm} in UTF-8.
+    ``username ":" realm`` in UTF-8.
     """
     return hashlib.sha256(f"{username}:{realm}".encode()).digest()

@@ -30,7 +30,7 @@ only move bytes; :class:`StunServerService` binds the sockets.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,19 +41,11 @@ from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
-from holepunch import __version__
-from holepunch.stun.message import (
-    Address,
-    Attr,
-    MessageClass,
-    Method,
-    StreamFramer,
-    StunDecodeError,
-    StunError,
-    StunMessage,
-    decode,
-    encode,
-)
+from holepunch.ratelimit import TokenBuckets
+from holepunch.stun.framing import StreamFramer
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import Address, Attr, MessageClass, Method, StunDecodeError, StunError
+from holepunch.version import __version__
 
 _log = Logger()
 
@@ -77,30 +69,6 @@ class Reply:
     data: bytes
     local: Address
     destination: Address
-
-
-class TokenBuckets:
-    """Per-key token buckets, at most ``max_keys`` remembered (least recently used go)."""
-
-    def __init__(self, rate: float, burst: float, max_keys: int = 65536) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, key: str, now: float) -> bool:
-        """Take one token from ``key``'s bucket at time ``now``; False if it is empty."""
-        if self.rate <= 0:
-            return True
-        tokens, last = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-        return allowed
 
 
 @dataclass

@@ -23,14 +23,8 @@ import heapq
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from holepunch.stun.message import (
-    Address,
-    MessageClass,
-    StunDecodeError,
-    StunError,
-    StunMessage,
-    encode,
-)
+from holepunch.stun.message import StunMessage, encode
+from holepunch.stun.wire import Address, MessageClass, StunDecodeError, StunError
 
 
 class StunTimeout(StunError):

@@ -4,6 +4,8 @@
 - :mod:`holepunch.turn.config`: :class:`TurnServer`, :func:`parse_turn_uri` (RFC 7065 and
   ``turn:USER:PASS@HOST:PORT``), :func:`rest_api_credentials` (coturn's
   ``use-auth-secret``).
+- :mod:`holepunch.turn.model`: the errors, states, timers and results of an allocation;
+  :mod:`holepunch.turn.credentials`: the long-term credential rules (RFC 8489 9.2).
 - :mod:`holepunch.turn.client`: :class:`TurnAllocation`, the protocol over a send
   function and a clock (so it can share the ICE agent's socket).
 - :mod:`holepunch.turn.connect`: :func:`open_allocation` (its own UDP socket, TCP or TLS
@@ -12,11 +14,13 @@
 See ``docs/turn.md``.
 """
 
-from holepunch.turn.client import (
+from holepunch.turn.client import TurnAllocation
+from holepunch.turn.config import TurnServer, parse_turn_uri, rest_api_credentials
+from holepunch.turn.connect import allocate_first, open_allocation
+from holepunch.turn.model import (
     Allocated,
     AllocationState,
     NoTurnServerAvailable,
-    TurnAllocation,
     TurnAuthError,
     TurnError,
     TurnRedirect,
@@ -24,8 +28,6 @@ from holepunch.turn.client import (
     TurnTimeoutError,
     TurnTimers,
 )
-from holepunch.turn.config import TurnServer, parse_turn_uri, rest_api_credentials
-from holepunch.turn.connect import allocate_first, open_allocation
 
 __all__ = [
     "Allocated",

@@ -6,7 +6,8 @@ no socket of its own: it writes with a ``send(data, (host, port))`` function and
 what the server sends with :meth:`TurnAllocation.datagram_received`, so the ICE agent can
 run it on the UDP socket it already owns (its checks and the TURN traffic then share the
 socket, and the relayed candidate's base is that socket). :mod:`holepunch.turn.connect`
-gives it a socket or a TCP/TLS connection of its own.
+gives it a socket or a TCP/TLS connection of its own. Its errors, states and results are
+in :mod:`holepunch.turn.model`, the credential rules in :mod:`holepunch.turn.credentials`.
 
 It implements
 
@@ -37,8 +38,6 @@ USERHASH (coturn 4.6 offers neither), IPv6 relayed addresses (REQUESTED-ADDRESS-
 from __future__ import annotations
 
 import dataclasses
-import enum
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +53,10 @@ from holepunch.stun.client import (
     StunErrorResponse,
     StunResponse,
     StunTimeout,
-    TransactionTable,
 )
-from holepunch.stun.credentials import long_term_key
-from holepunch.stun.message import (
+from holepunch.stun.framing import decode_channel_data, encode_channel_data, is_stun
+from holepunch.stun.message import StunMessage, decode, encode
+from holepunch.stun.wire import (
     CHANNEL_NUMBER_MAX,
     CHANNEL_NUMBER_MIN,
     Address,
@@ -65,13 +64,25 @@ from holepunch.stun.message import (
     MessageClass,
     Method,
     StunDecodeError,
-    StunError,
-    StunMessage,
-    decode,
-    decode_channel_data,
-    encode,
-    encode_channel_data,
-    is_stun,
+)
+from holepunch.turn.credentials import AuthenticatedTransactions, LongTermCredentials
+from holepunch.turn.model import (
+    DEFAULT_LIFETIME,
+    DEFAULT_TIMERS,
+    SOFTWARE,
+    UDP_PROTOCOL,
+    Allocated,
+    AllocationState,
+    ChannelBinding,
+    Permission,
+    TurnAuthError,
+    TurnError,
+    TurnRedirect,
+    TurnStats,
+    TurnTimeoutError,
+    TurnTimers,
+    method_name,
+    peer_address,
 )
 
 _log = Logger()
@@ -82,182 +93,9 @@ SendFunction = Callable[[bytes, tuple[str, int]], Any]
 DataCallback = Callable[[bytes, Address], Any]
 """``callback(data, peer)``: application data relayed from ``peer``."""
 
-SOFTWARE = "holepunch"
-DEFAULT_LIFETIME = 600
-"""RFC 8656 7.2: the lifetime a server gives when the response has none."""
-UDP_PROTOCOL = 17
-MAX_STALE_NONCE_RETRIES = 3
-"""How many 438 answers in a row one request accepts before failing."""
 MAX_QUEUED = 64
 """How many datagrams :meth:`TurnAllocation.send` holds per peer IP while the permission
 for it is being installed."""
-
-
-class TurnError(StunError):
-    """A TURN request failed.
-
-    ``code`` is the server's error code, or 0 for a local failure (timeout, connection
-    lost, a malformed answer); ``response`` the error response, when there is one.
-    """
-
-    def __init__(self, code: int, reason: str, response: StunMessage | None = None) -> None:
-        super().__init__(f"TURN error {code}: {reason}" if code else reason)
-        self.code = code
-        self.reason = reason
-        self.response = response
-
-
-class TurnAuthError(TurnError):
-    """The server refused our credentials (a second 401, or 441 Wrong Credentials)."""
-
-
-class TurnTimeoutError(TurnError):
-    """The server did not answer in time."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(0, reason)
-
-
-class TurnRedirect(TurnError):
-    """300 Try Alternate over a stream: the caller must connect to ``alternate`` instead."""
-
-    def __init__(self, alternate: Address, response: StunMessage | None = None) -> None:
-        super().__init__(300, f"try alternate server {alternate.host}:{alternate.port}", response)
-        self.alternate = alternate
-
-
-class NoTurnServerAvailable(TurnError):
-    """No server granted an allocation; ``failures`` maps each server to its reason."""
-
-    def __init__(self, failures: dict[str, str]) -> None:
-        detail = "; ".join(f"{server}: {why}" for server, why in failures.items())
-        super().__init__(0, f"no TURN server granted an allocation ({detail or 'none given'})")
-        self.failures = failures
-
-
-class AllocationState(enum.Enum):
-    """Where a :class:`TurnAllocation` is in its life."""
-
-    NEW = "new"
-    ALLOCATING = "allocating"
-    ALLOCATED = "allocated"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-@dataclasses.dataclass(frozen=True)
-class TurnTimers:
-    """When an allocation refreshes what it holds, and how long it waits to deallocate.
-
-    The defaults follow RFC 8656: the allocation at 5/6 of the lifetime the server
-    granted, permissions every 240 s (they live 300 s), channel bindings every 540 s (they
-    live 600 s). Tests against a server with shorter lifetimes shorten them.
-    """
-
-    refresh_fraction: float = 5 / 6
-    permission_refresh: float = 240.0
-    channel_refresh: float = 540.0
-    close_timeout: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.refresh_fraction < 1:
-            raise ValueError("refresh_fraction must be between 0 and 1")
-        if min(self.permission_refresh, self.channel_refresh, self.close_timeout) <= 0:
-            raise ValueError("refresh intervals and the close timeout must be positive")
-
-
-DEFAULT_TIMERS = TurnTimers()
-
-
-@dataclasses.dataclass(frozen=True)
-class Allocated:
-    """A granted allocation: the relayed address peers send to, our address as the
-    server sees it (XOR-MAPPED-ADDRESS), the lifetime in seconds, and the server."""
-
-    relayed: Address
-    mapped: Address | None
-    lifetime: int
-    server: Address
-
-
-@dataclasses.dataclass
-class TurnStats:
-    """What an allocation did; for logs, metrics and tests."""
-
-    requests: int = 0
-    stale_nonce_retries: int = 0
-    redirects: int = 0
-    refreshes: int = 0
-    permissions_installed: int = 0
-    permission_refreshes: int = 0
-    channels_bound: int = 0
-    channel_refreshes: int = 0
-    indications_sent: int = 0
-    channel_data_sent: int = 0
-    data_received: int = 0
-    dropped: int = 0
-
-
-@dataclasses.dataclass(eq=False)
-class _Permission:
-    ip: str
-    installed: bool = False
-    pending: Deferred[StunMessage] | None = None
-    timer: IDelayedCall | None = None
-    waiters: list[Deferred[None]] = dataclasses.field(default_factory=list)
-    queue: list[tuple[bytes, Address]] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass(eq=False)
-class _Channel:
-    number: int
-    peer: Address
-    bound: bool = False
-    pending: Deferred[StunMessage] | None = None
-    timer: IDelayedCall | None = None
-    waiters: list[Deferred[int]] = dataclasses.field(default_factory=list)
-
-
-class _Transactions(TransactionTable):
-    """A :class:`TransactionTable` that checks MESSAGE-INTEGRITY as RFC 8489 9.2.5 says
-    for long-term credentials (the base class would also drop the unprotected 401 and
-    438 answers, which carry what we need to go on)."""
-
-    def __init__(self, send: Callable[[bytes, Address], None], clock: IReactorTime) -> None:
-        super().__init__(send, clock)
-        self.keys: dict[bytes, bytes] = {}
-
-    def handle(self, message: StunMessage, source: Address) -> bool:
-        key = self.keys.get(message.transaction_id)
-        if (
-            key is not None
-            and message.message_class in (MessageClass.SUCCESS, MessageClass.ERROR)
-            and (
-                message.message_class == MessageClass.SUCCESS or message.has(Attr.MESSAGE_INTEGRITY)
-            )
-            and not message.check_integrity(key)
-        ):
-            _log.info("ignored a TURN response from {s} failing MESSAGE-INTEGRITY", s=source)
-            return True
-        return super().handle(message, source)
-
-
-def _peer_address(peer: tuple[str, int]) -> Address:
-    host, port = peer
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"a TURN peer must be an IP address, not {host!r}") from None
-    if not 0 <= port < 65536:
-        raise ValueError(f"peer port out of range: {port}")
-    return Address(str(ip), int(port))
-
-
-def _method_name(method: int) -> str:
-    try:
-        return Method(method).name
-    except ValueError:
-        return f"method 0x{method:03x}"
 
 
 class TurnAllocation:
@@ -295,7 +133,7 @@ class TurnAllocation:
     ) -> None:
         self.server = Address(server[0], server[1])
         self.username = username
-        self._password = password
+        self._credentials = LongTermCredentials(username, password, f"{server[0]}:{server[1]}")
         self.stream = stream
         self.clock = clock
         self.timers = timers
@@ -313,19 +151,16 @@ class TurnAllocation:
         )
         self._send_function = send
         self._on_close = on_close
-        self._table = _Transactions(self._send_to_server, clock)
+        self._table = AuthenticatedTransactions(self._send_to_server, clock)
         self.state = AllocationState.NEW
         self.allocated: Allocated | None = None
         self.stats = TurnStats()
-        self.realm: str | None = None
-        self._nonce: str | None = None
-        self._key: bytes | None = None
         self._redirected = False
         self._expires: float | None = None
         self._refresh_timer: IDelayedCall | None = None
-        self._permissions: dict[str, _Permission] = {}
-        self._channels: dict[Address, _Channel] = {}
-        self._channel_numbers: dict[int, _Channel] = {}
+        self._permissions: dict[str, Permission] = {}
+        self._channels: dict[Address, ChannelBinding] = {}
+        self._channel_numbers: dict[int, ChannelBinding] = {}
         self._next_channel = CHANNEL_NUMBER_MIN
         self._data_callback: DataCallback | None = None
         self._lost_callback: Callable[[TurnError], Any] | None = None
@@ -364,6 +199,11 @@ class TurnAllocation:
     def channels(self) -> dict[Address, int]:
         """The bound channels: peer address to channel number."""
         return {peer: c.number for peer, c in self._channels.items() if c.bound}
+
+    @property
+    def realm(self) -> str | None:
+        """The server's REALM, once it named it (the first 401)."""
+        return self._credentials.realm
 
     def on_data(self, callback: DataCallback | None) -> None:
         """Deliver relayed data (Data indications and ChannelData) to ``callback(data, peer)``."""
@@ -408,10 +248,10 @@ class TurnAllocation:
             return defer.fail(
                 TurnError(0, f"create_permission() on a {self.state.value} allocation")
             )
-        ip = _peer_address((peer_ip, 0)).host
+        ip = peer_address((peer_ip, 0)).host
         permission = self._permissions.get(ip)
         if permission is None:
-            permission = self._permissions[ip] = _Permission(ip)
+            permission = self._permissions[ip] = Permission(ip)
         if permission.installed and permission.pending is None:
             return defer.succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -426,12 +266,12 @@ class TurnAllocation:
         :meth:`send` to ``peer`` uses ChannelData."""
         if self.state is not AllocationState.ALLOCATED:
             return defer.fail(TurnError(0, f"bind_channel() on a {self.state.value} allocation"))
-        address = _peer_address(peer)
+        address = peer_address(peer)
         channel = self._channels.get(address)
         if channel is None:
             if self._next_channel > CHANNEL_NUMBER_MAX:
                 return defer.fail(TurnError(0, "no channel numbers left"))
-            channel = _Channel(self._next_channel, address)
+            channel = ChannelBinding(self._next_channel, address)
             self._next_channel += 1
             self._channels[address] = channel
             self._channel_numbers[channel.number] = channel
@@ -454,7 +294,7 @@ class TurnAllocation:
         """
         if self.state is not AllocationState.ALLOCATED:
             raise OSError(f"TURN allocation is {self.state.value}")
-        address = _peer_address(peer)
+        address = peer_address(peer)
         channel = self._channels.get(address)
         if channel is not None and channel.bound:
             frame = encode_channel_data(channel.number, data, pad=self.stream)
@@ -464,7 +304,7 @@ class TurnAllocation:
         permission = self._permissions.get(address.host)
         if permission is None or not permission.installed:
             if permission is None:
-                permission = self._permissions[address.host] = _Permission(address.host)
+                permission = self._permissions[address.host] = Permission(address.host)
             if permission.pending is None:
                 self._send_permission(permission)
             if len(permission.queue) >= MAX_QUEUED:
@@ -556,15 +396,6 @@ class TurnAllocation:
     def _send_to_server(self, data: bytes, destination: tuple[str, int]) -> None:
         self._send_function(data, (destination[0], destination[1]))
 
-    def _set_realm_nonce(self, realm: str, nonce: str) -> None:
-        if self._key is None or realm != self.realm:
-            try:
-                self._key = long_term_key(self.username, realm, self._password)
-            except ValueError as e:
-                raise TurnAuthError(0, f"unusable TURN password: {e}") from None
-        self.realm = realm
-        self._nonce = nonce
-
     async def _exchange(
         self,
         method: int,
@@ -574,18 +405,13 @@ class TurnAllocation:
         """One request, with the long-term credential dance around it."""
         unauthorized = 0
         stale = 0
-        name = _method_name(method)
+        name = method_name(method)
         while True:
             request = StunMessage.request(method)
             fill(request)
             if self.software:
                 request.add_string(Attr.SOFTWARE, self.software)
-            key = self._key
-            if key is not None:
-                assert self.realm is not None and self._nonce is not None
-                request.add_string(Attr.USERNAME, self.username)
-                request.add_string(Attr.REALM, self.realm)
-                request.add_string(Attr.NONCE, self._nonce)
+            key = self._credentials.add_to(request)
             # Sealed here, so the table sends it as it is and leaves the checks to us.
             sealed = decode(encode(request, integrity_key=key, fingerprint=True))
             tid = sealed.transaction_id
@@ -607,37 +433,20 @@ class TurnAllocation:
             except StunErrorResponse as e:
                 response = e.response
                 reason = e.reason.rstrip("\x00")  # coturn counts its padding in the phrase
+                try:
+                    if e.code == 401:
+                        self._credentials.unauthorized(response, key, bool(unauthorized))
+                    elif e.code == 438:
+                        self._credentials.stale_nonce(response, reason, stale)
+                except TurnError as error:
+                    raise error from None
                 if e.code == 401:
-                    realm = response.get_string(Attr.REALM)
-                    nonce = response.get_string(Attr.NONCE)
-                    if realm is None or nonce is None:
-                        raise TurnError(401, "401 without REALM or NONCE", response) from None
-                    if not self.username:
-                        raise TurnAuthError(
-                            401,
-                            f"TURN server {self._where()} needs credentials (realm "
-                            f"{realm!r}) and none were given",
-                            response,
-                        ) from None
-                    if key is not None and (unauthorized or nonce == self._nonce):
-                        raise TurnAuthError(
-                            401,
-                            f"TURN server {self._where()} refused the credentials of user "
-                            f"{self.username!r} (realm {realm!r}): wrong username or password",
-                            response,
-                        ) from None
                     unauthorized += 1
-                    self._set_realm_nonce(realm, nonce)
                     continue
                 if e.code == 438:
-                    nonce = response.get_string(Attr.NONCE)
-                    realm = response.get_string(Attr.REALM) or self.realm
-                    if nonce is None or realm is None or stale >= MAX_STALE_NONCE_RETRIES:
-                        raise TurnError(438, reason or "Stale Nonce", response) from None
                     stale += 1
                     self.stats.stale_nonce_retries += 1
                     _log.debug("TURN {m}: stale nonce, retrying", m=name)
-                    self._set_realm_nonce(realm, nonce)
                     continue
                 if e.code == 441:
                     raise TurnAuthError(
@@ -673,8 +482,7 @@ class TurnAllocation:
                         new=f"{alternate.host}:{alternate.port}",
                     )
                     self.server = alternate
-                    self.realm = self._nonce = None
-                    self._key = None
+                    self._credentials.forget(self._where())
             try:
                 relayed = response.get_address(Attr.XOR_RELAYED_ADDRESS)
                 mapped = response.get_address(Attr.XOR_MAPPED_ADDRESS)
@@ -758,7 +566,7 @@ class TurnAllocation:
 
     # -- permissions ------------------------------------------------------------
 
-    def _send_permission(self, permission: _Permission) -> None:
+    def _send_permission(self, permission: Permission) -> None:
         refreshing = permission.installed
 
         def fill(request: StunMessage) -> None:
@@ -788,7 +596,7 @@ class TurnAllocation:
         d.addCallbacks(installed, failed)
 
     def _permission_installed(
-        self, permission: _Permission, refreshing: bool, counted: bool = True
+        self, permission: Permission, refreshing: bool, counted: bool = True
     ) -> None:
         if not counted:
             pass
@@ -809,12 +617,12 @@ class TurnAllocation:
                 self.stats.dropped += 1
                 _log.debug("queued TURN data to {peer} dropped: {err}", peer=peer, err=e)
 
-    def _permission_due(self, permission: _Permission) -> None:
+    def _permission_due(self, permission: Permission) -> None:
         permission.timer = None
         if self._permissions.get(permission.ip) is permission and permission.pending is None:
             self._send_permission(permission)
 
-    def _drop_permission(self, permission: _Permission) -> None:
+    def _drop_permission(self, permission: Permission) -> None:
         self._cancel(permission.timer)
         permission.timer = None
         permission.installed = False
@@ -825,7 +633,7 @@ class TurnAllocation:
 
     # -- channels ---------------------------------------------------------------
 
-    def _send_channel_bind(self, channel: _Channel) -> None:
+    def _send_channel_bind(self, channel: ChannelBinding) -> None:
         refreshing = channel.bound
 
         def fill(request: StunMessage) -> None:
@@ -851,7 +659,7 @@ class TurnAllocation:
             # ChannelBind installs (or refreshes) the permission for the peer's IP too.
             permission = self._permissions.get(channel.peer.host)
             if permission is None:
-                permission = self._permissions[channel.peer.host] = _Permission(channel.peer.host)
+                permission = self._permissions[channel.peer.host] = Permission(channel.peer.host)
             if permission.pending is None:
                 self._permission_installed(permission, permission.installed, counted=False)
             waiters, channel.waiters = channel.waiters, []
@@ -873,7 +681,7 @@ class TurnAllocation:
 
         d.addCallbacks(bound, failed)
 
-    def _channel_due(self, channel: _Channel) -> None:
+    def _channel_due(self, channel: ChannelBinding) -> None:
         channel.timer = None
         if self._channels.get(channel.peer) is channel and channel.pending is None:
             self._send_channel_bind(channel)

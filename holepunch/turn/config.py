@@ -81,6 +81,17 @@ class TurnServer:
         """The same server with credentials minted by :func:`rest_api_credentials`."""
         return self.with_credentials(*rest_api_credentials(secret, user, ttl, now))
 
+    def as_ice_server(self) -> dict[str, Any]:
+        """The WebRTC ``RTCIceServer`` (and the seed's) form: ``{urls, username, credential}``.
+
+        :meth:`from_ice_server` reads it back.
+        """
+        entry: dict[str, Any] = {"urls": [self.uri]}
+        if self.username or self.password:
+            entry["username"] = self.username
+            entry["credential"] = self.password
+        return entry
+
     @classmethod
     def from_ice_server(cls, entry: Mapping[str, Any]) -> list[TurnServer]:
         """The TURN servers of one WebRTC-style entry (``urls``, ``username``, ``credential``).

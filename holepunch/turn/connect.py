@@ -9,7 +9,7 @@ touches a socket:
   over TCP (``turns:``; the server's certificate is checked against its name with
   ``service_identity``, through ``twisted.internet.ssl.optionsForClientTLS``). Over a
   stream, STUN messages and ChannelData are framed by
-  :class:`StreamFramer <holepunch.stun.message.StreamFramer>` (RFC 8489 6.2.2, RFC 8656 12.5), and a
+  :class:`StreamFramer <holepunch.stun.framing.StreamFramer>` (RFC 8489 6.2.2, RFC 8656 12.5), and a
   300 answer opens a connection to the alternate server (once). Closing the allocation
   closes its socket or connection.
 - :func:`allocate_first` tries several servers in order, each for at most ``timeout``
@@ -35,18 +35,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from holepunch.stun.client import DEFAULT_POLICY, RetransmissionPolicy, resolve_server
-from holepunch.stun.message import Address, StreamFramer, StunDecodeError
-from holepunch.turn.client import (
+from holepunch.stun.framing import StreamFramer
+from holepunch.stun.wire import Address, StunDecodeError
+from holepunch.turn.client import TurnAllocation
+from holepunch.turn.config import TurnServer
+from holepunch.turn.model import (
     DEFAULT_TIMERS,
     SOFTWARE,
     NoTurnServerAvailable,
-    TurnAllocation,
     TurnError,
     TurnRedirect,
     TurnTimeoutError,
     TurnTimers,
 )
-from holepunch.turn.config import TurnServer
 
 _log = Logger()
 

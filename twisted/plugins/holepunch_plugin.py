@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 holepunch = ServiceMaker(
     "holepunch",
-    "holepunch.tap",
+    "holepunch.daemon.tap",
     "NAT traversal daemon: WebSocket signaling, STUN (RFC 5780), health and metrics",
     "holepunch",
 )

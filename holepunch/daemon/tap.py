@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_tap,tests.test_web -*-
 """``twistd holepunch``: options and the service tree of the daemon.
 
 The daemon runs, each part optional:
@@ -6,7 +6,7 @@ The daemon runs, each part optional:
 - the STUN server (UDP and TCP, port 3478 on every interface; RFC 5780 behaviour discovery
   when given an alternate address), see :mod:`holepunch.stun.server`;
 - the WebSocket signaling server (``tcp:8080``), see :mod:`holepunch.signaling.server`,
-  with the HTTP endpoints of :mod:`holepunch.web` on the same port (``/p2p/health``,
+  with the HTTP endpoints of :mod:`holepunch.daemon.http` on the same port (``/p2p/health``,
   ``/p2p/stats``, ``/p2p/nat``, ``/metrics``), and on ``--http`` if given;
 - with ``--discover-nat``, a NAT discovery at start-up, shown by ``/p2p/nat``.
 
@@ -37,7 +37,8 @@ from twisted.python.components import Componentized
 from holepunch.config import ConfigError, P2PConfig, build_config
 
 if TYPE_CHECKING:
-    from holepunch.web import DaemonStatus, Metrics
+    from holepunch.daemon.metrics import Metrics
+    from holepunch.daemon.status import DaemonStatus
 
 
 def _port(value: str) -> int:
@@ -239,13 +240,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from holepunch.web import (
-        DaemonStatus,
-        NatDiscoveryService,
-        daemon_metrics,
-        install_http,
-        make_http_service,
-    )
+    from holepunch.daemon.http import install_http, make_http_service
+    from holepunch.daemon.natservice import NatDiscoveryService
+    from holepunch.daemon.status import DaemonStatus, daemon_metrics
 
     top = DaemonService()
     top.log_observer = _twistd_log_observer(options)

@@ -2,7 +2,7 @@
 """TCP hole punching inside a negotiation: the mapping, the sync, the framed stream.
 
 Each side learns its TCP mapping (STUN over TCP from the port it will dial from, see
-:mod:`holepunch.ice.tcp`) and puts it in its offer or answer as an RFC 6544
+:mod:`holepunch.punch.tcp`) and puts it in its offer or answer as an RFC 6544
 simultaneous-open candidate (``... tcp ... typ srflx ... tcptype so``). When UDP is
 blocked on either side (or ``TcpConfig.race`` asks for it) the offerer runs the
 DCUtR-style sync over signaling, as ``ice-candidate`` payloads of the session::
@@ -30,7 +30,13 @@ from twisted.python.failure import Failure
 
 from holepunch.ice.candidate import Candidate, make_candidate
 from holepunch.ice.connection import Channel
-from holepunch.ice.tcp import PunchedStream, TcpMapping, simultaneous_open, sync_moment, tcp_mapping
+from holepunch.punch.tcp import (
+    PunchedStream,
+    TcpMapping,
+    simultaneous_open,
+    sync_moment,
+    tcp_mapping,
+)
 
 _log = Logger()
 
@@ -58,7 +64,7 @@ class _Framed(Int32StringReceiver):
 class StreamConnection(Channel):
     """A punched TCP connection with the :class:`Channel <holepunch.ice.connection.Channel>` API.
 
-    ``stream`` is the :class:`PunchedStream <holepunch.ice.tcp.PunchedStream>` (its
+    ``stream`` is the :class:`PunchedStream <holepunch.punch.tcp.PunchedStream>` (its
     ``transport`` is an ordinary Twisted TCP transport); ``send`` frames each message with
     a 4-byte length.
     """

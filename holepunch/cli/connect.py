@@ -17,11 +17,14 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from holepunch.ice.connection import Channel
 
 MAX_LINE = 60000
 END_MARKER = b""
@@ -278,18 +281,21 @@ async def connect_command(
 def _turn_from_environment() -> list[Any]:
     """TURN servers from ``P2P_TURN_SERVERS`` / ``P2P_TURN_USERNAME`` / ``P2P_TURN_PASSWORD``
     (used when no ``--turn-server`` is given); a bad value raises ValueError naming it."""
-    from holepunch.config import _from_environment
-    from holepunch.turn import TurnServer
+    from holepunch.config import environment_values
 
-    servers: list[Any] = []
-    for entry in _from_environment(os.environ).get("turn_servers", []):
-        servers.extend(TurnServer.from_ice_server(entry.as_ice_server()))
+    servers: list[Any] = environment_values(os.environ).get("turn_servers", [])
     return servers
 
 
-def _stat(connection: Any, name: str) -> int:
-    agent = getattr(connection, "agent", None)
-    return int(getattr(agent.stats, name)) if agent is not None else 0
+def _stat(connection: Channel, name: str) -> int:
+    """One counter of the ICE agent under ``connection`` (0 for a TCP-punched
+    connection, which has no agent, or an agent that keeps none)."""
+    from holepunch.ice.connection import PeerConnection
+
+    if not isinstance(connection, PeerConnection):
+        return 0
+    stats = getattr(connection.agent, "stats", None)
+    return int(getattr(stats, name)) if stats is not None else 0
 
 
 def _reason(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_signaling_client,tests.test_connect_cli -*-
 """The ``holepunch`` command line.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
@@ -17,9 +17,9 @@ from typing import Any
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "nat-check": ("holepunch.nat.cli", "discover the NAT you are behind (RFC 5780)"),
-    "token": ("holepunch.signaling.token_cli", "mint a signaling auth token"),
-    "connect": ("holepunch.ice.cli", "reach a peer through NATs and carry lines (like nc -u)"),
+    "nat-check": ("holepunch.cli.natcheck", "discover the NAT you are behind (RFC 5780)"),
+    "token": ("holepunch.cli.token", "mint a signaling auth token"),
+    "connect": ("holepunch.cli.connect", "reach a peer through NATs and carry lines (like nc -u)"),
 }
 
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(command)
-        command.set_defaults(_module=module)
+        command.set_defaults(command_module=module)
     return parser
 
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log_to_stderr(level)
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    status: int = args._module.run(args)
+    status: int = args.command_module.run(args)
     return status
 
 

@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_web -*-
+"""HTTP endpoints of the daemon and the coordinator: health, stats, NAT, Prometheus.
+
+The seed's example 3 as twisted.web resources, plus ``/metrics``
+(:mod:`holepunch.daemon.metrics`); ``provider`` below is an
+:class:`holepunch.interfaces.IStatusProvider`:
+
+``GET /p2p/health``
+    ``provider.health_check()`` as JSON: ``{status, initialized, timestamp,
+    services}``. HTTP 200 when ``status`` is ``healthy``, 503 otherwise, so a load
+    balancer or an orchestrator can probe it as it is.
+``GET /p2p/stats``
+    ``provider.get_stats()`` as JSON: ``{initialized, natInfo,
+    activeConnections, signaling, holePunching}`` (the daemon adds ``stun``).
+``GET /p2p/nat``
+    ``{natInfo, strategy}``: ``provider.get_nat_info()`` and
+    ``provider.get_recommended_strategy()`` (both null until the NAT is known).
+``GET /metrics``
+    The Prometheus text format (OpenMetrics when the scraper asks for it) of a
+    :class:`holepunch.daemon.metrics.Metrics`, which has its own
+    ``CollectorRegistry``: counters kept by the signaling and STUN servers are read
+    when scraped, not copied.
+
+:func:`install_http` puts these pages under a twisted.web root, normally the signaling
+server's (one port for WebSocket and HTTP); :func:`make_http_service` serves them on a
+port of their own (``twistd holepunch --http tcp:9090``).
+:class:`holepunch.daemon.status.DaemonStatus` is the daemon's provider;
+``P2PCoordinator`` is the library's. The metric names and the JSON fields are listed in
+``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from holepunch.daemon.metrics import Metrics
+from holepunch.interfaces import IStatusProvider, JSONDict
+from holepunch.textpage import TextPage, index_text
+
+_log = Logger()
+
+
+# -- JSON pages -------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def encode_json(value: object) -> bytes:
+    """The JSON body of a page: UTF-8, one trailing newline; unknown objects as strings."""
+    return (json.dumps(value, default=_json_default) + "\n").encode("utf-8")
+
+
+class JSONPage(Resource):
+    """A GET (and HEAD) page whose body is what ``produce`` returns or fires with.
+
+    ``produce`` returns ``(http_status, value)`` or a Deferred of it. If it raises or
+    fails, the page answers ``failure_status`` with ``{"error": ...}`` (``/p2p/health``
+    uses 503 and adds ``"status": "unhealthy"``).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        produce: Callable[[], Any],
+        failure_status: int = 500,
+        failure_body: JSONDict | None = None,
+    ) -> None:
+        super().__init__()
+        self._produce = produce
+        self._failure_status = failure_status
+        self._failure_body = dict(failure_body or {})
+
+    def render_GET(self, request: Request) -> int:
+        finished = [False]
+
+        def gone(_: object) -> None:
+            finished[0] = True
+            if not d.called:
+                d.cancel()
+
+        def respond(result: tuple[int, object]) -> None:
+            status, value = result
+            self._write(request, finished, status, value)
+
+        def failed(reason: Failure) -> None:
+            if finished[0]:
+                return
+            _log.failure("{uri} failed", reason, uri=request.uri.decode("ascii", "replace"))
+            body = {**self._failure_body, "error": reason.getErrorMessage()}
+            self._write(request, finished, self._failure_status, body)
+
+        d: defer.Deferred[Any] = defer.maybeDeferred(self._produce)
+        request.notifyFinish().addBoth(gone)
+        d.addCallback(respond).addErrback(failed)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _write(request: Request, finished: list[bool], status: int, value: object) -> None:
+        if finished[0]:
+            return
+        body = encode_json(value)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
+def _health(provider: IStatusProvider) -> defer.Deferred[tuple[int, object]]:
+    def status(health: JSONDict) -> tuple[int, object]:
+        return (200 if health.get("status") == "healthy" else 503), health
+
+    d: defer.Deferred[JSONDict] = defer.maybeDeferred(provider.health_check)
+    return d.addCallback(status)
+
+
+class StatusResource(Resource):
+    """``/p2p``: the ``health``, ``stats`` and ``nat`` pages of one provider."""
+
+    def __init__(self, provider: IStatusProvider) -> None:
+        super().__init__()
+        self.provider = provider
+        self.putChild(
+            b"health",
+            JSONPage(
+                lambda: _health(provider), failure_status=503, failure_body={"status": "unhealthy"}
+            ),
+        )
+        self.putChild(b"stats", JSONPage(lambda: (200, provider.get_stats())))
+        self.putChild(
+            b"nat",
+            JSONPage(
+                lambda: (
+                    200,
+                    {
+                        "natInfo": provider.get_nat_info(),
+                        "strategy": provider.get_recommended_strategy(),
+                    },
+                )
+            ),
+        )
+
+
+class MetricsPage(Resource):
+    """``/metrics``: the exposition of a :class:`Metrics`."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        body, content_type = self.metrics.render(accept)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+# -- wiring -----------------------------------------------------------------------------
+
+
+def install_http(root: Resource, provider: IStatusProvider, metrics: Metrics | None) -> None:
+    """Serve ``/p2p/health``, ``/p2p/stats``, ``/p2p/nat`` and ``/metrics`` under ``root``.
+
+    ``root`` is normally ``SignalingService.root``, so they share the signaling port;
+    without ``metrics`` there is no ``/metrics``.
+    """
+    root.putChild(b"p2p", StatusResource(provider))
+    if metrics is not None:
+        root.putChild(b"metrics", MetricsPage(metrics))
+
+
+_HTTP_INDEX = index_text(
+    "holepunch",
+    "/p2p/health   health as JSON (200 healthy, 503 otherwise)\n"
+    "/p2p/stats    statistics as JSON\n"
+    "/p2p/nat      the NAT and the recommended strategy as JSON\n"
+    "/metrics      Prometheus metrics\n",
+)
+
+
+def make_http_service(
+    endpoint: str, provider: IStatusProvider, metrics: Metrics | None, reactor: Any = None
+) -> Service:
+    """A service serving the same pages on an endpoint of their own (strports)."""
+    root = Resource()
+    root.putChild(b"", TextPage(_HTTP_INDEX))
+    install_http(root, provider, metrics)
+    site = Site(root, reactor=reactor)
+    site.noisy = False
+    service = strports.service(endpoint, site, reactor=reactor)
+    service.setName("http")
+    return service
+
+
+__all__ = [
+    "JSONPage",
+    "MetricsPage",
+    "StatusResource",
+    "encode_json",
+    "install_http",
+    "make_http_service",
+]
