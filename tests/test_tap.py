@@ -67,20 +67,25 @@ class MakeServiceTests(TestCase):
     """The service tree answers STUN on real sockets."""
 
     @defer.inlineCallbacks
-    def test_stun_service_answers(self) -> Any:
-        """makeService's STUN server answers a Binding on the configured port."""
+    def test_stun_service_answers_on_both_ports(self) -> Any:
+        """makeService's STUN server answers a Binding on the configured port and, with one
+        address, on the second port too (a plain second destination: no OTHER-ADDRESS)."""
         port = free_udp_port()
+        second = free_udp_port()
         options = Options()
         options.parseOptions(
-            ["--stun-interface", "127.0.0.1", "--stun-port", str(port), "--no-signaling"]
-        )
+            ["--stun-interface", "127.0.0.1", "--stun-port", str(port),
+             "--stun-alternate-port", str(second), "--no-signaling"]
+        )  # fmt: skip
         service = makeService(options, reactor)
         service.startService()
         self.addCleanup(service.stopService)
         client = listen_stun(reactor, "127.0.0.1")
         self.addCleanup(client.close)
-        result = yield client.binding(Address("127.0.0.1", port))
-        self.assertEqual(result.mapped, client.local)
+        for target in (port, second):
+            result = yield client.binding(Address("127.0.0.1", target))
+            self.assertEqual(result.mapped, client.local)
+            self.assertIsNone(result.other_address)
 
 
 class PluginTests(TestCase):

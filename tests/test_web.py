@@ -496,6 +496,7 @@ class DaemonServiceTests(TestCase):
                 "--signaling=tcp:0:interface=127.0.0.1",
                 "--stun-interface=127.0.0.1",
                 f"--stun-port={stun_port}",
+                "--stun-alternate-port=0",
                 "--no-stun-tcp",
                 f"--http=tcp:{http_port}:interface=127.0.0.1",
             ]
@@ -607,7 +608,13 @@ class TwistdTests(TestCase):
         port, stun_port = free_port(), free_port(socket.SOCK_DGRAM)
         env = daemon_env(P2P_SIGNALING_PORT=str(port), LOG_LEVEL="info")
         daemon = self.start(
-            ["--stun-interface=127.0.0.1", f"--stun-port={stun_port}", "--no-stun-tcp"], env
+            [
+                "--stun-interface=127.0.0.1",
+                f"--stun-port={stun_port}",
+                "--stun-alternate-port=0",
+                "--no-stun-tcp",
+            ],
+            env,
         )
         base = f"http://127.0.0.1:{port}"
         await self.wait_healthy(daemon, base + "/p2p/health")

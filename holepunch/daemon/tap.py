@@ -19,6 +19,7 @@ SIGINT stop every service: signaling clients are closed with 1001, listeners clo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from holepunch.config import ConfigError, P2PConfig, build_config
+from holepunch.signaling.iceservers import IceServerHints
 
 if TYPE_CHECKING:
     from holepunch.daemon.metrics import Metrics
@@ -60,6 +62,11 @@ class Options(usage.Options):
             None,
             "At start-up, find out what NAT this host is behind (shown by /p2p/nat).",
         ],
+        [
+            "no-ice-servers",
+            None,
+            "Do not name this daemon's STUN server (nor --turn-url) in welcome's iceServers.",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["stun-interface", None, "", "Address the STUN server binds (default: every interface)."],
@@ -71,7 +78,15 @@ class Options(usage.Options):
             "A second address of this host: turns on RFC 5780 behaviour discovery "
             "(needs --stun-interface set to the primary address).",
         ],
-        ["stun-alternate-port", None, 3479, "Second STUN port, used with RFC 5780.", _port],
+        [
+            "stun-alternate-port",
+            None,
+            3479,
+            "Second STUN port (0: none): a second destination on one address, which lets "
+            "clients measure their NAT's mapping; RFC 5780's alternate port with "
+            "--stun-alternate-address.",
+            _port,
+        ],
         [
             "stun-rate",
             None,
@@ -102,6 +117,28 @@ class Options(usage.Options):
             "STUN servers for --discover-nat, HOST:PORT,... (default: $P2P_STUN_SERVERS, "
             "else Google's and Cloudflare's).",
         ],
+        [
+            "ice-host",
+            None,
+            None,
+            "Host named in the STUN URIs of welcome's iceServers (default: the host the "
+            "client connected to).",
+        ],
+        [
+            "turn-url",
+            None,
+            None,
+            "TURN server(s) named in welcome's iceServers, comma-separated turn:/turns: URIs "
+            "(default: $P2P_ADVERTISED_TURN_URLS).",
+        ],
+        [
+            "turn-secret",
+            None,
+            None,
+            "coturn's static-auth-secret: --turn-url entries get REST-API credentials minted "
+            "per connection (default: $P2P_TURN_SECRET).",
+        ],
+        ["turn-ttl", None, 86400.0, "Lifetime of minted TURN credentials, seconds.", float],
         # Signaling server (holepunch.signaling.server.SignalingConfig has the defaults).
         [
             "auth-secret",
@@ -148,6 +185,8 @@ class Options(usage.Options):
         """Where the ``P2P_*`` variables are read (tests pass their own)."""
         self.config = P2PConfig()
         """The settings shared with the coordinator, after options and environment."""
+        self.ice_servers: IceServerHints | None = None
+        """What signaling's ``welcome`` advertises (see :mod:`holepunch.signaling.iceservers`)."""
 
     def postOptions(self) -> None:
         try:
@@ -178,6 +217,36 @@ class Options(usage.Options):
             )
         if self["stun-alternate-address"] and self["stun-port"] == self["stun-alternate-port"]:
             raise usage.UsageError("--stun-alternate-port must differ from --stun-port")
+        try:
+            self.ice_servers = self._ice_server_hints()
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _ice_server_hints(self) -> IceServerHints | None:
+        """What ``welcome`` names: our STUN ports and the configured TURN servers."""
+        if self["no-ice-servers"]:
+            return None
+        from holepunch.turn.config import parse_turn_uri
+
+        urls = self["turn-url"] or self.environ.get("P2P_ADVERTISED_TURN_URLS", "")
+        turn = [parse_turn_uri(u) for u in urls.split(",") if u.strip()]
+        secret = self["turn-secret"] or self.environ.get("P2P_TURN_SECRET") or None
+        ports: list[int] = []
+        if not self["no-stun"]:
+            ports.append(self["stun-port"])
+            if self["stun-alternate-port"] not in (0, self["stun-port"]):
+                ports.append(self["stun-alternate-port"])
+        if not ports and not turn:
+            return None
+        if self["stun-alternate-address"]:
+            ports = ports[:1]  # RFC 5780 answers name the others
+        return IceServerHints(
+            stun_ports=tuple(p for p in ports if p),
+            host=self["ice-host"] or None,
+            turn_servers=tuple(turn),
+            turn_secret=secret,
+            turn_ttl=self["turn-ttl"],
+        )
 
 
 _LOG_LEVELS = {
@@ -265,7 +334,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if not options["no-signaling"]:
         from holepunch.signaling.server import config_from_options, make_signaling_service
 
-        signaling = make_signaling_service(config_from_options(options), reactor)
+        config = dataclasses.replace(
+            config_from_options(options), ice_servers=options.ice_servers
+        )
+        signaling = make_signaling_service(config, reactor)
         signaling.setName("signaling")
         signaling.setServiceParent(top)
         status.signaling = signaling

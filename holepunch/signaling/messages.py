@@ -431,14 +431,20 @@ class PeerEntry:
         }
 
 
-def welcome(now: float, address: Mapping[str, Any]) -> JSONObject:
-    """``welcome``: the first message on every connection."""
-    return {
+def welcome(
+    now: float, address: Mapping[str, Any], ice_servers: list[JSONObject] | None = None
+) -> JSONObject:
+    """``welcome``: the first message on every connection (with ``iceServers`` when the
+    server advertises its STUN/TURN servers)."""
+    message: JSONObject = {
         "type": "welcome",
         "message": "Connected to signaling server",
         "timestamp": milliseconds(now),
         "yourAddress": dict(address),
     }
+    if ice_servers:
+        message["iceServers"] = ice_servers
+    return message
 
 
 def registered(

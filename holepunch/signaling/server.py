@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from holepunch.signaling.autobahn_fixes import (
     cancel_close_timer,
     release_http_channel,
 )
+from holepunch.signaling.iceservers import IceServerHints
 from holepunch.signaling.model import (
     DisconnectReason,
     JSONObject,
@@ -100,6 +102,8 @@ class SignalingConfig:
     close_handshake_timeout: float = 2.0
     trust_x_forwarded_for: int = 0
     """Number of reverse proxies in front whose ``X-Forwarded-For`` is to be believed."""
+    ice_servers: IceServerHints | None = None
+    """STUN (and TURN) servers named in ``welcome`` as ``iceServers`` (None: none)."""
 
     def __post_init__(self) -> None:
         for name in ("peer_timeout", "cleanup_interval", "messages_per_second"):
@@ -215,6 +219,7 @@ class SignalingSession:
         "clock",
         "closing",
         "config",
+        "ice_servers",
         "last_activity",
         "opened_at",
         "peer_id",
@@ -232,6 +237,7 @@ class SignalingSession:
         close: Callable[[int, str], None],
         address: JSONObject,
         auth_peer_id: str | None = None,
+        ice_servers: list[JSONObject] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
@@ -241,6 +247,7 @@ class SignalingSession:
         self._close = close
         self.address = address
         self.auth_peer_id = auth_peer_id
+        self.ice_servers = ice_servers or []
         self.peer_id: str | None = None
         self.opened_at = clock.seconds()
         self.last_activity = self.opened_at
@@ -254,7 +261,7 @@ class SignalingSession:
 
     def opened(self) -> None:
         """The WebSocket is open: greet the client."""
-        self._send(msg.welcome(self.clock.seconds(), self.address))
+        self._send(msg.welcome(self.clock.seconds(), self.address, self.ice_servers))
 
     def message_received(self, payload: bytes) -> None:
         """One complete WebSocket message arrived."""
@@ -418,6 +425,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
     _counted_host: str | None = None
     _auth_peer_id: str | None = None
     _forwarded: str | None = None
+    _host_header: str | None = None
     _finished = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -449,6 +457,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         factory.accepted += 1
         factory.per_address[host] += 1
         self._counted_host = host
+        self._host_header = request.headers.get("host")
         return None
 
     def onOpen(self) -> None:
@@ -463,10 +472,19 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             self._close_with,
             describe_address(self.transport.getPeer(), self._forwarded),
             self._auth_peer_id,
+            self._ice_servers(),
         )
         factory.protocols.add(self)
         factory.stats.connections_total += 1
         self.session.opened()
+
+    def _ice_servers(self) -> list[JSONObject]:
+        hints = self.factory.config.ice_servers
+        if hints is None:
+            return []
+        # TURN REST-API usernames name the token's peer, else an id for this connection.
+        user = self._auth_peer_id or secrets.token_hex(6)
+        return hints.for_client(self._host_header, user, self.factory.clock.seconds())
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.session is not None:

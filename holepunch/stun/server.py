@@ -105,7 +105,10 @@ class StunResponder:
 
     ``addresses`` are the local transport addresses the server listens on. With RFC 5780
     (``alternate`` set) they are the four combinations of the primary and alternate IP
-    address and port.
+    address and port. Without, ``second_port`` adds the primary address's second port:
+    an ordinary second destination (no OTHER-ADDRESS, which RFC 5780 allows only when
+    both address and port differ) that lets a client with one server measure whether
+    its NAT's mapping depends on the destination.
     """
 
     def __init__(
@@ -115,9 +118,11 @@ class StunResponder:
         software: str | None = SOFTWARE,
         rate: float = 50.0,
         burst: float = 100.0,
+        second_port: int | None = None,
     ) -> None:
         self.primary = primary
         self.alternate = alternate
+        self.second_port = second_port if alternate is None else None
         self.software = software
         self.stats = StunServerStats()
         self._buckets = TokenBuckets(rate, burst)
@@ -130,6 +135,8 @@ class StunResponder:
     def local_addresses(self) -> list[Address]:
         """Every local address the server should listen on."""
         if self.alternate is None:
+            if self.second_port is not None:
+                return [self.primary, Address(self.primary.host, self.second_port)]
             return [self.primary]
         a, b = self.primary, self.alternate
         return [
@@ -344,6 +351,8 @@ class StunServerService(Service):
             # The primary address's second socket picks the alternate port.
             port = self._listen_udp(Address(r.primary.host, 0))
             r.alternate = Address(r.alternate.host, port)
+        if r.second_port == 0:
+            r.second_port = self._listen_udp(Address(r.primary.host, 0))
         for local in r.local_addresses():
             if local not in self._udp:
                 self._listen_udp(local)
@@ -409,6 +418,12 @@ class StunServerService(Service):
         return iter(self.responder.local_addresses())
 
 
+def _second_port(port: int, alternate_port: int) -> int | None:
+    if port == 0:
+        return 0  # ephemeral primary (tests): an ephemeral second port too
+    return alternate_port if alternate_port not in (0, port) else None
+
+
 def make_stun_service(
     interface: str = "",
     port: int = 3478,
@@ -419,7 +434,12 @@ def make_stun_service(
     rate: float = 50.0,
     burst: float = 100.0,
 ) -> MultiService:
-    """The daemon's STUN service; RFC 5780 mode when ``alternate_address`` is given."""
+    """The daemon's STUN service; RFC 5780 mode when ``alternate_address`` is given.
+
+    Without it the server still listens on ``alternate_port`` of its one address (0 or
+    the same port as ``port``: not at all), as a plain second destination; with ``port``
+    0 both ports are chosen by the kernel.
+    """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -431,6 +451,14 @@ def make_stun_service(
     top = MultiService()
     top.setName("stun")
     StunServerService(
-        StunResponder(primary, alternate, rate=rate, burst=burst), reactor, tcp=tcp
+        StunResponder(
+            primary,
+            alternate,
+            rate=rate,
+            burst=burst,
+            second_port=_second_port(port, alternate_port),
+        ),
+        reactor,
+        tcp=tcp,
     ).setServiceParent(top)
     return top
