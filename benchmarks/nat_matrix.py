@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from holepunch.testing.natlab import PRESETS, LabHost, NatLab
-from holepunch.testing.peers import run_connect, start_lab_daemon
+from lab.natlab import PRESETS, LabHost, NatLab
+from lab.peers import run_connect, start_lab_daemon
 
 SHORT = {
     "open": "open",

@@ -16,8 +16,8 @@ from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import Negotiator
 from holepunch.signaling.client import SignalingClient
 from holepunch.testing.loopback import start_signaling_server
-from holepunch.testing.natlab import _lab_env
-from holepunch.testing.processes import JsonLinesProcess
+from lab.natlab import lab_env
+from lab.processes import JsonLinesProcess
 
 
 class AioiceInteropTests(TestCase):
@@ -37,9 +37,9 @@ class AioiceInteropTests(TestCase):
 
     def aioice(self, *args: str) -> JsonLinesProcess:
         proto = JsonLinesProcess()
-        argv = [sys.executable, "-m", "holepunch.testing.aioice_peer", "--signaling", self.url,
+        argv = [sys.executable, "-m", "lab.aioice_peer", "--signaling", self.url,
                 "--id", "theirs", "--duration", "60", *args]  # fmt: skip
-        transport = reactor.spawnProcess(proto, sys.executable, argv, env=_lab_env(None))
+        transport = reactor.spawnProcess(proto, sys.executable, argv, env=lab_env(None))
 
         def stop() -> Any:
             if proto.ended.called:

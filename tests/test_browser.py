@@ -3,7 +3,7 @@
 to each other through our signaling server, inside a loopback-only network namespace.
 
 The namespace has nothing but ``lo``, so the browsers can reach nothing but the example
-server the driver (``tests/browser_driver.py``) starts in it; it is removed afterwards,
+server the driver (``lab/browser_driver.py``) starts in it; it is removed afterwards,
 with any process left in it, even on failure.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 ROOT = Path(__file__).resolve().parent.parent
-DRIVER = ROOT / "tests" / "browser_driver.py"
+DRIVER = ROOT / "lab" / "browser_driver.py"
 CHROMIUM = "/usr/bin/chromium"
 DRIVER_TIMEOUT = 120.0
 

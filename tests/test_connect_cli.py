@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from holepunch.testing.loopback import start_signaling_server
-from holepunch.testing.peers import ConnectProcess
+from lab.peers import ConnectProcess
 
 
 def closed_port() -> int:

@@ -10,8 +10,8 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from holepunch.testing.loopback import start_signaling_server, start_stun_server
-from holepunch.testing.natlab import _lab_env
-from holepunch.testing.processes import JsonLinesProcess
+from lab.natlab import lab_env
+from lab.processes import JsonLinesProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "torrent_swarm.py")
@@ -33,7 +33,7 @@ class SwarmExampleTests(TestCase):
                     "--id", name, "--infohash", "abc123", "--host-address", "127.0.0.1",
                     "--stun-server", f"127.0.0.1:{stun.responder.primary.port}",
                     "--duration", "6"]  # fmt: skip
-            transport = reactor.spawnProcess(proto, sys.executable, argv, env=_lab_env(None))
+            transport = reactor.spawnProcess(proto, sys.executable, argv, env=lab_env(None))
             self.addCleanup(
                 lambda t=transport, p=proto: None if p.ended.called else t.signalProcess("KILL")
             )

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_natlab -*-
-"""Tests for the NAT lab (holepunch.testing.natlab) with real kernel NATs.
+"""Tests for the NAT lab (lab.natlab) with real kernel NATs.
 
 Every preset's mapping and filtering behaviour is measured with the standalone
-``holepunch.testing.udpobserver``, not with the project's STUN code. The tests that build
+``lab.udpobserver``, not with the project's STUN code. The tests that build
 namespaces need root, ``ip`` and ``nft``; they skip with a one-line reason elsewhere.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from holepunch.testing import natlab
-from holepunch.testing.natlab import (
+from lab import natlab
+from lab.natlab import (
     PRESETS,
     PUBLIC_A,
     PUBLIC_B,
@@ -32,9 +32,9 @@ from holepunch.testing.natlab import (
     router_ruleset,
     unavailable_reason,
 )
-from holepunch.testing.udpobserver import _stun_mapped_address, format_address, parse_address
+from lab.udpobserver import format_address, parse_address, stun_mapped_address
 
-OBSERVER = "holepunch.testing.udpobserver"
+OBSERVER = "lab.udpobserver"
 A1, A2 = f"{PUBLIC_A}:5001", f"{PUBLIC_A}:5002"
 B1, B2 = f"{PUBLIC_B}:5001", f"{PUBLIC_B}:5002"
 TCP = f"{PUBLIC_A}:5003"
@@ -148,7 +148,7 @@ class ObserverCodecTests(SynchronousTestCase):
         raw = (0xCB007104 ^ 0x2112A442).to_bytes(4, "big")  # 203.0.113.4
         attribute = bytes.fromhex("0020 0008 0001".replace(" ", "")) + port.to_bytes(2, "big")
         message = bytes(20) + attribute + raw
-        self.assertEqual(_stun_mapped_address(message), "203.0.113.4:40000")
+        self.assertEqual(stun_mapped_address(message), "203.0.113.4:40000")
 
 
 class _LabTestCase(TestCase):

@@ -11,8 +11,8 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from holepunch.testing.natlab import LabHost, NatLab, lab_fixture
-from holepunch.testing.peers import ConnectProcess, connect_pair, start_lab_daemon
+from lab.natlab import LabHost, NatLab, lab_fixture
+from lab.peers import ConnectProcess, connect_pair, start_lab_daemon
 
 CONES = ("open", "full-cone", "restricted-cone", "port-restricted")
 

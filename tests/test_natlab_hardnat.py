@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from holepunch.testing.natlab import PUBLIC_A, PUBLIC_B, LabHost, lab_fixture
-from holepunch.testing.peers import run_connect, start_lab_daemon
+from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, lab_fixture
+from lab.peers import run_connect, start_lab_daemon
 
 CONES = ("open", "full-cone", "restricted-cone", "port-restricted")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from holepunch.testing.natlab import (
+from lab.natlab import (
     PRESETS,
     LabHost,
     NatLab,

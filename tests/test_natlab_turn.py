@@ -6,8 +6,8 @@ import json
 
 from twisted.trial.unittest import TestCase
 
-from holepunch.testing.natlab import NatLab, coturn_unavailable_reason, lab_fixture
-from holepunch.testing.peers import connect_pair, run_connect, start_lab_daemon
+from lab.natlab import NatLab, coturn_unavailable_reason, lab_fixture
+from lab.peers import connect_pair, run_connect, start_lab_daemon
 
 
 class TurnLabTests(TestCase):

@@ -20,8 +20,8 @@ from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
 from holepunch.ice.config import IceConfig
-from holepunch.testing.coturn import coturn_fixture
-from holepunch.testing.natlab import TWISTD
+from lab.coturn import coturn_fixture
+from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

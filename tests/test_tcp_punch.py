@@ -1,8 +1,8 @@
 """TCP hole punching by simultaneous open (holepunch.ice.tcp).
 
 Unit tests use task.Clock; the loopback tests use real sockets on 127.0.0.1 only; the lab
-tests run the driver (holepunch.testing.tcp_punch_driver) in hosts behind real kernel
-NATs (holepunch.testing.natlab) and need root.
+tests run the driver (lab.tcp_punch_driver) in hosts behind real kernel
+NATs (lab.natlab) and need root.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from holepunch.ice.tcp import (
 )
 from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
-from holepunch.testing.natlab import PUBLIC_A, lab_fixture
-from holepunch.testing.tcp_punch_lab import STUN_PORT, PunchDriver, build_hosts, measure, summary
+from lab.natlab import PUBLIC_A, lab_fixture
+from lab.tcp_punch_lab import STUN_PORT, PunchDriver, build_hosts, measure, summary
 
 _log = Logger()
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_turn_coturn -*-
 """Integration tests of holepunch.turn against a real coturn on 127.0.0.1.
 
-Each test starts its own ``turnserver`` (holepunch.testing.coturn: random free ports,
+Each test starts its own ``turnserver`` (lab.coturn: random free ports,
 files in a temporary directory, stopped on cleanup) and relays to a plain UDP echo peer on
 127.0.0.1. Skipped, with a one-line reason, where coturn is not installed.
 """
@@ -21,12 +21,6 @@ from twisted.trial.unittest import TestCase
 
 from holepunch.stun.client import TransactionTable, parse_binding_response
 from holepunch.stun.message import Address, StunMessage, decode, is_stun
-from holepunch.testing.coturn import (
-    Coturn,
-    coturn_fixture,
-    coturn_unavailable_reason,
-    make_test_certificate,
-)
 from holepunch.turn import (
     NoTurnServerAvailable,
     TurnAllocation,
@@ -37,6 +31,12 @@ from holepunch.turn import (
     allocate_first,
     open_allocation,
     parse_turn_uri,
+)
+from lab.coturn import (
+    Coturn,
+    coturn_fixture,
+    coturn_unavailable_reason,
+    make_test_certificate,
 )
 
 LOOPBACK = "127.0.0.1"

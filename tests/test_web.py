@@ -34,7 +34,6 @@ from holepunch.nat.model import Behavior, NatInfo, NatType
 from holepunch.stun.client import listen_stun
 from holepunch.stun.message import Address
 from holepunch.tap import DaemonService, Options, level_filter, makeService
-from holepunch.testing.natlab import TWISTD
 from holepunch.web import (
     DaemonStatus,
     IStatusProvider,
@@ -42,6 +41,7 @@ from holepunch.web import (
     NatDiscoveryService,
     install_http,
 )
+from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

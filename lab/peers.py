@@ -2,7 +2,7 @@
 """Run ``holepunch connect`` peers in lab hosts and talk to them (tests, benchmarks).
 
 A :class:`ConnectProcess` starts the command in a
-:class:`LabHost <holepunch.testing.natlab.LabHost>` (or locally), reads its stdout and
+:class:`LabHost <lab.natlab.LabHost>` (or locally), reads its stdout and
 stderr in background threads, and lets the caller write lines, wait for lines, and end
 input. :func:`connect_pair` starts one accepting
 and one offering peer, the way a user would.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
-from holepunch.testing.natlab import PUBLIC_A, LabHost, NatLab, _lab_env
+from lab.natlab import PUBLIC_A, LabHost, NatLab, lab_env
 
 SIGNALING_PORT = 8080
 STUN_PORT = 3480
@@ -44,7 +44,7 @@ class ConnectProcess:
         if host is not None:
             self.proc = host.popen(argv, **pipes)
         else:
-            self.proc = subprocess.Popen(argv, env=_lab_env(None), **pipes)
+            self.proc = subprocess.Popen(argv, env=lab_env(None), **pipes)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
         self.started = time.monotonic()

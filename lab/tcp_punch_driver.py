@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_tcp_punch -*-
 """A TCP hole-punching peer driven through stdin/stdout (lab tests, measurements).
 
-Run in a lab host (``python -m holepunch.testing.tcp_punch_driver --stun HOST:PORT``), it
+Run in a lab host (``python -m lab.tcp_punch_driver --stun HOST:PORT``), it
 reads one JSON command per line on stdin and writes one JSON event per line on stdout;
 whoever drives it plays the signaling channel. Commands carry an ``id`` (a session: one
 local port, one punch), so one driver can run several sessions at once:
@@ -227,7 +227,7 @@ class Driver(LineOnlyReceiver):
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m holepunch.testing.tcp_punch_driver")
+    parser = argparse.ArgumentParser(prog="python -m lab.tcp_punch_driver")
     parser.add_argument("--stun", required=True, help="STUN server HOST:PORT (TCP)")
     parser.add_argument("--interface", default="", help="local address to bind")
     parser.add_argument("--attempts", type=int, default=5)

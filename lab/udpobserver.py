@@ -7,7 +7,7 @@ library, so the lab can be checked independently of the project's own STUN code.
 
 Server (one process in the lab's ``pub`` namespace)::
 
-    python -m holepunch.testing.udpobserver --bind 203.0.113.10:5001 --bind ... [--tcp IP:PORT]
+    python -m lab.udpobserver --bind 203.0.113.10:5001 --bind ... [--tcp IP:PORT]
 
 prints ``{"ready": [...]}`` once every socket is bound, then answers each UDP request with
 the source address it saw, as JSON: ``{"id", "seen", "from", "kind": "direct"}``. A request
@@ -235,11 +235,11 @@ def stun_binding(targets: Sequence[Address], *, timeout: float = 2.0) -> dict[st
             answered = transactions.get(data[8:20])
             kind = struct.unpack("!H", data[:2])[0]
             if answered is not None and kind == 0x0101:
-                mapped[format_address(answered)] = _stun_mapped_address(data) or "?"
+                mapped[format_address(answered)] = stun_mapped_address(data) or "?"
     return {"mapped": mapped, "ok": None not in mapped.values()}
 
 
-def _stun_mapped_address(message: bytes) -> str | None:
+def stun_mapped_address(message: bytes) -> str | None:
     offset = 20
     while offset + 4 <= len(message):
         kind, length = struct.unpack_from("!HH", message, offset)
@@ -301,7 +301,7 @@ def punch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m holepunch.testing.udpobserver")
+    parser = argparse.ArgumentParser(prog="python -m lab.udpobserver")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--bind", action="append", type=parse_address, metavar="IP:PORT")
     mode.add_argument("--probe", action="append", type=parse_address, metavar="IP:PORT")

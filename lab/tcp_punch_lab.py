@@ -1,13 +1,13 @@
 # -*- test-case-name: tests.test_tcp_punch -*-
 """Drive TCP hole punching between lab hosts and measure it (tests, docs/tcp-hole-punching.md).
 
-:class:`PunchDriver` runs :mod:`holepunch.testing.tcp_punch_driver` in a
-:class:`LabHost <holepunch.testing.natlab.LabHost>` and talks to it through its stdin and stdout
-(background reader threads, as in :mod:`holepunch.testing.peers`): this process plays the
+:class:`PunchDriver` runs :mod:`lab.tcp_punch_driver` in a
+:class:`LabHost <lab.natlab.LabHost>` and talks to it through its stdin and stdout
+(background reader threads, as in :mod:`lab.peers`): this process plays the
 signaling server. :func:`punch_round` runs one DCUtR-style round between an initiator and
 a responder; :func:`measure` runs many pairs at once; :func:`summary` makes the table.
 
-``python -m holepunch.testing.tcp_punch_lab [--rounds N] [--no-listen]`` (as root) builds
+``python -m lab.tcp_punch_lab [--rounds N] [--no-listen]`` (as root) builds
 a lab with two hosts per preset, runs every ordered pair of presets and prints the table
 that docs/tcp-hole-punching.md quotes.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from holepunch.ice.tcp import sync_moment
-from holepunch.testing.natlab import PRESETS, PUBLIC_A, LabHost, NatLab
+from lab.natlab import PRESETS, PUBLIC_A, LabHost, NatLab
 
 STUN_PORT = 3480
 
@@ -45,7 +45,7 @@ class PunchDriver:
     def __init__(self, host: LabHost, stun_server: str, extra_args: Sequence[str] = ()) -> None:
         self.host = host
         argv = host.python_argv(
-            "holepunch.testing.tcp_punch_driver", "--stun", stun_server, *extra_args
+            "lab.tcp_punch_driver", "--stun", stun_server, *extra_args
         )
         self.proc = host.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -287,7 +287,7 @@ def summary(results: Sequence[PairResults]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m holepunch.testing.tcp_punch_lab")
+    parser = argparse.ArgumentParser(prog="python -m lab.tcp_punch_lab")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--presets", nargs="*", default=list(PRESETS))
     parser.add_argument("--no-listen", action="store_true")

@@ -74,8 +74,8 @@ SEQUENTIAL_PORT_BASE = 20000
 SEQUENTIAL_PORT_COUNT = 10000
 """How many WAN ports the symmetric-sequential preset cycles through."""
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
-"""The directory that holds the ``holepunch`` package; put on ``PYTHONPATH`` in the lab."""
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The project's root (it holds ``holepunch`` and ``lab``): on ``PYTHONPATH`` in the lab."""
 
 _COMMAND_TIMEOUT = 15.0
 _STOP_GRACE = 2.0
@@ -133,7 +133,7 @@ def _ip(namespace: str, command: str) -> None:
     _run(["ip", "-n", namespace, *command.split()])
 
 
-def _lab_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def lab_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for lab commands: ours, with the project on ``PYTHONPATH``."""
     merged = dict(os.environ if env is None else env)
     parts = [str(PROJECT_ROOT)]
@@ -536,7 +536,7 @@ class LabHost:
         given) and its own session (unless ``start_new_session`` is given), so its children
         are stopped with it.
         """
-        kwargs["env"] = _lab_env(kwargs.get("env"))
+        kwargs["env"] = lab_env(kwargs.get("env"))
         kwargs.setdefault("start_new_session", True)
         return self.lab._popen(self.argv(argv), **kwargs)
 
@@ -881,7 +881,7 @@ class NatLab:
         On failure ``proc`` is stopped and :class:`LabError` carries the tail of its log.
         """
         probe = self.public.python_argv(
-            "holepunch.testing.udpobserver",
+            "lab.udpobserver",
             "--timeout",
             "0.5",
             *(arg for target in targets for arg in ("--stun", target)),
