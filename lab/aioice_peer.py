@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aioice_interop -*-
+# -*- test-case-name: tests.integration.test_aioice_interop -*-
 """An unmodified ``aioice.Connection`` as a peer on our signaling server (interop tests).
 
 Runs on asyncio, in its own process: it registers on the signaling server (Autobahn's

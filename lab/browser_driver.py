@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_browser -*-
+# -*- test-case-name: tests.browser.test_browser -*-
 """Run the browser example with two headless Chromium pages; print the outcome as JSON.
 
-Meant to run inside a loopback-only network namespace (``tests.test_browser`` makes one):
+Meant to run inside a loopback-only network namespace (``tests.browser.test_browser`` makes one):
 starts ``examples/browser/serve.py`` on 127.0.0.1, opens the page twice (peers ``alice``
 and ``bob`` in one room) in two browser contexts of one Chromium driven by Playwright,
 waits until each page has received the other's DataChannel message, and prints one JSON

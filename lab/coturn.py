@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_turn_coturn -*-
+# -*- test-case-name: tests.integration.test_turn_coturn -*-
 """Run coturn (``turnserver``) on 127.0.0.1 for tests of the TURN client.
 
 :func:`start_coturn` starts one ``turnserver`` that listens only on 127.0.0.1, on free

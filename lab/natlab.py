@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_natlab -*-
+# -*- test-case-name: tests.lab.test_natlab -*-
 """A lab of real Linux kernel NATs in network namespaces, for integration tests.
 
 Each :class:`NatLab` builds, under a per-run name prefix::

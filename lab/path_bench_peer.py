@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_natlab_turn -*-
+# -*- test-case-name: tests.lab.test_natlab_turn -*-
 """One side of the path benchmark (benchmarks/relay_throughput.py), run in a lab host.
 
 Connects to the peer through signaling (``--relay-only`` forces a TURN relayed path),

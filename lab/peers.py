@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_natlab_connect -*-
+# -*- test-case-name: tests.lab.test_natlab_connect -*-
 """Run ``holepunch connect`` peers in lab hosts and talk to them (tests, benchmarks).
 
 A :class:`ConnectProcess` starts the command in a

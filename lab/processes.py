@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_aioice_interop -*-
+# -*- test-case-name: tests.integration.test_aioice_interop -*-
 """A child process whose stdout is JSON lines, for tests that drive real programs."""
 
 from __future__ import annotations

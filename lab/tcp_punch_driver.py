@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tcp_punch -*-
+# -*- test-case-name: tests.integration.test_tcp_punch -*-
 """A TCP hole-punching peer driven through stdin/stdout (lab tests, measurements).
 
 Run in a lab host (``python -m lab.tcp_punch_driver --stun HOST:PORT``), it

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tcp_punch -*-
+# -*- test-case-name: tests.integration.test_tcp_punch -*-
 """Drive TCP hole punching between lab hosts and measure it (tests, docs/tcp-hole-punching.md).
 
 :class:`PunchDriver` runs :mod:`lab.tcp_punch_driver` in a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_natlab -*-
+# -*- test-case-name: tests.lab.test_natlab -*-
 """A tiny UDP/TCP address observer and its probes, used only to validate the NAT lab.
 
 It measures a NAT's mapping and filtering behaviour (the RFC 4787 section 4 and 5

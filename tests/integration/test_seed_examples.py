@@ -24,7 +24,7 @@ from lab.coturn import coturn_fixture
 from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOOPBACK = IceConfig.on("127.0.0.1")
 
 

@@ -44,7 +44,7 @@ from holepunch.web import (
 from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 NAT = NatInfo(
     type=NatType.PORT_RESTRICTED,

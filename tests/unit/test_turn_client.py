@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_turn_client -*-
+# -*- test-case-name: tests.unit.test_turn_client -*-
 """Tests for holepunch.turn: URIs, REST API credentials, and TurnAllocation against a
 fake server on a fake clock (authentication, timers, permissions, channels, data,
 cancellation, failover)."""

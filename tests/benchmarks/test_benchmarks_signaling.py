@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_benchmarks_signaling -*-
+# -*- test-case-name: tests.benchmarks.test_benchmarks_signaling -*-
 """Smoke test of the signaling benchmark (``benchmarks/signaling_load.py``): tiny numbers,
 our server only, 127.0.0.1 only; the figures themselves are in docs/benchmarks.md."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signaling_load.py"
 NODE_MODULES = ROOT / "benchmarks" / "signaling" / "node_modules"
 

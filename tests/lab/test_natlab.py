@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_natlab -*-
+# -*- test-case-name: tests.lab.test_natlab -*-
 """Tests for the NAT lab (lab.natlab) with real kernel NATs.
 
 Every preset's mapping and filtering behaviour is measured with the standalone

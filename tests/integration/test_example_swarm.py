@@ -13,7 +13,7 @@ from holepunch.testing.loopback import start_signaling_server, start_stun_server
 from lab.natlab import lab_env
 from lab.processes import JsonLinesProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "torrent_swarm.py")
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_turn_coturn -*-
+# -*- test-case-name: tests.integration.test_turn_coturn -*-
 """Integration tests of holepunch.turn against a real coturn on 127.0.0.1.
 
 Each test starts its own ``turnserver`` (lab.coturn: random free ports,

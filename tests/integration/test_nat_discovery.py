@@ -1,7 +1,7 @@
 """Tests for holepunch.nat.discovery and ``holepunch nat-check`` on loopback.
 
 Loopback has no NAT, so these pin down the test sequence, the RFC 5780 plumbing and the
-error paths; the NAT lab tests (tests/test_natlab_natcheck.py) check the verdicts behind
+error paths; the NAT lab tests (tests/lab/test_natlab_natcheck.py) check the verdicts behind
 real kernel NATs.
 """
 
@@ -29,7 +29,7 @@ FAST = DiscoveryTimers(
     tcp_timeout=1.0,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class LoopbackDiscoveryTests(TestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_browser -*-
+# -*- test-case-name: tests.browser.test_browser -*-
 """The browser example end to end: two headless Chromium pages open a WebRTC DataChannel
 to each other through our signaling server, inside a loopback-only network namespace.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "lab" / "browser_driver.py"
 CHROMIUM = "/usr/bin/chromium"
 DRIVER_TIMEOUT = 120.0

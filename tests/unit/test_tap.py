@@ -15,7 +15,7 @@ from holepunch.stun.client import listen_stun
 from holepunch.stun.message import Address
 from holepunch.tap import Options, makeService
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:

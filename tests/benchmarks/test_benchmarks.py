@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_benchmarks -*-
+# -*- test-case-name: tests.benchmarks.test_benchmarks -*-
 """Smoke tests of ``benchmarks/stun_throughput.py``, so that the benchmark cannot rot.
 
 An integration module: it runs the real script, which starts the real daemon with
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.tap import Options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "stun_throughput.py")
 
 

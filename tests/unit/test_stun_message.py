@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_message -*-
+# -*- test-case-name: tests.unit.test_stun_message -*-
 """
 Tests for L{holepunch.stun.message}: the RFC 5769 and RFC 8489 test vectors,
 each attribute helper, the decoder's rejections, stream framing, ChannelData,

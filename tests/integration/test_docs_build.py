@@ -15,7 +15,7 @@ from twisted.internet import defer, utils
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ApiDocsTests(TestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_credentials -*-
+# -*- test-case-name: tests.unit.test_stun_credentials -*-
 """
 Tests for L{holepunch.stun.credentials}: SASLprep (RFC 4013) and the STUN
 key derivations (RFC 8489 9.1.1, 9.2.2, 14.4).
