@@ -150,10 +150,10 @@ class Package:
             for node in ast.walk(module.tree):
                 if not (isinstance(node, ast.Attribute) and _private(node.attr)):
                     continue
-                dotted = _dotted(node.value, bound)
-                if dotted in self.modules and dotted != module.name:
+                owner = _dotted(node.value, bound)
+                if owner in self.modules and owner != module.name:
                     where = self.where(module, node.lineno)
-                    found.append(f"{where}: {module.name} reads {dotted}.{node.attr}")
+                    found.append(f"{where}: {module.name} reads {owner}.{node.attr}")
         return found
 
     def forbidden_imports(self, forbidden: tuple[str, ...]) -> list[str]:
