@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ class WheelContentsTests(TestCase):
     @defer.inlineCallbacks
     def build_wheel(self) -> Any:
         """Build the wheel from a copy of the project; return its member names."""
-        work = Path(self.mktemp()).resolve()
+        # Outside the project: a copy of its sources under _trial_temp would be linted.
+        work = Path(tempfile.mkdtemp(prefix="holepunch-wheel-"))
+        self.addCleanup(shutil.rmtree, work, True)
         source = work / "source"
         shutil.copytree(ROOT, source, ignore=_NOT_COPIED)
         dist = work / "dist"
