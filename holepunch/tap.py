@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_tap -*-
+# -*- test-case-name: tests.test_tap -*-
 """``twistd holepunch``: options and the service tree of the daemon.
 
 The daemon runs, each part optional:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_turn_client -*-
+# -*- test-case-name: tests.test_turn_client -*-
 """TURN (RFC 8656) client: allocations on a relay, over UDP, TCP or TLS.
 
 - :mod:`holepunch.turn.config`: :class:`TurnServer`, :func:`parse_turn_uri` (RFC 7065 and

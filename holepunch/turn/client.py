@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_turn_client -*-
+# -*- test-case-name: tests.test_turn_client -*-
 """The TURN client (RFC 8656): one allocation, over a send function and a clock.
 
 :class:`TurnAllocation` is the client side of one allocation on one TURN server. It has

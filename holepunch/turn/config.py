@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_turn_client -*-
+# -*- test-case-name: tests.test_turn_client -*-
 """TURN server configuration: URIs, credentials, the TURN REST API.
 
 A pure model module (no sockets, no reactor, no clock). It implements

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.integration.test_turn_coturn -*-
+# -*- test-case-name: tests.test_turn_coturn -*-
 """Sockets and connections for TURN allocations, and failover across several servers.
 
 The wiring around :class:`TurnAllocation <holepunch.turn.client.TurnAllocation>`, which itself never
