@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from holepunch.ice.hardnat import birthday_success
-from holepunch.testing.natlab import NatLab
-from holepunch.testing.peers import SETUPS, run_connect, start_lab_servers
+from lab.natlab import NatLab
+from lab.peers import SETUPS, run_connect, start_lab_servers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from holepunch.testing.natlab import PRESETS, LabHost, NatLab
-from holepunch.testing.peers import SETUPS, LabServers, run_connect, start_lab_servers
+from lab.natlab import PRESETS, LabHost, NatLab
+from lab.peers import SETUPS, LabServers, run_connect, start_lab_servers
 
 SHORT = {
     "open": "open",

@@ -21,8 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from holepunch.testing.natlab import PUBLIC_A, NatLab
-from holepunch.testing.peers import STUN_PORT, start_lab_daemon
+from lab.natlab import PUBLIC_A, NatLab
+from lab.peers import STUN_PORT, start_lab_daemon
 
 
 def measure(
@@ -35,7 +35,7 @@ def measure(
               "--seconds", str(args.seconds)]  # fmt: skip
     if relay_only:
         common.append("--relay-only")
-    module = "holepunch.testing.path_bench_peer"
+    module = "lab.path_bench_peer"
     answer_argv = b.python_argv(module, "--id", f"b{tag}", *common)
     answerer = b.popen(answer_argv, stdout=subprocess.PIPE)
     offerer = a.popen(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_benchmarks_signaling -*-
+# -*- test-case-name: tests.benchmarks.test_benchmarks_signaling -*-
 """Signaling relay benchmark: our server, PeerJS, a bare Autobahn relay and a null echo.
 
 One command, one run, everything on 127.0.0.1::

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# -*- test-case-name: tests.test_benchmarks -*-
+# -*- test-case-name: tests.benchmarks.test_benchmarks -*-
 """STUN Binding throughput: our daemon against coturn, with the same load generator.
 
 One command, one run (issue 2, item 8)::

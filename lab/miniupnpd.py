@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.lab.test_portmap_lab -*-
 """Run Debian's miniupnpd (nftables build) on a NAT lab router: NAT-PMP, PCP and UPnP IGD.
 
-:func:`start_miniupnpd` prepares a :class:`holepunch.testing.natlab.LabHost`'s router
+:func:`start_miniupnpd` prepares a :class:`lab.natlab.LabHost`'s router
 the way ``/work/shared/natlab-notes.md`` (section "miniupnpd") found necessary, writes a
 config into a temporary directory and starts ``miniupnpd -d`` in the router namespace:
 
@@ -30,7 +30,7 @@ import threading
 import uuid
 from typing import Any
 
-from holepunch.testing.natlab import LabError, LabHost
+from lab.natlab import LabError, LabHost
 
 MINIUPNPD = "/usr/sbin/miniupnpd"
 HTTP_PORT = 5000
@@ -196,8 +196,8 @@ def start_miniupnpd(
     """Prepare ``host``'s router and run miniupnpd there until it says it listens.
 
     ``stun_host:stun_port`` must be a lab STUN server with two addresses (coturn from
-    :meth:`holepunch.testing.natlab.NatLab.start_coturn`). Raises
-    :class:`holepunch.testing.natlab.LabError` with miniupnpd's output if it exits or is
+    :meth:`lab.natlab.NatLab.start_coturn`). Raises
+    :class:`lab.natlab.LabError` with miniupnpd's output if it exits or is
     not ready within ``timeout``. Stop it with :meth:`MiniUpnpd.stop` (the lab's close
     kills it too).
     """

@@ -18,8 +18,8 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from holepunch.testing.natlab import NatLab, coturn_unavailable_reason
 from lab.miniupnpd import miniupnpd_unavailable_reason, start_miniupnpd
+from lab.natlab import NatLab, coturn_unavailable_reason
 
 
 def _percentile(values: list[float], fraction: float) -> float:

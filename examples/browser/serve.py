@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_browser -*-
+# -*- test-case-name: tests.browser.test_browser -*-
 """Serve the browser example and a signaling server on one port.
 
 ``python examples/browser/serve.py [--endpoint tcp:8080]`` runs the holepunch signaling

@@ -20,8 +20,8 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from holepunch.testing.natlab import LabHost, coturn_unavailable_reason, lab_fixture
 from lab.miniupnpd import HTTP_PORT, miniupnpd_unavailable_reason, start_miniupnpd
+from lab.natlab import LabHost, coturn_unavailable_reason, lab_fixture
 
 EVENT_TIMEOUT = 15.0
 SEND = (

@@ -1,0 +1,977 @@
+# -*- test-case-name: tests.lab.test_natlab -*-
+"""A lab of real Linux kernel NATs in network namespaces, for integration tests.
+
+Each :class:`NatLab` builds, under a per-run name prefix::
+
+    host 10.N.0.2 -- router 10.N.0.1 | wan0 203.0.113.N --+
+                                                           |-- "wan" namespace: bridge br0
+    pub 203.0.113.10 + 203.0.113.11 ----------------------+     on 203.0.113.0/24
+    open host 203.0.113.M --------------------------------+
+
+Every router runs one NAT preset made of nftables rules (see ``docs/natlab.md``) behind a
+home-router firewall, so a test can put STUN servers (coturn, the project's own), ICE agents
+and ``holepunch`` commands behind NATs whose mapping and filtering behaviour (RFC 4787
+section 4, RFC 5780 section 4) is known. Nothing is created in the root namespace: every
+veth is made inside the lab's namespaces, and the lab's "internet" has no route anywhere
+else. :meth:`NatLab.close` kills every process in the lab's namespaces and deletes them; it
+also runs at interpreter exit, and :func:`remove_stale_labs` sweeps up after a killed run.
+
+This is test infrastructure: it runs ``ip``, ``nft`` and ``sysctl`` with ``subprocess``
+and needs no reactor.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+
+_log = Logger()
+
+PRESETS = (
+    "open",
+    "full-cone",
+    "restricted-cone",
+    "port-restricted",
+    "symmetric-sequential",
+    "symmetric-random",
+    "udp-blocked",
+)
+"""The NAT behaviours :meth:`NatLab.add_host` can put in front of a host."""
+
+PUBLIC_A = "203.0.113.10"
+"""The public server namespace's primary address."""
+PUBLIC_B = "203.0.113.11"
+"""The public server namespace's second address (RFC 5780 needs two)."""
+VOID_GATEWAY = "203.0.113.254"
+"""A gateway address nobody owns: where ``pub`` sends what the lab does not route."""
+WAN_PREFIX = "203.0.113."
+WAN_PREFIXLEN = 24
+
+TWISTD = (sys.executable, "-c", "from twisted.scripts.twistd import run; run()")
+"""``twistd`` run by this interpreter (the ``twistd`` script may belong to another one)."""
+
+SEQUENTIAL_PORT_BASE = 20000
+"""The first WAN port the symmetric-sequential preset hands out."""
+SEQUENTIAL_PORT_COUNT = 10000
+"""How many WAN ports the symmetric-sequential preset cycles through."""
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The project's root (it holds ``holepunch`` and ``lab``): on ``PYTHONPATH`` in the lab."""
+
+_COMMAND_TIMEOUT = 15.0
+_STOP_GRACE = 2.0
+_PREFIX_PATTERN = re.compile(r"[a-z][a-z0-9]{1,15}")
+_HOST_NAME_PATTERN = re.compile(r"[a-z][a-z0-9]{0,9}")
+_COUNTER_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_STALE_PATTERN = re.compile(r"hp(\d+)x[0-9a-f]{4}-")
+_HOST_INDEXES = tuple(i for i in range(1, 251) if f"{WAN_PREFIX}{i}" not in (PUBLIC_A, PUBLIC_B))
+
+_IPV6_OFF = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+_BRIDGE_NF_OFF = (
+    "net.bridge.bridge-nf-call-iptables=0",
+    "net.bridge.bridge-nf-call-ip6tables=0",
+    "net.bridge.bridge-nf-call-arptables=0",
+)
+
+
+class LabError(RuntimeError):
+    """A lab command failed; the message carries the command and its stderr."""
+
+
+class _TestCaseLike(Protocol):
+    def addCleanup(self, function: Any, *args: Any, **kwargs: Any) -> None: ...
+
+
+# --- plumbing ----------------------------------------------------------------------------
+
+
+def _run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float = _COMMAND_TIMEOUT,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one lab plumbing command (``ip``, ``nft``, ``sysctl``) from the root namespace."""
+    result = subprocess.run(
+        list(argv),
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise LabError(
+            f"{' '.join(argv)!r} exited {result.returncode}: "
+            f"{result.stderr.decode(errors='replace').strip()}"
+        )
+    return result
+
+
+def _ip(namespace: str, command: str) -> None:
+    """``ip -n namespace <command>``; the command's words are split on spaces."""
+    _run(["ip", "-n", namespace, *command.split()])
+
+
+def lab_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for lab commands: ours, with the project on ``PYTHONPATH``."""
+    merged = dict(os.environ if env is None else env)
+    parts = [str(PROJECT_ROOT)]
+    if merged.get("PYTHONPATH"):
+        parts.append(merged["PYTHONPATH"])
+    merged["PYTHONPATH"] = os.pathsep.join(parts)
+    return merged
+
+
+def _list_namespaces() -> list[str]:
+    """The names of all named network namespaces (``ip netns list``)."""
+    out = _run(["ip", "netns", "list"]).stdout.decode()
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _namespace_pids(namespace: str) -> list[int]:
+    result = _run(["ip", "netns", "pids", namespace], check=False)
+    return [int(word) for word in result.stdout.split() if word.isdigit()]
+
+
+def _kill_namespace(namespace: str, deadline: float) -> None:
+    """SIGKILL every process in ``namespace`` until none is left or ``deadline`` passes."""
+    while True:
+        pids = [pid for pid in _namespace_pids(namespace) if pid != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            _log.warn("processes {pids} survive in {ns}", pids=pids, ns=namespace)
+            return
+        time.sleep(0.01)
+
+
+def _delete_namespace(namespace: str) -> None:
+    _kill_namespace(namespace, time.monotonic() + 5.0)
+    result = _run(["ip", "netns", "delete", namespace], check=False)
+    if result.returncode != 0 and namespace in _list_namespaces():
+        _log.warn(
+            "could not delete namespace {ns}: {err}",
+            ns=namespace,
+            err=result.stderr.decode(errors="replace").strip(),
+        )
+
+
+def _signal_process(proc: subprocess.Popen[Any], signum: int) -> None:
+    """Signal ``proc``'s process group if it leads one, else ``proc`` alone."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+
+
+def _stop_processes(processes: Sequence[subprocess.Popen[Any]]) -> None:
+    """SIGTERM, then SIGKILL after a grace period, every live process; reap them all."""
+    live = [proc for proc in processes if proc.poll() is None]
+    for proc in live:
+        _signal_process(proc, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE
+    for proc in live:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_process(proc, signal.SIGKILL)
+            proc.wait(timeout=5.0)
+    for proc in processes:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _fresh_prefix() -> str:
+    taken = {name.split("-", 1)[0] for name in _list_namespaces()}
+    while True:
+        prefix = f"hp{os.getpid()}x{secrets.token_hex(2)}"
+        if prefix not in taken:
+            return prefix
+
+
+# --- availability --------------------------------------------------------------------------
+
+
+@cache
+def unavailable_reason() -> str | None:
+    """Why the lab cannot run here (one line, for ``SkipTest``), or None if it can.
+
+    Checks root, the ``ip``/``nft``/``sysctl`` tools, and that a namespace with a bridge
+    and an nftables NAT table can really be made (and removes it again).
+    """
+    if not sys.platform.startswith("linux"):
+        return "the NAT lab needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the NAT lab needs root (network namespaces and nftables)"
+    for tool in ("ip", "nft", "sysctl"):
+        if shutil.which(tool) is None:
+            return f"the NAT lab needs {tool!r} on PATH"
+    probe = f"hp{os.getpid()}probe{secrets.token_hex(2)}"
+    try:
+        _run(["ip", "netns", "add", probe])
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        return f"cannot create network namespaces: {e}"
+    try:
+        _run(["ip", "-n", probe, "link", "add", "br0", "type", "bridge"])
+        _run(
+            ["ip", "netns", "exec", probe, "nft", "-f", "-"],
+            input=b"table ip t {\n chain c {\n type nat hook postrouting priority srcnat;\n"
+            b' oifname "br0" masquerade\n }\n}\n',
+        )
+    except (LabError, OSError, subprocess.SubprocessError) as e:
+        return f"bridges or nftables NAT unavailable in a namespace: {e}"
+    finally:
+        _delete_namespace(probe)
+    return None
+
+
+def coturn_unavailable_reason() -> str | None:
+    """Why :meth:`NatLab.start_coturn` cannot run here, or None if it can."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+    for tool in ("turnserver", "turnutils_stunclient"):
+        if shutil.which(tool) is None:
+            return f"coturn is not installed ({tool!r} missing; Debian package 'coturn')"
+    return None
+
+
+def remove_stale_labs() -> list[str]:
+    """Delete namespaces left by labs whose process is gone (e.g. after SIGKILL).
+
+    Only names made by :class:`NatLab`'s default prefix (``hp<pid>x<hex>-...``) whose pid
+    no longer exists are touched. Returns the names removed.
+    """
+    removed = []
+    for namespace in _list_namespaces():
+        match = _STALE_PATTERN.match(namespace)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            _delete_namespace(namespace)
+            removed.append(namespace)
+        except PermissionError:
+            continue
+    return removed
+
+
+# --- nftables rulesets -----------------------------------------------------------------------
+
+
+def _home_router_filter(udp_blocked: bool) -> str:
+    forward_udp = "    meta l4proto udp drop\n" if udp_blocked else ""
+    return (
+        "table inet lab_filter {\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        '    iifname "wan0" ct state invalid drop\n'
+        '    iifname "wan0" ct state new drop\n'
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"{forward_udp}"
+        '    iifname "wan0" ct state invalid drop\n'
+        '    iifname "wan0" ct state new ct status dnat accept\n'
+        '    iifname "wan0" ct state new drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def _cone_nat(address_restricted: bool) -> str:
+    """Masquerade plus a dynamic WAN-port map that lets packets from outside back in."""
+    adf_set = (
+        "  set adf {\n"
+        "    type ipv4_addr . inet_proto . inet_service; flags dynamic,timeout; timeout 120s;\n"
+        "  }\n"
+        if address_restricted
+        else ""
+    )
+    adf_match = "ip saddr . meta l4proto . th dport @adf " if address_restricted else ""
+    adf_update = (
+        '    oifname "wan0" meta l4proto { tcp, udp } update @adf '
+        "{ ip daddr . meta l4proto . th sport }\n"
+        if address_restricted
+        else ""
+    )
+    return (
+        "table ip lab_nat {\n"
+        "  map fcmap {\n"
+        "    type inet_proto . inet_service : ipv4_addr . inet_service;\n"
+        "    flags dynamic,timeout; timeout 120s;\n"
+        "  }\n"
+        f"{adf_set}"
+        "  chain dstnat {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f'    iifname "wan0" {adf_match}meta l4proto {{ tcp, udp }} '
+        "dnat ip to meta l4proto . th dport map @fcmap\n"
+        "  }\n"
+        "  chain srcnat {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        '    oifname "wan0" masquerade\n'
+        "  }\n"
+        "  chain track {\n"
+        "    type filter hook postrouting priority srcnat + 10; policy accept;\n"
+        '    oifname "wan0" meta l4proto { tcp, udp } ct direction original update @fcmap '
+        "{ meta l4proto . th sport : ct original ip saddr . ct original proto-src }\n"
+        '    oifname "wan0" meta l4proto { tcp, udp } ct direction reply update @fcmap '
+        "{ meta l4proto . th sport : ct reply ip saddr . ct reply proto-src }\n"
+        f"{adf_update}"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _srcnat_only(rule: str, extra: str = "") -> str:
+    return (
+        "table ip lab_nat {\n"
+        f"{extra}"
+        "  chain srcnat {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    oifname "wan0" {rule}\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def router_ruleset(preset: str, wan_address: str) -> str:
+    """The complete nftables ruleset a router running ``preset`` loads (``nft -f -``)."""
+    if preset not in PRESETS or preset == "open":
+        raise ValueError(f"no router ruleset for preset {preset!r}")
+    if preset == "full-cone":
+        nat = _cone_nat(address_restricted=False)
+    elif preset == "restricted-cone":
+        nat = _cone_nat(address_restricted=True)
+    elif preset in ("port-restricted", "udp-blocked"):
+        nat = _srcnat_only("masquerade")
+    elif preset == "symmetric-random":
+        nat = _srcnat_only("masquerade fully-random")
+    else:  # symmetric-sequential: one SNAT port per new flow, from a counter
+        elements = ", ".join(
+            f"{i} : {SEQUENTIAL_PORT_BASE + i}" for i in range(SEQUENTIAL_PORT_COUNT)
+        )
+        seqport = (
+            "  map seqport {\n"
+            f"    typeof numgen inc mod {SEQUENTIAL_PORT_COUNT} : udp sport;\n"
+            f"    elements = {{ {elements} }}\n"
+            "  }\n"
+        )
+        nat = _srcnat_only(
+            f"meta l4proto {{ tcp, udp }} snat ip to {wan_address} : "
+            f"numgen inc mod {SEQUENTIAL_PORT_COUNT} map @seqport",
+            extra=seqport,
+        )
+    return _home_router_filter(udp_blocked=preset == "udp-blocked") + nat
+
+
+# --- the lab -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterValue:
+    """What an nftables counter has seen."""
+
+    packets: int
+    bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EgressCounter:
+    """A named nftables counter on a host's edge (router, or the open host itself).
+
+    It counts packets leaving the edge's WAN interface toward destinations outside an
+    allowed set; see :meth:`LabHost.add_egress_counter`.
+    """
+
+    host: LabHost
+    name: str
+
+    def read(self) -> CounterValue:
+        """The counter's current packets and bytes."""
+        result = self.host.router_nft(["-j", "list", "counter", "inet", "lab_count", self.name])
+        for item in json.loads(result.stdout)["nftables"]:
+            if "counter" in item:
+                return CounterValue(int(item["counter"]["packets"]), int(item["counter"]["bytes"]))
+        raise LabError(f"counter {self.name!r} not found in {self.host.edge_namespace}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoturnInfo:
+    """A running coturn in the lab's ``pub`` namespace."""
+
+    address: str
+    alt_address: str
+    port: int
+    alt_port: int
+    user: str
+    password: str
+    realm: str
+    directory: str
+    process: subprocess.Popen[Any] = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def stun_server(self) -> str:
+        """``IP:PORT`` of the primary STUN/TURN listener."""
+        return f"{self.address}:{self.port}"
+
+    @property
+    def turn_uri(self) -> str:
+        """The RFC 7065 URI of the TURN service over UDP."""
+        return f"turn:{self.address}:{self.port}?transport=udp"
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.directory, "turnserver.log")
+
+
+class LabHost:
+    """One machine in the lab: a namespace to run commands in, and what is in front of it."""
+
+    def __init__(
+        self,
+        lab: NatLab,
+        *,
+        name: str,
+        namespace: str,
+        address: str,
+        public_address: str,
+        preset: str,
+        router_namespace: str | None,
+        addresses: Sequence[str] = (),
+    ) -> None:
+        self.lab = lab
+        self.name = name
+        self.namespace = namespace
+        self.address = address
+        self.addresses = tuple(addresses) or (address,)
+        self.public_address = public_address
+        self.preset = preset
+        self.router_namespace = router_namespace
+
+    def __repr__(self) -> str:
+        return (
+            f"<LabHost {self.name} {self.preset} {self.address} -> {self.public_address}"
+            f" in {self.namespace}>"
+        )
+
+    @property
+    def edge_namespace(self) -> str:
+        """The namespace that faces the lab's internet: the router's, or the host's if open."""
+        return self.router_namespace or self.namespace
+
+    @property
+    def edge_interface(self) -> str:
+        """The WAN-facing interface in :attr:`edge_namespace`."""
+        return "wan0" if self.router_namespace else "eth0"
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` wrapped to run in this host's namespace."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def python_argv(self, module: str, *args: str) -> list[str]:
+        """``python -m module args...`` with this interpreter (wrap with :meth:`argv`)."""
+        return [sys.executable, "-m", module, *args]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        input: bytes | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` in this host, capture its output, and kill its group on timeout."""
+        proc = self.popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_process(proc, signal.SIGKILL)
+            proc.communicate()
+            raise
+        finally:
+            self.lab._forget(proc)
+        result = subprocess.CompletedProcess(self.argv(argv), proc.returncode, stdout, stderr)
+        if check:
+            result.check_returncode()
+        return result
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in this host; :meth:`NatLab.close` stops it.
+
+        It gets our environment with the project on ``PYTHONPATH`` (unless ``env`` is
+        given) and its own session (unless ``start_new_session`` is given), so its children
+        are stopped with it.
+        """
+        kwargs["env"] = lab_env(kwargs.get("env"))
+        kwargs.setdefault("start_new_session", True)
+        return self.lab._popen(self.argv(argv), **kwargs)
+
+    def router_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in :attr:`edge_namespace` (a daemon on the router, say), as
+        :meth:`popen` does in the host; :meth:`NatLab.close` stops it."""
+        kwargs["env"] = lab_env(kwargs.get("env"))
+        kwargs.setdefault("start_new_session", True)
+        return self.lab._popen(["ip", "netns", "exec", self.edge_namespace, *argv], **kwargs)
+
+    def router_nft(
+        self, args: Sequence[str], *, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``nft args...`` in :attr:`edge_namespace` (the router, or the open host)."""
+        return _run(
+            ["ip", "netns", "exec", self.edge_namespace, "nft", *args], input=input, check=check
+        )
+
+    def add_egress_counter(
+        self, name: str, allowed: Iterable[str] = (), *, l4proto: str | None = "udp"
+    ) -> EgressCounter:
+        """Count packets leaving the edge toward any address not in ``allowed``.
+
+        The rule sits in table ``inet lab_count``, chain ``egress`` (postrouting, after
+        NAT), matching ``oifname <wan> [meta l4proto <l4proto>] ip daddr != {allowed}``.
+        ``l4proto`` None counts every protocol; an empty ``allowed`` counts everything.
+        """
+        if not _COUNTER_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"bad counter name {name!r}")
+        if l4proto not in (None, "udp", "tcp", "icmp"):
+            raise ValueError(f"bad l4proto {l4proto!r}")
+        addresses = sorted({str(ipaddress.IPv4Address(a)) for a in allowed})
+        match = [f'oifname "{self.edge_interface}"']
+        if l4proto is not None:
+            match.append(f"meta l4proto {l4proto}")
+        if addresses:
+            match.append(f"ip daddr != {{ {', '.join(addresses)} }}")
+        script = (
+            "add table inet lab_count\n"
+            "add chain inet lab_count egress "
+            "{ type filter hook postrouting priority 200; policy accept; }\n"
+            f"add counter inet lab_count {name}\n"
+            f'add rule inet lab_count egress {" ".join(match)} counter name "{name}"\n'
+        )
+        self.router_nft(["-f", "-"], input=script.encode())
+        return EgressCounter(self, name)
+
+
+class NatLab:
+    """Network namespaces wired into a small internet with NATs in front of hosts.
+
+    Use as a context manager, or call :meth:`start` and :meth:`close`; see
+    :func:`lab_fixture` for trial tests.
+    """
+
+    def __init__(self, prefix: str | None = None) -> None:
+        if prefix is not None and not _PREFIX_PATTERN.fullmatch(prefix):
+            raise ValueError(f"prefix must match {_PREFIX_PATTERN.pattern}, not {prefix!r}")
+        self.prefix = prefix or _fresh_prefix()
+        self.wan_namespace = f"{self.prefix}-wan"
+        self._namespaces: list[str] = []
+        self._processes: list[subprocess.Popen[Any]] = []
+        self._tempdirs: list[str] = []
+        self._hosts: dict[str, LabHost] = {}
+        self._free_indexes = list(_HOST_INDEXES)
+        self._public: LabHost | None = None
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<NatLab {self.prefix} hosts={sorted(self._hosts)}>"
+
+    def __enter__(self) -> NatLab:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def public(self) -> LabHost:
+        """The public server namespace, with :data:`PUBLIC_A` and :data:`PUBLIC_B`."""
+        if self._public is None:
+            raise RuntimeError("the lab is not started")
+        return self._public
+
+    @property
+    def hosts(self) -> dict[str, LabHost]:
+        """The hosts added so far, by name."""
+        return dict(self._hosts)
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace this lab created and has not yet deleted."""
+        return list(self._namespaces)
+
+    # -- building --
+
+    def _new_namespace(self, suffix: str, sysctls: Sequence[str] = ()) -> str:
+        namespace = f"{self.prefix}-{suffix}"
+        _run(["ip", "netns", "add", namespace])
+        self._namespaces.append(namespace)
+        _run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-e", "-w", *_IPV6_OFF, *sysctls])
+        _ip(namespace, "link set lo up")
+        return namespace
+
+    def _plug_into_wan(self, port: str, namespace: str, ifname: str) -> None:
+        """A veth from the wan bridge (``port``) to ``ifname`` in ``namespace``."""
+        _ip(self.wan_namespace, f"link add {port} type veth peer name {ifname} netns {namespace}")
+        _ip(self.wan_namespace, f"link set {port} master br0 up")
+        _ip(namespace, f"link set {ifname} up")
+
+    def start(self) -> None:
+        """Create the wan namespace with bridge ``br0`` and the ``pub`` namespace on it."""
+        if self._closed:
+            raise RuntimeError("a closed lab cannot be restarted")
+        if self._started:
+            raise RuntimeError("the lab is already started")
+        self._started = True
+        atexit.register(self.close)
+        try:
+            wan = self._new_namespace("wan", _BRIDGE_NF_OFF)
+            _ip(wan, "link add br0 type bridge")
+            _ip(wan, "link set br0 up")
+            pub = self._new_namespace("pub")
+            self._plug_into_wan("pub", pub, "eth0")
+            for address in (PUBLIC_A, PUBLIC_B):
+                _ip(pub, f"addr add {address}/{WAN_PREFIXLEN} dev eth0")
+            # Like the internet: a packet for an address nobody routes is lost on the way,
+            # not refused at once (coturn closes an allocation whose relay gets a send
+            # error, e.g. toward a peer's private host address). A blackhole route would
+            # give the sender EINVAL, so the default route goes to a gateway whose MAC
+            # nobody has: the frames are sent, and nobody takes them.
+            _ip(pub, f"neigh add {VOID_GATEWAY} lladdr 02:00:00:00:00:fe dev eth0 nud permanent")
+            _ip(pub, f"route add default via {VOID_GATEWAY}")
+            self._public = LabHost(
+                self,
+                name="pub",
+                namespace=pub,
+                address=PUBLIC_A,
+                public_address=PUBLIC_A,
+                preset="open",
+                router_namespace=None,
+                addresses=(PUBLIC_A, PUBLIC_B),
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def add_host(self, name: str, preset: str) -> LabHost:
+        """Add host ``name`` behind a router running ``preset`` (or on the bridge if open).
+
+        Host number N (1, 2, ...) gets WAN address 203.0.113.N (on the router, or on the
+        host itself when open) and, behind a router, LAN 10.N.0.0/24 with the router at
+        .1, the host at .2 and its default route via the router.
+        """
+        if not self._started or self._closed:
+            raise RuntimeError("start the lab before adding hosts")
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+        if not _HOST_NAME_PATTERN.fullmatch(name) or name in ("wan", "pub"):
+            raise ValueError(f"host name must match {_HOST_NAME_PATTERN.pattern}: {name!r}")
+        if name in self._hosts:
+            raise ValueError(f"host {name!r} already exists")
+        if not self._free_indexes:
+            raise RuntimeError("no free WAN addresses left in the lab")
+        index = self._free_indexes.pop(0)
+        made = len(self._namespaces)
+        try:
+            host = self._build_host(name, preset, index)
+        except BaseException:
+            for namespace in self._namespaces[made:]:
+                _delete_namespace(namespace)
+            del self._namespaces[made:]
+            raise
+        self._hosts[name] = host
+        return host
+
+    def _build_host(self, name: str, preset: str, index: int) -> LabHost:
+        wan_address = f"{WAN_PREFIX}{index}"
+        wan_cidr = f"{wan_address}/{WAN_PREFIXLEN}"
+        host_ns = self._new_namespace(name)
+        if preset == "open":
+            self._plug_into_wan(f"v{index}", host_ns, "eth0")
+            _ip(host_ns, f"addr add {wan_cidr} dev eth0")
+            return LabHost(
+                self,
+                name=name,
+                namespace=host_ns,
+                address=wan_address,
+                public_address=wan_address,
+                preset=preset,
+                router_namespace=None,
+            )
+        router_ns = self._new_namespace(f"{name}-nat", ("net.ipv4.ip_forward=1",))
+        self._plug_into_wan(f"v{index}", router_ns, "wan0")
+        _ip(router_ns, f"addr add {wan_cidr} dev wan0")
+        lan_router, lan_host = f"10.{index}.0.1", f"10.{index}.0.2"
+        _ip(router_ns, f"link add lan0 type veth peer name eth0 netns {host_ns}")
+        _ip(router_ns, f"addr add {lan_router}/24 dev lan0")
+        _ip(router_ns, "link set lan0 up")
+        _ip(host_ns, f"addr add {lan_host}/24 dev eth0")
+        _ip(host_ns, "link set eth0 up")
+        _ip(host_ns, f"route add default via {lan_router}")
+        _run(
+            ["ip", "netns", "exec", router_ns, "nft", "-f", "-"],
+            input=router_ruleset(preset, wan_address).encode(),
+        )
+        return LabHost(
+            self,
+            name=name,
+            namespace=host_ns,
+            address=lan_host,
+            public_address=wan_address,
+            preset=preset,
+            router_namespace=router_ns,
+        )
+
+    # -- processes --
+
+    def _popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        if not self._started or self._closed:
+            raise RuntimeError("the lab is not running")
+        proc: subprocess.Popen[Any] = subprocess.Popen(argv, **kwargs)
+        self._processes.append(proc)
+        return proc
+
+    def _forget(self, proc: subprocess.Popen[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._processes.remove(proc)
+
+    def start_coturn(
+        self,
+        *,
+        port: int = 3478,
+        alt_port: int = 3479,
+        user: str = "u",
+        password: str = "p",
+        realm: str = "lab",
+        addresses: Sequence[str] = (PUBLIC_A, PUBLIC_B),
+        extra_args: Sequence[str] = (),
+        timeout: float = 10.0,
+    ) -> CoturnInfo:
+        """Run coturn in :attr:`public` on ``addresses`` and wait until it answers.
+
+        With two listening addresses and ``alt_port`` it sends OTHER-ADDRESS and honours
+        CHANGE-REQUEST (RFC 5780); with one (``addresses=(PUBLIC_B,)``, say) it is an
+        ordinary one-address STUN/TURN server, as most deployments are. Its log, pid file
+        and user database live in a temporary directory that :meth:`close` removes.
+        Readiness is a real STUN Binding answered on every address/port pair, polled until
+        ``timeout``.
+        """
+        directory = tempfile.mkdtemp(prefix=f"{self.prefix}-coturn-")
+        self._tempdirs.append(directory)
+        argv = [
+            "turnserver",
+            "-n",
+            *(f"--listening-ip={a}" for a in addresses),
+            *(f"--relay-ip={a}" for a in addresses),
+            f"--listening-port={port}",
+            f"--alt-listening-port={alt_port}",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--lt-cred-mech",
+            f"--user={user}:{password}",
+            f"--realm={realm}",
+            f"--log-file={directory}/turnserver.log",
+            "--simple-log",
+            "--no-stdout-log",
+            f"--pidfile={directory}/turnserver.pid",
+            f"--userdb={directory}/turndb",
+            *extra_args,
+        ]
+        with open(os.path.join(directory, "stderr"), "wb") as stderr:
+            proc = self.public.popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        info = CoturnInfo(
+            address=addresses[0],
+            alt_address=addresses[-1],
+            port=port,
+            alt_port=alt_port,
+            user=user,
+            password=password,
+            realm=realm,
+            directory=directory,
+            process=proc,
+        )
+        ports = (port, alt_port) if len(addresses) > 1 else (port,)
+        targets = [f"{a}:{p}" for a in addresses for p in ports]
+        self._wait_for_stun(proc, targets, timeout, "turnserver", info.log_path)
+        return info
+
+    def start_holepunch_daemon(
+        self,
+        *,
+        stun_port: int = 3480,
+        stun_alt_port: int = 3481,
+        rfc5780: bool = True,
+        extra_args: Sequence[str] = (),
+        timeout: float = 15.0,
+    ) -> subprocess.Popen[Any]:
+        """Run ``twistd -n holepunch`` in :attr:`public`; wait until its STUN server answers.
+
+        With ``rfc5780`` the STUN server listens on both public addresses, on ``stun_port``
+        and ``stun_alt_port`` (by default beside coturn's 3478/3479). Without, it listens
+        on :data:`PUBLIC_A` only, as the README starts it: ``stun_port`` and the daemon's
+        own default second port. Its log goes to a
+        temporary file that :meth:`close` removes. ``extra_args`` are more daemon options;
+        signaling is off unless they name ``--signaling``.
+        """
+        directory = tempfile.mkdtemp(prefix=f"{self.prefix}-holepunch-")
+        self._tempdirs.append(directory)
+        log_path = os.path.join(directory, "twistd.log")
+        if rfc5780:
+            args = [
+                "--stun-interface", PUBLIC_A, "--stun-alternate-address", PUBLIC_B,
+                "--stun-port", str(stun_port), "--stun-alternate-port", str(stun_alt_port),
+            ]  # fmt: skip
+            targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (stun_port, stun_alt_port)]
+        else:
+            args = ["--stun-interface", PUBLIC_A, "--stun-port", str(stun_port)]
+            targets = [f"{PUBLIC_A}:{stun_port}"]
+        if not any(a.startswith("--signaling") for a in extra_args):
+            args.append("--no-signaling")
+        argv = [
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={log_path}",
+            "holepunch",
+            *args,
+            *extra_args,
+        ]
+        proc = self.public.popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait_for_stun(proc, targets, timeout, "twistd holepunch", log_path)
+        return proc
+
+    def _wait_for_stun(
+        self,
+        proc: subprocess.Popen[Any],
+        targets: Sequence[str],
+        timeout: float,
+        what: str,
+        log_path: str,
+    ) -> None:
+        """Poll with real STUN Bindings from :attr:`public` until every target answers.
+
+        On failure ``proc`` is stopped and :class:`LabError` carries the tail of its log.
+        """
+        probe = self.public.python_argv(
+            "lab.udpobserver",
+            "--timeout",
+            "0.5",
+            *(arg for target in targets for arg in ("--stun", target)),
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                problem = f"{what} exited {proc.returncode}"
+            elif self.public.run(probe, timeout=10.0).returncode == 0:
+                return
+            elif time.monotonic() > deadline:
+                problem = f"{what} did not answer STUN within {timeout}s"
+            else:
+                continue
+            _stop_processes([proc])
+            self._forget(proc)
+            raise LabError(f"{problem}; log: {_tail(log_path)}")
+
+    # -- teardown --
+
+    def close(self) -> None:
+        """Stop every process the lab started, delete its namespaces and temporary files.
+
+        Idempotent and never raises: problems are logged. Also runs at interpreter exit.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+        try:
+            _stop_processes(self._processes)
+        except Exception as e:
+            _log.warn("stopping lab processes failed: {error!r}", error=e)
+        self._processes.clear()
+        try:
+            leftovers = [
+                ns
+                for ns in _list_namespaces()
+                if ns.startswith(f"{self.prefix}-") and ns not in self._namespaces
+            ]
+        except Exception as e:
+            _log.warn("listing namespaces failed: {error!r}", error=e)
+            leftovers = []
+        for namespace in [*reversed(self._namespaces), *leftovers]:
+            try:
+                _delete_namespace(namespace)
+            except Exception as e:
+                _log.warn("deleting {ns} failed: {error!r}", ns=namespace, error=e)
+        self._namespaces.clear()
+        for directory in self._tempdirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._tempdirs.clear()
+
+
+def _tail(path: str, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-limit:].decode(errors="replace")
+    except OSError as e:
+        return f"(no log: {e})"
+
+
+def lab_fixture(testcase: _TestCaseLike) -> NatLab:
+    """A started :class:`NatLab` for a trial test, closed by the test's cleanup.
+
+    Raises ``SkipTest`` with :func:`unavailable_reason` where the lab cannot run.
+    """
+    from unittest import SkipTest
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SkipTest(reason)
+    lab = NatLab()
+    testcase.addCleanup(lab.close)
+    lab.start()
+    return lab

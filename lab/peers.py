@@ -1,0 +1,276 @@
+# -*- test-case-name: tests.lab.test_natlab_connect -*-
+"""Run ``holepunch connect`` peers in lab hosts and talk to them (tests, benchmarks).
+
+A :class:`ConnectProcess` starts the command in a
+:class:`LabHost <lab.natlab.LabHost>` (or locally), reads its stdout and
+stderr in background threads, and lets the caller write lines, wait for lines, and end
+input. :func:`connect_pair` starts one accepting
+and one offering peer, the way a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, NatLab, lab_env
+
+SIGNALING_PORT = 8080
+STUN_PORT = 3480
+
+
+class PeerProcessError(AssertionError):
+    """The peer did not do what was expected; carries its stderr."""
+
+
+class ConnectProcess:
+    """One ``holepunch connect`` process."""
+
+    def __init__(self, host: LabHost | None, args: Sequence[str]) -> None:
+        self.host = host
+        self.args = list(args)
+        argv = [sys.executable, "-m", "holepunch", "connect", *self.args]
+        pipes: dict[str, Any] = {
+            "stdin": subprocess.PIPE,
+            "stdout": subprocess.PIPE,
+            "stderr": subprocess.PIPE,
+        }
+        if host is not None:
+            self.proc = host.popen(argv, **pipes)
+        else:
+            self.proc = subprocess.Popen(argv, env=lab_env(None), **pipes)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr_lines: list[str] = []
+        self.started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, stream: IO[bytes], is_stdout: bool) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            if is_stdout:
+                self.lines.put(line)
+            else:
+                self.stderr_lines.append(line)
+        if is_stdout:
+            self.lines.put(None)
+
+    @property
+    def stderr(self) -> str:
+        """What the process wrote to stderr so far."""
+        return "\n".join(self.stderr_lines)
+
+    def next_line(self, timeout: float) -> str:
+        """The next stdout line; raises PeerProcessError on timeout or end of output."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise PeerProcessError(f"no output within {timeout}s; stderr: {self.stderr}") from None
+        if line is None:
+            self.proc.wait(5)
+            raise PeerProcessError(
+                f"exited {self.proc.returncode} before the expected output; stderr: {self.stderr}"
+            )
+        return line
+
+    def info(self, timeout: float) -> dict[str, Any]:
+        """The ``--json`` connection line."""
+        line = self.next_line(timeout)
+        try:
+            data: dict[str, Any] = json.loads(line)
+        except ValueError:
+            raise PeerProcessError(f"not JSON: {line!r}; stderr: {self.stderr}") from None
+        return data
+
+    def send_lines(self, lines: Sequence[str]) -> None:
+        """Write lines to stdin (each becomes one datagram)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
+        self.proc.stdin.flush()
+
+    def read_lines(self, count: int, timeout: float) -> list[str]:
+        """Read ``count`` stdout lines, all within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        got: list[str] = []
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            got.append(line)
+        return got
+
+    def end_input(self) -> None:
+        """Close stdin: the command sends its end marker and exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for exit; kill and raise PeerProcessError after ``timeout``."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise PeerProcessError(
+                f"did not exit within {timeout}s; stderr: {self.stderr}"
+            ) from None
+
+    def kill(self) -> None:
+        """Stop it now."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def start_lab_daemon(lab: NatLab) -> str:
+    """``twistd holepunch`` in the lab's public namespace: STUN (RFC 5780) and signaling.
+
+    Returns the signaling URL.
+    """
+    lab.start_holepunch_daemon(
+        stun_port=STUN_PORT,
+        stun_alt_port=STUN_PORT + 1,
+        extra_args=["--signaling", f"tcp:{SIGNALING_PORT}", "--message-rate", "200",
+                    "--message-burst", "400"],
+    )  # fmt: skip
+    return f"ws://{PUBLIC_A}:{SIGNALING_PORT}/"
+
+
+SETUPS = ("rfc5780", "one-address", "public-style")
+"""The server setups a user may have (docs/nat-matrix.md):
+
+- ``rfc5780``: the daemon on two public addresses (RFC 5780), clients told its STUN port;
+- ``one-address``: the daemon as the README starts it (one address, its defaults),
+  clients given only the signaling URL;
+- ``public-style``: two one-address STUN servers without RFC 5780 (the daemon on
+  :data:`PUBLIC_A`, coturn on :data:`PUBLIC_B`), given to clients as ``--stun-server``.
+"""
+
+
+@dataclass
+class LabServers:
+    """What the clients of one setup are given."""
+
+    url: str
+    stun_servers: list[str] = field(default_factory=list)
+    turn_servers: list[str] = field(default_factory=list)
+
+    def turn_args(self) -> list[str]:
+        """``holepunch connect`` options for the TURN servers."""
+        return [arg for t in self.turn_servers for arg in ("--turn-server", t)]
+
+
+def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -> LabServers:
+    """Start the servers of ``setup`` (one of :data:`SETUPS`) in the lab's public namespace;
+    with ``turn``, coturn too (on one address unless the setup is ``rfc5780``)."""
+    if setup not in SETUPS:
+        raise ValueError(f"setup must be one of {SETUPS}, not {setup!r}")
+    signaling = ["--signaling", f"tcp:{SIGNALING_PORT}", "--message-rate", "200",
+                 "--message-burst", "400"]  # fmt: skip
+    url = f"ws://{PUBLIC_A}:{SIGNALING_PORT}/"
+    if setup == "rfc5780":
+        lab.start_holepunch_daemon(
+            stun_port=STUN_PORT, stun_alt_port=STUN_PORT + 1, extra_args=signaling
+        )
+        servers = LabServers(url, [f"{PUBLIC_A}:{STUN_PORT}"])
+    elif setup == "one-address":
+        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False, extra_args=signaling)
+        servers = LabServers(url)
+    else:
+        lab.start_holepunch_daemon(
+            stun_port=3478, rfc5780=False, extra_args=signaling
+        )
+        servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"])
+    if turn or setup == "public-style":
+        if setup == "rfc5780":
+            coturn = lab.start_coturn()
+        else:
+            coturn = lab.start_coturn(addresses=(PUBLIC_B,))
+        if turn:
+            uri = f"turn:u:p@{coturn.address}:{coturn.port}"
+            # UDP first, TCP for hosts whose UDP is blocked (as the seed's example 4).
+            servers.turn_servers = [uri, uri + "?transport=tcp"]
+    return servers
+
+
+def connect_pair(
+    offerer: LabHost,
+    answerer: LabHost,
+    signaling_url: str,
+    *,
+    names: tuple[str, str],
+    stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
+    timeout: float = 20.0,
+    extra_args: Sequence[str] = (),
+) -> tuple[ConnectProcess, ConnectProcess]:
+    """Start ``--accept`` in ``answerer``, then ``--to`` in ``offerer``; return (offerer, answerer).
+
+    The offerer retries until the answerer is registered, so no sleep is needed between.
+    """
+    stun = [arg for s in stun_servers for arg in ("--stun-server", s)]
+    common = ["--signaling", signaling_url, "--json", "--timeout", str(timeout), *stun, *extra_args]
+    b = ConnectProcess(answerer, ["--id", names[1], "--accept", *common])
+    a = ConnectProcess(offerer, ["--id", names[0], "--to", names[1], *common])
+    return a, b
+
+
+def run_connect(
+    offerer: LabHost,
+    answerer: LabHost,
+    signaling_url: str,
+    *,
+    names: tuple[str, str],
+    timeout: float,
+    stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
+    extra_args: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One connect and one line across, then a clean end.
+
+    Returns the offerer's ``--json`` object plus ``other`` (the answerer's), ``ok``
+    (True), ``seconds`` (wall time); or ``ok`` False with ``reason`` (the last stderr
+    line) and ``seconds``.
+    """
+    started = time.monotonic()
+    a, b = connect_pair(
+        offerer,
+        answerer,
+        signaling_url,
+        names=names,
+        timeout=timeout,
+        stun_servers=stun_servers,
+        extra_args=extra_args,
+    )
+    try:
+        info = a.info(timeout + 10)
+        other = b.info(10)
+        a.send_lines(["ping"])
+        if b.read_lines(1, 5) != ["ping"]:
+            raise PeerProcessError("the line did not arrive")
+        a.end_input()
+        a.wait(10)
+        b.wait(10)
+        return {**info, "other": other, "ok": True, "seconds": time.monotonic() - started}
+    except PeerProcessError as e:
+        a.kill()
+        b.kill()
+        lines = (a.stderr + "\n" + b.stderr).strip().splitlines() or [str(e)]
+        return {"ok": False, "reason": lines[-1], "seconds": time.monotonic() - started}
+    finally:
+        a.kill()
+        b.kill()

@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.benchmarks.test_benchmarks_signaling -*-
+"""Smoke test of the signaling benchmark (``benchmarks/signaling_load.py``): tiny numbers,
+our server only, 127.0.0.1 only; the figures themselves are in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "signaling_load.py"
+NODE_MODULES = ROOT / "benchmarks" / "signaling" / "node_modules"
+
+
+class SignalingLoadSmokeTests(TestCase):
+    """The load script runs end to end against our server and reports numbers."""
+
+    timeout = 90
+
+    def test_tiny_run_reports_rates(self) -> None:
+        """A tiny run relays offers (rate > 0), loses none when paced, and measures memory."""
+        if shutil.which("node") is None:
+            raise SkipTest("needs Node.js for the load generator")
+        if not (NODE_MODULES / "ws").is_dir():
+            raise SkipTest("needs `npm ci --prefix benchmarks/signaling` (the ws package)")
+        argv = [
+            sys.executable,
+            str(SCRIPT),
+            "--targets=holepunch",
+            "--pairs=5",
+            "--warmup=0.5",
+            "--duration=1",
+            "--rate=200",
+            "--idle-connections=100",
+            "--json",
+        ]
+        proc = subprocess.run(argv, capture_output=True, timeout=60, check=False, cwd=ROOT)
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
+        report = json.loads(proc.stdout)
+        ours = report["results"]["holepunch"]
+        self.assertEqual(ours["errors"], [])
+        self.assertGreater(ours["fullLoad"]["messagesPerSecond"], 0)
+        self.assertGreater(ours["fullLoad"]["serverCpu"], 0)
+        self.assertEqual(ours["paced"]["lost"], 0)
+        self.assertGreater(ours["paced"]["p99Ms"], 0)
+        self.assertEqual(ours["idle"]["connections"], 100)
+        self.assertEqual(ours["idle"]["failed"], 0)

@@ -1,0 +1,94 @@
+"""``holepunch connect`` on loopback: success, and failures that name their stage."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial.unittest import TestCase
+
+from holepunch.testing.loopback import start_signaling_server
+from lab.peers import ConnectProcess
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ConnectCommandTests(TestCase):
+    """The command as a user runs it, against a signaling server on 127.0.0.1."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
+
+    def start(self, *args: str) -> ConnectProcess:
+        proc = ConnectProcess(None, ["--host-address", "127.0.0.1", *args])
+        self.addCleanup(proc.kill)
+        return proc
+
+    @defer.inlineCallbacks
+    def test_lines_both_ways_and_end(self) -> Any:
+        """Two commands connect, carry lines both ways (empty lines too), and both exit 0 on EOF."""
+        b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--json")
+        a = self.start("--signaling", self.url, "--id", "alice", "--to", "bob", "--json")
+
+        def talk() -> tuple[dict[str, Any], dict[str, Any], list[str], list[str], int, int]:
+            info_a, info_b = a.info(20), b.info(20)
+            a.send_lines(["hello", "", "from alice"])
+            b.send_lines(["hi"])
+            got_b = b.read_lines(3, 10)
+            got_a = a.read_lines(1, 10)
+            a.end_input()
+            return info_a, info_b, got_a, got_b, a.wait(10), b.wait(10)
+
+        info_a, info_b, got_a, got_b, code_a, code_b = yield threads.deferToThread(talk)
+        self.assertEqual(info_a["method"], "direct")
+        self.assertEqual(info_a["remote"], info_b["local"])
+        self.assertLessEqual({"method", "local", "remote", "elapsed_ms", "rtt_ms"}, set(info_a))
+        self.assertEqual(got_b, ["hello", "", "from alice"])
+        self.assertEqual(got_a, ["hi"])
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+
+    @defer.inlineCallbacks
+    def test_signaling_unreachable(self) -> Any:
+        """No signaling server: exit 1 and one stderr line naming the signaling stage."""
+        url = f"ws://127.0.0.1:{closed_port()}/"
+        a = self.start("--signaling", url, "--id", "alice", "--to", "bob", "--timeout", "2")
+        code = yield threads.deferToThread(a.wait, 20)
+        self.assertEqual(code, 1)
+        self.assertEqual(len(a.stderr_lines), 1, a.stderr)
+        self.assertIn("holepunch connect: signaling:", a.stderr)
+
+    @defer.inlineCallbacks
+    def test_peer_never_comes(self) -> Any:
+        """A peer that never registers: exit 1 within the timeout, naming the peer stage."""
+        a = self.start("--signaling", self.url, "--id", "alice", "--to", "ghost", "--timeout", "2")
+        code = yield threads.deferToThread(a.wait, 20)
+        self.assertEqual(code, 1)
+        self.assertIn("holepunch connect: peer: ghost did not come online", a.stderr)
+
+    @defer.inlineCallbacks
+    def test_accept_times_out(self) -> Any:
+        """--accept with nobody offering gives up at the timeout, naming the peer stage."""
+        b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--timeout", "1.5")
+        code = yield threads.deferToThread(b.wait, 20)
+        self.assertEqual(code, 1)
+        self.assertIn("peer: no offer arrived in time", b.stderr)
+
+    @defer.inlineCallbacks
+    def test_bad_turn_environment(self) -> Any:
+        """Without --turn-server the P2P_TURN_* variables are read; a bad one stops with its name (exit 2)."""
+        import os
+
+        os.environ["P2P_TURN_SERVERS"] = "not-a-turn-uri"
+        try:
+            proc = self.start("--signaling", self.url, "--id", "x", "--accept", "--timeout", "1")
+        finally:
+            del os.environ["P2P_TURN_SERVERS"]
+        code = yield threads.deferToThread(proc.wait, 20)
+        self.assertEqual(code, 2)
+        self.assertIn("P2P_TURN_SERVERS", proc.stderr)

@@ -1,0 +1,105 @@
+"""Tests for holepunch.daemon.tap: the daemon's options and service tree, and the twistd plugin."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer, reactor, utils
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from holepunch.daemon.tap import Options, makeService
+from holepunch.stun.client import listen_stun
+from holepunch.stun.wire import Address
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class OptionsTests(SynchronousTestCase):
+    """Parsing and validating the daemon's options."""
+
+    def test_defaults(self) -> None:
+        """Defaults: STUN on 3478 of every interface, signaling on tcp:8080."""
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["stun-port"], 3478)
+        self.assertEqual(options["stun-interface"], "")
+        self.assertEqual(options["signaling"], "tcp:8080")
+        self.assertIsNone(options["stun-alternate-address"])
+
+    def test_alternate_needs_interface(self) -> None:
+        """RFC 5780 mode needs the primary address named explicitly."""
+        options = Options()
+        e = self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--stun-alternate-address", "127.0.0.2"]
+        )
+        self.assertIn("--stun-interface", str(e))
+
+    def test_bad_port(self) -> None:
+        """A port that is not a number in range is refused with the option's name."""
+        for bad in ["70000", "abc"]:
+            self.assertRaises(usage.UsageError, Options().parseOptions, ["--stun-port", bad])
+
+    def test_same_ports_refused(self) -> None:
+        """The alternate port must differ from the primary port."""
+        self.assertRaises(
+            usage.UsageError,
+            Options().parseOptions,
+            [
+                "--stun-interface=127.0.0.1",
+                "--stun-alternate-address=127.0.0.2",
+                "--stun-port=4000",
+                "--stun-alternate-port=4000",
+            ],
+        )
+
+
+class MakeServiceTests(TestCase):
+    """The service tree answers STUN on real sockets."""
+
+    @defer.inlineCallbacks
+    def test_stun_service_answers_on_both_ports(self) -> Any:
+        """makeService's STUN server answers a Binding on the configured port and, with one
+        address, on the second port too (a plain second destination: no OTHER-ADDRESS)."""
+        port = free_udp_port()
+        second = free_udp_port()
+        options = Options()
+        options.parseOptions(
+            ["--stun-interface", "127.0.0.1", "--stun-port", str(port),
+             "--stun-alternate-port", str(second), "--no-signaling"]
+        )  # fmt: skip
+        service = makeService(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        client = listen_stun(reactor, "127.0.0.1")
+        self.addCleanup(client.close)
+        for target in (port, second):
+            result = yield client.binding(Address("127.0.0.1", target))
+            self.assertEqual(result.mapped, client.local)
+            self.assertIsNone(result.other_address)
+
+
+class PluginTests(TestCase):
+    """``twistd holepunch`` is found through the plugin file."""
+
+    @defer.inlineCallbacks
+    def test_twistd_help_lists_options(self) -> Any:
+        """`twistd holepunch --help` lists the daemon's options."""
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "twisted", "holepunch", "--help"],
+            env=dict(os.environ),
+            path=ROOT,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"--stun-alternate-address", out)
+        self.assertIn(b"--signaling", out)
