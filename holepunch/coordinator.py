@@ -20,7 +20,7 @@ Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from holepunch.config import DEFAULT_STUN_SERVERS
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.interfaces import IStatusProvider
@@ -231,7 +232,7 @@ class P2PCoordinator(MultiService):
         self.negotiator = Negotiator(
             self.reactor,
             client,
-            self._ice(),
+            self._ice(client.ice_servers.stun_servers),
             max_retries=self.config.max_retries,
         )
         self.negotiator.on_connection = self._incoming
@@ -254,17 +255,23 @@ class P2PCoordinator(MultiService):
             self.negotiator.nat = self.nat_info
         self._emit("hole-punching-ready", self.nat_info.to_json())
 
-    def _ice(self) -> IceConfig:
+    def _ice(self, advertised_stun: Sequence[tuple[str, int]] = ()) -> IceConfig:
+        """The agents' settings: ``ice_config``, then the coordinator's config. STUN
+        servers the signaling server advertised replace the built-in defaults (Google's
+        and Cloudflare's), not servers the user configured."""
         base = self._ice_config or IceConfig()
         from dataclasses import replace
 
         turn = list(base.relay.servers) or list(self.config.turn_servers)
         gathering = base.gathering
+        stun = tuple(self.config.stun_servers)
+        if advertised_stun and stun == tuple(DEFAULT_STUN_SERVERS):
+            stun = tuple(advertised_stun)
         return replace(
             base,
             gathering=replace(
                 gathering,
-                stun_servers=gathering.stun_servers or tuple(self.config.stun_servers),
+                stun_servers=gathering.stun_servers or stun,
                 port=gathering.port or self.config.hole_punching_port,
             ),
             relay=replace(base.relay, servers=tuple(turn)),

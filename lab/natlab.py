@@ -850,8 +850,9 @@ class NatLab:
 
         With ``rfc5780`` the STUN server listens on both public addresses, on ``stun_port``
         and ``stun_alt_port`` (by default beside coturn's 3478/3479). Without, it listens
-        on :data:`PUBLIC_A` only, as the README starts it: ``stun_port`` and the daemon's
-        own default second port. Its log goes to a
+        with the daemon's defaults, as the README starts it: every interface, ``stun_port``
+        and ``stun_port + 1`` (3478 and 3479); ``extra_args`` may narrow that down
+        (``--stun-interface``, ``--stun-alternate-port=0``). Its log goes to a
         temporary file that :meth:`close` removes. ``extra_args`` are more daemon options;
         signaling is off unless they name ``--signaling``.
         """
@@ -865,8 +866,14 @@ class NatLab:
             ]  # fmt: skip
             targets = [f"{a}:{p}" for a in (PUBLIC_A, PUBLIC_B) for p in (stun_port, stun_alt_port)]
         else:
-            args = ["--stun-interface", PUBLIC_A, "--stun-port", str(stun_port)]
-            targets = [f"{PUBLIC_A}:{stun_port}"]
+            # As the README starts it: every interface, stun_port and stun_port + 1.
+            args = []
+            if stun_port != 3478:
+                args = ["--stun-port", str(stun_port), "--stun-alternate-port", str(stun_port + 1)]
+            one_port = "--stun-alternate-port=0" in extra_args
+            targets = [
+                f"{PUBLIC_A}:{p}" for p in (stun_port, stun_port + 1)[: 1 if one_port else 2]
+            ]
         if not any(a.startswith("--signaling") for a in extra_args):
             args.append("--no-signaling")
         argv = [

@@ -193,13 +193,18 @@ def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -
         lab.start_holepunch_daemon(stun_port=3478, rfc5780=False, extra_args=signaling)
         servers = LabServers(url)
     else:
+        # A public-style STUN server: one address, one port, no hints in welcome.
+        one_port = ["--stun-interface", PUBLIC_A, "--stun-alternate-port=0", "--no-ice-servers"]
         lab.start_holepunch_daemon(
-            stun_port=3478, rfc5780=False, extra_args=signaling
+            stun_port=3478, rfc5780=False, extra_args=[*signaling, *one_port]
         )
         servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"])
     if turn or setup == "public-style":
         if setup == "rfc5780":
             coturn = lab.start_coturn()
+        elif setup == "one-address":
+            # The daemon holds 3478 and 3479 on every address: coturn goes beside it.
+            coturn = lab.start_coturn(addresses=(PUBLIC_B,), port=3578, alt_port=3579)
         else:
             coturn = lab.start_coturn(addresses=(PUBLIC_B,))
         if turn:

@@ -11,7 +11,7 @@ open). Every wait is bounded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from holepunch.stun.transactions import RetransmissionPolicy
@@ -127,6 +127,21 @@ class IceConfig:
     hardnat: HardNatConfig = field(default_factory=HardNatConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     tcp: TcpConfig = field(default_factory=TcpConfig)
+
+    def with_default_servers(
+        self, stun_servers: Sequence[tuple[str, int]], turn_servers: Sequence[Any]
+    ) -> IceConfig:
+        """This config, with ``stun_servers`` and ``turn_servers`` where it names none
+        (the signaling server's ``iceServers``: a client given only the signaling URL
+        gets the daemon's STUN server on its two ports, and its TURN if it has one)."""
+        config = self
+        if stun_servers and not self.gathering.stun_servers:
+            config = replace(
+                config, gathering=replace(self.gathering, stun_servers=tuple(stun_servers))
+            )
+        if turn_servers and not self.relay.servers:
+            config = replace(config, relay=replace(self.relay, servers=tuple(turn_servers)))
+        return config
 
     @classmethod
     def on(cls, *addresses: str, **gathering: Any) -> IceConfig:

@@ -159,7 +159,12 @@ class Negotiator:
     ) -> None:
         self.reactor = reactor
         self.signaling = signaling
-        self.config = config or IceConfig()
+        hints = getattr(signaling, "ice_servers", None)
+        self.config = (config or IceConfig()).with_default_servers(
+            hints.stun_servers if hints else (), hints.turn_servers if hints else ()
+        )
+        """The agents' settings; STUN and TURN servers the signaling server named in
+        ``welcome`` fill in where ``config`` names none."""
         self.nat = nat
         self.max_retries = max_retries
         self._agent_factory = agent_factory or (

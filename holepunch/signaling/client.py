@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from holepunch.signaling import messages as msg
 from holepunch.signaling.autobahn_fixes import cancel_close_timer
+from holepunch.signaling.iceservers import ParsedIceServers, parse_ice_servers
 from holepunch.signaling.messages import JSONObject
 from holepunch.subscription import Subscription
 
@@ -194,6 +195,8 @@ class SignalingClient(MultiService):
         self.keepalive_interval = keepalive_interval
         self.reconnect_token: str | None = None
         self.registration: JSONObject | None = None
+        self.ice_servers = ParsedIceServers()
+        """The STUN and TURN servers the server named in ``welcome`` (``iceServers``)."""
         """The last ``registered`` message, while registered on the current connection."""
         self.rooms: dict[str, None] = {}
         """The rooms the client is in (and rejoins after a reconnect), in join order."""
@@ -494,6 +497,8 @@ class SignalingClient(MultiService):
                     )
                 else:
                     request.deferred.callback(message)
+        if kind == "welcome":
+            self.ice_servers = parse_ice_servers(message.get("iceServers"))
         if isinstance(kind, str):
             self._emit(kind, message)
         self._emit(MESSAGE, message)

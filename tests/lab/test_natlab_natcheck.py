@@ -138,7 +138,11 @@ class NatCheckInLabTests(TestCase):
         if reason:
             raise self.skipTest(reason)
         lab, hosts = self.lab()
-        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False)
+        lab.start_holepunch_daemon(
+            stun_port=3478,
+            rfc5780=False,
+            extra_args=["--stun-interface", PUBLIC_A, "--stun-alternate-port=0"],
+        )
         coturn = lab.start_coturn(addresses=(PUBLIC_B,))
         results = self.check(
             hosts,
