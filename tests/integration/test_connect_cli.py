@@ -8,7 +8,10 @@ from typing import Any
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from holepunch.testing.loopback import start_signaling_server
+from holepunch.signaling.iceservers import IceServerHints
+from holepunch.stun.server import StunResponder
+from holepunch.stun.wire import Address
+from holepunch.testing.loopback import start_signaling_server, start_stun_server
 from lab.peers import ConnectProcess
 
 
@@ -52,6 +55,33 @@ class ConnectCommandTests(TestCase):
         self.assertEqual(got_b, ["hello", "", "from alice"])
         self.assertEqual(got_a, ["hi"])
         self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+
+    @defer.inlineCallbacks
+    def test_only_the_signaling_url(self) -> Any:
+        """Given only --signaling, both commands use the STUN server the signaling server
+        names in welcome's iceServers (here a loopback STUN server on two ports)."""
+        stun = start_stun_server(self, reactor, rfc5780=False, responder=StunResponder(
+            Address("127.0.0.1", 0), second_port=0))  # fmt: skip
+        ports = tuple(a.port for a in stun.responder.local_addresses())
+        _, url = yield defer.ensureDeferred(
+            start_signaling_server(
+                self, reactor, ice_servers=IceServerHints(stun_ports=ports, host="127.0.0.1")
+            )
+        )
+        b = self.start("--signaling", url, "--id", "bob", "--accept", "--json", "--no-tcp")
+        a = self.start("--signaling", url, "--id", "alice", "--to", "bob", "--json", "--no-tcp")
+
+        def talk() -> tuple[dict[str, Any], int, int]:
+            info_a = a.info(20)
+            b.info(20)
+            a.end_input()
+            return info_a, a.wait(10), b.wait(10)
+
+        info_a, code_a, code_b = yield threads.deferToThread(talk)
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+        # Each side asked both advertised ports (server-reflexive and mapping samples).
+        self.assertGreaterEqual(stun.responder.stats.requests, 4)
+        self.assertEqual(info_a["method"], "direct")
 
     @defer.inlineCallbacks
     def test_signaling_unreachable(self) -> Any:

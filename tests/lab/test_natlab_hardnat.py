@@ -11,8 +11,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, lab_fixture
-from lab.peers import run_connect, start_lab_daemon
+from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, coturn_unavailable_reason, lab_fixture
+from lab.peers import run_connect, start_lab_daemon, start_lab_servers
 
 CONES = ("open", "full-cone", "restricted-cone", "port-restricted")
 
@@ -147,3 +147,59 @@ class HardNatLabTests(TestCase):
                             f"{order} {c}: methods {result['method']}/{result['other']['method']}"
                         )
         self.assertEqual(problems, [], "\n".join(problems))
+
+
+class WhereUsersAreTests(TestCase):
+    """The hard-NAT techniques with the servers users have, not only an RFC 5780 server."""
+
+    def hard_cells(self, setup: str) -> None:
+        """port-restricted against both symmetric kinds (both orders) and sequential
+        against itself connect directly, by prediction or birthday probing."""
+        lab = lab_fixture(self)
+        cases = [
+            ("port-restricted", "symmetric-sequential", "port-prediction"),
+            ("symmetric-sequential", "port-restricted", "port-prediction"),
+            ("symmetric-sequential", "symmetric-sequential", "port-prediction"),
+            ("port-restricted", "symmetric-random", "birthday"),
+            ("symmetric-random", "port-restricted", "birthday"),
+        ]
+        hosts = [
+            (lab.add_host(f"o{k}", row), lab.add_host(f"a{k}", col), method)
+            for k, (row, col, method) in enumerate(cases)
+        ]
+        servers = start_lab_servers(lab, setup)
+        with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+            futures = [
+                pool.submit(
+                    run_connect,
+                    a,
+                    b,
+                    servers.url,
+                    names=(f"w{k}o", f"w{k}a"),
+                    timeout=15,
+                    stun_servers=servers.stun_servers,
+                )
+                for k, (a, b, _) in enumerate(hosts)
+            ]
+            results = [f.result() for f in futures]
+        problems = []
+        for (a, b, method), result in zip(hosts, results, strict=True):
+            if not result["ok"]:
+                problems.append(f"{a.preset} -> {b.preset}: {result['reason']}")
+                continue
+            methods = {result["method"], result["other"]["method"]}
+            if method not in methods:
+                problems.append(f"{a.preset} -> {b.preset}: methods {methods}, not {method}")
+        self.assertEqual(problems, [], "\n".join(problems))
+
+    def test_one_address_daemon_and_only_the_signaling_url(self) -> None:
+        """The daemon as the README starts it (one address, defaults); clients given only
+        the signaling URL (they learn STUN from welcome's iceServers)."""
+        self.hard_cells("one-address")
+
+    def test_public_style_stun_servers(self) -> None:
+        """Two one-address STUN servers without RFC 5780 (the daemon and coturn), no hints."""
+        reason = coturn_unavailable_reason()
+        if reason:
+            raise self.skipTest(reason)
+        self.hard_cells("public-style")
