@@ -12,6 +12,7 @@ docs/nat-matrix.md, with ``--json`` the raw results.
     python benchmarks/nat_matrix.py --rows symmetric-random --cols port-restricted --runs 20
     python benchmarks/nat_matrix.py --setup one-address --runs 3 --markdown  # README daemon
     python benchmarks/nat_matrix.py --setup public-style --runs 3 --markdown
+    python benchmarks/nat_matrix.py --setup one-address --port-mapping --runs 3 --markdown
 
 Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl-C).
 """
@@ -31,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.natlab import PRESETS, LabHost, NatLab
-from lab.peers import SETUPS, LabServers, run_connect, start_lab_servers
+from lab.peers import SETUPS, LabServers, run_connect, start_lab_servers, start_port_mapping
 
 SHORT = {
     "open": "open",
@@ -106,6 +107,7 @@ def measure(
     parallel: int,
     turn: bool,
     setup: str = "rfc5780",
+    port_mapping: bool = False,
 ) -> list[Cell]:
     """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair."""
     cells = [Cell(r, c) for r in rows for c in cols]
@@ -116,6 +118,8 @@ def measure(
         for i in range(parallel):
             slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))
                           for j, p in enumerate(sorted(set(rows) | set(cols)))})  # fmt: skip
+        if port_mapping:
+            start_port_mapping(lab, [h for slot in slots for pair in slot.values() for h in pair])
         for run in range(runs):
             for start in range(0, len(cells), parallel):
                 batch = cells[start : start + parallel]
@@ -189,12 +193,24 @@ def main(argv: list[str] | None = None) -> int:
         "address with its defaults, clients given only the signaling URL; or two "
         "one-address STUN servers without RFC 5780 (daemon and coturn)",
     )
+    parser.add_argument(
+        "--port-mapping",
+        action="store_true",
+        help="run miniupnpd (UPnP IGD, NAT-PMP, PCP) on every host's router",
+    )
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
     cells = measure(
-        args.rows, args.cols, args.runs, args.timeout, args.parallel, args.turn, args.setup
+        args.rows,
+        args.cols,
+        args.runs,
+        args.timeout,
+        args.parallel,
+        args.turn,
+        args.setup,
+        args.port_mapping,
     )
     if args.json:
         print(json.dumps([c.summary() for c in cells], indent=1))

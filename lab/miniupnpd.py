@@ -204,7 +204,7 @@ def start_miniupnpd(
     reason = miniupnpd_unavailable_reason()
     if reason is not None:
         raise LabError(reason)
-    prepare_router(host)
+    prepare_router(host, stun_ports=(stun_port, stun_port + 1))
     directory = tempfile.mkdtemp(prefix=f"{host.lab.prefix}-miniupnpd-")
     conf = os.path.join(directory, "miniupnpd.conf")
     with open(conf, "w") as f:

@@ -214,6 +214,22 @@ def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -
     return servers
 
 
+MINIUPNPD_STUN_PORT = 3490
+"""Where the coturn that miniupnpd's own STUN test needs listens (two addresses)."""
+
+
+def start_port_mapping(lab: NatLab, hosts: Sequence[LabHost]) -> list[Any]:
+    """miniupnpd (UPnP IGD, NAT-PMP, PCP) on each host's router (lab.miniupnpd), with the
+    two-address coturn its STUN self-test needs beside the other servers."""
+    from lab.miniupnpd import start_miniupnpd
+
+    coturn = lab.start_coturn(port=MINIUPNPD_STUN_PORT, alt_port=MINIUPNPD_STUN_PORT + 1)
+    return [
+        start_miniupnpd(host, stun_host=coturn.address, stun_port=MINIUPNPD_STUN_PORT)
+        for host in hosts
+    ]
+
+
 def connect_pair(
     offerer: LabHost,
     answerer: LabHost,

@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-tcp", action="store_true", help="no TCP hole punching (UDP and TURN only)"
     )
     parser.add_argument(
+        "--no-port-mapping",
+        action="store_true",
+        help="do not ask the router for a port mapping (PCP, NAT-PMP, UPnP)",
+    )
+    parser.add_argument(
         "--relay-wait",
         type=float,
         default=None,
@@ -211,7 +216,11 @@ async def connect_command(
                 servers=turn_servers, wait=args.relay_wait, wait_hard=args.relay_wait
             )
         config = IceConfig(
-            gathering=GatheringConfig(stun_servers=stun_servers, addresses=args.host_address),
+            gathering=GatheringConfig(
+                stun_servers=stun_servers,
+                addresses=args.host_address,
+                port_mapping=not args.no_port_mapping,
+            ),
             checks=CheckConfig(connection_timeout=max(1.0, deadline - reactor.seconds())),
             relay=relay,
             tcp=TcpConfig(enabled=not args.no_tcp),

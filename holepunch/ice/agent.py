@@ -30,8 +30,10 @@ from holepunch.ice.connection import PeerConnection
 from holepunch.ice.core import AgentStats, IceCore
 from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.hardnat import MappingProfile, Technique
+from holepunch.ice.portmapping import AgentPortMapping
 from holepunch.ice.relays import Relays
 from holepunch.ice.sockets import IceSocket, local_ipv4_addresses, route_source
+from holepunch.nat.portmap import PortMapping
 from holepunch.stun.client import resolve_server
 from holepunch.stun.wire import Address
 
@@ -66,6 +68,8 @@ class IceAgent:
         self._sockets: dict[int, IceSocket] = {}
         self.relays = Relays(reactor, self.core.config.relay)
         """The TURN allocations (:class:`holepunch.ice.relays.Relays`)."""
+        self.port_mapping = AgentPortMapping(reactor, self.core.config.gathering)
+        """The router's mapping of our socket (:mod:`holepunch.ice.portmapping`)."""
         self._local: tuple[str, int] | None = None
         self._timer: IDelayedCall | None = None
         self._connect_d: defer.Deferred[PeerConnection] | None = None
@@ -270,6 +274,8 @@ class IceAgent:
             self._fire(self._measure_waiters)
         elif isinstance(event, events.RelaysWanted):
             defer.ensureDeferred(self._gather_relays())
+        elif isinstance(event, events.PortMappingWanted):
+            self.port_mapping.start(event.port, event.hosts, self._port_mapped)
         elif isinstance(event, events.SocketWanted):
             self._open_extra(event.via)
         elif isinstance(event, events.SocketReleased):
@@ -363,6 +369,17 @@ class IceAgent:
         sock = self._sockets.pop(via, None)
         if sock is not None:
             sock.close()
+
+    def _port_mapped(self, mapping: PortMapping | None) -> None:
+        if self._closed:
+            return
+        self.core.port_mapping_done(
+            mapping.external if mapping else None,
+            mapping.internal_address if mapping else None,
+            mapping.method.value if mapping else "",
+            self.reactor.seconds(),
+        )
+        self._pump()
 
     # -- gathering --
 
@@ -510,7 +527,9 @@ class IceAgent:
         sockets = list(self._sockets.values())
         self._sockets.clear()
         # Deallocate first (through the main socket for UDP relays), then close sockets.
-        deallocating = self.relays.close()
+        deallocating = defer.gatherResults(
+            [self.relays.close(), self.port_mapping.close()], consumeErrors=True
+        )
         closed: defer.Deferred[None] = defer.Deferred()
 
         def then_sockets(_: object) -> None:

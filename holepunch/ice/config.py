@@ -35,6 +35,14 @@ class GatheringConfig:
     probe_mapping: bool = True
     """Measure our NAT's mapping from the agent's socket (for port prediction and
     birthday probing)."""
+    port_mapping: bool = True
+    """Ask the router for a mapping of the agent's socket (PCP, NAT-PMP, UPnP IGD) and
+    offer it as a candidate; never for loopback or link-local addresses."""
+    port_mapping_timeout: float = 1.0
+    """The longest end-of-candidates waits for the router (in parallel with STUN)."""
+    port_mapping_lifetime: int = 600
+    """Seconds the router is asked to keep the mapping; renewed at half-life while the
+    agent lives, deleted when it closes."""
 
 
 @dataclass
@@ -145,6 +153,8 @@ class IceConfig:
 
     @classmethod
     def on(cls, *addresses: str, **gathering: Any) -> IceConfig:
-        """Defaults, with host candidates only on ``addresses`` (tests, loopback demos);
+        """Defaults, with host candidates only on ``addresses`` and no router port
+        mapping (tests, loopback demos: nothing leaves for the real gateway);
         ``gathering`` sets other :class:`GatheringConfig` fields."""
+        gathering.setdefault("port_mapping", False)
         return cls(gathering=GatheringConfig(addresses=list(addresses), **gathering))

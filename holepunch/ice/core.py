@@ -42,7 +42,7 @@ from holepunch.ice.checks import Checker
 from holepunch.ice.config import IceConfig
 from holepunch.ice.consent import Consent
 from holepunch.ice.events import MAIN, IceError
-from holepunch.ice.gathering import Gatherer
+from holepunch.ice.gathering import PORT_MAPPING_EXTENSION, Gatherer
 from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.ice.nomination import Selector, selector_for
 from holepunch.ice.probing import HardNatProbing
@@ -302,6 +302,18 @@ class IceCore:
         self.gatherer.add_relay(via, relayed_address, mapped, server)
         return via
 
+    def port_mapping_done(
+        self,
+        external: tuple[str, int] | None,
+        internal_host: str | None,
+        method: str,
+        now: float,
+    ) -> None:
+        """The answer to :class:`PortMappingWanted`: the external address the router
+        mapped to our main socket from ``internal_host`` by ``method``, or None."""
+        self.now = now
+        self.gatherer.port_mapping_done(external, internal_host, method)
+
     def relays_done(self, now: float) -> None:
         """No more relayed candidates will come: gathering is complete."""
         self.now = now
@@ -499,6 +511,12 @@ class IceCore:
             return "turn-relay"
         if pair.tag:
             return pair.tag
+        if (
+            any(name == PORT_MAPPING_EXTENSION for name, _ in pair.remote.extensions)
+            or any(name == PORT_MAPPING_EXTENSION for name, _ in pair.local.extensions)
+            or (pair.mapped is not None and pair.mapped in self.gatherer.port_mapped)
+        ):
+            return "port-mapping"
         mapped = pair.mapped
         no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
         if pair.remote.type == "host" and no_nat_here:

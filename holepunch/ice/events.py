@@ -47,6 +47,15 @@ class RelaysWanted:
 
 
 @dataclass(frozen=True)
+class PortMappingWanted:
+    """Ask the router (PCP, NAT-PMP, UPnP) to map UDP ``port`` of one of ``hosts``; answer
+    with ``port_mapping_done`` (bounded by ``GatheringConfig.port_mapping_timeout``)."""
+
+    port: int
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SocketWanted:
     """Open one more UDP socket (birthday probing); answer with ``socket_opened``."""
 
@@ -127,6 +136,7 @@ Event = (
     LocalCandidate
     | StunComplete
     | RelaysWanted
+    | PortMappingWanted
     | SocketWanted
     | SocketReleased
     | PermissionWanted

@@ -23,6 +23,7 @@ Candidates are announced as they are found (trickle ICE), then end-of-candidates
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -45,6 +46,21 @@ _log = Logger()
 
 _AFTER_PREDICTIONS = 4.0
 """The longest the relay allocation waits for the predicted checks to go out."""
+
+
+PORT_MAPPING_EXTENSION = "x-port-mapping"
+"""Candidate extension attribute (RFC 8839 ``extension-att-name``) naming how a
+candidate's address was mapped by the router (``pcp``, ``natpmp``, ``upnp``); peers that
+do not know it ignore it."""
+
+
+def _mappable(host: str) -> bool:
+    """A host address a router could map (not loopback or link-local)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not (address.is_loopback or address.is_link_local)
 
 
 _SECOND_PORT_POLICY = RetransmissionPolicy(rto=0.1, rc=2, rm=4)
@@ -88,6 +104,10 @@ class Gatherer:
         self._servers: list[Address] = []
         self._remeasure: _Remeasure | None = None
         self._relay_deadline = 0.0
+        self._port_mapping_pending = False
+        self._finish_waiting = False
+        self.port_mapped: list[tuple[str, int]] = []
+        """External addresses the router mapped to our main socket."""
 
     @property
     def udp_blocked(self) -> bool:
@@ -107,6 +127,10 @@ class Gatherer:
             core.host_bases[host] = candidate
             core.add_local(candidate)
         core.checker.pair_all()
+        mappable = tuple(h for h in hosts if _mappable(h))
+        if core.config.gathering.port_mapping and mappable:
+            self._port_mapping_pending = True
+            core.emit(events.PortMappingWanted(port, mappable))
         self._servers = list(dict.fromkeys(servers))
         for server in self._servers:
             self._new_flow(server, "stun")
@@ -345,9 +369,38 @@ class Gatherer:
             core.checklist.add(relay, remote)
         core.checker.schedule()
 
+    def port_mapping_done(
+        self, external: tuple[str, int] | None, internal_host: str | None, method: str
+    ) -> None:
+        """The router mapped ``external`` to our main socket (None: it did not)."""
+        core = self.core
+        self._port_mapping_pending = False
+        if external is not None and not core.closed:
+            base = core.host_bases.get(internal_host or "") or next(iter(core.host_bases.values()))
+            candidate = replace(
+                make_candidate(
+                    "srflx",
+                    external[0],
+                    external[1],
+                    base=(base.host, base.port),
+                    server=f"port-mapping:{method}",
+                ),
+                extensions=((PORT_MAPPING_EXTENSION, method),),
+            )
+            self.port_mapped.append(external)
+            if core.add_local(candidate):
+                # Sent from the main socket like a STUN one, so nothing new to pair: the
+                # peer's checks to it are what the mapping is for.
+                _log.info("port-mapped candidate {c} ({m})", c=candidate.to_sdp(), m=method)
+        if self._finish_waiting:
+            self.finish()
+
     def finish(self) -> None:
-        """Every candidate is known: end-of-candidates."""
+        """Every candidate is known: end-of-candidates (once the router answered)."""
         if self.complete:
+            return
+        if self._port_mapping_pending:
+            self._finish_waiting = True
             return
         self.complete = True
         self.core.emit(events.LocalCandidate(None))

@@ -11,8 +11,9 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from lab.miniupnpd import miniupnpd_unavailable_reason
 from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, coturn_unavailable_reason, lab_fixture
-from lab.peers import run_connect, start_lab_daemon, start_lab_servers
+from lab.peers import run_connect, start_lab_daemon, start_lab_servers, start_port_mapping
 
 CONES = ("open", "full-cone", "restricted-cone", "port-restricted")
 
@@ -203,3 +204,38 @@ class WhereUsersAreTests(TestCase):
         if reason:
             raise self.skipTest(reason)
         self.hard_cells("public-style")
+
+
+class PortMappingLabTests(TestCase):
+    """miniupnpd (UPnP IGD, NAT-PMP, PCP) on the routers, with the README's daemon."""
+
+    def test_random_against_random_by_port_mapping(self) -> None:
+        """symmetric-random against symmetric-random (no direct path otherwise) connects
+        directly once both routers map ports, and names the method ``port-mapping``."""
+        reason = coturn_unavailable_reason() or miniupnpd_unavailable_reason()
+        if reason:
+            raise self.skipTest(reason)
+        lab = lab_fixture(self)
+        a = lab.add_host("ra", "symmetric-random")
+        b = lab.add_host("rb", "symmetric-random")
+        servers = start_lab_servers(lab, "one-address")
+        start_port_mapping(lab, [a, b])
+        result = run_connect(
+            a, b, servers.url, names=("pma", "pmb"), timeout=15, stun_servers=servers.stun_servers
+        )
+        self.assertTrue(result["ok"], result.get("reason"))
+        self.assertIn("port-mapping", {result["method"], result["other"]["method"]}, result)
+
+    def test_without_a_router_nothing_waits_long(self) -> None:
+        """With no port-mapping router (miniupnpd not running), a cone pair still connects
+        as fast as before: the router's silence only delays end-of-candidates."""
+        lab = lab_fixture(self)
+        a = lab.add_host("ca", "port-restricted")
+        b = lab.add_host("cb", "port-restricted")
+        servers = start_lab_servers(lab, "one-address")
+        result = run_connect(
+            a, b, servers.url, names=("nra", "nrb"), timeout=15, stun_servers=servers.stun_servers
+        )
+        self.assertTrue(result["ok"], result.get("reason"))
+        self.assertEqual(result["method"], "udp-hole-punch")
+        self.assertLess(result["elapsed_ms"], 1000, result)

@@ -12,7 +12,8 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from holepunch.ice import events
-from holepunch.ice.candidate import make_candidate
+from holepunch.ice.candidate import Candidate, make_candidate
+from holepunch.ice.checklist import CandidatePair
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.timers import Timers
@@ -393,3 +394,63 @@ def _drain(core: IceCore) -> list[events.Event]:
     while (event := core.next_event()) is not None:
         out.append(event)
     return out
+
+
+class PortMappingCoreTests(SynchronousTestCase):
+    """The router's mapping as a candidate, in the sans-I/O core."""
+
+    def core(self) -> IceCore:
+        config = IceConfig.on("10.0.0.2", port_mapping=True)
+        return IceCore(True, config, tie_breaker=1)
+
+    def test_candidate_and_end_of_candidates_wait_for_the_router(self) -> None:
+        """The core asks for a mapping of its port; end-of-candidates waits for the answer;
+        the mapped address becomes a server-reflexive candidate that says how it was made."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2", "127.0.0.1"], 5000, [], 0)
+        first = _drain(core)
+        self.assertIn(events.PortMappingWanted(5000, ("10.0.0.2",)), first)
+        self.assertNotIn(events.LocalCandidate(None), first)
+        core.port_mapping_done(("203.0.113.5", 40000), "10.0.0.2", "pcp", 0.3)
+        after = [e for e in _drain(core) if isinstance(e, events.LocalCandidate)]
+        [mapped, end] = after
+        assert mapped.candidate is not None
+        self.assertEqual(mapped.candidate.address, ("203.0.113.5", 40000))
+        self.assertEqual(mapped.candidate.type, "srflx")
+        self.assertIn(("x-port-mapping", "pcp"), mapped.candidate.extensions)
+        self.assertIn("x-port-mapping pcp", mapped.candidate.to_sdp())
+        self.assertIsNone(end.candidate)
+
+    def test_no_mapping_still_ends_candidates(self) -> None:
+        """A router that answers nothing costs the wait, then candidates end."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [], 0)
+        _drain(core)
+        core.port_mapping_done(None, None, "", 1.0)
+        self.assertEqual(
+            [e for e in _drain(core) if isinstance(e, events.LocalCandidate)],
+            [events.LocalCandidate(None)],
+        )
+
+    def test_loopback_only_asks_nothing(self) -> None:
+        """No router is asked for loopback or link-local sockets."""
+        core = self.core()
+        core.start_gathering(["127.0.0.1", "169.254.1.2"], 5000, [], 0)
+        emitted = _drain(core)
+        self.assertFalse(any(isinstance(e, events.PortMappingWanted) for e in emitted))
+        self.assertIn(events.LocalCandidate(None), emitted)
+
+    def test_method_names_the_port_mapping(self) -> None:
+        """A pair toward the peer's port-mapped candidate reports ``port-mapping``."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [], 0)
+        remote = Candidate.from_sdp(
+            "candidate:1 1 udp 1686052607 203.0.113.9 41000 typ srflx raddr 10.1.0.2 "
+            "rport 5000 x-port-mapping upnp"
+        )
+        local = core.local_candidates[0]
+        self.assertEqual(core.method(CandidatePair(local, remote)), "port-mapping")
+        plain = Candidate.from_sdp(
+            "candidate:1 1 udp 1686052607 203.0.113.9 41001 typ srflx raddr 10.1.0.2 rport 5000"
+        )
+        self.assertEqual(core.method(CandidatePair(local, plain)), "udp-hole-punch")
