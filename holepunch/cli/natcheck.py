@@ -26,9 +26,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="HOST:PORT",
         default=None,
-        help="STUN server to ask (repeatable). An RFC 5780 server (two addresses, like "
-        "`twistd holepunch --stun-alternate-address` or coturn with two listening IPs) "
-        "allows every test. Default: $P2P_STUN_SERVERS, else " + ", ".join(DEFAULT_STUN_SERVERS),
+        help="STUN server to ask (repeatable). Two servers, or one that also answers on "
+        "its port + 1 (`twistd holepunch` does), measure mapping and port allocation; an "
+        "RFC 5780 server (two addresses, like `twistd holepunch --stun-alternate-address` or "
+        "coturn with two listening IPs) allows every test, filtering included. Default: "
+        "$P2P_STUN_SERVERS, else " + ", ".join(DEFAULT_STUN_SERVERS),
+    )
+    parser.add_argument(
+        "--no-port-mapping",
+        action="store_true",
+        help="do not ask the router which of PCP, NAT-PMP and UPnP IGD it speaks",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -75,14 +82,29 @@ def format_report(info: NatInfo) -> str:
         + (f" (delta {info.port_delta})" if info.port_delta else ""),
         f"Hairpinning:      {show(info.hairpinning)}",
         f"Server:           {show(info.server)}" + (" (RFC 5780)" if info.rfc5780 else ""),
+        f"Port mapping:     {_port_mapping(info)}",
         "",
         f"Strategy:         {strategy['strategy']} ({strategy['difficulty']})",
         f"                  {strategy['recommendation']}",
         f"Methods:          {', '.join(strategy['methods'])}",
     ]
+    for evidence in info.evidence:
+        lines.append(f"Evidence: {evidence}")
     for note in info.notes:
         lines.append(f"Note: {note}")
     return "\n".join(lines)
+
+
+_PORT_MAPPING_NAMES = {"upnp": "UPnP", "natpmp": "NAT-PMP", "pcp": "PCP"}
+
+
+def _port_mapping(info: NatInfo) -> str:
+    if info.port_mapping is None:
+        return "not asked"
+    return ", ".join(
+        f"{label} {'yes' if info.port_mapping.get(key) else 'no'}"
+        for key, label in _PORT_MAPPING_NAMES.items()
+    )
 
 
 async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -104,7 +126,12 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
 
     try:
         info = await discover_nat(
-            reactor, servers, interface=args.interface, timers=timers, progress=progress
+            reactor,
+            servers,
+            interface=args.interface,
+            timers=timers,
+            progress=progress,
+            port_mapping=not args.no_port_mapping,
         )
     except StunError as e:
         err.write(f"holepunch nat-check: {e}\n")

@@ -45,7 +45,8 @@ class NatDiscoveryService(Service):
         if discover is None:
             from holepunch.nat.discovery import discover_nat_deferred
 
-            discover = discover_nat_deferred
+            def discover(reactor: Any, servers: list[tuple[str, int]]) -> defer.Deferred[NatInfo]:
+                return discover_nat_deferred(reactor, servers, port_mapping=True)
         self.state, self.error = "pending", None
         d = self._running = discover(self.reactor, list(self.servers))
         d.addCallbacks(self._found, self._failed)

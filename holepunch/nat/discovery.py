@@ -448,13 +448,59 @@ async def discover_nat(
     interface: str = "",
     timers: DiscoveryTimers | None = None,
     progress: Progress | None = None,
+    port_mapping: bool = False,
+    port_mapping_timeout: float = 1.0,
 ) -> NatInfo:
     """Find out what NAT this host is behind, by asking ``servers``.
+
+    With ``port_mapping``, also which of PCP, NAT-PMP and UPnP IGD the default gateway
+    answers (asked at the same time, changing nothing on it; only when the servers are
+    reached through that gateway, so a loopback test never asks the real router).
 
     Raises :class:`NoStunServerAnswered` when no server answered over UDP or TCP.
     """
     resolved = [await resolve_server(reactor, host, port) for host, port in servers]
-    return await NatDiscovery(reactor, resolved, interface, timers, progress).run()
+    probing = None
+    if port_mapping and resolved:
+        probing = _probe_port_mapping(reactor, resolved[0], interface, port_mapping_timeout)
+    try:
+        info = await NatDiscovery(reactor, resolved, interface, timers, progress).run()
+    except BaseException:
+        if probing is not None:
+            probing.cancel()
+        raise
+    if probing is not None:
+        found = await probing
+        if found is not None:
+            info.port_mapping = {name: bool(r.get("available")) for name, r in found.items()}
+            answered = [name for name, ok in info.port_mapping.items() if ok]
+            info.evidence.append(
+                "port mapping: the gateway answers "
+                + (", ".join(answered) or "none of")
+                + " (PCP, NAT-PMP, UPnP IGD asked)"
+            )
+    return info
+
+
+def _probe_port_mapping(
+    reactor: Any, server: Address, interface: str, timeout: float
+) -> defer.Deferred[dict[str, dict[str, Any]] | None] | None:
+    """Ask the default gateway which port-mapping protocols it speaks, or None when the
+    STUN server is not reached through it (loopback, another interface)."""
+    from holepunch.nat.portmap import PortMapper, default_gateway
+
+    gateway = default_gateway()
+    if gateway is None:
+        return None
+    try:
+        local = local_address_toward(Address(gateway, 9))
+        if local != (interface or local_address_toward(server)):
+            return None
+    except OSError:
+        return None
+    probing = PortMapper(reactor, gateway, local_address=local).probe(timeout)
+    d: defer.Deferred[dict[str, dict[str, Any]] | None] = probing.addErrback(lambda f: None)
+    return d
 
 
 def discover_nat_deferred(

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from lab.miniupnpd import miniupnpd_unavailable_reason
 from lab.natlab import (
     PRESETS,
     PUBLIC_A,
@@ -22,6 +23,7 @@ from lab.natlab import (
     coturn_unavailable_reason,
     lab_fixture,
 )
+from lab.peers import start_lab_servers, start_port_mapping
 
 EI = "endpoint-independent"
 APD = "address-and-port-dependent"
@@ -156,3 +158,29 @@ class NatCheckInLabTests(TestCase):
         self.assertTrue(any(e.startswith("mapping: ") for e in data["evidence"]), data)
         self.assertTrue(any(e.startswith("allocation: ") for e in data["evidence"]), data)
         self.assertTrue(any("filtering not measured" in n for n in data["notes"]), data)
+
+    def test_readme_daemon_and_port_mapping(self) -> None:
+        """Against the daemon as the README starts it (one address, 3478 and 3479):
+        mapping and allocation from its two ports; which of UPnP, NAT-PMP and PCP the
+        router speaks (miniupnpd on one router, nothing on the other)."""
+        reason = coturn_unavailable_reason() or miniupnpd_unavailable_reason()
+        if reason:
+            raise self.skipTest(reason)
+        lab = lab_fixture(self)
+        hosts = {
+            "with-router": lab.add_host("m0", "symmetric-random"),
+            "without": lab.add_host("m1", "symmetric-random"),
+        }
+        start_lab_servers(lab, "one-address")
+        start_port_mapping(lab, [hosts["with-router"]])
+        results = run_everywhere(hosts, f"{PUBLIC_A}:3478")
+        for name, (data, err) in results.items():
+            assert data is not None, f"{name}: {err}"
+            self.assertEqual((data["mapping"], data["portAllocation"], data["portDelta"]),
+                             (APD, "random", None), data)  # fmt: skip
+            self.assertTrue(any(e.startswith("port mapping: ") for e in data["evidence"]), data)
+        with_router, _ = results["with-router"]
+        without, _ = results["without"]
+        assert with_router is not None and without is not None
+        self.assertEqual(with_router["portMapping"], {"pcp": True, "natpmp": True, "upnp": True})
+        self.assertEqual(without["portMapping"], {"pcp": False, "natpmp": False, "upnp": False})
