@@ -48,10 +48,11 @@ class QuicDatagramProtocol(protocol.DatagramProtocol):
         self.session: QuicSession | None = None
 
     def startProtocol(self) -> None:
-        sock = self.transport.socket
+        sock = getattr(self.transport, "socket", None)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:
                 pass
         is_client, identity, peer_fingerprint, options = self._args
@@ -60,6 +61,7 @@ class QuicDatagramProtocol(protocol.DatagramProtocol):
         )
 
     def _send(self, data: bytes) -> None:
+        assert self.transport is not None
         try:
             self.transport.write(data, self.peer_address)
         except OSError:
