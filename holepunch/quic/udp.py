@@ -61,7 +61,9 @@ class QuicDatagramProtocol(protocol.DatagramProtocol):
         )
 
     def _send(self, data: bytes) -> None:
-        assert self.transport is not None
+        if self.transport is None:  # the port is closing
+            self.send_failures += 1
+            return
         try:
             self.transport.write(data, self.peer_address)
         except OSError:
