@@ -74,7 +74,7 @@ class Fingerprint:
 def parse_fingerprint(value: str | Fingerprint) -> Fingerprint:
     """Parse an ``a=fingerprint`` value (``"sha-256 AB:CD:..."``, RFC 8122 section 5).
 
-    The hash name is case-insensitive; so are the hex digits. Raises :class:`ValueError`
+    The hash name is case-insensitive; so are the hex digits. Raises ``ValueError``
     saying what is wrong: an unknown or weak hash, a malformed byte, a wrong length.
     """
     if isinstance(value, Fingerprint):

@@ -17,7 +17,7 @@ ICE's connectivity checks and consent already validate every path). Streams surv
 a path change; packets lost while the path switches are retransmitted by QUIC.
 
 **Mutual authentication by certificate fingerprint.** Each peer has a
-:class:`~holepunch.quic.identity.PeerIdentity` (a key pair and a self-signed
+:class:`PeerIdentity <holepunch.quic.identity.PeerIdentity>` (a key pair and a self-signed
 certificate) and learns the other's fingerprint from signaling (offer/answer), as
 WebRTC does with DTLS. TLS certificate-authority checks are off; instead:
 
@@ -634,7 +634,7 @@ def session_over_channel(
     peer_fingerprint: str | Fingerprint,
     options: QuicOptions | None = None,
 ) -> QuicSession:
-    """A :class:`QuicSession` on an ICE :class:`~holepunch.ice.connection.Channel`.
+    """A :class:`QuicSession` on an ICE :class:`Channel <holepunch.ice.connection.Channel>`.
 
     The channel's datagrams feed the session, the session writes with
     ``channel.send``; when the channel disconnects the session closes, and closing the

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.integration.test_quic_udp -*-
-"""A :class:`~holepunch.quic.session.QuicSession` on a plain Twisted UDP port.
+"""A :class:`QuicSession <holepunch.quic.session.QuicSession>` on a plain Twisted UDP port.
 
 For a path that is just a UDP socket and a peer address (tests, benchmarks, a peer
-reached without ICE). With ICE, use :func:`~holepunch.quic.session.session_over_channel`
+reached without ICE). With ICE, use :func:`session_over_channel <holepunch.quic.session.session_over_channel>`
 on the agent's connection instead: the agent owns the socket and its demultiplexing.
 """
 
