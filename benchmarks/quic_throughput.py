@@ -321,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:
         print(f"{args.mib} MiB over 127.0.0.1, one stream, both ends in one process")
-        print(f"{'contender':<18}{'MB/s':>10}{'CPU s/GB':>12}{'seconds':>10}")
+        print(f"{'contender':<30}{'MB/s':>10}{'CPU s/GB':>12}{'seconds':>10}")
         for row in rows:
             print(
-                f"{row['mode']:<18}{row['mb_per_s']:>10}{row['cpu_s_per_gb']:>12}"
+                f"{row['mode']:<30}{row['mb_per_s']:>10}{row['cpu_s_per_gb']:>12}"
                 f"{row['seconds']:>10}"
             )
     return 0

@@ -2,8 +2,9 @@
 """A :class:`QuicSession <holepunch.quic.session.QuicSession>` on a plain Twisted UDP port.
 
 For a path that is just a UDP socket and a peer address (tests, benchmarks, a peer
-reached without ICE). With ICE, use :func:`session_over_channel <holepunch.quic.session.session_over_channel>`
-on the agent's connection instead: the agent owns the socket and its demultiplexing.
+reached without ICE). With ICE, use
+:func:`session_over_channel <holepunch.quic.session.session_over_channel>` on the agent's
+connection instead: the agent owns the socket and its demultiplexing.
 """
 
 from __future__ import annotations
