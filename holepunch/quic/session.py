@@ -45,7 +45,7 @@ dropped and counted in :attr:`QuicSession.stats`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aioquic.buffer import Buffer
@@ -109,12 +109,15 @@ class PeerAuthenticationError(SessionClosed):
 class QuicOptions:
     """Tunables of a :class:`QuicSession`.
 
-    ``max_datagram_size`` is the UDP payload QUIC fills: 1200 by default, the QUIC
-    minimum, which still fits through a TURN relay (ChannelData's 4 bytes, or a Send
-    indication's ~36) on a 1280-byte IPv6 path.
+    ``keepalive`` (seconds, or None for none) sends a QUIC PING when the session has been
+    quiet that long, so an idle but healthy connection does not reach ``idle_timeout``
+    (aioquic sends none of its own). ``max_datagram_size`` is the UDP payload QUIC
+    fills: 1200 by default, the QUIC minimum, which still fits through a TURN relay
+    (ChannelData's 4 bytes, or a Send indication's ~36) on a 1280-byte IPv6 path.
     """
 
     idle_timeout: float = 30.0
+    keepalive: float | None = 10.0
     connect_timeout: float = 15.0
     max_datagram_size: int = 1200
     max_data: int = 1 << 20
@@ -141,7 +144,7 @@ class SessionStats:
     dropped_refused: int = 0
     send_errors: int = 0
     streams_refused: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+    keepalives_sent: int = 0
 
 
 class QuicSession:
@@ -190,6 +193,8 @@ class QuicSession:
         self._quic: PinnedQuicConnection | None = None
         self._timer: interfaces.IDelayedCall | None = None
         self._flush: interfaces.IDelayedCall | None = None
+        self._keepalive: interfaces.IDelayedCall | None = None
+        self._last_received = reactor.seconds()
         self._pending: list[events.QuicEvent] = []
         self._streams: dict[int, QuicStreamTransport] = {}
         self._finished_streams: set[int] = set()
@@ -230,6 +235,7 @@ class QuicSession:
             self.stats.dropped_not_quic += 1
             return
         now = self._reactor.seconds()
+        self._last_received = now
         try:
             if self._quic is None and not self._accept_first(data):
                 self.stats.dropped_refused += 1
@@ -342,6 +348,8 @@ class QuicSession:
             )
             return
         self.authenticated = True
+        if self.options.keepalive is not None:
+            self._keepalive = self._reactor.callLater(self.options.keepalive, self._keepalive_due)
         if self._connect_deadline is not None and self._connect_deadline.active():
             self._connect_deadline.cancel()
         self._connect_deadline = None
@@ -595,6 +603,19 @@ class QuicSession:
         if self._quic is not None:
             self._transmit()
 
+    def _keepalive_due(self) -> None:
+        self._keepalive = None
+        interval = self.options.keepalive
+        if self.closed is not None or self._quic is None or interval is None:
+            return
+        quiet = self._reactor.seconds() - self._last_received
+        if quiet >= interval:
+            self.stats.keepalives_sent += 1
+            self._quic.send_ping(self.stats.keepalives_sent)
+            self._schedule_flush()
+            quiet = 0.0
+        self._keepalive = self._reactor.callLater(interval - quiet, self._keepalive_due)
+
     def _connect_timed_out(self) -> None:
         self._connect_deadline = None
         if not self.authenticated:
@@ -604,10 +625,10 @@ class QuicSession:
         self.closed = reason
         log = _log.warn if isinstance(reason, PeerAuthenticationError) else _log.info
         log("QUIC session closed: {reason}", reason=reason.reason)
-        for call in (self._timer, self._flush, self._connect_deadline):
+        for call in (self._timer, self._flush, self._connect_deadline, self._keepalive):
             if call is not None and call.active():
                 call.cancel()
-        self._timer = self._flush = self._connect_deadline = None
+        self._timer = self._flush = self._connect_deadline = self._keepalive = None
         self._pending = []
         for transport in list(self._streams.values()):
             transport.session_closed(reason)

@@ -512,6 +512,20 @@ class CloseTests(unittest.TestCase):
             any(c.active() for c in pipe.clock.getDelayedCalls() if c.func.__self__ is pipe.client)
         )
 
+    def test_keepalive(self):
+        """A quiet but healthy session stays up well past the idle timeout (PINGs)."""
+        pipe = connected_pipe(options=QuicOptions(idle_timeout=5.0, keepalive=2.0))
+        pipe.pump(until=lambda: pipe.clock.seconds() > 30, limit=40, step=0.05)
+        self.assertIsNone(pipe.client.closed)
+        self.assertIsNone(pipe.server.closed)
+        self.assertGreater(pipe.client.stats.keepalives_sent + pipe.server.stats.keepalives_sent, 5)
+
+    def test_without_keepalive_idles_out(self):
+        """Without keepalives, a quiet session closes at the idle timeout."""
+        pipe = connected_pipe(options=QuicOptions(idle_timeout=5.0, keepalive=None))
+        pipe.pump(until=lambda: pipe.client.closed is not None, limit=10, step=0.05)
+        self.assertIn("Idle timeout", pipe.client.closed.reason)
+
     def test_engine_internals_pinned(self):
         """The aioquic internals holepunch relies on are there (see holepunch.quic._engine)."""
         from holepunch.quic._engine import check_aioquic
