@@ -42,11 +42,21 @@ def check_aioquic() -> None:
         )
 
 
+_INSTANCE_INTERNALS = ("_streams", "_datagrams_pending", "_state", "_close_event", "_is_client")
+
+
 class PinnedQuicConnection(QuicConnection):
     """A ``QuicConnection`` whose server side asks the client for its certificate."""
 
     def __init__(self, configuration: QuicConfiguration, **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
+        missing = [name for name in _INSTANCE_INTERNALS if not hasattr(self, name)]
+        if missing:
+            raise AioquicIncompatible(
+                "this aioquic's QuicConnection lacks "
+                + ", ".join(missing)
+                + "; holepunch.quic is tested with aioquic 1.7"
+            )
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -70,6 +80,10 @@ class PinnedQuicConnection(QuicConnection):
             return 0
         sender = stream.sender
         return int(sender._buffer_stop - sender._buffer_start)
+
+    def datagrams_pending(self) -> int:
+        """DATAGRAM frames queued and not yet sent (congestion-limited)."""
+        return len(self._datagrams_pending)
 
     def termination(self) -> events.ConnectionTerminated | None:
         """Why the connection is closing, once it is (either side), else None."""

@@ -127,6 +127,7 @@ class QuicOptions:
     send_buffer_low: int = 256 << 10
     receive_buffer_limit: int = 4 << 20
     datagram_backlog: int = 256
+    datagram_send_queue: int = 256
     alpn: str = ALPN
     congestion_control: str = "reno"
     peer_id: str | None = None
@@ -145,6 +146,7 @@ class SessionStats:
     send_errors: int = 0
     streams_refused: int = 0
     keepalives_sent: int = 0
+    datagrams_dropped_queue_full: int = 0
 
 
 class QuicSession:
@@ -269,6 +271,11 @@ class QuicSession:
     def _schedule_flush(self) -> None:
         if self._flush is None and self.closed is None:
             self._flush = self._reactor.callLater(0, self._transmit)
+
+    def _flush_now(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._transmit()
 
     def _transmit(self) -> None:
         """Send what aioquic has to send, re-arm its timer, wake stalled producers."""
@@ -507,13 +514,24 @@ class QuicSession:
         return self.options.max_datagram_size - DATAGRAM_OVERHEAD
 
     def send_datagram(self, data: bytes) -> None:
-        """Send one encrypted, unreliable datagram (RFC 9221 DATAGRAM frame)."""
+        """Send one encrypted, unreliable datagram (RFC 9221 DATAGRAM frame).
+
+        Raises ``ValueError`` above :attr:`max_datagram_payload` and
+        :class:`SessionClosed` once closed. While congestion control holds more than
+        ``datagram_send_queue`` datagrams back, further ones are dropped and counted.
+        """
         if self.closed is not None:
             raise self.closed
         if len(data) > self.max_datagram_payload:
             raise ValueError(f"datagram of {len(data)} bytes exceeds {self.max_datagram_payload}")
         if self._quic is None:
             raise SessionClosed("not connected yet")
+        if self._quic.datagrams_pending() >= self.options.datagram_send_queue:
+            self._flush_now()
+        if self._quic.datagrams_pending() >= self.options.datagram_send_queue:
+            # Unreliable anyway: drop rather than queue without bound while congested.
+            self.stats.datagrams_dropped_queue_full += 1
+            return
         self._quic.send_datagram_frame(bytes(data))
         self._schedule_flush()
 

@@ -539,3 +539,23 @@ class CloseTests(unittest.TestCase):
         pipe.pump()
         self.assertEqual(pipe.client._stream_backlog(client.transport.stream_id), 0)
         self.assertIsInstance(pipe.server, QuicSession)
+        engine = pipe.client._quic
+        self.assertIsNone(engine.termination())
+        self.assertEqual(engine.datagrams_pending(), 0)
+        engine.send_datagram_frame(b"x")
+        self.assertEqual(engine.datagrams_pending(), 1)
+        pipe.client.close("bye")
+        self.assertEqual(engine.termination().reason_phrase, "bye")
+
+    def test_datagram_queue_bounded(self):
+        """Datagrams sent faster than the path takes them are dropped past the queue bound."""
+        pipe = connected_pipe(options=QuicOptions(datagram_send_queue=10))
+        for i in range(100):
+            pipe.client.send_datagram(b"%04d" % i + b"d" * 996)
+        dropped = pipe.client.stats.datagrams_dropped_queue_full
+        got = []
+        pipe.server.on_datagram(got.append)
+        pipe.pump()
+        self.assertGreater(dropped, 0)
+        self.assertEqual(len(got), 100 - dropped)
+        self.assertGreater(len(got), 10)
