@@ -111,6 +111,7 @@ class QuicStreamTransport:
         self._producer: Any = None
         self._streaming = False
         self._producer_paused = False
+        self._close_after_producer: str | None = None
         self.bytes_written = 0
         self.bytes_received = 0
 
@@ -132,8 +133,12 @@ class QuicStreamTransport:
         self.write(b"".join(data))
 
     def loseWriteConnection(self) -> None:
-        """Send FIN after everything written; keep reading."""
+        """Send FIN after everything written; keep reading. With a producer registered,
+        once it unregisters (as Twisted's transports do)."""
         if self._write_closed or self._lost:
+            return
+        if self._producer is not None:
+            self._close_after_producer = self._close_after_producer or "write"
             return
         self._write_closed = True
         self._session._stream_write(self.stream_id, b"", end_stream=True)
@@ -141,10 +146,14 @@ class QuicStreamTransport:
         self._session._call_soon(self._write_side_lost)
 
     def loseConnection(self) -> None:
-        """Send FIN after everything written, stop reading (STOP_SENDING), then lose."""
+        """Send FIN after everything written, stop reading (STOP_SENDING), then lose.
+        With a producer registered, once it unregisters (as Twisted's transports do)."""
         if self._lost or self.disconnecting:
             return
         self.disconnecting = True
+        if self._producer is not None:
+            self._close_after_producer = "both"
+            return
         if not self._write_closed:
             self._write_closed = True
             self._session._stream_write(self.stream_id, b"", end_stream=True)
@@ -187,8 +196,14 @@ class QuicStreamTransport:
             self._check_send_buffer()
 
     def unregisterProducer(self) -> None:
-        """Forget the producer."""
+        """Forget the producer (and close, if ``loseConnection`` was waiting for it)."""
         self._producer = None
+        pending, self._close_after_producer = self._close_after_producer, None
+        if pending == "both":
+            self.disconnecting = False
+            self.loseConnection()
+        elif pending == "write":
+            self.loseWriteConnection()
 
     # IPushProducer (the reading side)
 
@@ -254,24 +269,19 @@ class QuicStreamTransport:
         )
 
     def stop_sending_received(self, error_code: int) -> None:
-        """The peer asked us to stop sending (STOP_SENDING); aioquic reset our side."""
+        """The peer asked us to stop sending (STOP_SENDING); aioquic reset our side.
+
+        Only our write side ends: what the peer still sends (up to its FIN, which a
+        peer's ``loseConnection`` sends too, or its RESET_STREAM) is still delivered.
+        """
         if self._lost or self._write_closed:
             return
         self._write_closed = True
         self._stop_producer()
-        if interfaces.IHalfCloseableProtocol.providedBy(self.protocol) and not self._read_closed:
-            self._call_protocol("writeConnectionLost")
-            return
         if interfaces.IHalfCloseableProtocol.providedBy(self.protocol):
             self._call_protocol("writeConnectionLost")
+        if self._read_closed:
             self.connection_lost(Failure(error.ConnectionDone()))
-            return
-        if not self._read_closed:
-            self._read_closed = True
-            self._session._stream_stop(self.stream_id, 0)
-        self.connection_lost(
-            Failure(error.ConnectionLost(f"peer stopped reading (code {error_code})"))
-        )
 
     def session_closed(self, reason: Exception) -> None:
         """The whole QUIC connection ended."""

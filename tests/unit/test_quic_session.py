@@ -346,6 +346,28 @@ class StreamTests(unittest.TestCase):
         pipe.pump(until=lambda: len(server_side[0].received) == total)
         self.assertGreater(producer.pauses, 0)
 
+    def test_file_sender(self):
+        """twisted's FileSender (a pull producer) sends a file; loseConnection waits for it."""
+        import io
+
+        from twisted.protocols.basic import FileSender
+
+        pipe = connected_pipe(
+            options=QuicOptions(send_buffer_high=64 * 1024, send_buffer_low=16 * 1024)
+        )
+        server_side = listen(pipe, pipe.server, Collect)
+        content = random.Random(9).randbytes(1_500_000)
+        client = Collect()
+        pipe.client.open_stream(client)
+        sent = FileSender().beginFileTransfer(io.BytesIO(content), client.transport)
+        client.transport.loseConnection()  # must wait for the producer to finish
+        finished = []
+        sent.addCallback(finished.append)
+        pipe.pump(until=lambda: server_side and server_side[0].lost is not None)
+        self.assertTrue(finished)
+        self.assertEqual(bytes(server_side[0].received), content)
+        server_side[0].lost.trap(error.ConnectionDone)
+
     def test_paused_reading(self):
         """pauseProducing holds data back from the protocol; resumeProducing delivers it."""
         pipe = connected_pipe()
