@@ -46,7 +46,8 @@ _INSTANCE_INTERNALS = ("_streams", "_datagrams_pending", "_state", "_close_event
 
 
 class PinnedQuicConnection(QuicConnection):
-    """A ``QuicConnection`` whose server side asks the client for its certificate."""
+    """A ``QuicConnection`` whose server side asks the client for its certificate, and
+    whose streams can be given application-driven receive windows."""
 
     def __init__(self, configuration: QuicConfiguration, **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
@@ -57,6 +58,8 @@ class PinnedQuicConnection(QuicConnection):
                 + ", ".join(missing)
                 + "; holepunch.quic is tested with aioquic 1.7"
             )
+        # stream id -> [window, bytes the application consumed]
+        self._receive_windows: dict[int, list[int]] = {}
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -80,6 +83,46 @@ class PinnedQuicConnection(QuicConnection):
             return 0
         sender = stream.sender
         return int(sender._buffer_stop - sender._buffer_start)
+
+    def limit_receive_window(self, stream_id: int, window: int) -> None:
+        """Grant the peer credit (MAX_STREAM_DATA) only up to ``window`` bytes beyond what
+        the application consumed on this stream (see :meth:`consumed`).
+
+        aioquic's own rule doubles a stream's limit whenever half of it has *arrived*,
+        whether or not anyone read it; with this, a reader that stops reading stops
+        the sender after at most ``window`` (or the initial ``max_stream_data``) bytes.
+        """
+        self._receive_windows[stream_id] = [window, 0]
+
+    def consumed(self, stream_id: int, nbytes: int) -> None:
+        """The application took ``nbytes`` more of the stream."""
+        entry = self._receive_windows.get(stream_id)
+        if entry is not None:
+            entry[1] += nbytes
+
+    def forget_receive_window(self, stream_id: int) -> None:
+        """Stop managing the stream's window."""
+        self._receive_windows.pop(stream_id, None)
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        entry = self._receive_windows.get(stream.stream_id)
+        if entry is None or not stream.max_stream_data_local:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        window, consumed = entry
+        target = consumed + window
+        # Batch updates: raise the limit once a quarter window was consumed.
+        if target - stream.max_stream_data_local >= window // 4:
+            stream.max_stream_data_local = target
+        # aioquic's method doubles the limit when highest_offset * 2 exceeds it; hide
+        # the offset so that it only sends the MAX_STREAM_DATA frame we decided on.
+        receiver = stream.receiver
+        highest = receiver.highest_offset
+        receiver.highest_offset = 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
 
     def datagrams_pending(self) -> int:
         """DATAGRAM frames queued and not yet sent (congestion-limited)."""

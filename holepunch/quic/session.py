@@ -125,7 +125,8 @@ class QuicOptions:
     max_datagram_frame_size: int = 65536
     send_buffer_high: int = 1 << 20
     send_buffer_low: int = 256 << 10
-    receive_buffer_limit: int = 4 << 20
+    stream_receive_window: int = 2 << 20
+    receive_buffer_limit: int = 8 << 20
     datagram_backlog: int = 256
     datagram_send_queue: int = 256
     alpn: str = ALPN
@@ -431,6 +432,7 @@ class QuicSession:
             protocol = protocol_or_factory
         transport = QuicStreamTransport(self, stream_id, protocol, host, peer)
         self._streams[stream_id] = transport
+        self._quic.limit_receive_window(stream_id, self.options.stream_receive_window)
         protocol.makeConnection(transport)
         self._schedule_flush()
         return defer.succeed(protocol)
@@ -455,6 +457,8 @@ class QuicSession:
             self, stream_id, protocol, host, peer, writable=not unidirectional
         )
         self._streams[stream_id] = transport
+        assert self._quic is not None
+        self._quic.limit_receive_window(stream_id, self.options.stream_receive_window)
         protocol.makeConnection(transport)
         return transport
 
@@ -502,6 +506,15 @@ class QuicSession:
     def _stream_forget(self, stream_id: int) -> None:
         if self._streams.pop(stream_id, None) is not None:
             self._finished_streams.add(stream_id)
+        if self._quic is not None:
+            self._quic.forget_receive_window(stream_id)
+
+    def _stream_consumed(self, stream_id: int, nbytes: int, resumed: bool) -> None:
+        if self._quic is None:
+            return
+        self._quic.consumed(stream_id, nbytes)
+        if resumed:
+            self._schedule_flush()  # the new credit goes out without waiting for data
 
     def _call_soon(self, f: Callable[..., object], *args: object) -> None:
         self._reactor.callLater(0, f, *args)

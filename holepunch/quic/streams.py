@@ -18,10 +18,12 @@ section 2) as its ``ITransport``:
   for more below ``send_buffer_low``. A protocol that writes regardless of its producer
   grows aioquic's buffer, as it would grow a TCP transport's.
 - Flow control, receiving: the transport is an ``IPushProducer``. ``pauseProducing``
-  stops ``dataReceived`` calls. aioquic extends QUIC flow-control credit as data
-  arrives, not as the application consumes it, and has no API to withhold it, so a
-  paused stream buffers what arrives, up to ``receive_buffer_limit`` bytes; beyond that
-  the stream is aborted (STOP_SENDING, RESET_STREAM) and the protocol's
+  stops ``dataReceived`` calls, and the peer gets flow-control credit (MAX_STREAM_DATA)
+  only for ``stream_receive_window`` bytes beyond what the protocol consumed, so a
+  paused reader stops the sender. (aioquic by itself extends credit as data *arrives*;
+  :mod:`holepunch.quic._engine` replaces that rule for our streams.) What arrives
+  while paused is buffered; as a backstop, a stream whose buffer still exceeds
+  ``receive_buffer_limit`` is aborted (STOP_SENDING, RESET_STREAM) and its protocol's
   ``connectionLost`` gets a :class:`ReceiveBufferExceeded`. Memory per stream is bounded.
 """
 
@@ -222,6 +224,7 @@ class QuicStreamTransport:
                 self._read_buffer.append(data)
                 self._read_buffered += len(data)
                 continue
+            self._session._stream_consumed(self.stream_id, len(data), resumed=True)
             self.protocol.dataReceived(data)
         if self._read_fin_pending and not self._reading_paused and not self._lost:
             self._read_fin_pending = False
@@ -252,6 +255,7 @@ class QuicStreamTransport:
                 self._read_fin_pending = True
             return
         if data:
+            self._session._stream_consumed(self.stream_id, len(data), resumed=False)
             self.protocol.dataReceived(data)
         if end_stream and not self._lost:
             self._read_side_finished()

@@ -386,9 +386,35 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(bytes(server.received), b"firstsecond")
         pipe.pump(until=lambda: server.lost is not None)
 
+    def test_paused_reading_stops_sender(self):
+        """A paused reader withholds flow-control credit: the sender stalls, nothing is lost."""
+        window = 256 * 1024
+        pipe = connected_pipe(
+            options=QuicOptions(max_stream_data=window, stream_receive_window=window)
+        )
+        server_side = listen(pipe, pipe.server, Collect)
+        client = Collect(b"go")
+        pipe.client.open_stream(client)
+        pipe.pump(until=lambda: server_side and server_side[0].received == b"go")
+        server = server_side[0]
+        server.transport.pauseProducing()
+        data = random.Random(4).randbytes(5_000_000)
+        client.transport.write(data)
+        client.transport.loseWriteConnection()
+        pipe.pump()
+        # Only about one window crossed; the rest waits in the sender's buffer.
+        self.assertLessEqual(server.transport._read_buffered, 2 * window)
+        self.assertGreater(pipe.client._stream_backlog(client.transport.stream_id), 4_000_000)
+        self.assertIsNone(server.lost)
+        server.transport.resumeProducing()
+        pipe.pump(until=lambda: server.lost is not None)
+        self.assertEqual(bytes(server.received), b"go" + data)
+        server.lost.trap(error.ConnectionDone)
+
     def test_paused_reading_bounded(self):
         """A paused stream that receives more than its limit is aborted."""
         pipe = connected_pipe(options=QuicOptions(receive_buffer_limit=100_000))
+        # (the window is larger than the limit here, so the backstop is what acts)
         server_side = listen(pipe, pipe.server, Collect)
         client = Collect(b"go")
         pipe.client.open_stream(client)
