@@ -4,8 +4,10 @@
 aioquic's TLS stack implements client certificates (the server's CertificateRequest,
 the client's Certificate and CertificateVerify, the server checking the client's
 signature over the handshake transcript), but ``QuicConnection`` offers no option to
-turn the request on, nor an accessor for the peer's certificate. Stream send buffers
-and the closing state are not public either. Everything that depends on those
+turn the request on, nor an accessor for the peer's certificate. Its rule for stream
+flow-control credit (double the limit once half has arrived) ignores whether the
+application read anything, and has no hook. Stream send buffers, queued datagrams and
+the closing state are not public either. Everything that depends on those
 internals is in this one module, and :func:`check_aioquic` fails loudly (at session
 creation) if an aioquic release renames them; the unit tests pin each of them.
 """
