@@ -297,6 +297,19 @@ class StreamTests(unittest.TestCase):
         server_side[0].lost.trap(error.ConnectionLost)
         self.assertIsNone(pipe.client.closed)
 
+    def test_peer_unidirectional_stream(self):
+        """A unidirectional stream the peer opens is delivered read-only."""
+        pipe = connected_pipe()
+        server_side = listen(pipe, pipe.server, HalfClose)
+        engine = pipe.client._quic
+        stream_id = engine.get_next_available_stream_id(is_unidirectional=True)
+        engine.send_stream_data(stream_id, b"one way", end_stream=True)
+        pipe.client._schedule_flush()
+        pipe.pump(until=lambda: server_side and server_side[0].lost is not None)
+        self.assertEqual(bytes(server_side[0].received), b"one way")
+        self.assertTrue(server_side[0].read_lost)
+        server_side[0].transport.write(b"ignored")  # write side closed: no error
+
     def test_refused_without_listener(self):
         """A stream the peer opens while nobody listens is refused and counted."""
         pipe = connected_pipe()
