@@ -153,7 +153,7 @@ class QuicStreamTransport:
         if self._lost or self.disconnecting:
             return
         self.disconnecting = True
-        if self._producer is not None:
+        if self._producer is not None and not self._write_closed:
             self._close_after_producer = "both"
             return
         if not self._write_closed:
@@ -190,6 +190,7 @@ class QuicStreamTransport:
         self._streaming = streaming
         self._producer_paused = False
         if self._lost or self._write_closed:
+            self._producer = None
             producer.stopProducing()
             return
         if not streaming:
