@@ -38,8 +38,11 @@ Until the peer is authenticated, no stream or datagram event reaches the applica
 (aioquic cannot decrypt 1-RTT data before the handshake's Finished, and the session
 holds back any event until its check passed), so a wrong peer never delivers a byte.
 
-Garbage datagrams (not QUIC by their first byte, RFC 9443, or refused by aioquic) are
-dropped and counted in :attr:`QuicSession.stats`.
+Garbage never raises. Datagrams that are not QUIC by their first byte (RFC 9443) are
+dropped and counted (``stats.dropped_not_quic``), as are a server's unusable first
+packets and anything aioquic raises on (``stats.dropped_refused``). Packets that look
+like QUIC but fail decryption are dropped by aioquic itself, which does not report
+them (its ``quic_logger`` can).
 """
 
 from __future__ import annotations
