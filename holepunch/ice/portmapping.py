@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from holepunch.ice.config import GatheringConfig
 from holepunch.nat.portmap import PortMapper, PortMapping, Renewal, default_gateway
-from holepunch.nat.portmap.gateway import local_address_toward
+from holepunch.routes import source_address_toward
 
 _log = Logger()
 
@@ -53,7 +53,7 @@ class AgentPortMapping:
             done(None)
             return
         try:
-            local = local_address_toward(gateway)
+            local = source_address_toward(gateway)
         except OSError as e:
             _log.debug("no port mapping: {err}", err=e)
             done(None)

@@ -10,12 +10,13 @@ birthday probing and re-measures); what arrives is handed on with that number.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
+
+from holepunch.routes import source_address_toward
 
 
 def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
@@ -36,12 +37,11 @@ def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
 
 
 def route_source(remote: tuple[str, int]) -> str | None:
-    """The local address the kernel would send from toward ``remote`` (no packet sent)."""
+    """The local address the kernel would send from toward ``remote`` (no packet sent),
+    or None when there is no route."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(remote)
-            return str(s.getsockname()[0])
-    except OSError:
+        return source_address_toward(*remote)
+    except (OSError, ValueError):
         return None
 
 

@@ -30,8 +30,6 @@ port allocation. Filtering needs CHANGE-REQUEST and is reported ``unknown`` with
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +46,7 @@ from holepunch.nat.model import (
     classify,
     port_allocation,
 )
+from holepunch.routes import source_address_toward
 from holepunch.stun.client import (
     BindingResult,
     NoStunServerAnswered,
@@ -101,12 +100,6 @@ class DiscoveryTimers:
         )
 
 
-def local_address_toward(server: Address) -> str:
-    """The local address the kernel would use to reach ``server`` (no packet is sent)."""
-    family = socket.AF_INET6 if ipaddress.ip_address(server.host).version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.connect((server.host, server.port))
-        return str(s.getsockname()[0])
 
 
 class NatDiscovery:
@@ -183,7 +176,7 @@ class NatDiscovery:
         server, first = next(
             ((s, a) for s, a in answered if a.other_address is not None), answered[0]
         )
-        local_ip = self.interface or local_address_toward(server)
+        local_ip = self.interface or source_address_toward(server.host, server.port)
         local_port = main.local.port
         info = NatInfo(
             type=NatType.PORT_RESTRICTED,
@@ -242,7 +235,7 @@ class NatDiscovery:
             except Exception as e:  # any failure of this server: report it, try the next
                 failures[name] = f"no UDP response; TCP: {e}"
                 continue
-            local_ip = self.interface or local_address_toward(server)
+            local_ip = self.interface or source_address_toward(server.host, server.port)
             info = NatInfo(
                 type=NatType.UDP_BLOCKED,
                 public_address=result.mapped.host,
@@ -493,8 +486,8 @@ def _probe_port_mapping(
     if gateway is None:
         return None
     try:
-        local = local_address_toward(Address(gateway, 9))
-        if local != (interface or local_address_toward(server)):
+        local = source_address_toward(gateway)
+        if local != (interface or source_address_toward(server.host, server.port)):
             return None
     except OSError:
         return None

@@ -46,11 +46,3 @@ def default_gateway(route_file: str = ROUTE_FILE) -> str | None:
             return parse_proc_net_route(f.read())
     except OSError:
         return None
-
-
-def local_address_toward(gateway: str) -> str:
-    """This host's source address for packets to ``gateway`` (asks the kernel, sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((gateway, 9))
-        address: str = s.getsockname()[0]
-        return address

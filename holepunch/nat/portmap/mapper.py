@@ -40,9 +40,10 @@ from holepunch.nat.portmap._core import (
     ResultCodeError,
     RetransmittingRequest,
 )
-from holepunch.nat.portmap.gateway import default_gateway, local_address_toward
+from holepunch.nat.portmap.gateway import default_gateway
 from holepunch.nat.portmap.gateway_udp import send_request
 from holepunch.nat.portmap.upnp import UpnpClient
+from holepunch.routes import source_address_toward
 
 _log = Logger()
 
@@ -193,7 +194,7 @@ class PortMapper:
     def local_address(self) -> str:
         """This host's address toward the gateway: the internal address of its mappings."""
         if self._local_address is None:
-            self._local_address = local_address_toward(self.gateway)
+            self._local_address = source_address_toward(self.gateway)
         return self._local_address
 
     def _upnp_client(self) -> UpnpClient:
