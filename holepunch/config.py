@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """One configuration object for the coordinator and the daemon, from every source.
 
 :class:`P2PConfig` holds the seed's settings in snake_case. :func:`build_config` fills it

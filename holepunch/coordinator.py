@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_coordinator -*-
+# -*- test-case-name: tests.integration.test_coordinator -*-
 """``P2PCoordinator``: the one object the seed's users know, as a Twisted service.
 
 It detects the NAT, hosts a signaling server and/or joins a remote one, and returns a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_protocol,tests.test_stun_server -*-
+# -*- test-case-name: tests.unit.test_signaling_protocol,tests.unit.test_stun_server -*-
 """Token-bucket rate limiting, sans-I/O: the caller passes the time.
 
 One :class:`TokenBucket` limits one sender (the signaling server keeps one per

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_client,tests.test_connect_cli -*-
+# -*- test-case-name: tests.unit.test_signaling_client,tests.integration.test_connect_cli -*-
 """The ``holepunch`` command line.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connect_cli -*-
+# -*- test-case-name: tests.integration.test_connect_cli -*-
 """``holepunch connect``: reach a peer through NATs, then carry lines like ``nc -u``.
 
 Each line of stdin goes to the peer as one datagram; each datagram from the peer is

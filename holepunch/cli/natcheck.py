@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_nat_cli -*-
+# -*- test-case-name: tests.integration.test_nat_discovery -*-
 """``holepunch nat-check``: what NAT am I behind, and what will work through it.
 
 Human output by default (progress on stderr while the tests run); with ``--json``,

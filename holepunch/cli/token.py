@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_client -*-
+# -*- test-case-name: tests.unit.test_signaling_client -*-
 """``holepunch token``: mint a signaling auth token for one peer id.
 
 The secret is the one the server runs with (``twistd holepunch --auth-secret`` or

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """HTTP endpoints of the daemon and the coordinator: health, stats, NAT, Prometheus.
 
 The seed's example 3 as twisted.web resources, plus ``/metrics``

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """Prometheus metrics of the daemon and the coordinator, served by ``/metrics``.
 
 A :class:`Metrics` has its own ``CollectorRegistry``: the connection counters are kept

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """``--discover-nat``: the daemon finds out, once at start-up, what NAT it is behind."""
 
 from __future__ import annotations

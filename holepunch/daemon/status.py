@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """The daemon's :class:`holepunch.interfaces.IStatusProvider`: what its HTTP pages and
 ``/metrics`` show of its signaling and STUN servers and its NAT discovery."""
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap,tests.test_web -*-
+# -*- test-case-name: tests.unit.test_tap,tests.unit.test_web -*-
 """``twistd holepunch``: options and the service tree of the daemon.
 
 The daemon runs, each part optional:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """The ICE agent for Twisted: the sans-I/O :class:`IceCore <holepunch.ice.core.IceCore>`
 with sockets, TURN relays and one timer around it.
 

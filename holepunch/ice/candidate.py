@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_candidate -*-
+# -*- test-case-name: tests.unit.test_ice_candidate -*-
 """ICE candidates: RFC 8445 section 5.1 (priorities, foundations) and the RFC 8839
 section 5.1 ``candidate`` attribute grammar, with the RFC 6544 ``tcptype`` extension.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_checklist -*-
+# -*- test-case-name: tests.unit.test_ice_core,tests.unit.test_ice_agent -*-
 """The ICE check list: candidate pairs, their states and order (RFC 8445 section 6.1.2).
 
 Pure state: no sockets, no clock. The agent decides which pairs to form and when to

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """Connectivity checks (RFC 8445 6.1.4, 7.2 and 7.3) for the sans-I/O
 :class:`IceCore <holepunch.ice.core.IceCore>`.
 

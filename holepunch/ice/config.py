@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """Settings of the ICE engine, grouped by the part of the engine that reads them.
 
 :class:`IceConfig` holds one sub-config per concern: :class:`GatheringConfig` (RFC 8445

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """The result of ICE: a working, authenticated datagram path to a peer.
 
 A :class:`PeerConnection` sends and receives application datagrams on the agent's one

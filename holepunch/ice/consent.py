@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """After selection: consent freshness (RFC 7675) and keepalives (RFC 8445 11) for the
 sans-I/O :class:`IceCore <holepunch.ice.core.IceCore>`.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """The ICE agent's state machine without I/O (RFC 8445, one component, UDP).
 
 :class:`IceCore` takes datagrams and time in and gives datagrams, one timer and events

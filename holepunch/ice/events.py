@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """What the sans-I/O ICE core tells its adapter (:meth:`IceCore.next_event
 <holepunch.ice.core.IceCore.next_event>`).
 

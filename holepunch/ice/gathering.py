@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """Gathering (RFC 8445 5.1.1): host, server-reflexive and relayed candidates, and our
 NAT's mapping, for the sans-I/O :class:`IceCore <holepunch.ice.core.IceCore>`.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_hardnat -*-
+# -*- test-case-name: tests.unit.test_ice_hardnat -*-
 """Hard NATs: which extra technique a pair of peers needs, and its arithmetic.
 
 Pure rules, no sockets. The agent measures its own mapping during gathering: Binding

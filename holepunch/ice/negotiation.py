@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_negotiation -*-
+# -*- test-case-name: tests.integration.test_ice_negotiation -*-
 """ICE negotiation over the signaling server: offers, answers, trickled candidates.
 
 The messages are the ones a browser sends (``offer`` / ``answer`` / ``ice-candidate``),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """Nomination and selection (RFC 8445 8.1), one selector per role, as pion/ice does.
 
 - :class:`ControllingSelector`: regular nomination. Once a pair is valid and no pair of

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_ice_portmapping -*-
+# -*- test-case-name: tests.unit.test_ice_core,tests.lab.test_natlab_hardnat -*-
 """The router port mapping of an :class:`IceAgent <holepunch.ice.agent.IceAgent>`.
 
 When the core asks (:class:`PortMappingWanted <holepunch.ice.events.PortMappingWanted>`),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_hardnat -*-
+# -*- test-case-name: tests.unit.test_ice_hardnat -*-
 """Port prediction and birthday probing as check schedules of the sans-I/O
 :class:`IceCore <holepunch.ice.core.IceCore>`.
 

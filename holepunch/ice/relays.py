@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """The TURN side of an :class:`IceAgent <holepunch.ice.agent.IceAgent>`: its relay
 allocations (RFC 8656), kept apart from the sockets and the core.
 

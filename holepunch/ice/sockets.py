@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """The UDP sockets of an :class:`IceAgent <holepunch.ice.agent.IceAgent>` and the local
 addresses it gathers on.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_core -*-
+# -*- test-case-name: tests.unit.test_ice_core -*-
 """Named deadlines for the sans-I/O ICE core.
 
 The core keeps every timer it needs (pacing, nomination, relay wait, probing, consent,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_nat_discovery -*-
+# -*- test-case-name: tests.integration.test_nat_discovery -*-
 """NAT behaviour discovery over real sockets (RFC 5780 section 4).
 
 The tests, in the order they run:

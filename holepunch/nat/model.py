@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_nat_model -*-
+# -*- test-case-name: tests.unit.test_nat_model -*-
 """What we know about a NAT, and what follows from it (no sockets here).
 
 RFC 4787 and RFC 5780 describe a NAT by its *mapping* behaviour (does the public port

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tcp_punch -*-
+# -*- test-case-name: tests.integration.test_tcp_punch -*-
 """TCP hole punching by simultaneous open: RFC 6544 "so" candidates, DCUtR timing.
 
 RFC 6544 (TCP candidates with ICE) has three kinds of TCP candidate: active, passive and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_negotiation -*-
+# -*- test-case-name: tests.integration.test_ice_negotiation -*-
 """TCP hole punching inside a negotiation: the mapping, the sync, the framed stream.
 
 Each side learns its TCP mapping (STUN over TCP from the port it will dial from, see

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_coordinator -*-
+# -*- test-case-name: tests.integration.test_coordinator -*-
 """The one-sided UDP punch: reach a peer known only by its address (a DHT, a tracker).
 
 Both sides send toward each other's address until one hears the other; no ICE, no

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_model -*-
+# -*- test-case-name: tests.unit.test_signaling_model -*-
 """Signed access tokens for the signaling server (HMAC-SHA256, RFC 2104 / RFC 6234).
 
 A token names one peer id and an expiry time and is signed with the server's secret::

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_client,tests.test_signaling_protocol -*-
+# -*- test-case-name: tests.unit.test_signaling_client,tests.unit.test_signaling_protocol -*-
 """Small fixes to Autobahn's Twisted protocols shared by our server and client.
 
 - :func:`cancel_close_timer`: no closing-handshake timer outlives its connection.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_client -*-
+# -*- test-case-name: tests.unit.test_signaling_client -*-
 """``SignalingClient``: a peer's connection to the signaling server, kept alive.
 
 An Autobahn WebSocket client run by a ``twisted.application.internet.ClientService``,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_iceservers -*-
+# -*- test-case-name: tests.unit.test_signaling_iceservers -*-
 """The ``iceServers`` of ``welcome``: the daemon tells its clients where its STUN (and TURN)
 servers are, in the form browsers use (``RTCIceServer``: ``{urls, username, credential}``).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_protocol -*-
+# -*- test-case-name: tests.unit.test_signaling_protocol -*-
 """The signaling wire format: JSON text messages, parsed into typed requests.
 
 Every client message is a JSON object with a ``type``; any message may carry an ``id``

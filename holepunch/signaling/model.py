@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_model -*-
+# -*- test-case-name: tests.unit.test_signaling_model -*-
 """The room model of the signaling server: peers, rooms, membership and eviction.
 
 Pure state and rules. Nothing here touches a socket or reads a clock: every operation

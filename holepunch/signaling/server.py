@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signaling_protocol,tests.test_signaling_integration -*-
+# -*- test-case-name: tests.unit.test_signaling_protocol -*-
 """The WebSocket signaling server: Autobahn protocol, limits, auth, and its service.
 
 Layers, from the wire inwards:

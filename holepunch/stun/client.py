@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_client -*-
+# -*- test-case-name: tests.unit.test_stun_client -*-
 """STUN client transactions (RFC 8489 section 6.2), over UDP and TCP.
 
 - :class:`TransactionTable` is the transaction layer, with no socket of its own: give it a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_credentials -*-
+# -*- test-case-name: tests.unit.test_stun_credentials -*-
 """
 STUN credentials: SASLprep and the keys for MESSAGE-INTEGRITY(-SHA256).
 

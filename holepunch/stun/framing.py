@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_message -*-
+# -*- test-case-name: tests.unit.test_stun_message -*-
 """
 STUN over streams and the ChannelData message: RFC 8489 section 6.2.2 (framing STUN
 over a stream transport) and RFC 8656 section 12 (ChannelData, with its padding over

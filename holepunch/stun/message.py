@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_message -*-
+# -*- test-case-name: tests.unit.test_stun_message -*-
 """
 The STUN message codec: bytes in, `StunMessage` out, and back.
 

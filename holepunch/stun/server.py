@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_server -*-
+# -*- test-case-name: tests.unit.test_stun_server -*-
 """The STUN server: Binding over UDP and TCP, with RFC 5780 behaviour discovery.
 
 - RFC 8489 section 6.3: a Binding request is answered with XOR-MAPPED-ADDRESS (the

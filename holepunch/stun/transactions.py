@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_client -*-
+# -*- test-case-name: tests.unit.test_stun_client -*-
 """STUN client transactions without I/O (RFC 8489 section 6.2.1).
 
 :class:`ClientTransactions` keeps the client transactions of one endpoint: what to send,

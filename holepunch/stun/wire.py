@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stun_message -*-
+# -*- test-case-name: tests.unit.test_stun_message -*-
 """
 The STUN wire format below the message: the registries (message classes, methods,
 attribute types), the codec's errors, the TLV layout with its padding, and the

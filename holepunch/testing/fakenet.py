@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_agent -*-
+# -*- test-case-name: tests.unit.test_ice_agent -*-
 """A deterministic in-memory UDP network on a ``twisted.internet.task.Clock``.
 
 For unit tests of code that takes a reactor and uses ``listenUDP``, ``callLater`` and

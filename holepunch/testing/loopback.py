@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ice_negotiation -*-
+# -*- test-case-name: tests.integration.test_ice_negotiation -*-
 """Our own servers on loopback, for tests: a STUN server and a signaling server.
 
 Each starts on ephemeral ports of 127.0.0.1 (and 127.0.0.2 for RFC 5780) and registers
