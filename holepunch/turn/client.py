@@ -57,8 +57,6 @@ from holepunch.stun.client import (
 from holepunch.stun.framing import decode_channel_data, encode_channel_data, is_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import (
-    CHANNEL_NUMBER_MAX,
-    CHANNEL_NUMBER_MIN,
     Address,
     Attr,
     MessageClass,
@@ -73,8 +71,6 @@ from holepunch.turn.model import (
     UDP_PROTOCOL,
     Allocated,
     AllocationState,
-    ChannelBinding,
-    Permission,
     TurnAuthError,
     TurnError,
     TurnRedirect,
@@ -84,6 +80,7 @@ from holepunch.turn.model import (
     method_name,
     peer_address,
 )
+from holepunch.turn.peers import PeerTables
 
 _log = Logger()
 
@@ -93,9 +90,6 @@ SendFunction = Callable[[bytes, tuple[str, int]], Any]
 DataCallback = Callable[[bytes, Address], Any]
 """``callback(data, peer)``: application data relayed from ``peer``."""
 
-MAX_QUEUED = 64
-"""How many datagrams :meth:`TurnAllocation.send` holds per peer IP while the permission
-for it is being installed."""
 
 
 class TurnAllocation:
@@ -158,10 +152,8 @@ class TurnAllocation:
         self._redirected = False
         self._expires: float | None = None
         self._refresh_timer: IDelayedCall | None = None
-        self._permissions: dict[str, Permission] = {}
-        self._channels: dict[Address, ChannelBinding] = {}
-        self._channel_numbers: dict[int, ChannelBinding] = {}
-        self._next_channel = CHANNEL_NUMBER_MIN
+        self.peers = PeerTables(clock, timers, self.stats, self._tracked_exchange, self.send)
+        """Permissions and channels (:class:`holepunch.turn.peers.PeerTables`)."""
         self._data_callback: DataCallback | None = None
         self._lost_callback: Callable[[TurnError], Any] | None = None
         self._allocate_d: Deferred[Allocated] | None = None
@@ -193,12 +185,12 @@ class TurnAllocation:
     @property
     def permissions(self) -> frozenset[str]:
         """The peer IP addresses with an installed permission."""
-        return frozenset(ip for ip, p in self._permissions.items() if p.installed)
+        return self.peers.permissions
 
     @property
     def channels(self) -> dict[Address, int]:
         """The bound channels: peer address to channel number."""
-        return {peer: c.number for peer, c in self._channels.items() if c.bound}
+        return self.peers.channels
 
     @property
     def realm(self) -> str | None:
@@ -248,17 +240,7 @@ class TurnAllocation:
             return defer.fail(
                 TurnError(0, f"create_permission() on a {self.state.value} allocation")
             )
-        ip = peer_address((peer_ip, 0)).host
-        permission = self._permissions.get(ip)
-        if permission is None:
-            permission = self._permissions[ip] = Permission(ip)
-        if permission.installed and permission.pending is None:
-            return defer.succeed(None)
-        waiter: Deferred[None] = Deferred()
-        permission.waiters.append(waiter)
-        if permission.pending is None:
-            self._send_permission(permission)
-        return waiter
+        return self.peers.create_permission(peer_address((peer_ip, 0)).host)
 
     def bind_channel(self, peer: tuple[str, int]) -> Deferred[int]:
         """Bind a channel to ``peer`` (refreshed every ``channel_refresh`` s); fires with
@@ -266,51 +248,27 @@ class TurnAllocation:
         :meth:`send` to ``peer`` uses ChannelData."""
         if self.state is not AllocationState.ALLOCATED:
             return defer.fail(TurnError(0, f"bind_channel() on a {self.state.value} allocation"))
-        address = peer_address(peer)
-        channel = self._channels.get(address)
-        if channel is None:
-            if self._next_channel > CHANNEL_NUMBER_MAX:
-                return defer.fail(TurnError(0, "no channel numbers left"))
-            channel = ChannelBinding(self._next_channel, address)
-            self._next_channel += 1
-            self._channels[address] = channel
-            self._channel_numbers[channel.number] = channel
-        if channel.bound and channel.pending is None:
-            return defer.succeed(channel.number)
-        waiter: Deferred[int] = Deferred()
-        channel.waiters.append(waiter)
-        if channel.pending is None:
-            self._send_channel_bind(channel)
-        return waiter
+        return self.peers.bind_channel(peer_address(peer))
 
     def send(self, data: bytes, peer: tuple[str, int]) -> None:
         """Relay ``data`` to ``peer``: ChannelData if a channel is bound, else a Send
         indication.
 
         Without a permission for the peer's IP one is requested first and the data (up
-        to :data:`MAX_QUEUED` datagrams) waits for it; it is dropped if that fails.
+        to :data:`holepunch.turn.peers.MAX_QUEUED` datagrams) waits for it; it is dropped if that fails.
 
         :raise OSError: the allocation is not (or no longer) active, or ``send`` failed.
         """
         if self.state is not AllocationState.ALLOCATED:
             raise OSError(f"TURN allocation is {self.state.value}")
         address = peer_address(peer)
-        channel = self._channels.get(address)
-        if channel is not None and channel.bound:
-            frame = encode_channel_data(channel.number, data, pad=self.stream)
+        number = self.peers.bound_channel(address)
+        if number is not None:
+            frame = encode_channel_data(number, data, pad=self.stream)
             self._send_to_server(frame, self.server)
             self.stats.channel_data_sent += 1
             return
-        permission = self._permissions.get(address.host)
-        if permission is None or not permission.installed:
-            if permission is None:
-                permission = self._permissions[address.host] = Permission(address.host)
-            if permission.pending is None:
-                self._send_permission(permission)
-            if len(permission.queue) >= MAX_QUEUED:
-                permission.queue.pop(0)
-                self.stats.dropped += 1
-            permission.queue.append((bytes(data), address))
+        if self.peers.hold_until_permitted(data, address):
             return
         indication = StunMessage.indication(Method.SEND)
         indication.add_address(Attr.XOR_PEER_ADDRESS, address).add(Attr.DATA, bytes(data))
@@ -457,6 +415,13 @@ class TurnAllocation:
                 self._table.keys.pop(tid, None)
             return answer.message
 
+    def _tracked_exchange(
+        self, method: int, fill: Callable[[StunMessage], object]
+    ) -> Deferred[StunMessage]:
+        """:meth:`_exchange` in the background: closing the allocation cancels it."""
+        d: Deferred[StunMessage] = self._track(defer.ensureDeferred(self._exchange(method, fill)))
+        return d
+
     async def _allocate(self) -> Allocated:
         def fill(request: StunMessage) -> None:
             request.add_requested_transport(UDP_PROTOCOL)
@@ -564,128 +529,6 @@ class TurnAllocation:
 
         await self._exchange(Method.REFRESH, fill, policy=self._close_policy)
 
-    # -- permissions ------------------------------------------------------------
-
-    def _send_permission(self, permission: Permission) -> None:
-        refreshing = permission.installed
-
-        def fill(request: StunMessage) -> None:
-            request.add_address(Attr.XOR_PEER_ADDRESS, (permission.ip, 0))
-
-        d: Deferred[StunMessage] = self._track(
-            defer.ensureDeferred(self._exchange(Method.CREATE_PERMISSION, fill))
-        )
-        permission.pending = d
-
-        def installed(_: StunMessage) -> None:
-            permission.pending = None
-            self._permission_installed(permission, refreshing)
-            waiters, permission.waiters = permission.waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-        def failed(f: Failure) -> None:
-            permission.pending = None
-            if not f.check(CancelledError):
-                _log.warn("TURN permission for {ip} failed: {err}", ip=permission.ip, err=f.value)
-            self._drop_permission(permission)
-            waiters, permission.waiters = permission.waiters, []
-            for waiter in waiters:
-                waiter.errback(f)
-
-        d.addCallbacks(installed, failed)
-
-    def _permission_installed(
-        self, permission: Permission, refreshing: bool, counted: bool = True
-    ) -> None:
-        if not counted:
-            pass
-        elif refreshing:
-            self.stats.permission_refreshes += 1
-        else:
-            self.stats.permissions_installed += 1
-        permission.installed = True
-        self._cancel(permission.timer)
-        permission.timer = self.clock.callLater(
-            self.timers.permission_refresh, self._permission_due, permission
-        )
-        queue, permission.queue = permission.queue, []
-        for data, peer in queue:
-            try:
-                self.send(data, peer)
-            except OSError as e:
-                self.stats.dropped += 1
-                _log.debug("queued TURN data to {peer} dropped: {err}", peer=peer, err=e)
-
-    def _permission_due(self, permission: Permission) -> None:
-        permission.timer = None
-        if self._permissions.get(permission.ip) is permission and permission.pending is None:
-            self._send_permission(permission)
-
-    def _drop_permission(self, permission: Permission) -> None:
-        self._cancel(permission.timer)
-        permission.timer = None
-        permission.installed = False
-        self.stats.dropped += len(permission.queue)
-        permission.queue = []
-        if self._permissions.get(permission.ip) is permission:
-            del self._permissions[permission.ip]
-
-    # -- channels ---------------------------------------------------------------
-
-    def _send_channel_bind(self, channel: ChannelBinding) -> None:
-        refreshing = channel.bound
-
-        def fill(request: StunMessage) -> None:
-            request.add_channel_number(channel.number)
-            request.add_address(Attr.XOR_PEER_ADDRESS, channel.peer)
-
-        d: Deferred[StunMessage] = self._track(
-            defer.ensureDeferred(self._exchange(Method.CHANNEL_BIND, fill))
-        )
-        channel.pending = d
-
-        def bound(_: StunMessage) -> None:
-            channel.pending = None
-            if refreshing:
-                self.stats.channel_refreshes += 1
-            else:
-                self.stats.channels_bound += 1
-            channel.bound = True
-            self._cancel(channel.timer)
-            channel.timer = self.clock.callLater(
-                self.timers.channel_refresh, self._channel_due, channel
-            )
-            # ChannelBind installs (or refreshes) the permission for the peer's IP too.
-            permission = self._permissions.get(channel.peer.host)
-            if permission is None:
-                permission = self._permissions[channel.peer.host] = Permission(channel.peer.host)
-            if permission.pending is None:
-                self._permission_installed(permission, permission.installed, counted=False)
-            waiters, channel.waiters = channel.waiters, []
-            for waiter in waiters:
-                waiter.callback(channel.number)
-
-        def failed(f: Failure) -> None:
-            channel.pending = None
-            if not f.check(CancelledError):
-                _log.warn("TURN channel to {peer} failed: {err}", peer=channel.peer, err=f.value)
-            self._cancel(channel.timer)
-            channel.timer = None
-            channel.bound = False
-            # The number is not reused: a server keeps it reserved for a while.
-            self._channels.pop(channel.peer, None)
-            waiters, channel.waiters = channel.waiters, []
-            for waiter in waiters:
-                waiter.errback(f)
-
-        d.addCallbacks(bound, failed)
-
-    def _channel_due(self, channel: ChannelBinding) -> None:
-        channel.timer = None
-        if self._channels.get(channel.peer) is channel and channel.pending is None:
-            self._send_channel_bind(channel)
-
     # -- incoming data ----------------------------------------------------------
 
     def _channel_data_received(self, data: bytes) -> bool:
@@ -694,12 +537,11 @@ class TurnAllocation:
         except StunDecodeError:
             self.stats.dropped += 1
             return True
-        # Known from the moment the ChannelBind is sent: data may overtake its answer.
-        channel = self._channel_numbers.get(number)
-        if channel is None:
+        peer = self.peers.peer_of_channel(number)
+        if peer is None:
             self.stats.dropped += 1
             return True
-        self._deliver(payload, channel.peer)
+        self._deliver(payload, peer)
         return True
 
     def _data_indication_received(self, message: StunMessage) -> None:
@@ -762,12 +604,7 @@ class TurnAllocation:
     def _stop_timers(self) -> None:
         self._cancel(self._refresh_timer)
         self._refresh_timer = None
-        for permission in self._permissions.values():
-            self._cancel(permission.timer)
-            permission.timer = None
-        for channel in self._channel_numbers.values():
-            self._cancel(channel.timer)
-            channel.timer = None
+        self.peers.stop_timers()
 
     def _finish(self) -> None:
         """Stop everything, call ``on_close`` once, then wake whoever waits for the end."""
@@ -779,15 +616,7 @@ class TurnAllocation:
         for d in list(self._background):
             d.cancel()
         self._table.cancel_all()
-        for permission in self._permissions.values():
-            for waiter in permission.waiters:
-                waiter.errback(TurnError(0, "TURN allocation closed"))
-            permission.waiters = []
-            permission.queue = []
-        for channel in self._channel_numbers.values():
-            for cwaiter in channel.waiters:
-                cwaiter.errback(TurnError(0, "TURN allocation closed"))
-            channel.waiters = []
+        self.peers.fail_all(TurnError(0, "TURN allocation closed"))
         released: Deferred[Any]
         if self._on_close is None:
             released = defer.succeed(None)
