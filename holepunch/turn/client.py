@@ -80,7 +80,7 @@ from holepunch.turn.model import (
     method_name,
     peer_address,
 )
-from holepunch.turn.peers import PeerTables
+from holepunch.turn.peertables import PeerTables
 
 _log = Logger()
 
@@ -153,7 +153,7 @@ class TurnAllocation:
         self._expires: float | None = None
         self._refresh_timer: IDelayedCall | None = None
         self.peers = PeerTables(clock, timers, self.stats, self._tracked_exchange, self.send)
-        """Permissions and channels (:class:`holepunch.turn.peers.PeerTables`)."""
+        """Permissions and channels (:class:`holepunch.turn.peertables.PeerTables`)."""
         self._data_callback: DataCallback | None = None
         self._lost_callback: Callable[[TurnError], Any] | None = None
         self._allocate_d: Deferred[Allocated] | None = None
@@ -255,7 +255,8 @@ class TurnAllocation:
         indication.
 
         Without a permission for the peer's IP one is requested first and the data (up
-        to :data:`holepunch.turn.peers.MAX_QUEUED` datagrams) waits for it; it is dropped if that fails.
+        to :data:`holepunch.turn.peertables.MAX_QUEUED` datagrams) waits for it; it is
+        dropped if that fails.
 
         :raise OSError: the allocation is not (or no longer) active, or ``send`` failed.
         """
