@@ -200,4 +200,6 @@ class PortMappingLabTests(TestCase):
         self.assertIn("unreachable", failed["attempts"]["pcp"])
         self.assertIn("unreachable", failed["attempts"]["natpmp"])
         self.assertIn("upnp", failed["error"])
-        self.assertLess(failed["elapsed_ms"], 1000 + 250)  # its timeout, plus start-up slack
+        # Bounded by its timeout (a reactor under load fires late, hence the slack; an
+        # unbounded wait, such as a blocking SSDP search, would take several seconds).
+        self.assertLess(failed["elapsed_ms"], 2 * 1000)
