@@ -37,6 +37,7 @@ from holepunch.ice.events import IceError
 from holepunch.ice.hardnat import MappingProfile
 from holepunch.nat.model import NatInfo
 from holepunch.punch.tcpsession import TcpTrack
+from holepunch.quic.identity import PeerIdentity, parse_fingerprint
 
 _log = Logger()
 
@@ -63,10 +64,19 @@ class Session:
     tcp: TcpTrack | None = None
     remote_tcp: tuple[str, int] | None = None
     remote_udp_blocked: bool = False
+    remote_fingerprint: str | None = None
+    """The certificate fingerprint the peer signaled (SDP's ``a=fingerprint``), if any."""
 
 
-def ice_description(agent: IceAgent, nat: NatInfo | None, kind: str, session_id: str) -> JSON:
-    """The ``offer`` / ``answer`` payload for ``agent``."""
+def ice_description(
+    agent: IceAgent,
+    nat: NatInfo | None,
+    kind: str,
+    session_id: str,
+    fingerprint: str | None = None,
+) -> JSON:
+    """The ``offer`` / ``answer`` payload for ``agent``; ``fingerprint`` is our
+    certificate's, which binds the encrypted streams to this signaled identity."""
     description: JSON = {
         "type": kind,
         "session": session_id,
@@ -80,6 +90,8 @@ def ice_description(agent: IceAgent, nat: NatInfo | None, kind: str, session_id:
         description["ice"]["mapping"] = agent.mapping.to_json()
     if nat is not None:
         description["nat"] = nat.to_json()
+    if fingerprint is not None:
+        description["fingerprint"] = fingerprint
     return description
 
 
@@ -94,6 +106,8 @@ class Description:
     nat: NatInfo | None
     mapping: MappingProfile | None
     udp_blocked: bool = False
+    fingerprint: str | None = None
+    """The peer's certificate fingerprint, validated (``"sha-256 AB:..."``)."""
 
 
 def parse_description(payload: Any) -> Description:
@@ -129,8 +143,21 @@ def parse_description(payload: Any) -> Description:
             mapping = MappingProfile.from_json(ice["mapping"])
         except ValueError as e:
             _log.debug("ignoring the peer's mapping: {err}", err=e)
+    fingerprint: str | None = None
+    if payload.get("fingerprint") is not None:
+        try:
+            fingerprint = str(parse_fingerprint(payload["fingerprint"]))
+        except ValueError as e:
+            raise NegotiationError("negotiation", f"bad fingerprint: {e}") from None
     return Description(
-        session_id, ufrag, pwd, candidates, nat, mapping, ice.get("udpBlocked") is True
+        session_id,
+        ufrag,
+        pwd,
+        candidates,
+        nat,
+        mapping,
+        ice.get("udpBlocked") is True,
+        fingerprint,
     )
 
 
@@ -145,6 +172,9 @@ class Negotiator:
     :param agent_factory: makes the agent of each session (tests and the coordinator
         pass their own; the default uses ``config``).
     :param nat: this host's NAT description, sent in offers and answers.
+    :param identity: our key and certificate (:class:`holepunch.quic.PeerIdentity`): its
+        fingerprint is sent in offers and answers, and each session keeps the peer's
+        (``remote_fingerprint``) for the encrypted streams that bind to it.
     """
 
     def __init__(
@@ -156,6 +186,7 @@ class Negotiator:
         nat: NatInfo | None = None,
         agent_factory: Callable[[bool], IceAgent] | None = None,
         max_retries: int = 0,
+        identity: PeerIdentity | None = None,
     ) -> None:
         self.reactor = reactor
         self.signaling = signaling
@@ -166,6 +197,8 @@ class Negotiator:
         """The agents' settings; STUN and TURN servers the signaling server named in
         ``welcome`` fill in where ``config`` names none."""
         self.nat = nat
+        self.identity = identity
+        """Our key and certificate; its fingerprint goes in every offer and answer."""
         self.max_retries = max_retries
         self._agent_factory = agent_factory or (
             lambda controlling: IceAgent(reactor, controlling, self.config)
@@ -315,7 +348,10 @@ class Negotiator:
         session.agent.fail(IceError("gathering", failure.getErrorMessage()))
 
     def _describe(self, session: Session, kind: str) -> JSON:
-        description = ice_description(session.agent, self.nat, kind, session.session_id)
+        fingerprint = self.identity.fingerprint if self.identity is not None else None
+        description = ice_description(
+            session.agent, self.nat, kind, session.session_id, fingerprint
+        )
         if session.tcp is not None:
             tcp_candidate = session.tcp.candidate()
             if tcp_candidate is not None:
@@ -559,6 +595,7 @@ class Negotiator:
         agent = session.agent
         session.remote_nat = description.nat
         session.remote_udp_blocked = description.udp_blocked
+        session.remote_fingerprint = description.fingerprint
         agent.set_remote_credentials(description.ufrag, description.pwd)
         for candidate in description.candidates:
             if candidate.transport == "tcp" and candidate.tcptype == "so":

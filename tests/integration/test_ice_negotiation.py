@@ -9,6 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
+from holepunch.quic.identity import PeerIdentity
 from holepunch.signaling.client import SignalingClient
 from holepunch.testing.loopback import start_signaling_server
 
@@ -51,6 +52,24 @@ class NegotiationTests(NegotiationTestBase):
         cb.send(b"hi alice")
         data = yield got
         self.assertEqual(data, b"hi alice")
+
+    @defer.inlineCallbacks
+    def test_fingerprints_are_signaled(self) -> Any:
+        """With identities, the offer and the answer carry each side's certificate
+        fingerprint (SDP's a=fingerprint), which the streams will bind to."""
+        alice_id, bob_id = PeerIdentity.generate(), PeerIdentity.generate()
+        alice_client, alice = yield self.peer("alice", identity=alice_id)
+        bob_client, bob = yield self.peer("bob", identity=bob_id)
+        seen: dict[str, Any] = {}
+        bob_client.on("offer", lambda m: seen.setdefault("offer", m.get("offer")))
+        alice_client.on("answer", lambda m: seen.setdefault("answer", m.get("answer")))
+        accepted = bob.accept()
+        ca = yield alice.connect("bob")
+        cb = yield accepted
+        self.addCleanup(ca.close)
+        self.addCleanup(cb.close)
+        self.assertEqual(parse_description(seen["offer"]).fingerprint, alice_id.fingerprint)
+        self.assertEqual(parse_description(seen["answer"]).fingerprint, bob_id.fingerprint)
 
     @defer.inlineCallbacks
     def test_unknown_peer_fails_at_signaling(self) -> Any:
@@ -118,6 +137,24 @@ class DescriptionTests(TestCase):
         """A browser's SDP offer is refused as not native, with a reason."""
         e = self.assertRaises(NegotiationError, parse_description, {"type": "offer", "sdp": "v=0"})
         self.assertIn("not a native ICE description", str(e))
+
+    def test_fingerprint_validated(self) -> None:
+        """The peer's certificate fingerprint is read back normalised; a malformed one
+        refuses the whole description, naming the problem."""
+        identity = PeerIdentity.generate()
+        payload = {
+            "session": "s",
+            "ice": {"ufrag": "abcd", "pwd": "x" * 22, "candidates": []},
+            "fingerprint": identity.fingerprint.lower(),
+        }
+        self.assertEqual(parse_description(payload).fingerprint, identity.fingerprint)
+        for bad in ["sha-1 AB:CD", "sha-256 ZZ:00", "sha-256 AB", 7]:
+            e = self.assertRaises(
+                NegotiationError, parse_description, {**payload, "fingerprint": bad}
+            )
+            self.assertIn("bad fingerprint", str(e))
+        del payload["fingerprint"]
+        self.assertIsNone(parse_description(payload).fingerprint)
 
     def test_short_credentials_refused(self) -> None:
         """ufrag under 4 or pwd under 22 characters is refused (RFC 8445 5.3)."""
