@@ -53,6 +53,8 @@ class Channel:
         self.close_reason: str | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.peer_fingerprint: str | None = None
+        """The certificate fingerprint the peer signaled for this connection, if any."""
         self._receivers: list[DatagramHandler] = []
         self._disconnect_observers: list[DisconnectHandler] = []
         self._backlog: list[bytes] = []

@@ -38,6 +38,7 @@ from holepunch.ice.hardnat import MappingProfile
 from holepunch.nat.model import NatInfo
 from holepunch.punch.tcpsession import TcpTrack
 from holepunch.quic.identity import PeerIdentity, parse_fingerprint
+from holepunch.quic.session import QuicOptions, QuicSession, session_over_channel
 
 _log = Logger()
 
@@ -46,6 +47,12 @@ JSON = dict[str, Any]
 
 class NegotiationError(IceError):
     """The peer's offer or answer was unusable, or signaling failed."""
+
+
+def _NO_IDENTITY() -> NegotiationError:
+    return NegotiationError("security", "no identity: give the Negotiator one")
+
+
 
 
 @dataclass
@@ -204,6 +211,8 @@ class Negotiator:
             lambda controlling: IceAgent(reactor, controlling, self.config)
         )
         self.sessions: dict[str, Session] = {}
+        self._secure_paths: dict[QuicSession, PeerConnection] = {}
+        self._closing_paths: list[PeerConnection] = []
         self.ignored = 0
         self._acceptors: list[tuple[str | None, defer.Deferred[PeerConnection]]] = []
         self.on_connection: Callable[[str, PeerConnection], None] | None = None
@@ -223,7 +232,13 @@ class Negotiator:
         self._acceptors.clear()
         sessions = list(self.sessions.values())  # closing an agent ends its session too
         self.sessions.clear()
-        closing = [s.agent.close() for s in sessions if s.agent.connection is None]
+        closing: list[defer.Deferred[Any]] = [
+            s.agent.close() for s in sessions if s.agent.connection is None
+        ]
+        for secure in list(self._secure_paths):
+            secure.close("negotiator stopped")  # its path closes a turn later
+        paths, self._closing_paths = self._closing_paths, []
+        closing += [path.when_closed() for path in paths]
         return defer.DeferredList(closing)
 
     # -- outgoing --
@@ -267,6 +282,59 @@ class Negotiator:
 
         attempt(0)
         return result
+
+    def connect_secure(
+        self, peer_id: str, options: QuicOptions | None = None
+    ) -> defer.Deferred[QuicSession]:
+        """:meth:`connect`, then encrypted, authenticated streams on the path (QUIC, the
+        offerer as client): fires with the connected :class:`holepunch.quic.QuicSession`.
+
+        Needs an ``identity``; fails with :class:`holepunch.quic.PeerAuthenticationError`
+        when the peer's certificate is not the one whose fingerprint it signaled.
+        """
+        if self.identity is None:
+            return defer.fail(_NO_IDENTITY())
+        return defer.ensureDeferred(self._secure(self.connect(peer_id), True, options))
+
+    def accept_secure(
+        self, peer_id: str | None = None, options: QuicOptions | None = None
+    ) -> defer.Deferred[QuicSession]:
+        """:meth:`accept`, then the QUIC server side of :meth:`connect_secure`."""
+        if self.identity is None:
+            return defer.fail(_NO_IDENTITY())
+        return defer.ensureDeferred(self._secure(self.accept(peer_id), False, options))
+
+    async def _secure(
+        self,
+        connecting: defer.Deferred[PeerConnection],
+        is_client: bool,
+        options: QuicOptions | None,
+    ) -> QuicSession:
+        assert self.identity is not None
+        connection = await connecting
+        fingerprint = connection.peer_fingerprint
+        if fingerprint is None:
+            await connection.close()
+            raise NegotiationError("security", "the peer signaled no certificate fingerprint")
+        session = session_over_channel(
+            self.reactor, connection, is_client, self.identity, fingerprint, options
+        )
+        # The secure session owns the path it runs on: when it ends, so does the path,
+        # one reactor turn later, so that its last packets (CONNECTION_CLOSE) still leave.
+        self._secure_paths[session] = connection
+        session.on_closed(lambda _reason: self._end_path(session))
+        return await session.when_connected()
+
+    def _end_path(self, session: QuicSession) -> None:
+        connection = self._secure_paths.pop(session, None)
+        if connection is not None:
+            self._closing_paths.append(connection)
+            connection.when_closed().addBoth(lambda _: self._forget_path(connection))
+            self.reactor.callLater(0, connection.close)
+
+    def _forget_path(self, connection: PeerConnection) -> None:
+        if connection in self._closing_paths:
+            self._closing_paths.remove(connection)
 
     def connect_when_present(self, peer_id: str, timeout: float) -> defer.Deferred[PeerConnection]:
         """Like :meth:`connect`, but wait (up to ``timeout``) for ``peer_id`` to register.
@@ -516,6 +584,7 @@ class Negotiator:
                 tcp.cancel()
             elif track == "tcp":
                 session.agent.close()
+            connection.peer_fingerprint = session.remote_fingerprint
             outcome.callback(connection)
 
         def lost(failure: Failure, track: str) -> None:
