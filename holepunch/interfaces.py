@@ -3,11 +3,14 @@
 Here so that a part can say what it provides without importing the part that uses it:
 the signaling room model and its front doors meet at :class:`IRoomRegistry` and
 :class:`ISignalingClient`; the coordinator implements :class:`IStatusProvider` without
-importing the HTTP pages (:mod:`holepunch.daemon.http`) that show it.
+importing the HTTP pages (:mod:`holepunch.daemon.http`) that show it. The values that
+cross these interfaces (:class:`Registration`, :class:`DisconnectReason`) live here too.
 """
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -15,9 +18,27 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from holepunch.signaling.messages import JSONObject, PeerEntry
-    from holepunch.signaling.model import DisconnectReason, Registration
 
 JSONDict = dict[str, Any]
+
+
+class DisconnectReason(enum.Enum):
+    """Why the model let go of a peer's connection."""
+
+    IDLE_TIMEOUT = "idle-timeout"
+    """Nothing arrived from the peer for ``peer_timeout`` seconds."""
+    REPLACED = "replaced"
+    """Another connection took the peer id over with the reconnect token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """The result of a successful :meth:`holepunch.signaling.model.RoomRegistry.register`."""
+
+    peer_id: str
+    reconnect_token: str
+    resumed: bool
+    """True when the peer id was taken over from a live connection with the token."""
 
 
 class IStatusProvider(Interface):

@@ -428,7 +428,7 @@ class QuicSession:
         if interfaces.IProtocolFactory.providedBy(protocol_or_factory):
             protocol = protocol_or_factory.buildProtocol(peer)
             if protocol is None:
-                self._stream_reset(stream_id, STREAM_REFUSED)
+                self.reset_stream(stream_id, STREAM_REFUSED)
                 return defer.fail(ValueError("the factory built no protocol"))
         else:
             protocol = protocol_or_factory
@@ -450,9 +450,9 @@ class QuicSession:
         if protocol is None:
             self.stats.streams_refused += 1
             self._finished_streams.add(stream_id)
-            self._stream_stop(stream_id, STREAM_REFUSED)
+            self.stop_stream(stream_id, STREAM_REFUSED)
             if stream_id & 2 == 0:
-                self._stream_reset(stream_id, STREAM_REFUSED)
+                self.reset_stream(stream_id, STREAM_REFUSED)
             return None
         unidirectional = bool(stream_id & 2)
         transport = QuicStreamTransport(
@@ -473,7 +473,10 @@ class QuicSession:
         )
         return host, peer
 
-    def _stream_write(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+    # --- what the stream transports ask of the session (streams.StreamOwner) -----
+
+    def write_stream(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Queue ``data`` (and FIN when ``end_stream``) on a stream."""
         if self.closed is not None or self._quic is None:
             return
         try:
@@ -484,7 +487,8 @@ class QuicSession:
             return
         self._schedule_flush()
 
-    def _stream_reset(self, stream_id: int, error_code: int) -> None:
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Abandon sending on a stream (RESET_STREAM)."""
         if self.closed is not None or self._quic is None:
             return
         try:
@@ -493,7 +497,8 @@ class QuicSession:
             _log.failure("reset_stream failed")
         self._schedule_flush()
 
-    def _stream_stop(self, stream_id: int, error_code: int) -> None:
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending on a stream (STOP_SENDING)."""
         if self.closed is not None or self._quic is None:
             return
         try:
@@ -502,23 +507,27 @@ class QuicSession:
             _log.failure("stop_stream failed")
         self._schedule_flush()
 
-    def _stream_backlog(self, stream_id: int) -> int:
+    def stream_backlog(self, stream_id: int) -> int:
+        """Bytes written to a stream and not yet acknowledged."""
         return 0 if self._quic is None else self._quic.stream_send_backlog(stream_id)
 
-    def _stream_forget(self, stream_id: int) -> None:
+    def forget_stream(self, stream_id: int) -> None:
+        """A stream is over on both sides: drop its state."""
         if self._streams.pop(stream_id, None) is not None:
             self._finished_streams.add(stream_id)
         if self._quic is not None:
             self._quic.forget_receive_window(stream_id)
 
-    def _stream_consumed(self, stream_id: int, nbytes: int, resumed: bool) -> None:
+    def stream_consumed(self, stream_id: int, nbytes: int, resumed: bool) -> None:
+        """A protocol took ``nbytes``: give the peer that much credit."""
         if self._quic is None:
             return
         self._quic.consumed(stream_id, nbytes)
         if resumed:
             self._schedule_flush()  # the new credit goes out without waiting for data
 
-    def _call_soon(self, f: Callable[..., object], *args: object) -> None:
+    def call_soon(self, f: Callable[..., object], *args: object) -> None:
+        """Call ``f`` on a later reactor turn."""
         self._reactor.callLater(0, f, *args)
 
     # --- datagrams --------------------------------------------------------------

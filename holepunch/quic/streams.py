@@ -29,16 +29,13 @@ section 2) as its ``ITransport``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from twisted.internet import error, interfaces
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-if TYPE_CHECKING:
-    from holepunch.quic.session import QuicSession
 
 _log = Logger()
 
@@ -78,6 +75,48 @@ class QuicStreamAddress:
         return hash((self.fingerprint, self.stream_id, self.peer_id))
 
 
+class BufferLimits(Protocol):
+    """The buffer sizes a stream transport works to (``QuicOptions`` has them)."""
+
+    @property
+    def send_buffer_high(self) -> int: ...
+
+    @property
+    def send_buffer_low(self) -> int: ...
+
+    @property
+    def receive_buffer_limit(self) -> int: ...
+
+
+class StreamOwner(Protocol):
+    """What a stream transport asks of the session that carries it
+    (:class:`holepunch.quic.session.QuicSession`)."""
+
+    @property
+    def options(self) -> BufferLimits: ...
+
+    def write_stream(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Queue ``data`` (and FIN when ``end_stream``) on the stream."""
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Abandon sending (RESET_STREAM)."""
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        """Ask the peer to stop sending (STOP_SENDING)."""
+
+    def stream_backlog(self, stream_id: int) -> int:
+        """Bytes written to the stream and not yet acknowledged."""
+
+    def stream_consumed(self, stream_id: int, nbytes: int, resumed: bool) -> None:
+        """The protocol took ``nbytes``: the peer may send that much more."""
+
+    def forget_stream(self, stream_id: int) -> None:
+        """The stream is over on both sides."""
+
+    def call_soon(self, f: Callable[..., object], *args: object) -> None:
+        """Call ``f`` on a later reactor turn."""
+
+
 @implementer(
     interfaces.ITransport,
     interfaces.IConsumer,
@@ -90,7 +129,7 @@ class QuicStreamTransport:
 
     def __init__(
         self,
-        session: QuicSession,
+        session: StreamOwner,
         stream_id: int,
         protocol: interfaces.IProtocol,
         host: QuicStreamAddress,
@@ -127,7 +166,7 @@ class QuicStreamTransport:
         if self._write_closed or self._lost or not data:
             return
         self.bytes_written += len(data)
-        self._session._stream_write(self.stream_id, bytes(data), end_stream=False)
+        self._session.write_stream(self.stream_id, bytes(data), end_stream=False)
         self._check_send_buffer()
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
@@ -143,9 +182,9 @@ class QuicStreamTransport:
             self._close_after_producer = self._close_after_producer or "write"
             return
         self._write_closed = True
-        self._session._stream_write(self.stream_id, b"", end_stream=True)
+        self._session.write_stream(self.stream_id, b"", end_stream=True)
         self._stop_producer()
-        self._session._call_soon(self._write_side_lost)
+        self._session.call_soon(self._write_side_lost)
 
     def loseConnection(self) -> None:
         """Send FIN after everything written, stop reading (STOP_SENDING), then lose.
@@ -158,12 +197,12 @@ class QuicStreamTransport:
             return
         if not self._write_closed:
             self._write_closed = True
-            self._session._stream_write(self.stream_id, b"", end_stream=True)
+            self._session.write_stream(self.stream_id, b"", end_stream=True)
         if not self._read_closed:
             self._read_closed = True
-            self._session._stream_stop(self.stream_id, 0)
+            self._session.stop_stream(self.stream_id, 0)
         self._stop_producer()
-        self._session._call_soon(self.connection_lost, Failure(error.ConnectionDone()))
+        self._session.call_soon(self.connection_lost, Failure(error.ConnectionDone()))
 
     def abortConnection(self) -> None:
         """Reset the stream at once (RESET_STREAM, STOP_SENDING); buffered data is lost."""
@@ -194,7 +233,7 @@ class QuicStreamTransport:
             producer.stopProducing()
             return
         if not streaming:
-            self._session._call_soon(self.send_buffer_drained)
+            self._session.call_soon(self.send_buffer_drained)
         else:
             self._check_send_buffer()
 
@@ -225,7 +264,7 @@ class QuicStreamTransport:
                 self._read_buffer.append(data)
                 self._read_buffered += len(data)
                 continue
-            self._session._stream_consumed(self.stream_id, len(data), resumed=True)
+            self._session.stream_consumed(self.stream_id, len(data), resumed=True)
             self.protocol.dataReceived(data)
         if self._read_fin_pending and not self._reading_paused and not self._lost:
             self._read_fin_pending = False
@@ -256,7 +295,7 @@ class QuicStreamTransport:
                 self._read_fin_pending = True
             return
         if data:
-            self._session._stream_consumed(self.stream_id, len(data), resumed=False)
+            self._session.stream_consumed(self.stream_id, len(data), resumed=False)
             self.protocol.dataReceived(data)
         if end_stream and not self._lost:
             self._read_side_finished()
@@ -268,7 +307,7 @@ class QuicStreamTransport:
         self._read_closed = True
         if not self._write_closed:
             self._write_closed = True
-            self._session._stream_reset(self.stream_id, error_code)
+            self._session.reset_stream(self.stream_id, error_code)
         self.connection_lost(
             Failure(error.ConnectionLost(f"stream reset by peer (code {error_code})"))
         )
@@ -298,7 +337,7 @@ class QuicStreamTransport:
         producer = self._producer
         if producer is None or self._lost or self._write_closed:
             return
-        backlog = self._session._stream_backlog(self.stream_id)
+        backlog = self._session.stream_backlog(self.stream_id)
         if backlog > self._session.options.send_buffer_low:
             return
         if self._streaming:
@@ -321,7 +360,7 @@ class QuicStreamTransport:
         self._read_closed = self._write_closed = True
         self._read_buffer, self._read_buffered = [], 0
         self._stop_producer()
-        self._session._stream_forget(self.stream_id)
+        self._session.forget_stream(self.stream_id)
         try:
             self.protocol.connectionLost(reason)
         except Exception:
@@ -333,7 +372,7 @@ class QuicStreamTransport:
         producer = self._producer
         if producer is None or not self._streaming or self._producer_paused:
             return
-        if self._session._stream_backlog(self.stream_id) > self._session.options.send_buffer_high:
+        if self._session.stream_backlog(self.stream_id) > self._session.options.send_buffer_high:
             self._producer_paused = True
             producer.pauseProducing()
 
@@ -347,9 +386,9 @@ class QuicStreamTransport:
 
     def _abort(self, code: int) -> None:
         if not self._write_closed:
-            self._session._stream_reset(self.stream_id, code)
+            self._session.reset_stream(self.stream_id, code)
         if not self._read_closed:
-            self._session._stream_stop(self.stream_id, code)
+            self._session.stop_stream(self.stream_id, code)
         self._write_closed = self._read_closed = True
 
     def _read_side_finished(self) -> None:
@@ -357,11 +396,11 @@ class QuicStreamTransport:
         if interfaces.IHalfCloseableProtocol.providedBy(self.protocol):
             self._call_protocol("readConnectionLost")
             if self._write_closed and not self._lost:
-                self._session._call_soon(self.connection_lost, Failure(error.ConnectionDone()))
+                self._session.call_soon(self.connection_lost, Failure(error.ConnectionDone()))
             return
         if not self._write_closed:
             self._write_closed = True
-            self._session._stream_write(self.stream_id, b"", end_stream=True)
+            self._session.write_stream(self.stream_id, b"", end_stream=True)
         self.connection_lost(Failure(error.ConnectionDone()))
 
     def _write_side_lost(self) -> None:

@@ -15,7 +15,6 @@ protocol or a Redis bus later.
 
 from __future__ import annotations
 
-import enum
 import hmac
 import secrets
 from collections.abc import Callable, Iterator
@@ -24,21 +23,17 @@ from typing import Any
 
 from zope.interface import implementer
 
-from holepunch.interfaces import IRoomRegistry, ISignalingClient
+from holepunch.interfaces import (
+    DisconnectReason,
+    IRoomRegistry,
+    ISignalingClient,
+    Registration,
+)
 from holepunch.signaling import messages as codes
 from holepunch.signaling.messages import JSONObject, PeerEntry
 
 MAX_CONNECTION_STATES = 256
 """Most remote peers whose connection state one peer may report; the oldest is dropped."""
-
-
-class DisconnectReason(enum.Enum):
-    """Why the model let go of a peer's connection."""
-
-    IDLE_TIMEOUT = "idle-timeout"
-    """Nothing arrived from the peer for ``peer_timeout`` seconds."""
-    REPLACED = "replaced"
-    """Another connection took the peer id over with the reconnect token."""
 
 
 class SignalingError(Exception):
@@ -58,16 +53,6 @@ class Limits:
     max_peers_per_room: int = 100
     max_rooms_per_peer: int = 16
     peer_timeout: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """The result of a successful :meth:`RoomRegistry.register`."""
-
-    peer_id: str
-    reconnect_token: str
-    resumed: bool
-    """True when the peer id was taken over from a live connection with the token."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from holepunch.interfaces import ISignalingClient
+from holepunch.interfaces import DisconnectReason, ISignalingClient
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
@@ -56,7 +56,6 @@ from holepunch.signaling.autobahn_fixes import (
 )
 from holepunch.signaling.iceservers import IceServerHints
 from holepunch.signaling.model import (
-    DisconnectReason,
     JSONObject,
     Limits,
     RoomRegistry,

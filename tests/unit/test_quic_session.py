@@ -348,7 +348,7 @@ class StreamTests(unittest.TestCase):
         while producer.sent < total:
             if producer.paused:
                 self.assertLessEqual(
-                    pipe.client._stream_backlog(client.transport.stream_id), 64 * 1024 + 16384
+                    pipe.client.stream_backlog(client.transport.stream_id), 64 * 1024 + 16384
                 )
                 pipe.deliver()
                 pipe.clock.advance(0.001)
@@ -417,7 +417,7 @@ class StreamTests(unittest.TestCase):
         pipe.pump()
         # Only about one window crossed; the rest waits in the sender's buffer.
         self.assertLessEqual(server.transport._read_buffered, 2 * window)
-        self.assertGreater(pipe.client._stream_backlog(client.transport.stream_id), 4_000_000)
+        self.assertGreater(pipe.client.stream_backlog(client.transport.stream_id), 4_000_000)
         self.assertIsNone(server.lost)
         server.transport.resumeProducing()
         pipe.pump(until=lambda: server.lost is not None)
@@ -596,9 +596,9 @@ class CloseTests(unittest.TestCase):
         client = Collect()
         pipe.client.open_stream(client)
         client.transport.write(b"a" * 5000)
-        self.assertEqual(pipe.client._stream_backlog(client.transport.stream_id), 5000)
+        self.assertEqual(pipe.client.stream_backlog(client.transport.stream_id), 5000)
         pipe.pump()
-        self.assertEqual(pipe.client._stream_backlog(client.transport.stream_id), 0)
+        self.assertEqual(pipe.client.stream_backlog(client.transport.stream_id), 0)
         self.assertIsInstance(pipe.server, QuicSession)
         engine = pipe.client._quic
         self.assertIsNone(engine.termination())

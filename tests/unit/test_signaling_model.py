@@ -11,12 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from holepunch.interfaces import IRoomRegistry, ISignalingClient
+from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient
 from holepunch.signaling import auth
 from holepunch.signaling import messages as codes
 from holepunch.signaling.model import (
     MAX_CONNECTION_STATES,
-    DisconnectReason,
     Limits,
     RoomRegistry,
     SignalingError,

@@ -14,12 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
 
-from holepunch.interfaces import ISignalingClient
+from holepunch.interfaces import DisconnectReason, ISignalingClient
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
 from holepunch.signaling.autobahn_fixes import debug_logging_off
-from holepunch.signaling.model import DisconnectReason, RoomRegistry
+from holepunch.signaling.model import RoomRegistry
 from holepunch.signaling.server import (
     ServerStats,
     SignalingConfig,
