@@ -5,8 +5,9 @@ Every module of the package is parsed with :mod:`ast` (nothing is imported):
 - the graph of module-level imports (what runs when a module is first imported; imports
   inside functions and under ``if TYPE_CHECKING:`` are left out) has no cycle;
 - no module imports an underscored name from another holepunch module
-  (``from holepunch.x import _y``), reads one off an imported module (``x._y``), or
-  imports a private module (``holepunch.x._y``) from outside the package that holds it;
+  (``from holepunch.x import _y``), reads one off an imported module (``x._y``), uses
+  one that another module defines on an object (``obj._y``), or imports a private
+  module (``holepunch.x._y``) from outside the package that holds it;
 - nothing in ``holepunch/`` imports ``lab`` (the NAT lab, not installed) or ``tests``.
 """
 
@@ -156,6 +157,33 @@ class Package:
                     found.append(f"{where}: {module.name} reads {owner}.{node.attr}")
         return found
 
+    def private_members(self) -> list[str]:
+        """``obj._y`` (``obj`` not ``self`` or ``cls``) where ``_y`` is defined in another
+        package module and nowhere in this one: reaching into another module's object.
+
+        Names defined only outside the package (a library's internals that a module
+        wrapping that library must touch) are not this rule's business.
+        """
+        defined = {name: _defined_names(module.tree) for name, module in self.modules.items()}
+        found = []
+        for module in self.modules.values():
+            own = defined[module.name]
+            for node in ast.walk(module.tree):
+                if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                    continue
+                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                    continue
+                if node.attr in own:
+                    continue
+                owners = sorted(name for name, names in defined.items() if node.attr in names)
+                if owners:
+                    where = self.where(module, node.lineno)
+                    found.append(
+                        f"{where}: {module.name} uses {ast.unparse(node)} "
+                        f"(defined in {', '.join(owners)})"
+                    )
+        return found
+
     def forbidden_imports(self, forbidden: tuple[str, ...]) -> list[str]:
         """Imports of ``forbidden`` top-level packages (lab, tests), anywhere in a module."""
         found = []
@@ -219,6 +247,19 @@ class _ImportVisitor(ast.NodeVisitor):
             if alias.name != "*"
         }
         self.sites.append(ImportSite(base, names, bindings, node.lineno, self.depth == 0))
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    """Every name a module defines: functions, classes, assigned names and attributes."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -337,6 +378,12 @@ class HolepunchImportGraphTests(SynchronousTestCase):
         if found:
             self.fail(_report("private attributes of modules", found))
 
+    def test_no_private_member_of_another_module(self) -> None:
+        """No ``obj._y`` where ``_y`` belongs to another holepunch module's objects."""
+        found = self.package.private_members()
+        if found:
+            self.fail(_report("private members used across modules", found))
+
     def test_no_lab_or_tests_import(self) -> None:
         """The library does not import the NAT lab or the tests."""
         found = self.package.forbidden_imports(FORBIDDEN_TOP_LEVEL)
@@ -421,6 +468,26 @@ class CheckerTests(SynchronousTestCase):
                 "pkg/a.py:6: pkg.a reads pkg.b._secret",
                 "pkg/sub/__init__.py:2: pkg.sub reads pkg.b._secret",
             ],
+        )
+
+    def test_private_members(self) -> None:
+        """Another module's object's underscored member is found; one's own objects'
+        (``other._x`` in ``__eq__``) and a library's internals are not."""
+        package = self.make(
+            {
+                "pkg/__init__.py": "",
+                "pkg/a.py": (
+                    "class A:\n"
+                    "    def __init__(self):\n        self._x = 1\n"
+                    "    def _hook(self):\n        pass\n"
+                    "    def __eq__(self, other):\n        return self._x == other._x\n"
+                ),
+                "pkg/b.py": ("def f(a, sock):\n    a._hook()\n    return sock._library_internal\n"),
+            }
+        )
+        self.assertEqual(
+            package.private_members(),
+            ["pkg/b.py:2: pkg.b uses a._hook (defined in pkg.a)"],
         )
 
     def test_forbidden_imports(self) -> None:
