@@ -284,17 +284,28 @@ class Negotiator:
         return result
 
     def connect_secure(
-        self, peer_id: str, options: QuicOptions | None = None
+        self,
+        peer_id: str,
+        options: QuicOptions | None = None,
+        *,
+        wait_for_peer: float | None = None,
     ) -> defer.Deferred[QuicSession]:
         """:meth:`connect`, then encrypted, authenticated streams on the path (QUIC, the
         offerer as client): fires with the connected :class:`holepunch.quic.QuicSession`.
 
-        Needs an ``identity``; fails with :class:`holepunch.quic.PeerAuthenticationError`
-        when the peer's certificate is not the one whose fingerprint it signaled.
+        With ``wait_for_peer`` the peer may register up to that many seconds later
+        (:meth:`connect_when_present`). Needs an ``identity``; fails with
+        :class:`holepunch.quic.PeerAuthenticationError` when the peer's certificate is not
+        the one whose fingerprint it signaled.
         """
         if self.identity is None:
             return defer.fail(_NO_IDENTITY())
-        return defer.ensureDeferred(self._secure(self.connect(peer_id), True, options))
+        connecting = (
+            self.connect(peer_id)
+            if wait_for_peer is None
+            else self.connect_when_present(peer_id, wait_for_peer)
+        )
+        return defer.ensureDeferred(self._secure(connecting, True, options))
 
     def accept_secure(
         self, peer_id: str | None = None, options: QuicOptions | None = None

@@ -125,3 +125,18 @@ class SecureNegotiationTests(TestCase):
         alice = self.negotiator((yield self.client("alice")), None)
         error = yield self.assertFailure(alice.connect_secure("bob"), NegotiationError)
         self.assertEqual(error.stage, "security")
+
+    @defer.inlineCallbacks
+    def test_wait_for_a_peer_that_registers_later(self) -> Any:
+        """With ``wait_for_peer`` the offer waits for the peer to register, then the
+        secure session comes up as usual."""
+        alice_id, bob_id = PeerIdentity.generate(), PeerIdentity.generate()
+        alice = self.negotiator((yield self.client("alice")), alice_id)
+        connecting = alice.connect_secure("bob", wait_for_peer=20.0)
+        self.assertFalse(connecting.called)
+        bob = self.negotiator((yield self.client("bob")), bob_id)
+        server_session = yield bob.accept_secure()
+        client_session = yield connecting
+        self.addCleanup(client_session.close, "test over")
+        self.addCleanup(server_session.close, "test over")
+        self.assertEqual(client_session.peer_fingerprint, bob_id.fingerprint)
