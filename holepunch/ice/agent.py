@@ -27,9 +27,10 @@ from holepunch.ice.candidate import Candidate
 from holepunch.ice.checklist import CheckList
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
-from holepunch.ice.core import AgentStats, IceCore
+from holepunch.ice.core import IceCore
 from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.hardnat import MappingProfile, Technique
+from holepunch.ice.parts import AgentStats
 from holepunch.ice.portmapping import AgentPortMapping
 from holepunch.ice.relays import Relays
 from holepunch.ice.sockets import IceSocket, local_ipv4_addresses, route_source

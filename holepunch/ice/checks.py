@@ -25,7 +25,6 @@ import ipaddress
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -33,6 +32,7 @@ from holepunch.ice import events
 from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState
 from holepunch.ice.events import MAIN
+from holepunch.ice.parts import Core
 from holepunch.stun.message import StunMessage, encode
 from holepunch.stun.transactions import (
     RetransmissionPolicy,
@@ -41,9 +41,6 @@ from holepunch.stun.transactions import (
     TransactionOutcome,
 )
 from holepunch.stun.wire import Address, Attr, Method, StunDecodeError
-
-if TYPE_CHECKING:
-    from holepunch.ice.core import IceCore
 
 _log = Logger()
 
@@ -59,7 +56,7 @@ class _Check:
 class Checker:
     """Sends, paces and answers the connectivity checks of one core."""
 
-    def __init__(self, core: IceCore) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
         self._pending: dict[int, bytes] = {}
         self._pending_triggers: list[tuple[Candidate, tuple[str, int]]] = []

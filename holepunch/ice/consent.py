@@ -13,18 +13,15 @@ mapping.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.checklist import CandidatePair
+from holepunch.ice.parts import Core
 from holepunch.stun.message import StunMessage, encode
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
 from holepunch.stun.wire import Address, Method
-
-if TYPE_CHECKING:
-    from holepunch.ice.core import IceCore
 
 _log = Logger()
 
@@ -34,7 +31,7 @@ _CONSENT_POLICY = RetransmissionPolicy(rto=0.5, rc=3, rm=2)
 class Consent:
     """Consent and keepalive timers of one core."""
 
-    def __init__(self, core: IceCore) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
         self.last_consent = 0.0
 

@@ -32,8 +32,6 @@ import os
 import secrets
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate
@@ -45,6 +43,7 @@ from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.gathering import PORT_MAPPING_EXTENSION, Gatherer
 from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.ice.nomination import Selector, selector_for
+from holepunch.ice.parts import AgentStats, TransactionOwner
 from holepunch.ice.probing import HardNatProbing
 from holepunch.ice.timers import Timers
 from holepunch.stun.framing import is_stun
@@ -62,30 +61,6 @@ _UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/
 def random_ice_string(length: int) -> str:
     """A random ice-char string (RFC 8839 5.4): ufrag >= 4, pwd >= 22 characters."""
     return "".join(secrets.choice(_UFRAG_CHARS) for _ in range(length))
-
-
-@dataclass
-class AgentStats:
-    """What the agent did; for logs, /metrics and tests."""
-
-    checks_sent: int = 0
-    checks_received: int = 0
-    responses_sent: int = 0
-    unauthenticated: int = 0
-    malformed: int = 0
-    role_conflicts: int = 0
-    data_dropped: int = 0
-    consent_checks: int = 0
-    keepalives: int = 0
-    predicted_checks: int = 0
-    birthday_sockets: int = 0
-    probes_sent: int = 0
-
-
-class TransactionOwner(Protocol):
-    """A component whose STUN transactions the core routes back to it."""
-
-    def transaction_done(self, outcome: TransactionOutcome, payload: object) -> None: ...
 
 
 Route = Callable[[tuple[str, int]], "str | None"]

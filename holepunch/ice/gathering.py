@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -34,13 +33,11 @@ from holepunch.ice import events
 from holepunch.ice.candidate import make_candidate
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import profile_from_flows
+from holepunch.ice.parts import Core
 from holepunch.stun.client import parse_binding_response
 from holepunch.stun.message import StunMessage
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
 from holepunch.stun.wire import Address, StunDecodeError
-
-if TYPE_CHECKING:
-    from holepunch.ice.core import IceCore
 
 _log = Logger()
 
@@ -87,7 +84,7 @@ class _Remeasure:
 class Gatherer:
     """The gathering of one core."""
 
-    def __init__(self, core: IceCore) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
         self.stun_complete = False
         self.complete = False

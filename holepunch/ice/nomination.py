@@ -18,15 +18,11 @@ losing birthday sockets).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.checklist import CandidatePair, relayed
-
-if TYPE_CHECKING:
-    from holepunch.ice.core import IceCore
+from holepunch.ice.parts import Core
 
 _log = Logger()
 
@@ -34,7 +30,7 @@ _log = Logger()
 class Selector:
     """What both roles do once a pair is chosen."""
 
-    def __init__(self, core: IceCore) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
 
     def check_succeeded(self, pair: CandidatePair, nominate: bool) -> None:
@@ -181,6 +177,6 @@ class ControlledSelector(Selector):
             self.select(pair)
 
 
-def selector_for(core: IceCore) -> Selector:
+def selector_for(core: Core) -> Selector:
     """The selector for the core's current role."""
     return ControllingSelector(core) if core.controlling else ControlledSelector(core)

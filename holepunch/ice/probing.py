@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -29,11 +28,9 @@ from holepunch.ice.candidate import Candidate, candidate_priority, make_candidat
 from holepunch.ice.checklist import CandidatePair, PairState, relayed
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import PORT_RANGE, Technique, plan, predicted_ports
+from holepunch.ice.parts import Core
 from holepunch.stun.transactions import RetransmissionPolicy, TransactionOutcome
 from holepunch.stun.wire import Address
-
-if TYPE_CHECKING:
-    from holepunch.ice.core import IceCore
 
 _log = Logger()
 
@@ -52,7 +49,7 @@ class _Probe:
 class HardNatProbing:
     """The hard-NAT schedules of one core."""
 
-    def __init__(self, core: IceCore) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
         self.ordered: list[CandidatePair] = []
         """Predicted pairs, checked first and in this order."""
