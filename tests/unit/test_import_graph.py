@@ -2,8 +2,9 @@
 
 Every module of the package is parsed with :mod:`ast` (nothing is imported):
 
-- the graph of module-level imports (what runs when a module is first imported; imports
-  inside functions and under ``if TYPE_CHECKING:`` are left out) has no cycle;
+- the graph of imports has no cycle: every import counts, those inside functions and
+  under ``if TYPE_CHECKING:`` too (a cycle hidden from the interpreter is still two
+  modules that each need the other);
 - no module imports an underscored name from another holepunch module
   (``from holepunch.x import _y``), reads one off an imported module (``x._y``), uses
   one that another module defines on an object (``obj._y``), or imports a private
@@ -57,8 +58,6 @@ class ImportSite:
     bindings: dict[str, str]
     """Local name -> the dotted name it is bound to."""
     line: int
-    top_level: bool
-    """Runs when the module is first imported (not in a function, not TYPE_CHECKING)."""
 
 
 @dataclass
@@ -99,12 +98,10 @@ class Package:
         return None
 
     def graph(self) -> dict[str, set[str]]:
-        """Module -> the package modules its module-level imports run."""
+        """Module -> the package modules it imports (anywhere in it)."""
         edges: dict[str, set[str]] = {name: set() for name in self.modules}
         for module in self.modules.values():
             for site in self.imports(module):
-                if not site.top_level:
-                    continue
                 for name in site.names or (None,):
                     target = self.target(site, name)
                     if target is not None:
@@ -196,34 +193,12 @@ class Package:
 
 
 class _ImportVisitor(ast.NodeVisitor):
-    """Collects the import statements of one module, marking the module-level ones."""
+    """Collects the import statements of one module, wherever they are."""
 
     def __init__(self, module: Module) -> None:
         self.module = module
         self.sites: list[ImportSite] = []
-        self.depth = 0  # functions and TYPE_CHECKING blocks we are inside
         self.visit(module.tree)
-
-    def _deferred(self, node: ast.AST) -> None:
-        self.depth += 1
-        self.generic_visit(node)
-        self.depth -= 1
-
-    visit_FunctionDef = _deferred
-    visit_AsyncFunctionDef = _deferred
-    visit_Lambda = _deferred
-
-    def visit_If(self, node: ast.If) -> None:
-        if _is_type_checking(node.test):
-            self.visit(node.test)
-            self.depth += 1
-            for statement in node.body:
-                self.visit(statement)
-            self.depth -= 1
-            for statement in node.orelse:
-                self.visit(statement)
-        else:
-            self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -232,7 +207,7 @@ class _ImportVisitor(ast.NodeVisitor):
             else:
                 first = alias.name.split(".")[0]
                 bindings = {first: first}
-            self.sites.append(ImportSite(alias.name, (), bindings, node.lineno, self.depth == 0))
+            self.sites.append(ImportSite(alias.name, (), bindings, node.lineno))
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         base = node.module or ""
@@ -246,7 +221,7 @@ class _ImportVisitor(ast.NodeVisitor):
             for alias in node.names
             if alias.name != "*"
         }
-        self.sites.append(ImportSite(base, names, bindings, node.lineno, self.depth == 0))
+        self.sites.append(ImportSite(base, names, bindings, node.lineno))
 
 
 def _defined_names(tree: ast.Module) -> set[str]:
@@ -260,13 +235,6 @@ def _defined_names(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
     return names
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
-    if isinstance(test, ast.Name):
-        return test.id == "TYPE_CHECKING"
-    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
 def _in_package(dotted: str, package: str) -> bool:
@@ -361,7 +329,7 @@ class HolepunchImportGraphTests(SynchronousTestCase):
             self.assertIn(name, self.package.modules)
 
     def test_no_import_cycle(self) -> None:
-        """No cycle among module-level imports (functions and TYPE_CHECKING left out)."""
+        """No cycle among imports, TYPE_CHECKING and function-level ones included."""
         cycles = [" -> ".join(cycle) for cycle in self.package.cycles()]
         if cycles:
             self.fail(_report("import cycles", cycles))
@@ -403,7 +371,8 @@ class CheckerTests(SynchronousTestCase):
         return Package.load(Path(root.path), "pkg")
 
     def test_cycle_named(self) -> None:
-        """A three-module cycle is reported in import order; a deferred import is not."""
+        """A three-module cycle is reported in import order; so is one made by an import
+        in a function and one under TYPE_CHECKING."""
         package = self.make(
             {
                 "pkg/__init__.py": "",
@@ -412,13 +381,14 @@ class CheckerTests(SynchronousTestCase):
                 "pkg/c.py": "from pkg.a import thing\n",
                 "pkg/d.py": "def f():\n    from pkg import e\n",
                 "pkg/e.py": (
-                    "from typing import TYPE_CHECKING\n"
-                    "if TYPE_CHECKING:\n    from pkg import d\n"
-                    "import pkg.d\n"
+                    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import d\n"
                 ),
             }
         )
-        self.assertEqual(package.cycles(), [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]])
+        self.assertEqual(
+            package.cycles(),
+            [["pkg.a", "pkg.b", "pkg.c", "pkg.a"], ["pkg.d", "pkg.e", "pkg.d"]],
+        )
 
     def test_relative_imports_resolved(self) -> None:
         """``from . import x`` and ``from ..y import z`` resolve against the package."""
