@@ -13,8 +13,10 @@ DCUtR-style sync over signaling, as ``ice-candidate`` payloads of the session::
                                                         answerer dials on receipt + lead)
 
 The connection is a normal Twisted TCP transport (``stream.transport``); the
-:class:`StreamConnection` around it carries datagrams as length-prefixed frames, so a
-caller gets the same API as over UDP, with ``method`` ``tcp-hole-punch``.
+:class:`StreamConnection` around it carries datagrams RFC 4571-framed (each one after
+its length in two bytes, network order, as RFC 6544 ICE-TCP does), so a caller gets the
+same API as over UDP, with ``method`` ``tcp-hole-punch``, and QUIC packets travel on it
+exactly as they do over UDP.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
 from holepunch.ice.candidate import Candidate, make_candidate
@@ -40,10 +42,17 @@ from holepunch.punch.tcp import (
 
 _log = Logger()
 
-MAX_FRAME = 65536
+MAX_FRAME = 65535
+"""The largest datagram an RFC 4571 frame holds (its length field has 16 bits)."""
 
 
-class _Framed(Int32StringReceiver):
+class Rfc4571Framing(Int16StringReceiver):
+    """Datagrams on a TCP stream, RFC 4571-framed: a 16-bit length, then the bytes.
+
+    Frames that arrive before a :class:`StreamConnection` owns the protocol are kept
+    for it; a frame over :data:`MAX_FRAME` cannot be sent (``sendString`` refuses it).
+    """
+
     MAX_LENGTH = MAX_FRAME
 
     def __init__(self) -> None:
@@ -65,8 +74,8 @@ class StreamConnection(Channel):
     """A punched TCP connection with the :class:`Channel <holepunch.ice.connection.Channel>` API.
 
     ``stream`` is the :class:`PunchedStream <holepunch.punch.tcp.PunchedStream>` (its
-    ``transport`` is an ordinary Twisted TCP transport); ``send`` frames each message with
-    a 4-byte length.
+    ``transport`` is an ordinary Twisted TCP transport); ``send`` frames each message as
+    RFC 4571 does (:class:`Rfc4571Framing`).
     """
 
     def __init__(self, stream: PunchedStream, rtt: float | None) -> None:
@@ -74,7 +83,7 @@ class StreamConnection(Channel):
         self.stream = stream
         self.transport = stream.transport
         protocol = stream.protocol
-        assert isinstance(protocol, _Framed)
+        assert isinstance(protocol, Rfc4571Framing)
         self._protocol = protocol
         protocol.owner = self
         pending, protocol.pending = protocol.pending, []
@@ -180,7 +189,7 @@ class TcpTrack:
             self.mapping.local[1],
             self.remote,
             start_at=start_at,
-            protocol_factory=Factory.forProtocol(_Framed),
+            protocol_factory=Factory.forProtocol(Rfc4571Framing),
             attempts=self.attempts,
             interface=self.interface,
         )
