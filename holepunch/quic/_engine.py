@@ -35,8 +35,9 @@ def check_aioquic() -> None:
         for name in ("_request_client_certificate", "_peer_certificate")
         if not hasattr(context, name)
     ]
-    if not hasattr(QuicConnection, "_initialize"):
-        missing.append("QuicConnection._initialize")
+    for method in ("_initialize", "_payload_received"):
+        if not hasattr(QuicConnection, method):
+            missing.append(f"QuicConnection.{method}")
     if missing:
         raise AioquicIncompatible(
             "this aioquic release lacks " + ", ".join(missing) + "; holepunch.quic is "
@@ -62,6 +63,9 @@ class PinnedQuicConnection(QuicConnection):
             )
         # stream id -> [window, bytes the application consumed]
         self._receive_windows: dict[int, list[int]] = {}
+        self.packets_authenticated = 0
+        """Packets that decrypted and authenticated (and were not duplicates): a
+        datagram that adds none was forged, corrupt, replayed or for old keys."""
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -69,6 +73,11 @@ class PinnedQuicConnection(QuicConnection):
             # TLS 1.3 CertificateRequest (RFC 8446 section 4.3.2): aioquic's server
             # then requires the client's Certificate and checks its CertificateVerify.
             self.tls._request_client_certificate = True
+
+    def _payload_received(self, context: Any, plain: bytes, *args: Any, **kwargs: Any) -> Any:
+        # aioquic calls this once per packet that passed AEAD and the duplicate check.
+        self.packets_authenticated += 1
+        return super()._payload_received(context, plain, *args, **kwargs)
 
     def peer_certificate_der(self) -> bytes | None:
         """The certificate the peer presented in the handshake (DER), if any."""

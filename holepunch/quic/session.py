@@ -148,6 +148,10 @@ class SessionStats:
     bytes_sent: int = 0
     dropped_not_quic: int = 0
     dropped_refused: int = 0
+    dropped_unauthenticated: int = 0
+    """QUIC-looking datagrams none of whose packets authenticated: forged (say, sent
+    with the peer's address by a third party), corrupted, replayed or stale. They never
+    reach a stream or a datagram handler."""
     send_errors: int = 0
     streams_refused: int = 0
     keepalives_sent: int = 0
@@ -246,7 +250,10 @@ class QuicSession:
                 self.stats.dropped_refused += 1
                 return
             assert self._quic is not None
+            authenticated = self._quic.packets_authenticated
             self._quic.receive_datagram(data, PEER_ADDRESS, now)
+            if self._quic.packets_authenticated == authenticated:
+                self.stats.dropped_unauthenticated += 1
         except Exception:
             self.stats.dropped_refused += 1
             _log.failure("QUIC refused a datagram")

@@ -480,6 +480,40 @@ class DatagramTests(unittest.TestCase):
         self.assertFalse(any(marker in d for d in seen))
 
 
+    def test_forged_datagrams_never_reach_the_application(self):
+        """Datagrams that look like the peer's but do not authenticate (a forged copy
+        with one byte changed, a replay, random bytes after a real header) are dropped
+        and counted; only the genuine bytes reach the stream and the datagram handler."""
+        pipe = connected_pipe()
+        server_side = listen(pipe, pipe.server, Collect)
+        got = []
+        pipe.server.on_datagram(got.append)
+        client = Collect()
+        pipe.client.open_stream(client)
+        client.transport.write(b"genuine")
+        pipe.client.send_datagram(b"real")
+        pipe.clock.advance(0)  # the session writes on the next reactor turn
+        genuine = list(pipe.to_server)
+        self.assertTrue(genuine)
+        pipe.pump(until=lambda: server_side and bytes(server_side[0].received) == b"genuine")
+        before = pipe.server.stats.dropped_unauthenticated
+        rng = random.Random(11)
+        forged = []
+        for datagram in genuine:
+            tampered = bytearray(datagram)
+            tampered[-1] ^= 0x01  # in the AEAD tag
+            forged.append(bytes(tampered))
+            forged.append(datagram)  # a replay: a duplicate packet number
+            forged.append(datagram[:9] + rng.randbytes(len(datagram) - 9))
+        for datagram in forged:
+            pipe.server.datagram_received(datagram)
+        client.transport.write(b" and more")  # genuine packets are not counted
+        pipe.pump(until=lambda: bytes(server_side[0].received) == b"genuine and more")
+        self.assertEqual(pipe.server.stats.dropped_unauthenticated - before, len(forged))
+        self.assertEqual(got, [b"real"])
+        self.assertIsNone(pipe.server.closed)
+
+
 class PathTests(unittest.TestCase):
     def test_path_change_mid_stream(self):
         """The pipe switches route mid-stream (relay to direct): the stream goes on byte-exact."""
