@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import StringTooLongError
@@ -21,6 +21,7 @@ from holepunch.punch.tcp import PunchedStream, simultaneous_open
 from holepunch.punch.tcpsession import MAX_FRAME, Rfc4571Framing, StreamConnection
 from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import session_over_channel
+from tests.stream_protocols import Collect, Echo
 
 LOOPBACK = "127.0.0.1"
 
@@ -89,32 +90,6 @@ class FramingTests(SynchronousTestCase):
         connection.send(bytes(MAX_FRAME))
         self.assertEqual(transport.value()[:2], b"\xff\xff")
         self.assertRaises(StringTooLongError, connection.send, bytes(MAX_FRAME + 1))
-
-
-class Collect(protocol.Protocol):
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def readConnectionLost(self) -> None:
-        self.done.callback(bytes(self.data))
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.data))
-
-
-class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        assert self.transport is not None
-        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
 
 
 class QuicOverPunchedTcpTests(TestCase):

@@ -15,35 +15,7 @@ from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import PeerAuthenticationError, SessionClosed
 from holepunch.signaling.client import SignalingClient
 from holepunch.testing.loopback import start_signaling_server
-
-
-class Collect(protocol.Protocol):
-    """Keeps what arrives; ``done`` fires with it when the peer half-closes."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def readConnectionLost(self) -> None:
-        if not self.done.called:
-            self.done.callback(self.data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.done.called:
-            self.done.callback(self.data)
-
-
-class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        assert self.transport is not None
-        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+from tests.stream_protocols import Collect, Echo
 
 
 class SecureNegotiationTests(TestCase):
