@@ -770,6 +770,13 @@ class NatLab:
         self._processes.append(proc)
         return proc
 
+    def wan_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in the wan namespace (the internet's bridge ``br0``), as
+        :meth:`LabHost.popen` does in a host; :meth:`close` stops it."""
+        kwargs["env"] = lab_env(kwargs.get("env"))
+        kwargs.setdefault("start_new_session", True)
+        return self._popen(["ip", "netns", "exec", self.wan_namespace, *argv], **kwargs)
+
     def _forget(self, proc: subprocess.Popen[Any]) -> None:
         with contextlib.suppress(ValueError):
             self._processes.remove(proc)
