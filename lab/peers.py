@@ -10,10 +10,14 @@ and one offering peer, the way a user would.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -295,3 +299,158 @@ def run_connect(
     finally:
         a.kill()
         b.kill()
+
+
+def random_file(size: int, directory: str | None = None) -> tuple[str, str]:
+    """A file of ``size`` random bytes; returns (path, SHA-256 hex). The caller removes it."""
+    digest = hashlib.sha256()
+    handle, path = tempfile.mkstemp(prefix="hp-payload-", dir=directory)
+    with os.fdopen(handle, "wb") as sink:
+        left = size
+        while left:
+            chunk = os.urandom(min(left, 1 << 20))
+            digest.update(chunk)
+            sink.write(chunk)
+            left -= len(chunk)
+    return path, digest.hexdigest()
+
+
+class StreamPeer:
+    """``holepunch connect --json`` in stream mode: a file on stdin, stdout hashed.
+
+    The first stdout line is the connection's JSON; every byte after it is the peer's
+    stream, counted and hashed (SHA-256) as it arrives, never kept. stderr is kept.
+    """
+
+    def __init__(self, host: LabHost, args: Sequence[str], payload: str) -> None:
+        self.args = list(args)
+        argv = [sys.executable, "-m", "holepunch", "connect", *self.args]
+        with open(payload, "rb") as stdin:
+            self.proc = host.popen(
+                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        self.info: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.received = 0
+        self.first_byte_at: float | None = None
+        self.last_byte_at: float | None = None
+        self._digest = hashlib.sha256()
+        self.stderr_lines: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        try:
+            self.info.put(json.loads(first))
+        except ValueError:
+            self.info.put(None)
+            return
+        stdout = self.proc.stdout
+        assert isinstance(stdout, io.BufferedReader)
+        while chunk := stdout.read1(1 << 20):
+            now = time.monotonic()
+            if self.first_byte_at is None:
+                self.first_byte_at = now
+            self.last_byte_at = now
+            self.received += len(chunk)
+            self._digest.update(chunk)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            self.stderr_lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    def connection(self, timeout: float) -> dict[str, Any]:
+        """The ``--json`` line; raises PeerProcessError without one."""
+        try:
+            info = self.info.get(timeout=timeout)
+        except queue.Empty:
+            raise PeerProcessError(f"no connection within {timeout}s; {self.stderr}") from None
+        if info is None:
+            raise PeerProcessError(f"the first line was not JSON; {self.stderr}")
+        return info
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for exit and the end of stdout: (exit status, SHA-256 of what arrived)."""
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise PeerProcessError(
+                f"did not finish within {timeout}s ({self.received} bytes in); {self.stderr}"
+            ) from None
+        for t in self._threads:
+            t.join(10)
+        return status, self._digest.hexdigest()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def transfer_pair(
+    offerer: LabHost,
+    answerer: LabHost,
+    signaling_url: str,
+    *,
+    names: tuple[str, str],
+    size: int,
+    timeout: float = 20.0,
+    transfer_timeout: float = 120.0,
+    stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
+    extra_args: Sequence[str] = (),
+    payloads: tuple[tuple[str, str], tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """``size`` random bytes each way through two ``holepunch connect`` streams.
+
+    Returns ``ok`` (both exited 0 and both directions arrived byte-exact), the
+    offerer's connection JSON as ``connection`` and the answerer's as ``other``,
+    ``seconds`` (first to last byte, the slower direction), ``mb_per_s`` (each way),
+    ``exit`` codes and ``stderr`` of both; ``payloads`` reuses files made by
+    :func:`random_file` (else they are made and removed here).
+    """
+    made = payloads is None
+    if payloads is None:
+        payloads = (random_file(size), random_file(size))
+    (a_file, a_sum), (b_file, b_sum) = payloads
+    stun = [arg for s in stun_servers for arg in ("--stun-server", s)]
+    common = ["--signaling", signaling_url, "--json", "--timeout", str(timeout), *stun, *extra_args]
+    b = StreamPeer(answerer, ["--id", names[1], "--accept", *common], b_file)
+    a = StreamPeer(offerer, ["--id", names[0], "--to", names[1], *common], a_file)
+    try:
+        connection = a.connection(timeout + 10)
+        other = b.connection(10)
+        a_status, a_got = a.finish(transfer_timeout)
+        b_status, b_got = b.finish(30)
+        starts = [p.first_byte_at for p in (a, b) if p.first_byte_at is not None]
+        ends = [p.last_byte_at for p in (a, b) if p.last_byte_at is not None]
+        seconds = max(ends) - min(starts) if starts and ends else 0.0
+        return {
+            "ok": a_status == 0 and b_status == 0 and a_got == b_sum and b_got == a_sum,
+            "connection": connection,
+            "other": other,
+            "exit": (a_status, b_status),
+            "byte_exact": (b_got == a_sum, a_got == b_sum),
+            "received": (a.received, b.received),
+            "seconds": seconds,
+            "mb_per_s": size / seconds / 1e6 if seconds else None,
+            "stderr": (a.stderr, b.stderr),
+        }
+    except PeerProcessError as e:
+        return {"ok": False, "reason": str(e), "stderr": (a.stderr, b.stderr)}
+    finally:
+        a.kill()
+        b.kill()
+        if made:
+            os.unlink(a_file)
+            os.unlink(b_file)
