@@ -13,6 +13,12 @@ docs/nat-matrix.md, with ``--json`` the raw results.
     python benchmarks/nat_matrix.py --setup one-address --runs 3 --markdown  # README daemon
     python benchmarks/nat_matrix.py --setup public-style --runs 3 --markdown
     python benchmarks/nat_matrix.py --setup one-address --port-mapping --runs 3 --markdown
+    python benchmarks/nat_matrix.py --turn --transfer 64 --runs 1 --markdown  # 64 MiB each way
+
+With ``--transfer MIB`` each run also carries a random file of that size each way
+through the encrypted stream (``holepunch connect``'s default mode); a run counts only
+if both directions arrive byte-exact (SHA-256) and both sides exit 0, and the table
+shows the throughput (MB/s each way, first to last byte) instead of the connect time.
 
 Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl-C).
 """
@@ -20,7 +26,9 @@ Everything it starts is stopped, and the lab removed, when it ends (even on Ctrl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,7 +40,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab.natlab import PRESETS, LabHost, NatLab
-from lab.peers import SETUPS, LabServers, run_connect, start_lab_servers, start_port_mapping
+from lab.peers import (
+    SETUPS,
+    LabServers,
+    random_file,
+    run_connect,
+    start_lab_servers,
+    start_port_mapping,
+    transfer_pair,
+)
 
 SHORT = {
     "open": "open",
@@ -58,6 +74,8 @@ class Cell:
     wall_s: list[float] = field(default_factory=list)
     probes: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    """MB/s each way, with ``--transfer``."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -69,6 +87,7 @@ class Cell:
             "median_ms": round(statistics.median(self.times_ms), 1) if self.times_ms else None,
             "max_ms": round(max(self.times_ms), 1) if self.times_ms else None,
             "probes": self.probes,
+            "mb_per_s": [round(r, 1) for r in self.rates],
             "failures": self.failures[:3],
         }
 
@@ -80,8 +99,39 @@ def run_once(
     names: tuple[str, str],
     timeout: float,
     servers: LabServers,
+    payloads: tuple[tuple[str, str], tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """One connect; method (both sides'), offerer's connect time, probes, wall time."""
+    """One connect; method (both sides'), offerer's connect time, probes, wall time;
+    with ``payloads``, a file each way through the stream (its MB/s as ``mb_per_s``)."""
+    if payloads is not None:
+        started = time.monotonic()
+        result = transfer_pair(
+            a,
+            b,
+            url,
+            names=names,
+            size=os.path.getsize(payloads[0][0]),
+            timeout=timeout,
+            transfer_timeout=timeout + 600,
+            stun_servers=servers.stun_servers,
+            extra_args=servers.turn_args(),
+            payloads=payloads,
+        )
+        result["wall_s"] = time.monotonic() - started
+        if result["ok"]:
+            ours, theirs = result["connection"]["method"], result["other"]["method"]
+            result["method"] = ours if ours == theirs else f"{ours}/{theirs}"
+            result["elapsed_ms"] = result["connection"]["elapsed_ms"]
+            result["probes"] = max(
+                result["connection"].get("probes_sent", 0), result["other"].get("probes_sent", 0)
+            )
+        elif "reason" not in result:
+            stderr = "\n".join(result["stderr"]).strip().splitlines()
+            result["reason"] = (
+                f"exit {result['exit']}, byte-exact {result['byte_exact']}: "
+                + (stderr[-1] if stderr else "")
+            )
+        return result
     result = run_connect(
         a,
         b,
@@ -108,10 +158,16 @@ def measure(
     turn: bool,
     setup: str = "rfc5780",
     port_mapping: bool = False,
+    transfer: int = 0,
 ) -> list[Cell]:
-    """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair."""
+    """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair;
+    with ``transfer`` (bytes), each run also carries that much each way."""
     cells = [Cell(r, c) for r in rows for c in cols]
-    with NatLab() as lab:
+    payloads = (random_file(transfer), random_file(transfer)) if transfer else None
+    with contextlib.ExitStack() as cleanup, NatLab() as lab:
+        if payloads is not None:
+            for path, _ in payloads:
+                cleanup.callback(os.unlink, path)
         servers = start_lab_servers(lab, setup, turn)
         url = servers.url
         slots = []
@@ -135,6 +191,7 @@ def measure(
                             (f"o{run}x{start + k}", f"a{run}x{start + k}"),
                             timeout,
                             servers,
+                            payloads,
                         ): cell
                         for k, cell in enumerate(batch)
                     }
@@ -147,6 +204,8 @@ def measure(
                             cell.methods[result["method"]] += 1
                             cell.times_ms.append(result["elapsed_ms"])
                             cell.probes.append(result["probes"])
+                            if result.get("mb_per_s"):
+                                cell.rates.append(result["mb_per_s"])
                         else:
                             cell.failures.append(result["reason"])
                 print(f"run {run + 1}/{runs}: cells {start + 1}-{start + len(batch)} done",
@@ -169,8 +228,12 @@ def markdown(cells: list[Cell], rows: list[str], cols: list[str]) -> str:
                     if len(cell.methods) > 1
                     else next(iter(cell.methods))
                 )
-                median = statistics.median(cell.times_ms)
-                parts.append(f"{cell.ok}/{cell.runs} {method} {median:.0f} ms")
+                if cell.rates:
+                    rate = statistics.median(cell.rates)
+                    parts.append(f"{cell.ok}/{cell.runs} {method} {rate:.1f} MB/s")
+                else:
+                    median = statistics.median(cell.times_ms)
+                    parts.append(f"{cell.ok}/{cell.runs} {method} {median:.0f} ms")
             else:
                 parts.append(f"0/{cell.runs} fails ({statistics.median(cell.wall_s):.0f} s)")
         lines.append(f"| **{SHORT[r]}** | " + " | ".join(parts) + " |")
@@ -198,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run miniupnpd (UPnP IGD, NAT-PMP, PCP) on every host's router",
     )
+    parser.add_argument(
+        "--transfer",
+        type=float,
+        default=0,
+        metavar="MIB",
+        help="also carry MIB random mebibytes each way through the encrypted stream",
+    )
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -211,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         args.turn,
         args.setup,
         args.port_mapping,
+        int(args.transfer * 1024 * 1024),
     )
     if args.json:
         print(json.dumps([c.summary() for c in cells], indent=1))
