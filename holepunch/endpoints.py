@@ -9,8 +9,8 @@ and opens one stream for the factory's protocol. :class:`HolepunchServerEndpoint
 every stream a peer opens gets a protocol from the factory. Any Twisted protocol runs
 unchanged: the stream is its transport (:class:`holepunch.quic.streams.QuicStreamTransport`).
 
-Endpoint strings (:func:`twisted.internet.endpoints.clientFromString` and
-``serverFromString``; the plugin is ``twisted/plugins/holepunch_endpoints.py``)::
+Endpoint strings (Twisted's ``clientFromString`` and ``serverFromString``; the plugin
+is ``twisted/plugins/holepunch_endpoints.py``)::
 
     holepunch:peer=bob:signaling=ws\\://127.0.0.1\\:8080/:id=alice
     holepunch:signaling=wss\\://signal.example.com/:id=bob:identity=/var/lib/bob
@@ -133,28 +133,26 @@ class EndpointStringError(ValueError):
 
 @dataclass(frozen=True)
 class EndpointOptions:
-    """What a ``holepunch:`` endpoint needs, checked.
-
-    :param signaling: the signaling server's ``ws://`` or ``wss://`` URL.
-    :param peer_id: our own id on it.
-    :param token: an auth token for the signaling server.
-    :param identity_dir: where our key and certificate live
-        (:meth:`PeerIdentity.load_or_create`); None: a fresh identity for the registration.
-    :param stun_servers: STUN servers for server-reflexive candidates (none: those the
-        signaling server advertises).
-    :param hosts: local addresses for host candidates (None: every usable one).
-    :param timeout: seconds a connect may take (ICE's own limit too).
-    :param wait: seconds a client waits for the peer to register (0: it must be there).
-    """
+    """What a ``holepunch:`` endpoint needs, checked."""
 
     signaling: str
+    """The signaling server's ``ws://`` or ``wss://`` URL."""
     peer_id: str
+    """Our own id on it."""
     token: str | None = None
+    """An auth token for the signaling server."""
     identity_dir: str | None = None
+    """Where our key and certificate live (:meth:`PeerIdentity.load_or_create`); None: a
+    fresh identity for the registration."""
     stun_servers: tuple[tuple[str, int], ...] = ()
+    """STUN servers for server-reflexive candidates (none: those the signaling server
+    advertises)."""
     hosts: tuple[str, ...] | None = None
+    """Local addresses for host candidates (None: every usable one)."""
     timeout: float = DEFAULT_TIMEOUT
+    """Seconds a connect may take (ICE's own limit too)."""
     wait: float = 0.0
+    """Seconds a client waits for the peer to register (0: it must be there)."""
 
     def ice_config(self) -> IceConfig:
         """The ICE agents' settings these options ask for."""
