@@ -510,8 +510,12 @@ class P2PCoordinator(MultiService):
             self._secure_session(peer_id, result)
         waiters, opening.waiters = opening.waiters, []
         for d in waiters:
-            if not d.called:
-                d.callback(result) if isinstance(result, QuicSession) else d.errback(result)
+            if d.called:
+                continue
+            if isinstance(result, QuicSession):
+                d.callback(result)
+            else:
+                d.errback(result)
 
     def listen_streams(self, factory: Any) -> None:
         """Build a protocol with ``factory`` for each stream a peer opens (on every

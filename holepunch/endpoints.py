@@ -426,28 +426,42 @@ class HolepunchClientEndpoint:
             return defer.fail(SignalingFailed(self.peer_id, str(e)))
         handed_over: list[bool] = []  # the session's end releases the registration
         running = defer.ensureDeferred(self._connect(registration, protocolFactory, handed_over))
-        timed_out: list[bool] = []
+        stopped: list[str] = []  # "cancelled" or "timeout"
 
-        def time_out() -> None:
-            timed_out.append(True)
+        def stop(why: str) -> None:
+            if not stopped:
+                stopped.append(why)
             running.cancel()
 
-        deadline = self.reactor.callLater(self.options.timeout, time_out)
+        result: defer.Deferred[Any] = defer.Deferred(lambda _: stop("cancelled"))
+        deadline = self.reactor.callLater(self.options.timeout, stop, "timeout")
 
-        def done(result: Any) -> Any:
+        def done(outcome: Any) -> None:
             if deadline.active():
                 deadline.cancel()
-            if isinstance(result, Failure):
+            if isinstance(outcome, Failure):
                 if not handed_over:
                     self.registry.release(registration)
-                if timed_out and result.check(defer.CancelledError):
-                    return Failure(
+                # A stage stopped by the cancel may report it its own way (ICE does).
+                if stopped == ["timeout"]:
+                    outcome = Failure(
                         ConnectTimedOut(self.peer_id, f"no stream after {self.options.timeout}s")
                     )
-            return result
+                elif stopped:
+                    outcome = Failure(defer.CancelledError(f"connecting to {self.peer_id!r}"))
+            elif result.called:  # cancelled just as it succeeded
+                assert outcome.transport is not None
+                outcome.transport.abortConnection()
+                return
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
 
         running.addBoth(done)
-        return running
+        return result
 
     def _release(self, registration: Registration) -> None:
         self.registry.release(registration)

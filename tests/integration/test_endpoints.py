@@ -195,6 +195,23 @@ class EndpointTests(TestCase):
         yield self.assertFailure(d, defer.CancelledError)
 
     @defer.inlineCallbacks
+    def test_cancel_during_negotiation(self) -> Any:
+        """Cancelling once the offer reached the server side stops ICE and releases the
+        client's registration."""
+        port = yield self.listen(protocol.Factory.forProtocol(LineServer))
+        d = self.client().connect(protocol.Factory.forProtocol(LineClient))
+        offered: defer.Deferred[None] = defer.Deferred()
+        port.registration.client.on("offer", lambda _m: offered.callback(None))
+        yield offered
+        self.assertFalse(d.called)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield DEFAULT_REGISTRY.when_stopped()
+        self.assertEqual(
+            [key[2] for key in DEFAULT_REGISTRY.registrations], ["bob"]
+        )
+
+    @defer.inlineCallbacks
     def test_absent_peer_is_a_signaling_error(self) -> Any:
         """A peer not on the signaling server: a ConnectError naming the signaling stage."""
         d = self.client(peer="nobody").connect(protocol.Factory.forProtocol(LineClient))
