@@ -131,6 +131,9 @@ class P2PConfig:
     """Address an in-process signaling server listens on ("": every interface)."""
     log_level: str = "info"
     """``debug``, ``info``, ``warn`` or ``error``."""
+    identity_dir: str | None = None
+    """Directory of the coordinator's key and certificate (created if missing), whose
+    fingerprint its encrypted streams are bound to; None: a fresh one per process."""
 
     def validate(self) -> None:
         """Check every field's type and range.
@@ -376,6 +379,20 @@ def _parse_url(value: object) -> str | None:
     return text
 
 
+def _parse_directory(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("a directory path", value)
+    text = value.strip()
+    return text or None
+
+
+def _check_directory(value: object) -> None:
+    if value is not None and (not isinstance(value, str) or _parse_directory(value) != value):
+        raise _Invalid("None or a directory path", value)
+
+
 def _parse_interface(value: object) -> str:
     expected = 'an IP address of this host, or "" for every interface'
     if not isinstance(value, str):
@@ -509,6 +526,7 @@ _FIELDS: tuple[_Field, ...] = (
         _strict((str,), _parse_log_level, "one of 'debug', 'info', 'warn', 'error'"),
         "LOG_LEVEL",
     ),
+    _Field("identity_dir", "identityDir", _parse_directory, _check_directory),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
 _BY_CAMEL = {f.camel: f for f in _FIELDS}

@@ -14,14 +14,23 @@ in Python names, with its camelCase names as thin aliases::
 
 Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 ``hole-punching-ready``, ``peer-registered``, ``peer-joined-room``, ``peer-left-room``,
-``peer-connected``, ``peer-disconnected``. It implements
-:class:`holepunch.interfaces.IStatusProvider`, so the daemon's HTTP endpoints can serve it.
+``peer-connected``, ``peer-disconnected``, and ``secure-session`` (not the seed's). It
+implements :class:`holepunch.interfaces.IStatusProvider`, so the daemon's HTTP endpoints
+can serve it.
+
+**What is encrypted.** :meth:`P2PCoordinator.connect_to_peer` gives the seed's
+connection: raw datagrams on the punched path, *not* encrypted (ICE's own checks are
+authenticated with the credentials exchanged over signaling, the application's
+datagrams are not). :meth:`P2PCoordinator.open_stream` and
+:meth:`P2PCoordinator.listen_streams` carry Twisted protocols over QUIC streams on a
+separate path to the same peer: encrypted, and bound to the certificate fingerprint each
+side signaled (the coordinator's ``identity``, from ``identity_dir``, else one per process).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -36,6 +45,8 @@ from holepunch.ice.connection import PeerConnection
 from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import NatInfo, NatType, recommended_strategy
 from holepunch.punch.udp import PunchTimeout, one_sided_punch
+from holepunch.quic.identity import PeerIdentity
+from holepunch.quic.session import QuicSession
 from holepunch.subscription import Subscription
 
 _log = Logger()
@@ -49,10 +60,22 @@ EVENTS = frozenset(
         "peer-left-room",
         "peer-connected",
         "peer-disconnected",
+        "secure-session",
     }
 )
 
 Callback = Callable[[dict[str, Any]], object]
+
+
+_PROCESS_IDENTITY: list[PeerIdentity] = []
+
+
+def process_identity() -> PeerIdentity:
+    """This process's identity for coordinators given no ``identity_dir`` (made once,
+    kept in memory only)."""
+    if not _PROCESS_IDENTITY:
+        _PROCESS_IDENTITY.append(PeerIdentity.generate())
+    return _PROCESS_IDENTITY[0]
 
 
 class CoordinatorError(Exception):
@@ -67,6 +90,14 @@ class RegisteredPeer:
     address: str | None
     port: int | None
     metadata: dict[str, Any]
+
+
+@dataclass
+class Opening:
+    """A secure session being negotiated, and the calls waiting for it."""
+
+    attempt: defer.Deferred[QuicSession]
+    waiters: list[defer.Deferred[QuicSession]] = field(default_factory=list)
 
 
 @implementer(IStatusProvider)
@@ -127,6 +158,17 @@ class P2PCoordinator(MultiService):
         self.negotiator: Any = None
         self.connections: dict[str, PeerConnection] = {}
         self.registered_peers: dict[str, RegisteredPeer] = {}
+        self.identity = (
+            PeerIdentity.load_or_create(self.config.identity_dir)
+            if self.config.identity_dir is not None
+            else process_identity()
+        )
+        """Our key and certificate: its fingerprint is signaled, the streams bind to it."""
+        self.sessions: dict[str, QuicSession] = {}
+        """The secure session of each peer (the newest), for :meth:`open_stream`."""
+        self._all_sessions: set[QuicSession] = set()
+        self._opening: dict[str, Opening] = {}
+        self._stream_factory: Any = None
         self.metrics: Any = None
         self._ice_config = ice_config
         self._subscribers: dict[str, list[Callback]] = {}
@@ -234,8 +276,10 @@ class P2PCoordinator(MultiService):
             client,
             self._ice(client.ice_servers.stun_servers),
             max_retries=self.config.max_retries,
+            identity=self.identity,
         )
         self.negotiator.on_connection = self._incoming
+        self.negotiator.on_secure_session = self._secure_session
 
     async def _detect_nat(self) -> None:
         from holepunch.nat.discovery import discover_nat
@@ -283,6 +327,10 @@ class P2PCoordinator(MultiService):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        for session in list(self._all_sessions):
+            session.close("coordinator shut down")
+        for opening in list(self._opening.values()):
+            opening.attempt.cancel()
         for peer_id, connection in list(self.connections.items()):
             if not connection.closed:
                 await connection.close()
@@ -406,6 +454,97 @@ class P2PCoordinator(MultiService):
             "peer-left-room", {"peerId": message.get("peerId"), "roomId": message.get("roomId")}
         )
 
+    # -- encrypted streams ------------------------------------------------------------
+
+    def open_stream(self, peer_id: str, protocol_or_factory: Any) -> defer.Deferred[Any]:
+        """Open an encrypted stream to ``peer_id`` for a protocol (or one a factory
+        builds); fires with the protocol once connected.
+
+        The first stream to a peer negotiates a secure session (ICE, then QUIC, bound to
+        the fingerprint the peer signaled); later streams reuse it. The peer must be on
+        signaling, and its streams go to its :meth:`listen_streams` factory.
+        """
+        return defer.ensureDeferred(self._open_stream(peer_id, protocol_or_factory))
+
+    async def _open_stream(self, peer_id: str, protocol_or_factory: Any) -> Any:
+        session = await self.secure_session(peer_id)
+        return await session.open_stream(protocol_or_factory)
+
+    def secure_session(self, peer_id: str) -> defer.Deferred[QuicSession]:
+        """The secure session to ``peer_id`` (made if there is none yet, or shared with
+        a call under way). Cancelling stops waiting; the attempt goes on while others
+        wait for it."""
+        if not self.initialized:
+            return defer.fail(CoordinatorError("call initialize() first"))
+        if self.negotiator is None:
+            return defer.fail(
+                CoordinatorError(
+                    "encrypted streams need signaling (signaling_url or enable_signaling)"
+                )
+            )
+        existing = self.sessions.get(peer_id)
+        if existing is not None and existing.closed is None:
+            return defer.succeed(existing)
+        waiters = self._opening.get(peer_id)
+
+        def cancel(d: defer.Deferred[QuicSession]) -> None:
+            current = self._opening.get(peer_id)
+            if current is not None and d in current.waiters:
+                current.waiters.remove(d)
+                if not current.waiters:
+                    current.attempt.cancel()
+
+        waiter: defer.Deferred[QuicSession] = defer.Deferred(cancel)
+        if waiters is None:
+            attempt = self.negotiator.connect_secure(peer_id)
+            waiters = Opening(attempt)
+            self._opening[peer_id] = waiters
+            attempt.addBoth(self._opened, peer_id, waiters)
+        waiters.waiters.append(waiter)
+        return waiter
+
+    def _opened(self, result: Any, peer_id: str, opening: Opening) -> None:
+        if self._opening.get(peer_id) is opening:
+            del self._opening[peer_id]
+        if isinstance(result, QuicSession):
+            self._secure_session(peer_id, result)
+        waiters, opening.waiters = opening.waiters, []
+        for d in waiters:
+            if d.called:
+                continue
+            if isinstance(result, QuicSession):
+                d.callback(result)
+            else:
+                d.errback(result)
+
+    def listen_streams(self, factory: Any) -> None:
+        """Build a protocol with ``factory`` for each stream a peer opens (on every
+        secure session, present and future); ``buildProtocol`` gets a
+        :class:`holepunch.quic.streams.QuicStreamAddress` naming the peer's id and
+        fingerprint. None refuses streams again."""
+        self._stream_factory = factory
+        for session in self._all_sessions:
+            session.listen_streams(factory)
+
+    def _secure_session(self, peer_id: str, session: QuicSession) -> None:
+        if session in self._all_sessions:
+            return
+        self._all_sessions.add(session)
+        self.sessions[peer_id] = session
+        if self._stream_factory is not None:
+            session.listen_streams(self._stream_factory)
+
+        def closed(_reason: Exception) -> None:
+            self._all_sessions.discard(session)
+            if self.sessions.get(peer_id) is session:
+                del self.sessions[peer_id]
+
+        session.on_closed(closed)
+        self._emit(
+            "secure-session",
+            {"peerId": peer_id, "session": session, "fingerprint": session.peer_fingerprint},
+        )
+
     # -- rooms ------------------------------------------------------------------------
 
     def join_room(self, room_id: str) -> defer.Deferred[list[dict[str, Any]]]:
@@ -505,6 +644,8 @@ class P2PCoordinator(MultiService):
     healthCheck = health_check
     getRoomPeers = get_room_peers
     joinRoom = join_room
+    openStream = open_stream
+    listenStreams = listen_streams
 
 
 __all__ = ["EVENTS", "CoordinatorError", "NatType", "P2PCoordinator", "RegisteredPeer"]

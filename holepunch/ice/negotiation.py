@@ -21,8 +21,9 @@ same two peers apart; a message for an unknown session is ignored (and counted).
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -73,6 +74,21 @@ class Session:
     remote_udp_blocked: bool = False
     remote_fingerprint: str | None = None
     """The certificate fingerprint the peer signaled (SDP's ``a=fingerprint``), if any."""
+    quic: bool = False
+    """The offerer runs QUIC streams on the path (:meth:`Negotiator.connect_secure`)."""
+
+
+@dataclass
+class Acceptor:
+    """One waiting :meth:`Negotiator.accept` (``secure`` False) or
+    :meth:`Negotiator.accept_secure` (True)."""
+
+    peer_id: str | None
+    secure: bool
+    result: defer.Deferred[Any]
+    options: QuicOptions | None = None
+    running: defer.Deferred[Any] | None = None
+    """The answer under way for it, once an offer was taken (cancelled with it)."""
 
 
 def ice_description(
@@ -81,9 +97,11 @@ def ice_description(
     kind: str,
     session_id: str,
     fingerprint: str | None = None,
+    quic: bool = False,
 ) -> JSON:
     """The ``offer`` / ``answer`` payload for ``agent``; ``fingerprint`` is our
-    certificate's, which binds the encrypted streams to this signaled identity."""
+    certificate's, which binds the encrypted streams to this signaled identity;
+    ``quic`` (offers only) says the offerer will run QUIC streams on the path."""
     description: JSON = {
         "type": kind,
         "session": session_id,
@@ -99,6 +117,8 @@ def ice_description(
         description["nat"] = nat.to_json()
     if fingerprint is not None:
         description["fingerprint"] = fingerprint
+    if quic:
+        description["quic"] = True
     return description
 
 
@@ -115,6 +135,8 @@ class Description:
     udp_blocked: bool = False
     fingerprint: str | None = None
     """The peer's certificate fingerprint, validated (``"sha-256 AB:..."``)."""
+    quic: bool = False
+    """An offer for encrypted QUIC streams (the offerer's :meth:`Negotiator.connect_secure`)."""
 
 
 def parse_description(payload: Any) -> Description:
@@ -165,6 +187,7 @@ def parse_description(payload: Any) -> Description:
         mapping,
         ice.get("udpBlocked") is True,
         fingerprint,
+        payload.get("quic") is True,
     )
 
 
@@ -175,6 +198,12 @@ class Negotiator:
     answered by a waiting :meth:`accept`; when none waits, it is answered anyway if
     ``on_connection`` is set (called with the peer id and the connection once made), and
     ignored (counted in ``ignored``) otherwise.
+
+    Offers made by :meth:`connect_secure` say so (``"quic": true``): they go to a waiting
+    :meth:`accept_secure` first, then to ``on_secure_session`` (called with the peer id
+    and the connected :class:`QuicSession`), and only then to a plain :meth:`accept`.
+    Plain offers go to :meth:`accept`, then ``on_connection``, then (from a peer that does
+    not flag its offers) :meth:`accept_secure`.
 
     :param agent_factory: makes the agent of each session (tests and the coordinator
         pass their own; the default uses ``config``).
@@ -214,8 +243,16 @@ class Negotiator:
         self._secure_paths: dict[QuicSession, PeerConnection] = {}
         self._closing_paths: list[PeerConnection] = []
         self.ignored = 0
-        self._acceptors: list[tuple[str | None, defer.Deferred[PeerConnection]]] = []
+        self._acceptors: list[Acceptor] = []
+        self._peer_of: weakref.WeakKeyDictionary[PeerConnection, str] = (
+            weakref.WeakKeyDictionary()
+        )
         self.on_connection: Callable[[str, PeerConnection], None] | None = None
+        self.on_secure_session: Callable[[str, QuicSession], None] | None = None
+        """Called with the peer id and the connected session of each secure offer that
+        no :meth:`accept_secure` waited for (None: such offers are ignored)."""
+        self.secure_options: QuicOptions | None = None
+        """The :class:`QuicOptions` of the sessions given to ``on_secure_session``."""
         self._subscriptions = [
             signaling.on("offer", self._offer_received),
             signaling.on("answer", self._answer_received),
@@ -227,8 +264,8 @@ class Negotiator:
         for subscription in self._subscriptions:
             subscription.cancel()
         self._subscriptions = []
-        for _, d in self._acceptors:
-            d.cancel()
+        for acceptor in list(self._acceptors):
+            acceptor.result.cancel()
         self._acceptors.clear()
         sessions = list(self.sessions.values())  # closing an agent ends its session too
         self.sessions.clear()
@@ -249,6 +286,9 @@ class Negotiator:
         Fails with :class:`IceError` (``stage`` says where) when every attempt failed.
         Cancelling stops the attempt and frees its socket and timers.
         """
+        return self._connect(peer_id, quic=False)
+
+    def _connect(self, peer_id: str, quic: bool) -> defer.Deferred[PeerConnection]:
         current: list[defer.Deferred[PeerConnection]] = []
 
         def cancel(_: object) -> None:
@@ -258,7 +298,7 @@ class Negotiator:
         result: defer.Deferred[PeerConnection] = defer.Deferred(cancel)
 
         def attempt(number: int) -> None:
-            d = self._offer(peer_id)
+            d = self._offer(peer_id, quic)
             current[:] = [d]
 
             def failed(f: Failure) -> None:
@@ -301,25 +341,30 @@ class Negotiator:
         if self.identity is None:
             return defer.fail(_NO_IDENTITY())
         connecting = (
-            self.connect(peer_id)
+            self._connect(peer_id, quic=True)
             if wait_for_peer is None
-            else self.connect_when_present(peer_id, wait_for_peer)
+            else defer.ensureDeferred(
+                self._connect_when_present(peer_id, wait_for_peer, quic=True)
+            )
         )
-        return defer.ensureDeferred(self._secure(connecting, True, options))
+        return defer.ensureDeferred(self._secure(connecting, True, options, peer_id))
 
     def accept_secure(
         self, peer_id: str | None = None, options: QuicOptions | None = None
     ) -> defer.Deferred[QuicSession]:
-        """:meth:`accept`, then the QUIC server side of :meth:`connect_secure`."""
+        """:meth:`accept`, then the QUIC server side of :meth:`connect_secure`.
+
+        Cancelling stops waiting, or the answer under way."""
         if self.identity is None:
             return defer.fail(_NO_IDENTITY())
-        return defer.ensureDeferred(self._secure(self.accept(peer_id), False, options))
+        return self._wait_for_offer(peer_id, secure=True, options=options)
 
     async def _secure(
         self,
         connecting: defer.Deferred[PeerConnection],
         is_client: bool,
         options: QuicOptions | None,
+        peer_id: str | None = None,
     ) -> QuicSession:
         assert self.identity is not None
         connection = await connecting
@@ -327,6 +372,10 @@ class Negotiator:
         if fingerprint is None:
             await connection.close()
             raise NegotiationError("security", "the peer signaled no certificate fingerprint")
+        peer_id = peer_id or self._peer_of.get(connection)
+        if peer_id is not None and (options is None or options.peer_id is None):
+            # The stream addresses name the signaled peer next to its fingerprint.
+            options = replace(options or QuicOptions(), peer_id=peer_id)
         session = session_over_channel(
             self.reactor, connection, is_client, self.identity, fingerprint, options
         )
@@ -353,15 +402,17 @@ class Negotiator:
         Offers are retried every half second while the server says ``peer-not-found``;
         then it fails with :class:`NegotiationError` at stage ``peer``.
         """
-        return defer.ensureDeferred(self._connect_when_present(peer_id, timeout))
+        return defer.ensureDeferred(self._connect_when_present(peer_id, timeout, quic=False))
 
-    async def _connect_when_present(self, peer_id: str, timeout: float) -> PeerConnection:
+    async def _connect_when_present(
+        self, peer_id: str, timeout: float, quic: bool
+    ) -> PeerConnection:
         from holepunch.signaling.client import SignalingRequestError
 
         deadline = self.reactor.seconds() + timeout
         while True:
             try:
-                return await self.connect(peer_id)
+                return await self._connect(peer_id, quic)
             except NegotiationError as e:
                 cause = e.__cause__
                 absent = isinstance(cause, SignalingRequestError) and cause.code == "peer-not-found"
@@ -373,8 +424,9 @@ class Negotiator:
             self.reactor.callLater(0.5, d.callback, None)
             await d
 
-    def _offer(self, peer_id: str) -> defer.Deferred[PeerConnection]:
+    def _offer(self, peer_id: str, quic: bool = False) -> defer.Deferred[PeerConnection]:
         session = self._new_session(peer_id, offerer=True, session_id=secrets.token_hex(8))
+        session.quic = quic
         d = defer.ensureDeferred(self._run_offer(session))
         d.addErrback(self._session_failed, session)
         return self._with_cancel(d, session)
@@ -429,7 +481,12 @@ class Negotiator:
     def _describe(self, session: Session, kind: str) -> JSON:
         fingerprint = self.identity.fingerprint if self.identity is not None else None
         description = ice_description(
-            session.agent, self.nat, kind, session.session_id, fingerprint
+            session.agent,
+            self.nat,
+            kind,
+            session.session_id,
+            fingerprint,
+            quic=session.quic and kind == "offer",
         )
         if session.tcp is not None:
             tcp_candidate = session.tcp.candidate()
@@ -469,13 +526,28 @@ class Negotiator:
 
     def accept(self, peer_id: str | None = None) -> defer.Deferred[PeerConnection]:
         """Wait for an offer (from ``peer_id``, or anyone) and answer it."""
+        return self._wait_for_offer(peer_id, secure=False, options=None)
 
-        def cancel(d: defer.Deferred[PeerConnection]) -> None:
-            self._acceptors[:] = [(p, a) for p, a in self._acceptors if a is not d]
+    def _wait_for_offer(
+        self, peer_id: str | None, secure: bool, options: QuicOptions | None
+    ) -> defer.Deferred[Any]:
+        acceptor: Acceptor
 
-        d: defer.Deferred[PeerConnection] = defer.Deferred(cancel)
-        self._acceptors.append((peer_id, d))
-        return d
+        def cancel(_: defer.Deferred[Any]) -> None:
+            if acceptor in self._acceptors:
+                self._acceptors.remove(acceptor)
+            if acceptor.running is not None:
+                acceptor.running.cancel()
+
+        acceptor = Acceptor(peer_id, secure, defer.Deferred(cancel), options)
+        self._acceptors.append(acceptor)
+        return acceptor.result
+
+    def _acceptor_for(self, peer_id: str, secure: bool) -> Acceptor | None:
+        return next(
+            (a for a in self._acceptors if a.secure == secure and a.peer_id in (None, peer_id)),
+            None,
+        )
 
     def _offer_received(self, message: JSON) -> None:
         peer_id = message.get("from")
@@ -490,20 +562,34 @@ class Negotiator:
             return
         if offer.session_id in self.sessions:
             return
-        acceptor = next(((p, d) for p, d in self._acceptors if p in (None, peer_id)), None)
-        if acceptor is None and self.on_connection is None:
+        # Who takes it: a waiting acceptor of its kind, the handler of its kind, then
+        # an acceptor of the other kind (peers that do not flag their offers).
+        secure_handler = self.on_secure_session if self.identity is not None else None
+        acceptor = self._acceptor_for(peer_id, offer.quic)
+        handler: Callable[[str, Any], None] | None = None
+        if acceptor is None:
+            handler = secure_handler if offer.quic else self.on_connection
+        if acceptor is None and handler is None:
+            acceptor = self._acceptor_for(peer_id, not offer.quic)
+        if acceptor is None and handler is None:
             self.ignored += 1
             _log.info("ignored an offer from {peer}: nobody is accepting", peer=peer_id)
             return
         session = self._new_session(peer_id, offerer=False, session_id=offer.session_id)
         self._apply_description(session, offer)
-        d = defer.ensureDeferred(self._run_answer(session))
-        d.addErrback(self._session_failed, session)
+        answering = defer.ensureDeferred(self._run_answer(session))
+        answering.addErrback(self._session_failed, session)
+        d: defer.Deferred[Any] = self._with_cancel(answering, session)
+        secure = acceptor.secure if acceptor is not None else handler is secure_handler
+        if secure:
+            options = acceptor.options if acceptor is not None else self.secure_options
+            d = defer.ensureDeferred(self._secure(d, False, options, peer_id))
         if acceptor is not None:
             self._acceptors.remove(acceptor)
-            d.chainDeferred(acceptor[1])
+            acceptor.running = d
+            d.chainDeferred(acceptor.result)
         else:
-            d.addCallback(lambda c: self.on_connection(peer_id, c) if self.on_connection else None)
+            d.addCallback(lambda c: handler(peer_id, c) if handler is not None else None)
             d.addErrback(
                 lambda f: _log.info(
                     "incoming from {peer} failed: {err}", peer=peer_id, err=f.getErrorMessage()
@@ -596,6 +682,7 @@ class Negotiator:
             elif track == "tcp":
                 session.agent.close()
             connection.peer_fingerprint = session.remote_fingerprint
+            self._peer_of[connection] = session.peer_id
             outcome.callback(connection)
 
         def lost(failure: Failure, track: str) -> None:

@@ -209,6 +209,7 @@ class QuicSession:
         self._streams: dict[int, QuicStreamTransport] = {}
         self._finished_streams: set[int] = set()
         self._stream_factory: interfaces.IProtocolFactory | None = None
+        self._close_when_idle: str | None = None
         self._datagram_handlers: list[DatagramHandler] = []
         self._datagram_backlog: list[bytes] = []
         self._close_observers: list[CloseHandler] = []
@@ -524,6 +525,19 @@ class QuicSession:
             self._finished_streams.add(stream_id)
         if self._quic is not None:
             self._quic.forget_receive_window(stream_id)
+        if self._close_when_idle is not None and not self._streams:
+            self.call_soon(self._close_if_idle)
+
+    def close_when_idle(self, reason: str = "no stream left") -> None:
+        """Close the session once no stream is open (on a later turn, so that the
+        last stream's FIN leaves first): for a session that exists for its streams."""
+        self._close_when_idle = reason
+        if not self._streams:
+            self.call_soon(self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self._close_when_idle is not None and not self._streams:
+            self.close(self._close_when_idle)
 
     def stream_consumed(self, stream_id: int, nbytes: int, resumed: bool) -> None:
         """A protocol took ``nbytes``: give the peer that much credit."""

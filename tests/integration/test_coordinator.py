@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
@@ -169,3 +169,79 @@ class CoordinatorTests(TestCase):
         self.assertFalse(alice.initialized)
         yield host.shutdown()
         self.assertIsNone(host.signaling_server.port)
+
+
+class StreamCollect(protocol.Protocol):
+    """Keeps what arrives; ``done`` fires with it when the stream ends."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self.data)
+
+
+class StreamEcho(protocol.Protocol):
+    """Echoes what arrives; closes when the peer half-closes (it is not half-closeable)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class CoordinatorStreamTests(TestCase):
+    """open_stream / listen_streams: encrypted streams between coordinators."""
+
+    setUp = CoordinatorTests.setUp
+    coordinator = CoordinatorTests.coordinator
+    host = CoordinatorTests.host
+    member = CoordinatorTests.member
+
+    @defer.inlineCallbacks
+    def test_open_stream_byte_exact(self) -> Any:
+        """Bytes go out and come back byte-exact over a stream bound to the signaled
+        fingerprints; a second stream reuses the session; the seed's events are unchanged."""
+        host = self.host()
+        yield host.initialize()
+        alice = self.member(host, "alice")
+        bob = self.member(host, "bob")
+        yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        seen: list[tuple[str, Any]] = []
+        bob.on("secure-session", lambda e: seen.append((e["peerId"], e["fingerprint"])))
+        connected: list[Any] = []
+        bob.on("peer-connected", connected.append)
+        addresses: list[Any] = []
+
+        class Factory(protocol.Factory):
+            def buildProtocol(self, addr: Any) -> Any:
+                addresses.append(addr)
+                return StreamEcho()
+
+        bob.listen_streams(Factory())
+        payload = bytes(range(256)) * 300
+        results = []
+        for _ in range(2):
+            collect = yield alice.open_stream("bob", StreamCollect())
+            collect.transport.write(payload)
+            collect.transport.loseWriteConnection()
+            results.append((yield collect.done))
+        self.assertEqual(results, [payload, payload])
+        self.assertEqual(seen, [("alice", alice.identity.fingerprint)])
+        self.assertEqual([a.peer_id for a in addresses], ["alice", "alice"])
+        self.assertEqual(connected, [])  # peer-connected stays the seed's datagram connection
+        self.assertEqual(alice.sessions["bob"].peer_fingerprint, bob.identity.fingerprint)
+
+    @defer.inlineCallbacks
+    def test_identity_dir(self) -> Any:
+        """identity_dir keeps the coordinator's key: the same fingerprint next time."""
+        directory = self.mktemp()
+        first = self.coordinator({"enable_signaling": False, "identity_dir": directory})
+        second = self.coordinator({"enable_signaling": False, "identityDir": directory})
+        self.assertEqual(first.identity.fingerprint, second.identity.fingerprint)
+        e = yield self.assertFailure(first.open_stream("x", StreamCollect()), CoordinatorError)
+        self.assertIn("initialize", str(e))

@@ -103,6 +103,7 @@ class WheelContentsTests(TestCase):
             "holepunch/testing/fakenet.py",
             "holepunch/testing/loopback.py",
             "twisted/plugins/holepunch_plugin.py",
+            "twisted/plugins/holepunch_endpoints.py",
         ):
             self.assertIn(wanted, names)
         for name in names:

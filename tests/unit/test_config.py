@@ -415,6 +415,7 @@ class ValidateTests(SynchronousTestCase):
             "signaling_url": "ftp://x",
             "signaling_interface": "localhost",
             "log_level": "WARN",
+            "identity_dir": 7,
         }
         self.assertEqual(set(cases), set(asdict(P2PConfig())))
         for name, value in cases.items():
