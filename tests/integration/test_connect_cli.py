@@ -1,8 +1,17 @@
-"""``holepunch connect`` on loopback: success, and failures that name their stage."""
+"""``holepunch connect``, ``send`` and ``receive`` on loopback: success, and failures
+that name their stage."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
@@ -12,6 +21,7 @@ from holepunch.signaling.iceservers import IceServerHints
 from holepunch.stun.server import StunResponder
 from holepunch.stun.wire import Address
 from holepunch.testing.loopback import start_signaling_server, start_stun_server
+from lab.natlab import lab_env
 from lab.peers import ConnectProcess
 
 
@@ -19,6 +29,63 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Command:
+    """One ``holepunch`` command with binary stdin (fed from ``data``, then closed) and
+    stdout and stderr collected whole; :meth:`finish` waits and returns its status."""
+
+    def __init__(self, args: Sequence[str], data: bytes = b"") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "holepunch", *args],
+            env=lab_env(None),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.stdout = b""
+        self.stderr = ""
+        self._threads = [
+            threading.Thread(target=self._feed, args=(data,), daemon=True),
+            threading.Thread(target=self._collect, args=(True,), daemon=True),
+            threading.Thread(target=self._collect, args=(False,), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _feed(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def _collect(self, is_stdout: bool) -> None:
+        stream = self.proc.stdout if is_stdout else self.proc.stderr
+        assert stream is not None
+        got = stream.read()
+        if is_stdout:
+            self.stdout = got
+        else:
+            self.stderr = got.decode(errors="replace")
+
+    def finish(self, timeout: float) -> int:
+        """Wait for exit (kill after ``timeout``) and for all its output."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = -9
+        for t in self._threads:
+            t.join(10)
+        return code
+
+    def kill(self) -> None:
+        """Stop it now."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 class ConnectCommandTests(TestCase):
@@ -33,9 +100,16 @@ class ConnectCommandTests(TestCase):
         self.addCleanup(proc.kill)
         return proc
 
+    def command(self, args: Sequence[str], data: bytes = b"") -> Command:
+        proc = Command([*args, "--host-address", "127.0.0.1"], data)
+        self.addCleanup(proc.kill)
+        return proc
+
     @defer.inlineCallbacks
     def test_lines_both_ways_and_end(self) -> Any:
-        """Two commands connect, carry lines both ways (empty lines too), and both exit 0 on EOF."""
+        """Two commands connect, carry lines both ways (empty lines too) on the stream, and
+        both exit 0 once both inputs ended; --json names the security and both
+        fingerprints, each the other side's peer fingerprint."""
         b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--json")
         a = self.start("--signaling", self.url, "--id", "alice", "--to", "bob", "--json")
 
@@ -46,14 +120,69 @@ class ConnectCommandTests(TestCase):
             got_b = b.read_lines(3, 10)
             got_a = a.read_lines(1, 10)
             a.end_input()
+            b.end_input()
             return info_a, info_b, got_a, got_b, a.wait(10), b.wait(10)
 
         info_a, info_b, got_a, got_b, code_a, code_b = yield threads.deferToThread(talk)
         self.assertEqual(info_a["method"], "direct")
         self.assertEqual(info_a["remote"], info_b["local"])
         self.assertLessEqual({"method", "local", "remote", "elapsed_ms", "rtt_ms"}, set(info_a))
+        self.assertEqual((info_a["security"], info_b["security"]), ("quic-tls1.3",) * 2)
+        self.assertTrue(info_a["fingerprint"].startswith("sha-256 "))
+        self.assertNotEqual(info_a["fingerprint"], info_b["fingerprint"])
+        self.assertEqual(info_a["peer_fingerprint"], info_b["fingerprint"])
+        self.assertEqual(info_b["peer_fingerprint"], info_a["fingerprint"])
         self.assertEqual(got_b, ["hello", "", "from alice"])
         self.assertEqual(got_a, ["hi"])
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+
+    @defer.inlineCallbacks
+    def test_binary_stream_both_ways_with_half_close(self) -> Any:
+        """4 MiB of random bytes each way arrive byte-exact: each side's input ends when
+        it ends (a half-close), and both exit 0 once both directions are done."""
+        to_b, to_a = os.urandom(4 << 20), os.urandom(4 << 20) + b"\0\r\n\xff"
+        b = self.command(["connect", "--signaling", self.url, "--id", "bob", "--accept"], to_a)
+        a = self.command(
+            ["connect", "--signaling", self.url, "--id", "alice", "--to", "bob"], to_b
+        )
+        code_a, code_b = yield threads.deferToThread(lambda: (a.finish(60), b.finish(60)))
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+        self.assertEqual(hashlib.sha256(b.stdout).hexdigest(), hashlib.sha256(to_b).hexdigest())
+        self.assertEqual(hashlib.sha256(a.stdout).hexdigest(), hashlib.sha256(to_a).hexdigest())
+
+    @defer.inlineCallbacks
+    def test_one_side_sends_nothing(self) -> Any:
+        """An empty input on the offerer still opens the stream: the acceptor's bytes
+        arrive, and both exit 0."""
+        b = self.command(
+            ["connect", "--signaling", self.url, "--id", "bob", "--accept"], b"only bob"
+        )
+        a = self.command(["connect", "--signaling", self.url, "--id", "alice", "--to", "bob"])
+        code_a, code_b = yield threads.deferToThread(lambda: (a.finish(30), b.finish(30)))
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+        self.assertEqual((a.stdout, b.stdout), (b"only bob", b""))
+
+    @defer.inlineCallbacks
+    def test_datagram_lines_and_end_marker(self) -> Any:
+        """--datagram carries each line as one encrypted datagram; the end of one side's
+        input ends both commands (exit 0)."""
+        b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--datagram")
+        a = self.start("--signaling", self.url, "--id", "alice", "--to", "bob", "--datagram",
+                       "--json")  # fmt: skip
+
+        def talk() -> tuple[dict[str, Any], list[str], list[str], int, int]:
+            info_a = a.info(20)
+            a.send_lines(["one", "", "three"])
+            got_b = b.read_lines(3, 10)
+            b.send_lines(["back"])
+            got_a = a.read_lines(1, 10)
+            a.end_input()
+            return info_a, got_a, got_b, a.wait(10), b.wait(10)
+
+        info_a, got_a, got_b, code_a, code_b = yield threads.deferToThread(talk)
+        self.assertEqual(info_a["security"], "quic-tls1.3")
+        self.assertEqual(got_b, ["one", "", "three"])
+        self.assertEqual(got_a, ["back"])
         self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
 
     @defer.inlineCallbacks
@@ -75,6 +204,7 @@ class ConnectCommandTests(TestCase):
             info_a = a.info(20)
             b.info(20)
             a.end_input()
+            b.end_input()
             return info_a, a.wait(10), b.wait(10)
 
         info_a, code_a, code_b = yield threads.deferToThread(talk)
