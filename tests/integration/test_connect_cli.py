@@ -252,3 +252,98 @@ class ConnectCommandTests(TestCase):
         code = yield threads.deferToThread(proc.wait, 20)
         self.assertEqual(code, 2)
         self.assertIn("P2P_TURN_SERVERS", proc.stderr)
+
+
+class TransferCommandTests(TestCase):
+    """``holepunch send FILE`` and ``holepunch receive DIR`` between two processes."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
+        self.dir = Path(tempfile.mkdtemp())
+        self.inbox = self.dir / "inbox"
+        self.inbox.mkdir()
+
+    def command(self, *args: str) -> Command:
+        proc = Command([*args, "--signaling", self.url, "--host-address", "127.0.0.1"])
+        self.addCleanup(proc.kill)
+        return proc
+
+    def pair(
+        self, source: Path, *extra_send: str, receive: Sequence[str] = ()
+    ) -> defer.Deferred[tuple[Command, Command, int, int]]:
+        receiver = self.command("receive", str(self.inbox), "--id", "bob", "--accept", *receive)
+        sender = self.command("send", str(source), "--id", "alice", "--to", "bob", *extra_send)
+        return threads.deferToThread(
+            lambda: (sender, receiver, sender.finish(60), receiver.finish(60))
+        )
+
+    @defer.inlineCallbacks
+    def test_send_receive_byte_exact_with_progress(self) -> Any:
+        """A 3 MiB file arrives byte-exact under its name, with no .part left; --progress
+        prints percent, MB/s and ETA though stderr is not a terminal."""
+        source = self.dir / "data.bin"
+        source.write_bytes(os.urandom(3 << 20))
+        sender, receiver, code_s, code_r = yield self.pair(source, receive=["--progress"])
+        self.assertEqual((code_s, code_r), (0, 0), sender.stderr + receiver.stderr)
+        self.assertEqual((self.inbox / "data.bin").read_bytes(), source.read_bytes())
+        self.assertFalse((self.inbox / "data.bin.part").exists())
+        self.assertIn("100.0%", receiver.stderr)
+        self.assertIn("MB/s", receiver.stderr)
+        self.assertIn("ETA", receiver.stderr)
+        self.assertIn(b"verified", sender.stdout)
+
+    @defer.inlineCallbacks
+    def test_path_in_the_name_is_refused(self) -> Any:
+        """A name like ``../x`` is refused by the receiver: nothing is written outside
+        DIR, and both exit 1 naming why."""
+        source = self.dir / "data.bin"
+        source.write_bytes(b"secret")
+        sender, receiver, code_s, code_r = yield self.pair(source, "--name", "../x")
+        self.assertEqual((code_s, code_r), (1, 1), sender.stderr + receiver.stderr)
+        self.assertIn("holepunch receive: transfer: refused name '../x'", receiver.stderr)
+        self.assertIn("holepunch send: transfer: the receiver refused", sender.stderr)
+        self.assertFalse((self.dir / "x").exists())
+        self.assertEqual(list(self.inbox.iterdir()), [])
+
+    @defer.inlineCallbacks
+    def test_existing_file_is_kept_unless_overwrite(self) -> Any:
+        """An existing file of the same name is refused; with --overwrite it is replaced."""
+        source = self.dir / "data.bin"
+        source.write_bytes(b"new contents")
+        (self.inbox / "data.bin").write_bytes(b"old")
+        _, receiver, code_s, code_r = yield self.pair(source)
+        self.assertEqual((code_s, code_r), (1, 1))
+        self.assertIn("--overwrite", receiver.stderr)
+        self.assertEqual((self.inbox / "data.bin").read_bytes(), b"old")
+        sender, receiver, code_s, code_r = yield self.pair(source, receive=["--overwrite"])
+        self.assertEqual((code_s, code_r), (0, 0), sender.stderr + receiver.stderr)
+        self.assertEqual((self.inbox / "data.bin").read_bytes(), b"new contents")
+
+    @defer.inlineCallbacks
+    def test_resume_from_a_part_file(self) -> Any:
+        """A .part file of the same name is resumed: only the rest is sent, and the whole
+        file's SHA-256 is checked."""
+        data = os.urandom(1 << 20)
+        source = self.dir / "data.bin"
+        source.write_bytes(data)
+        (self.inbox / "data.bin.part").write_bytes(data[:300000])
+        sender, receiver, code_s, code_r = yield self.pair(source)
+        self.assertEqual((code_s, code_r), (0, 0), sender.stderr + receiver.stderr)
+        self.assertIn("resuming data.bin at 300000", receiver.stderr)
+        self.assertIn(b"resumed at 300000", sender.stdout)
+        self.assertEqual((self.inbox / "data.bin").read_bytes(), data)
+
+    @defer.inlineCallbacks
+    def test_corrupt_part_file_fails_the_check(self) -> Any:
+        """A .part whose bytes differ from the file's start fails the SHA-256 check: both
+        exit 1, and the message says to send again."""
+        data = os.urandom(200000)
+        source = self.dir / "data.bin"
+        source.write_bytes(data)
+        (self.inbox / "data.bin.part").write_bytes(b"x" * 1000)
+        sender, receiver, code_s, code_r = yield self.pair(source)
+        self.assertEqual((code_s, code_r), (1, 1), sender.stderr + receiver.stderr)
+        self.assertIn("SHA-256 mismatch", receiver.stderr)
+        self.assertIn("SHA-256 mismatch", sender.stderr)
+        self.assertFalse((self.inbox / "data.bin").exists())
