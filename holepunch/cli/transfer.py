@@ -56,9 +56,7 @@ def add_receive_arguments(parser: argparse.ArgumentParser) -> None:
         "directory", nargs="?", default=".", metavar="DIR", help="where to save it (.)"
     )
     add_peer_arguments(parser)
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a file of the same name"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a file of the same name")
     parser.add_argument(
         "--progress",
         action="store_true",

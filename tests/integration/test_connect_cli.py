@@ -142,9 +142,7 @@ class ConnectCommandTests(TestCase):
         it ends (a half-close), and both exit 0 once both directions are done."""
         to_b, to_a = os.urandom(4 << 20), os.urandom(4 << 20) + b"\0\r\n\xff"
         b = self.command(["connect", "--signaling", self.url, "--id", "bob", "--accept"], to_a)
-        a = self.command(
-            ["connect", "--signaling", self.url, "--id", "alice", "--to", "bob"], to_b
-        )
+        a = self.command(["connect", "--signaling", self.url, "--id", "alice", "--to", "bob"], to_b)
         code_a, code_b = yield threads.deferToThread(lambda: (a.finish(60), b.finish(60)))
         self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
         self.assertEqual(hashlib.sha256(b.stdout).hexdigest(), hashlib.sha256(to_b).hexdigest())
@@ -347,3 +345,56 @@ class TransferCommandTests(TestCase):
         self.assertIn("SHA-256 mismatch", receiver.stderr)
         self.assertIn("SHA-256 mismatch", sender.stderr)
         self.assertFalse((self.inbox / "data.bin").exists())
+
+
+class RefusedCertificateTests(TestCase):
+    """The command run in this reactor against a peer whose certificate is not the one
+    it signaled."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
+
+    @defer.inlineCallbacks
+    def test_refused_certificate_names_the_security_stage(self) -> Any:
+        """alice signals a fingerprint that is not her certificate's: bob's command exits
+        1 with one line naming the security stage and both fingerprints."""
+        import io
+
+        from holepunch.cli import build_parser
+        from holepunch.cli.connect import connect_command
+        from holepunch.ice.config import IceConfig
+        from holepunch.ice.negotiation import Negotiator
+        from holepunch.quic.identity import PeerIdentity
+        from holepunch.signaling.client import SignalingClient
+
+        alice_id, other = PeerIdentity.generate(), PeerIdentity.generate()
+        client = SignalingClient(self.url, "alice", reactor=reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield client.register()
+        send_offer = client.send_offer
+
+        def lying(peer: str, description: dict[str, Any]) -> Any:
+            return send_offer(peer, {**description, "fingerprint": other.fingerprint})
+
+        client.send_offer = lying  # type: ignore[method-assign]
+        alice = Negotiator(reactor, client, IceConfig.on("127.0.0.1"), identity=alice_id)
+        self.addCleanup(alice.stop)
+        args = build_parser().parse_args(
+            ["connect", "--signaling", self.url, "--id", "bob", "--accept", "--timeout", "15",
+             "--host-address", "127.0.0.1", "--no-port-mapping"]
+        )  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        running = defer.ensureDeferred(connect_command(reactor, args, out, err))
+        connecting = alice.connect_secure("bob", wait_for_peer=15)
+        connecting.addErrback(lambda _: None)  # alice's side fails too; bob's story matters
+        code = yield running
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+        self.assertIn("holepunch connect: security: peer authentication failed", err.getvalue())
+        self.assertIn(other.fingerprint, err.getvalue())
+        self.assertIn(alice_id.fingerprint, err.getvalue())
+        session = yield connecting
+        if session is not None:
+            yield session.when_closed()
