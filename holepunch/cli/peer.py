@@ -35,6 +35,7 @@ class StageError(Exception):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage}: {message}")
         self.stage = stage
+        self.detail = message
 
 
 def add_peer_arguments(parser: argparse.ArgumentParser) -> None:

@@ -309,15 +309,14 @@ async def send_command(reactor: Any, args: argparse.Namespace, out: TextIO, err:
             except StageError as e:
                 raise StageError(
                     e.stage,
-                    f"{e}; the receiver keeps what arrived: run the same send again to resume",
+                    f"{e.detail}; the receiver keeps what arrived: run the same send again "
+                    "to resume",
                 ) from e
         exchange.transport.loseWriteConnection()  # type: ignore[attr-defined]
         try:
             verdict = await exchange.read_message()
         except StageError as e:
-            raise StageError(
-                e.stage, f"{str(e).split(': ', 1)[-1]}; run the same send again to resume"
-            ) from e
+            raise StageError(e.stage, f"{e.detail}; run the same send again to resume") from e
         if verdict.get("ok") is not True:
             raise StageError("transfer", f"the receiver says: {verdict.get('error', verdict)}")
         await exchange.until_read_done()
@@ -420,7 +419,7 @@ async def receive_command(reactor: Any, args: argparse.Namespace, out: TextIO, e
                 f.flush()
                 raise StageError(
                     e.stage,
-                    f"{str(e).split(': ', 1)[-1]}; {received} of {size} bytes are kept in "
+                    f"{e.detail}; {received} of {size} bytes are kept in "
                     f"{part}: run the same receive (and send) again to resume",
                 ) from e
         if progress is not None:

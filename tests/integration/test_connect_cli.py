@@ -268,10 +268,23 @@ class TransferCommandTests(TestCase):
         return proc
 
     def pair(
-        self, source: Path, *extra_send: str, receive: Sequence[str] = ()
+        self,
+        source: Path,
+        *extra_send: str,
+        receive: Sequence[str] = (),
+        receiver_offers: bool = False,
     ) -> defer.Deferred[tuple[Command, Command, int, int]]:
-        receiver = self.command("receive", str(self.inbox), "--id", "bob", "--accept", *receive)
-        sender = self.command("send", str(source), "--id", "alice", "--to", "bob", *extra_send)
+        """Start ``receive`` (bob) and ``send`` (alice); by default alice offers."""
+        if receiver_offers:
+            sender = self.command("send", str(source), "--id", "alice", "--accept", *extra_send)
+            receiver = self.command(
+                "receive", str(self.inbox), "--id", "bob", "--to", "alice", *receive
+            )
+        else:
+            receiver = self.command(
+                "receive", str(self.inbox), "--id", "bob", "--accept", "--from", "alice", *receive
+            )
+            sender = self.command("send", str(source), "--id", "alice", "--to", "bob", *extra_send)
         return threads.deferToThread(
             lambda: (sender, receiver, sender.finish(60), receiver.finish(60))
         )
@@ -321,12 +334,12 @@ class TransferCommandTests(TestCase):
     @defer.inlineCallbacks
     def test_resume_from_a_part_file(self) -> Any:
         """A .part file of the same name is resumed: only the rest is sent, and the whole
-        file's SHA-256 is checked."""
+        file's SHA-256 is checked (here the receiver offers, the sender accepts)."""
         data = os.urandom(1 << 20)
         source = self.dir / "data.bin"
         source.write_bytes(data)
         (self.inbox / "data.bin.part").write_bytes(data[:300000])
-        sender, receiver, code_s, code_r = yield self.pair(source)
+        sender, receiver, code_s, code_r = yield self.pair(source, receiver_offers=True)
         self.assertEqual((code_s, code_r), (0, 0), sender.stderr + receiver.stderr)
         self.assertIn("resuming data.bin at 300000", receiver.stderr)
         self.assertIn(b"resumed at 300000", sender.stdout)
