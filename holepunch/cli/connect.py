@@ -223,8 +223,9 @@ class _StreamBridge(protocol.Protocol):
     directions have ended (the peer's FIN received, ours sent), and fails with a
     :class:`StageError` if the stream breaks first."""
 
-    def __init__(self, offerer: bool, start_stdio: Any) -> None:
+    def __init__(self, offerer: bool, start_stdio: Any, session: Any = None) -> None:
         self.offerer = offerer
+        self.session = session
         self.start_stdio = start_stdio
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.preamble = b"" if offerer else STREAM_PREAMBLE
@@ -290,7 +291,11 @@ class _StreamBridge(protocol.Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if not self.ended.called:
-            why = reason.getErrorMessage() if reason is not None else "stream lost"
+            closed = getattr(self.session, "closed", None)
+            if closed is not None:  # the session's reason says more than the stream's
+                why = str(closed)
+            else:
+                why = reason.getErrorMessage() if reason is not None else "stream lost"
             self.ended.errback(StageError("connection", why))
 
 
@@ -345,7 +350,7 @@ async def _carry_stream(
     reactor: Any, peer: SecurePeer, args: argparse.Namespace, stdio: Any
 ) -> int:
     session = peer.session
-    bridge = _StreamBridge(peer.offerer, _start_stdio(reactor, stdio))
+    bridge = _StreamBridge(peer.offerer, _start_stdio(reactor, stdio), session)
     if args.json:
         _path_events(peer, bridge.write_line)
 

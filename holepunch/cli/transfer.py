@@ -82,8 +82,9 @@ class _Exchange(protocol.Protocol):
     """The transfer stream: JSON lines, then raw bytes to a sink; the offerer writes
     the preamble first, the acceptor checks it."""
 
-    def __init__(self, offerer: bool) -> None:
+    def __init__(self, offerer: bool, session: Any = None) -> None:
         self.offerer = offerer
+        self.session = session
         self.preamble = b"" if offerer else PREAMBLE
         self.buffer = b""
         self.sink: Any = None
@@ -164,6 +165,9 @@ class _Exchange(protocol.Protocol):
         value = self.lost.value
         if isinstance(value, StageError):
             return value
+        closed = getattr(self.session, "closed", None)
+        if closed is not None:  # the session's reason says more than the stream's
+            return StageError("connection", str(closed))
         return StageError("connection", self.lost.getErrorMessage())
 
     async def read_message(self) -> dict[str, Any]:
@@ -242,7 +246,7 @@ class _FileProducer:
 async def _open_exchange(peer: SecurePeer) -> _Exchange:
     """The one stream of the transfer: opened by the offerer, taken by the acceptor."""
     session = peer.session
-    exchange = _Exchange(peer.offerer)
+    exchange = _Exchange(peer.offerer, session)
     session.on_closed(exchange.session_closed)
     if peer.offerer:
         await session.open_stream(exchange)
@@ -417,6 +421,8 @@ async def receive_command(reactor: Any, args: argparse.Namespace, out: TextIO, e
                 await exchange.until_read_done()
             except StageError as e:
                 f.flush()
+                if progress is not None:
+                    err.write("\n")
                 raise StageError(
                     e.stage,
                     f"{e.detail}; {received} of {size} bytes are kept in "
