@@ -44,6 +44,7 @@ from holepunch.cli.peer import (
     SecurePeer,
     StageError,
     add_peer_arguments,
+    carry_one_stream,
     until_acknowledged,
     with_secure_peer,
 )
@@ -359,19 +360,7 @@ async def _carry_stream(
             bridge.ended.errback(StageError("connection", str(reason)))
 
     session.on_closed(closed)
-    if peer.offerer:
-        await session.open_stream(bridge)
-    else:
-        taken: list[_StreamBridge] = []
-
-        class First(protocol.Factory):
-            def buildProtocol(self, addr: Any) -> protocol.Protocol | None:
-                if taken:
-                    return None  # one stream per connect; others are refused
-                taken.append(bridge)
-                return bridge
-
-        session.listen_streams(First())
+    await carry_one_stream(peer, bridge)
     try:
         await bridge.ended
     finally:

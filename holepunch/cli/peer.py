@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 
 if TYPE_CHECKING:
     from holepunch.quic.identity import PeerIdentity
@@ -258,6 +258,27 @@ async def with_secure_peer(
         if negotiator is not None:
             await negotiator.stop()
         await client.stopService()
+
+
+class FirstStream(protocol.Factory):
+    """Gives ``proto`` the first stream the peer opens, and refuses any other."""
+
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self.proto: protocol.Protocol | None = proto
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol | None:
+        """``proto`` the first time, None (refused) after."""
+        proto, self.proto = self.proto, None
+        return proto
+
+
+def carry_one_stream(peer: SecurePeer, proto: protocol.Protocol) -> defer.Deferred[Any]:
+    """The one stream of a command, for ``proto``: the offerer opens it, the acceptor
+    takes the first stream the peer opens (``proto.connectionMade`` says when)."""
+    if peer.offerer:
+        return peer.session.open_stream(proto)
+    peer.session.listen_streams(FirstStream(proto))
+    return defer.succeed(proto)
 
 
 async def until_acknowledged(reactor: Any, session: QuicSession, stream_id: int) -> None:

@@ -34,7 +34,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from holepunch.cli.peer import SecurePeer, StageError, add_peer_arguments, until_acknowledged
+from holepunch.cli.peer import (
+    SecurePeer,
+    StageError,
+    add_peer_arguments,
+    carry_one_stream,
+    until_acknowledged,
+)
 
 PREAMBLE = b"holepunch-transfer/1\n"
 MAX_LINE = 65536
@@ -248,23 +254,11 @@ async def _open_exchange(peer: SecurePeer) -> _Exchange:
     session = peer.session
     exchange = _Exchange(peer.offerer, session)
     session.on_closed(exchange.session_closed)
-    if peer.offerer:
-        await session.open_stream(exchange)
-    else:
-        taken: list[_Exchange] = []
-
-        class First(protocol.Factory):
-            def buildProtocol(self, addr: Any) -> protocol.Protocol | None:
-                if taken:
-                    return None
-                taken.append(exchange)
-                return exchange
-
-        session.listen_streams(First())
-        while not exchange.made.called:
-            if exchange.lost is not None:
-                raise exchange.broken()
-            await exchange.wait()
+    await carry_one_stream(peer, exchange)
+    while not exchange.made.called:
+        if exchange.lost is not None:
+            raise exchange.broken()
+        await exchange.wait()
     return exchange
 
 
