@@ -98,7 +98,7 @@ class ConnectProcess:
         return data
 
     def send_lines(self, lines: Sequence[str]) -> None:
-        """Write lines to stdin (each becomes one datagram)."""
+        """Write lines to stdin (onto the stream; with ``--datagram``, one datagram each)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write("".join(f"{line}\n" for line in lines).encode())
         self.proc.stdin.flush()
@@ -121,7 +121,8 @@ class ConnectProcess:
         return got
 
     def end_input(self) -> None:
-        """Close stdin: the command sends its end marker and exits."""
+        """Close stdin: the command half-closes its stream, and exits once the peer's
+        input has ended too (with ``--datagram``: sends its end marker and exits)."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
 
@@ -265,7 +266,7 @@ def run_connect(
     stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
     extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One connect and one line across, then a clean end.
+    """One connect and one line across, then a clean end (both inputs end).
 
     Returns the offerer's ``--json`` object plus ``other`` (the answerer's), ``ok``
     (True), ``seconds`` (wall time); or ``ok`` False with ``reason`` (the last stderr
@@ -288,6 +289,7 @@ def run_connect(
         if b.read_lines(1, 5) != ["ping"]:
             raise PeerProcessError("the line did not arrive")
         a.end_input()
+        b.end_input()
         a.wait(10)
         b.wait(10)
         return {**info, "other": other, "ok": True, "seconds": time.monotonic() - started}

@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.unit.test_signaling_client,tests.integration.test_connect_cli -*-
 """The ``holepunch`` command line.
 
-Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
+Each subcommand lives in a module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``; this module only dispatches. To add a subcommand, add one line to
-``COMMANDS``.
+``COMMANDS``. A module with several subcommands is named ``module:NAME`` and provides
+``add_NAME_arguments(parser)`` and ``run_NAME(args)``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from typing import Any
 COMMANDS: dict[str, tuple[str, str]] = {
     "nat-check": ("holepunch.cli.natcheck", "discover the NAT you are behind (RFC 5780)"),
     "token": ("holepunch.cli.token", "mint a signaling auth token"),
-    "connect": ("holepunch.cli.connect", "reach a peer through NATs and carry lines (like nc -u)"),
+    "connect": (
+        "holepunch.cli.connect",
+        "reach a peer through NATs and carry an encrypted byte stream (like nc)",
+    ),
+    "send": ("holepunch.cli.transfer:send", "send a file to a peer through NATs, verified"),
+    "receive": ("holepunch.cli.transfer:receive", "receive a file a peer sends"),
 }
 
 
@@ -31,10 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
+        module_name, _, part = module_name.partition(":")
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(command_module=module)
+        if part:
+            getattr(module, f"add_{part}_arguments")(command)
+            command.set_defaults(command_module=module, command_run=getattr(module, f"run_{part}"))
+        else:
+            module.add_arguments(command)
+            command.set_defaults(command_module=module, command_run=module.run)
     return parser
 
 
@@ -90,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log_to_stderr(level)
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    status: int = args.command_module.run(args)
+    status: int = args.command_run(args)
     return status
 
 

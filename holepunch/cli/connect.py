@@ -1,103 +1,89 @@
 # -*- test-case-name: tests.integration.test_connect_cli -*-
-"""``holepunch connect``: reach a peer through NATs, then carry lines like ``nc -u``.
+"""``holepunch connect``: reach a peer through NATs, then carry bytes like ``nc``.
 
-Each line of stdin goes to the peer as one datagram; each datagram from the peer is
+Both sides generate an identity for the run, exchange its fingerprint through
+signaling, and talk QUIC (TLS 1.3) over the punched path; each side checks that the
+other's certificate is the one it signaled.
+
+By default the command carries one encrypted, reliable byte stream, binary-safe: stdin
+goes to the peer, the peer's bytes go to stdout. End of stdin half-closes the stream
+(the peer's output ends); the command exits 0 once both directions have ended: its own
+input sent and acknowledged, the peer's input received and written out. Reading stdin
+is paused while the peer is slow (the stream's send buffer is full), and the stream is
+paused while stdout is backed up, so memory stays bounded.
+
+With ``--datagram`` each line of stdin goes to the peer as one encrypted QUIC datagram
+(unreliable, like ``nc -u``, and paced by ``--rate``); each datagram from the peer is
 written to stdout as a line. End of stdin sends an end marker (an empty datagram) and
-closes the connection; the peer's command exits too. With ``--json`` the first line of
-stdout is ``{"method", "local", "remote", "elapsed_ms", "rtt_ms"}``.
+closes the connection; the peer's command exits too.
+
+With ``--json`` the first line of stdout is ``{"method", "local", "remote",
+"elapsed_ms", "rtt_ms", "probes_sent", "birthday_sockets", "security", "fingerprint",
+"peer_fingerprint"}``; a later change of path adds a ``{"event": "path-changed", ...}``
+line.
 
 Exit status: 0 after a clean end, 1 with a one-line reason on stderr naming the stage
 that failed (``signaling``, ``peer``, ``gathering``, ``candidates``,
-``connectivity-checks``, ``nomination``, ``connection``), 2 for bad arguments.
+``connectivity-checks``, ``nomination``, ``security``, ``connection``), 2 for bad
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from twisted.internet import defer
+from twisted.internet import defer, interfaces, protocol
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from holepunch.cli.peer import (
+    SecurePeer,
+    StageError,
+    add_peer_arguments,
+    carry_one_stream,
+    until_acknowledged,
+    with_secure_peer,
+)
 
 if TYPE_CHECKING:
-    from holepunch.ice.connection import Channel
+    from holepunch.quic.session import QuicSession
+
+__all__ = ["StageError", "add_arguments", "connect_command", "run"]
 
 MAX_LINE = 60000
 END_MARKER = b""
-
-
-class StageError(Exception):
-    """A failure with the stage it happened in."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(f"{stage}: {message}")
-        self.stage = stage
+#: What the offerer writes first on the stream, so that the stream exists for the
+#: acceptor even before the offerer has input (QUIC announces a stream with its
+#: first byte), and so that a ``connect`` never talks to a ``send`` by mistake.
+STREAM_PREAMBLE = b"holepunch-connect/1\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holepunch connect``."""
-    parser.add_argument("--signaling", required=True, metavar="URL", help="ws:// or wss:// URL")
-    parser.add_argument("--id", required=True, metavar="ME", help="this peer's id")
-    parser.add_argument("--room", metavar="R", help="join this room first")
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--to", metavar="PEER", help="offer a connection to PEER")
-    who.add_argument("--accept", action="store_true", help="wait for a peer's offer")
-    parser.add_argument(
-        "--stun-server", action="append", default=[], metavar="HOST:PORT", help="repeatable"
-    )
-    parser.add_argument(
-        "--turn-server",
-        action="append",
-        default=[],
-        metavar="URI",
-        help="TURN relay, repeatable, tried in order: turn:USER:PASS@HOST:PORT[?transport=tcp] "
-        "or turns:USER:PASS@HOST:PORT (TLS)",
-    )
-    parser.add_argument(
-        "--no-tcp", action="store_true", help="no TCP hole punching (UDP and TURN only)"
-    )
-    parser.add_argument(
-        "--no-port-mapping",
-        action="store_true",
-        help="do not ask the router for a port mapping (PCP, NAT-PMP, UPnP)",
-    )
-    parser.add_argument(
-        "--relay-wait",
-        type=float,
-        default=None,
-        metavar="S",
-        help="seconds a working relay waits for a direct path before it is used (default 2, "
-        "12 while port prediction or birthday probing runs); a direct path found later "
-        "still takes over",
-    )
-    parser.add_argument(
-        "--host-address",
-        action="append",
-        default=None,
-        metavar="IP",
-        help="local address(es) to offer as host candidates (default: every interface)",
-    )
-    parser.add_argument("--token", default=os.environ.get("P2P_AUTH_TOKEN"), help="auth token")
+    add_peer_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the connection as JSON first")
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="S", help="seconds to connect (30)"
+        "--datagram",
+        action="store_true",
+        help="carry lines as encrypted datagrams (unreliable, like nc -u) instead of one "
+        "reliable byte stream",
     )
-    parser.add_argument("--retries", type=int, default=0, help="more ICE attempts on failure")
     parser.add_argument(
         "--rate",
         type=float,
         default=2000.0,
         metavar="N",
-        help="send at most N lines a second (2000), so a burst does not overflow the peer",
+        help="with --datagram, send at most N lines a second (2000), so a burst does not "
+        "overflow the peer",
     )
 
 
 class _Lines(LineOnlyReceiver):
-    """stdin lines to the connection (paced), the connection's datagrams to stdout.
+    """stdin lines to the session's datagrams (paced), the peer's datagrams to stdout.
 
     Lines are sent at most ``rate`` a second, in ticks of 10 ms, and stdin is paused
     while many wait: a burst of datagrams larger than the receiver's socket buffer would
@@ -105,16 +91,21 @@ class _Lines(LineOnlyReceiver):
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
     TICK = 0.01
 
     def __init__(
-        self, reactor: Any, connection: Any, done: defer.Deferred[str], err: TextIO, rate: float
+        self,
+        reactor: Any,
+        session: QuicSession,
+        done: defer.Deferred[str],
+        err: TextIO,
+        rate: float,
     ) -> None:
         self.reactor = reactor
-        self.connection = connection
+        self.session = session
         self.done = done
         self.err = err
+        self.MAX_LENGTH = min(MAX_LINE, session.max_datagram_payload - 1)
         self.per_tick = max(1, int(rate * self.TICK))
         self.queue: list[bytes] = []
         self.ended = False
@@ -134,11 +125,11 @@ class _Lines(LineOnlyReceiver):
 
     def _tick(self) -> None:
         self._timer = None
-        if self.connection.closed:
+        if self.session.closed is not None:
             return
         batch, self.queue = self.queue[: self.per_tick], self.queue[self.per_tick :]
         for data in batch:
-            self.connection.send(data)
+            self.session.send_datagram(data)
         if self.paused and len(self.queue) < 128 and self.transport is not None:
             self.paused = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -148,7 +139,10 @@ class _Lines(LineOnlyReceiver):
             self._finish()
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.err.write(f"holepunch connect: line longer than {MAX_LINE} bytes dropped\n")
+        self.err.write(
+            f"holepunch connect: line longer than {self.MAX_LENGTH} bytes dropped "
+            "(a datagram's limit; without --datagram any length goes)\n"
+        )
         self.err.flush()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -157,10 +151,11 @@ class _Lines(LineOnlyReceiver):
             self._finish()
 
     def _finish(self) -> None:
-        # End of stdin and everything sent: tell the peer (three times: it is UDP).
-        if not self.connection.closed:
+        # End of stdin and everything sent: tell the peer (three times: datagrams may
+        # be lost; closing the session tells it too).
+        if self.session.closed is None:
             for _ in range(3):
-                self.connection.send(END_MARKER)
+                self.session.send_datagram(END_MARKER)
         if not self.done.called:
             self.done.callback("end of input")
 
@@ -170,157 +165,238 @@ class _Lines(LineOnlyReceiver):
         self._timer = None
 
 
+class _StdinProducer:
+    """stdin as the stream's producer: the stream pauses and resumes reading it.
+
+    ``stopProducing`` only stops reading: the stream stops its producer when it ends,
+    and stdout (the same ``StandardIO``) must still be flushed.
+    """
+
+    def __init__(self, stdio: Any) -> None:
+        self.stdio = stdio
+
+    def pauseProducing(self) -> None:
+        self.stdio.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.stdio.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stdio.pauseProducing()
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class _Terminal(protocol.Protocol):
+    """Our side of stdio: stdin bytes to the stream, EOF to a half-close."""
+
+    def __init__(self, bridge: _StreamBridge) -> None:
+        self.bridge = bridge
+        self.flushed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        stream = self.bridge.transport
+        assert stream is not None and self.transport is not None
+        stream.registerProducer(_StdinProducer(self.transport), True)  # type: ignore[attr-defined]
+        # stdout backed up: the stream stops delivering, and the peer stops sending.
+        self.transport.registerProducer(stream, True)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.bridge.transport is not None:
+            self.bridge.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        stream = self.bridge.transport
+        if stream is not None:
+            stream.unregisterProducer()  # type: ignore[attr-defined]
+            stream.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def writeConnectionLost(self) -> None:
+        self.bridge.output_closed()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.flushed.called:
+            self.flushed.callback(None)
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class _StreamBridge(protocol.Protocol):
+    """The stream's side: the peer's bytes to stdout; ``ended`` fires once both
+    directions have ended (the peer's FIN received, ours sent), and fails with a
+    :class:`StageError` if the stream breaks first."""
+
+    def __init__(self, offerer: bool, start_stdio: Any, session: Any = None) -> None:
+        self.offerer = offerer
+        self.session = session
+        self.start_stdio = start_stdio
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.preamble = b"" if offerer else STREAM_PREAMBLE
+        self.pending = b""
+        self.read_done = False
+        self.write_done = False
+        self.discard_output = False
+        self.stdio: Any = None
+        self.terminal: _Terminal | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        if self.offerer:
+            self.transport.write(STREAM_PREAMBLE)
+        self.terminal = _Terminal(self)
+        self.stdio = self.start_stdio(self.terminal)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.preamble:
+            self.pending += data
+            if len(self.pending) < len(self.preamble):
+                if not self.preamble.startswith(self.pending):
+                    self._fail("the peer is not a holepunch connect (stream preamble)")
+                return
+            if not self.pending.startswith(self.preamble):
+                self._fail("the peer is not a holepunch connect (stream preamble)")
+                return
+            data, self.pending, self.preamble = self.pending[len(self.preamble) :], b"", b""
+            if not data:
+                return
+        if self.stdio is not None and not self.discard_output:
+            self.stdio.write(data)
+
+    def write_line(self, line: str) -> None:
+        """A line of our own (``--json`` events) into stdout, in order with the data."""
+        if self.stdio is not None:
+            self.stdio.write(line.encode() + b"\n")
+
+    def output_closed(self) -> None:
+        """stdout is gone (a closed pipe): what the peer sends is dropped."""
+        self.discard_output = True
+
+    def readConnectionLost(self) -> None:
+        if self.preamble:
+            self._fail("the peer ended before the stream preamble")
+            return
+        self.read_done = True
+        self._check()
+
+    def writeConnectionLost(self) -> None:
+        self.write_done = True
+        self._check()
+
+    def _check(self) -> None:
+        if self.read_done and self.write_done and not self.ended.called:
+            self.ended.callback(None)
+
+    def _fail(self, why: str) -> None:
+        if not self.ended.called:
+            self.ended.errback(StageError("connection", why))
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.ended.called:
+            closed = getattr(self.session, "closed", None)
+            if closed is not None:  # the session's reason says more than the stream's
+                why = str(closed)
+            else:
+                why = reason.getErrorMessage() if reason is not None else "stream lost"
+            self.ended.errback(StageError("connection", why))
+
+
 async def connect_command(
     reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO, stdio: Any = None
 ) -> int:
-    """Run the command; returns the exit status."""
-    from holepunch.ice.config import (
-        CheckConfig,
-        GatheringConfig,
-        IceConfig,
-        RelayConfig,
-        TcpConfig,
-    )
-    from holepunch.ice.events import IceError
-    from holepunch.ice.negotiation import Negotiator
-    from holepunch.signaling.client import SignalingClient
-    from holepunch.stun.client import parse_server
-    from holepunch.turn import parse_turn_uri
+    """Run the command; returns the exit status.
 
-    try:
-        stun_servers = [parse_server(s) for s in args.stun_server]
-        turn_servers = [parse_turn_uri(uri) for uri in args.turn_server]
-        if not turn_servers:
-            turn_servers = _turn_from_environment()
-    except ValueError as e:
-        err.write(f"holepunch connect: {e}\n")
-        return 2
-    started = reactor.seconds()
-    deadline = started + args.timeout
-    client = SignalingClient(args.signaling, args.id, reactor=reactor, token=args.token)
-    client.startService()
-    negotiator: Negotiator | None = None
-    connection: Any = None
-    try:
-        try:
-            registering = client.register()
-            registering.addTimeout(args.timeout, reactor)
-            await registering
-            if args.room:
-                await client.join_room(args.room)
-        except Exception as e:
-            raise StageError("signaling", f"{args.signaling}: {_reason(e)}") from e
-        relay = RelayConfig(servers=turn_servers)
-        if args.relay_wait is not None:
-            relay = RelayConfig(
-                servers=turn_servers, wait=args.relay_wait, wait_hard=args.relay_wait
-            )
-        config = IceConfig(
-            gathering=GatheringConfig(
-                stun_servers=stun_servers,
-                addresses=args.host_address,
-                port_mapping=not args.no_port_mapping,
-            ),
-            checks=CheckConfig(connection_timeout=max(1.0, deadline - reactor.seconds())),
-            relay=relay,
-            tcp=TcpConfig(enabled=not args.no_tcp),
-        )
-        negotiator = Negotiator(reactor, client, config, max_retries=args.retries)
-        attempt_started = reactor.seconds()
-        if args.accept:
-            waiting = negotiator.accept()
-            waiting.addTimeout(max(0.1, deadline - reactor.seconds()), reactor)
-            try:
-                connection = await waiting
-            except defer.TimeoutError:
-                raise StageError("peer", "no offer arrived in time") from None
-        else:
-            connection = await negotiator.connect_when_present(
-                args.to, max(0.1, deadline - reactor.seconds())
-            )
-        elapsed = reactor.seconds() - attempt_started
+    ``stdio(protocol)`` connects a protocol to the terminal and returns its transport
+    (``twisted.internet.stdio.StandardIO`` by default; tests pass their own).
+    """
+
+    async def body(peer: SecurePeer) -> int:
         if args.json:
-            out.write(
-                json.dumps(
-                    {
-                        "method": connection.method,
-                        "local": f"{connection.local[0]}:{connection.local[1]}",
-                        "remote": f"{connection.remote[0]}:{connection.remote[1]}",
-                        "elapsed_ms": round(elapsed * 1000, 1),
-                        "rtt_ms": round((connection.rtt or 0) * 1000, 2),
-                        "probes_sent": _stat(connection, "probes_sent"),
-                        "birthday_sockets": _stat(connection, "birthday_sockets"),
-                    }
-                )
-                + "\n"
-            )
+            out.write(json.dumps(peer.describe()) + "\n")
             out.flush()
+        if args.datagram:
+            return await _carry_lines(reactor, peer, args, out, err, stdio)
+        return await _carry_stream(reactor, peer, args, stdio)
 
-            def upgraded(c: Any) -> None:
-                out.write(
-                    json.dumps(
-                        {
-                            "event": "path-changed",
-                            "method": c.method,
-                            "local": f"{c.local[0]}:{c.local[1]}",
-                            "remote": f"{c.remote[0]}:{c.remote[1]}",
-                        }
-                    )
-                    + "\n"
-                )
-                out.flush()
-
-            if hasattr(connection, "on_path_changed"):
-                connection.on_path_changed(upgraded)
-        return await _carry(reactor, connection, out, err, stdio, args.rate)
-    except (StageError, IceError) as e:
-        err.write(f"holepunch connect: {e}\n")
-        return 1
-    except Exception as e:
-        err.write(f"holepunch connect: {type(e).__name__}: {e}\n")
-        return 1
-    finally:
-        if connection is not None and not connection.closed:
-            await connection.close()
-        if negotiator is not None:
-            await negotiator.stop()
-        await client.stopService()
+    return await with_secure_peer(reactor, args, err, "connect", body)
 
 
-def _turn_from_environment() -> list[Any]:
-    """TURN servers from ``P2P_TURN_SERVERS`` / ``P2P_TURN_USERNAME`` / ``P2P_TURN_PASSWORD``
-    (used when no ``--turn-server`` is given); a bad value raises ValueError naming it."""
-    from holepunch.config import environment_values
-
-    servers: list[Any] = environment_values(os.environ).get("turn_servers", [])
-    return servers
-
-
-def _stat(connection: Channel, name: str) -> int:
-    """One counter of the ICE agent under ``connection`` (0 for a TCP-punched
-    connection, which has no agent, or an agent that keeps none)."""
-    from holepunch.ice.connection import PeerConnection
-
-    if not isinstance(connection, PeerConnection):
-        return 0
-    stats = getattr(connection.agent, "stats", None)
-    return int(getattr(stats, name)) if stats is not None else 0
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, defer.TimeoutError):
-        return "no answer from the signaling server"
-    return str(e) or type(e).__name__
-
-
-async def _carry(
-    reactor: Any, connection: Any, out: TextIO, err: TextIO, stdio: Any, rate: float
-) -> int:
+def _start_stdio(reactor: Any, stdio: Any) -> Any:
     from twisted.internet.stdio import StandardIO
 
+    if stdio is not None:
+        return stdio
+    return lambda proto: StandardIO(proto, reactor=reactor)
+
+
+def _path_events(peer: SecurePeer, write: Any) -> None:
+    """With ``--json``, a line for each change of path under the session."""
+
+    def changed(c: Any) -> None:
+        write(
+            json.dumps(
+                {
+                    "event": "path-changed",
+                    "method": c.method,
+                    "local": f"{c.local[0]}:{c.local[1]}",
+                    "remote": f"{c.remote[0]}:{c.remote[1]}",
+                }
+            )
+        )
+
+    if peer.path is not None and hasattr(peer.path, "on_path_changed"):
+        peer.path.on_path_changed(changed)
+
+
+async def _carry_stream(
+    reactor: Any, peer: SecurePeer, args: argparse.Namespace, stdio: Any
+) -> int:
+    session = peer.session
+    bridge = _StreamBridge(peer.offerer, _start_stdio(reactor, stdio), session)
+    if args.json:
+        _path_events(peer, bridge.write_line)
+
+    def closed(reason: Exception) -> None:
+        if not bridge.ended.called:
+            bridge.ended.errback(StageError("connection", str(reason)))
+
+    session.on_closed(closed)
+    await carry_one_stream(peer, bridge)
+    try:
+        await bridge.ended
+    finally:
+        if bridge.stdio is not None:
+            try:
+                bridge.stdio.unregisterProducer()
+            except Exception:
+                pass  # stdout already gone
+    assert bridge.transport is not None
+    stream_id: int = bridge.transport.stream_id  # type: ignore[attr-defined]
+    await until_acknowledged(reactor, session, stream_id)
+    if session.closed is not None and session.closed.error_code != 0:
+        raise StageError("connection", session.closed.reason)
+    assert bridge.terminal is not None
+    bridge.stdio.loseConnection()
+    await bridge.terminal.flushed
+    return 0
+
+
+async def _carry_lines(
+    reactor: Any,
+    peer: SecurePeer,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    stdio: Any,
+) -> int:
+    from twisted.internet.task import deferLater
+
+    session = peer.session
     done: defer.Deferred[str] = defer.Deferred()
-    lines = _Lines(reactor, connection, done, err, rate)
+    lines = _Lines(reactor, session, done, err, args.rate)
     output = sys.stdout.buffer if out is sys.stdout else None
+
+    def write(text: str) -> None:
+        received(text.encode() + b"\n")
 
     def received(data: bytes) -> None:
         if data == END_MARKER:
@@ -335,23 +411,25 @@ async def _carry(
         else:
             out.write(data.decode(errors="replace"))
 
-    connection.on_datagram(received)
-    lost: list[str] = []
+    if args.json:
+        _path_events(peer, write)
+    session.on_datagram(received)
 
-    def disconnected(reason: str) -> None:
-        lost.append(reason)
+    def closed(reason: Any) -> None:
         if not done.called:
-            done.callback(reason)
+            # The peer closing cleanly is its end of input too (its end markers may be
+            # lost, or still behind its CONNECTION_CLOSE).
+            clean = getattr(reason, "by_peer", False) and getattr(reason, "error_code", 1) == 0
+            done.callback("peer ended" if clean else str(reason))
 
-    connection.on_disconnected(disconnected)
-    io = stdio(lines) if stdio is not None else StandardIO(lines, reactor=reactor)
+    session.on_closed(closed)
+    io = _start_stdio(reactor, stdio)(lines)
     how = await done
     lines.stop()
-    if how not in ("end of input", "peer ended"):
-        err.write(f"holepunch connect: connection: {how}\n")
-        _close_stdio(io)
-        return 1
     _close_stdio(io)
+    if how not in ("end of input", "peer ended"):
+        raise StageError("connection", how)
+    await deferLater(reactor, 0, lambda: None)  # the end markers leave before the close
     return 0
 
 

@@ -385,6 +385,11 @@ class Negotiator:
         session.on_closed(lambda _reason: self._end_path(session))
         return await session.when_connected()
 
+    def path_of(self, session: QuicSession) -> PeerConnection | None:
+        """The ICE connection under a secure session this negotiator made (its
+        ``method``, addresses, ``rtt``, path-change observers), or None once it ended."""
+        return self._secure_paths.get(session)
+
     def _end_path(self, session: QuicSession) -> None:
         connection = self._secure_paths.pop(session, None)
         if connection is not None:

@@ -48,8 +48,9 @@ class ConnectInLabTests(TestCase):
         self.assertEqual(got_a, [f"b{i}" for i in range(count)], a.stderr)
 
     def finish(self, a: ConnectProcess, b: ConnectProcess) -> None:
-        """End input on the offerer: both commands exit 0."""
+        """End input on both sides: both commands exit 0."""
         a.end_input()
+        b.end_input()
         self.assertEqual(a.wait(15), 0, a.stderr)
         self.assertEqual(b.wait(15), 0, b.stderr)
 

@@ -37,6 +37,7 @@ class TurnLabTests(TestCase):
         self.assertEqual(pb.read_lines(500, 30), [f"a{i}" for i in range(500)])
         self.assertEqual(pa.read_lines(500, 30), [f"b{i}" for i in range(500)])
         pa.end_input()
+        pb.end_input()
         self.assertEqual(pa.wait(15), 0, pa.stderr)
         self.assertEqual(pb.wait(15), 0, pb.stderr)
 
@@ -82,4 +83,5 @@ class TurnLabTests(TestCase):
         pa.send_lines(["after the upgrade"])
         self.assertEqual(pb.read_lines(2, 10)[-1], "after the upgrade")
         pa.end_input()
+        pb.end_input()
         self.assertEqual(pa.wait(15), 0, pa.stderr)
