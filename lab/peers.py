@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -32,6 +32,35 @@ STUN_PORT = 3480
 
 class PeerProcessError(AssertionError):
     """The peer did not do what was expected; carries its stderr."""
+
+
+class EventLines:
+    """The ``--json`` events (``{"event": ...}`` lines) a stream-mode ``holepunch
+    connect`` writes to stderr, each with the :func:`time.monotonic` it was read at."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+
+    def offer(self, line: str) -> None:
+        """A stderr line: kept if it is an event."""
+        if not line.startswith("{"):
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(event, dict) and "event" in event:
+            event["at"] = time.monotonic()
+            self.seen.append(event)
+            self.queue.put(event)
+
+    def next(self, timeout: float, stderr: str = "") -> dict[str, Any]:
+        """The next event; raises PeerProcessError after ``timeout``."""
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            raise PeerProcessError(f"no event within {timeout}s; stderr: {stderr}") from None
 
 
 class ConnectProcess:
@@ -52,6 +81,7 @@ class ConnectProcess:
             self.proc = subprocess.Popen(argv, env=lab_env(None), **pipes)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
+        self.events = EventLines()
         self.started = time.monotonic()
         self._threads = [
             threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
@@ -67,6 +97,7 @@ class ConnectProcess:
                 self.lines.put(line)
             else:
                 self.stderr_lines.append(line)
+                self.events.offer(line)
         if is_stdout:
             self.lines.put(None)
 
@@ -337,6 +368,7 @@ class StreamPeer:
         self.last_byte_at: float | None = None
         self._digest = hashlib.sha256()
         self.stderr_lines: list[str] = []
+        self.events = EventLines()
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -365,7 +397,9 @@ class StreamPeer:
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for raw in iter(self.proc.stderr.readline, b""):
-            self.stderr_lines.append(raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.stderr_lines.append(line)
+            self.events.offer(line)
 
     @property
     def stderr(self) -> str:
@@ -412,6 +446,7 @@ def transfer_pair(
     stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
     extra_args: Sequence[str] = (),
     payloads: tuple[tuple[str, str], tuple[str, str]] | None = None,
+    on_connected: Callable[[dict[str, Any], dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """``size`` random bytes each way through two ``holepunch connect`` streams.
 
@@ -419,7 +454,8 @@ def transfer_pair(
     offerer's connection JSON as ``connection`` and the answerer's as ``other``,
     ``seconds`` (first to last byte, the slower direction), ``mb_per_s`` (each way),
     ``exit`` codes and ``stderr`` of both; ``payloads`` reuses files made by
-    :func:`random_file` (else they are made and removed here).
+    :func:`random_file` (else they are made and removed here); ``on_connected(offerer's
+    JSON, answerer's JSON)`` runs once both are connected, while the bytes flow.
     """
     made = payloads is None
     if payloads is None:
@@ -432,6 +468,8 @@ def transfer_pair(
     try:
         connection = a.connection(timeout + 10)
         other = b.connection(10)
+        if on_connected is not None:
+            on_connected(connection, other)
         a_status, a_got = a.finish(transfer_timeout)
         b_status, b_got = b.finish(30)
         starts = [p.first_byte_at for p in (a, b) if p.first_byte_at is not None]
@@ -446,6 +484,8 @@ def transfer_pair(
             "received": (a.received, b.received),
             "seconds": seconds,
             "mb_per_s": size / seconds / 1e6 if seconds else None,
+            "bytes_window": (min(starts), max(ends)) if starts and ends else None,
+            "events": (a.events.seen, b.events.seen),
             "stderr": (a.stderr, b.stderr),
         }
     except PeerProcessError as e:

@@ -9,7 +9,8 @@
   prints ``ready`` once the socket is bound and stops on SIGTERM or SIGINT.
 - ``forge``: sends UDP datagrams with a source address that is not its own (a raw socket
   writes the IPv4 header itself), as a third host that learned a flow's 5-tuple would.
-  ``python -m lab.wiretap forge --source IP:PORT --destination IP:PORT --count N``.
+  ``python -m lab.wiretap forge --source IP:PORT --destination IP:PORT --count N``
+  (``--interval`` seconds apart, 2 ms by default).
 
 The :class:`Wiretap` and :func:`forge` wrappers run them in a :class:`NatLab
 <lab.natlab.NatLab>`; :meth:`Wiretap.find` looks for plaintext in what was captured and
@@ -26,6 +27,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
@@ -122,10 +124,12 @@ def _capture(interface: str, out: str) -> int:
     return 0
 
 
-def _forge(source: str, destination: str, count: int, size: int) -> int:
+def _forge(source: str, destination: str, count: int, size: int, interval: float) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     target = _host_port(destination)
-    for _ in range(count):
+    for n in range(count):
+        if n and interval:
+            time.sleep(interval)  # paced, as a forger who wants them read would
         # A QUIC short-header first byte, then random bytes: what a forger who knows the
         # 5-tuple but not the keys can send.
         payload = bytes([0x40 | (os.urandom(1)[0] & 0x3F)]) + os.urandom(size - 1)
@@ -146,10 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     forge_parser.add_argument("--destination", required=True, metavar="IP:PORT")
     forge_parser.add_argument("--count", type=int, default=100)
     forge_parser.add_argument("--size", type=int, default=1200)
+    forge_parser.add_argument("--interval", type=float, default=0.002, metavar="S")
     args = parser.parse_args(argv)
     if args.command == "capture":
         return _capture(args.interface, args.out)
-    return _forge(args.source, args.destination, args.count, args.size)
+    return _forge(args.source, args.destination, args.count, args.size, args.interval)
 
 
 # -- the wrappers the tests use --

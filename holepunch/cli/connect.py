@@ -19,8 +19,12 @@ closes the connection; the peer's command exits too.
 
 With ``--json`` the first line of stdout is ``{"method", "local", "remote",
 "elapsed_ms", "rtt_ms", "probes_sent", "birthday_sockets", "security", "fingerprint",
-"peer_fingerprint"}``; a later change of path adds a ``{"event": "path-changed", ...}``
-line.
+"peer_fingerprint"}``. Later events are JSON lines too: ``{"event": "path-changed",
+"method", "local", "remote"}`` when ICE moves the session to another path, and at the end
+``{"event": "closed", "bytes_sent", "bytes_received", "dropped_unauthenticated", ...}``
+(the session's counters: ``dropped_unauthenticated`` counts datagrams that came from the
+peer's address but did not authenticate). In the stream mode they go to stderr, so that
+stdout carries the peer's bytes and nothing else; with ``--datagram`` to stdout.
 
 Exit status: 0 after a clean end, 1 with a one-line reason on stderr naming the stage
 that failed (``signaling``, ``peer``, ``gathering``, ``candidates``,
@@ -260,11 +264,6 @@ class _StreamBridge(protocol.Protocol):
         if self.stdio is not None and not self.discard_output:
             self.stdio.write(data)
 
-    def write_line(self, line: str) -> None:
-        """A line of our own (``--json`` events) into stdout, in order with the data."""
-        if self.stdio is not None:
-            self.stdio.write(line.encode() + b"\n")
-
     def output_closed(self) -> None:
         """stdout is gone (a closed pipe): what the peer sends is dropped."""
         self.discard_output = True
@@ -313,9 +312,15 @@ async def connect_command(
         if args.json:
             out.write(json.dumps(peer.describe()) + "\n")
             out.flush()
-        if args.datagram:
-            return await _carry_lines(reactor, peer, args, out, err, stdio)
-        return await _carry_stream(reactor, peer, args, stdio)
+        try:
+            if args.datagram:
+                return await _carry_lines(reactor, peer, args, out, err, stdio)
+            return await _carry_stream(reactor, peer, args, stdio, err)
+        finally:
+            if args.json:
+                events = out if args.datagram else err
+                events.write(json.dumps(_closing_event(peer)) + "\n")
+                events.flush()
 
     return await with_secure_peer(reactor, args, err, "connect", body)
 
@@ -326,6 +331,20 @@ def _start_stdio(reactor: Any, stdio: Any) -> Any:
     if stdio is not None:
         return stdio
     return lambda proto: StandardIO(proto, reactor=reactor)
+
+
+def _closing_event(peer: SecurePeer) -> dict[str, Any]:
+    """The ``{"event": "closed", ...}`` line: what the session carried and dropped."""
+    stats = peer.session.stats
+    return {
+        "event": "closed",
+        "bytes_sent": stats.bytes_sent,
+        "bytes_received": stats.bytes_received,
+        "datagrams_sent": stats.datagrams_sent,
+        "datagrams_received": stats.datagrams_received,
+        "dropped_unauthenticated": stats.dropped_unauthenticated,
+        "dropped_not_quic": stats.dropped_not_quic,
+    }
 
 
 def _path_events(peer: SecurePeer, write: Any) -> None:
@@ -348,12 +367,17 @@ def _path_events(peer: SecurePeer, write: Any) -> None:
 
 
 async def _carry_stream(
-    reactor: Any, peer: SecurePeer, args: argparse.Namespace, stdio: Any
+    reactor: Any, peer: SecurePeer, args: argparse.Namespace, stdio: Any, err: TextIO
 ) -> int:
     session = peer.session
     bridge = _StreamBridge(peer.offerer, _start_stdio(reactor, stdio), session)
     if args.json:
-        _path_events(peer, bridge.write_line)
+
+        def event(line: str) -> None:
+            err.write(line + "\n")
+            err.flush()
+
+        _path_events(peer, event)
 
     def closed(reason: Exception) -> None:
         if not bridge.ended.called:

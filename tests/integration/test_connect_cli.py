@@ -4,6 +4,7 @@ that name their stage."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -142,11 +143,22 @@ class ConnectCommandTests(TestCase):
         it ends (a half-close), and both exit 0 once both directions are done."""
         to_b, to_a = os.urandom(4 << 20), os.urandom(4 << 20) + b"\0\r\n\xff"
         b = self.command(["connect", "--signaling", self.url, "--id", "bob", "--accept"], to_a)
-        a = self.command(["connect", "--signaling", self.url, "--id", "alice", "--to", "bob"], to_b)
+        a = self.command(
+            ["connect", "--signaling", self.url, "--id", "alice", "--to", "bob", "--json"], to_b
+        )
         code_a, code_b = yield threads.deferToThread(lambda: (a.finish(60), b.finish(60)))
         self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
         self.assertEqual(hashlib.sha256(b.stdout).hexdigest(), hashlib.sha256(to_b).hexdigest())
-        self.assertEqual(hashlib.sha256(a.stdout).hexdigest(), hashlib.sha256(to_a).hexdigest())
+        # --json: one line of JSON, then the peer's bytes and nothing else; the events
+        # (here the closing counters) go to stderr.
+        first, _, rest = a.stdout.partition(b"\n")
+        self.assertEqual(json.loads(first)["security"], "quic-tls1.3")
+        self.assertEqual(hashlib.sha256(rest).hexdigest(), hashlib.sha256(to_a).hexdigest())
+        closing = json.loads(a.stderr.strip().splitlines()[-1])
+        self.assertEqual(closing["event"], "closed")
+        self.assertGreater(closing["bytes_received"], len(to_a))
+        self.assertGreater(closing["bytes_sent"], len(to_b))
+        self.assertEqual(closing["dropped_unauthenticated"], 0)
 
     @defer.inlineCallbacks
     def test_one_side_sends_nothing(self) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from twisted.trial.unittest import TestCase
 
 from lab.natlab import NatLab, coturn_unavailable_reason, lab_fixture
@@ -76,7 +74,7 @@ class TurnLabTests(TestCase):
         self.addCleanup(pb.kill)
         self.assertEqual(pa.info(30)["method"], "turn-relay", pa.stderr)
         pb.info(30)
-        changed = json.loads(pa.next_line(30))  # birthday probing lands within seconds
+        changed = pa.next_event(30)  # birthday probing lands within seconds
         self.assertEqual(changed["event"], "path-changed")
         self.assertEqual(changed["method"], "birthday")
         self.assertNotIn("203.0.113.1", changed["remote"])  # no longer the relay's address
