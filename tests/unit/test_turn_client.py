@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -169,13 +170,18 @@ class FakeTurnServer:
 
 
 def make(
-    clock: Clock | None = None, *, stream: bool = False, **kwargs: Any
+    clock: Clock | None = None,
+    *,
+    stream: bool = False,
+    send: Callable[[bytes, tuple[str, int]], None] | None = None,
+    **kwargs: Any,
 ) -> tuple[Clock, FakeTurnServer, TurnAllocation]:
+    """An allocation talking to a fake server at SERVER (or through ``send``)."""
     clock = clock or Clock()
     server = FakeTurnServer(clock, stream=stream)
     kwargs.setdefault("username", server.username)
     kwargs.setdefault("password", server.password)
-    allocation = TurnAllocation(SERVER, server, clock, stream=stream, **kwargs)
+    allocation = TurnAllocation(SERVER, send or server, clock, stream=stream, **kwargs)
     server.allocation = allocation
     return clock, server, allocation
 
@@ -425,15 +431,12 @@ class RedirectTests(SynchronousTestCase):
 
     def test_followed_once_over_udp(self) -> None:
         """Over UDP the allocation moves to ALTERNATE-SERVER and starts over there."""
-        clock, first, allocation = make()
+        servers: dict[tuple[str, int], FakeTurnServer] = {}
+        clock, first, allocation = make(send=lambda data, to: servers[to](data, to))
         first.redirect_to = ALTERNATE
         second = FakeTurnServer(clock, ALTERNATE)
         second.allocation = allocation
-
-        def send(data: bytes, address: tuple[str, int]) -> None:
-            (first if address == SERVER else second)(data, address)
-
-        allocation._send_function = send
+        servers.update({SERVER: first, ALTERNATE: second})
         d = allocation.allocate()
         pump(clock)
         result = self.successResultOf(d)
@@ -444,16 +447,13 @@ class RedirectTests(SynchronousTestCase):
 
     def test_not_followed_twice(self) -> None:
         """A second 300 fails with TurnError 300."""
-        clock, first, allocation = make()
+        servers: dict[tuple[str, int], FakeTurnServer] = {}
+        clock, first, allocation = make(send=lambda data, to: servers[to](data, to))
         first.redirect_to = ALTERNATE
         second = FakeTurnServer(clock, ALTERNATE)
         second.redirect_to = SERVER
         second.allocation = allocation
-
-        def send(data: bytes, address: tuple[str, int]) -> None:
-            (first if address == SERVER else second)(data, address)
-
-        allocation._send_function = send
+        servers.update({SERVER: first, ALTERNATE: second})
         d = allocation.allocate()
         pump(clock)
         self.assertEqual(self.failureResultOf(d, TurnError).value.code, 300)
@@ -545,11 +545,10 @@ class TimerTests(AllocatedMixin, SynchronousTestCase):
 
     def test_refresh_failure_loses_allocation(self) -> None:
         """A refused refresh loses the allocation: on_lost is called and every timer stops."""
-        clock, server, allocation = self.allocated()
-        lost: list[TurnError] = []
         closed: list[bool] = []
+        clock, server, allocation = self.allocated(on_close=lambda: closed.append(True))
+        lost: list[TurnError] = []
         allocation.on_lost(lost.append)
-        allocation._on_close = lambda: closed.append(True)
         server.refuse[Method.REFRESH] = 437
         clock.advance(500)
         pump(clock)
