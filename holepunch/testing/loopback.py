@@ -1,5 +1,6 @@
 # -*- test-case-name: tests.integration.test_ice_negotiation -*-
-"""Our own servers on loopback, for tests: a STUN server and a signaling server.
+"""Our own servers on loopback, for tests: a STUN server and a signaling server; and two
+ICE agents connected to each other there.
 
 Each starts on ephemeral ports of 127.0.0.1 (and 127.0.0.2 for RFC 5780) and registers
 its own stop with the test case's cleanups.
@@ -9,6 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twisted.internet import defer
+
+from holepunch.ice.agent import IceAgent
+from holepunch.ice.config import IceConfig
+from holepunch.ice.connection import PeerConnection
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
@@ -44,3 +50,23 @@ async def start_signaling_server(
     listening = await service.when_listening()
     address: Any = listening.getHost()
     return service, f"ws://127.0.0.1:{address.port}/"
+
+
+async def connect_loopback_agents(
+    testcase: _TestCaseLike, reactor: Any, host: str = "127.0.0.1"
+) -> tuple[PeerConnection, PeerConnection]:
+    """Two ICE agents on ``host`` (controlling first) that exchange candidates and
+    credentials directly, with no signaling; returns their connections. The agents are
+    closed by the test case's cleanups."""
+    a = IceAgent(reactor, True, IceConfig.on(host))
+    b = IceAgent(reactor, False, IceConfig.on(host))
+    testcase.addCleanup(a.close)
+    testcase.addCleanup(b.close)
+    a.on_local_candidate = b.add_remote_candidate
+    b.on_local_candidate = a.add_remote_candidate
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd)
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd)
+    await a.gather()
+    await b.gather()
+    connections: list[PeerConnection] = await defer.gatherResults([a.connect(), b.connect()])
+    return connections[0], connections[1]

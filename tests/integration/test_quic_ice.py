@@ -6,10 +6,9 @@ import os
 from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
-from holepunch.ice.agent import IceAgent
-from holepunch.ice.config import IceConfig
 from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import session_over_channel
+from holepunch.testing.loopback import connect_loopback_agents
 
 from .test_quic_udp import TIMEOUT, BulkPeer
 
@@ -20,17 +19,9 @@ class IceTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_stream_over_ice_connection(self):
         """A QuicSession on each side of an ICE PeerConnection carries 4 MiB each way intact."""
-        a = IceAgent(reactor, True, IceConfig.on("127.0.0.1"))
-        b = IceAgent(reactor, False, IceConfig.on("127.0.0.1"))
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-        a.on_local_candidate = b.add_remote_candidate
-        b.on_local_candidate = a.add_remote_candidate
-        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
-        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
-        yield defer.ensureDeferred(a.gather())
-        yield defer.ensureDeferred(b.gather())
-        ca, cb = yield defer.gatherResults([a.connect(), b.connect()]).addTimeout(TIMEOUT, reactor)
+        ca, cb = yield defer.ensureDeferred(connect_loopback_agents(self, reactor)).addTimeout(
+            TIMEOUT, reactor
+        )
 
         # The fingerprints would travel in the offer/answer; the ICE role picks the QUIC role.
         id_a, id_b = PeerIdentity.generate(), PeerIdentity.generate()

@@ -19,6 +19,7 @@ from holepunch.ice.events import IceError
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import Attr
 from holepunch.testing.fakenet import FakeNetwork
+from holepunch.testing.loopback import connect_loopback_agents
 
 
 def config(host: str, **kw: Any) -> IceConfig:
@@ -312,21 +313,11 @@ class LoopbackAgentTests(TestCase):
     @defer.inlineCallbacks
     def test_real_sockets(self) -> Any:
         """Agents on loopback connect directly and carry datagrams both ways."""
-        a = IceAgent(reactor, True, IceConfig.on("127.0.0.1"))
-        b = IceAgent(reactor, False, IceConfig.on("127.0.0.1"))
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-        a.on_local_candidate = b.add_remote_candidate
-        b.on_local_candidate = a.add_remote_candidate
-        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
-        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
-        yield defer.ensureDeferred(a.gather())
-        yield defer.ensureDeferred(b.gather())
-        ca, cb = yield defer.gatherResults([a.connect(), b.connect()])
+        ca, cb = yield defer.ensureDeferred(connect_loopback_agents(self, reactor))
         self.assertEqual(ca.method, "direct")
         received: defer.Deferred[bytes] = defer.Deferred()
         cb.on_datagram(lambda data: received.callback(data) if not received.called else None)
         ca.send(b"across a real socket")
         data = yield received
         self.assertEqual(data, b"across a real socket")
-        self.assertEqual(Candidate.from_sdp(a.local_candidates[0].to_sdp()).host, "127.0.0.1")
+        self.assertEqual(Candidate.from_sdp(ca.local_candidate.to_sdp()).host, "127.0.0.1")
