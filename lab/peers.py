@@ -128,6 +128,10 @@ class ConnectProcess:
             raise PeerProcessError(f"not JSON: {line!r}; stderr: {self.stderr}") from None
         return data
 
+    def next_event(self, timeout: float) -> dict[str, Any]:
+        """The next ``--json`` event from stderr (``path-changed``, ``closed``)."""
+        return self.events.next(timeout, self.stderr)
+
     def send_lines(self, lines: Sequence[str]) -> None:
         """Write lines to stdin (onto the stream; with ``--datagram``, one datagram each)."""
         assert self.proc.stdin is not None
