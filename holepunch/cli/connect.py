@@ -49,7 +49,6 @@ from holepunch.cli.peer import (
     StageError,
     add_peer_arguments,
     carry_one_stream,
-    until_acknowledged,
     with_secure_peer,
 )
 
@@ -395,7 +394,7 @@ async def _carry_stream(
                 pass  # stdout already gone
     assert bridge.transport is not None
     stream_id: int = bridge.transport.stream_id  # type: ignore[attr-defined]
-    await until_acknowledged(reactor, session, stream_id)
+    await session.when_acknowledged(stream_id)
     if session.closed is not None and session.closed.error_code != 0:
         raise StageError("connection", session.closed.reason)
     assert bridge.terminal is not None

@@ -279,12 +279,3 @@ def carry_one_stream(peer: SecurePeer, proto: protocol.Protocol) -> defer.Deferr
         return peer.session.open_stream(proto)
     peer.session.listen_streams(FirstStream(proto))
     return defer.succeed(proto)
-
-
-async def until_acknowledged(reactor: Any, session: QuicSession, stream_id: int) -> None:
-    """Wait until the peer has acknowledged everything written on ``stream_id`` (FIN
-    included), or the session has closed (a peer that has all it needs may close it)."""
-    from twisted.internet.task import deferLater
-
-    while session.closed is None and session.stream_backlog(stream_id) > 0:
-        await deferLater(reactor, 0.02, lambda: None)

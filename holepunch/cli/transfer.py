@@ -39,7 +39,6 @@ from holepunch.cli.peer import (
     StageError,
     add_peer_arguments,
     carry_one_stream,
-    until_acknowledged,
 )
 
 PREAMBLE = b"holepunch-transfer/1\n"
@@ -318,7 +317,7 @@ async def send_command(reactor: Any, args: argparse.Namespace, out: TextIO, err:
         if verdict.get("ok") is not True:
             raise StageError("transfer", f"the receiver says: {verdict.get('error', verdict)}")
         await exchange.until_read_done()
-        await until_acknowledged(reactor, peer.session, exchange.transport.stream_id)  # type: ignore[attr-defined]
+        await peer.session.when_acknowledged(exchange.transport.stream_id)  # type: ignore[attr-defined]
         resumed = f", resumed at {offset}" if offset else ""
         out.write(f"sent {name} ({size} bytes{resumed}), verified (sha256 {sha256})\n")
         out.flush()
@@ -382,7 +381,7 @@ async def receive_command(reactor: Any, args: argparse.Namespace, out: TextIO, e
             exchange.send_message({"error": str(e)})
             assert exchange.transport is not None
             exchange.transport.loseWriteConnection()  # type: ignore[attr-defined]
-            await until_acknowledged(reactor, peer.session, exchange.transport.stream_id)  # type: ignore[attr-defined]
+            await peer.session.when_acknowledged(exchange.transport.stream_id)  # type: ignore[attr-defined]
             raise StageError("transfer", str(e)) from None
         part = directory / (name + ".part")
         offset = part.stat().st_size if part.exists() else 0
@@ -438,7 +437,7 @@ async def receive_command(reactor: Any, args: argparse.Namespace, out: TextIO, e
             os.replace(part, final)
             exchange.send_message({"ok": True})
         exchange.transport.loseWriteConnection()  # type: ignore[attr-defined]
-        await until_acknowledged(reactor, peer.session, exchange.transport.stream_id)  # type: ignore[attr-defined]
+        await peer.session.when_acknowledged(exchange.transport.stream_id)  # type: ignore[attr-defined]
         if problem:
             raise StageError("transfer", f"{problem}; send again to retry")
         out.write(f"{final}\n")

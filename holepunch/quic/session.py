@@ -215,6 +215,7 @@ class QuicSession:
         self._close_observers: list[CloseHandler] = []
         self._connected_waiters: list[defer.Deferred[QuicSession]] = []
         self._closed_waiters: list[defer.Deferred[SessionClosed]] = []
+        self._ack_waiters: dict[int, list[defer.Deferred[None]]] = {}
         self._connect_deadline: interfaces.IDelayedCall | None = reactor.callLater(
             self.options.connect_timeout, self._connect_timed_out
         )
@@ -260,6 +261,8 @@ class QuicSession:
             _log.failure("QUIC refused a datagram")
             return
         self._process_events()
+        if self._ack_waiters:
+            self._fire_acknowledged()
         self._schedule_flush()
 
     def _accept_first(self, data: bytes) -> bool:
@@ -620,6 +623,24 @@ class QuicSession:
             d.addTimeout(timeout, self._reactor)
         return d
 
+    def when_acknowledged(self, stream_id: int) -> defer.Deferred[None]:
+        """Fires once the peer has acknowledged everything written on ``stream_id`` (FIN
+        included), or the session has closed (a peer that has all it needs may close it):
+        what a command waits for before it exits."""
+        if self.closed is not None or self.stream_backlog(stream_id) == 0:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred(
+            lambda cancelled: self._ack_waiters.get(stream_id, []).remove(cancelled)
+        )
+        self._ack_waiters.setdefault(stream_id, []).append(d)
+        return d
+
+    def _fire_acknowledged(self, everything: bool = False) -> None:
+        for stream_id in list(self._ack_waiters):
+            if everything or self.stream_backlog(stream_id) == 0:
+                for d in self._ack_waiters.pop(stream_id):
+                    d.callback(None)
+
     def when_closed(self) -> defer.Deferred[SessionClosed]:
         """Fires with the :class:`SessionClosed` reason once the session ends."""
         if self.closed is not None:
@@ -707,6 +728,7 @@ class QuicSession:
         closed_waiters, self._closed_waiters = self._closed_waiters, []
         for cd in closed_waiters:
             cd.callback(reason)
+        self._fire_acknowledged(everything=True)
 
 
 def session_over_channel(

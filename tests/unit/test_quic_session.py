@@ -641,6 +641,26 @@ class CloseTests(unittest.TestCase):
         pipe.client.close("bye")
         self.assertEqual(engine.termination().reason_phrase, "bye")
 
+    def test_when_acknowledged(self):
+        """when_acknowledged fires once the peer acknowledged the stream's bytes and FIN
+        (not when they were merely written), and at once on a closed session."""
+        pipe = connected_pipe()
+        listen(pipe, pipe.server, Collect)
+        client = Collect()
+        pipe.client.open_stream(client)
+        client.transport.write(b"a" * 50_000)
+        client.transport.loseWriteConnection()
+        acknowledged = pipe.client.when_acknowledged(client.transport.stream_id)
+        self.assertFalse(acknowledged.called)
+        pipe.pump(until=lambda: acknowledged.called)
+        self.assertEqual(pipe.client.stream_backlog(client.transport.stream_id), 0)
+        other = Collect()
+        pipe.client.open_stream(other)
+        other.transport.write(b"b" * 10_000)
+        waiting = pipe.client.when_acknowledged(other.transport.stream_id)
+        pipe.client.close("bye")
+        self.assertTrue(waiting.called)
+
     def test_datagram_queue_bounded(self):
         """Datagrams sent faster than the path takes them are dropped past the queue bound."""
         pipe = connected_pipe(options=QuicOptions(datagram_send_queue=10))
