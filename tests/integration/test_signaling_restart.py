@@ -226,7 +226,8 @@ class CoordinatorRestartTests(TestCase):
     async def test_restart_events_metrics_rooms(self) -> None:
         """Both coordinators say signaling-disconnected, then signaling-reconnected with
         {attempt, downtime_ms, resumed, rooms} within a few seconds of the server's
-        return, are back in their room, and count it on /metrics."""
+        return, are back in their room, connect through the new server, and count it on
+        /metrics."""
         server = RestartableServer(self)
         await server.start()
         alice, bob = await self.coordinators(server.url)
@@ -259,6 +260,9 @@ class CoordinatorRestartTests(TestCase):
         self.assertEqual([p["peerId"] for p in await alice.get_room_peers("torrent-abc")], ["bob"])
         self.assertEqual([p["peerId"] for p in await bob.get_room_peers("torrent-abc")], ["alice"])
         self.assertEqual((await alice.health_check())["status"], "healthy")
+        # New connections are negotiated through the new server.
+        connection = await alice.connect_to_peer("bob")
+        self.assertEqual(connection.method, "direct")
         stats = alice.get_stats()["signaling"]["client"]
         self.assertEqual((stats["disconnects"], stats["reconnects"]), (1, 1))
         body, _ = alice.metrics.render()
