@@ -328,9 +328,20 @@ class SignalingClient(MultiService):
         return self._request({"type": "join-room", "roomId": room_id}).addCallback(joined)
 
     def leave_room(self, room_id: str) -> defer.Deferred[None]:
-        """Leave a room."""
+        """Leave a room. Left during an outage, the room is not rejoined, so the server's
+        ``not-in-room`` then means done."""
+        member = room_id in self.rooms
         self.rooms.pop(room_id, None)
-        return self._request({"type": "leave-room", "roomId": room_id}).addCallback(lambda _: None)
+
+        def not_in_room(failure: Failure) -> Failure | None:
+            error = failure.value
+            if member and isinstance(error, SignalingRequestError):
+                if error.code == msg.NOT_IN_ROOM:
+                    return None
+            return failure
+
+        d = self._request({"type": "leave-room", "roomId": room_id})
+        return d.addCallbacks(lambda _: None, not_in_room)
 
     def get_room_peers(self, room_id: str) -> defer.Deferred[list[JSONObject]]:
         """The other peers of a room this client is in."""
