@@ -122,14 +122,20 @@ class DaemonRestartTests(TestCase):
         first_byte, last_byte = result["bytes_window"]
         # The daemon was gone while the bytes flowed.
         self.assertLess(marks["down"], last_byte, (marks, result["bytes_window"]))
+        back_after = []
         for events in result["events"]:
             lost = [e for e in events if e["event"] == "signaling-disconnected"]
             self.assertEqual(len(lost), 1, events)
+            back = [e for e in events if e["event"] == "signaling-reconnected"]
+            if last_byte - marks["up"] > BACK_WITHIN:  # still running: back by then
+                self.assertEqual(len(back), 1, events)
+            back_after += [f"{e['at'] - marks['up']:+.2f} s" for e in back]
         print(
             f"\n32 MiB each way in {result['seconds']:.2f} s; daemon down "
             f"{marks['down'] - first_byte:+.2f} s after the first byte, back "
             f"{marks['up'] - marks['down']:.2f} s later, last byte "
-            f"{last_byte - marks['up']:+.2f} s after its return"
+            f"{last_byte - marks['up']:+.2f} s after its return; signaling back "
+            f"{', '.join(back_after) or 'after the end'} after its return"
         )
 
     def test_room_peers_back_within_seconds(self) -> None:
