@@ -14,7 +14,14 @@ in Python names, with its camelCase names as thin aliases::
 
 Events (``on(name, callback)``, each callback gets one dict): ``initialized``,
 ``hole-punching-ready``, ``peer-registered``, ``peer-joined-room``, ``peer-left-room``,
-``peer-connected``, ``peer-disconnected``, and ``secure-session`` (not the seed's). It
+``peer-connected``, ``peer-disconnected``, and (not the seed's) ``secure-session``,
+``signaling-disconnected`` (``{url, code, reason, wasClean, rooms}``: the registration
+on the signaling server was lost; the client reconnects with backoff and jitter) and
+``signaling-reconnected`` (``{url, attempt, downtime_ms, resumed, rooms, failedRooms}``:
+registered again, ``resumed`` by the reconnect token or afresh after a server restart,
+and back in ``rooms``). Connections and secure sessions already made do not depend on
+signaling: an outage leaves them alone. With a :class:`holepunch.daemon.metrics.Metrics`
+as ``metrics``, both are counted on ``/metrics`` too. It
 implements :class:`holepunch.interfaces.IStatusProvider`, so the daemon's HTTP endpoints
 can serve it.
 
@@ -61,6 +68,8 @@ EVENTS = frozenset(
         "peer-connected",
         "peer-disconnected",
         "secure-session",
+        "signaling-disconnected",
+        "signaling-reconnected",
     }
 )
 
@@ -259,7 +268,7 @@ class P2PCoordinator(MultiService):
 
     async def _join_signaling(self, url: str) -> None:
         from holepunch.ice.negotiation import Negotiator
-        from holepunch.signaling.client import SignalingClient
+        from holepunch.signaling.client import RECONNECTED, REGISTRATION_LOST, SignalingClient
 
         client = SignalingClient(url, self.peer_id, self.metadata, reactor=self.reactor)
         client.setName("signaling-client")
@@ -267,6 +276,8 @@ class P2PCoordinator(MultiService):
         self.signaling_client = client
         client.on("peer-joined", self._peer_joined)
         client.on("peer-left", self._peer_left)
+        client.on(REGISTRATION_LOST, self._signaling_lost)
+        client.on(RECONNECTED, self._signaling_back)
         try:
             await client.register()
         except Exception as e:
@@ -449,6 +460,18 @@ class P2PCoordinator(MultiService):
             },
         )
 
+    def _signaling_lost(self, message: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_signaling_disconnect()
+        self._emit("signaling-disconnected", {"url": self.signaling_client.url, **message})
+
+    def _signaling_back(self, message: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_signaling_reconnect(
+                message["downtime_ms"] / 1000.0, bool(message["resumed"])
+            )
+        self._emit("signaling-reconnected", {"url": self.signaling_client.url, **message})
+
     def _peer_left(self, message: dict[str, Any]) -> None:
         self._emit(
             "peer-left-room", {"peerId": message.get("peerId"), "roomId": message.get("roomId")}
@@ -586,6 +609,8 @@ class P2PCoordinator(MultiService):
                 "connected": self.signaling_client.connected,
                 "registered": self.signaling_client.registered,
                 "rooms": list(self.signaling_client.rooms),
+                "disconnects": self.signaling_client.disconnects,
+                "reconnects": self.signaling_client.reconnects,
             }
             if self.signaling_client is not None
             else None,

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from types import TracebackType
@@ -585,6 +585,16 @@ class LabHost:
         return EgressCounter(self, name)
 
 
+@dataclasses.dataclass(frozen=True)
+class DaemonLaunch:
+    """How a ``twistd holepunch`` of the lab was started, to start it again."""
+
+    argv: list[str]
+    targets: list[str]
+    """The STUN ``address:port`` pairs that answer once it is up."""
+    log_path: str
+
+
 class NatLab:
     """Network namespaces wired into a small internet with NATs in front of hosts.
 
@@ -603,6 +613,7 @@ class NatLab:
         self._hosts: dict[str, LabHost] = {}
         self._free_indexes = list(_HOST_INDEXES)
         self._public: LabHost | None = None
+        self._daemons: dict[int, DaemonLaunch] = {}
         self._started = False
         self._closed = False
 
@@ -892,11 +903,50 @@ class NatLab:
             *args,
             *extra_args,
         ]
+        return self._launch_daemon(DaemonLaunch(argv, targets, log_path), timeout)
+
+    def _launch_daemon(self, launch: DaemonLaunch, timeout: float) -> subprocess.Popen[Any]:
         proc = self.public.popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            launch.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        self._wait_for_stun(proc, targets, timeout, "twistd holepunch", log_path)
+        self._wait_for_stun(proc, launch.targets, timeout, "twistd holepunch", launch.log_path)
+        self._daemons[proc.pid] = launch
         return proc
+
+    def stop_holepunch_daemon(self, proc: subprocess.Popen[Any]) -> DaemonLaunch:
+        """Stop a daemon :meth:`start_holepunch_daemon` started (SIGTERM, as an operator's
+        restart does: its signaling server closes every WebSocket with 1001); wait for it
+        to exit. Returns what :meth:`start_holepunch_daemon_again` needs."""
+        launch = self._daemons.pop(proc.pid, None)
+        if launch is None:
+            raise LabError(f"pid {proc.pid} is not a running holepunch daemon of this lab")
+        _stop_processes([proc])
+        self._forget(proc)
+        return launch
+
+    def start_holepunch_daemon_again(
+        self, launch: DaemonLaunch, *, timeout: float = 15.0
+    ) -> subprocess.Popen[Any]:
+        """Start a stopped daemon again with the same options, on the same addresses and
+        ports; return once its STUN server answers (its signaling port opens with it)."""
+        return self._launch_daemon(launch, timeout)
+
+    def restart_holepunch_daemon(
+        self,
+        proc: subprocess.Popen[Any],
+        *,
+        timeout: float = 15.0,
+        while_down: Callable[[], object] | None = None,
+    ) -> subprocess.Popen[Any]:
+        """:meth:`stop_holepunch_daemon`, ``while_down()`` if given, then
+        :meth:`start_holepunch_daemon_again`: the new process."""
+        launch = self.stop_holepunch_daemon(proc)
+        if while_down is not None:
+            while_down()
+        return self.start_holepunch_daemon_again(launch, timeout=timeout)
 
     def _wait_for_stun(
         self,

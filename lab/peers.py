@@ -210,6 +210,9 @@ class LabServers:
     url: str
     stun_servers: list[str] = field(default_factory=list)
     turn_servers: list[str] = field(default_factory=list)
+    daemon: subprocess.Popen[Any] | None = None
+    """The ``twistd holepunch`` process (for :meth:`NatLab.restart_holepunch_daemon
+    <lab.natlab.NatLab.restart_holepunch_daemon>`)."""
 
     def turn_args(self) -> list[str]:
         """``holepunch connect`` options for the TURN servers."""
@@ -225,20 +228,20 @@ def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -
                  "--message-burst", "400"]  # fmt: skip
     url = f"ws://{PUBLIC_A}:{SIGNALING_PORT}/"
     if setup == "rfc5780":
-        lab.start_holepunch_daemon(
+        daemon = lab.start_holepunch_daemon(
             stun_port=STUN_PORT, stun_alt_port=STUN_PORT + 1, extra_args=signaling
         )
-        servers = LabServers(url, [f"{PUBLIC_A}:{STUN_PORT}"])
+        servers = LabServers(url, [f"{PUBLIC_A}:{STUN_PORT}"], daemon=daemon)
     elif setup == "one-address":
-        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False, extra_args=signaling)
-        servers = LabServers(url)
+        daemon = lab.start_holepunch_daemon(stun_port=3478, rfc5780=False, extra_args=signaling)
+        servers = LabServers(url, daemon=daemon)
     else:
         # A public-style STUN server: one address, one port, no hints in welcome.
         one_port = ["--stun-interface", PUBLIC_A, "--stun-alternate-port=0", "--no-ice-servers"]
-        lab.start_holepunch_daemon(
+        daemon = lab.start_holepunch_daemon(
             stun_port=3478, rfc5780=False, extra_args=[*signaling, *one_port]
         )
-        servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"])
+        servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"], daemon=daemon)
     if turn or setup == "public-style":
         if setup == "rfc5780":
             coturn = lab.start_coturn()

@@ -14,6 +14,7 @@ and exit status 1.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ async def with_secure_peer(
     deadline = reactor.seconds() + args.timeout
     identity = PeerIdentity.generate()
     client = SignalingClient(args.signaling, args.id, reactor=reactor, token=args.token)
+    report_signaling_outages(client, args, err, command)
     client.startService()
     negotiator: Negotiator | None = None
     session: QuicSession | None = None
@@ -258,6 +260,44 @@ async def with_secure_peer(
         if negotiator is not None:
             await negotiator.stop()
         await client.stopService()
+
+
+def report_signaling_outages(
+    client: Any, args: argparse.Namespace, err: TextIO, command: str
+) -> None:
+    """Say on ``err`` when the signaling server goes away and when the client is back.
+
+    The session to the peer does not need signaling, so an outage ends nothing: the
+    client reconnects with backoff in the background. With ``--json`` in the stream
+    mode the lines are events, ``{"event": "signaling-disconnected", "reason"}`` and
+    ``{"event": "signaling-reconnected", "attempt", "downtime_ms", "resumed",
+    "rooms"}``; otherwise one line of text each.
+    """
+    from holepunch.signaling.client import RECONNECTED, REGISTRATION_LOST
+
+    as_json = bool(getattr(args, "json", False)) and not getattr(args, "datagram", False)
+
+    def write(event: dict[str, Any], text: str) -> None:
+        try:
+            err.write((json.dumps(event) if as_json else f"holepunch {command}: {text}") + "\n")
+            err.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed: nothing to tell
+
+    def lost(message: dict[str, Any]) -> None:
+        reason = message.get("reason") or "connection lost"
+        write(
+            {"event": "signaling-disconnected", "reason": reason},
+            f"signaling server lost ({reason}); reconnecting, the connection carries on",
+        )
+
+    def back(message: dict[str, Any]) -> None:
+        event = {"event": "signaling-reconnected", **message}
+        seconds = float(message.get("downtime_ms", 0)) / 1000
+        write(event, f"signaling server back after {seconds:.1f} s")
+
+    client.on(REGISTRATION_LOST, lost)
+    client.on(RECONNECTED, back)
 
 
 class FirstStream(protocol.Factory):

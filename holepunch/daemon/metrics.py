@@ -25,6 +25,9 @@ _log = Logger()
 CONNECT_TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0)
 """Buckets (seconds) of ``holepunch_connect_time_seconds``: a LAN punch to a slow relay."""
 
+RECONNECT_TIME_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+"""Buckets (seconds) of ``holepunch_signaling_downtime_seconds``: a blip to a long outage."""
+
 StatsSource = Callable[[], Mapping[str, Any]]
 
 
@@ -51,6 +54,24 @@ class Metrics:
             buckets=CONNECT_TIME_BUCKETS,
             registry=self.registry,
         )
+        self.signaling_disconnects = Counter(
+            "holepunch_signaling_disconnects",
+            "Registrations on the signaling server lost (this side, as a client).",
+            registry=self.registry,
+        )
+        self.signaling_reconnects = Counter(
+            "holepunch_signaling_reconnects",
+            "Registrations on the signaling server regained, rooms rejoined, by how: "
+            "resumed (the reconnect token) or fresh (the server had restarted).",
+            ["registration"],
+            registry=self.registry,
+        )
+        self.signaling_downtime = Histogram(
+            "holepunch_signaling_downtime_seconds",
+            "Time from losing the signaling registration to having it and the rooms back.",
+            buckets=RECONNECT_TIME_BUCKETS,
+            registry=self.registry,
+        )
         self.signaling: StatsSource | None = None
         self.stun: StatsSource | None = None
         self.provider: IStatusProvider | None = None
@@ -60,6 +81,16 @@ class Metrics:
         """Count one connection made by ``method`` in ``seconds``."""
         self.connections.labels(method=method).inc()
         self.connect_time.labels(method=method).observe(seconds)
+
+    def observe_signaling_disconnect(self) -> None:
+        """Count one loss of the registration on the signaling server."""
+        self.signaling_disconnects.inc()
+
+    def observe_signaling_reconnect(self, seconds: float, resumed: bool) -> None:
+        """Count one reconnection to the signaling server after ``seconds`` offline,
+        ``resumed`` with the reconnect token or registered afresh."""
+        self.signaling_reconnects.labels(registration="resumed" if resumed else "fresh").inc()
+        self.signaling_downtime.observe(seconds)
 
     def watch_signaling(self, stats: StatsSource) -> None:
         """Read signaling counters from ``stats()`` (``SignalingService.stats``)."""
@@ -220,4 +251,4 @@ class _StatsCollector(Collector):
             yield family
 
 
-__all__ = ["CONNECT_TIME_BUCKETS", "Metrics", "StatsSource"]
+__all__ = ["CONNECT_TIME_BUCKETS", "RECONNECT_TIME_BUCKETS", "Metrics", "StatsSource"]

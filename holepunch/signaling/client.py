@@ -5,12 +5,18 @@ An Autobahn WebSocket client run by a ``twisted.application.internet.ClientServi
 so a lost connection is retried with exponential backoff and jitter. After each
 (re)connection the client registers its peer id again, with the reconnect token the server
 issued last time (which takes the id back from a connection the server still thinks is
-alive), and rejoins the rooms it was in.
+alive), and rejoins the rooms it was in. A server that restarted knows no token: it
+registers the id afresh (``resumed`` absent), and a token the server refuses is dropped,
+so the next attempt registers afresh too. Either way the client rejoins its rooms, then
+emits ``reconnected`` (:data:`RECONNECTED`); the loss was ``registration-lost``
+(:data:`REGISTRATION_LOST`), one of each per outage.
 
 Requests (:meth:`SignalingClient.join_room`, :meth:`send_offer <SignalingClient.send_offer>`, ...)
 return Deferreds matched to the server's reply by ``id``, with a timeout; a request made
-while disconnected waits for the next registration (within the same timeout). Every
-server message is also an event: ``client.on("offer", callback)``.
+while disconnected waits for the next registration (within the same timeout, then fails
+with :class:`SignalingTimeout`); a request sent on a connection that closes before the
+reply fails with :class:`SignalingDisconnected` (it is not resent: the caller decides).
+Every server message is also an event: ``client.on("offer", callback)``.
 
 For ``wss://`` URLs the server's certificate is checked against the URL's host name with
 service-identity (``twisted.internet.ssl.optionsForClientTLS``); pass ``trust_root``
@@ -33,11 +39,17 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from holepunch.signaling import messages as msg
 from holepunch.signaling.autobahn_fixes import cancel_close_timer
@@ -59,6 +71,18 @@ DISCONNECTED = "disconnected"
 """The connection closed: ``{"code": int|None, "reason": str|None, "wasClean": bool}``."""
 MESSAGE = "message"
 """Every message from the server, whatever its type."""
+REGISTRATION_LOST = "registration-lost"
+"""The connection of a registered client closed (once per outage):
+``{"code", "reason", "wasClean", "rooms"}``, ``rooms`` being the rooms it will rejoin."""
+RECONNECTING = "reconnecting"
+"""A retry is scheduled: ``{"attempt": int, "delay": float}``, ``attempt`` counting the
+retries in a row (from 1), ``delay`` the backoff before it, jitter included."""
+RECONNECTED = "reconnected"
+"""Registered again after a :data:`REGISTRATION_LOST`, rooms rejoined:
+``{"attempt": int, "downtime_ms": float, "resumed": bool, "rooms": [str],
+"failedRooms": [str]}``. ``attempt`` counts the connection attempts since the loss (1:
+the first worked), ``downtime_ms`` runs from the loss to the rooms rejoined, ``resumed``
+says the server still knew the reconnect token (else the id was registered afresh)."""
 
 _HANDSHAKE_STATUS = re.compile(r"upgrade failed \[(\d{3})\]")
 _REPLY_TYPES = frozenset(
@@ -78,6 +102,10 @@ class SignalingRequestError(Exception):
 
 class SignalingDisconnected(Exception):
     """The connection closed before the server answered the request."""
+
+
+class SignalingTimeout(defer.TimeoutError):
+    """No answer within the request timeout (the client may not have been connected)."""
 
 
 class SignalingAuthError(Exception):
@@ -133,6 +161,19 @@ class _SignalingClientFactory(WebSocketClientFactory):
         self.client = client
 
 
+@implementer(IStreamClientEndpoint)
+class _CountingEndpoint:
+    """Tells the client of each connection attempt (for ``reconnected``'s ``attempt``)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, client: SignalingClient) -> None:
+        self.endpoint = endpoint
+        self.client = client
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        self.client._attempting()
+        return self.endpoint.connect(protocolFactory)
+
+
 def endpoint_for_url(
     reactor: Any, url: str, trust_root: IOpenSSLTrustRoot | None = None
 ) -> IStreamClientEndpoint:
@@ -160,7 +201,10 @@ class SignalingClient(MultiService):
     :param keepalive_interval: seconds between ``ping`` messages that keep the peer from
         idle eviction; default a third of the server's ``peerTimeout``.
     :param retry_initial, retry_max, retry_factor, jitter: the reconnect backoff
-        (``twisted.application.internet.backoffPolicy``).
+        (``twisted.application.internet.backoffPolicy``): the n-th retry in a row waits
+        ``min(retry_initial * retry_factor ** n, retry_max) + jitter()`` seconds, so by
+        default the first retry after a lost connection comes 1.5 to 2.5 s later, the
+        next 2.25 to 3.25 s after that, and so on up to 30 to 31 s.
     """
 
     def __init__(
@@ -200,6 +244,14 @@ class SignalingClient(MultiService):
         """The last ``registered`` message, while registered on the current connection."""
         self.rooms: dict[str, None] = {}
         """The rooms the client is in (and rejoins after a reconnect), in join order."""
+        self.disconnects = 0
+        """Registrations lost (:data:`REGISTRATION_LOST` events)."""
+        self.reconnects = 0
+        """Registrations regained after a loss (:data:`RECONNECTED` events)."""
+        self.retry_delays: list[float] = []
+        """The backoff delays (seconds, jitter included) waited since the last loss."""
+        self._lost_at: float | None = None
+        self._attempts = 0
         self._reactor = reactor
         self._clock: IReactorTime = reactor
         self._ids = itertools.count(1)
@@ -220,10 +272,18 @@ class SignalingClient(MultiService):
             closeHandshakeTimeout=2,
             failByDrop=False,
         )
+        policy = backoffPolicy(retry_initial, retry_max, retry_factor, jitter)
+
+        def retry_delay(attempt: int) -> float:
+            delay = policy(attempt)
+            self.retry_delays.append(delay)
+            self._emit(RECONNECTING, {"attempt": attempt, "delay": delay})
+            return delay
+
         self._service = ClientService(
-            endpoint or endpoint_for_url(reactor, url, trust_root),
+            _CountingEndpoint(endpoint or endpoint_for_url(reactor, url, trust_root), self),
             self._factory,
-            retryPolicy=backoffPolicy(retry_initial, retry_max, retry_factor, jitter),
+            retryPolicy=retry_delay,
             clock=reactor,
         )
         self._service.setServiceParent(self)
@@ -268,9 +328,20 @@ class SignalingClient(MultiService):
         return self._request({"type": "join-room", "roomId": room_id}).addCallback(joined)
 
     def leave_room(self, room_id: str) -> defer.Deferred[None]:
-        """Leave a room."""
+        """Leave a room. Left during an outage, the room is not rejoined, so the server's
+        ``not-in-room`` then means done."""
+        member = room_id in self.rooms
         self.rooms.pop(room_id, None)
-        return self._request({"type": "leave-room", "roomId": room_id}).addCallback(lambda _: None)
+
+        def not_in_room(failure: Failure) -> Failure | None:
+            error = failure.value
+            if member and isinstance(error, SignalingRequestError):
+                if error.code == msg.NOT_IN_ROOM:
+                    return None
+            return failure
+
+        d = self._request({"type": "leave-room", "roomId": room_id})
+        return d.addCallbacks(lambda _: None, not_in_room)
 
     def get_room_peers(self, room_id: str) -> defer.Deferred[list[JSONObject]]:
         """The other peers of a room this client is in."""
@@ -359,12 +430,26 @@ class SignalingClient(MultiService):
         if self._stopped_error is not None:
             d.errback(self._stopped_error)
             return d
-        d.addTimeout(self.request_timeout, self._clock)
+        self._add_timeout(d, "registered" if needs_registration else "connected")
         if self._ready_for(request):
             self._send_request(request)
         else:
             self._queued.append(request)
         return d
+
+    def _add_timeout(self, d: defer.Deferred[Any], state: str) -> None:
+        timeout = self.request_timeout
+
+        def timed_out(result: Any, _timeout: float) -> Any:
+            if isinstance(result, Failure) and result.check(defer.CancelledError):
+                where = "" if self._ready_now(state) else f" (not {state} to {self.url})"
+                return Failure(SignalingTimeout(f"no answer within {timeout:g}s{where}"))
+            return result
+
+        d.addTimeout(timeout, self._clock, onTimeoutCancel=timed_out)
+
+    def _ready_now(self, state: str) -> bool:
+        return self.registration is not None if state == "registered" else self.connected
 
     def _ready_for(self, request: _Request) -> bool:
         if request.needs_registration:
@@ -424,7 +509,7 @@ class SignalingClient(MultiService):
         if self.reconnect_token is not None:
             message["reconnectToken"] = self.reconnect_token
         request = _Request(message, defer.Deferred(), needs_registration=False)
-        request.deferred.addTimeout(self.request_timeout, self._clock)
+        self._add_timeout(request.deferred, "connected")
         request.deferred.addCallbacks(self._registered, self._registration_failed)
         self._send_request(request)
 
@@ -432,22 +517,67 @@ class SignalingClient(MultiService):
         self.registration = reply
         self.reconnect_token = reply.get("reconnectToken", self.reconnect_token)
         _log.info("registered as {peer} at {url}", peer=self.peer_id, url=self.url)
-        for room_id in list(self.rooms):
-            rejoin = self._request({"type": "join-room", "roomId": room_id})
-            rejoin.addErrback(self._rejoin_failed, room_id)
+        rooms = list(self.rooms)
+        rejoins = [
+            self._request({"type": "join-room", "roomId": room_id}).addCallbacks(
+                lambda _, room_id=room_id: (room_id, True),
+                lambda f, room_id=room_id: self._rejoin_failed(f, room_id),
+            )
+            for room_id in rooms
+        ]
         self._start_keepalive(reply)
         self._flush_queue()
+        if self._lost_at is not None:
+            gathered = defer.gatherResults(rejoins)
+            gathered.addCallback(self._rejoined, reply)
+            gathered.addErrback(lambda f: _log.failure("after reconnecting", f))
 
-    def _rejoin_failed(self, failure: Any, room_id: str) -> None:
+    def _rejoin_failed(self, failure: Failure, room_id: str) -> tuple[str, bool]:
         _log.warn(
             "could not rejoin room {room}: {error}", room=room_id, error=failure.getErrorMessage()
         )
+        return room_id, False
+
+    def _rejoined(self, outcomes: list[tuple[str, bool]], reply: JSONObject) -> None:
+        """The rooms are rejoined (or refused) after a reconnect: say so, unless the
+        connection was lost again meanwhile (the outage goes on)."""
+        if self.registration is not reply or self._lost_at is None:
+            return
+        downtime = self._clock.seconds() - self._lost_at
+        event: JSONObject = {
+            "attempt": self._attempts,
+            "downtime_ms": round(downtime * 1000, 1),
+            "resumed": bool(reply.get("resumed", False)),
+            "rooms": [room for room, ok in outcomes if ok],
+            "failedRooms": [room for room, ok in outcomes if not ok],
+        }
+        self._lost_at = None
+        self._attempts = 0
+        self.reconnects += 1
+        _log.info(
+            "back on signaling as {peer} after {ms} ms ({attempt} attempts, resumed: "
+            "{resumed}), rooms {rooms}",
+            peer=self.peer_id,
+            ms=event["downtime_ms"],
+            attempt=event["attempt"],
+            resumed=event["resumed"],
+            rooms=event["rooms"],
+        )
+        self._emit(RECONNECTED, event)
+
+    def _attempting(self) -> None:
+        """The endpoint is asked for a connection (one attempt)."""
+        if self._lost_at is not None:
+            self._attempts += 1
 
     def _registration_failed(self, failure: Any) -> None:
         if failure.check(SignalingDisconnected, ClientStopped, defer.CancelledError):
             return
         _log.warn("registration as {peer} failed: {error}", peer=self.peer_id, error=failure.value)
         error = failure.value
+        if self.reconnect_token is not None and failure.check(SignalingRequestError):
+            # The server refused the id with our token: the next attempt registers afresh.
+            self.reconnect_token = None
         for request in list(self._queued):
             if request.needs_registration:
                 self._queued.remove(request)
@@ -511,6 +641,7 @@ class SignalingClient(MultiService):
         reason: str | None,
     ) -> None:
         if protocol is self._protocol:
+            was_registered = self.registration is not None
             self._protocol = None
             self.registration = None
             self._stop_keepalive()
@@ -519,6 +650,26 @@ class SignalingClient(MultiService):
                 del self._in_flight[request_id]
                 if not request.deferred.called:
                     request.deferred.errback(SignalingDisconnected(reason or "connection lost"))
+            reconnecting = self._stopped_error is None and code != msg.CLOSE_SESSION_REPLACED
+            if was_registered and reconnecting and self._lost_at is None:
+                self._lost_at = self._clock.seconds()
+                self._attempts = 0
+                self.retry_delays = []
+                self.disconnects += 1
+                _log.info(
+                    "lost the signaling server {url} ({reason}); reconnecting",
+                    url=self.url,
+                    reason=reason,
+                )
+                self._emit(
+                    REGISTRATION_LOST,
+                    {
+                        "code": code,
+                        "reason": reason,
+                        "wasClean": was_clean,
+                        "rooms": list(self.rooms),
+                    },
+                )
         self._emit(DISCONNECTED, {"code": code, "reason": reason, "wasClean": was_clean})
         status = _HANDSHAKE_STATUS.search(reason or "")
         if status is not None and int(status.group(1)) in (401, 403):

@@ -315,6 +315,55 @@ class ReconnectTests(ClientTestCase):
         self.flush()
         self.assertEqual(len(self.endpoint.pumps), 3)
 
+    def test_restarted_server_refusing_token_gets_fresh_registration(self) -> None:
+        """After a server restart whose new registry has the id (an impostor got there
+        first), the token is refused: the client drops it, retries with backoff,
+        registers afresh once the id is free, rejoins its room, and says so once (two
+        connection attempts, six seconds after the loss on the fake clock)."""
+        alice = self.client("alice", retry_factor=2.0)
+        alice.join_room("t")
+        self.flush()
+        events = self.events(alice, "registration-lost", "reconnecting", "reconnected")
+        old_token = alice.reconnect_token
+        # The server restarts: a new registry behind the same address.
+        self.endpoint.drop(0)
+        endpoint = self.endpoint
+        self.server(SignalingConfig(peer_timeout=300))
+        endpoint.server_factory = self.factory
+        self.endpoint = endpoint
+        impostor = self.client("alice")
+        self.assertTrue(impostor.registered)
+        self.assertEqual(events[0]["rooms"], ["t"])
+        self.clock.advance(2.0)  # first retry: 1.0 * 2 ** 1
+        self.flush()
+        self.assertFalse(alice.registered)
+        self.assertIsNone(alice.reconnect_token)  # refused (peer-id-taken): dropped
+        self.stop(impostor)
+        # The refused registration closed that connection, so the backoff starts over:
+        # the next retry comes 2 s later (advancing 4 s covers it).
+        self.clock.advance(4.0)
+        self.flush()
+        self.assertTrue(alice.registered)
+        self.assertNotEqual(alice.reconnect_token, old_token)
+        self.assertEqual(
+            [(e.get("attempt"), e.get("delay")) for e in events[1:3]], [(1, 2.0), (1, 2.0)]
+        )
+        [back] = [e for e in events if "downtime_ms" in e]
+        self.assertEqual(
+            back,
+            {
+                "attempt": 2,
+                "downtime_ms": 6000.0,
+                "resumed": False,
+                "rooms": ["t"],
+                "failedRooms": [],
+            },
+        )
+        room = self.registry.room("t")
+        assert room is not None
+        self.assertEqual(list(room.members), ["alice"])
+        self.assertEqual((alice.disconnects, alice.reconnects), (1, 1))
+
     def test_keepalive(self) -> None:
         """The client pings every peerTimeout/3, so the server never evicts it."""
         alice = self.client("alice")
