@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate
-from holepunch.ice.checklist import CheckList
+from holepunch.ice.checklist import CheckList, relayed
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.core import IceCore
@@ -337,7 +337,7 @@ class IceAgent:
         return (candidate.host if host in ("0.0.0.0", "") else host, port)
 
     def _selected(self, event: events.PairSelected) -> None:
-        self.relays.watch(event.via if event.via in self.relays else None)
+        self.relays.watch(relayed(event.pair))
         pair = event.pair
         self.connection = PeerConnection(
             self,
@@ -353,7 +353,7 @@ class IceAgent:
             waiting.callback(self.connection)
 
     def _path_changed(self, event: events.PathChanged) -> None:
-        self.relays.watch(event.via if event.via in self.relays else None)
+        self.relays.watch(relayed(event.pair))
         if self.connection is None:
             return
         pair = event.pair

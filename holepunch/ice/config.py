@@ -110,11 +110,11 @@ class RelayConfig:
     """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
     check_delay: float = 0.3
     liveness_interval: float = 5.0
-    """While a relay of ours carries the connection it is checked this often (a TURN
-    Refresh, given up after 3.5 s): a restarted or dead server is noticed within about
-    this plus 3.5 s, well inside the 30 s consent and QUIC idle timeouts. 0: not checked
-    (a lost allocation is then noticed at the next refresh of a permission, channel or
-    the allocation itself, minutes later)."""
+    """While the connection is relayed (either side's candidate) our relay is checked this
+    often (a TURN Refresh, given up after 3.5 s): a restarted or dead server is noticed
+    within about this plus 3.5 s, well inside the 30 s consent and QUIC idle timeouts.
+    0: not checked (a lost allocation is then noticed at the next refresh of a
+    permission, channel or the allocation itself, minutes later)."""
     reallocate: bool = True
     """Allocate again when a relay of ours is lost (on the same server, then the next
     ones) and announce the new relayed candidate to the peer."""

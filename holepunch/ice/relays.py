@@ -9,8 +9,8 @@ asks of it: send through it, install permissions and channels, release it, close
 Datagrams that arrive on the agent's main socket from a UDP TURN server are taken out
 here (:meth:`Relays.demultiplex`) before the core sees the rest.
 
-Recovery: the relay that carries the connection is watched
-(:meth:`Relays.watch`, a Refresh every ``RelayConfig.liveness_interval`` seconds); a relay
+Recovery: while the connection is relayed the relays are watched (:meth:`Relays.watch`,
+a Refresh every ``RelayConfig.liveness_interval`` seconds); a relay
 lost for any reason (that check, 437/438 on any request, a refresh refused, the TCP/TLS
 connection closed) is reported through the ``on_lost`` given to :meth:`Relays.add`, and
 :meth:`Relays.allocate` with ``first`` allocates again on the same server first, then on
@@ -44,6 +44,7 @@ class Relays:
         self._origin: dict[int, Any] = {}
         """The configured server each allocation came from, by ``id(allocation)``."""
         self._on_main_socket: list[Any] = []
+        self._watching = False
         self._closed = False
 
     @property
@@ -90,12 +91,17 @@ class Relays:
 
             d.addErrback(refused)
 
-    def watch(self, via: int | None) -> None:
-        """Check relay ``via`` every ``liveness_interval`` seconds (it carries the
-        connection); the other relays are no longer checked. None: check none."""
+    def watch(self, on: bool) -> None:
+        """Check every relay (and every relay added later) each ``liveness_interval``
+        seconds while ``on``: the connection is relayed (through ours or the peer's,
+        whose new relayed candidate is paired with ours)."""
+        self._watching = on
+        for relay in self._by_via.values():
+            self._watch_one(relay)
+
+    def _watch_one(self, relay: Any) -> None:
         interval = self.config.liveness_interval
-        for number, relay in self._by_via.items():
-            relay.watch(interval if number == via and interval > 0 else None)
+        relay.watch(interval if self._watching and interval > 0 else None)
 
     def lost(self, via: int) -> Any | None:
         """Relay ``via`` was lost: forget it; returns the configured server it came
@@ -190,6 +196,7 @@ class Relays:
         ``deliver``; ``on_lost(via, error)`` once if the server loses it."""
         self._by_via[via] = allocation
         allocation.on_data(lambda data, peer: deliver(data, (peer.host, peer.port), via))
+        self._watch_one(allocation)
         if on_lost is not None:
 
             def lost(error: Any) -> None:
