@@ -667,7 +667,7 @@ class TurnAllocation:
         _log.warn("TURN allocation on {server} lost: {err}", server=self._where(), err=error)
         self.state = AllocationState.CLOSING
         callback = self._lost_callback
-        self._finish()
+        self._finish(error)
         if callback is not None:
             try:
                 callback(error)
@@ -681,8 +681,9 @@ class TurnAllocation:
         self._watch_timer = None
         self.peers.stop_timers()
 
-    def _finish(self) -> None:
-        """Stop everything, call ``on_close`` once, then wake whoever waits for the end."""
+    def _finish(self, error: TurnError | None = None) -> None:
+        """Stop everything, call ``on_close`` once, then wake whoever waits for the end
+        (a waiting permission or channel gets ``error``, the reason of a loss)."""
         if self._closed:
             return
         self._closed = True
@@ -691,7 +692,7 @@ class TurnAllocation:
         for d in list(self._background):
             d.cancel()
         self._table.cancel_all()
-        self.peers.fail_all(TurnError(0, "TURN allocation closed"))
+        self.peers.fail_all(error or TurnError(0, "TURN allocation closed"))
         released: Deferred[Any]
         if self._on_close is None:
             released = defer.succeed(None)
