@@ -196,6 +196,18 @@ class RelayRecoveryTests(SynchronousTestCase):
         self.assertEqual(a.stats.remote_relays_replaced, 1)
         self.assertRecovered(a, b, wire, lost_at)
 
+    def test_no_new_relay_loses_consent(self) -> None:
+        """A relay lost and never replaced: nothing else works, so consent runs out and
+        the connection ends, as with any dead path."""
+        a, b, wire = self.connected(a_relay_only=True)
+        a.config.consent.timeout = 3.0
+        [(old_address, (_, via))] = [(x, cv) for x, cv in wire.relays.items() if cv[0] is a]
+        del wire.relays[old_address]
+        a.relay_lost(via, "no answer", wire.now)
+        wire.run(wire.now + 8.0, step=0.01)
+        self.assertEqual(len(wire.of(a, events.ConsentLost)), 1)
+        self.assertTrue(a.closed)
+
     def test_permission_refused_fails_only_its_pairs(self) -> None:
         """A 403 for one remote address fails the pairs from that relay to it at once; the
         relay, its candidate and its other pairs stay."""
