@@ -10,9 +10,9 @@ Datagrams that arrive on the agent's main socket from a UDP TURN server are take
 here (:meth:`Relays.demultiplex`) before the core sees the rest.
 
 Recovery: while the connection is relayed the relays are watched (:meth:`Relays.watch`,
-a Refresh every ``RelayConfig.liveness_interval`` seconds); a relay
-lost for any reason (that check, 437/438 on any request, a refresh refused, the TCP/TLS
-connection closed) is reported through the ``on_lost`` given to :meth:`Relays.add`, and
+a Refresh every ``RelayConfig.liveness_interval`` seconds); a relay lost for any reason
+(that check, 437/438 on any request, a refresh refused, the TCP/TLS connection closed)
+is reported through the ``on_lost`` given to :meth:`Relays.add`, and
 :meth:`Relays.allocate` with ``first`` allocates again on the same server first, then on
 the others in their order. A permission the server refuses for one peer address (403
 Forbidden, coturn's ``denied-peer-ip``) is reported through ``on_refused`` of
