@@ -70,6 +70,8 @@ EVENTS = frozenset(
         "secure-session",
         "signaling-disconnected",
         "signaling-reconnected",
+        "relay-lost",
+        "relay-reallocated",
     }
 )
 
@@ -445,6 +447,14 @@ class P2PCoordinator(MultiService):
             self._emit("peer-disconnected", {"peerId": peer_id, "reason": reason})
 
         connection.on_disconnected(gone)
+        agent = getattr(connection, "agent", None)
+        if agent is not None and hasattr(agent, "on_relay_event"):
+
+            def relay_event(kind: str, detail: str) -> None:
+                if kind in EVENTS:
+                    self._emit(kind, {"peerId": peer_id, "detail": detail})
+
+            agent.on_relay_event = relay_event
         self._emit(
             "peer-connected",
             {"peerId": peer_id, "connection": connection, "method": connection.method},

@@ -185,6 +185,8 @@ class Coturn:
     directory: str
     process: subprocess.Popen[Any] = dataclasses.field(repr=False)
     host: str = LOOPBACK
+    argv: list[str] = dataclasses.field(default_factory=list, repr=False)
+    """The command line, for :meth:`restart`."""
 
     @property
     def log_path(self) -> str:
@@ -200,6 +202,20 @@ class Coturn:
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_path, lines)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Kill coturn at once (SIGKILL: it says goodbye to no one) and start it again
+        with the same command line, on the same ports: every allocation is lost, as in a
+        server restart. Returns once it answers again.
+
+        :raises CoturnError: it did not come back (with its log).
+        """
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(_STOP_GRACE)
+        with open(os.path.join(self.directory, "stderr"), "ab") as stderr:
+            self.process = _popen(self.argv, stderr)
+        _wait_until_ready(self, timeout)
 
     def stop(self) -> None:
         """Kill coturn and remove its directory; idempotent, never raises."""
@@ -283,13 +299,7 @@ def start_coturn(
             argv.append("--no-tls")
         argv += list(extra_args)
         with open(os.path.join(directory, "stderr"), "wb") as stderr:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
+            process = _popen(argv, stderr)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -302,6 +312,7 @@ def start_coturn(
         auth_secret=auth_secret,
         directory=directory,
         process=process,
+        argv=argv,
     )
     _running.append(server)
     try:
@@ -364,6 +375,16 @@ def _wait_until_ready(server: Coturn, timeout: float) -> None:
             continue
         stderr = _tail(os.path.join(server.directory, "stderr"), 5)
         raise CoturnError(f"{problem}; log: {server.log_tail()} {stderr}".strip())
+
+
+def _popen(argv: Sequence[str], stderr: Any) -> subprocess.Popen[Any]:
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:

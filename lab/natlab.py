@@ -437,6 +437,8 @@ class CoturnInfo:
     realm: str
     directory: str
     process: subprocess.Popen[Any] = dataclasses.field(compare=False, repr=False)
+    argv: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    """The command line, for :meth:`NatLab.restart_coturn`."""
 
     @property
     def stun_server(self) -> str:
@@ -451,6 +453,12 @@ class CoturnInfo:
     @property
     def log_path(self) -> str:
         return os.path.join(self.directory, "turnserver.log")
+
+
+def _coturn_targets(info: CoturnInfo, addresses: Sequence[str]) -> list[str]:
+    """``IP:PORT`` of every listener of ``info``'s coturn (readiness probes)."""
+    ports = (info.port, info.alt_port) if len(addresses) > 1 else (info.port,)
+    return [f"{a}:{p}" for a in addresses for p in ports]
 
 
 class LabHost:
@@ -835,10 +843,7 @@ class NatLab:
             f"--userdb={directory}/turndb",
             *extra_args,
         ]
-        with open(os.path.join(directory, "stderr"), "wb") as stderr:
-            proc = self.public.popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
-            )
+        proc = self._popen_coturn(argv, directory)
         info = CoturnInfo(
             address=addresses[0],
             alt_address=addresses[-1],
@@ -849,11 +854,41 @@ class NatLab:
             realm=realm,
             directory=directory,
             process=proc,
+            argv=tuple(argv),
         )
-        ports = (port, alt_port) if len(addresses) > 1 else (port,)
-        targets = [f"{a}:{p}" for a in addresses for p in ports]
-        self._wait_for_stun(proc, targets, timeout, "turnserver", info.log_path)
+        self._wait_for_stun(proc, _coturn_targets(info, addresses), timeout, "turnserver",
+                            info.log_path)  # fmt: skip
         return info
+
+    def _popen_coturn(self, argv: Sequence[str], directory: str) -> subprocess.Popen[Any]:
+        with open(os.path.join(directory, "stderr"), "ab") as stderr:
+            return self.public.popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+
+    def stop_coturn(self, info: CoturnInfo) -> None:
+        """Kill ``info``'s coturn at once (SIGKILL: no goodbye to anyone), and reap it.
+        Every allocation it held is gone."""
+        _signal_process(info.process, signal.SIGKILL)
+        info.process.wait(timeout=5.0)
+        self._forget(info.process)
+
+    def restart_coturn(
+        self, info: CoturnInfo, *, down: float = 0.0, timeout: float = 10.0
+    ) -> CoturnInfo:
+        """Kill ``info``'s coturn (:meth:`stop_coturn`), wait ``down`` seconds, and start
+        it again with the same command line (same addresses, ports, users, log): a
+        server restart, which loses every allocation. Returns the new one's info once it
+        answers STUN again."""
+        self.stop_coturn(info)
+        if down > 0:
+            time.sleep(down)
+        proc = self._popen_coturn(info.argv, info.directory)
+        new = dataclasses.replace(info, process=proc)
+        addresses = list(dict.fromkeys((info.address, info.alt_address)))
+        self._wait_for_stun(proc, _coturn_targets(new, addresses), timeout, "turnserver",
+                            new.log_path)  # fmt: skip
+        return new
 
     def start_holepunch_daemon(
         self,

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from lab.natlab import PUBLIC_A, PUBLIC_B, LabHost, NatLab, lab_env
+from lab.natlab import PUBLIC_A, PUBLIC_B, CoturnInfo, LabHost, NatLab, lab_env
 
 SIGNALING_PORT = 8080
 STUN_PORT = 3480
@@ -213,15 +213,20 @@ class LabServers:
     daemon: subprocess.Popen[Any] | None = None
     """The ``twistd holepunch`` process (for :meth:`NatLab.restart_holepunch_daemon
     <lab.natlab.NatLab.restart_holepunch_daemon>`)."""
+    coturn: CoturnInfo | None = None
+    """The coturn started for ``turn`` (to restart it, say)."""
 
     def turn_args(self) -> list[str]:
         """``holepunch connect`` options for the TURN servers."""
         return [arg for t in self.turn_servers for arg in ("--turn-server", t)]
 
 
-def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -> LabServers:
+def start_lab_servers(
+    lab: NatLab, setup: str = "rfc5780", turn: bool = False, coturn_args: Sequence[str] = ()
+) -> LabServers:
     """Start the servers of ``setup`` (one of :data:`SETUPS`) in the lab's public namespace;
-    with ``turn``, coturn too (on one address unless the setup is ``rfc5780``)."""
+    with ``turn``, coturn too (on one address unless the setup is ``rfc5780``), given
+    ``coturn_args`` besides its usual options (``--denied-peer-ip=...``, say)."""
     if setup not in SETUPS:
         raise ValueError(f"setup must be one of {SETUPS}, not {setup!r}")
     signaling = ["--signaling", f"tcp:{SIGNALING_PORT}", "--message-rate", "200",
@@ -244,12 +249,15 @@ def start_lab_servers(lab: NatLab, setup: str = "rfc5780", turn: bool = False) -
         servers = LabServers(url, [f"{PUBLIC_A}:3478", f"{PUBLIC_B}:3478"], daemon=daemon)
     if turn or setup == "public-style":
         if setup == "rfc5780":
-            coturn = lab.start_coturn()
+            coturn = lab.start_coturn(extra_args=coturn_args)
         elif setup == "one-address":
             # The daemon holds 3478 and 3479 on every address: coturn goes beside it.
-            coturn = lab.start_coturn(addresses=(PUBLIC_B,), port=3578, alt_port=3579)
+            coturn = lab.start_coturn(
+                addresses=(PUBLIC_B,), port=3578, alt_port=3579, extra_args=coturn_args
+            )
         else:
-            coturn = lab.start_coturn(addresses=(PUBLIC_B,))
+            coturn = lab.start_coturn(addresses=(PUBLIC_B,), extra_args=coturn_args)
+        servers.coturn = coturn
         if turn:
             uri = f"turn:u:p@{coturn.address}:{coturn.port}"
             # UDP first, TCP for hosts whose UDP is blocked (as the seed's example 4).
@@ -454,6 +462,7 @@ def transfer_pair(
     extra_args: Sequence[str] = (),
     payloads: tuple[tuple[str, str], tuple[str, str]] | None = None,
     on_connected: Callable[[dict[str, Any], dict[str, Any]], object] | None = None,
+    while_flowing: Callable[[StreamPeer, StreamPeer], object] | None = None,
 ) -> dict[str, Any]:
     """``size`` random bytes each way through two ``holepunch connect`` streams.
 
@@ -462,7 +471,9 @@ def transfer_pair(
     ``seconds`` (first to last byte, the slower direction), ``mb_per_s`` (each way),
     ``exit`` codes and ``stderr`` of both; ``payloads`` reuses files made by
     :func:`random_file` (else they are made and removed here); ``on_connected(offerer's
-    JSON, answerer's JSON)`` runs once both are connected, while the bytes flow.
+    JSON, answerer's JSON)`` runs once both are connected, while the bytes flow, and
+    then ``while_flowing(offerer, answerer)`` (the :class:`StreamPeer` s: what arrived so
+    far, their events), to act in the middle of the transfer.
     """
     made = payloads is None
     if payloads is None:
@@ -477,6 +488,8 @@ def transfer_pair(
         other = b.connection(10)
         if on_connected is not None:
             on_connected(connection, other)
+        if while_flowing is not None:
+            while_flowing(a, b)
         a_status, a_got = a.finish(transfer_timeout)
         b_status, b_got = b.finish(30)
         starts = [p.first_byte_at for p in (a, b) if p.first_byte_at is not None]

@@ -20,7 +20,9 @@ closes the connection; the peer's command exits too.
 With ``--json`` the first line of stdout is ``{"method", "local", "remote",
 "elapsed_ms", "rtt_ms", "probes_sent", "birthday_sockets", "security", "fingerprint",
 "peer_fingerprint"}``. Later events are JSON lines too: ``{"event": "path-changed",
-"method", "local", "remote"}`` when ICE moves the session to another path, and at the end
+"method", "local", "remote"}`` when ICE moves the session to another path,
+``{"event": "relay-lost", "detail"}`` / ``{"event": "relay-reallocated", "detail"}`` when
+the TURN server lost our relay and a new one replaced it, and at the end
 ``{"event": "closed", "bytes_sent", "bytes_received", "dropped_unauthenticated", ...}``
 (the session's counters: ``dropped_unauthenticated`` counts datagrams that came from the
 peer's address but did not authenticate). In the stream mode they go to stderr, so that
@@ -363,6 +365,11 @@ def _path_events(peer: SecurePeer, write: Any) -> None:
 
     if peer.path is not None and hasattr(peer.path, "on_path_changed"):
         peer.path.on_path_changed(changed)
+    agent = getattr(peer.path, "agent", None)
+    if agent is not None and hasattr(agent, "on_relay_event"):
+        agent.on_relay_event = lambda kind, detail: write(
+            json.dumps({"event": kind, "detail": detail})
+        )
 
 
 async def _carry_stream(

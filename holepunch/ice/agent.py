@@ -11,6 +11,13 @@ wants sent and acts on its events; the result of :meth:`IceAgent.connect` is a
 
 Everything ICE decides (gathering, checks, nomination, hard-NAT schedules, consent) is in
 the core and its modules; see :mod:`holepunch.ice.core`.
+
+TURN recovery is the adapter's part in it: a relay of ours that the server loses
+(:class:`Relays <holepunch.ice.relays.Relays>` reports it) is handed to
+``core.relay_lost``, allocated again (same server first) and given back with
+``core.replace_relay``, which announces the new relayed candidate; a permission refused
+for one address goes to ``core.permission_refused``. Each step is logged, counted in
+:attr:`IceAgent.stats` and reported to :attr:`IceAgent.on_relay_event`.
 """
 
 from __future__ import annotations
@@ -18,13 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate
-from holepunch.ice.checklist import CheckList
+from holepunch.ice.checklist import CheckList, relayed
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.core import IceCore
@@ -65,6 +72,10 @@ class IceAgent:
         )
         self.on_local_candidate: Callable[[Candidate | None], None] | None = None
         """Called with each local candidate as it is found, then None (trickle ICE)."""
+        self.on_relay_event: Callable[[str, str], None] | None = None
+        """Called with ``("relay-lost", reason)`` when the TURN server lost our relay,
+        ``("relay-reallocated", "turn:SERVER relayed HOST:PORT")`` when a new one replaced
+        it, ``("relay-unavailable", reason)`` when none could be allocated."""
         self.connection: PeerConnection | None = None
         self._sockets: dict[int, IceSocket] = {}
         self.relays = Relays(reactor, self.core.config.relay)
@@ -282,7 +293,7 @@ class IceAgent:
         elif isinstance(event, events.SocketReleased):
             self._release(event.via)
         elif isinstance(event, events.PermissionWanted):
-            self.relays.permit(event.host, event.via)
+            self.relays.permit(event.host, event.via, self._permission_refused)
         elif isinstance(event, events.ChannelWanted):
             self.relays.bind_channel(event.via, event.peer)
         elif isinstance(event, events.PairSelected):
@@ -326,6 +337,7 @@ class IceAgent:
         return (candidate.host if host in ("0.0.0.0", "") else host, port)
 
     def _selected(self, event: events.PairSelected) -> None:
+        self.relays.watch(relayed(event.pair))
         pair = event.pair
         self.connection = PeerConnection(
             self,
@@ -341,6 +353,7 @@ class IceAgent:
             waiting.callback(self.connection)
 
     def _path_changed(self, event: events.PathChanged) -> None:
+        self.relays.watch(relayed(event.pair))
         if self.connection is None:
             return
         pair = event.pair
@@ -453,12 +466,71 @@ class IceAgent:
                 str(allocated.server),
                 self.reactor.seconds(),
             )
-            self.relays.add(via, allocation, self.datagram_received)
+            self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
         elif allocation is not None:
             allocation.close()
         if not self._closed:
             self.core.relays_done(self.reactor.seconds())
             self._pump()
+
+    # -- TURN recovery --
+
+    def _relay_event(self, kind: str, detail: str) -> None:
+        if self.on_relay_event is not None:
+            try:
+                self.on_relay_event(kind, detail)
+            except Exception:
+                _log.failure("on_relay_event raised")
+
+    def _relay_lost(self, via: int, error: Exception) -> None:
+        """The TURN server lost relay ``via``: tell the core, then allocate again."""
+        if self._closed:
+            return
+        server = self.relays.lost(via)
+        reason = str(error)
+        _log.warn("relay {via} lost: {reason}", via=via, reason=reason)
+        self.core.relay_lost(via, reason, self.reactor.seconds())
+        self._relay_event("relay-lost", reason)
+        self._pump()
+        if self.config.relay.reallocate:
+            defer.ensureDeferred(self._reallocate(server))
+
+    async def _reallocate(self, server: Any) -> None:
+        """Allocate again (``server`` first, then the others) until one grants, a few
+        rounds ``reallocate_retry`` apart; the new relayed candidate is announced."""
+        main = self._sockets.get(MAIN)
+        for _ in range(10):
+            if self._closed or main is None:
+                return
+            allocation = await self.relays.allocate(main.write, self.udp_blocked, first=server)
+            if self._closed:
+                if allocation is not None:
+                    allocation.close()
+                return
+            if allocation is not None:
+                allocated = allocation.allocated
+                via = self.core.replace_relay(
+                    (allocated.relayed.host, allocated.relayed.port),
+                    (allocated.mapped.host, allocated.mapped.port),
+                    str(allocated.server),
+                    self.reactor.seconds(),
+                )
+                self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
+                server_at = f"{allocated.server.host}:{allocated.server.port}"
+                relayed_at = f"{allocated.relayed.host}:{allocated.relayed.port}"
+                detail = f"turn:{server_at} relayed {relayed_at}"
+                _log.info("relay reallocated: {detail}", detail=detail)
+                self._relay_event("relay-reallocated", detail)
+                self._pump()
+                return
+            await task.deferLater(self.reactor, self.config.relay.reallocate_retry, lambda: None)
+        self._relay_event("relay-unavailable", "no TURN server granted a new allocation")
+
+    def _permission_refused(self, via: int, host: str, reason: str) -> None:
+        if self._closed:
+            return
+        self.core.permission_refused(via, host, reason, self.reactor.seconds())
+        self._pump()
 
     # -- the peer --
 

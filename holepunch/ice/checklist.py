@@ -182,6 +182,13 @@ class CheckList:
         if pair.state != PairState.SUCCEEDED:
             pair.state = PairState.FAILED
 
+    def invalidate(self, pair: CandidatePair) -> None:
+        """``pair`` can no longer work (its relay is gone): it fails, valid or not."""
+        pair.state = PairState.FAILED
+        pair.valid = False
+        if pair in self._triggered:
+            self._triggered.remove(pair)
+
     def valid_pairs(self) -> list[CandidatePair]:
         """The valid list, highest priority first."""
         return [p for p in self.pairs if p.valid]

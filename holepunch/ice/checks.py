@@ -295,6 +295,11 @@ class Checker:
             core.nominating = None
         if pair is core.selected:
             return
+        if nominate and core.selector.recovering:
+            # A pair nominated to replace a lost one did not answer: try the next.
+            core.checklist.invalidate(pair)
+            core.selector.recover()
+            return
         core.checklist.failed(pair)
         if core.controlling and core.selected is None:
             core.selector.consider()

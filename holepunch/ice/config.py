@@ -109,6 +109,18 @@ class RelayConfig:
     only: bool = False
     """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
     check_delay: float = 0.3
+    liveness_interval: float = 5.0
+    """While the connection is relayed (either side's candidate) our relay is checked this
+    often (a TURN Refresh, given up after 3.5 s): a restarted or dead server is noticed
+    within about this plus 3.5 s, well inside the 30 s consent and QUIC idle timeouts.
+    0: not checked (a lost allocation is then noticed at the next refresh of a
+    permission, channel or the allocation itself, minutes later)."""
+    reallocate: bool = True
+    """Allocate again when a relay of ours is lost (on the same server, then the next
+    ones) and announce the new relayed candidate to the peer."""
+    reallocate_retry: float = 2.0
+    """Seconds between rounds of re-allocation while no server grants one (up to 10
+    rounds)."""
     """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
     permission for us is in place first (a check that reaches a relay port before the
     permission is dropped, and coturn also spoils the allocation's nonce over it)."""

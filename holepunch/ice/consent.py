@@ -79,6 +79,7 @@ class Consent:
         core.stats.consent_checks += 1
         via = core.via_for(pair.local)
         if via is None or core.remote_pwd is None:
+            self._schedule_consent()  # its relay is lost: the timeout still runs
             return
         core.start_transaction(
             self,

@@ -11,7 +11,8 @@ out, in the shape of aioquic's ``QuicConnection``:
 - commands, each with ``now``: ``start_gathering``, ``set_remote_credentials``,
   ``add_remote_candidate``, ``set_remote_mapping``, ``connect``, ``send_datagram``,
   ``close``, and the answers to its requests (``socket_opened``, ``add_relay``,
-  ``relays_done``).
+  ``relays_done``); for TURN recovery ``relay_lost``, ``replace_relay`` and
+  ``permission_refused``.
 
 The work is split by concern, one module each: :mod:`holepunch.ice.gathering`
 (candidates and our mapping), :mod:`holepunch.ice.checks` (sending and answering
@@ -209,6 +210,8 @@ class IceCore:
             self.remote_end_of_candidates = True
             self.check_failure()
             return
+        if candidate.type == "relay" and self.remote_end_of_candidates:
+            self._remote_relay_replaced(candidate)
         self.checker.add_remote(candidate)
 
     def set_remote_mapping(self, profile: MappingProfile | None, now: float) -> None:
@@ -277,6 +280,67 @@ class IceCore:
         self.gatherer.add_relay(via, relayed_address, mapped, server)
         return via
 
+    def relay_lost(self, via: int, reason: str, now: float) -> None:
+        """Our relay ``via`` is gone (the TURN server lost the allocation; the adapter
+        has forgotten it): its candidate and pairs are dropped. If it carried the
+        connection, the connection moves to the next pair that works
+        (:meth:`Selector.pairs_lost <holepunch.ice.nomination.Selector.pairs_lost>`);
+        the adapter allocates again and hands the new relay to :meth:`replace_relay`."""
+        self.now = now
+        base = self.socket_bases.get(via)
+        if self.closed or base is None or base.type != "relay":
+            return
+        self.stats.relays_lost += 1
+        del self.socket_bases[via]
+        self.open_sockets.discard(via)
+        self.transactions.cancel_all(via)
+        if base in self.local_candidates:
+            self.local_candidates.remove(base)
+        lost = [p for p in self.checklist if p.local == base]
+        self.selector.pairs_lost(lost, f"relay {base.host}:{base.port} lost: {reason}")
+
+    def replace_relay(
+        self, relayed_address: tuple[str, int], mapped: tuple[str, int], server: str, now: float
+    ) -> int:
+        """A new TURN allocation after :meth:`relay_lost`: like :meth:`add_relay`, its
+        candidate is announced (trickled to the peer, who replaces our old one with it)
+        and paired with every remote candidate; returns its ``via``."""
+        via = self.add_relay(relayed_address, mapped, server, now)
+        self.stats.relays_reallocated += 1
+        return via
+
+    def permission_refused(self, via: int, host: str, reason: str, now: float) -> None:
+        """Our relay ``via``'s server refused a permission for ``host`` (403 Forbidden,
+        coturn's ``denied-peer-ip``): the pairs from that relay to ``host`` fail at once;
+        the relay and its other pairs are untouched."""
+        self.now = now
+        self.stats.permissions_refused += 1
+        base = self.socket_bases.get(via)
+        if self.closed or base is None:
+            return
+        lost = [p for p in self.checklist if p.local == base and p.remote.host == host]
+        self.selector.pairs_lost(lost, f"TURN permission for {host} refused: {reason}")
+        self.check_failure()
+
+    def _remote_relay_replaced(self, candidate: Candidate) -> None:
+        """A relayed candidate trickled after the peer's end-of-candidates: the peer
+        allocated again (its relay was lost), so its earlier relayed candidates and
+        their pairs are dropped."""
+        old = [
+            c
+            for c in self.remote_candidates
+            if c.type == "relay" and c.address != candidate.address
+        ]
+        if not old:
+            return
+        self.stats.remote_relays_replaced += 1
+        for c in old:
+            self.remote_candidates.remove(c)
+        lost = [p for p in self.checklist if p.remote in old]
+        self.selector.pairs_lost(
+            lost, f"the peer replaced its relayed candidate with {candidate.host}:{candidate.port}"
+        )
+
     def port_mapping_done(
         self,
         external: tuple[str, int] | None,
@@ -300,6 +364,9 @@ class IceCore:
         if self.closed:
             raise OSError("agent closed")
         via = self.via_for(self.selected.local) if self.selected is not None else MAIN
+        if via is None and self.selector.recovering:
+            self.stats.data_dropped += 1  # between a lost relay and the next pair
+            return
         if via is None or via not in self.open_sockets:
             raise OSError("socket closed")
         self.send(data, destination, via)

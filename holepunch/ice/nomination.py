@@ -14,9 +14,19 @@ Both: a direct pair that succeeds after a relayed one was selected replaces it o
 same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); once a direct
 pair is selected, everything still trying another path stops (probing, other checks,
 losing birthday sockets).
+
+Recovery: when the selected pair can no longer work (our relay was lost, or the peer
+replaced the relayed candidate it used: :meth:`Selector.pairs_lost`), the connection
+moves to the next pair that works, with :class:`PathChanged
+<holepunch.ice.events.PathChanged>`. The controlling agent nominates the best valid pair,
+or the first pair whose check succeeds (the new relayed candidate's pairs, usually); the
+controlled agent follows a USE-CANDIDATE on another pair while its selected pair is
+relayed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from twisted.logger import Logger
 
@@ -61,8 +71,14 @@ class Selector:
         """``pair`` carries the connection from now on."""
         core = self.core
         if core.selected is not None:
-            if pair is not core.selected and relayed(core.selected) and not relayed(pair):
+            if pair is core.selected:
+                return
+            if self.recovering and pair.valid:
+                self.move(pair)
+            elif relayed(core.selected) and not relayed(pair):
                 self._upgrade(pair)
+            elif self._may_move(pair):
+                self.move(pair)
             return
         core.selected = pair
         core.nominating = None
@@ -86,6 +102,87 @@ class Selector:
         core.emit(events.PairSelected(pair, via, method, elapsed))
         core.consent.start()
         core.flush_early()
+
+    @property
+    def recovering(self) -> bool:
+        """The selected pair was lost (:meth:`pairs_lost`) and no other carries the
+        connection yet."""
+        selected = self.core.selected
+        return selected is not None and not selected.valid
+
+    def _may_move(self, pair: CandidatePair) -> bool:
+        """Whether the connection may move to ``pair`` now: the selected pair is lost,
+        or (controlled) the peer nominated ``pair`` while we are on a relay."""
+        core = self.core
+        if not pair.valid:
+            return False
+        if self.recovering:
+            return True
+        selected = core.selected
+        return (
+            not core.controlling
+            and selected is not None
+            and relayed(selected)
+            and pair.remote_nominated
+        )
+
+    def pairs_lost(self, pairs: Sequence[CandidatePair], reason: str) -> None:
+        """``pairs`` can no longer work (their relay is gone, or the peer replaced its
+        relayed candidate): they fail. If the selected pair is one of them the
+        connection moves to the next pair that works (:meth:`recover`)."""
+        core = self.core
+        if not pairs:
+            return
+        for pair in pairs:
+            core.checklist.invalidate(pair)
+        if core.nominating is not None and core.nominating in pairs:
+            core.nominating = None
+        selected = core.selected
+        if selected is not None and selected in pairs:
+            _log.info(
+                "selected pair {pair} lost ({reason}); moving to the next pair that works",
+                pair=selected.describe(),
+                reason=reason,
+            )
+            self.recover()
+        core.checker.schedule()
+
+    def recover(self) -> None:
+        """The selected pair is lost: the controlling agent nominates the best valid
+        pair left (if any; else the first new pair whose check succeeds)."""
+        core = self.core
+        if not core.controlling or not self.recovering or core.nominating is not None:
+            return
+        best = core.checklist.best_valid()
+        if best is not None:
+            self.nominate(best)
+
+    def move(self, pair: CandidatePair) -> None:
+        """The connection moves from its selected pair to ``pair`` (recovery)."""
+        core = self.core
+        via = core.via_for(pair.local)
+        if via is None:
+            core.checklist.invalidate(pair)
+            self.recover()
+            return
+        previous = core.selected
+        core.selected = pair
+        core.nominating = None
+        pair.nominated = True
+        core.stats.paths_recovered += 1
+        if pair.local.type == "relay":
+            core.emit(events.ChannelWanted(via, pair.remote.address))
+        if not relayed(pair):
+            self._settle(pair)
+        core.consent.start()
+        method = core.method(pair)
+        _log.info(
+            "connection moved from {old} to {pair} ({method})",
+            old=previous.describe() if previous is not None else "nothing",
+            pair=pair.describe(),
+            method=method,
+        )
+        core.emit(events.PathChanged(pair, via, method))
 
     def _upgrade(self, pair: CandidatePair) -> None:
         """Leave the relay for a direct pair that succeeded later (same connection)."""
@@ -123,6 +220,12 @@ class ControllingSelector(Selector):
         if core.selected is not None:
             if pair is core.selected:
                 core.consent.refresh()
+            elif self.recovering:
+                # The selected pair is lost: the first pair that works takes over.
+                if nominate:
+                    self.move(pair)
+                elif core.nominating is None:
+                    self.nominate(pair)
             elif relayed(core.selected) and not relayed(pair):
                 # A direct pair came through while we are on the relay: upgrade to it.
                 if nominate:
@@ -169,8 +272,8 @@ class ControlledSelector(Selector):
         if core.selected is not None:
             if pair is core.selected:
                 core.consent.refresh()
-            elif relayed(core.selected) and not relayed(pair) and pair.remote_nominated:
-                self.select(pair)
+            elif relayed(core.selected) and pair.remote_nominated:
+                self.select(pair)  # an upgrade, or the peer moved off a lost relay
             return
         if pair.remote_nominated:
             pair.nominated = True

@@ -52,6 +52,17 @@ class AgentStats:
     predicted_checks: int = 0
     birthday_sockets: int = 0
     probes_sent: int = 0
+    relays_lost: int = 0
+    """TURN allocations of ours the server lost (:meth:`IceCore.relay_lost
+    <holepunch.ice.core.IceCore.relay_lost>`)."""
+    relays_reallocated: int = 0
+    """Relayed candidates that replaced a lost one."""
+    remote_relays_replaced: int = 0
+    """Relayed candidates of the peer replaced by a newer one (it allocated again)."""
+    permissions_refused: int = 0
+    """TURN permissions the server refused for a peer address (403)."""
+    paths_recovered: int = 0
+    """Times the connection moved off a lost selected pair to another one."""
 
 
 class TransactionOwner(Protocol):
@@ -146,6 +157,19 @@ class PairSelector(Protocol):
 
     def select(self, pair: CandidatePair) -> None:
         """``pair`` carries the connection from now on."""
+        ...
+
+    @property
+    def recovering(self) -> bool:
+        """The selected pair was lost and the connection waits for another."""
+        ...
+
+    def recover(self) -> None:
+        """Nominate the best valid pair for a lost selected one (controlling only)."""
+        ...
+
+    def pairs_lost(self, pairs: Sequence[CandidatePair], reason: str) -> None:
+        """``pairs`` can no longer work; if the selected pair is one, recover."""
         ...
 
 

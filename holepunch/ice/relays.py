@@ -8,6 +8,15 @@ connection), numbers it with the ``via`` the core gives it, and then does what t
 asks of it: send through it, install permissions and channels, release it, close all.
 Datagrams that arrive on the agent's main socket from a UDP TURN server are taken out
 here (:meth:`Relays.demultiplex`) before the core sees the rest.
+
+Recovery: while the connection is relayed the relays are watched (:meth:`Relays.watch`,
+a Refresh every ``RelayConfig.liveness_interval`` seconds); a relay lost for any reason
+(that check, 437/438 on any request, a refresh refused, the TCP/TLS connection closed)
+is reported through the ``on_lost`` given to :meth:`Relays.add`, and
+:meth:`Relays.allocate` with ``first`` allocates again on the same server first, then on
+the others in their order. A permission the server refuses for one peer address (403
+Forbidden, coturn's ``denied-peer-ip``) is reported through ``on_refused`` of
+:meth:`Relays.permit`; the relay is untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ class Relays:
         self.reactor = reactor
         self.config = config
         self._by_via: dict[int, Any] = {}
+        self._origin: dict[int, Any] = {}
+        """The configured server each allocation came from, by ``id(allocation)``."""
         self._on_main_socket: list[Any] = []
+        self._watching = False
         self._closed = False
 
     @property
@@ -55,19 +67,51 @@ class Relays:
         relay.send(data, Address(*destination))
         return True
 
-    def permit(self, host: str, via: int | None) -> None:
-        """A permission for ``host`` on relay ``via`` (None: on every relay)."""
+    def permit(
+        self,
+        host: str,
+        via: int | None,
+        on_refused: Callable[[int, str, str], None] | None = None,
+    ) -> None:
+        """A permission for ``host`` on relay ``via`` (None: on every relay);
+        ``on_refused(via, host, reason)`` when the server refuses it (403 for a denied
+        peer address, say) while the relay lives on."""
         if via is None:
-            relays = list(self._by_via.values())
+            relays = list(self._by_via.items())
         else:
-            relays = [self._by_via[via]] if via in self._by_via else []
-        for relay in relays:
+            relays = [(via, self._by_via[via])] if via in self._by_via else []
+        for number, relay in relays:
             d = relay.create_permission(host)
-            d.addErrback(
-                lambda f, h=host: _log.info(
-                    "TURN permission for {host} refused: {err}", host=h, err=f.getErrorMessage()
-                )
-            )
+
+            def refused(f: Any, h: str = host, v: int = number, r: Any = relay) -> None:
+                reason = f.getErrorMessage()
+                _log.info("TURN permission for {host} refused: {err}", host=h, err=reason)
+                if on_refused is not None and self._by_via.get(v) is r:
+                    on_refused(v, h, reason)
+
+            d.addErrback(refused)
+
+    def watch(self, on: bool) -> None:
+        """Check every relay (and every relay added later) each ``liveness_interval``
+        seconds while ``on``: the connection is relayed (through ours or the peer's,
+        whose new relayed candidate is paired with ours)."""
+        self._watching = on
+        for relay in self._by_via.values():
+            self._watch_one(relay)
+
+    def _watch_one(self, relay: Any) -> None:
+        interval = self.config.liveness_interval
+        relay.watch(interval if self._watching and interval > 0 else None)
+
+    def lost(self, via: int) -> Any | None:
+        """Relay ``via`` was lost: forget it; returns the configured server it came
+        from (to allocate on it again first), or None."""
+        relay = self._by_via.pop(via, None)
+        if relay is None:
+            return None
+        if relay in self._on_main_socket:
+            self._on_main_socket.remove(relay)
+        return self._origin.pop(id(relay), None)
 
     def bind_channel(self, via: int, peer: tuple[str, int]) -> None:
         """A channel to ``peer`` on relay ``via`` (ChannelData once bound)."""
@@ -79,12 +123,14 @@ class Relays:
             )
 
     async def allocate(self, main_write: Callable[[bytes, tuple[str, int]], None],
-                       udp_blocked: bool) -> Any | None:  # fmt: skip
+                       udp_blocked: bool, first: Any = None) -> Any | None:  # fmt: skip
         """One allocation from the first TURN server that allocates, or None.
 
         UDP servers are used through ``main_write`` (the agent's own socket), so the
         relay's view of us is the mapping the checks use; TCP and TLS ones over their own
-        connection. A dead server is abandoned after the relay timeout.
+        connection. A dead server is abandoned after the relay timeout. ``first`` (one of
+        the configured servers: the one a lost relay came from) is tried first, then the
+        ones after it in the configured order, then those before.
         """
         from holepunch.turn import TurnAllocation, allocate_first, open_allocation
 
@@ -112,10 +158,18 @@ class Relays:
                     raise
                 return allocation
 
-            return defer.ensureDeferred(attempt())
+            async def remembered() -> Any:
+                allocation = await attempt()
+                self._origin[id(allocation)] = server
+                return allocation
+
+            return defer.ensureDeferred(remembered())
 
         servers = list(config.servers)
-        if udp_blocked:
+        if first is not None and first in servers:
+            at = servers.index(first)
+            servers = servers[at:] + servers[:at]
+        elif udp_blocked:
             # UDP got no STUN answer: a UDP relay would only cost its timeout.
             servers.sort(key=lambda server: server.transport == "udp")
         try:
@@ -136,16 +190,27 @@ class Relays:
         return allocation
 
     def add(self, via: int, allocation: Any,
-            deliver: Callable[[bytes, tuple[str, int], int], None]) -> None:  # fmt: skip
-        """Keep ``allocation`` as relay ``via``; what arrives through it goes to ``deliver``."""
+            deliver: Callable[[bytes, tuple[str, int], int], None],
+            on_lost: Callable[[int, Any], None] | None = None) -> None:  # fmt: skip
+        """Keep ``allocation`` as relay ``via``; what arrives through it goes to
+        ``deliver``; ``on_lost(via, error)`` once if the server loses it."""
         self._by_via[via] = allocation
         allocation.on_data(lambda data, peer: deliver(data, (peer.host, peer.port), via))
+        self._watch_one(allocation)
+        if on_lost is not None:
+
+            def lost(error: Any) -> None:
+                if self._by_via.get(via) is allocation and not self._closed:
+                    on_lost(via, error)
+
+            allocation.on_lost(lost)
 
     def release(self, via: int) -> bool:
         """Close relay ``via``; False if there is none."""
         relay = self._by_via.pop(via, None)
         if relay is None:
             return False
+        self._origin.pop(id(relay), None)
         relay.close()
         return True
 
@@ -154,6 +219,7 @@ class Relays:
         self._closed = True
         relays = list(self._by_via.values())
         self._by_via.clear()
+        self._origin.clear()
         deallocating = defer.gatherResults([r.close() for r in relays], consumeErrors=True)
         self._on_main_socket.clear()
         return deallocating

@@ -90,6 +90,18 @@ SendFunction = Callable[[bytes, tuple[str, int]], Any]
 DataCallback = Callable[[bytes, Address], Any]
 """``callback(data, peer)``: application data relayed from ``peer``."""
 
+LIVENESS_POLICY = RetransmissionPolicy(rto=0.5, rc=3, rm=4)
+"""Retransmissions of a :meth:`TurnAllocation.watch` Refresh over UDP: sends at 0, 0.5
+and 1.5 s, given up at 3.5 s."""
+
+
+def allocation_gone(error: TurnError) -> bool:
+    """Whether the answer to a request on a granted allocation means the server no
+    longer holds it: 437 Allocation Mismatch (a restarted server, an expired
+    allocation), 438 Stale Nonce again after the retries with the new nonce, or no
+    answer at all (:class:`TurnTimeoutError`). A refusal for one peer (403 Forbidden on
+    CreatePermission, say) does not: only that peer is affected."""
+    return isinstance(error, TurnTimeoutError) or error.code in (437, 438)
 
 
 class TurnAllocation:
@@ -152,6 +164,13 @@ class TurnAllocation:
         self._redirected = False
         self._expires: float | None = None
         self._refresh_timer: IDelayedCall | None = None
+        self._watch_timer: IDelayedCall | None = None
+        self._watch_interval: float | None = None
+        self._watch_policy = (
+            RetransmissionPolicy(rto=LIVENESS_POLICY.total, rc=1, rm=1)
+            if stream
+            else LIVENESS_POLICY
+        )
         self.peers = PeerTables(clock, timers, self.stats, self._tracked_exchange, self.send)
         """Permissions and channels (:class:`holepunch.turn.peertables.PeerTables`)."""
         self._data_callback: DataCallback | None = None
@@ -230,6 +249,23 @@ class TurnAllocation:
         if self.state is not AllocationState.ALLOCATED:
             return defer.fail(TurnError(0, f"refresh() on a {self.state.value} allocation"))
         return self._track(defer.ensureDeferred(self._refresh(lifetime)), lose_on_failure=True)
+
+    def watch(self, interval: float | None, policy: RetransmissionPolicy | None = None) -> None:
+        """Check every ``interval`` seconds that the server still holds the allocation
+        (None: stop checking): a Refresh, retransmitted as ``policy`` says (by default
+        :data:`LIVENESS_POLICY` over UDP: 3.5 s); no answer, or any refusal (437
+        Allocation Mismatch from a restarted server, say) loses the allocation at once.
+
+        The ordinary refresh at 5/6 of the lifetime notices a lost allocation only after
+        minutes; this is for an allocation that carries a connection now.
+        """
+        self._cancel(self._watch_timer)
+        self._watch_timer = None
+        self._watch_interval = interval
+        if policy is not None:
+            self._watch_policy = policy
+        if interval is not None and self.state is AllocationState.ALLOCATED:
+            self._watch_timer = self.clock.callLater(interval, self._watch_due)
 
     def create_permission(self, peer_ip: str) -> Deferred[None]:
         """Install a permission for ``peer_ip`` (refreshed every ``permission_refresh`` s).
@@ -419,8 +455,17 @@ class TurnAllocation:
     def _tracked_exchange(
         self, method: int, fill: Callable[[StunMessage], object]
     ) -> Deferred[StunMessage]:
-        """:meth:`_exchange` in the background: closing the allocation cancels it."""
+        """:meth:`_exchange` in the background: closing the allocation cancels it; an
+        answer that says the allocation is gone loses it (:func:`allocation_gone`)."""
         d: Deferred[StunMessage] = self._track(defer.ensureDeferred(self._exchange(method, fill)))
+
+        def check(failure: Failure) -> Failure:
+            error = failure.value
+            if isinstance(error, TurnError) and allocation_gone(error):
+                self._lose(error)
+            return failure
+
+        d.addErrback(check)
         return d
 
     async def _allocate(self) -> Allocated:
@@ -524,6 +569,33 @@ class TurnAllocation:
         self._schedule_refresh(granted)
         return granted
 
+    def _watch_due(self) -> None:
+        self._watch_timer = None
+        if self.state is not AllocationState.ALLOCATED or self._watch_interval is None:
+            return
+        self.stats.liveness_checks += 1
+        d = self._track(defer.ensureDeferred(self._liveness()), lose_on_failure=True)
+        d.addErrback(lambda _: None)  # _lose() has logged it
+
+    async def _liveness(self) -> None:
+        requested = self.requested_lifetime
+
+        def fill(request: StunMessage) -> None:
+            if requested is not None:
+                request.add_uint32(Attr.LIFETIME, requested)
+
+        response = await self._exchange(Method.REFRESH, fill, policy=self._watch_policy)
+        try:
+            granted = response.get_uint32(Attr.LIFETIME)
+        except StunDecodeError as e:
+            raise TurnError(0, f"malformed Refresh response: {e}") from None
+        granted = DEFAULT_LIFETIME if granted is None else granted
+        if self.allocated is not None:
+            self.allocated = dataclasses.replace(self.allocated, lifetime=granted)
+        self._schedule_refresh(granted)
+        if self._watch_interval is not None and self.state is AllocationState.ALLOCATED:
+            self._watch_timer = self.clock.callLater(self._watch_interval, self._watch_due)
+
     async def _deallocate(self) -> None:
         def fill(request: StunMessage) -> None:
             request.add_uint32(Attr.LIFETIME, 0)
@@ -595,7 +667,7 @@ class TurnAllocation:
         _log.warn("TURN allocation on {server} lost: {err}", server=self._where(), err=error)
         self.state = AllocationState.CLOSING
         callback = self._lost_callback
-        self._finish()
+        self._finish(error)
         if callback is not None:
             try:
                 callback(error)
@@ -605,10 +677,13 @@ class TurnAllocation:
     def _stop_timers(self) -> None:
         self._cancel(self._refresh_timer)
         self._refresh_timer = None
+        self._cancel(self._watch_timer)
+        self._watch_timer = None
         self.peers.stop_timers()
 
-    def _finish(self) -> None:
-        """Stop everything, call ``on_close`` once, then wake whoever waits for the end."""
+    def _finish(self, error: TurnError | None = None) -> None:
+        """Stop everything, call ``on_close`` once, then wake whoever waits for the end
+        (a waiting permission or channel gets ``error``, the reason of a loss)."""
         if self._closed:
             return
         self._closed = True
@@ -617,7 +692,7 @@ class TurnAllocation:
         for d in list(self._background):
             d.cancel()
         self._table.cancel_all()
-        self.peers.fail_all(TurnError(0, "TURN allocation closed"))
+        self.peers.fail_all(error or TurnError(0, "TURN allocation closed"))
         released: Deferred[Any]
         if self._on_close is None:
             released = defer.succeed(None)

@@ -116,6 +116,7 @@ class TurnStats:
     """What an allocation did; for logs, metrics and tests."""
 
     requests: int = 0
+    liveness_checks: int = 0
     stale_nonce_retries: int = 0
     redirects: int = 0
     refreshes: int = 0

@@ -572,6 +572,134 @@ class TimerTests(AllocatedMixin, SynchronousTestCase):
         self.close(clock, allocation)
 
 
+class LossTests(AllocatedMixin, SynchronousTestCase):
+    """What says a granted allocation is gone (437, 438 again, no answer, a watched
+    Refresh) and what does not (403 for one peer)."""
+
+    def watched(self, **kwargs: Any) -> tuple[Clock, FakeTurnServer, TurnAllocation, list[Any]]:
+        clock, server, allocation = self.allocated(**kwargs)
+        lost: list[TurnError] = []
+        allocation.on_lost(lost.append)
+        return clock, server, allocation, lost
+
+    def assertLost(self, clock: Clock, allocation: TurnAllocation, lost: list[Any]) -> None:
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(allocation.state, AllocationState.CLOSED)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_437_on_create_permission(self) -> None:
+        """437 Allocation Mismatch on CreatePermission (a restarted server) loses the
+        allocation at once."""
+        clock, server, allocation, lost = self.watched()
+        server.refuse[Method.CREATE_PERMISSION] = 437
+        d = allocation.create_permission(PEER.host)
+        pump(clock)
+        self.assertEqual(self.failureResultOf(d, TurnError).value.code, 437)
+        self.assertEqual([e.code for e in lost], [437])
+        self.assertLost(clock, allocation, lost)
+
+    def test_437_on_channel_bind(self) -> None:
+        """437 on ChannelBind loses it too."""
+        clock, server, allocation, lost = self.watched()
+        server.refuse[Method.CHANNEL_BIND] = 437
+        d = allocation.bind_channel(PEER)
+        pump(clock)
+        self.failureResultOf(d, TurnError)
+        self.assertEqual([e.code for e in lost], [437])
+        self.assertLost(clock, allocation, lost)
+
+    def test_one_stale_nonce_is_not_a_loss(self) -> None:
+        """A 438 is retried with the new nonce; the allocation lives on."""
+        clock, server, allocation, lost = self.watched()
+        server.stale_next = 1
+        d = allocation.create_permission(PEER.host)
+        pump(clock)
+        self.successResultOf(d)
+        self.assertEqual(lost, [])
+        self.assertEqual(allocation.state, AllocationState.ALLOCATED)
+        self.close(clock, allocation)
+
+    def test_stale_nonce_again_and_again(self) -> None:
+        """438 after every retry with the new nonce loses the allocation."""
+        clock, server, allocation, lost = self.watched()
+        server.stale_next = 100
+        d = allocation.create_permission(PEER.host)
+        pump(clock, 50)
+        self.failureResultOf(d, TurnError)
+        self.assertEqual([e.code for e in lost], [438])
+        self.assertLost(clock, allocation, lost)
+
+    def test_403_costs_only_that_peer(self) -> None:
+        """403 Forbidden on CreatePermission (a denied peer address) fails that
+        permission only: the allocation and another peer's permission stay."""
+        clock, server, allocation, lost = self.watched()
+        server.refuse[Method.CREATE_PERMISSION] = 403
+        d = allocation.create_permission(PEER.host)
+        pump(clock)
+        self.assertEqual(self.failureResultOf(d, TurnError).value.code, 403)
+        del server.refuse[Method.CREATE_PERMISSION]
+        other = allocation.create_permission(OTHER_PEER.host)
+        pump(clock)
+        self.successResultOf(other)
+        self.assertEqual(lost, [])
+        self.assertEqual(allocation.state, AllocationState.ALLOCATED)
+        self.close(clock, allocation)
+
+    def test_unanswered_permission(self) -> None:
+        """No answer to CreatePermission after its retransmissions loses the allocation."""
+        policy = RetransmissionPolicy(rto=1, rc=2, rm=2)  # 3 s
+        clock, server, allocation, lost = self.watched(policy=policy)
+        server.silent = True
+        d = allocation.create_permission(PEER.host)
+        clock.pump([1] * 2)
+        self.assertEqual(lost, [])
+        clock.pump([1] * 2)
+        self.failureResultOf(d, TurnTimeoutError)
+        self.assertIsInstance(lost[0], TurnTimeoutError)
+        self.assertLost(clock, allocation, lost)
+
+    def test_watch_refreshes_on_schedule(self) -> None:
+        """watch(5): a Refresh every 5 s while the server answers; watch(None) stops."""
+        clock, server, allocation, lost = self.watched()
+        allocation.watch(5)
+        clock.advance(5)
+        pump(clock)
+        clock.advance(5 - 10 * LATENCY)
+        pump(clock)
+        self.assertEqual(len(server.requests(Method.REFRESH)), 2)
+        self.assertEqual(allocation.stats.liveness_checks, 2)
+        allocation.watch(None)
+        clock.advance(60)
+        self.assertEqual(len(server.requests(Method.REFRESH)), 2)
+        self.assertEqual(lost, [])
+        self.close(clock, allocation)
+
+    def test_watch_notices_a_restarted_server(self) -> None:
+        """A restarted server answers the watch Refresh with 437: lost at once."""
+        clock, server, allocation, lost = self.watched()
+        allocation.watch(5)
+        server.refuse[Method.REFRESH] = 437
+        clock.advance(5)
+        pump(clock)
+        self.assertEqual([e.code for e in lost], [437])
+        self.assertLost(clock, allocation, lost)
+
+    def test_watch_notices_silence(self) -> None:
+        """A server that stopped answering is lost 3.5 s after the watch Refresh (sent
+        at 0, 0.5 and 1.5 s), not after the 39.5 s of an ordinary request."""
+        clock, server, allocation, lost = self.watched()
+        allocation.watch(5)
+        server.silent = True
+        clock.advance(5)
+        clock.pump([0.5, 1, 1.9])
+        self.assertEqual(lost, [])
+        self.assertEqual(len(server.requests(Method.REFRESH)), 3)
+        clock.advance(0.1)
+        self.assertEqual(len(lost), 1)
+        self.assertIsInstance(lost[0], TurnTimeoutError)
+        self.assertLost(clock, allocation, lost)
+
+
 class DataTests(AllocatedMixin, SynchronousTestCase):
     """Send and Data indications, ChannelData, and what datagram_received takes."""
 
