@@ -145,6 +145,7 @@ class QuicStreamTransport:
         self._write_closed = not writable
         self._read_closed = not readable
         self._lost = False
+        self._session_gone = False
         self._reading_paused = False
         self._read_buffer: list[bytes] = []
         self._read_buffered = 0
@@ -264,7 +265,8 @@ class QuicStreamTransport:
                 self._read_buffer.append(data)
                 self._read_buffered += len(data)
                 continue
-            self._session.stream_consumed(self.stream_id, len(data), resumed=True)
+            if not self._session_gone:
+                self._session.stream_consumed(self.stream_id, len(data), resumed=True)
             self.protocol.dataReceived(data)
         if self._read_fin_pending and not self._reading_paused and not self._lost:
             self._read_fin_pending = False
@@ -328,9 +330,20 @@ class QuicStreamTransport:
             self.connection_lost(Failure(error.ConnectionDone()))
 
     def session_closed(self, reason: Exception) -> None:
-        """The whole QUIC connection ended."""
-        if not self._lost:
-            self.connection_lost(Failure(error.ConnectionLost(str(reason))))
+        """The whole QUIC connection ended.
+
+        If it ended cleanly after our side had finished and the peer's FIN had arrived
+        while the protocol was paused, what is buffered is still the protocol's: it gets
+        it as it resumes, then the end of the stream, as a TCP reader gets the bytes
+        before a FIN it has not read yet. Otherwise the stream is lost at once.
+        """
+        if self._lost:
+            return
+        clean = getattr(reason, "error_code", 1) == 0
+        if clean and self._read_fin_pending and self._write_closed:
+            self._session_gone = True
+            return
+        self.connection_lost(Failure(error.ConnectionLost(str(reason))))
 
     def send_buffer_drained(self) -> None:
         """aioquic's buffer for the stream may have shrunk: resume the producer."""

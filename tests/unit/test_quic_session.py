@@ -641,6 +641,33 @@ class CloseTests(unittest.TestCase):
         pipe.client.close("bye")
         self.assertEqual(engine.termination().reason_phrase, "bye")
 
+    def test_paused_reader_keeps_what_arrived_before_a_clean_close(self):
+        """The peer sends everything and its FIN, sees it acknowledged, and closes the
+        session while our reader is paused: the reader still gets every byte as it
+        resumes, then the end of the stream (ConnectionDone), as with TCP."""
+        pipe = connected_pipe()
+        server_side = listen(pipe, pipe.server, Collect)
+        client = Collect()
+        pipe.client.open_stream(client)
+        client.transport.write(b"x")
+        pipe.pump(until=lambda: server_side and server_side[0].received == b"x")
+        reader = server_side[0]
+        reader.transport.pauseProducing()
+        reader.transport.loseWriteConnection()  # our side is done
+        data = random.Random(5).randbytes(200_000)
+        client.transport.write(data)
+        client.transport.loseWriteConnection()
+        acknowledged = pipe.client.when_acknowledged(client.transport.stream_id)
+        pipe.pump(until=lambda: acknowledged.called)
+        pipe.client.close("all sent")
+        pipe.pump(until=lambda: pipe.server.closed is not None)
+        self.assertIsNone(reader.lost)
+        reader.transport.resumeProducing()
+        pipe.clock.advance(0)
+        self.assertEqual(bytes(reader.received), b"x" + data)
+        self.assertIsNotNone(reader.lost)
+        self.assertTrue(reader.lost.check(error.ConnectionDone), reader.lost)
+
     def test_when_acknowledged(self):
         """when_acknowledged fires once the peer acknowledged the stream's bytes and FIN
         (not when they were merely written), and at once on a closed session."""
