@@ -10,8 +10,11 @@
   a valid pair, or when the check of a pair the peer nominated succeeds (this also
   accepts aggressive nomination).
 
-Both: a direct pair that succeeds after a relayed one was selected replaces it on the
-same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); once a direct
+Both: a direct pair that succeeds after a relayed one was selected (or while the
+selected direct one is degraded, :mod:`holepunch.ice.betterpath`) replaces it on the
+same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); the
+controlled side follows any later USE-CANDIDATE of the controlling side. After an ICE
+restart the new generation's selection moves the connection the same way. Once a direct
 pair is selected, everything still trying another path stops (probing, other checks,
 losing birthday sockets).
 """
@@ -61,8 +64,11 @@ class Selector:
         """``pair`` carries the connection from now on."""
         core = self.core
         if core.selected is not None:
-            if pair is not core.selected and relayed(core.selected) and not relayed(pair):
+            if pair is not core.selected and (self.better(pair) or not core.controlling):
                 self._upgrade(pair)
+            return
+        if core.previous is not None:
+            self._restarted(pair)
             return
         core.selected = pair
         core.nominating = None
@@ -85,23 +91,70 @@ class Selector:
         )
         core.emit(events.PairSelected(pair, via, method, elapsed))
         core.consent.start()
+        core.paths.start()
+        core.flush_early()
+
+    def better(self, pair: CandidatePair) -> bool:
+        """``pair`` (valid) is worth leaving the selected pair for: it is direct and the
+        selected one is relayed, or degraded (:mod:`holepunch.ice.betterpath`)."""
+        core = self.core
+        selected = core.selected
+        if selected is None or pair is selected or relayed(pair):
+            return False
+        return relayed(selected) or core.consent.degraded
+
+    def _restarted(self, pair: CandidatePair) -> None:
+        """The restart's generation selected ``pair``: the connection moves to it."""
+        core = self.core
+        core.selected = pair
+        core.nominating = None
+        pair.nominated = True
+        if not relayed(pair):
+            self._settle(pair)
+        via = core.via_for(pair.local)
+        assert via is not None
+        if pair.local.type == "relay":
+            core.emit(events.ChannelWanted(via, pair.remote.address))
+        method = core.method(pair)
+        _log.info(
+            "ICE restart {g}: selected {pair} as {method}",
+            g=core.generation,
+            pair=pair.describe(),
+            method=method,
+        )
+        core.stats.path_changes += 1
+        core.emit(events.PathChanged(pair, via, method, "restart"))
+        core.restart_done(pair)
+        core.consent.start()
+        core.paths.start()
         core.flush_early()
 
     def _upgrade(self, pair: CandidatePair) -> None:
         """Leave the relay for a direct pair that succeeded later (same connection)."""
         core = self.core
+        old = core.selected
+        reason = "upgrade" if old is not None and relayed(old) else "better-path"
         core.selected = pair
         core.nominating = None
         pair.nominated = True
-        self._settle(pair)
-        core.consent.refresh()
+        if not relayed(pair):
+            self._settle(pair)
+        core.consent.start()
         method = core.method(pair)
         via = core.via_for(pair.local)
         assert via is not None
+        if pair.local.type == "relay":
+            core.emit(events.ChannelWanted(via, pair.remote.address))
         _log.info(
-            "upgraded from the relay to {pair} ({method})", pair=pair.describe(), method=method
+            "moved from {old} to {pair} ({method}, {reason})",
+            old=old.describe() if old is not None else "?",
+            pair=pair.describe(),
+            method=method,
+            reason=reason,
         )
-        core.emit(events.PathChanged(pair, via, method))
+        core.stats.path_changes += 1
+        core.emit(events.PathChanged(pair, via, method, reason))
+        core.paths.start()
 
     def _settle(self, pair: CandidatePair) -> None:
         """A direct pair is selected: stop everything still trying another path."""
@@ -123,8 +176,9 @@ class ControllingSelector(Selector):
         if core.selected is not None:
             if pair is core.selected:
                 core.consent.refresh()
-            elif relayed(core.selected) and not relayed(pair):
-                # A direct pair came through while we are on the relay: upgrade to it.
+            elif self.better(pair):
+                # A direct pair came through while we are on the relay (or a degraded
+                # path): move to it.
                 if nominate:
                     self.select(pair)
                 elif core.nominating is None:

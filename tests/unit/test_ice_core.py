@@ -454,3 +454,115 @@ class PortMappingCoreTests(SynchronousTestCase):
             "candidate:1 1 udp 1686052607 203.0.113.9 41001 typ srflx raddr 10.1.0.2 rport 5000"
         )
         self.assertEqual(core.method(CandidatePair(local, plain)), "udp-hole-punch")
+
+
+def connected_cores(**checks: float) -> tuple[IceCore, IceCore, Wire]:
+    """Two cores that selected their direct pair."""
+    a, b, wire = pair_of_cores(**checks)
+    exchange_candidates(a, b, wire)
+    wire.run(0.5)
+    assert wire.of(a, events.PairSelected) and wire.of(b, events.PairSelected)
+    return a, b, wire
+
+
+def restart_both(a: IceCore, b: IceCore, wire: Wire, reason: str = "application") -> None:
+    """``a`` restarts, ``b`` follows when the new credentials reach it (the signaling's
+    offer and answer), and both learn the other's new candidates."""
+    seen = {id(a): len(wire.events[id(a)]), id(b): len(wire.events[id(b)])}
+    assert a.restart(wire.now, reason)
+    assert b.restart(wire.now, "peer")
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd, wire.now)
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd, wire.now)
+    wire.flush()
+    for src, dst in ((a, b), (b, a)):
+        for event in wire.events[id(src)][seen[id(src)] :]:
+            if isinstance(event, events.LocalCandidate):
+                dst.add_remote_candidate(event.candidate, wire.now)
+
+
+class RestartTests(SynchronousTestCase):
+    """ICE restart (RFC 8445 9) in memory."""
+
+    def test_restart_moves_to_the_new_generation(self) -> None:
+        """New credentials, new checks; the connection moves (PathChanged, reason
+        restart) and the restart ends well on both sides; the old credentials are gone."""
+        a, b, wire = connected_cores()
+        old_ufrag = a.local_ufrag
+        restart_both(a, b, wire)
+        self.assertNotEqual(a.local_ufrag, old_ufrag)
+        [restarting] = wire.of(a, events.Restarting)
+        self.assertEqual((restarting.generation, restarting.reason), (1, "application"))
+        wire.run(wire.now + 0.5)
+        for core in (a, b):
+            [changed] = wire.of(core, events.PathChanged)
+            self.assertEqual(changed.reason, "restart")
+            [ended] = wire.of(core, events.RestartEnded)
+            self.assertTrue(ended.ok)
+            self.assertIs(core.selected, changed.pair)
+            self.assertIsNone(core.previous)
+            self.assertIsNone(core.previous_credentials)
+            self.assertEqual((core.stats.restarts, core.stats.restarts_completed), (1, 1))
+        self.assertEqual(wire.of(a, events.Failed) + wire.of(b, events.Failed), [])
+
+    def test_data_flows_during_the_restart(self) -> None:
+        """Until the new pair is selected, data goes on the old one, both ways."""
+        a, b, wire = connected_cores()
+        assert a.restart(wire.now, "application")  # b has not heard yet
+        self.assertIsNone(a.selected)
+        a.send_datagram(b"during", ("192.0.2.2", 6000), wire.now)
+        b.send_datagram(b"back", ("192.0.2.1", 5000), wire.now)
+        wire.run(wire.now + 0.1)
+        self.assertEqual([e.data for e in wire.of(b, events.DatagramReceived)], [b"during"])
+        self.assertEqual([e.data for e in wire.of(a, events.DatagramReceived)], [b"back"])
+
+    def test_old_consent_is_answered_during_the_restart(self) -> None:
+        """The peer's consent checks on the old pair, with the old credentials, are still
+        answered while our restart runs: consent stays fresh on both sides."""
+        a, b, wire = connected_cores()
+        assert a.restart(wire.now, "application")
+        wire.run(wire.now + 40)  # b never restarts; more than a consent timeout
+        self.assertEqual(wire.of(a, events.ConsentLost) + wire.of(b, events.ConsentLost), [])
+        self.assertFalse(a.closed or b.closed)
+        [ended] = wire.of(a, events.RestartEnded)
+        self.assertFalse(ended.ok)  # abandoned after RestartConfig.timeout
+        self.assertIsNotNone(a.selected)
+        self.assertEqual(a.stats.restarts_abandoned, 1)
+
+    def test_consent_failures_start_a_restart(self) -> None:
+        """Consent checks that go unanswered (a NAT lost its mapping) start a restart
+        rather than ending the connection; once the path works again the restart
+        selects a pair and the connection goes on."""
+        a, b, wire = connected_cores()
+        wire.blocked = True
+        wire.run(wire.now + 15)
+        self.assertGreaterEqual(a.stats.consent_failures, 2)
+        restarting = wire.of(a, events.Restarting) + wire.of(b, events.Restarting)
+        self.assertTrue(restarting)
+        self.assertEqual({r.reason for r in restarting}, {"consent"})
+        self.assertFalse(a.closed or b.closed)
+        wire.blocked = False
+        # Whichever restarted first, the other follows (the signaling's part).
+        for core in (a, b):
+            if not wire.of(core, events.Restarting):
+                core.restart(wire.now, "peer")
+        a.set_remote_credentials(b.local_ufrag, b.local_pwd, wire.now)
+        b.set_remote_credentials(a.local_ufrag, a.local_pwd, wire.now)
+        exchange_candidates(a, b, wire)
+        wire.run(wire.now + 1)
+        for core in (a, b):
+            self.assertTrue([e for e in wire.of(core, events.RestartEnded) if e.ok])
+            self.assertIsNotNone(core.selected)
+        self.assertEqual(wire.of(a, events.ConsentLost) + wire.of(b, events.ConsentLost), [])
+
+    def test_consent_lost_after_the_overall_deadline(self) -> None:
+        """If nothing works, the connection still ends after the consent timeout."""
+        a, b, wire = connected_cores()
+        wire.blocked = True
+        wire.run(wire.now + 40)
+        self.assertTrue(wire.of(a, events.ConsentLost))
+        self.assertTrue(a.closed)
+
+    def test_restart_before_selection_does_nothing(self) -> None:
+        a, b, wire = pair_of_cores()
+        self.assertFalse(a.restart(0, "application"))
+        self.assertEqual(a.generation, 0)
