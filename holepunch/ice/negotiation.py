@@ -45,6 +45,9 @@ _log = Logger()
 
 JSON = dict[str, Any]
 
+_RESTART_SIGNAL_RETRIES = 10
+"""Times a restart's offer or answer is sent again (a second apart) when signaling fails."""
+
 
 class NegotiationError(IceError):
     """The peer's offer or answer was unusable, or signaling failed."""
@@ -857,16 +860,24 @@ class Negotiator:
         )
         self.reactor.callLater(0, self._send_restart, session, kind)
 
-    def _send_restart(self, session: Session, kind: str) -> None:
+    def _send_restart(self, session: Session, kind: str, attempt: int = 0) -> None:
         if self.sessions.get(session.session_id) is not session or session.agent.closed:
             return
         description = self._describe(session, kind)
         description["restart"] = True
+        generation = session.agent.local_ufrag
         send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
         d = defer.ensureDeferred(send(session.peer_id, description))
-        d.addErrback(
-            lambda f: _log.info("could not signal the ICE restart: {err}", err=f.getErrorMessage())
-        )
+
+        def failed(f: Failure) -> None:
+            # The signaling connection may be going down with the path (a new public
+            # address breaks it too): send again once it is back, while this generation
+            # is still the current one.
+            _log.info("could not signal the ICE restart: {err}", err=f.getErrorMessage())
+            if attempt < _RESTART_SIGNAL_RETRIES and session.agent.local_ufrag == generation:
+                self.reactor.callLater(1.0, self._send_restart, session, kind, attempt + 1)
+
+        d.addErrback(failed)
 
     def _restart_received(
         self, session: Session, description: Description, peer_id: str, kind: str
