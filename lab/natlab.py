@@ -579,6 +579,12 @@ class LabHost:
             raise LabError("no free WAN addresses left in the lab")
         old = self.public_address
         new = f"{WAN_PREFIX}{self.lab._free_indexes.pop(0)}"
+        # The new address is a secondary one: without promotion, deleting the primary
+        # would take it along.
+        _run(
+            ["ip", "netns", "exec", namespace, "sysctl", "-qw",
+             "net.ipv4.conf.wan0.promote_secondaries=1"]
+        )  # fmt: skip
         _ip(namespace, f"addr add {new}/{WAN_PREFIXLEN} dev wan0")
         flags = " fully-random" if self.preset == "symmetric-random" else ""
         ruleset = (

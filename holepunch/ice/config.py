@@ -132,8 +132,12 @@ class RestartConfig:
     on_consent_loss: bool = True
     """Restart when consent checks go unanswered, instead of ending the connection at
     once; the connection still ends after ``ConsentConfig.timeout`` without consent."""
-    consent_failures: int = 2
-    """Consecutive unanswered consent checks that start a restart."""
+    consent_failures: int = 1
+    """Consecutive unanswered consent checks (each retransmitted for 2.5 s) that start
+    a restart."""
+    silence: float = 2.0
+    """Nothing from the peer for this long while we send: check consent at once rather
+    than at the next interval (0: never)."""
     failed_check_interval: float = 1.0
     """After an unanswered consent check the next one goes after this long."""
     timeout: float = 20.0

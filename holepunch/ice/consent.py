@@ -61,6 +61,8 @@ class Consent:
         """Round-trip times of the latest consent checks (None: unanswered)."""
         self._usernames: tuple[str, str] | None = None
         self._remote_pwd: str | None = None
+        self.last_heard = 0.0
+        self._checking = False
 
     def start(self) -> None:
         """A pair was selected: consent is fresh now, under the current credentials."""
@@ -71,13 +73,37 @@ class Consent:
         if core.remote_ufrag is not None:
             self._usernames = (core.remote_ufrag, core.local_ufrag)
             self._remote_pwd = core.remote_pwd
+        self.last_heard = core.now
         self._schedule_consent()
         self._schedule_keepalive()
+        self._schedule_silence()
 
     def refresh(self) -> None:
         """The peer answered on the selected pair."""
         self.last_consent = self.core.now
         self.failures = 0
+
+    def heard(self) -> None:
+        """Application data came from the peer on the pair carrying data."""
+        self.last_heard = self.core.now
+
+    def _schedule_silence(self) -> None:
+        core = self.core
+        silence = core.config.restart.silence
+        if not core.closed and silence > 0:
+            core.timers.set("silence", core.now + silence / 2)
+
+    def _silence_tick(self) -> None:
+        """We send and hear nothing: the path may be gone; check consent now."""
+        core = self.core
+        if core.closed or core.carrying is None:
+            return
+        silence = core.config.restart.silence
+        sending = core.now - core.last_sent < silence / 2
+        if sending and not self._checking and core.now - self.last_heard > silence:
+            _log.info("nothing from the peer for {s:.1f}s: checking consent", s=silence)
+            self._consent_tick()
+        self._schedule_silence()
 
     @property
     def degraded(self) -> bool:
@@ -108,6 +134,8 @@ class Consent:
         """A consent check or a keepalive is due."""
         if name == "consent":
             self._consent_tick()
+        elif name == "silence":
+            self._silence_tick()
         else:
             self._keepalive_tick()
 
@@ -127,6 +155,7 @@ class Consent:
         if via is None or self._remote_pwd is None or self._usernames is None:
             self._schedule_consent()
             return
+        self._checking = True
         core.start_transaction(
             self,
             _ConsentCheck(pair, core.now),
@@ -142,6 +171,7 @@ class Consent:
         """A consent check was answered (or not)."""
         assert isinstance(payload, _ConsentCheck)
         core = self.core
+        self._checking = False
         if core.closed or payload.pair is not core.carrying:
             return
         if outcome.response is not None and outcome.response.source == Address(

@@ -60,6 +60,9 @@ from holepunch.stun.wire import Address, MessageClass, Method, StunDecodeError
 
 _log = Logger()
 
+_CONNECTION_TIMERS = ("consent", "keepalive", "silence", "better")
+"""The timers of the connection itself, which a restart keeps."""
+
 _UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
 
 
@@ -351,7 +354,7 @@ class IceCore:
             self.release_socket(via)
         for via in [v for v in self.socket_bases if v != keep]:
             self.release_socket(via)
-        self.timers.cancel_where(lambda name: name not in ("consent", "keepalive", "better"))
+        self.timers.cancel_where(lambda name: name not in _CONNECTION_TIMERS)
         self.selected = None
         self.nominating = None
         self.local_ufrag = random_ice_string(8)
@@ -587,9 +590,12 @@ class IceCore:
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """Application data: to the connection once selected, kept a little before."""
         if self.previous is not None and source == self.previous.remote.address:
+            self.consent.heard()
             self.emit(events.DatagramReceived(data, source))
             return
         if self.selected is not None:
+            if source == self.selected.remote.address:
+                self.consent.heard()
             if source == self.selected.remote.address or any(
                 p.remote.address == source for p in self.checklist.valid_pairs()
             ):
@@ -660,7 +666,7 @@ class IceCore:
             self.selector.timer(key)
         elif key in ("probe", "probe-end", "birthday-open"):
             self.probing.timer(key)
-        elif key in ("consent", "keepalive"):
+        elif key in ("consent", "keepalive", "silence"):
             self.consent.timer(key)
         elif key == "relay-gather":
             self.gatherer.timer(key)

@@ -736,7 +736,8 @@ class Negotiator:
         session = self.sessions.get(answer.session_id)
         if (
             session is not None
-            and session.answered
+            and session.remote_ufrag is not None
+            and (session.answered or not session.offerer)
             and message.get("from") == session.peer_id
             and answer.ufrag != session.remote_ufrag
         ):
@@ -899,6 +900,7 @@ class Negotiator:
                 session.answering_restart = False
                 self.ignored += 1
                 return
+        crossing = session.restart_pending and kind == "offer"
         session.restart_pending = False
         agent = session.agent
         session.remote_ufrag = description.ufrag
@@ -910,6 +912,10 @@ class Negotiator:
         for payload in session.early_candidates.pop(description.ufrag, []):
             self._apply_candidate(session, payload)
         session.early_candidates.clear()
+        if crossing:
+            # Both restarted: the peer takes our offer as its answer, if it got it; an
+            # answer with the same credentials makes sure (it ignores a repeat).
+            self.reactor.callLater(0, self._send_restart, session, "answer")
 
     def _session_failed(self, failure: Failure, session: Session) -> Failure:
         self.sessions.pop(session.session_id, None)

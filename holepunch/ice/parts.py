@@ -145,6 +145,10 @@ class ConsentKeeper(Protocol):
         """The peer answered on the selected pair."""
         ...
 
+    def heard(self) -> None:
+        """Application data came from the peer on the pair carrying data."""
+        ...
+
     @property
     def degraded(self) -> bool:
         """The latest consent checks were slow or went unanswered too often."""
