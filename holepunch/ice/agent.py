@@ -69,6 +69,9 @@ class IceAgent:
         """Called with the reason when an ICE restart begins (ours, or one the peer asked
         for through :meth:`restart`): the new :attr:`local_ufrag` / :attr:`local_pwd` and
         candidates must go to the peer (the negotiation sends a new offer or answer)."""
+        self.local_addresses: Callable[[], list[str]] = self._configured_addresses
+        """The local addresses to gather on now: the configured ones, or every usable
+        local IPv4 address (replaceable, for tests)."""
         self._addresses: list[str] = []
         self._watch: IDelayedCall | None = None
         self.connection: PeerConnection | None = None
@@ -498,14 +501,14 @@ class IceAgent:
         is no connection to restart (not connected yet, or closed)."""
         if self._closed:
             return False
-        hosts = self._current_addresses()
+        hosts = self.local_addresses()
         started = self.core.restart(self.reactor.seconds(), reason, hosts or None)
         if started and hosts:
             self._addresses = hosts
         self._pump()
         return started
 
-    def _current_addresses(self) -> list[str]:
+    def _configured_addresses(self) -> list[str]:
         gathering = self.config.gathering
         if gathering.addresses:
             return list(gathering.addresses)
@@ -521,7 +524,7 @@ class IceAgent:
         self._watch = None
         if self._closed:
             return
-        current = self._current_addresses()
+        current = self.local_addresses()
         if self.core.carrying is not None and set(current) != set(self._addresses):
             _log.info(
                 "local addresses changed ({old} -> {new}): ICE restart",

@@ -99,7 +99,7 @@ class Consent:
         if core.closed or core.carrying is None:
             return
         silence = core.config.restart.silence
-        sending = core.now - core.last_sent < silence / 2
+        sending = core.now - core.last_data_sent < silence / 2
         if sending and not self._checking and core.now - self.last_heard > silence:
             _log.info("nothing from the peer for {s:.1f}s: checking consent", s=silence)
             self._consent_tick()
@@ -178,6 +178,7 @@ class Consent:
             *payload.pair.remote.address
         ):
             self.last_consent = core.now
+            self.last_heard = core.now
             self.failures = 0
             self.recent.append(core.now - payload.started)
             return

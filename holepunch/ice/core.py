@@ -116,6 +116,8 @@ class IceCore:
         self.started_at: float | None = None
         self.nominating: CandidatePair | None = None
         self.last_sent = 0.0
+        self.last_data_sent = 0.0
+        """When application data was last sent."""
         self.transactions = ClientTransactions()
         self.timers = Timers()
         self.host_bases: dict[str, Candidate] = {}
@@ -323,6 +325,7 @@ class IceCore:
         via = self.via_for(carrying.local) if carrying is not None else MAIN
         if via is None or via not in self.open_sockets:
             raise OSError("socket closed")
+        self.last_data_sent = now
         self.send(data, destination, via)
 
     def restart(self, now: float, reason: str, hosts: Sequence[str] | None = None) -> bool:

@@ -242,6 +242,11 @@ class Core(Protocol):
         ...
 
     @property
+    def last_data_sent(self) -> float:
+        """When application data was last sent."""
+        ...
+
+    @property
     def hold_checks(self) -> bool:
         """No check may be sent yet."""
         ...

@@ -566,3 +566,61 @@ class RestartTests(SynchronousTestCase):
         a, b, wire = pair_of_cores()
         self.assertFalse(a.restart(0, "application"))
         self.assertEqual(a.generation, 0)
+
+
+class BetterPathTests(SynchronousTestCase):
+    """The search for a better path while connected (holepunch.ice.betterpath)."""
+
+    def rounds_at(self, core: IceCore, wire: Wire, until: float) -> list[float]:
+        """When each round of the search ran, relative to now."""
+        start, seen, times = wire.now, core.paths.rounds, []
+        while wire.now < until:
+            wire.run(wire.now + 0.05, step=0.005)
+            if core.paths.rounds != seen:
+                seen = core.paths.rounds
+                times.append(round(wire.now - start))
+        return times
+
+    def test_healthy_direct_path_does_not_search(self) -> None:
+        """A direct pair with fast consent answers is left alone."""
+        a, b, wire = connected_cores()
+        wire.run(wire.now + 40, step=0.01)
+        self.assertEqual((a.paths.rounds, b.paths.rounds), (0, 0))
+        self.assertEqual(a.stats.better_path_checks, 0)
+
+    def test_degraded_path_searches_on_an_exponential_schedule(self) -> None:
+        """Slow consent answers make the path degraded: the direct pairs are checked
+        again 2 s after selection, then after 4, 8, 16 and 30 s (the cap), and a pair
+        that does not answer is checked on every round."""
+        a, b, wire = connected_cores()
+        a.config.restart.degraded_rtt = 0.0  # every answer counts as slow
+        a.add_remote_candidate(
+            make_candidate("srflx", "192.0.2.9", 7000, base=("10.0.0.9", 7000)), wire.now
+        )
+        wire.run(wire.now + 11, step=0.01)  # two consent checks: degraded
+        self.assertTrue(a.consent.degraded)
+        a.paths.start()  # measure the schedule from here
+        times = self.rounds_at(a, wire, wire.now + 65)
+        self.assertEqual(times, [2, 6, 14, 30, 60])
+        self.assertGreaterEqual(a.stats.better_path_checks, 5)
+        self.assertIsNotNone(a.selected)
+
+    def test_relayed_pair_is_better_left_for_a_direct_one(self) -> None:
+        """The upgrade rule: a direct valid pair beats a relayed selection, and beats a
+        direct one only when that one is degraded."""
+        a, b, wire = connected_cores()
+        selected = a.selected
+        assert selected is not None
+        other = CandidatePair(selected.local, make_candidate("host", "192.0.2.7", 7000))
+        relay = CandidatePair(
+            make_candidate("relay", "198.51.100.1", 9000, base=("192.0.2.1", 5000)),
+            selected.remote,
+        )
+        self.assertFalse(a.selector.better(other))
+        self.assertFalse(a.selector.better(relay))
+        a.config.restart.degraded_rtt = 0.0
+        wire.run(wire.now + 11, step=0.01)
+        self.assertTrue(a.selector.better(other))
+        self.assertFalse(a.selector.better(relay))
+        a.selected = relay
+        self.assertTrue(a.selector.better(other))
