@@ -68,10 +68,19 @@ def main(argv: list[str] | None = None) -> int:
                     "restarts": [(e["state"], e["reason"], e.get("elapsed_ms")) for e in restarts],
                     "path_changes": [(e["method"], e.get("reason")) for e in changes],
                 }
+                if not result["ok"]:
+                    row["exit"] = result.get("exit")
+                    row["byte_exact"] = result.get("byte_exact")
+                    row["received"] = result.get("received")
+                    row["reason"] = result.get("reason")
+                    row["stderr_tail"] = [
+                        side.splitlines()[-3:] for side in result.get("stderr", ("", ""))
+                    ]
                 rows.append(row)
                 print(json.dumps(row) if args.json else
                       f"run {run}: ok={row['ok']} recovery={row['recovery_s']}s "
-                      f"restarts={row['restarts']} path_changes={row['path_changes']}",
+                      f"restarts={row['restarts']} path_changes={row['path_changes']}"
+                      + ("" if row["ok"] else f" FAILED: {json.dumps(row)}"),
                       flush=True)  # fmt: skip
     finally:
         for path, _ in payloads:
