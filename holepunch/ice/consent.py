@@ -39,6 +39,10 @@ _log = Logger()
 
 _CONSENT_POLICY = RetransmissionPolicy(rto=0.5, rc=3, rm=2)
 
+_SUSPECT_POLICY = RetransmissionPolicy(rto=0.25, rc=3, rm=2)
+"""A consent check after the peer fell silent: the same three requests, twice as fast
+(1.25 s in all), since silence is already a sign."""
+
 _WINDOW = 4
 """Consent checks the degradation judgement looks back on."""
 
@@ -90,7 +94,7 @@ class Consent:
     def _schedule_silence(self) -> None:
         core = self.core
         silence = core.config.restart.silence
-        if not core.closed and silence > 0:
+        if not core.closed and silence > 0 and core.config.consent.interval > 0:
             core.timers.set("silence", core.now + silence / 2)
 
     def _silence_tick(self) -> None:
@@ -99,10 +103,10 @@ class Consent:
         if core.closed or core.carrying is None:
             return
         silence = core.config.restart.silence
-        sending = core.now - core.last_data_sent < silence / 2
-        if sending and not self._checking and core.now - self.last_heard > silence:
+        unanswered = core.last_data_sent > self.last_heard  # sent since we last heard
+        if unanswered and not self._checking and core.now - self.last_heard > silence:
             _log.info("nothing from the peer for {s:.1f}s: checking consent", s=silence)
-            self._consent_tick()
+            self._consent_tick(_SUSPECT_POLICY)
         self._schedule_silence()
 
     @property
@@ -139,7 +143,7 @@ class Consent:
         else:
             self._keepalive_tick()
 
-    def _consent_tick(self) -> None:
+    def _consent_tick(self, policy: RetransmissionPolicy = _CONSENT_POLICY) -> None:
         core = self.core
         pair = core.carrying
         if core.closed or pair is None:
@@ -162,8 +166,8 @@ class Consent:
             message=core.checker.request(pair, nominate=False, usernames=self._usernames),
             destination=Address(*pair.remote.address),
             via=via,
-            policy=_CONSENT_POLICY,
             integrity_key=self._remote_pwd.encode(),
+            policy=policy,
         )
         self._schedule_consent()
 

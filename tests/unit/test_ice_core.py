@@ -597,7 +597,7 @@ class BetterPathTests(SynchronousTestCase):
         a.add_remote_candidate(
             make_candidate("srflx", "192.0.2.9", 7000, base=("10.0.0.9", 7000)), wire.now
         )
-        wire.run(wire.now + 11, step=0.01)  # two consent checks: degraded
+        wire.run(wire.now + 13, step=0.01)  # two consent checks at least: degraded
         self.assertTrue(a.consent.degraded)
         a.paths.start()  # measure the schedule from here
         times = self.rounds_at(a, wire, wire.now + 65)
@@ -619,8 +619,34 @@ class BetterPathTests(SynchronousTestCase):
         self.assertFalse(a.selector.better(other))
         self.assertFalse(a.selector.better(relay))
         a.config.restart.degraded_rtt = 0.0
-        wire.run(wire.now + 11, step=0.01)
+        wire.run(wire.now + 13, step=0.01)  # two consent checks at least
         self.assertTrue(a.selector.better(other))
         self.assertFalse(a.selector.better(relay))
         a.selected = relay
         self.assertTrue(a.selector.better(other))
+
+
+class SilenceTests(SynchronousTestCase):
+    """Sending and hearing nothing brings the consent check forward."""
+
+    def test_silence_while_sending_restarts_within_seconds(self) -> None:
+        """The path breaks while a sends data: 2 s of silence, one fast consent check
+        (1.25 s) unanswered, and a restart, well before the next regular consent check
+        would have noticed."""
+        a, b, wire = connected_cores()
+        a.consent.last_consent = wire.now  # a regular check just went
+        a.timers.set("consent", wire.now + 6)
+        wire.blocked = True
+        broke = wire.now
+        while not wire.of(a, events.Restarting) and wire.now < broke + 10:
+            a.send_datagram(b"data", ("192.0.2.2", 6000), wire.now)
+            wire.run(wire.now + 0.1)
+        [restarting] = wire.of(a, events.Restarting)
+        self.assertEqual(restarting.reason, "consent")
+        self.assertLess(wire.now - broke, 4.5)
+
+    def test_idle_connection_is_not_checked_more(self) -> None:
+        """Nothing sent, nothing heard: no extra consent checks."""
+        a, b, wire = connected_cores()
+        wire.run(wire.now + 60, step=0.01)
+        self.assertLessEqual(a.stats.consent_checks, 60 / 4 + 1)
