@@ -563,6 +563,48 @@ class LabHost:
             ["ip", "netns", "exec", self.edge_namespace, "nft", *args], input=input, check=check
         )
 
+    def flush_conntrack(self) -> None:
+        """Forget every connection the router tracks (``conntrack -F``), as a router
+        that reboots or runs out of table space does: every NAT mapping is gone."""
+        if self.router_namespace is None:
+            raise LabError(f"{self.name} has no router")
+        _run(["ip", "netns", "exec", self.router_namespace, "conntrack", "-F"], check=False)
+
+    def change_public_address(self) -> str:
+        """Give the router a new WAN address, as an ISP that renumbers does: the NAT
+        maps to the new address from now on, the old one is gone, and so are the
+        router's connections (their mappings pointed at the old address). Returns it.
+        Only for the presets that map with one source-NAT rule (port-restricted,
+        udp-blocked, symmetric-random)."""
+        namespace = self.router_namespace
+        if namespace is None or self.preset not in (
+            "port-restricted",
+            "udp-blocked",
+            "symmetric-random",
+        ):
+            raise LabError(f"cannot renumber {self.name} ({self.preset})")
+        if not self.lab._free_indexes:
+            raise LabError("no free WAN addresses left in the lab")
+        old = self.public_address
+        new = f"{WAN_PREFIX}{self.lab._free_indexes.pop(0)}"
+        # The new address is a secondary one: without promotion, deleting the primary
+        # would take it along.
+        _run(
+            ["ip", "netns", "exec", namespace, "sysctl", "-qw",
+             "net.ipv4.conf.wan0.promote_secondaries=1"]
+        )  # fmt: skip
+        _ip(namespace, f"addr add {new}/{WAN_PREFIXLEN} dev wan0")
+        flags = " fully-random" if self.preset == "symmetric-random" else ""
+        ruleset = (
+            "flush chain ip lab_nat srcnat\n"
+            f'add rule ip lab_nat srcnat oifname "wan0" snat ip to {new}{flags}\n'
+        )
+        _run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=ruleset.encode())
+        _ip(namespace, f"addr del {old}/{WAN_PREFIXLEN} dev wan0")
+        self.flush_conntrack()
+        self.public_address = new
+        return new
+
     def add_egress_counter(
         self, name: str, allowed: Iterable[str] = (), *, l4proto: str | None = "udp"
     ) -> EgressCounter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import queue
@@ -370,13 +371,23 @@ class StreamPeer:
     stream, counted and hashed (SHA-256) as it arrives, never kept. stderr is kept.
     """
 
-    def __init__(self, host: LabHost, args: Sequence[str], payload: str) -> None:
+    def __init__(
+        self, host: LabHost, args: Sequence[str], payload: str, rate: float | None = None
+    ) -> None:
         self.args = list(args)
         argv = [sys.executable, "-m", "holepunch", "connect", *self.args]
-        with open(payload, "rb") as stdin:
+        if rate is None:
+            with open(payload, "rb") as stdin:
+                self.proc = host.popen(
+                    argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+        else:
             self.proc = host.popen(
-                argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
+            threading.Thread(target=self._feed, args=(payload, rate), daemon=True).start()
+        self.arrivals: list[tuple[float, int]] = []
+        """``(time.monotonic(), bytes so far)`` at each read of stdout."""
         self.info: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.received = 0
         self.first_byte_at: float | None = None
@@ -407,7 +418,34 @@ class StreamPeer:
                 self.first_byte_at = now
             self.last_byte_at = now
             self.received += len(chunk)
+            self.arrivals.append((now, self.received))
             self._digest.update(chunk)
+
+    def _feed(self, payload: str, rate: float) -> None:
+        """Write the payload to stdin at ``rate`` bytes a second (then end it)."""
+        stdin = self.proc.stdin
+        assert stdin is not None
+        chunk = 1 << 16
+        start = time.monotonic()
+        sent = 0
+        try:
+            with open(payload, "rb") as source:
+                while data := source.read(chunk):
+                    stdin.write(data)
+                    stdin.flush()
+                    sent += len(data)
+                    ahead = sent / rate - (time.monotonic() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            stdin.close()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the process ended early: the test reports why
+
+    def longest_stall(self, since: float) -> float:
+        """The longest wait between two reads of the peer's bytes from ``since`` on
+        (``time.monotonic()``), counting the wait from ``since`` to the first read."""
+        times = [since] + [t for t, _ in self.arrivals if t > since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -462,7 +500,8 @@ def transfer_pair(
     extra_args: Sequence[str] = (),
     payloads: tuple[tuple[str, str], tuple[str, str]] | None = None,
     on_connected: Callable[[dict[str, Any], dict[str, Any]], object] | None = None,
-    while_flowing: Callable[[StreamPeer, StreamPeer], object] | None = None,
+    rate: float | None = None,
+    on_flowing: Callable[[StreamPeer, StreamPeer], object] | None = None,
 ) -> dict[str, Any]:
     """``size`` random bytes each way through two ``holepunch connect`` streams.
 
@@ -471,9 +510,11 @@ def transfer_pair(
     ``seconds`` (first to last byte, the slower direction), ``mb_per_s`` (each way),
     ``exit`` codes and ``stderr`` of both; ``payloads`` reuses files made by
     :func:`random_file` (else they are made and removed here); ``on_connected(offerer's
-    JSON, answerer's JSON)`` runs once both are connected, while the bytes flow, and
-    then ``while_flowing(offerer, answerer)`` (the :class:`StreamPeer` s: what arrived so
-    far, their events), to act in the middle of the transfer.
+    JSON, answerer's JSON)`` runs once both are connected, while the bytes flow;
+    ``on_flowing(offerer, answerer)`` (the :class:`StreamPeer` s) runs after it, once
+    bytes arrived on both sides. With ``rate`` each side writes its file at that many
+    bytes a second (a transfer that lasts). The result also has ``peers`` (the two
+    :class:`StreamPeer` s, for their ``arrivals``).
     """
     made = payloads is None
     if payloads is None:
@@ -481,15 +522,18 @@ def transfer_pair(
     (a_file, a_sum), (b_file, b_sum) = payloads
     stun = [arg for s in stun_servers for arg in ("--stun-server", s)]
     common = ["--signaling", signaling_url, "--json", "--timeout", str(timeout), *stun, *extra_args]
-    b = StreamPeer(answerer, ["--id", names[1], "--accept", *common], b_file)
-    a = StreamPeer(offerer, ["--id", names[0], "--to", names[1], *common], a_file)
+    b = StreamPeer(answerer, ["--id", names[1], "--accept", *common], b_file, rate)
+    a = StreamPeer(offerer, ["--id", names[0], "--to", names[1], *common], a_file, rate)
     try:
         connection = a.connection(timeout + 10)
         other = b.connection(10)
         if on_connected is not None:
             on_connected(connection, other)
-        if while_flowing is not None:
-            while_flowing(a, b)
+        if on_flowing is not None:
+            deadline = time.monotonic() + 30
+            while (not a.received or not b.received) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            on_flowing(a, b)
         a_status, a_got = a.finish(transfer_timeout)
         b_status, b_got = b.finish(30)
         starts = [p.first_byte_at for p in (a, b) if p.first_byte_at is not None]
@@ -507,6 +551,7 @@ def transfer_pair(
             "bytes_window": (min(starts), max(ends)) if starts and ends else None,
             "events": (a.events.seen, b.events.seen),
             "stderr": (a.stderr, b.stderr),
+            "peers": (a, b),
         }
     except PeerProcessError as e:
         return {"ok": False, "reason": str(e), "stderr": (a.stderr, b.stderr)}

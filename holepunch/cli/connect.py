@@ -20,13 +20,19 @@ closes the connection; the peer's command exits too.
 With ``--json`` the first line of stdout is ``{"method", "local", "remote",
 "elapsed_ms", "rtt_ms", "probes_sent", "birthday_sockets", "security", "fingerprint",
 "peer_fingerprint"}``. Later events are JSON lines too: ``{"event": "path-changed",
-"method", "local", "remote"}`` when ICE moves the session to another path,
-``{"event": "relay-lost", "detail"}`` / ``{"event": "relay-reallocated", "detail"}`` when
-the TURN server lost our relay and a new one replaced it, and at the end
-``{"event": "closed", "bytes_sent", "bytes_received", "dropped_unauthenticated", ...}``
-(the session's counters: ``dropped_unauthenticated`` counts datagrams that came from the
-peer's address but did not authenticate). In the stream mode they go to stderr, so that
-stdout carries the peer's bytes and nothing else; with ``--datagram`` to stdout.
+"method", "local", "remote", "reason"}`` when ICE moves the session to another path
+(``reason``: ``upgrade`` from a relay, ``restart``, ``better-path``, ``recovery`` after a
+lost relay), ``{"event": "relay-lost", "detail"}`` / ``{"event": "relay-reallocated",
+"detail"}`` when the TURN server lost our relay and a new one replaced it, ``{"event":
+"ice-restart", "state", "reason", "generation"}`` when an ICE restart starts (``state``
+``started``; ``reason`` ``consent``, ``address-change``, ``peer`` or ``application``) and
+ends (``completed`` or ``abandoned``, with ``elapsed_ms``), and at the end ``{"event":
+"closed", "bytes_sent", "bytes_received", "dropped_unauthenticated", ...,
+"ice_restarts", "ice_restarts_completed", "path_changes", "consent_failures"}`` (the
+session's and the ICE agent's counters: ``dropped_unauthenticated`` counts datagrams that
+came from the peer's address but did not authenticate). In the stream mode they go to
+stderr, so that stdout carries the peer's bytes and nothing else; with ``--datagram`` to
+stdout.
 
 Exit status: 0 after a clean end, 1 with a one-line reason on stderr naming the stage
 that failed (``signaling``, ``peer``, ``gathering``, ``candidates``,
@@ -337,7 +343,7 @@ def _start_stdio(reactor: Any, stdio: Any) -> Any:
 def _closing_event(peer: SecurePeer) -> dict[str, Any]:
     """The ``{"event": "closed", ...}`` line: what the session carried and dropped."""
     stats = peer.session.stats
-    return {
+    event: dict[str, Any] = {
         "event": "closed",
         "bytes_sent": stats.bytes_sent,
         "bytes_received": stats.bytes_received,
@@ -346,6 +352,14 @@ def _closing_event(peer: SecurePeer) -> dict[str, Any]:
         "dropped_unauthenticated": stats.dropped_unauthenticated,
         "dropped_not_quic": stats.dropped_not_quic,
     }
+    path = peer.path
+    ice = getattr(getattr(path, "agent", None), "stats", None)
+    if ice is not None:
+        event["ice_restarts"] = ice.restarts
+        event["ice_restarts_completed"] = ice.restarts_completed
+        event["path_changes"] = ice.path_changes
+        event["consent_failures"] = ice.consent_failures
+    return event
 
 
 def _path_events(peer: SecurePeer, write: Any) -> None:
@@ -359,12 +373,26 @@ def _path_events(peer: SecurePeer, write: Any) -> None:
                     "method": c.method,
                     "local": f"{c.local[0]}:{c.local[1]}",
                     "remote": f"{c.remote[0]}:{c.remote[1]}",
+                    "reason": getattr(c, "path_change_reason", ""),
                 }
             )
         )
 
+    def restart(info: Any) -> None:
+        line = {
+            "event": "ice-restart",
+            "state": info.state,
+            "reason": info.reason,
+            "generation": info.generation,
+        }
+        if info.state != "started":
+            line["elapsed_ms"] = round(info.elapsed * 1000)
+        write(json.dumps(line))
+
     if peer.path is not None and hasattr(peer.path, "on_path_changed"):
         peer.path.on_path_changed(changed)
+    if peer.path is not None and hasattr(peer.path, "on_restart"):
+        peer.path.on_restart(restart)
     agent = getattr(peer.path, "agent", None)
     if agent is not None and hasattr(agent, "on_relay_event"):
         agent.on_relay_event = lambda kind, detail: write(

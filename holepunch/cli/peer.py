@@ -188,7 +188,17 @@ async def with_secure_peer(
         return 2
     deadline = reactor.seconds() + args.timeout
     identity = PeerIdentity.generate()
-    client = SignalingClient(args.signaling, args.id, reactor=reactor, token=args.token)
+    # A short WebSocket ping: when the path breaks (a new public address, say) the dead
+    # signaling connection is noticed in seconds, so that the ICE restart's offer goes
+    # out on a new one.
+    client = SignalingClient(
+        args.signaling,
+        args.id,
+        reactor=reactor,
+        token=args.token,
+        auto_ping_interval=5.0,
+        auto_ping_timeout=5.0,
+    )
     report_signaling_outages(client, args, err, command)
     client.startService()
     negotiator: Negotiator | None = None

@@ -33,7 +33,7 @@ from holepunch.ice import events
 from holepunch.ice.candidate import Candidate
 from holepunch.ice.checklist import CheckList, relayed
 from holepunch.ice.config import IceConfig
-from holepunch.ice.connection import PeerConnection
+from holepunch.ice.connection import PeerConnection, RestartInfo
 from holepunch.ice.core import IceCore
 from holepunch.ice.events import MAIN, IceError
 from holepunch.ice.hardnat import MappingProfile, Technique
@@ -76,6 +76,15 @@ class IceAgent:
         """Called with ``("relay-lost", reason)`` when the TURN server lost our relay,
         ``("relay-reallocated", "turn:SERVER relayed HOST:PORT")`` when a new one replaced
         it, ``("relay-unavailable", reason)`` when none could be allocated."""
+        self.on_restart: Callable[[str], None] | None = None
+        """Called with the reason when an ICE restart begins (ours, or one the peer asked
+        for through :meth:`restart`): the new :attr:`local_ufrag` / :attr:`local_pwd` and
+        candidates must go to the peer (the negotiation sends a new offer or answer)."""
+        self.local_addresses: Callable[[], list[str]] = self._configured_addresses
+        """The local addresses to gather on now: the configured ones, or every usable
+        local IPv4 address (replaceable, for tests)."""
+        self._addresses: list[str] = []
+        self._watch: IDelayedCall | None = None
         self.connection: PeerConnection | None = None
         self._sockets: dict[int, IceSocket] = {}
         self.relays = Relays(reactor, self.core.config.relay)
@@ -300,6 +309,8 @@ class IceAgent:
             self._selected(event)
         elif isinstance(event, events.PathChanged):
             self._path_changed(event)
+        elif isinstance(event, (events.Restarting, events.RestartEnded)):
+            self._restart_event(event)
         elif isinstance(event, events.DatagramReceived):
             if self.connection is not None:
                 self.connection.deliver(event.data)
@@ -352,6 +363,24 @@ class IceAgent:
         if waiting is not None and not waiting.called:
             waiting.callback(self.connection)
 
+    def _restart_event(self, event: events.Restarting | events.RestartEnded) -> None:
+        if isinstance(event, events.Restarting):
+            info = RestartInfo(event.generation, event.reason, "started")
+            if self.on_restart is not None:
+                try:
+                    self.on_restart(event.reason)
+                except Exception:
+                    _log.failure("on_restart raised")
+        else:
+            info = RestartInfo(
+                event.generation,
+                event.reason,
+                "completed" if event.ok else "abandoned",
+                event.elapsed,
+            )
+        if self.connection is not None:
+            self.connection.restart_news(info)
+
     def _path_changed(self, event: events.PathChanged) -> None:
         self.relays.watch(relayed(event.pair))
         if self.connection is None:
@@ -364,6 +393,7 @@ class IceAgent:
             pair.rtt,
             pair.local,
             pair.remote,
+            event.reason,
         )
 
     def _open_extra(self, via: int) -> None:
@@ -414,8 +444,10 @@ class IceAgent:
         servers = await self._resolve(gathering.stun_servers)
         if self._closed:
             return list(self.local_candidates)
+        self._addresses = list(addresses)
         self.core.start_gathering(addresses, port, servers, self.reactor.seconds())
         self._pump()
+        self._start_watching()
         await done
         return list(self.local_candidates)
 
@@ -532,6 +564,49 @@ class IceAgent:
         self.core.permission_refused(via, host, reason, self.reactor.seconds())
         self._pump()
 
+    # -- restarts --
+
+    def restart(self, reason: str = "application") -> bool:
+        """ICE restart (RFC 8445 9): new credentials and a new gathering while the
+        selected pair keeps carrying data; ``on_restart`` hears of it, and the
+        connection's path moves when the new generation selects a pair. False when there
+        is no connection to restart (not connected yet, or closed)."""
+        if self._closed:
+            return False
+        hosts = self.local_addresses()
+        started = self.core.restart(self.reactor.seconds(), reason, hosts or None)
+        if started and hosts:
+            self._addresses = hosts
+        self._pump()
+        return started
+
+    def _configured_addresses(self) -> list[str]:
+        gathering = self.config.gathering
+        if gathering.addresses:
+            return list(gathering.addresses)
+        return list(local_ipv4_addresses(gathering.include_loopback))
+
+    def _start_watching(self) -> None:
+        interval = self.config.restart.watch_interfaces
+        if interval > 0 and not self._closed and self._watch is None:
+            self._watch = self.reactor.callLater(interval, self._check_interfaces)
+
+    def _check_interfaces(self) -> None:
+        """Every ``watch_interfaces`` seconds: a local address came or went, restart."""
+        self._watch = None
+        if self._closed:
+            return
+        current = self.local_addresses()
+        if self.core.carrying is not None and set(current) != set(self._addresses):
+            _log.info(
+                "local addresses changed ({old} -> {new}): ICE restart",
+                old=",".join(self._addresses),
+                new=",".join(current),
+            )
+            self._addresses = current
+            self.restart("address-change")
+        self._start_watching()
+
     # -- the peer --
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
@@ -590,6 +665,9 @@ class IceAgent:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
         if self.connection is not None:
             self.connection.mark_closed("closed locally")
         d, self._connect_d = self._connect_d, None

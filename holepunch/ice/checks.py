@@ -164,12 +164,18 @@ class Checker:
 
     # -- sending --
 
-    def request(self, pair: CandidatePair, nominate: bool) -> StunMessage:
-        """The Binding request that checks ``pair`` (RFC 8445 7.2.2)."""
+    def request(
+        self, pair: CandidatePair, nominate: bool, usernames: tuple[str, str] | None = None
+    ) -> StunMessage:
+        """The Binding request that checks ``pair`` (RFC 8445 7.2.2); ``usernames`` are
+        the peer's and our ufrag when not the current generation's (consent on the pair
+        a restart has not replaced yet)."""
         core = self.core
-        assert core.remote_ufrag is not None
+        if usernames is None:
+            assert core.remote_ufrag is not None
+            usernames = (core.remote_ufrag, core.local_ufrag)
         request = StunMessage.request(Method.BINDING)
-        request.add_string(Attr.USERNAME, f"{core.remote_ufrag}:{core.local_ufrag}")
+        request.add_string(Attr.USERNAME, f"{usernames[0]}:{usernames[1]}")
         request.add_uint32(
             Attr.PRIORITY, candidate_priority("prflx", pair.local.priority >> 8 & 0xFFFF)
         )
@@ -319,6 +325,8 @@ class Checker:
         except StunDecodeError:
             core.stats.malformed += 1
             return
+        if self._previous_generation(request, username, source, via):
+            return
         if (
             username is None
             or not username.startswith(core.local_ufrag + ":")
@@ -376,7 +384,7 @@ class Checker:
         if use_candidate:
             pair.remote_nominated = True
         if pair.state == PairState.SUCCEEDED:
-            if use_candidate and not core.settled():
+            if use_candidate and (not core.settled() or pair is not core.selected):
                 pair.nominated = True
                 core.selector.select(pair)  # selects, or upgrades from a relayed pair
             return
@@ -388,10 +396,34 @@ class Checker:
         core.checklist.trigger(pair)
         self.schedule()
 
-    def _respond(self, response: StunMessage, destination: tuple[str, int], via: int) -> None:
+    def _previous_generation(
+        self, request: StunMessage, username: str | None, source: tuple[str, int], via: int
+    ) -> bool:
+        """While a restart runs, the peer's consent checks on the pair still carrying
+        data use the old credentials: answered, and nothing else (True when it was one)."""
         core = self.core
+        credentials = core.previous_credentials
+        if credentials is None or username is None:
+            return False
+        ufrag, pwd = credentials
+        if not username.startswith(ufrag + ":") or not request.check_integrity(pwd.encode()):
+            return False
+        response = request.success_response()
+        response.add_address(Attr.XOR_MAPPED_ADDRESS, source)
+        self._respond(response, source, via, pwd)
+        return True
+
+    def _respond(
+        self,
+        response: StunMessage,
+        destination: tuple[str, int],
+        via: int,
+        pwd: str | None = None,
+    ) -> None:
+        core = self.core
+        key = (pwd if pwd is not None else core.local_pwd).encode()
         core.send(
-            encode(response, integrity_key=core.local_pwd.encode(), fingerprint=True),
+            encode(response, integrity_key=key, fingerprint=True),
             destination,
             via,
         )

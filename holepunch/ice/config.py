@@ -4,8 +4,8 @@
 :class:`IceConfig` holds one sub-config per concern: :class:`GatheringConfig` (RFC 8445
 5.1), :class:`CheckConfig` (6.1.4, 7.2, 8.1), :class:`ConsentConfig` (RFC 7675 and RFC
 8445 11), :class:`HardNatConfig` (port prediction and birthday probing),
-:class:`RelayConfig` (TURN, RFC 8656) and :class:`TcpConfig` (RFC 6544 simultaneous
-open). Every wait is bounded.
+:class:`RelayConfig` (TURN, RFC 8656), :class:`TcpConfig` (RFC 6544 simultaneous
+open) and :class:`RestartConfig` (ICE restart, better paths). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -138,6 +138,41 @@ class TcpConfig:
 
 
 @dataclass
+class RestartConfig:
+    """ICE restart (RFC 8445 9) and the search for a better path while connected."""
+
+    on_consent_loss: bool = True
+    """Restart when consent checks go unanswered, instead of ending the connection at
+    once; the connection still ends after ``ConsentConfig.timeout`` without consent."""
+    consent_failures: int = 1
+    """Consecutive unanswered consent checks (each retransmitted for 2.5 s) that start
+    a restart."""
+    silence: float = 2.0
+    """Nothing from the peer for this long while we send: check consent at once rather
+    than at the next interval (0: never)."""
+    failed_check_interval: float = 1.0
+    """After an unanswered consent check the next one goes after this long."""
+    timeout: float = 20.0
+    """A restart that has selected no new pair after this long is abandoned (the old
+    pair goes on carrying data as long as it has consent)."""
+    better_path: bool = True
+    """While the selected pair is relayed (or degraded), check direct pairs again on an
+    exponential schedule and move to one that works."""
+    probe_min: float = 2.0
+    """First wait before looking for a better path; doubled after each try..."""
+    probe_max: float = 30.0
+    """...up to this."""
+    degraded_rtt: float = 1.0
+    """A direct path whose consent checks take longer than this (seconds) is degraded."""
+    degraded_loss: float = 0.5
+    """A direct path that loses more than this share of its recent consent checks'
+    requests is degraded."""
+    watch_interfaces: float = 5.0
+    """The adapter checks the local addresses this often (seconds; 0: never) and restarts
+    when they change."""
+
+
+@dataclass
 class IceConfig:
     """Settings of an ICE agent, one sub-config per concern."""
 
@@ -147,6 +182,7 @@ class IceConfig:
     hardnat: HardNatConfig = field(default_factory=HardNatConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     tcp: TcpConfig = field(default_factory=TcpConfig)
+    restart: RestartConfig = field(default_factory=RestartConfig)
 
     def with_default_servers(
         self, stun_servers: Sequence[tuple[str, int]], turn_servers: Sequence[Any]

@@ -14,6 +14,7 @@ top: it needs exactly ``send(bytes)`` and a receive callback.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -161,6 +162,18 @@ class Channel:
             d.callback(reason)
 
 
+@dataclass(frozen=True)
+class RestartInfo:
+    """News of an ICE restart under a connection: ``state`` is ``started``, then
+    ``completed`` (the path moved; ``elapsed`` seconds after it started) or ``abandoned``;
+    ``reason`` is ``application``, ``consent``, ``address-change`` or ``peer``."""
+
+    generation: int
+    reason: str
+    state: str
+    elapsed: float = 0.0
+
+
 class DatagramSender(Protocol):
     """What a :class:`PeerConnection` needs from the agent under it."""
 
@@ -194,6 +207,11 @@ class PeerConnection(Channel):
         self.local_candidate = local_candidate
         self.remote_candidate = remote_candidate
         self._path_observers: list[Callable[[PeerConnection], None]] = []
+        self._restart_observers: list[Callable[[RestartInfo], None]] = []
+        self.restarts: list[RestartInfo] = []
+        """Every restart news so far, in order."""
+        self.path_changes = 0
+        self.path_change_reason = ""
 
     @property
     def agent(self) -> DatagramSender:
@@ -214,8 +232,12 @@ class PeerConnection(Channel):
         rtt: float | None,
         local_candidate: Any,
         remote_candidate: Any,
+        reason: str = "upgrade",
     ) -> None:
-        """The path changed under the connection; path observers hear of it."""
+        """The path changed under the connection (``reason``: ``upgrade``, ``restart``,
+        ``better-path``); path observers hear of it."""
+        self.path_change_reason = reason
+        self.path_changes += 1
         self.method = method
         self.local = local
         self.remote = remote
@@ -230,9 +252,29 @@ class PeerConnection(Channel):
 
     def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
         """Call ``handler(connection)`` when the path changes under the connection (a
-        relayed connection upgraded to a direct pair); ``method``, ``local`` and
-        ``remote`` are then the new path's."""
+        relayed connection upgraded to a direct pair, an ICE restart selected a new
+        pair, a degraded path was replaced); ``method``, ``local`` and ``remote`` are
+        then the new path's, ``path_change_reason`` says why."""
         self._path_observers.append(handler)
         return lambda: (
             self._path_observers.remove(handler) if handler in self._path_observers else None
+        )
+
+    def restart_news(self, info: RestartInfo) -> None:
+        """An ICE restart began or ended under the connection; restart observers hear."""
+        self.restarts.append(info)
+        for handler in list(self._restart_observers):
+            try:
+                handler(info)
+            except Exception:
+                _log.failure("restart observer raised")
+
+    def on_restart(self, handler: Callable[[RestartInfo], None]) -> Callable[[], None]:
+        """Call ``handler(info)`` (:class:`RestartInfo`) when an ICE restart begins and
+        when it ends; the path change itself goes to ``on_path_changed``."""
+        self._restart_observers.append(handler)
+        return lambda: (
+            self._restart_observers.remove(handler)
+            if handler in self._restart_observers
+            else None
         )

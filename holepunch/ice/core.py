@@ -34,7 +34,10 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 
+from twisted.logger import Logger
+
 from holepunch.ice import events
+from holepunch.ice.betterpath import PathSearch
 from holepunch.ice.candidate import Candidate
 from holepunch.ice.checklist import CandidatePair, CheckList, relayed
 from holepunch.ice.checks import Checker
@@ -55,6 +58,11 @@ from holepunch.stun.transactions import (
     TransactionOutcome,
 )
 from holepunch.stun.wire import Address, MessageClass, Method, StunDecodeError
+
+_log = Logger()
+
+_CONNECTION_TIMERS = ("consent", "keepalive", "silence", "better")
+"""The timers of the connection itself, which a restart keeps."""
 
 _UFRAG_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
 
@@ -109,6 +117,8 @@ class IceCore:
         self.started_at: float | None = None
         self.nominating: CandidatePair | None = None
         self.last_sent = 0.0
+        self.last_data_sent = 0.0
+        """When application data was last sent."""
         self.transactions = ClientTransactions()
         self.timers = Timers()
         self.host_bases: dict[str, Candidate] = {}
@@ -123,7 +133,18 @@ class IceCore:
         self.checker = Checker(self)
         self.probing = HardNatProbing(self)
         self.consent = Consent(self)
+        self.paths = PathSearch(self)
         self.selector: Selector = selector_for(self)
+        self.generation = 0
+        """The ICE generation: 0, then one more for each restart."""
+        self.previous: CandidatePair | None = None
+        """During a restart, the pair that was selected and still carries data."""
+        self.previous_credentials: tuple[str, str] | None = None
+        """Our ufrag and password of the generation whose pair carries data while a restart
+        runs (the peer's consent checks on that pair still use them)."""
+        self.restart_reason = ""
+        self.restart_started = 0.0
+        self._gathering: tuple[list[str], int, list[Address]] | None = None
 
     # -- the sans-I/O interface --
 
@@ -188,6 +209,7 @@ class IceCore:
         server-reflexive ones from ``stun_servers`` (resolved addresses)."""
         self.now = now
         self.open_sockets.add(MAIN)
+        self._gathering = (list(hosts), port, list(stun_servers))
         self.gatherer.start(hosts, port, stun_servers)
 
     def set_remote_credentials(self, ufrag: str, pwd: str, now: float) -> None:
@@ -363,13 +385,122 @@ class IceCore:
         self.now = now
         if self.closed:
             raise OSError("agent closed")
-        via = self.via_for(self.selected.local) if self.selected is not None else MAIN
+        carrying = self.carrying
+        via = self.via_for(carrying.local) if carrying is not None else MAIN
         if via is None and self.selector.recovering:
             self.stats.data_dropped += 1  # between a lost relay and the next pair
             return
         if via is None or via not in self.open_sockets:
             raise OSError("socket closed")
+        self.last_data_sent = now
         self.send(data, destination, via)
+
+    def restart(self, now: float, reason: str, hosts: Sequence[str] | None = None) -> bool:
+        """ICE restart (RFC 8445 9): new local credentials and a new gathering (on
+        ``hosts``, or the addresses gathered last time) while the selected pair keeps
+        carrying data; the new generation's checks wait for the peer's new credentials
+        (:meth:`set_remote_credentials`). A :class:`Restarting` event tells the adapter
+        what to signal; a :class:`PathChanged` and a :class:`RestartEnded` follow when a
+        new pair is selected. False (and nothing done) before the first selection."""
+        self.now = now
+        carrying = self.carrying
+        if self.closed or carrying is None or self._gathering is None:
+            return False
+        if self.previous is None:
+            self.previous = carrying
+            self.previous_credentials = (self.local_ufrag, self.local_pwd)
+        self.generation += 1
+        self.stats.restarts += 1
+        self.restart_reason = reason
+        self.restart_started = now
+        # The old generation's checks, gathering and probing end; consent goes on.
+        owners = (self.checker, self.gatherer, self.probing)
+        self.transactions.cancel_where(
+            lambda context: isinstance(context, tuple) and any(context[0] is o for o in owners)
+        )
+        self.probing.stop()
+        keep = self.via_for(carrying.local)
+        for via in self.probing.release_losers(keep):
+            self.release_socket(via)
+        for via in [v for v in self.socket_bases if v != keep]:
+            self.release_socket(via)
+        self.timers.cancel_where(lambda name: name not in _CONNECTION_TIMERS)
+        self.selected = None
+        self.nominating = None
+        self.local_ufrag = random_ice_string(8)
+        self.local_pwd = random_ice_string(24)
+        self.remote_ufrag = None
+        self.remote_pwd = None
+        self.local_candidates = []
+        self.remote_candidates = []
+        self.remote_end_of_candidates = False
+        self.checklist = CheckList(self.controlling, self.config.checks.max_pairs)
+        self.host_bases = {}
+        self.mapping = None
+        self.remote_mapping = None
+        self.techniques = set()
+        self._early = []
+        self.gatherer = Gatherer(self)
+        self.checker = Checker(self)
+        self.probing = HardNatProbing(self)
+        self.selector = selector_for(self)
+        self.running = True
+        self.started_at = now
+        self.timers.set("restart-deadline", now + self.config.restart.timeout)
+        _log.info(
+            "ICE restart {g} ({reason}): new credentials, gathering again",
+            g=self.generation,
+            reason=reason,
+        )
+        self.emit(events.Restarting(self.generation, reason, self.local_ufrag, self.local_pwd))
+        old_hosts, port, servers = self._gathering
+        host_list = list(hosts) if hosts else old_hosts
+        self._gathering = (host_list, port, servers)
+        self.gatherer.start(host_list, port, servers)
+        self.checker.schedule()
+        return True
+
+    def restart_done(self, pair: CandidatePair) -> None:
+        """The restart selected ``pair``: the old generation is released."""
+        old = self.previous
+        self.previous = None
+        self.previous_credentials = None
+        self.timers.cancel("restart-deadline")
+        self.stats.restarts_completed += 1
+        if old is not None:
+            old_via = self.via_for(old.local)
+            if old_via is not None and old_via != MAIN and old_via != self.via_for(pair.local):
+                self.release_socket(old_via)
+        self.emit(
+            events.RestartEnded(
+                self.generation, self.restart_reason, True, self.now - self.restart_started
+            )
+        )
+
+    def _restart_deadline(self) -> None:
+        """The restart selected nothing in time: the old pair goes on alone."""
+        if self.previous is None:
+            return
+        _log.info(
+            "ICE restart {g} found no new pair in {s:g}s", g=self.generation,
+            s=self.config.restart.timeout,
+        )
+        self.stats.restarts_abandoned += 1
+        self.selected = self.previous
+        self.previous = None
+        self.running = False
+        self.checker.clear()
+        self.emit(
+            events.RestartEnded(
+                self.generation, self.restart_reason, False, self.now - self.restart_started
+            )
+        )
+
+    @property
+    def carrying(self) -> CandidatePair | None:
+        """The pair application data goes on: the selected one, or during a restart the
+        one selected before it."""
+        return self.selected if self.selected is not None else self.previous
 
     def fail(self, error: IceError, now: float) -> None:
         """Give up: a :class:`Failed` event, and the core closes."""
@@ -476,6 +607,7 @@ class IceCore:
         if (
             not self.running
             or self.selected is not None
+            or self.previous is not None
             or not self.remote_end_of_candidates
             or not self.gathering_complete
             or self.hard_nat_pending()
@@ -527,7 +659,13 @@ class IceCore:
 
     def deliver(self, data: bytes, source: tuple[str, int]) -> None:
         """Application data: to the connection once selected, kept a little before."""
+        if self.previous is not None and source == self.previous.remote.address:
+            self.consent.heard()
+            self.emit(events.DatagramReceived(data, source))
+            return
         if self.selected is not None:
+            if source == self.selected.remote.address:
+                self.consent.heard()
             if source == self.selected.remote.address or any(
                 p.remote.address == source for p in self.checklist.valid_pairs()
             ):
@@ -598,10 +736,14 @@ class IceCore:
             self.selector.timer(key)
         elif key in ("probe", "probe-end", "birthday-open"):
             self.probing.timer(key)
-        elif key in ("consent", "keepalive"):
+        elif key in ("consent", "keepalive", "silence"):
             self.consent.timer(key)
         elif key == "relay-gather":
             self.gatherer.timer(key)
+        elif key == "restart-deadline":
+            self._restart_deadline()
+        elif key == "better":
+            self.paths.timer()
 
     def _timed_out(self) -> None:
         if self.selected is not None:

@@ -98,11 +98,38 @@ class PairSelected:
 
 @dataclass(frozen=True)
 class PathChanged:
-    """The connection moved to ``pair`` (a relayed connection upgraded to a direct one)."""
+    """The connection moved to ``pair``: a relayed connection upgraded to a direct one,
+    a restart selected a new pair, a degraded path was replaced, or the selected pair
+    was lost (its relay, say) and another took over; ``reason`` says which
+    (``upgrade``, ``restart``, ``better-path``, ``recovery``)."""
 
     pair: CandidatePair
     via: int
     method: str
+    reason: str = "upgrade"
+
+
+@dataclass(frozen=True)
+class Restarting:
+    """An ICE restart began (RFC 8445 9): new local credentials ``ufrag``/``pwd`` and a
+    new gathering; signal them to the peer in a new offer (or answer). The pair that was
+    selected keeps carrying data until the new generation selects one."""
+
+    generation: int
+    reason: str
+    ufrag: str
+    pwd: str
+
+
+@dataclass(frozen=True)
+class RestartEnded:
+    """The restart ``generation`` ended: ``ok`` when a new pair was selected (a
+    :class:`PathChanged` came just before), else it was abandoned after ``elapsed``."""
+
+    generation: int
+    reason: str
+    ok: bool
+    elapsed: float
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,8 @@ Event = (
     | ChannelWanted
     | PairSelected
     | PathChanged
+    | Restarting
+    | RestartEnded
     | DatagramReceived
     | ConsentLost
     | Failed

@@ -45,6 +45,9 @@ _log = Logger()
 
 JSON = dict[str, Any]
 
+_RESTART_SIGNAL_RETRIES = 10
+"""Times a restart's offer or answer is sent again (a second apart) when signaling fails."""
+
 
 class NegotiationError(IceError):
     """The peer's offer or answer was unusable, or signaling failed."""
@@ -76,6 +79,16 @@ class Session:
     """The certificate fingerprint the peer signaled (SDP's ``a=fingerprint``), if any."""
     quic: bool = False
     """The offerer runs QUIC streams on the path (:meth:`Negotiator.connect_secure`)."""
+    remote_ufrag: str | None = None
+    """The peer's current ufrag (its latest offer or answer)."""
+    restart_pending: bool = False
+    """We restarted ICE and the peer's new credentials have not come yet."""
+    answering_restart: bool = False
+    """The restart under way is the peer's: we answer it."""
+    early_candidates: dict[str, list[JSON]] = field(default_factory=dict)
+    """Trickled candidates of a generation whose offer or answer has not come yet."""
+    restarts: int = 0
+    """ICE restarts signaled in this session (ours and the peer's)."""
 
 
 @dataclass
@@ -517,6 +530,7 @@ class Negotiator:
                 "candidate": candidate.to_sdp() if candidate else "",
                 "sdpMid": "0",
                 "session": session.session_id,
+                "usernameFragment": agent.local_ufrag,
             }
             d = self.signaling.send_ice_candidate(session.peer_id, payload)
             d.addErrback(lambda f: _log.debug("trickle failed: {err}", err=f.getErrorMessage()))
@@ -566,6 +580,7 @@ class Negotiator:
             _log.debug("ignored offer from {peer}: {err}", peer=peer_id, err=e)
             return
         if offer.session_id in self.sessions:
+            self._restart_received(self.sessions[offer.session_id], offer, peer_id, "offer")
             return
         # Who takes it: a waiting acceptor of its kind, the handler of its kind, then
         # an acceptor of the other kind (peers that do not flag their offers).
@@ -720,6 +735,15 @@ class Negotiator:
             return
         session = self.sessions.get(answer.session_id)
         if (
+            session is not None
+            and session.remote_ufrag is not None
+            and (session.answered or not session.offerer)
+            and message.get("from") == session.peer_id
+            and answer.ufrag != session.remote_ufrag
+        ):
+            self._restart_received(session, answer, session.peer_id, "answer")
+            return
+        if (
             session is None
             or not session.offerer
             or session.answered
@@ -741,6 +765,17 @@ class Negotiator:
         session = self.sessions.get(str(payload.get("session")))
         if session is None or message.get("from") != session.peer_id:
             self.ignored += 1
+            return
+        ufrag = payload.get("usernameFragment")
+        if (
+            isinstance(ufrag, str)
+            and session.remote_ufrag is not None
+            and ufrag != session.remote_ufrag
+        ):
+            # A restart's candidate ahead of its offer or answer (or a stale one).
+            early = session.early_candidates.setdefault(ufrag, [])
+            if len(session.early_candidates) <= 4 and len(early) < 100:
+                early.append(payload)
             return
         sync = payload.get("tcpSync")
         if sync is not None:
@@ -768,6 +803,7 @@ class Negotiator:
         session.remote_nat = description.nat
         session.remote_udp_blocked = description.udp_blocked
         session.remote_fingerprint = description.fingerprint
+        session.remote_ufrag = description.ufrag
         agent.set_remote_credentials(description.ufrag, description.pwd)
         for candidate in description.candidates:
             if candidate.transport == "tcp" and candidate.tcptype == "so":
@@ -787,7 +823,99 @@ class Negotiator:
         agent = self._agent_factory(offerer)
         session = Session(session_id, peer_id, agent, offerer)
         self.sessions[session_id] = session
+        agent.on_restart = lambda reason: self._restarted(session, reason)
         return session
+
+    # -- ICE restarts (RFC 8445 9, RFC 8839 4.4.1.1.1) --
+
+    def restart(self, connection: PeerConnection | QuicSession) -> bool:
+        """Restart ICE under ``connection`` (a connection this negotiator made, or a
+        secure session on one): new credentials and candidates go to the peer in a new
+        offer of the same session; the path moves when the new generation selects a
+        pair. False when it is not ours or not connected."""
+        if isinstance(connection, QuicSession):
+            path = self._secure_paths.get(connection)
+            if path is None:
+                return False
+            connection = path
+        session = next(
+            (s for s in self.sessions.values() if s.agent.connection is connection), None
+        )
+        return session is not None and session.agent.restart("application")
+
+    def _restarted(self, session: Session, reason: str) -> None:
+        """Our agent began a restart: send the new credentials once its host candidates
+        are known (this reactor turn), as an answer when the peer asked for it."""
+        if self.sessions.get(session.session_id) is not session:
+            return
+        kind = "answer" if session.answering_restart else "offer"
+        session.answering_restart = False
+        session.restart_pending = kind == "offer"
+        session.restarts += 1
+        session.sent.clear()
+        _log.info(
+            "ICE restart with {peer} ({reason}): sending a new {kind}",
+            peer=session.peer_id,
+            reason=reason,
+            kind=kind,
+        )
+        self.reactor.callLater(0, self._send_restart, session, kind)
+
+    def _send_restart(self, session: Session, kind: str, attempt: int = 0) -> None:
+        if self.sessions.get(session.session_id) is not session or session.agent.closed:
+            return
+        description = self._describe(session, kind)
+        description["restart"] = True
+        generation = session.agent.local_ufrag
+        send = self.signaling.send_offer if kind == "offer" else self.signaling.send_answer
+        d = defer.ensureDeferred(send(session.peer_id, description))
+
+        def failed(f: Failure) -> None:
+            # The signaling connection may be going down with the path (a new public
+            # address breaks it too): send again once it is back, while this generation
+            # is still the current one.
+            _log.info("could not signal the ICE restart: {err}", err=f.getErrorMessage())
+            if attempt < _RESTART_SIGNAL_RETRIES and session.agent.local_ufrag == generation:
+                self.reactor.callLater(1.0, self._send_restart, session, kind, attempt + 1)
+
+        d.addErrback(failed)
+
+    def _restart_received(
+        self, session: Session, description: Description, peer_id: str, kind: str
+    ) -> None:
+        """An offer or answer of a known session with new credentials: the peer's ICE
+        restart (we restart too and answer), or the answer to ours (or a crossing offer:
+        both restarted at once, each takes the other's offer as its answer)."""
+        if peer_id != session.peer_id or session.agent.closed:
+            self.ignored += 1
+            return
+        if description.ufrag == session.remote_ufrag:
+            return  # the same generation again
+        if not session.restart_pending:
+            if kind == "answer":
+                self.ignored += 1
+                return
+            session.answering_restart = True
+            if not session.agent.restart("peer"):
+                session.answering_restart = False
+                self.ignored += 1
+                return
+        crossing = session.restart_pending and kind == "offer"
+        session.restart_pending = False
+        agent = session.agent
+        session.remote_ufrag = description.ufrag
+        agent.set_remote_credentials(description.ufrag, description.pwd)
+        for candidate in description.candidates:
+            if candidate.transport == "udp":
+                agent.add_remote_candidate(candidate)
+        agent.set_remote_mapping(description.mapping)
+        for payload in session.early_candidates.pop(description.ufrag, []):
+            self._apply_candidate(session, payload)
+        session.early_candidates.clear()
+        if crossing:
+            # Both restarted: the peer takes our offer as its answer, if it got it; an
+            # answer with the same credentials makes sure (it ignores a repeat).
+            self.reactor.callLater(0, self._send_restart, session, "answer")
 
     def _session_failed(self, failure: Failure, session: Session) -> Failure:
         self.sessions.pop(session.session_id, None)

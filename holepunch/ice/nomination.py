@@ -10,8 +10,11 @@
   a valid pair, or when the check of a pair the peer nominated succeeds (this also
   accepts aggressive nomination).
 
-Both: a direct pair that succeeds after a relayed one was selected replaces it on the
-same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); once a direct
+Both: a direct pair that succeeds after a relayed one was selected (or while the
+selected direct one is degraded, :mod:`holepunch.ice.betterpath`) replaces it on the
+same connection (:class:`PathChanged <holepunch.ice.events.PathChanged>`); the
+controlled side follows any later USE-CANDIDATE of the controlling side. After an ICE
+restart the new generation's selection moves the connection the same way. Once a direct
 pair is selected, everything still trying another path stops (probing, other checks,
 losing birthday sockets).
 
@@ -75,10 +78,11 @@ class Selector:
                 return
             if self.recovering and pair.valid:
                 self.move(pair)
-            elif relayed(core.selected) and not relayed(pair):
+            elif self.better(pair) or not core.controlling:
                 self._upgrade(pair)
-            elif self._may_move(pair):
-                self.move(pair)
+            return
+        if core.previous is not None:
+            self._restarted(pair)
             return
         core.selected = pair
         core.nominating = None
@@ -101,6 +105,42 @@ class Selector:
         )
         core.emit(events.PairSelected(pair, via, method, elapsed))
         core.consent.start()
+        core.paths.start()
+        core.flush_early()
+
+    def better(self, pair: CandidatePair) -> bool:
+        """``pair`` (valid) is worth leaving the selected pair for: it is direct and the
+        selected one is relayed, or degraded (:mod:`holepunch.ice.betterpath`)."""
+        core = self.core
+        selected = core.selected
+        if selected is None or pair is selected or relayed(pair):
+            return False
+        return relayed(selected) or core.consent.degraded
+
+    def _restarted(self, pair: CandidatePair) -> None:
+        """The restart's generation selected ``pair``: the connection moves to it."""
+        core = self.core
+        core.selected = pair
+        core.nominating = None
+        pair.nominated = True
+        if not relayed(pair):
+            self._settle(pair)
+        via = core.via_for(pair.local)
+        assert via is not None
+        if pair.local.type == "relay":
+            core.emit(events.ChannelWanted(via, pair.remote.address))
+        method = core.method(pair)
+        _log.info(
+            "ICE restart {g}: selected {pair} as {method}",
+            g=core.generation,
+            pair=pair.describe(),
+            method=method,
+        )
+        core.stats.path_changes += 1
+        core.emit(events.PathChanged(pair, via, method, "restart"))
+        core.restart_done(pair)
+        core.consent.start()
+        core.paths.start()
         core.flush_early()
 
     @property
@@ -109,22 +149,6 @@ class Selector:
         connection yet."""
         selected = self.core.selected
         return selected is not None and not selected.valid
-
-    def _may_move(self, pair: CandidatePair) -> bool:
-        """Whether the connection may move to ``pair`` now: the selected pair is lost,
-        or (controlled) the peer nominated ``pair`` while we are on a relay."""
-        core = self.core
-        if not pair.valid:
-            return False
-        if self.recovering:
-            return True
-        selected = core.selected
-        return (
-            not core.controlling
-            and selected is not None
-            and relayed(selected)
-            and pair.remote_nominated
-        )
 
     def pairs_lost(self, pairs: Sequence[CandidatePair], reason: str) -> None:
         """``pairs`` can no longer work (their relay is gone, or the peer replaced its
@@ -157,48 +181,44 @@ class Selector:
         if best is not None:
             self.nominate(best)
 
-    def move(self, pair: CandidatePair) -> None:
-        """The connection moves from its selected pair to ``pair`` (recovery)."""
+    def move(self, pair: CandidatePair, reason: str = "recovery") -> None:
+        """The connection moves from its selected pair to ``pair`` (the same
+        connection; a :class:`PathChanged <holepunch.ice.events.PathChanged>` says so):
+        ``recovery`` (the selected pair was lost), ``upgrade`` (off a relay),
+        ``better-path`` (off a degraded path)."""
         core = self.core
         via = core.via_for(pair.local)
         if via is None:
             core.checklist.invalidate(pair)
             self.recover()
             return
-        previous = core.selected
+        old = core.selected
         core.selected = pair
         core.nominating = None
         pair.nominated = True
-        core.stats.paths_recovered += 1
-        if pair.local.type == "relay":
-            core.emit(events.ChannelWanted(via, pair.remote.address))
+        if reason == "recovery":
+            core.stats.paths_recovered += 1
+        core.stats.path_changes += 1
         if not relayed(pair):
             self._settle(pair)
         core.consent.start()
+        if pair.local.type == "relay":
+            core.emit(events.ChannelWanted(via, pair.remote.address))
         method = core.method(pair)
         _log.info(
-            "connection moved from {old} to {pair} ({method})",
-            old=previous.describe() if previous is not None else "nothing",
+            "moved from {old} to {pair} ({method}, {reason})",
+            old=old.describe() if old is not None else "nothing",
             pair=pair.describe(),
             method=method,
+            reason=reason,
         )
-        core.emit(events.PathChanged(pair, via, method))
+        core.emit(events.PathChanged(pair, via, method, reason))
+        core.paths.start()
 
     def _upgrade(self, pair: CandidatePair) -> None:
-        """Leave the relay for a direct pair that succeeded later (same connection)."""
-        core = self.core
-        core.selected = pair
-        core.nominating = None
-        pair.nominated = True
-        self._settle(pair)
-        core.consent.refresh()
-        method = core.method(pair)
-        via = core.via_for(pair.local)
-        assert via is not None
-        _log.info(
-            "upgraded from the relay to {pair} ({method})", pair=pair.describe(), method=method
-        )
-        core.emit(events.PathChanged(pair, via, method))
+        """Leave the relay (or a degraded path) for a pair that succeeded later."""
+        old = self.core.selected
+        self.move(pair, "upgrade" if old is not None and relayed(old) else "better-path")
 
     def _settle(self, pair: CandidatePair) -> None:
         """A direct pair is selected: stop everything still trying another path."""
@@ -226,8 +246,9 @@ class ControllingSelector(Selector):
                     self.move(pair)
                 elif core.nominating is None:
                     self.nominate(pair)
-            elif relayed(core.selected) and not relayed(pair):
-                # A direct pair came through while we are on the relay: upgrade to it.
+            elif self.better(pair):
+                # A direct pair came through while we are on the relay (or a degraded
+                # path): move to it.
                 if nominate:
                     self.select(pair)
                 elif core.nominating is None:

@@ -63,6 +63,17 @@ class AgentStats:
     """TURN permissions the server refused for a peer address (403)."""
     paths_recovered: int = 0
     """Times the connection moved off a lost selected pair to another one."""
+    restarts: int = 0
+    """ICE restarts begun (any reason)."""
+    restarts_completed: int = 0
+    """Restarts that selected a new pair."""
+    restarts_abandoned: int = 0
+    path_changes: int = 0
+    """Moves of the connection to another pair (upgrades, restarts, better paths)."""
+    consent_failures: int = 0
+    """Consent checks that went unanswered."""
+    better_path_checks: int = 0
+    """Checks of other pairs while the selected one is relayed or degraded."""
 
 
 class TransactionOwner(Protocol):
@@ -75,8 +86,11 @@ class CheckRunner(Protocol):
     """What the other parts ask of the connectivity checks
     (:class:`holepunch.ice.checks.Checker`)."""
 
-    def request(self, pair: CandidatePair, nominate: bool) -> StunMessage:
-        """The Binding request that checks ``pair``."""
+    def request(
+        self, pair: CandidatePair, nominate: bool, usernames: tuple[str, str] | None = None
+    ) -> StunMessage:
+        """The Binding request that checks ``pair`` (with ``usernames``, the peer's and
+        our ufrag, when not the current generation's)."""
         ...
 
     def schedule(self) -> None:
@@ -140,6 +154,24 @@ class ConsentKeeper(Protocol):
 
     def refresh(self) -> None:
         """The peer answered on the selected pair."""
+        ...
+
+    def heard(self) -> None:
+        """Application data came from the peer on the pair carrying data."""
+        ...
+
+    @property
+    def degraded(self) -> bool:
+        """The latest consent checks were slow or went unanswered too often."""
+        ...
+
+
+class PathSearcher(Protocol):
+    """What the other parts ask of the better-path search
+    (:class:`holepunch.ice.betterpath.PathSearch`)."""
+
+    def start(self) -> None:
+        """A pair was selected (or the path changed): schedule the first look."""
         ...
 
 
@@ -234,6 +266,11 @@ class Core(Protocol):
         ...
 
     @property
+    def last_data_sent(self) -> float:
+        """When application data was last sent."""
+        ...
+
+    @property
     def hold_checks(self) -> bool:
         """No check may be sent yet."""
         ...
@@ -308,6 +345,26 @@ class Core(Protocol):
         """Every STUN server answered or gave up."""
         ...
 
+    @property
+    def previous(self) -> CandidatePair | None:
+        """During a restart, the pair selected before it (still carrying data)."""
+        ...
+
+    @property
+    def previous_credentials(self) -> tuple[str, str] | None:
+        """During a restart, our ufrag and password of the generation still carrying."""
+        ...
+
+    @property
+    def carrying(self) -> CandidatePair | None:
+        """The pair application data goes on (selected, or the previous one)."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """0, then one more for each restart."""
+        ...
+
     # -- the other parts --
 
     @property
@@ -333,6 +390,11 @@ class Core(Protocol):
     @property
     def gatherer(self) -> CandidateGatherer:
         """Gathering of candidates and of our mapping."""
+        ...
+
+    @property
+    def paths(self) -> PathSearcher:
+        """The search for a better path while connected."""
         ...
 
     # -- what the parts ask of the core --
@@ -405,4 +467,12 @@ class Core(Protocol):
 
     def close(self, now: float) -> None:
         """Stop everything."""
+        ...
+
+    def restart(self, now: float, reason: str, hosts: Sequence[str] | None = None) -> bool:
+        """ICE restart: new credentials and gathering; the selected pair goes on."""
+        ...
+
+    def restart_done(self, pair: CandidatePair) -> None:
+        """The restart selected ``pair``: the old generation is released."""
         ...

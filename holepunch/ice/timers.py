@@ -9,7 +9,7 @@ that have come, earliest first. The Twisted adapter turns that into one ``callLa
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class Timers:
@@ -32,6 +32,11 @@ class Timers:
         """Forget these deadlines (unknown names are fine)."""
         for name in names:
             self._at.pop(name, None)
+
+    def cancel_where(self, predicate: Callable[[Hashable], bool]) -> None:
+        """Forget the deadlines whose name satisfies ``predicate``."""
+        for name in [n for n in self._at if predicate(n)]:
+            del self._at[name]
 
     def clear(self) -> None:
         """Forget every deadline."""

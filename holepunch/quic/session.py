@@ -699,6 +699,16 @@ class QuicSession:
         self._schedule_flush()
         self._keepalive = self._reactor.callLater(interval, self._keepalive_due)
 
+    def path_changed(self) -> None:
+        """The path under the session moved (an ICE restart, a relay left): a PING at
+        once, so that the peer's ACK shows at once what was lost while the path was
+        broken (retransmitted then) instead of after the backed-off loss timer."""
+        if self.closed is not None or self._quic is None:
+            return
+        self.stats.keepalives_sent += 1
+        self._quic.send_ping(self.stats.keepalives_sent)
+        self._schedule_flush()
+
     def _connect_timed_out(self) -> None:
         self._connect_deadline = None
         if not self.authenticated:
@@ -744,7 +754,8 @@ def session_over_channel(
     The channel's datagrams feed the session, the session writes with
     ``channel.send``; when the channel disconnects the session closes, and closing the
     session leaves the channel open (its owner decides). A path change under a
-    ``PeerConnection`` needs nothing from the session.
+    ``PeerConnection`` needs nothing from the session but a PING
+    (:meth:`QuicSession.path_changed`), so that losses are repaired at once.
     """
 
     def send(data: bytes) -> None:
@@ -754,5 +765,13 @@ def session_over_channel(
     session = QuicSession(reactor, send, is_client, identity, peer_fingerprint, options)
     unsubscribe = channel.on_datagram(session.datagram_received)
     channel.on_disconnected(lambda reason: session.close(f"path closed: {reason}"))
-    session.on_closed(lambda _reason: unsubscribe())
+    watch_path = getattr(channel, "on_path_changed", None)
+    unwatch = watch_path(lambda _c: session.path_changed()) if watch_path else None
+
+    def closed(_reason: object) -> None:
+        unsubscribe()
+        if unwatch is not None:
+            unwatch()
+
+    session.on_closed(closed)
     return session

@@ -20,7 +20,7 @@ table can serve an agent with several sockets and relays.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from holepunch.stun.message import StunMessage, encode
@@ -169,6 +169,13 @@ class ClientTransactions:
             self._deadlines.clear()
         else:
             self._queue = [q for q in self._queue if q[2] != via]
+        return ids
+
+    def cancel_where(self, predicate: Callable[[object], bool]) -> list[bytes]:
+        """Forget every running transaction whose context satisfies ``predicate``."""
+        ids = [t for t, r in self._running.items() if predicate(r.context)]
+        for tid in ids:
+            del self._running[tid]
         return ids
 
     def context(self, transaction_id: bytes) -> object:

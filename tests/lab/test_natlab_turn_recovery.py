@@ -84,7 +84,7 @@ class TurnRecoveryLabTests(TestCase):
             servers.coturn = self.lab.restart_coturn(servers.coturn, down=down)
             timeline["up"] = time.monotonic()
 
-        result = self.transfer(servers, a, b, while_flowing=restart)
+        result = self.transfer(servers, a, b, on_flowing=restart)
         self.assertByteExact(result)
         self.assertEqual(result["connection"]["method"], "turn-relay")
         self.assertLess(max(timeline["received_then"]), TRANSFER)  # restarted mid-transfer

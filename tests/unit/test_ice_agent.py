@@ -321,3 +321,58 @@ class LoopbackAgentTests(TestCase):
         data = yield received
         self.assertEqual(data, b"across a real socket")
         self.assertEqual(Candidate.from_sdp(ca.local_candidate.to_sdp()).host, "127.0.0.1")
+
+
+class RestartAgentTests(SynchronousTestCase):
+    """ICE restarts through the agent (the signaling's part done by the test)."""
+
+    def follow(self, pair: Pair) -> None:
+        """When ``a`` restarts, ``b`` restarts too and both learn the new credentials,
+        as the negotiation's offer and answer would do."""
+
+        def restarted(reason: str) -> None:
+            pair.b.restart("peer")
+            pair.a.set_remote_credentials(pair.b.local_ufrag, pair.b.local_pwd)
+            pair.b.set_remote_credentials(pair.a.local_ufrag, pair.a.local_pwd)
+
+        pair.a.on_restart = restarted
+
+    def test_application_restart_moves_the_path(self) -> None:
+        """restart() keeps the connection; its observers hear started then completed,
+        and its path observers the move; data flows after it."""
+        pair = Pair(FakeNetwork())
+        ca, cb = pair.connect(self)
+        self.follow(pair)
+        news: list[Any] = []
+        moves: list[str] = []
+        ca.on_restart(news.append)
+        ca.on_path_changed(lambda c: moves.append(c.path_change_reason))
+        self.assertTrue(pair.a.restart())
+        pair.net.pump([0.001] * 1000)
+        self.assertEqual([(n.state, n.reason) for n in news],
+                         [("started", "application"), ("completed", "application")])  # fmt: skip
+        self.assertEqual(moves, ["restart"])
+        got: list[bytes] = []
+        cb.on_datagram(got.append)
+        ca.send(b"after")
+        pair.net.pump([0.001] * 50)
+        self.assertEqual(got, [b"after"])
+        self.assertFalse(ca.closed or cb.closed)
+
+    def test_address_change_restarts(self) -> None:
+        """The interface watch sees a new local address and restarts ICE with it."""
+        pair = Pair(FakeNetwork())
+        ca, _ = pair.connect(self)
+        self.follow(pair)
+        news: list[Any] = []
+        ca.on_restart(news.append)
+        pair.a.local_addresses = lambda: ["192.0.2.1", "192.0.2.9"]
+        pair.net.pump([0.01] * 600)  # the watch looks every 5 s
+        self.assertEqual([(n.state, n.reason) for n in news],
+                         [("started", "address-change"), ("completed", "address-change")])  # fmt: skip
+        hosts = {c.host for c in pair.a.local_candidates if c.type == "host"}
+        self.assertEqual(hosts, {"192.0.2.1", "192.0.2.9"})
+
+    def test_restart_before_connecting_is_refused(self) -> None:
+        pair = Pair(FakeNetwork())
+        self.assertFalse(pair.a.restart())

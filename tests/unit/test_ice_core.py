@@ -454,3 +454,199 @@ class PortMappingCoreTests(SynchronousTestCase):
             "candidate:1 1 udp 1686052607 203.0.113.9 41001 typ srflx raddr 10.1.0.2 rport 5000"
         )
         self.assertEqual(core.method(CandidatePair(local, plain)), "udp-hole-punch")
+
+
+def connected_cores(**checks: float) -> tuple[IceCore, IceCore, Wire]:
+    """Two cores that selected their direct pair."""
+    a, b, wire = pair_of_cores(**checks)
+    exchange_candidates(a, b, wire)
+    wire.run(0.5)
+    assert wire.of(a, events.PairSelected) and wire.of(b, events.PairSelected)
+    return a, b, wire
+
+
+def restart_both(a: IceCore, b: IceCore, wire: Wire, reason: str = "application") -> None:
+    """``a`` restarts, ``b`` follows when the new credentials reach it (the signaling's
+    offer and answer), and both learn the other's new candidates."""
+    seen = {id(a): len(wire.events[id(a)]), id(b): len(wire.events[id(b)])}
+    assert a.restart(wire.now, reason)
+    assert b.restart(wire.now, "peer")
+    a.set_remote_credentials(b.local_ufrag, b.local_pwd, wire.now)
+    b.set_remote_credentials(a.local_ufrag, a.local_pwd, wire.now)
+    wire.flush()
+    for src, dst in ((a, b), (b, a)):
+        for event in wire.events[id(src)][seen[id(src)] :]:
+            if isinstance(event, events.LocalCandidate):
+                dst.add_remote_candidate(event.candidate, wire.now)
+
+
+class RestartTests(SynchronousTestCase):
+    """ICE restart (RFC 8445 9) in memory."""
+
+    def test_restart_moves_to_the_new_generation(self) -> None:
+        """New credentials, new checks; the connection moves (PathChanged, reason
+        restart) and the restart ends well on both sides; the old credentials are gone."""
+        a, b, wire = connected_cores()
+        old_ufrag = a.local_ufrag
+        restart_both(a, b, wire)
+        self.assertNotEqual(a.local_ufrag, old_ufrag)
+        [restarting] = wire.of(a, events.Restarting)
+        self.assertEqual((restarting.generation, restarting.reason), (1, "application"))
+        wire.run(wire.now + 0.5)
+        for core in (a, b):
+            [changed] = wire.of(core, events.PathChanged)
+            self.assertEqual(changed.reason, "restart")
+            [ended] = wire.of(core, events.RestartEnded)
+            self.assertTrue(ended.ok)
+            self.assertIs(core.selected, changed.pair)
+            self.assertIsNone(core.previous)
+            self.assertIsNone(core.previous_credentials)
+            self.assertEqual((core.stats.restarts, core.stats.restarts_completed), (1, 1))
+        self.assertEqual(wire.of(a, events.Failed) + wire.of(b, events.Failed), [])
+
+    def test_data_flows_during_the_restart(self) -> None:
+        """Until the new pair is selected, data goes on the old one, both ways."""
+        a, b, wire = connected_cores()
+        assert a.restart(wire.now, "application")  # b has not heard yet
+        self.assertIsNone(a.selected)
+        a.send_datagram(b"during", ("192.0.2.2", 6000), wire.now)
+        b.send_datagram(b"back", ("192.0.2.1", 5000), wire.now)
+        wire.run(wire.now + 0.1)
+        self.assertEqual([e.data for e in wire.of(b, events.DatagramReceived)], [b"during"])
+        self.assertEqual([e.data for e in wire.of(a, events.DatagramReceived)], [b"back"])
+
+    def test_old_consent_is_answered_during_the_restart(self) -> None:
+        """The peer's consent checks on the old pair, with the old credentials, are still
+        answered while our restart runs: consent stays fresh on both sides."""
+        a, b, wire = connected_cores()
+        assert a.restart(wire.now, "application")
+        wire.run(wire.now + 40)  # b never restarts; more than a consent timeout
+        self.assertEqual(wire.of(a, events.ConsentLost) + wire.of(b, events.ConsentLost), [])
+        self.assertFalse(a.closed or b.closed)
+        [ended] = wire.of(a, events.RestartEnded)
+        self.assertFalse(ended.ok)  # abandoned after RestartConfig.timeout
+        self.assertIsNotNone(a.selected)
+        self.assertEqual(a.stats.restarts_abandoned, 1)
+
+    def test_consent_failures_start_a_restart(self) -> None:
+        """Consent checks that go unanswered (a NAT lost its mapping) start a restart
+        rather than ending the connection; once the path works again the restart
+        selects a pair and the connection goes on."""
+        a, b, wire = connected_cores()
+        wire.blocked = True
+        wire.run(wire.now + 15)
+        self.assertGreaterEqual(a.stats.consent_failures, 2)
+        restarting = wire.of(a, events.Restarting) + wire.of(b, events.Restarting)
+        self.assertTrue(restarting)
+        self.assertEqual({r.reason for r in restarting}, {"consent"})
+        self.assertFalse(a.closed or b.closed)
+        wire.blocked = False
+        # Whichever restarted first, the other follows (the signaling's part).
+        for core in (a, b):
+            if not wire.of(core, events.Restarting):
+                core.restart(wire.now, "peer")
+        a.set_remote_credentials(b.local_ufrag, b.local_pwd, wire.now)
+        b.set_remote_credentials(a.local_ufrag, a.local_pwd, wire.now)
+        exchange_candidates(a, b, wire)
+        wire.run(wire.now + 1)
+        for core in (a, b):
+            self.assertTrue([e for e in wire.of(core, events.RestartEnded) if e.ok])
+            self.assertIsNotNone(core.selected)
+        self.assertEqual(wire.of(a, events.ConsentLost) + wire.of(b, events.ConsentLost), [])
+
+    def test_consent_lost_after_the_overall_deadline(self) -> None:
+        """If nothing works, the connection still ends after the consent timeout."""
+        a, b, wire = connected_cores()
+        wire.blocked = True
+        wire.run(wire.now + 40)
+        self.assertTrue(wire.of(a, events.ConsentLost))
+        self.assertTrue(a.closed)
+
+    def test_restart_before_selection_does_nothing(self) -> None:
+        a, b, wire = pair_of_cores()
+        self.assertFalse(a.restart(0, "application"))
+        self.assertEqual(a.generation, 0)
+
+
+class BetterPathTests(SynchronousTestCase):
+    """The search for a better path while connected (holepunch.ice.betterpath)."""
+
+    def rounds_at(self, core: IceCore, wire: Wire, until: float) -> list[float]:
+        """When each round of the search ran, relative to now."""
+        start, seen, times = wire.now, core.paths.rounds, []
+        while wire.now < until:
+            wire.run(wire.now + 0.05, step=0.005)
+            if core.paths.rounds != seen:
+                seen = core.paths.rounds
+                times.append(round(wire.now - start))
+        return times
+
+    def test_healthy_direct_path_does_not_search(self) -> None:
+        """A direct pair with fast consent answers is left alone."""
+        a, b, wire = connected_cores()
+        wire.run(wire.now + 40, step=0.01)
+        self.assertEqual((a.paths.rounds, b.paths.rounds), (0, 0))
+        self.assertEqual(a.stats.better_path_checks, 0)
+
+    def test_degraded_path_searches_on_an_exponential_schedule(self) -> None:
+        """Slow consent answers make the path degraded: the direct pairs are checked
+        again 2 s after selection, then after 4, 8, 16 and 30 s (the cap), and a pair
+        that does not answer is checked on every round."""
+        a, b, wire = connected_cores()
+        a.config.restart.degraded_rtt = 0.0  # every answer counts as slow
+        a.add_remote_candidate(
+            make_candidate("srflx", "192.0.2.9", 7000, base=("10.0.0.9", 7000)), wire.now
+        )
+        wire.run(wire.now + 13, step=0.01)  # two consent checks at least: degraded
+        self.assertTrue(a.consent.degraded)
+        a.paths.start()  # measure the schedule from here
+        times = self.rounds_at(a, wire, wire.now + 65)
+        self.assertEqual(times, [2, 6, 14, 30, 60])
+        self.assertGreaterEqual(a.stats.better_path_checks, 5)
+        self.assertIsNotNone(a.selected)
+
+    def test_relayed_pair_is_better_left_for_a_direct_one(self) -> None:
+        """The upgrade rule: a direct valid pair beats a relayed selection, and beats a
+        direct one only when that one is degraded."""
+        a, b, wire = connected_cores()
+        selected = a.selected
+        assert selected is not None
+        other = CandidatePair(selected.local, make_candidate("host", "192.0.2.7", 7000))
+        relay = CandidatePair(
+            make_candidate("relay", "198.51.100.1", 9000, base=("192.0.2.1", 5000)),
+            selected.remote,
+        )
+        self.assertFalse(a.selector.better(other))
+        self.assertFalse(a.selector.better(relay))
+        a.config.restart.degraded_rtt = 0.0
+        wire.run(wire.now + 13, step=0.01)  # two consent checks at least
+        self.assertTrue(a.selector.better(other))
+        self.assertFalse(a.selector.better(relay))
+        a.selected = relay
+        self.assertTrue(a.selector.better(other))
+
+
+class SilenceTests(SynchronousTestCase):
+    """Sending and hearing nothing brings the consent check forward."""
+
+    def test_silence_while_sending_restarts_within_seconds(self) -> None:
+        """The path breaks while a sends data: 2 s of silence, one fast consent check
+        (1.25 s) unanswered, and a restart, well before the next regular consent check
+        would have noticed."""
+        a, b, wire = connected_cores()
+        a.consent.last_consent = wire.now  # a regular check just went
+        a.timers.set("consent", wire.now + 6)
+        wire.blocked = True
+        broke = wire.now
+        while not wire.of(a, events.Restarting) and wire.now < broke + 10:
+            a.send_datagram(b"data", ("192.0.2.2", 6000), wire.now)
+            wire.run(wire.now + 0.1)
+        [restarting] = wire.of(a, events.Restarting)
+        self.assertEqual(restarting.reason, "consent")
+        self.assertLess(wire.now - broke, 4.5)
+
+    def test_idle_connection_is_not_checked_more(self) -> None:
+        """Nothing sent, nothing heard: no extra consent checks."""
+        a, b, wire = connected_cores()
+        wire.run(wire.now + 60, step=0.01)
+        self.assertLessEqual(a.stats.consent_checks, 60 / 4 + 1)
