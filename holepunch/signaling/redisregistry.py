@@ -165,6 +165,8 @@ class RedisRoomRegistry(Service):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = clock
         self._beating: defer.Deferred[Any] | None = None
+        self._stopping = False
+        """Stopping: no new operations (the last ones and the node's removal may run)."""
         self._stopped = False
         self.relayed: dict[str, int] = {"offer": 0, "answer": 0, "ice-candidate": 0}
         self.evicted = 0
@@ -178,7 +180,9 @@ class RedisRoomRegistry(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stopped = False
+        self._stopping = self._stopped = False
+        log.info("sharing signaling peers and rooms through {url} as node {node}",
+                 url=str(self.url), node=self.node_id)  # fmt: skip
         self._bus = _BusFactory(self.keys.bus(self.node_id), self._deliver, self._on_subscribed)
         self._bus.password = self.url.password
         self._bus.username = self.url.username
@@ -230,7 +234,7 @@ class RedisRoomRegistry(Service):
         return defer.ensureDeferred(self._stop(clean=False))
 
     async def _stop(self, clean: bool) -> None:
-        self._stopped = True
+        self._stopping = True
         if self._heartbeat.running:
             self._heartbeat.stop()
         local, self._local = self._local, {}
@@ -243,6 +247,7 @@ class RedisRoomRegistry(Service):
                 log.warn("could not remove node {node} from Redis: {error}",
                          node=self.node_id, error=e)  # fmt: skip
         del local
+        self._stopped = True
         waits = []
         if self._factory is not None:
             waits.append(self._factory.disconnect())
@@ -353,6 +358,8 @@ class RedisRoomRegistry(Service):
         reconnect_token: str | None = None,
     ) -> defer.Deferred[Registration]:
         """Bind ``peer_id`` to ``client`` across the nodes (see ``RoomRegistry.register``)."""
+        if self._stopping:
+            return defer.fail(SignalingError(codes.INTERNAL_ERROR, "the node is shutting down"))
         existing = self._local.get(peer_id)
         if existing is not None and existing.client is client:
             return defer.fail(
@@ -399,8 +406,8 @@ class RedisRoomRegistry(Service):
         if peer is None or peer.client is not client:
             return None
         del self._local[peer_id]
-        if self._stopped:
-            return None
+        if self._stopping:
+            return None  # the node's removal takes care of it
         d = self._eval(rs.UNREGISTER, peer_id, peer.conn, rs.encode_time(now))
         return d.addCallback(lambda _: None)
 
