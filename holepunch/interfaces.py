@@ -122,9 +122,7 @@ class IRoomRegistry(Interface):
     def leave(peer_id: str, room_id: str, now: float) -> defer.Deferred[None] | None:
         """Take the peer out of a room."""
 
-    def room_peers(
-        peer_id: str, room_id: str
-    ) -> list[PeerEntry] | defer.Deferred[list[PeerEntry]]:
+    def room_peers(peer_id: str, room_id: str) -> list[PeerEntry] | defer.Deferred[list[PeerEntry]]:
         """The other peers of a room the peer is in."""
 
     def relay(
