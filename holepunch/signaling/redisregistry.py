@@ -292,9 +292,11 @@ class RedisRoomRegistry(Service):
 
     def _lost(self, reply: list[Any]) -> None:
         """Peers Redis no longer has for us (our presence expired while cut off)."""
-        for peer_id in reply[1:]:
-            peer = self._local.pop(peer_id, None)
-            if peer is not None:
+        lost = reply[1:]
+        for peer_id, conn in zip(lost[::2], lost[1::2], strict=True):
+            peer = self._local.get(peer_id)
+            if peer is not None and peer.conn == conn:
+                del self._local[peer_id]
                 log.warn("peer {peer} was reaped from Redis; disconnecting it", peer=peer_id)
                 self.reaped_local += 1
                 peer.client.disconnect(DisconnectReason.IDLE_TIMEOUT)

@@ -406,7 +406,7 @@ HEARTBEAT = (
     _COMMON
     + r"""
 -- ARGV: prefix, node, ttl in ms, now, then peer, conn pairs of the node's connections.
--- Refreshes the node's presence, reaps dead nodes, returns the given peers it lost.
+-- Refreshes the node's presence, reaps dead nodes, returns the given pairs it lost.
 local node, now = ARGV[2], ARGV[4]
 redis.call('SET', nodekey(node), '1', 'PX', ARGV[3])
 redis.call('SADD', P .. 'nodes', node)
@@ -415,7 +415,10 @@ for _, n in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
 end
 local lost = {}
 for i = 5, #ARGV, 2 do
-  if not holds(ARGV[i], ARGV[i + 1]) then lost[#lost + 1] = ARGV[i] end
+  if not holds(ARGV[i], ARGV[i + 1]) then
+    lost[#lost + 1] = ARGV[i]
+    lost[#lost + 1] = ARGV[i + 1]
+  end
 end
 return {'ok', unpack(lost)}
 """

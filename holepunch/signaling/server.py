@@ -403,13 +403,12 @@ class SignalingSession:
                 ).id
             except msg.MessageError as e:
                 request_id = e.request_id
-        self._send(
-            msg.error(
-                msg.RATE_LIMITED,
-                f"more than {self.config.messages_per_second:g} messages per second",
-                request_id,
-            )
+        refusal = msg.error(
+            msg.RATE_LIMITED,
+            f"more than {self.config.messages_per_second:g} messages per second",
+            request_id,
         )
+        self._steps.submit(lambda: self._send(refusal))  # after the replies before it
 
     def _error(self, code: str, message: str, request_id: msg.RequestId | None) -> None:
         self.stats.errors[code] += 1

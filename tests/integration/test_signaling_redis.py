@@ -8,12 +8,14 @@ import os
 import subprocess
 from typing import Any
 
+import txredisapi
 from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
 from holepunch.signaling import messages as m
 from holepunch.signaling.redisregistry import RedisRoomRegistry
+from holepunch.signaling.redisstate import parse_redis_url
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from lab.natlab import TWISTD
 from tests.integration.test_connect_cli import Command
@@ -228,6 +230,27 @@ class SharedRoomTests(TwoNodesTestCase):
         self.assertEqual(error["code"], m.PEER_NOT_FOUND)
         # bob may now register on the surviving node.
         await self.peer(url1, "bob")
+
+    async def test_node_cut_off_too_long(self) -> None:
+        """A node whose presence expired while it was still running (cut off from Redis
+        longer than the TTL) is reaped by the others; its next heartbeat finds its peers
+        gone and closes their connections (4000) so they register again."""
+        url1, url2 = await self.start_nodes(presence_ttl=0.6)
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        cut_off = self.registry(self.services[1])
+        url = parse_redis_url(self.redis_url)
+        redis = await txredisapi.Connection(url.host, url.port, dbid=url.db)
+        self.addCleanup(redis.disconnect)
+        await redis.delete(cut_off.keys.node(cut_off.node_id))
+        event = await alice.next()
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        _, code, _ = await bob.lost
+        self.assertEqual(code, m.CLOSE_IDLE_TIMEOUT)
+        self.assertEqual(cut_off.reaped_local, 1)
 
 
 class ConnectAcrossNodesTests(TwoNodesTestCase):
