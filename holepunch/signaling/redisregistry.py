@@ -394,7 +394,7 @@ class RedisRoomRegistry(Service):
             resumed = reply[0] == "resumed"
             old = self._local.pop(peer_id, None)
             self._local[peer_id] = LocalPeer(peer_id, client, conn, now)
-            if old is not None and resumed and old.client is not client:
+            if old is not None and old.client is not client:
                 old.client.disconnect(DisconnectReason.REPLACED)
             return Registration(peer_id, token, resumed=resumed)
 

@@ -55,7 +55,7 @@ class RedisURL:
 
 
 def parse_redis_url(url: str) -> RedisURL:
-    """Parse a ``redis://`` URL; raise :class:`ValueError` naming what is wrong."""
+    """Parse a ``redis://`` URL; raise ``ValueError`` naming what is wrong."""
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise ValueError(f"not a redis:// URL: {url!r}")
@@ -85,7 +85,7 @@ def token_digest(token: str) -> str:
 
 
 def encode_time(t: float) -> str:
-    """A time as the scripts store it: exact when read back by :func:`float`."""
+    """A time as the scripts store it: exact when read back by ``float()``."""
     return repr(float(t))
 
 

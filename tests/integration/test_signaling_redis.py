@@ -210,7 +210,7 @@ class SharedRoomTests(TwoNodesTestCase):
     async def test_crashed_node_expires(self) -> None:
         """A node that stops without cleaning up (a crash): its peers vanish once its
         presence TTL has passed, and the next heartbeat tells their rooms (peer-left)."""
-        url1, url2 = await self.start_nodes(presence_ttl=0.6)
+        url1, url2 = await self.start_nodes(presence_ttl=1.0)
         alice, _ = await self.peer(url1, "alice")
         bob, _ = await self.peer(url2, "bob")
         await alice.request({"type": "join-room", "roomId": "r", "id": 1})
