@@ -503,13 +503,19 @@ class RedisRoomRegistry(Service):
 
         return defer.gatherResults(removals, consumeErrors=True).addBoth(evicted)
 
+    @property
+    def connected(self) -> bool:
+        """Whether both connections to Redis (commands, subscription) are up."""
+        factories = [self._factory, self._bus]
+        return all(f is not None and f.size > 0 for f in factories) and not self._stopped
+
     def stats(self) -> dict[str, Any]:
         """Counts of this node: its peers (rooms are shared, not counted per node)."""
         return {
             "peers": len(self._local),
             "relayed": dict(self.relayed),
             "evicted": self.evicted,
-            "redis": {"node": self.node_id, "url": str(self.url)},
+            "redis": {"node": self.node_id, "url": str(self.url), "connected": self.connected},
         }
 
 

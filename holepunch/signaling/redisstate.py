@@ -397,7 +397,9 @@ if not holds(from, conn) then return {'error', 'not-registered'} end
 local node = alive(to)
 if not node then return {'error', 'peer-not-found'} end
 local event = 'relay\n' .. to .. '\n' .. ARGV[5] .. '\n' .. from .. '\n' .. ARGV[6]
-redis.call('PUBLISH', bus(node), event)
+if redis.call('PUBLISH', bus(node), event) == 0 then
+  return {'error', 'peer-not-found'}  -- its node is not listening: the message is lost
+end
 return {'ok'}
 """
 )

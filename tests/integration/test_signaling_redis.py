@@ -4,6 +4,7 @@ expiry, and ``holepunch connect`` between clients of different nodes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from typing import Any
@@ -12,6 +13,7 @@ import txredisapi
 from twisted.internet import reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
 
 from holepunch.signaling import messages as m
 from holepunch.signaling.redisregistry import RedisRoomRegistry
@@ -314,6 +316,12 @@ class DaemonTests(TestCase):
         ack = await alice.request({"type": "offer", "to": "bob", "offer": {"x": 1}, "id": 1})
         self.assertEqual(ack["type"], "ack")
         self.assertEqual(await bob.next(), {"type": "offer", "from": "alice", "offer": {"x": 1}})
+        response = await Agent(reactor).request(b"GET", urls[0].replace("ws", "http", 1).encode()
+                                                + b"p2p/health")  # fmt: skip
+        health = json.loads(await readBody(response))
+        self.assertEqual(
+            (response.code, health["services"]), (200, {"signaling": "up", "redis": "up"})
+        )
 
     def wait_for_line(self, proc: subprocess.Popen[bytes], marker: bytes) -> None:
         assert proc.stdout is not None
