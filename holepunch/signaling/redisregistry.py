@@ -211,9 +211,10 @@ class RedisRoomRegistry(Service):
             self._subscribed.callback(None)
 
     def _first_beat(self, _: object) -> defer.Deferred[None]:
-        d = self._beat()
+        first: defer.Deferred[None] = defer.Deferred()
+        self._beat().addBoth(lambda _: first.callback(None))
         self._heartbeat.start(self.presence_ttl / 3, now=False)
-        return d
+        return first
 
     def when_ready(self) -> defer.Deferred[None]:
         """Fires once connected, subscribed and present in Redis."""
@@ -237,7 +238,7 @@ class RedisRoomRegistry(Service):
         self._stopping = True
         if self._heartbeat.running:
             self._heartbeat.stop()
-        local, self._local = self._local, {}
+        self._local = {}  # what the node's connections do now is no longer shared
         if clean and self._redis is not None:
             try:
                 if self._beating is not None:
@@ -246,7 +247,6 @@ class RedisRoomRegistry(Service):
             except Exception as e:
                 log.warn("could not remove node {node} from Redis: {error}",
                          node=self.node_id, error=e)  # fmt: skip
-        del local
         self._stopped = True
         waits = []
         if self._factory is not None:
@@ -265,12 +265,28 @@ class RedisRoomRegistry(Service):
         def run(redis: Any) -> defer.Deferred[list[Any]]:
             return redis.eval(script, [], [self.prefix, *args])
 
-        waiter: defer.Deferred[Any] = defer.Deferred()
-        self._connected.addBoth(_pass_to(waiter))
-        waiter.addCallback(run)
-        waiter.addTimeout(self.request_timeout, self.clock)
-        waiter.addErrback(self._unavailable)
-        return waiter
+        connected: defer.Deferred[Any] = defer.Deferred()
+        self._connected.addBoth(_pass_to(connected))
+        reply = connected.addCallback(run)
+        # Not reply.addTimeout: cancelling a command would upset txredisapi's reply queue.
+        answer: defer.Deferred[list[Any]] = defer.Deferred()
+        timer = self.clock.callLater(
+            self.request_timeout, answer.errback, defer.TimeoutError("no answer from Redis")
+        )
+
+        def settle(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not answer.called:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+            elif isinstance(result, Failure):
+                log.debug("late Redis failure: {error}", error=result.getErrorMessage())
+
+        reply.addBoth(settle)
+        return answer.addErrback(self._unavailable)
 
     def _unavailable(self, failure: Failure) -> Failure:
         if failure.check(SignalingError):
