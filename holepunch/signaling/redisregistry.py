@@ -243,7 +243,8 @@ class RedisRoomRegistry(Service):
             try:
                 if self._beating is not None:
                     await self._beating
-                await self._eval(rs.DROP_NODE, self.node_id, rs.encode_time(self.clock.seconds()))
+                now = rs.encode_time(self.clock.seconds())
+                await self._eval(rs.DROP_NODE, self.node_id, now, early=True)
             except Exception as e:
                 log.warn("could not remove node {node} from Redis: {error}",
                          node=self.node_id, error=e)  # fmt: skip
@@ -257,17 +258,22 @@ class RedisRoomRegistry(Service):
 
     # -- talking to Redis -----------------------------------------------------------------
 
-    def _eval(self, script: str, *args: str) -> defer.Deferred[list[Any]]:
-        """Run ``script`` with the prefix and ``args`` once connected."""
-        if self._stopped or self._connected is None:
+    def _eval(self, script: str, *args: str, early: bool = False) -> defer.Deferred[list[Any]]:
+        """Run ``script`` with the prefix and ``args`` once ready (``early``: connected).
+
+        Ready is connected, subscribed and present: a peer registered before the node's
+        channel and presence exist would be unreachable.
+        """
+        gate = self._connected if early else self._ready
+        if self._stopped or gate is None:
             return defer.fail(SignalingError(codes.INTERNAL_ERROR, "the registry is stopped"))
 
-        def run(redis: Any) -> defer.Deferred[list[Any]]:
-            return redis.eval(script, [], [self.prefix, *args])
+        def run(_: object) -> defer.Deferred[list[Any]]:
+            return self._redis.eval(script, [], [self.prefix, *args])
 
-        connected: defer.Deferred[Any] = defer.Deferred()
-        self._connected.addBoth(_pass_to(connected))
-        reply = connected.addCallback(run)
+        opened: defer.Deferred[Any] = defer.Deferred()
+        gate.addBoth(_pass_to(opened))
+        reply = opened.addCallback(run)
         # Not reply.addTimeout: cancelling a command would upset txredisapi's reply queue.
         answer: defer.Deferred[list[Any]] = defer.Deferred()
         timer = self.clock.callLater(
@@ -298,9 +304,8 @@ class RedisRoomRegistry(Service):
     def _beat(self) -> defer.Deferred[Any]:
         pairs = [x for p in self._local.values() for x in (p.peer_id, p.conn)]
         ttl_ms = str(max(1, round(self.presence_ttl * 1000)))
-        d = self._eval(
-            rs.HEARTBEAT, self.node_id, ttl_ms, rs.encode_time(self.clock.seconds()), *pairs
-        )
+        now = rs.encode_time(self.clock.seconds())
+        d = self._eval(rs.HEARTBEAT, self.node_id, ttl_ms, now, *pairs, early=True)
         d.addCallback(self._lost)
         d.addErrback(lambda f: None)  # logged by _unavailable; the next beat tries again
         self._beating = d
