@@ -85,7 +85,15 @@ class ISignalingClient(Interface):
 
 
 class IRoomRegistry(Interface):
-    """The operations a front door calls on the room model."""
+    """The operations a front door calls on the room model.
+
+    Each method but :meth:`touch` and :meth:`set_connection_state` returns its result
+    either directly (the in-memory ``RoomRegistry``) or as a Deferred that fires with it
+    (the Redis-backed ``RedisRoomRegistry``, shared by several nodes); a refusal is a
+    :class:`SignalingError` raised or failing the Deferred. Callers accept both, and keep
+    a connection's requests in order (``SignalingSession`` waits for one before the
+    next). The ``ISignalingClient`` callbacks may come later than the result.
+    """
 
     peer_timeout = Attribute("Seconds of silence after which a peer is evicted.")
 
@@ -95,25 +103,31 @@ class IRoomRegistry(Interface):
         metadata: JSONObject,
         now: float,
         reconnect_token: str | None = None,
-    ) -> Registration:
+    ) -> Registration | defer.Deferred[Registration]:
         """Bind ``peer_id`` to ``client``; raise :class:`SignalingError` if refused."""
 
-    def unregister(peer_id: str, client: ISignalingClient, now: float) -> None:
+    def unregister(
+        peer_id: str, client: ISignalingClient, now: float
+    ) -> defer.Deferred[None] | None:
         """``client`` went away: if it still holds ``peer_id``, remove the peer."""
 
     def touch(peer_id: str, now: float) -> None:
         """Something arrived from the peer: postpone its idle eviction."""
 
-    def join(peer_id: str, room_id: str, now: float) -> list[PeerEntry]:
+    def join(
+        peer_id: str, room_id: str, now: float
+    ) -> list[PeerEntry] | defer.Deferred[list[PeerEntry]]:
         """Put the peer in a room; return the room's other peers."""
 
-    def leave(peer_id: str, room_id: str, now: float) -> None:
+    def leave(peer_id: str, room_id: str, now: float) -> defer.Deferred[None] | None:
         """Take the peer out of a room."""
 
-    def room_peers(peer_id: str, room_id: str) -> list[PeerEntry]:
+    def room_peers(peer_id: str, room_id: str) -> list[PeerEntry] | defer.Deferred[list[PeerEntry]]:
         """The other peers of a room the peer is in."""
 
-    def relay(from_peer: str, to_peer: str, kind: str, payload: JSONObject | None) -> None:
+    def relay(
+        from_peer: str, to_peer: str, kind: str, payload: JSONObject | None
+    ) -> defer.Deferred[None] | None:
         """Deliver an offer, answer or ICE candidate to a connected peer."""
 
     def set_connection_state(
@@ -121,8 +135,11 @@ class IRoomRegistry(Interface):
     ) -> None:
         """Record how the peer's connection to another peer is doing."""
 
-    def sweep(now: float) -> list[str]:
+    def sweep(now: float) -> list[str] | defer.Deferred[list[str]]:
         """Evict idle peers; return their ids."""
+
+    def stats() -> dict[str, Any]:
+        """Counts for monitoring: ``peers``, ``rooms``, ``relayed`` by kind, ``evicted``."""
 
 
 __all__ = ["IRoomRegistry", "ISignalingClient", "IStatusProvider", "JSONDict"]

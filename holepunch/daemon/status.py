@@ -47,6 +47,9 @@ class DaemonStatus:
         if self.signaling is not None:
             up = bool(self.signaling.running) and self.signaling.port is not None
             services["signaling"] = "up" if up else "down"
+            shared = self.signaling.registry.stats().get("redis")
+            if shared is not None:  # --redis: a node cut off from Redis is not healthy
+                services["redis"] = "up" if shared.get("connected") else "down"
         if self.stun is not None:
             bound = all(a.port for a in self.stun.addresses())
             services["stun"] = "up" if self.stun.running and bound else "down"

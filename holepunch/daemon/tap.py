@@ -8,7 +8,10 @@ The daemon runs, each part optional:
 - the WebSocket signaling server (``tcp:8080``), see :mod:`holepunch.signaling.server`,
   with the HTTP endpoints of :mod:`holepunch.daemon.http` on the same port (``/p2p/health``,
   ``/p2p/stats``, ``/p2p/nat``, ``/metrics``), and on ``--http`` if given;
-- with ``--discover-nat``, a NAT discovery at start-up, shown by ``/p2p/nat``.
+- with ``--discover-nat``, a NAT discovery at start-up, shown by ``/p2p/nat``;
+- with ``--redis redis://HOST:PORT/DB``, signaling peers and rooms shared with the other
+  daemons on that Redis (:mod:`holepunch.signaling.redisregistry`); an unreachable Redis
+  stops start-up with one line naming the URL.
 
 Options override the ``P2P_*`` environment variables of :mod:`holepunch.config`
 (``P2P_SIGNALING_PORT``, ``P2P_SIGNALING_ENABLED``, ``P2P_PEER_TIMEOUT``,
@@ -177,6 +180,21 @@ class Options(usage.Options):
             "Reverse proxies in front of the signaling server whose X-Forwarded-For to trust.",
             int,
         ],
+        [
+            "redis",
+            None,
+            None,
+            "Share peers and rooms with the other daemons on this Redis, "
+            "redis://[:PASSWORD@]HOST[:PORT][/DB] (default: $P2P_REDIS_URL; unset: in memory).",
+        ],
+        [
+            "presence-ttl",
+            None,
+            30.0,
+            "With --redis: seconds after which the peers of a daemon that stopped "
+            "refreshing its presence (crashed) are gone.",
+            float,
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -221,6 +239,16 @@ class Options(usage.Options):
             self.ice_servers = self._ice_server_hints()
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        self["redis"] = self["redis"] or self.environ.get("P2P_REDIS_URL") or None
+        if self["redis"] is not None:
+            from holepunch.signaling.redisstate import parse_redis_url
+
+            try:
+                parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis: {e}") from None
+        if self["presence-ttl"] <= 0:
+            raise usage.UsageError("--presence-ttl must be positive")
 
     def _ice_server_hints(self) -> IceServerHints | None:
         """What ``welcome`` names: our STUN ports and the configured TURN servers."""
@@ -303,6 +331,17 @@ class DaemonService(MultiService):
             parent.setComponent(ILogObserver, self.log_observer)
 
 
+def check_redis_or_exit(url: str) -> None:
+    """Stop start-up with one line naming ``url`` if that Redis cannot be used."""
+    from holepunch.signaling.redisregistry import RedisUnavailable, check_redis
+    from holepunch.signaling.redisstate import parse_redis_url
+
+    try:
+        check_redis(parse_redis_url(url))
+    except RedisUnavailable as e:
+        raise SystemExit(f"twistd holepunch: {e}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the daemon's service tree from parsed options."""
     if reactor is None:
@@ -334,9 +373,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if not options["no-signaling"]:
         from holepunch.signaling.server import config_from_options, make_signaling_service
 
-        config = dataclasses.replace(
-            config_from_options(options), ice_servers=options.ice_servers
-        )
+        config = dataclasses.replace(config_from_options(options), ice_servers=options.ice_servers)
+        if config.redis_url is not None:
+            check_redis_or_exit(config.redis_url)
         signaling = make_signaling_service(config, reactor)
         signaling.setName("signaling")
         signaling.setServiceParent(top)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,7 +33,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
@@ -45,7 +45,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from holepunch.interfaces import DisconnectReason, ISignalingClient
+from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
@@ -103,9 +103,14 @@ class SignalingConfig:
     """Number of reverse proxies in front whose ``X-Forwarded-For`` is to be believed."""
     ice_servers: IceServerHints | None = None
     """STUN (and TURN) servers named in ``welcome`` as ``iceServers`` (None: none)."""
+    redis_url: str | None = None
+    """``redis://HOST:PORT/DB``: share peers and rooms with the other nodes on this Redis
+    (:mod:`holepunch.signaling.redisregistry`); None keeps them in this process."""
+    presence_ttl: float = 30.0
+    """With Redis: seconds after which a node that stopped beating (crashed) is gone."""
 
     def __post_init__(self) -> None:
-        for name in ("peer_timeout", "cleanup_interval", "messages_per_second"):
+        for name in ("peer_timeout", "cleanup_interval", "messages_per_second", "presence_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in (
@@ -148,6 +153,8 @@ _OPTION_FIELDS = {
     "max-peers-per-room": "max_peers_per_room",
     "max-rooms-per-peer": "max_rooms_per_peer",
     "trust-x-forwarded-for": "trust_x_forwarded_for",
+    "redis": "redis_url",
+    "presence-ttl": "presence_ttl",
 }
 
 
@@ -198,6 +205,58 @@ def describe_address(address: object, forwarded: str | None = None) -> JSONObjec
     return {"address": str(address), "family": "unknown"}
 
 
+def _then(result: Any, action: Callable[[Any], None]) -> defer.Deferred[Any] | None:
+    """``action(result)`` now, or when ``result``, a Deferred, fires (which is returned)."""
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(action)
+    action(result)
+    return None
+
+
+class SerialSteps:
+    """Runs steps one after another, in the order given.
+
+    A step returns None when it is done, or a Deferred that fires when it is; the steps
+    after it wait for that. Steps that finish at once run at once, without recursion
+    however many there are. A step's Deferred should not fail (failures are logged).
+    """
+
+    __slots__ = ("_busy", "_steps")
+
+    def __init__(self) -> None:
+        self._steps: deque[Callable[[], defer.Deferred[Any] | None]] = deque()
+        self._busy = False
+        """Running steps, or waiting for one to finish."""
+
+    def submit(self, step: Callable[[], defer.Deferred[Any] | None]) -> None:
+        """Run ``step`` after every step submitted before it."""
+        self._steps.append(step)
+        if not self._busy:
+            self._drain()
+
+    def _drain(self) -> None:
+        self._busy = True
+        while self._steps:
+            result = self._steps.popleft()()
+            if result is None:
+                continue
+            state = ["running"]
+
+            def finished(outcome: object, state: list[str] = state) -> None:
+                if isinstance(outcome, Failure):
+                    _log.failure("a signaling step failed", outcome)
+                if state[0] == "waiting":  # _drain returned: carry on from here
+                    self._drain()
+                else:
+                    state[0] = "done"
+
+            result.addBoth(finished)
+            if state[0] == "running":
+                state[0] = "waiting"
+                return
+        self._busy = False
+
+
 @implementer(ISignalingClient)
 class SignalingSession:
     """One connection of the JSON signaling protocol, without the WebSocket.
@@ -212,6 +271,7 @@ class SignalingSession:
         "_bucket",
         "_close",
         "_send",
+        "_steps",
         "_violations",
         "address",
         "auth_peer_id",
@@ -228,7 +288,7 @@ class SignalingSession:
 
     def __init__(
         self,
-        registry: RoomRegistry,
+        registry: IRoomRegistry,
         config: SignalingConfig,
         clock: IReactorTime,
         stats: ServerStats,
@@ -251,6 +311,7 @@ class SignalingSession:
         self.opened_at = clock.seconds()
         self.last_activity = self.opened_at
         self.closing = False
+        self._steps = SerialSteps()
         self._bucket = TokenBucket(config.messages_per_second, config.message_burst, self.opened_at)
         self._violations = TokenBucket(
             config.rate_limit_violations / 10.0, config.rate_limit_violations, self.opened_at
@@ -263,7 +324,11 @@ class SignalingSession:
         self._send(msg.welcome(self.clock.seconds(), self.address, self.ice_servers))
 
     def message_received(self, payload: bytes) -> None:
-        """One complete WebSocket message arrived."""
+        """One complete WebSocket message arrived.
+
+        It is handled after the messages before it: a request the registry answers later
+        (a Deferred, as with Redis) holds the following ones back.
+        """
         if self.closing:
             return
         now = self.clock.seconds()
@@ -273,26 +338,48 @@ class SignalingSession:
         self.last_activity = now
         if self.peer_id is not None:
             self.registry.touch(self.peer_id, now)
+        self._steps.submit(lambda: self._handle(payload, now))
+
+    def _handle(self, payload: bytes, now: float) -> defer.Deferred[Any] | None:
+        if self.closing:
+            return None
         try:
             request = msg.parse_request(payload, self.config.max_message_size)
         except msg.MessageError as e:
             self._error(e.code, e.message, e.request_id)
-            return
+            return None
         self.stats.messages[msg.request_type(request)] += 1
         try:
-            self._dispatch(request, now)
-        except SignalingError as e:
-            self._error(e.code, e.message, request.id)
+            result = self._dispatch(request, now)
         except Exception:
-            _log.failure("signaling request {request!r} failed", request=request)
+            self._failed(Failure(), request)
+            return None
+        if result is None:
+            return None
+        return result.addErrback(self._failed, request)
+
+    def _failed(self, failure: Failure, request: msg.Request) -> None:
+        if isinstance(failure.value, SignalingError):
+            self._error(failure.value.code, failure.value.message, request.id)
+        else:
+            _log.failure("signaling request {request!r} failed", failure, request=request)
             self._error(msg.INTERNAL_ERROR, "internal server error", request.id)
 
     def closed(self) -> None:
-        """The connection is gone: the peer leaves its rooms."""
+        """The connection is gone: the peer leaves its rooms (after pending requests)."""
         self.closing = True
-        if self.peer_id is not None:
-            peer_id, self.peer_id = self.peer_id, None
-            self.registry.unregister(peer_id, self, self.clock.seconds())
+        self._steps.submit(self._unregister)
+
+    def _unregister(self) -> defer.Deferred[Any] | None:
+        if self.peer_id is None:
+            return None
+        peer_id, self.peer_id = self.peer_id, None
+        result = self.registry.unregister(peer_id, self, self.clock.seconds())
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(
+                lambda f: _log.warn("unregistering {peer}: {e}", peer=peer_id, e=f.value)
+            )
+        return None
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection from the server side."""
@@ -316,13 +403,12 @@ class SignalingSession:
                 ).id
             except msg.MessageError as e:
                 request_id = e.request_id
-        self._send(
-            msg.error(
-                msg.RATE_LIMITED,
-                f"more than {self.config.messages_per_second:g} messages per second",
-                request_id,
-            )
+        refusal = msg.error(
+            msg.RATE_LIMITED,
+            f"more than {self.config.messages_per_second:g} messages per second",
+            request_id,
         )
+        self._steps.submit(lambda: self._send(refusal))  # after the replies before it
 
     def _error(self, code: str, message: str, request_id: msg.RequestId | None) -> None:
         self.stats.errors[code] += 1
@@ -339,29 +425,40 @@ class SignalingSession:
             )
         return self.peer_id
 
-    def _dispatch(self, request: msg.Request, now: float) -> None:
+    def _dispatch(self, request: msg.Request, now: float) -> defer.Deferred[Any] | None:
+        """Carry out one request; a Deferred when the registry answers later."""
         match request:  # the most frequent first
             case msg.Relay():
                 me = self._registered_sender(request)
-                self.registry.relay(me, request.to, request.kind, request.payload)
-                if request.id is not None:
-                    self._send(msg.ack(request.kind, now, request.id))
+                result = self.registry.relay(me, request.to, request.kind, request.payload)
+                if request.id is None:
+                    return _then(result, lambda _: None)
+                return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
             case msg.Register():
-                self._register(request, now)
+                return self._register(request, now)
             case msg.JoinRoom():
                 me = self._registered_sender(request)
-                peers = self.registry.join(me, request.room_id, now)
-                self._send(msg.room_joined(request.room_id, peers, now, request.id))
+                room_id = request.room_id
+                return _then(
+                    self.registry.join(me, room_id, now),
+                    lambda peers: self._send(msg.room_joined(room_id, peers, now, request.id)),
+                )
             case msg.LeaveRoom():
                 me = self._registered_sender(request)
-                self.registry.leave(me, request.room_id, now)
-                self._send(msg.room_left(request.room_id, now, request.id))
+                room_id = request.room_id
+                return _then(
+                    self.registry.leave(me, room_id, now),
+                    lambda _: self._send(msg.room_left(room_id, now, request.id)),
+                )
             case msg.GetRoomPeers():
                 me = self._registered_sender(request)
-                peers = self.registry.room_peers(me, request.room_id)
-                self._send(msg.room_peers(request.room_id, peers, now, request.id))
+                room_id = request.room_id
+                return _then(
+                    self.registry.room_peers(me, room_id),
+                    lambda peers: self._send(msg.room_peers(room_id, peers, now, request.id)),
+                )
             case msg.ConnectionStateReport():
                 me = self._registered_sender(request)
                 self.registry.set_connection_state(
@@ -369,8 +466,9 @@ class SignalingSession:
                 )
                 if request.id is not None:
                     self._send(msg.ack("connection-state", now, request.id))
+        return None
 
-    def _register(self, request: msg.Register, now: float) -> None:
+    def _register(self, request: msg.Register, now: float) -> defer.Deferred[Any] | None:
         if self.peer_id is not None:
             raise SignalingError(
                 msg.ALREADY_REGISTERED, f"this connection is registered as {self.peer_id!r}"
@@ -379,9 +477,12 @@ class SignalingSession:
             raise SignalingError(
                 msg.UNAUTHORIZED, f"the token grants peer id {self.auth_peer_id!r} only"
             )
-        registration = self.registry.register(
+        result = self.registry.register(
             self, request.peer_id, request.metadata, now, request.reconnect_token
         )
+        return _then(result, lambda registration: self._registered(registration, request, now))
+
+    def _registered(self, registration: Registration, request: msg.Register, now: float) -> None:
         self.peer_id = request.peer_id
         _log.debug("peer {peer} registered", peer=request.peer_id)
         self._send(
@@ -536,7 +637,7 @@ class SignalingServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         config: SignalingConfig,
-        registry: RoomRegistry,
+        registry: IRoomRegistry,
         clock: IReactorTime,
         reactor: Any = None,
     ) -> None:
@@ -567,9 +668,9 @@ class SignalingServerFactory(WebSocketServerFactory):
 
     def sweep(self, now: float) -> None:
         """Evict idle peers; close connections that never registered within the timeout."""
-        evicted = self.registry.sweep(now)
-        if evicted:
-            _log.info("evicted {count} idle peers", count=len(evicted))
+        d: defer.Deferred[Any] = defer.maybeDeferred(self.registry.sweep, now)
+        d.addCallback(_log_evicted)
+        d.addErrback(lambda f: _log.failure("sweeping idle signaling peers failed", f))
         for proto in list(self.protocols):
             session = proto.session
             if (
@@ -587,6 +688,11 @@ class SignalingServerFactory(WebSocketServerFactory):
             if proto.session is not None:
                 proto.session.close(code, reason)
         return waiting
+
+
+def _log_evicted(evicted: list[str]) -> None:
+    if evicted:
+        _log.info("evicted {count} idle peers", count=len(evicted))
 
 
 def _observe(d: defer.Deferred[Any]) -> defer.Deferred[None]:
@@ -689,7 +795,9 @@ class _ListeningService(Service):
 class SignalingService(MultiService):
     """The signaling server as a service: listener, idle sweeper, registry and web root.
 
-    - ``registry``: the :class:`RoomRegistry <holepunch.signaling.model.RoomRegistry>`;
+    - ``registry``: the :class:`RoomRegistry <holepunch.signaling.model.RoomRegistry>`,
+      or with Redis a :class:`RedisRoomRegistry
+      <holepunch.signaling.redisregistry.RedisRoomRegistry>` (a child service);
     - ``root``: the twisted.web resource served on the port (``putChild`` more pages);
     - ``port``: the listening port once listening, else None; ``when_listening()``;
     - ``stats()``: counters for health and metrics pages.
@@ -698,7 +806,7 @@ class SignalingService(MultiService):
     def __init__(
         self,
         config: SignalingConfig,
-        registry: RoomRegistry,
+        registry: IRoomRegistry,
         factory: SignalingServerFactory,
         root: Resource,
         site: Site,
@@ -712,6 +820,8 @@ class SignalingService(MultiService):
         self.root = root
         self.site = site
         self.clock = clock
+        if IService.providedBy(registry):
+            IService(registry).setServiceParent(self)  # started first, stopped last
         self._listener = _ListeningService(endpoint, site)
         self._listener.setServiceParent(self)
         self._sweeper = TimerService(config.cleanup_interval, self._sweep)
@@ -762,13 +872,26 @@ class SignalingService(MultiService):
         return None
 
 
+def make_registry(config: SignalingConfig, clock: IReactorTime) -> IRoomRegistry:
+    """The room registry ``config`` asks for: in memory, or shared on ``redis_url``."""
+    if config.redis_url is None:
+        return RoomRegistry(config.limits())
+    from holepunch.signaling.redisregistry import RedisRoomRegistry
+    from holepunch.signaling.redisstate import parse_redis_url
+
+    return RedisRoomRegistry(
+        parse_redis_url(config.redis_url), config.limits(), clock, config.presence_ttl
+    )
+
+
 def make_signaling_service(
     config: SignalingConfig, reactor: Any = None, clock: IReactorTime | None = None
 ) -> SignalingService:
     """Build the signaling server described by ``config`` (not yet started).
 
     ``reactor`` listens; ``clock`` (default: the reactor) times the protocol: idle
-    eviction, rate limits, token expiry and timestamps.
+    eviction, rate limits, token expiry and timestamps. With ``config.redis_url`` the
+    registry is shared with the other nodes on that Redis (see :func:`make_registry`).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -776,7 +899,7 @@ def make_signaling_service(
         reactor = _reactor
     if clock is None:
         clock = cast(IReactorTime, reactor)
-    registry = RoomRegistry(config.limits())
+    registry = make_registry(config, clock)
     factory = SignalingServerFactory(config, registry, clock, reactor=reactor)
     root = Resource()
     root.putChild(b"", SignalingRootPage(WebSocketResource(factory)))

@@ -1,0 +1,337 @@
+"""Two signaling nodes sharing one real ``redis-server``: rooms, relays, errors, presence
+expiry, and ``holepunch connect`` between clients of different nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from typing import Any
+
+import txredisapi
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+
+from holepunch.signaling import messages as m
+from holepunch.signaling.redisregistry import RedisRoomRegistry
+from holepunch.signaling.redisstate import parse_redis_url
+from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
+from lab.natlab import TWISTD
+from tests.integration.test_connect_cli import Command
+from tests.redis_helpers import free_tcp_port, start_redis
+from tests.signaling_helpers import RawClientProtocol, raw_client_factory
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class TwoNodesTestCase(TestCase):
+    timeout = 60
+
+    async def start_nodes(self, count: int = 2, **options: Any) -> list[str]:
+        """Start redis and ``count`` signaling nodes on it; return the nodes' ws URLs."""
+        self.redis_url = await start_redis(self, reactor)
+        self.services: list[SignalingService] = []
+        urls = []
+        for _ in range(count):
+            urls.append(await self.start_node(**options))
+        return urls
+
+    async def start_node(self, **options: Any) -> str:
+        config = SignalingConfig(endpoint=LOCAL, redis_url=self.redis_url, **options)
+        service = make_signaling_service(config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.services.append(service)
+        port = await service.when_listening()
+        await self.registry(service).when_ready()
+        return f"ws://127.0.0.1:{port.getHost().port}/"
+
+    def registry(self, service: SignalingService) -> RedisRoomRegistry:
+        registry = service.registry
+        assert isinstance(registry, RedisRoomRegistry)
+        return registry
+
+    async def raw(self, url: str) -> RawClientProtocol:
+        return await raw_client(self, url)
+
+    async def peer(self, url: str, peer_id: str) -> tuple[RawClientProtocol, dict[str, Any]]:
+        return await register_peer(self, url, peer_id)
+
+
+async def raw_client(testcase: TestCase, url: str) -> RawClientProtocol:
+    """A raw WebSocket client of ``url``, welcomed (closed by the test's cleanup)."""
+    port = int(url.split(":")[2].split("/")[0])
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    proto: RawClientProtocol = await endpoint.connect(raw_client_factory(url))
+    testcase.addCleanup(close_raw, proto)
+    await proto.opened
+    welcome = await proto.next()
+    testcase.assertEqual(welcome["type"], "welcome")
+    return proto
+
+
+async def close_raw(proto: RawClientProtocol) -> None:
+    if proto.close_info is None:
+        if proto.state == proto.STATE_OPEN:
+            proto.sendClose(1000)
+        else:
+            proto.transport.loseConnection()  # type: ignore[union-attr]
+    await proto.lost
+
+
+async def register_peer(
+    testcase: TestCase, url: str, peer_id: str
+) -> tuple[RawClientProtocol, dict[str, Any]]:
+    """A raw client of ``url`` registered as ``peer_id``, and its ``registered``."""
+    proto = await raw_client(testcase, url)
+    reply = await proto.request({"type": "register", "peerId": peer_id, "id": "reg"})
+    testcase.assertEqual(reply["type"], "registered", reply)
+    return proto, reply
+
+
+class SharedRoomTests(TwoNodesTestCase):
+    """Peers on different nodes behave as on one node."""
+
+    async def test_join_see_each_other_and_relay(self) -> None:
+        """alice on node 1 and bob on node 2 join one room, see each other (room-joined,
+        peer-joined, room-peers), exchange offer, answer and candidates, and bob's leaving
+        and disconnecting reach alice as peer-left."""
+        url1, url2 = await self.start_nodes()
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        joined = await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        self.assertEqual((joined["type"], joined["peers"]), ("room-joined", []))
+        joined = await bob.request(
+            {"type": "join-room", "roomId": "r", "id": 2, "metadata": {"ignored": 1}}
+        )
+        self.assertEqual([p["peerId"] for p in joined["peers"]], ["alice"])
+        event = await alice.next()
+        self.assertEqual(
+            (event["type"], event["roomId"], event["peerId"]), ("peer-joined", "r", "bob")
+        )
+        peers = await alice.request({"type": "get-room-peers", "roomId": "r", "id": 3})
+        self.assertEqual([p["peerId"] for p in peers["peers"]], ["bob"])
+
+        offer = {"type": "offer", "sdp": "v=0\r\n", "n": 2**70, "x": 1.0000000000000002}
+        ack = await alice.request({"type": "offer", "to": "bob", "offer": offer, "id": 4})
+        self.assertEqual(ack["type"], "ack")
+        self.assertEqual(await bob.next(), {"type": "offer", "from": "alice", "offer": offer})
+        bob.send_json({"type": "answer", "to": "alice", "answer": {"sdp": "a"}})
+        for i in range(5):
+            bob.send_json({"type": "ice-candidate", "to": "alice", "candidate": {"i": i}})
+        bob.send_json({"type": "ice-candidate", "to": "alice", "candidate": None})
+        self.assertEqual(
+            await alice.next(), {"type": "answer", "from": "bob", "answer": {"sdp": "a"}}
+        )
+        got = [(await alice.next())["candidate"] for _ in range(6)]
+        self.assertEqual(got, [{"i": i} for i in range(5)] + [None])  # in order
+
+        left = await bob.request({"type": "leave-room", "roomId": "r", "id": 5})
+        self.assertEqual(left["type"], "room-left")
+        event = await alice.next()
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        await bob.request({"type": "join-room", "roomId": "r", "id": 6})
+        self.assertEqual((await alice.next())["type"], "peer-joined")
+        bob.sendClose(1000)
+        event = await alice.next()
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        peers = await alice.request({"type": "get-room-peers", "roomId": "r", "id": 7})
+        self.assertEqual(peers["peers"], [])
+
+    async def test_errors_as_on_one_node(self) -> None:
+        """peer-not-found, peer-id-taken across nodes, not-in-room, room-full and
+        too-many-rooms (limits counted across nodes), not-registered."""
+        url1, url2 = await self.start_nodes(max_peers_per_room=2, max_rooms_per_peer=1)
+        alice, reply = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        carol, _ = await self.peer(url2, "carol")
+        error = await alice.request({"type": "offer", "to": "nobody", "offer": {}, "id": 1})
+        self.assertEqual((error["code"], error["id"]), (m.PEER_NOT_FOUND, 1))
+        other = await self.raw(url2)
+        error = await other.request({"type": "register", "peerId": "alice", "id": 2})
+        self.assertEqual(error["code"], m.PEER_ID_TAKEN)
+        error = await other.request({"type": "join-room", "roomId": "r", "id": 3})
+        self.assertEqual(error["code"], m.NOT_REGISTERED)
+        error = await alice.request({"type": "leave-room", "roomId": "r", "id": 4})
+        self.assertEqual(error["code"], m.NOT_IN_ROOM)
+        error = await alice.request({"type": "get-room-peers", "roomId": "r", "id": 5})
+        self.assertEqual(error["code"], m.NOT_IN_ROOM)
+        await alice.request({"type": "join-room", "roomId": "r", "id": 6})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 7})
+        self.assertEqual((await alice.next())["type"], "peer-joined")
+        error = await carol.request({"type": "join-room", "roomId": "r", "id": 8})
+        self.assertEqual((error["code"], error["message"]),
+                         (m.ROOM_FULL, "room 'r' holds its limit of 2 peers"))  # fmt: skip
+        error = await alice.request({"type": "join-room", "roomId": "s", "id": 9})
+        self.assertEqual(error["code"], m.TOO_MANY_ROOMS)
+        again = await alice.request({"type": "join-room", "roomId": "r", "id": 10})
+        self.assertEqual([p["peerId"] for p in again["peers"]], ["bob"])  # rejoin: same list
+
+    async def test_takeover_on_another_node(self) -> None:
+        """The reconnect token, kept in Redis, takes the id over from another node: the old
+        connection is closed with 4001, the rooms stay, and relays reach the new one."""
+        url1, url2 = await self.start_nodes()
+        alice, reply = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()  # peer-joined bob
+        new = await self.raw(url2)
+        resumed = await new.request({"type": "register", "peerId": "alice", "id": 3,
+                                     "reconnectToken": reply["reconnectToken"]})  # fmt: skip
+        self.assertEqual((resumed["type"], resumed["resumed"]), ("registered", True))
+        _, code, _ = await alice.lost
+        self.assertEqual(code, m.CLOSE_SESSION_REPLACED)
+        peers = await new.request({"type": "get-room-peers", "roomId": "r", "id": 4})
+        self.assertEqual([p["peerId"] for p in peers["peers"]], ["bob"])
+        await bob.request({"type": "offer", "to": "alice", "offer": {"n": 1}, "id": 5})
+        self.assertEqual(await new.next(), {"type": "offer", "from": "bob", "offer": {"n": 1}})
+        stale = await self.raw(url1)
+        error = await stale.request({"type": "register", "peerId": "alice", "id": 6,
+                                     "reconnectToken": reply["reconnectToken"]})  # fmt: skip
+        self.assertEqual(error["code"], m.PEER_ID_TAKEN)  # each registration renews the token
+
+    async def test_node_stop_removes_its_peers(self) -> None:
+        """A node that stops cleanly takes its peers out at once: peer-left elsewhere."""
+        url1, url2 = await self.start_nodes()
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        await self.services[1].stopService()
+        event = await alice.next()
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        error = await alice.request({"type": "offer", "to": "bob", "offer": {}, "id": 3})
+        self.assertEqual(error["code"], m.PEER_NOT_FOUND)
+
+    async def test_crashed_node_expires(self) -> None:
+        """A node that stops without cleaning up (a crash): its peers vanish once its
+        presence TTL has passed, and the next heartbeat tells their rooms (peer-left)."""
+        url1, url2 = await self.start_nodes(presence_ttl=1.0)
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        crashed = self.services[1]
+        await self.registry(crashed).abandon()
+        self.assertEqual(
+            (await alice.request({"type": "get-room-peers", "roomId": "r", "id": 3}))["peers"][0][
+                "peerId"
+            ],
+            "bob",
+        )  # not yet expired
+        event = await alice.next()  # the survivor's heartbeat reaps bob
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        error = await alice.request({"type": "offer", "to": "bob", "offer": {}, "id": 4})
+        self.assertEqual(error["code"], m.PEER_NOT_FOUND)
+        # bob may now register on the surviving node.
+        await self.peer(url1, "bob")
+
+    async def test_node_cut_off_too_long(self) -> None:
+        """A node whose presence expired while it was still running (cut off from Redis
+        longer than the TTL) is reaped by the others; its next heartbeat finds its peers
+        gone and closes their connections (4000) so they register again."""
+        url1, url2 = await self.start_nodes(presence_ttl=0.6)
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        cut_off = self.registry(self.services[1])
+        url = parse_redis_url(self.redis_url)
+        redis = await txredisapi.Connection(url.host, url.port, dbid=url.db)
+        self.addCleanup(redis.disconnect)
+        await redis.delete(cut_off.keys.node(cut_off.node_id))
+        event = await alice.next()
+        self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
+        _, code, _ = await bob.lost
+        self.assertEqual(code, m.CLOSE_IDLE_TIMEOUT)
+        self.assertEqual(cut_off.reaped_local, 1)
+
+
+class ConnectAcrossNodesTests(TwoNodesTestCase):
+    """``holepunch connect`` with each side attached to a different node."""
+
+    timeout = 120
+
+    async def test_connect_both_directions(self) -> None:
+        url1, url2 = await self.start_nodes()
+        to_b, to_a = os.urandom(1 << 20), os.urandom(1 << 20) + b"\0\r\n\xff"
+        b = Command(["connect", "--signaling", url2, "--id", "bob", "--accept",
+                     "--host-address", "127.0.0.1"], to_a)  # fmt: skip
+        self.addCleanup(b.kill)
+        a = Command(["connect", "--signaling", url1, "--id", "alice", "--to", "bob",
+                     "--host-address", "127.0.0.1"], to_b)  # fmt: skip
+        self.addCleanup(a.kill)
+        code_a, code_b = await threads.deferToThread(lambda: (a.finish(60), b.finish(60)))
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+        self.assertEqual(hashlib.sha256(b.stdout).digest(), hashlib.sha256(to_b).digest())
+        self.assertEqual(hashlib.sha256(a.stdout).digest(), hashlib.sha256(to_a).digest())
+
+
+class DaemonTests(TestCase):
+    """``twistd holepunch --redis``."""
+
+    timeout = 60
+
+    async def test_unreachable_redis_stops_startup(self) -> None:
+        """Redis unreachable: twistd exits 1 with one line naming the URL and why."""
+        port = free_tcp_port()
+        url = f"redis://127.0.0.1:{port}/3"
+        argv = [*TWISTD, "-n", "--pidfile=", "holepunch", "--no-stun",
+                f"--signaling=tcp:{free_tcp_port()}:interface=127.0.0.1", f"--redis={url}"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+        env["PYTHONPATH"] = ROOT
+        result = await threads.deferToThread(
+            subprocess.run, argv, cwd=ROOT, env=env, capture_output=True, timeout=30
+        )
+        stderr = result.stderr.decode().strip()
+        self.assertEqual(result.returncode, 1, stderr)
+        self.assertEqual(len(stderr.splitlines()), 1, stderr)
+        self.assertIn(f"cannot reach Redis at {url}", stderr)
+
+    async def test_two_daemons(self) -> None:
+        """Two ``twistd holepunch --redis`` daemons: a peer on each, relayed across."""
+        redis_url = await start_redis(self, reactor)
+        urls = []
+        for _ in range(2):
+            port = free_tcp_port()
+            argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
+                    f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
+            env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+            env["PYTHONPATH"] = ROOT
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
+            self.addCleanup(self.stop, proc)
+            await threads.deferToThread(self.wait_for_line, proc, b"Site starting on")
+            urls.append(f"ws://127.0.0.1:{port}/")
+        alice, _ = await register_peer(self, urls[0], "alice")
+        bob, _ = await register_peer(self, urls[1], "bob")
+        ack = await alice.request({"type": "offer", "to": "bob", "offer": {"x": 1}, "id": 1})
+        self.assertEqual(ack["type"], "ack")
+        self.assertEqual(await bob.next(), {"type": "offer", "from": "alice", "offer": {"x": 1}})
+        response = await Agent(reactor).request(b"GET", urls[0].replace("ws", "http", 1).encode()
+                                                + b"p2p/health")  # fmt: skip
+        health = json.loads(await readBody(response))
+        self.assertEqual(
+            (response.code, health["services"]), (200, {"signaling": "up", "redis": "up"})
+        )
+
+    def wait_for_line(self, proc: subprocess.Popen[bytes], marker: bytes) -> None:
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            if marker in line:
+                return
+        raise AssertionError("twistd exited before listening")
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
