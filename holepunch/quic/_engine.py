@@ -95,6 +95,12 @@ class PinnedQuicConnection(QuicConnection):
         sender = stream.sender
         return int(sender._buffer_stop - sender._buffer_start)
 
+    def stream_send_done(self, stream_id: int) -> bool:
+        """Every byte written on a stream and its FIN are acknowledged by the peer (or
+        aioquic already discarded the finished stream)."""
+        stream = self._streams.get(stream_id)
+        return stream is None or bool(stream.sender.is_finished)
+
     def limit_receive_window(self, stream_id: int, window: int) -> None:
         """Grant the peer credit (MAX_STREAM_DATA) only up to ``window`` bytes beyond what
         the application consumed on this stream (see :meth:`consumed`).

@@ -624,10 +624,11 @@ class QuicSession:
         return d
 
     def when_acknowledged(self, stream_id: int) -> defer.Deferred[None]:
-        """Fires once the peer has acknowledged everything written on ``stream_id`` (FIN
-        included), or the session has closed (a peer that has all it needs may close it):
-        what a command waits for before it exits."""
-        if self.closed is not None or self.stream_backlog(stream_id) == 0:
+        """Fires once the peer has acknowledged everything written on ``stream_id`` and
+        its FIN (so it never fires for a stream still open for writing), or the session
+        has closed (a peer that has all it needs may close it): what a command waits for
+        before it closes the session and exits."""
+        if self._send_done(stream_id):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred(
             lambda cancelled: self._ack_waiters.get(stream_id, []).remove(cancelled)
@@ -635,9 +636,14 @@ class QuicSession:
         self._ack_waiters.setdefault(stream_id, []).append(d)
         return d
 
+    def _send_done(self, stream_id: int) -> bool:
+        return (
+            self.closed is not None or self._quic is None or self._quic.stream_send_done(stream_id)
+        )
+
     def _fire_acknowledged(self, everything: bool = False) -> None:
         for stream_id in list(self._ack_waiters):
-            if everything or self.stream_backlog(stream_id) == 0:
+            if everything or self._send_done(stream_id):
                 for d in self._ack_waiters.pop(stream_id):
                     d.callback(None)
 

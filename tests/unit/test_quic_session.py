@@ -641,6 +641,28 @@ class CloseTests(unittest.TestCase):
         pipe.client.close("bye")
         self.assertEqual(engine.termination().reason_phrase, "bye")
 
+    def test_when_acknowledged_waits_for_the_fin(self):
+        """Data acknowledged is not enough: the FIN must be too (a session closed after
+        the data but before a lost FIN arrives would cut the peer's stream short)."""
+        pipe = connected_pipe()
+        server_side = listen(pipe, pipe.server, Collect)
+        client = Collect()
+        pipe.client.open_stream(client)
+        client.transport.write(b"d" * 20_000)
+        stream_id = client.transport.stream_id
+        pipe.pump(until=lambda: pipe.client.stream_backlog(stream_id) == 0)
+        lost = []
+        pipe.drop = lambda n, d: d == "to_server" and not lost and not lost.append(n)
+        client.transport.loseWriteConnection()
+        acknowledged = pipe.client.when_acknowledged(stream_id)
+        pipe.clock.advance(0)
+        pipe.deliver()
+        self.assertEqual(len(lost), 1)  # the datagram with the FIN is lost
+        self.assertFalse(acknowledged.called)
+        pipe.pump(until=lambda: acknowledged.called)  # retransmitted, then acknowledged
+        pipe.pump(until=lambda: server_side[0].lost is not None)
+        self.assertEqual(bytes(server_side[0].received), b"d" * 20_000)
+
     def test_paused_reader_keeps_what_arrived_before_a_clean_close(self):
         """The peer sends everything and its FIN, sees it acknowledged, and closes the
         session while our reader is paused: the reader still gets every byte as it
