@@ -414,8 +414,13 @@ async def _carry_stream(
         _path_events(peer, event)
 
     def closed(reason: Exception) -> None:
-        if not bridge.ended.called:
-            bridge.ended.errback(StageError("connection", str(reason)))
+        if bridge.ended.called:
+            return
+        if getattr(reason, "error_code", 1) == 0 and bridge.transport is not None:
+            # A clean close: the stream decides. Bytes that arrived before it (and the
+            # peer's FIN) still reach stdout, or the stream's loss says what was cut.
+            return
+        bridge.ended.errback(StageError("connection", str(reason)))
 
     session.on_closed(closed)
     await carry_one_stream(peer, bridge)
