@@ -72,6 +72,8 @@ EVENTS = frozenset(
         "signaling-reconnected",
         "relay-lost",
         "relay-reallocated",
+        "path-changed",
+        "ice-restart",
     }
 )
 
@@ -447,18 +449,49 @@ class P2PCoordinator(MultiService):
             self._emit("peer-disconnected", {"peerId": peer_id, "reason": reason})
 
         connection.on_disconnected(gone)
-        agent = getattr(connection, "agent", None)
-        if agent is not None and hasattr(agent, "on_relay_event"):
-
-            def relay_event(kind: str, detail: str) -> None:
-                if kind in EVENTS:
-                    self._emit(kind, {"peerId": peer_id, "detail": detail})
-
-            agent.on_relay_event = relay_event
+        self._watch_path(peer_id, connection)
         self._emit(
             "peer-connected",
             {"peerId": peer_id, "connection": connection, "method": connection.method},
         )
+
+    def _watch_path(self, peer_id: str, connection: Any) -> None:
+        """Events (and /metrics counters) for what happens under a connection: path
+        changes, ICE restarts, a TURN relay lost and replaced."""
+        metrics = self.metrics
+
+        def moved(c: Any) -> None:
+            reason = getattr(c, "path_change_reason", "upgrade")
+            if metrics is not None:
+                metrics.observe_path_change(reason)
+            self._emit(
+                "path-changed",
+                {"peerId": peer_id, "method": c.method, "reason": reason,
+                 "local": c.local, "remote": c.remote},
+            )  # fmt: skip
+
+        def restarting(info: Any) -> None:
+            if metrics is not None and info.state == "started":
+                metrics.observe_ice_restart(info.reason)
+            self._emit(
+                "ice-restart",
+                {"peerId": peer_id, "state": info.state, "reason": info.reason,
+                 "generation": info.generation, "elapsed_ms": round(info.elapsed * 1000, 1)},
+            )  # fmt: skip
+
+        def relay_event(kind: str, detail: str) -> None:
+            if metrics is not None:
+                metrics.observe_relay_event(kind)
+            if kind in EVENTS:
+                self._emit(kind, {"peerId": peer_id, "detail": detail})
+
+        if hasattr(connection, "on_path_changed"):
+            connection.on_path_changed(moved)
+        if hasattr(connection, "on_restart"):
+            connection.on_restart(restarting)
+        agent = getattr(connection, "agent", None)
+        if agent is not None and hasattr(agent, "on_relay_event"):
+            agent.on_relay_event = relay_event
 
     def _peer_joined(self, message: dict[str, Any]) -> None:
         self._emit(
@@ -573,6 +606,9 @@ class P2PCoordinator(MultiService):
                 del self.sessions[peer_id]
 
         session.on_closed(closed)
+        path = self.negotiator.path_of(session) if self.negotiator is not None else None
+        if path is not None:
+            self._watch_path(peer_id, path)
         self._emit(
             "secure-session",
             {"peerId": peer_id, "session": session, "fingerprint": session.peer_fingerprint},

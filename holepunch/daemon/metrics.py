@@ -72,6 +72,25 @@ class Metrics:
             buckets=RECONNECT_TIME_BUCKETS,
             registry=self.registry,
         )
+        self.path_changes = Counter(
+            "holepunch_path_changes",
+            "Peer connections moved to another path, by reason: upgrade (off a relay), "
+            "restart (an ICE restart's new pair), better-path, recovery (a lost relay).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.ice_restarts = Counter(
+            "holepunch_ice_restarts",
+            "ICE restarts begun, by reason: consent, address-change, peer, application.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.relay_events = Counter(
+            "holepunch_relay_events",
+            "TURN relays under connections: relay-lost, relay-reallocated, relay-unavailable.",
+            ["event"],
+            registry=self.registry,
+        )
         self.signaling: StatsSource | None = None
         self.stun: StatsSource | None = None
         self.provider: IStatusProvider | None = None
@@ -91,6 +110,18 @@ class Metrics:
         ``resumed`` with the reconnect token or registered afresh."""
         self.signaling_reconnects.labels(registration="resumed" if resumed else "fresh").inc()
         self.signaling_downtime.observe(seconds)
+
+    def observe_path_change(self, reason: str) -> None:
+        """Count one move of a connection to another path."""
+        self.path_changes.labels(reason=reason).inc()
+
+    def observe_ice_restart(self, reason: str) -> None:
+        """Count one ICE restart begun."""
+        self.ice_restarts.labels(reason=reason).inc()
+
+    def observe_relay_event(self, kind: str) -> None:
+        """Count one lost, replaced or unavailable TURN relay."""
+        self.relay_events.labels(event=kind).inc()
 
     def watch_signaling(self, stats: StatsSource) -> None:
         """Read signaling counters from ``stats()`` (``SignalingService.stats``)."""

@@ -237,6 +237,44 @@ class CoordinatorStreamTests(TestCase):
         self.assertEqual(alice.sessions["bob"].peer_fingerprint, bob.identity.fingerprint)
 
     @defer.inlineCallbacks
+    def test_restart_under_a_stream_is_an_event_and_a_metric(self) -> Any:
+        """An ICE restart under a secure session: the coordinator says so (ice-restart
+        started and completed, path-changed with reason restart) and counts it on
+        /metrics; the stream carries on byte-exact."""
+        from holepunch.daemon.metrics import Metrics
+
+        host = self.host()
+        yield host.initialize()
+        alice = self.member(host, "alice")
+        bob = self.member(host, "bob")
+        yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        alice.metrics = Metrics()
+        bob.listen_streams(protocol.Factory.forProtocol(StreamEcho))
+        collect = yield alice.open_stream("bob", StreamCollect())
+        collect.transport.write(b"before ")
+        events: list[tuple[str, Any]] = []
+        completed: defer.Deferred[None] = defer.Deferred()
+
+        def restart_event(e: dict[str, Any]) -> None:
+            events.append(("ice-restart", e["state"]))
+            if e["state"] == "completed" and not completed.called:
+                completed.callback(None)
+
+        alice.on("ice-restart", restart_event)
+        alice.on("path-changed", lambda e: events.append(("path-changed", e["reason"])))
+        self.assertTrue(alice.negotiator.restart(alice.sessions["bob"]))
+        yield completed.addTimeout(20, reactor)
+        collect.transport.write(b"and after")
+        collect.transport.loseWriteConnection()
+        echoed = yield collect.done
+        self.assertEqual(echoed, b"before and after")
+        self.assertIn(("ice-restart", "started"), events)
+        self.assertIn(("path-changed", "restart"), events)
+        body, _ = alice.metrics.render()
+        self.assertIn(b'holepunch_ice_restarts_total{reason="application"} 1.0', body)
+        self.assertIn(b'holepunch_path_changes_total{reason="restart"} 1.0', body)
+
+    @defer.inlineCallbacks
     def test_identity_dir(self) -> Any:
         """identity_dir keeps the coordinator's key: the same fingerprint next time."""
         directory = self.mktemp()
