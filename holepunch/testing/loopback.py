@@ -15,6 +15,7 @@ from twisted.internet import defer
 from holepunch.ice.agent import IceAgent
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
+from holepunch.signaling.client import SignalingClient
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from holepunch.stun.message import Address
 from holepunch.stun.server import StunResponder, StunServerService
@@ -70,3 +71,15 @@ async def connect_loopback_agents(
     await b.gather()
     connections: list[PeerConnection] = await defer.gatherResults([a.connect(), b.connect()])
     return connections[0], connections[1]
+
+
+async def registered_client(
+    testcase: _TestCaseLike, reactor: Any, url: str, peer_id: str
+) -> SignalingClient:
+    """A signaling client registered as ``peer_id`` at ``url``, stopped by the test
+    case's cleanups."""
+    client = SignalingClient(url, peer_id, reactor=reactor)
+    client.startService()
+    testcase.addCleanup(client.stopService)
+    await client.register()
+    return client

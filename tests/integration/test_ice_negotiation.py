@@ -10,8 +10,7 @@ from twisted.trial.unittest import TestCase
 from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
 from holepunch.quic.identity import PeerIdentity
-from holepunch.signaling.client import SignalingClient
-from holepunch.testing.loopback import start_signaling_server
+from holepunch.testing.loopback import registered_client, start_signaling_server
 
 
 class NegotiationTestBase(TestCase):
@@ -23,10 +22,7 @@ class NegotiationTestBase(TestCase):
 
     @defer.inlineCallbacks
     def peer(self, peer_id: str, **kw: Any) -> Any:
-        client = SignalingClient(self.url, peer_id, reactor=reactor)
-        client.startService()
-        self.addCleanup(client.stopService)
-        yield client.register()
+        client = yield defer.ensureDeferred(registered_client(self, reactor, self.url, peer_id))
         negotiator = Negotiator(reactor, client, IceConfig.on("127.0.0.1"), **kw)
         self.addCleanup(negotiator.stop)
         return client, negotiator

@@ -14,7 +14,7 @@ from holepunch.ice.negotiation import NegotiationError, Negotiator
 from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import PeerAuthenticationError, SessionClosed
 from holepunch.signaling.client import SignalingClient
-from holepunch.testing.loopback import start_signaling_server
+from holepunch.testing.loopback import registered_client, start_signaling_server
 from tests.stream_protocols import Collect, Echo
 
 
@@ -25,13 +25,8 @@ class SecureNegotiationTests(TestCase):
     def setUp(self) -> Any:
         self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
 
-    @defer.inlineCallbacks
-    def client(self, peer_id: str) -> Any:
-        client = SignalingClient(self.url, peer_id, reactor=reactor)
-        client.startService()
-        self.addCleanup(client.stopService)
-        yield client.register()
-        return client
+    def client(self, peer_id: str) -> defer.Deferred[SignalingClient]:
+        return defer.ensureDeferred(registered_client(self, reactor, self.url, peer_id))
 
     def negotiator(self, client: Any, identity: PeerIdentity | None) -> Negotiator:
         negotiator = Negotiator(reactor, client, IceConfig.on("127.0.0.1"), identity=identity)
