@@ -4,32 +4,23 @@ a relayed connection whose direct path opens (see :mod:`lab.recovery`)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from twisted.trial.unittest import TestCase
-
-from lab.natlab import coturn_unavailable_reason, lab_fixture, unavailable_reason
-from lab.peers import random_file, start_lab_servers
 from lab.recovery import disrupted_transfer
+from tests.lab.transfers import TransferLabCase
 
 SIZE = 6_000_000
 RATE = 500_000.0
 
 
-class RestartLabTests(TestCase):
+class RestartLabTests(TransferLabCase):
     """Each test: 6 MB each way at 0.5 MB/s through ``holepunch connect``, disrupted one
     second into the flow; both files must arrive byte-exact."""
 
+    size = SIZE
+
     def setUp(self) -> None:
-        reason = unavailable_reason() or coturn_unavailable_reason()
-        if reason:
-            raise self.skipTest(reason)
-        self.lab = lab_fixture(self)
-        self.servers = start_lab_servers(self.lab, "one-address", turn=True)
-        self.payloads = (random_file(SIZE), random_file(SIZE))
-        for path, _ in self.payloads:
-            self.addCleanup(os.unlink, path)
+        self.start_lab()
 
     def run_disrupted(self, disruption: str, presets: tuple[str, str]) -> dict[str, Any]:
         a = self.lab.add_host("ra", presets[0])
@@ -38,10 +29,7 @@ class RestartLabTests(TestCase):
             self.lab, self.servers, a, b, disruption, size=SIZE, rate=RATE,
             payloads=self.payloads,
         )  # fmt: skip
-        shown = {k: v for k, v in result.items() if k not in ("events", "peers")}
-        self.assertTrue(result["ok"], shown)
-        self.assertEqual(result["byte_exact"], (True, True), shown)
-        self.assertEqual(result["received"], (SIZE, SIZE), shown)
+        self.assertByteExact(result)
         return result
 
     def test_conntrack_flush_recovers(self) -> None:
@@ -80,4 +68,6 @@ class RestartLabTests(TestCase):
         first_byte, last_byte = result["bytes_window"]
         self.assertLess(result["disrupted_at"], changes[-1]["at"])
         self.assertLess(changes[-1]["at"], last_byte)
-        print(f"relay to direct: {changes[-1]['at'] - result['disrupted_at']:.2f}s after unblocking")
+        print(
+            f"relay to direct: {changes[-1]['at'] - result['disrupted_at']:.2f}s after unblocking"
+        )

@@ -19,13 +19,11 @@ from twisted.trial.unittest import TestCase
 
 from lab.natlab import (
     PUBLIC_A,
-    LabHost,
-    coturn_unavailable_reason,
     lab_fixture,
     unavailable_reason,
 )
-from lab.peers import random_file, start_lab_servers, transfer_pair
 from lab.wiretap import Wiretap, forge
+from tests.lab.transfers import TransferLabCase
 
 RECEIVE_ONE = (
     "import socket, sys, json\n"
@@ -117,40 +115,14 @@ def host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class SecureStreamTests(TestCase):
+class SecureStreamTests(TransferLabCase):
     """``holepunch connect`` streams in the lab, with the daemon as the README starts it
     (one address, its defaults; clients given only the signaling URL)."""
 
+    size = TRANSFER
+
     def setUp(self) -> None:
-        reason = unavailable_reason() or coturn_unavailable_reason()
-        if reason:
-            raise self.skipTest(reason)
-        self.lab = lab_fixture(self)
-        self.servers = start_lab_servers(self.lab, "one-address", turn=True)
-        self.payloads = (random_file(TRANSFER), random_file(TRANSFER))
-        for path, _ in self.payloads:
-            self.addCleanup(os.unlink, path)
-
-    def transfer(self, a: LabHost, b: LabHost, **kwargs: Any) -> dict[str, Any]:
-        names = (a.name, b.name)
-        extra = [*self.servers.turn_args(), *kwargs.pop("extra_args", [])]
-        return transfer_pair(
-            a,
-            b,
-            self.servers.url,
-            names=names,
-            size=TRANSFER,
-            stun_servers=self.servers.stun_servers,
-            extra_args=extra,
-            payloads=self.payloads,
-            transfer_timeout=180,
-            **kwargs,
-        )
-
-    def assertByteExact(self, result: dict[str, Any]) -> None:
-        self.assertTrue(result["ok"], {k: v for k, v in result.items() if k != "events"})
-        self.assertEqual(result["byte_exact"], (True, True))
-        self.assertEqual(result["received"], (TRANSFER, TRANSFER))
+        self.start_lab()
 
     def test_punched_path_hides_the_payload_and_drops_forgeries(self) -> None:
         """64 MiB each way over a UDP hole punch arrive byte-exact; a capture of the whole

@@ -3,21 +3,14 @@ transfer, and coturn refusing permissions for the private ranges (``denied-peer-
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from twisted.trial.unittest import TestCase
-
-from lab.natlab import LabHost, coturn_unavailable_reason, lab_fixture, unavailable_reason
 from lab.peers import (
-    LabServers,
     PeerProcessError,
     StreamPeer,
-    random_file,
-    start_lab_servers,
-    transfer_pair,
 )
+from tests.lab.transfers import TransferLabCase
 
 TRANSFER = 32 << 20
 """Bytes each way."""
@@ -34,43 +27,17 @@ hosts behind NATs are 10.N.0.2."""
 RECOVERED_BY = {"recovery": "relay-reallocated", "restart": "ice-restart"}
 """The path-changed reason after a lost relay -> the event that shows that route."""
 
-class TurnRecoveryLabTests(TestCase):
+
+class TurnRecoveryLabTests(TransferLabCase):
     """A symmetric-random pair (only the relay connects them) through coturn."""
 
-    def start(self, coturn_args: tuple[str, ...] = ()) -> LabServers:
-        reason = unavailable_reason() or coturn_unavailable_reason()
-        if reason:
-            raise self.skipTest(reason)
-        self.lab = lab_fixture(self)
-        self.payloads = (random_file(TRANSFER), random_file(TRANSFER))
-        for path, _ in self.payloads:
-            self.addCleanup(os.unlink, path)
-        return start_lab_servers(self.lab, "one-address", turn=True, coturn_args=coturn_args)
-
-    def transfer(self, servers: LabServers, a: LabHost, b: LabHost, **kwargs: Any) -> Any:
-        return transfer_pair(
-            a,
-            b,
-            servers.url,
-            names=(a.name, b.name),
-            size=TRANSFER,
-            stun_servers=servers.stun_servers,
-            extra_args=servers.turn_args(),
-            payloads=self.payloads,
-            transfer_timeout=180,
-            **kwargs,
-        )
-
-    def assertByteExact(self, result: dict[str, Any]) -> None:
-        self.assertTrue(result["ok"], {k: v for k, v in result.items() if k != "events"})
-        self.assertEqual(result["byte_exact"], (True, True))
-        self.assertEqual(result["received"], (TRANSFER, TRANSFER))
+    size = TRANSFER
 
     def restart_under_transfer(self, down: float) -> dict[str, Any]:
         """A symmetric-random pair transfers through coturn, which is killed once bytes
         flow both ways and started again ``down`` seconds later; returns, per side, the
         seconds from the kill to each of its events after it."""
-        servers = self.start()
+        servers = self.start_lab()
         a = self.lab.add_host("ra", "symmetric-random")
         b = self.lab.add_host("rb", "symmetric-random")
         timeline: dict[str, Any] = {}
@@ -87,7 +54,7 @@ class TurnRecoveryLabTests(TestCase):
             servers.coturn = self.lab.restart_coturn(servers.coturn, down=down)
             timeline["up"] = time.monotonic()
 
-        result = self.transfer(servers, a, b, on_flowing=restart)
+        result = self.transfer(a, b, on_flowing=restart)
         self.assertByteExact(result)
         self.assertEqual(result["connection"]["method"], "turn-relay")
         self.assertLess(max(timeline["received_then"]), TRANSFER)  # restarted mid-transfer
@@ -135,10 +102,10 @@ class TurnRecoveryLabTests(TestCase):
         """coturn refusing permissions for the private ranges (403 for the peers' host
         candidates) relays a symmetric-random pair, 32 MiB each way byte-exact: only the
         pairs toward private addresses fail, at once."""
-        servers = self.start(PRIVATE_RANGES)
+        servers = self.start_lab(PRIVATE_RANGES)
         a = self.lab.add_host("da", "symmetric-random")
         b = self.lab.add_host("db", "symmetric-random")
-        result = self.transfer(servers, a, b)
+        result = self.transfer(a, b)
         self.assertByteExact(result)
         self.assertEqual(result["connection"]["method"], "turn-relay")
         self.assertEqual(result["other"]["method"], "turn-relay")
