@@ -39,6 +39,21 @@ def block_direct(router_of: LabHost, other: LabHost) -> None:
     router_of.router_nft(["-f", "-"], input=ruleset.encode())
 
 
+def block_udp(router_of: LabHost) -> None:
+    """Drop every UDP packet ``router_of``'s router forwards (as the ``udp-blocked``
+    preset does, but removable by :func:`unblock_direct`): STUN, TURN over UDP and ICE
+    checks all fail, so only TCP hole punching connects."""
+    ruleset = (
+        f"table inet {BLOCK_TABLE} {{\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority -10; policy accept;\n"
+        "    meta l4proto udp drop\n"
+        "  }\n"
+        "}\n"
+    )
+    router_of.router_nft(["-f", "-"], input=ruleset.encode())
+
+
 def unblock_direct(router_of: LabHost) -> None:
     """Remove :func:`block_direct`'s rule."""
     router_of.router_nft(["delete", "table", "inet", BLOCK_TABLE])

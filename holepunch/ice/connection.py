@@ -36,9 +36,12 @@ class Channel:
     ``method``, ``local`` and ``remote`` (``(host, port)``), ``rtt`` (seconds, or None),
     ``closed``; ``send(bytes)``; ``on_datagram(handler)`` (datagrams that arrived before
     the first handler are delivered to it at once, in order); ``on_disconnected(handler)``
-    (called once, with the reason); ``when_closed()``; ``close()``. Subclasses provide
-    ``transmit(data)`` and ``release()`` (free the transport); what carries the
-    connection calls ``deliver(data)`` for each datagram and ``mark_closed(reason)``.
+    (called once, with the reason); ``when_closed()``; ``close()``;
+    ``on_path_changed(handler)`` (the path under the connection changed: ``method``,
+    ``local`` and ``remote`` are then the new path's, ``path_change_reason`` says why).
+    Subclasses provide ``transmit(data)`` and ``release()`` (free the transport); what
+    carries the connection calls ``deliver(data)`` for each datagram,
+    ``mark_closed(reason)`` and ``path_changed(reason)``.
     """
 
     BACKLOG = 256
@@ -60,6 +63,9 @@ class Channel:
         self._disconnect_observers: list[DisconnectHandler] = []
         self._backlog: list[bytes] = []
         self._waiters: list[defer.Deferred[str]] = []
+        self._path_observers: list[Callable[[Any], None]] = []
+        self.path_changes = 0
+        self.path_change_reason = ""
 
     def __repr__(self) -> str:
         state = f"closed: {self.close_reason}" if self.closed else "open"
@@ -161,6 +167,28 @@ class Channel:
         for d in waiters:
             d.callback(reason)
 
+    def path_changed(self, reason: str) -> None:
+        """The path under the connection changed (``reason``: ``upgrade``, ``restart``,
+        ``better-path``); path observers hear of it."""
+        self.path_change_reason = reason
+        self.path_changes += 1
+        for handler in list(self._path_observers):
+            try:
+                handler(self)
+            except Exception:
+                _log.failure("path observer raised")
+
+    def on_path_changed(self, handler: Callable[[Any], None]) -> Callable[[], None]:
+        """Call ``handler(connection)`` when the path changes under the connection (a
+        relayed connection upgraded to a direct pair, an ICE restart selected a new
+        pair, a degraded path was replaced, a TCP connection moved to UDP); ``method``,
+        ``local`` and ``remote`` are then the new path's, ``path_change_reason`` says
+        why."""
+        self._path_observers.append(handler)
+        return lambda: (
+            self._path_observers.remove(handler) if handler in self._path_observers else None
+        )
+
 
 @dataclass(frozen=True)
 class RestartInfo:
@@ -206,12 +234,9 @@ class PeerConnection(Channel):
         self._agent = agent
         self.local_candidate = local_candidate
         self.remote_candidate = remote_candidate
-        self._path_observers: list[Callable[[PeerConnection], None]] = []
         self._restart_observers: list[Callable[[RestartInfo], None]] = []
         self.restarts: list[RestartInfo] = []
         """Every restart news so far, in order."""
-        self.path_changes = 0
-        self.path_change_reason = ""
 
     @property
     def agent(self) -> DatagramSender:
@@ -236,29 +261,13 @@ class PeerConnection(Channel):
     ) -> None:
         """The path changed under the connection (``reason``: ``upgrade``, ``restart``,
         ``better-path``); path observers hear of it."""
-        self.path_change_reason = reason
-        self.path_changes += 1
         self.method = method
         self.local = local
         self.remote = remote
         self.rtt = rtt
         self.local_candidate = local_candidate
         self.remote_candidate = remote_candidate
-        for handler in list(self._path_observers):
-            try:
-                handler(self)
-            except Exception:
-                _log.failure("path observer raised")
-
-    def on_path_changed(self, handler: Callable[[PeerConnection], None]) -> Callable[[], None]:
-        """Call ``handler(connection)`` when the path changes under the connection (a
-        relayed connection upgraded to a direct pair, an ICE restart selected a new
-        pair, a degraded path was replaced); ``method``, ``local`` and ``remote`` are
-        then the new path's, ``path_change_reason`` says why."""
-        self._path_observers.append(handler)
-        return lambda: (
-            self._path_observers.remove(handler) if handler in self._path_observers else None
-        )
+        self.path_changed(reason)
 
     def restart_news(self, info: RestartInfo) -> None:
         """An ICE restart began or ended under the connection; restart observers hear."""

@@ -36,6 +36,7 @@ from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.events import IceError
 from holepunch.ice.hardnat import MappingProfile
+from holepunch.ice.switching import SwitchingChannel
 from holepunch.nat.model import NatInfo
 from holepunch.punch.tcpsession import TcpTrack
 from holepunch.quic.identity import PeerIdentity, parse_fingerprint
@@ -687,20 +688,28 @@ class Negotiator:
         d.addErrback(lambda f: _log.info("TCP sync failed: {err}", err=f.getErrorMessage()))
 
     async def _race(self, session: Session, connecting: defer.Deferred[PeerConnection]) -> Any:
-        """The first path that works; fail only when every path that ran failed."""
+        """The first path that works; fail only when every path that ran failed.
+
+        When TCP wins, the connection is a :class:`SwitchingChannel` over it and the UDP
+        track keeps going: once ICE selects a pair the connection moves there; when ICE
+        fails it stays on TCP."""
         outcome: defer.Deferred[Any] = defer.Deferred()
         errors: dict[str, Failure] = {}
         tcp = session.tcp
+        switching: list[SwitchingChannel] = []
 
         def won(connection: Any, track: str) -> None:
             if outcome.called:
                 if track == "tcp":
                     connection.close("another path won")
+                elif switching:
+                    self._move_to_udp(session, switching[0], connection)
                 return
             if track == "udp" and tcp is not None:
                 tcp.cancel()
             elif track == "tcp":
-                session.agent.close()
+                connection = self._keep_checking_udp(session, connection)
+                switching.append(connection)
             connection.peer_fingerprint = session.remote_fingerprint
             self._peer_of[connection] = session.peer_id
             outcome.callback(connection)
@@ -708,6 +717,13 @@ class Negotiator:
         def lost(failure: Failure, track: str) -> None:
             errors[track] = failure
             if outcome.called:
+                if track == "udp" and switching:
+                    _log.info(
+                        "no UDP path to {peer} ({err}); staying on TCP",
+                        peer=session.peer_id,
+                        err=failure.getErrorMessage(),
+                    )
+                    session.agent.close()
                 return
             tcp_running = tcp is not None and tcp.started and "tcp" not in errors
             if track == "udp" and tcp_running:
@@ -726,6 +742,34 @@ class Negotiator:
         if tcp is not None:
             tcp.result.addCallbacks(won, lost, callbackArgs=("tcp",), errbackArgs=("tcp",))
         return await outcome
+
+    def _keep_checking_udp(self, session: Session, stream: Any) -> SwitchingChannel:
+        """TCP won: the connection, over ``stream`` until UDP works; closing it closes the
+        agent still checking."""
+        channel = SwitchingChannel(self.reactor, stream)
+
+        def closed(_reason: str) -> None:
+            session.agent.close()
+
+        channel.on_disconnected(closed)
+        return channel
+
+    def _move_to_udp(
+        self, session: Session, channel: SwitchingChannel, connection: PeerConnection
+    ) -> None:
+        """ICE selected a UDP pair after TCP won: move the connection there."""
+        if channel.closed:
+            connection.close(channel.close_reason or "closed")
+            return
+        previous = channel.method
+        connection.peer_fingerprint = session.remote_fingerprint
+        channel.switch_to(connection, "upgrade")
+        _log.info(
+            "connection to {peer} moved from {old} to {new}",
+            peer=session.peer_id,
+            old=previous,
+            new=connection.method,
+        )
 
     def _answer_received(self, message: JSON) -> None:
         try:
@@ -838,6 +882,11 @@ class Negotiator:
             if path is None:
                 return False
             connection = path
+        if isinstance(connection, SwitchingChannel):
+            current = connection.current
+            if not isinstance(current, PeerConnection):
+                return False  # still on TCP
+            connection = current
         session = next(
             (s for s in self.sessions.values() if s.agent.connection is connection), None
         )

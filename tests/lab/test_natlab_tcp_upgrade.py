@@ -1,0 +1,62 @@
+"""A connection made by TCP hole punching moves to UDP once UDP works (issue 14, item 2).
+
+One host's router drops every UDP packet, so STUN fails there, UDP checks go unanswered
+and the TCP hole punch wins; a ``holepunch connect`` transfer starts over TCP, the rule
+goes once bytes flow, the ICE checks still under way succeed and the connection moves to
+a UDP path before the transfer ends, byte-exact."""
+
+from __future__ import annotations
+
+import time
+
+from lab.peers import StreamPeer, transfer_pair
+from lab.recovery import block_udp, unblock_direct
+from tests.lab.transfers import TransferLabCase
+
+SIZE = 4_000_000
+RATE = 400_000.0
+
+
+class TcpUpgradeLabTests(TransferLabCase):
+    """4 MB each way at 0.4 MB/s, no TURN server (the relay must not be the way out)."""
+
+    size = SIZE
+
+    def setUp(self) -> None:
+        self.start_lab()
+
+    def test_tcp_moves_to_udp_once_unblocked(self) -> None:
+        a = self.lab.add_host("ta", "port-restricted")
+        b = self.lab.add_host("tb", "full-cone")
+        block_udp(a)
+        self.addCleanup(lambda: a.router_nft(["delete", "table", "inet", "lab_block"], check=False))
+        moment: list[float] = []
+
+        def unblock(_a: StreamPeer, _b: StreamPeer) -> None:
+            moment.append(time.monotonic())
+            unblock_direct(a)
+
+        result = transfer_pair(
+            a,
+            b,
+            self.servers.url,
+            names=(a.name, b.name),
+            size=SIZE,
+            rate=RATE,
+            stun_servers=self.servers.stun_servers,
+            payloads=self.payloads,
+            transfer_timeout=60,
+            on_flowing=unblock,
+        )
+        self.assertByteExact(result)
+        self.assertEqual(result["connection"]["method"], "tcp-hole-punch", result["stderr"])
+        self.assertEqual(result["other"]["method"], "tcp-hole-punch", result["stderr"])
+        first_byte, last_byte = result["bytes_window"]
+        for side, events in enumerate(result["events"]):
+            changes = [e for e in events if e.get("event") == "path-changed"]
+            self.assertTrue(changes, result["stderr"][side])
+            self.assertIn(changes[-1]["method"], ("udp-hole-punch", "direct"), changes)
+            self.assertEqual(changes[-1]["reason"], "upgrade")
+            self.assertLess(moment[0], changes[-1]["at"])
+            self.assertLess(changes[-1]["at"], last_byte)
+        print(f"tcp to udp: {changes[-1]['at'] - moment[0]:.2f}s after unblocking")
