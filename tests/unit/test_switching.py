@@ -1,9 +1,13 @@
 """SwitchingChannel: a connection that moves from one carrier (TCP) to another (UDP)."""
 
-from twisted.internet import task
+from types import SimpleNamespace
+
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from holepunch.ice.connection import ConnectionClosed
+from holepunch.ice.events import IceError
+from holepunch.ice.negotiation import Negotiator
 from holepunch.ice.switching import SwitchingChannel
 from holepunch.quic.session import session_over_channel
 
@@ -127,3 +131,90 @@ class SwitchingChannelTests(unittest.TestCase):
                 return
             self.clock.advance(0.001)
         self.fail("condition not met")
+
+
+class _Subscription:
+    def cancel(self):
+        pass
+
+
+class _Signaling:
+    def on(self, _name, _handler):
+        return _Subscription()
+
+
+class _Agent:
+    def __init__(self):
+        self.closes = 0
+        self.closed = False
+        self.connection = None
+
+    def close(self):
+        self.closes += 1
+        self.closed = True
+        return defer.succeed(None)
+
+
+class _Track:
+    started = True
+
+    def __init__(self):
+        self.result = defer.Deferred()
+
+    def cancel(self):
+        pass
+
+
+class RaceTests(unittest.TestCase):
+    """Negotiator._race when TCP wins: the UDP track keeps going and takes over."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.negotiator = Negotiator(self.clock, _Signaling())
+        self.agent = _Agent()
+        self.session = SimpleNamespace(
+            tcp=_Track(), agent=self.agent, remote_fingerprint="fp", peer_id="bob"
+        )
+        self.connecting = defer.Deferred()
+        self.result = defer.ensureDeferred(
+            self.negotiator._race(self.session, self.connecting)
+        )
+        self.tcp, _ = pair(self.clock, "tcp-hole-punch")
+        self.udp, _ = pair(self.clock, "udp-hole-punch")
+        self.session.tcp.result.callback(self.tcp)
+        self.channel = self.successResultOf(self.result)
+
+    def test_tcp_wins_then_moves_to_udp(self):
+        self.assertIsInstance(self.channel, SwitchingChannel)
+        self.assertEqual(self.channel.method, "tcp-hole-punch")
+        self.assertEqual(self.channel.peer_fingerprint, "fp")
+        self.assertEqual(self.agent.closes, 0)
+        self.assertFalse(self.negotiator.restart(self.channel))  # still on TCP
+        changes = []
+        self.channel.on_path_changed(lambda c: changes.append(c.method))
+        self.connecting.callback(self.udp)
+        self.assertEqual(changes, ["udp-hole-punch"])
+        self.assertEqual(self.channel.path_change_reason, "upgrade")
+        self.assertEqual(self.udp.peer_fingerprint, "fp")
+        self.clock.advance(SwitchingChannel.GRACE)
+        self.assertTrue(self.tcp.closed)
+        self.channel.close("done")
+        self.assertTrue(self.udp.closed)
+        self.assertEqual(self.agent.closes, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_udp_fails_stays_on_tcp(self):
+        self.connecting.errback(IceError("connectivity-checks", "timeout"))
+        self.assertEqual(self.agent.closes, 1)
+        self.assertFalse(self.channel.closed)
+        self.assertEqual(self.channel.method, "tcp-hole-punch")
+        self.assertEqual(self.channel.path_changes, 0)
+        self.channel.close("done")
+        self.assertTrue(self.tcp.closed)
+
+    def test_udp_after_close_is_closed(self):
+        self.channel.close("done")
+        self.assertEqual(self.agent.closes, 1)
+        self.connecting.callback(self.udp)
+        self.assertTrue(self.udp.closed)
+        self.assertEqual(self.channel.method, "tcp-hole-punch")
