@@ -27,7 +27,6 @@ from typing import Any
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -126,14 +125,15 @@ class RedisRoomRegistry(Service):
     the connections, so they may be called as soon as it is started.
 
     ``limits.max_peers`` bounds this node's peers (its capacity); the room and per-peer
-    limits hold across nodes.
+    limits hold across nodes. ``clock`` is the reactor: its time, and its TCP for the
+    connections to Redis (the global reactor when None).
     """
 
     def __init__(
         self,
         url: rs.RedisURL,
         limits: Limits | None = None,
-        clock: IReactorTime | None = None,
+        clock: Any = None,
         presence_ttl: float = 30.0,
         request_timeout: float = 10.0,
         prefix: str = rs.DEFAULT_PREFIX,
@@ -186,7 +186,7 @@ class RedisRoomRegistry(Service):
         self._bus = _BusFactory(self.keys.bus(self.node_id), self._deliver, self._on_subscribed)
         self._bus.password = self.url.password
         self._bus.username = self.url.username
-        self._bus.startConnecting(_endpoint(self.url))
+        self._bus.startConnecting(_endpoint(self.clock, self.url))
         self._factory = txredisapi.RedisFactory(
             str(self.url),
             self.url.db,
@@ -195,7 +195,7 @@ class RedisRoomRegistry(Service):
             username=self.url.username,
             convertNumbers=False,
         )
-        self._factory.startConnecting(_endpoint(self.url))
+        self._factory.startConnecting(_endpoint(self.clock, self.url))
         self._connected = self._factory.deferred
         self._connected.addCallback(self._got_connection)
         ready = defer.gatherResults([self._connected, self._subscribed], consumeErrors=True)
@@ -553,8 +553,7 @@ def _pass_to(waiter: defer.Deferred[Any]) -> Callable[[Any], Any]:
     return fire
 
 
-def _endpoint(url: rs.RedisURL) -> Any:
-    from twisted.internet import reactor
+def _endpoint(reactor: Any, url: rs.RedisURL) -> Any:
     from twisted.internet.endpoints import HostnameEndpoint
 
     return HostnameEndpoint(reactor, url.host, url.port)
