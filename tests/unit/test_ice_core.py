@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -41,14 +42,25 @@ class Wire:
         self.dropped = 0
         self.blocked = False
 
+    def source_of(self, core: IceCore, destination: tuple[str, int], via: int) -> Any:
+        """Where a datagram that ``core`` sends on ``via`` leaves from (None: lost)."""
+        assert via == events.MAIN
+        return None if self.blocked else self.address[id(core)]
+
+    def arrive(self, data: bytes, source: tuple[str, int], destination: tuple[str, int]) -> None:
+        """A datagram reaches ``destination``."""
+        core = self.cores.get(destination)
+        if core is None:
+            self.dropped += 1
+        else:
+            core.receive_datagram(data, source, events.MAIN, self.now)
+
     def flush(self) -> None:
         for core in self.cores.values():
             for data, destination, via in core.datagrams_to_send(self.now):
-                assert via == events.MAIN
-                if not self.blocked:
-                    self.in_flight.append(
-                        (self.now + self.latency, data, self.address[id(core)], destination)
-                    )
+                source = self.source_of(core, destination, via)
+                if source is not None:
+                    self.in_flight.append((self.now + self.latency, data, source, destination))
             event = core.next_event()
             while event is not None:
                 self.events[id(core)].append(event)
@@ -62,11 +74,7 @@ class Wire:
             due = [d for d in self.in_flight if d[0] <= self.now]
             self.in_flight = [d for d in self.in_flight if d[0] > self.now]
             for _, data, source, destination in due:
-                core = self.cores.get(destination)
-                if core is None:
-                    self.dropped += 1
-                else:
-                    core.receive_datagram(data, source, events.MAIN, self.now)
+                self.arrive(data, source, destination)
             for core in self.cores.values():
                 timer = core.get_timer()
                 if timer is not None and timer <= self.now:

@@ -44,47 +44,26 @@ class RelayWire(Wire):
         self.relays[relayed_address] = (core, via)
         return via
 
-    def flush(self) -> None:
-        for core in self.cores.values():
-            for data, destination, via in core.datagrams_to_send(self.now):
-                if via == events.MAIN:
-                    if destination in self.cores:
-                        self.dropped += 1  # no direct path between the hosts
-                        continue
-                    source = self.address[id(core)]
-                else:
-                    live = [a for a, (c, v) in self.relays.items() if c is core and v == via]
-                    if not live:
-                        self.dropped += 1
-                        continue
-                    source = live[0]
-                self.in_flight.append((self.now + self.latency, data, source, destination))
-            event = core.next_event()
-            while event is not None:
-                self.events[id(core)].append(event)
-                event = core.next_event()
+    def source_of(self, core: IceCore, destination: tuple[str, int], via: int) -> Any:
+        if via == events.MAIN:
+            if destination in self.cores:
+                self.dropped += 1  # no direct path between the hosts
+                return None
+            return self.address[id(core)]
+        live = [a for a, (c, v) in self.relays.items() if c is core and v == via]
+        if not live:
+            self.dropped += 1
+            return None
+        return live[0]
 
-    def run(self, until: float, step: float = 0.001) -> None:
-        while self.now < until:
-            self.flush()
-            self.now = round(self.now + step, 6)
-            due = [d for d in self.in_flight if d[0] <= self.now]
-            self.in_flight = [d for d in self.in_flight if d[0] > self.now]
-            for _, data, source, destination in due:
-                if destination in self.relays:
-                    core, via = self.relays[destination]
-                    core.receive_datagram(data, source, via, self.now)
-                elif destination in self.cores:
-                    self.cores[destination].receive_datagram(
-                        data, source, events.MAIN, self.now
-                    )
-                else:
-                    self.dropped += 1
-            for core in self.cores.values():
-                timer = core.get_timer()
-                if timer is not None and timer <= self.now:
-                    core.handle_timer(self.now)
-        self.flush()
+    def arrive(self, data: bytes, source: tuple[str, int], destination: tuple[str, int]) -> None:
+        if destination in self.relays:
+            core, via = self.relays[destination]
+            core.receive_datagram(data, source, via, self.now)
+        elif destination in self.cores:
+            self.cores[destination].receive_datagram(data, source, events.MAIN, self.now)
+        else:
+            self.dropped += 1
 
     def trickle(self, a: IceCore, b: IceCore) -> None:
         """Signal the candidates each side announced since the last call."""
