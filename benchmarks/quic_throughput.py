@@ -49,6 +49,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from twisted.internet import protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from zope.interface import implementer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODES = ("holepunch", "aioquic-asyncio", "aioquic-asyncio-unthrottled", "tcp")
@@ -84,64 +88,22 @@ def result(mode: str, nbytes: int, elapsed: float, cpu: float, **extra: Any) -> 
 
 
 def run_holepunch(total: int) -> dict[str, Any]:
-    from twisted.internet import defer, protocol, reactor
-    from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-    from zope.interface import implementer
+    from twisted.internet import defer, reactor
 
     from holepunch.quic.identity import PeerIdentity
     from holepunch.quic.udp import QuicDatagramProtocol
 
     udp_reactor: Any = reactor
-    block = payload_block()
     client_id, server_id = PeerIdentity.generate(), PeerIdentity.generate()
     done: defer.Deferred[int] = defer.Deferred()
     marks: dict[str, float] = {}
 
-    @implementer(IHalfCloseableProtocol)
-    class Sink(protocol.Protocol):
-        received = 0
+    def ended(sink: CountingSink) -> None:
+        marks["end"] = time.perf_counter()
+        done.callback(sink.received)
 
-        def dataReceived(self, data: bytes) -> None:
-            self.received += len(data)
-
-        def readConnectionLost(self) -> None:
-            marks["end"] = time.perf_counter()
-            done.callback(self.received)
-
-        def writeConnectionLost(self) -> None:
-            pass
-
-    @implementer(IPushProducer)
-    class Source(protocol.Protocol):
-        sent = 0
-        paused = False
-
-        def connectionMade(self) -> None:
-            assert self.transport is not None
-            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-            marks["start"] = time.perf_counter()
-            self.resumeProducing()
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-            transport: Any = self.transport
-            while not self.paused and self.sent < total:
-                n = min(CHUNK, total - self.sent)
-                offset = self.sent % len(block)
-                chunk = block[offset : offset + n]
-                if len(chunk) < n:
-                    chunk += block[: n - len(chunk)]
-                self.sent += n
-                transport.write(chunk)
-            if self.sent >= total and not self.paused:
-                transport.unregisterProducer()
-                transport.loseWriteConnection()
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def stopProducing(self) -> None:
-            self.paused = True
+    def started() -> None:
+        marks["start"] = time.perf_counter()
 
     server = QuicDatagramProtocol(
         reactor, ("127.0.0.1", 0), False, server_id, client_id.fingerprint
@@ -157,7 +119,7 @@ def run_holepunch(total: int) -> dict[str, Any]:
     client_port = udp_reactor.listenUDP(0, client, interface="127.0.0.1")
     server.peer_address = ("127.0.0.1", client_port.getHost().port)
     assert server.session is not None and client.session is not None
-    server.session.listen_streams(protocol.Factory.forProtocol(Sink))
+    server.session.listen_streams(SinkFactory(ended))
     outcome: dict[str, Any] = {}
     cpu0 = cpu_seconds()
 
@@ -166,7 +128,7 @@ def run_holepunch(total: int) -> dict[str, Any]:
         try:
             assert client.session is not None
             yield client.session.when_connected(timeout=10)
-            yield client.session.open_stream(Source())
+            yield client.session.open_stream(ChunkSource(total, started))
             received = yield done.addTimeout(600, reactor)
             outcome["received"] = received
         except Exception as e:
@@ -321,6 +283,90 @@ def say(**fields: Any) -> None:
     sys.stdout.flush()
 
 
+@implementer(IHalfCloseableProtocol)
+class CountingSink(protocol.Protocol):
+    """The receiving end of a stream: counts its bytes; ``on_end(sink)`` when the
+    sender half-closes."""
+
+    def __init__(self, on_end: Callable[[CountingSink], object]) -> None:
+        self.received = 0
+        self.on_end = on_end
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.on_end(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class SinkFactory(protocol.Factory):
+    """A :class:`CountingSink` for each stream."""
+
+    def __init__(self, on_end: Callable[[CountingSink], object]) -> None:
+        self.on_end = on_end
+
+    def buildProtocol(self, addr: Any) -> CountingSink:
+        return CountingSink(self.on_end)
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
+class ChunkSource(protocol.Protocol):
+    """The sending end: ``total`` bytes of :func:`chunks` as fast as the stream takes
+    them (a push producer), then a half-close; ``on_start()`` when it begins and
+    ``on_reply(data)`` for what the receiver writes back."""
+
+    def __init__(
+        self,
+        total: int,
+        on_start: Callable[[], object],
+        on_reply: Callable[[bytes], object] | None = None,
+    ) -> None:
+        self.total = total
+        self.on_start = on_start
+        self.on_reply = on_reply
+        self.paused = False
+        self.pieces: Any = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pieces = chunks(self.total)
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self.on_start()
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        transport: Any = self.transport
+        if self.pieces is None:
+            return
+        for chunk in self.pieces:
+            transport.write(chunk)
+            if self.paused:
+                return
+        self.pieces = None
+        transport.unregisterProducer()
+        transport.loseWriteConnection()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.on_reply is not None:
+            self.on_reply(data)
+
+    def readConnectionLost(self) -> None:
+        pass
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
 def chunks(total: int) -> Any:
     """The payload as CHUNK-sized pieces of a random 1 MiB block."""
     block = payload_block()
@@ -336,9 +382,7 @@ def chunks(total: int) -> Any:
 
 
 def holepunch_end(role: str, host: str, port: int, total: int, args: argparse.Namespace) -> None:
-    from twisted.internet import defer, protocol, reactor
-    from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-    from zope.interface import implementer
+    from twisted.internet import defer, reactor
 
     from holepunch.quic.identity import PeerIdentity
     from holepunch.quic.udp import QuicDatagramProtocol
@@ -356,63 +400,21 @@ def holepunch_end(role: str, host: str, port: int, total: int, args: argparse.Na
                 self.peer_address = (addr[0], addr[1])
             super().datagramReceived(datagram, addr)
 
-    @implementer(IHalfCloseableProtocol)
-    class Sink(protocol.Protocol):
-        received = 0
+    def ended(sink: CountingSink) -> None:
+        outcome["end"] = time.monotonic()
+        outcome["received"] = sink.received
+        assert sink.transport is not None
+        sink.transport.write(ACK)
+        sink.transport.loseConnection()
+        done.callback(None)
 
-        def dataReceived(self, data: bytes) -> None:
-            self.received += len(data)
+    def started() -> None:
+        outcome["start"] = time.monotonic()
 
-        def readConnectionLost(self) -> None:
-            outcome["end"] = time.monotonic()
-            outcome["received"] = self.received
-            assert self.transport is not None
-            self.transport.write(ACK)
-            self.transport.loseConnection()
+    def answered(_data: bytes) -> None:
+        if not done.called:
+            outcome["acked"] = time.monotonic()
             done.callback(None)
-
-        def writeConnectionLost(self) -> None:
-            pass
-
-    @implementer(IPushProducer, IHalfCloseableProtocol)
-    class Source(protocol.Protocol):
-        paused = False
-
-        def connectionMade(self) -> None:
-            assert self.transport is not None
-            self.pieces = chunks(total)
-            self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-            outcome["start"] = time.monotonic()
-            self.resumeProducing()
-
-        def resumeProducing(self) -> None:
-            self.paused = False
-            transport: Any = self.transport
-            for chunk in self.pieces:
-                transport.write(chunk)
-                if self.paused:
-                    return
-            if not self.paused and self.pieces is not None:
-                self.pieces = None
-                transport.unregisterProducer()
-                transport.loseWriteConnection()
-
-        def pauseProducing(self) -> None:
-            self.paused = True
-
-        def stopProducing(self) -> None:
-            self.paused = True
-
-        def dataReceived(self, data: bytes) -> None:
-            if not done.called:
-                outcome["acked"] = time.monotonic()
-                done.callback(None)
-
-        def readConnectionLost(self) -> None:
-            pass
-
-        def writeConnectionLost(self) -> None:
-            pass
 
     peer_fp = args.peer_fingerprint
     if role == "server":
@@ -424,7 +426,7 @@ def holepunch_end(role: str, host: str, port: int, total: int, args: argparse.Na
     assert endpoint.session is not None
     session = endpoint.session
     if role == "server":
-        session.listen_streams(protocol.Factory.forProtocol(Sink))
+        session.listen_streams(SinkFactory(ended))
     cpu0 = cpu_seconds()
     if role == "server":
         say(ready=listening.getHost().port)
@@ -434,7 +436,7 @@ def holepunch_end(role: str, host: str, port: int, total: int, args: argparse.Na
         try:
             if role == "client":
                 yield session.when_connected(timeout=10)
-                yield session.open_stream(Source())
+                yield session.open_stream(ChunkSource(total, started, answered))
                 yield done.addTimeout(600, reactor)
                 session.close("done")
             else:
