@@ -12,6 +12,7 @@ from holepunch import P2PCoordinator
 from holepunch.coordinator import CoordinatorError
 from holepunch.ice.config import IceConfig
 from holepunch.testing.loopback import start_stun_server
+from tests.stream_protocols import Collect, Echo
 
 LOOPBACK = IceConfig.on("127.0.0.1")
 
@@ -171,29 +172,6 @@ class CoordinatorTests(TestCase):
         self.assertIsNone(host.signaling_server.port)
 
 
-class StreamCollect(protocol.Protocol):
-    """Keeps what arrives; ``done`` fires with it when the stream ends."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.done.called:
-            self.done.callback(self.data)
-
-
-class StreamEcho(protocol.Protocol):
-    """Echoes what arrives; closes when the peer half-closes (it is not half-closeable)."""
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-
 class CoordinatorStreamTests(TestCase):
     """open_stream / listen_streams: encrypted streams between coordinators."""
 
@@ -220,13 +198,13 @@ class CoordinatorStreamTests(TestCase):
         class Factory(protocol.Factory):
             def buildProtocol(self, addr: Any) -> Any:
                 addresses.append(addr)
-                return StreamEcho()
+                return Echo()
 
         bob.listen_streams(Factory())
         payload = bytes(range(256)) * 300
         results = []
         for _ in range(2):
-            collect = yield alice.open_stream("bob", StreamCollect())
+            collect = yield alice.open_stream("bob", Collect())
             collect.transport.write(payload)
             collect.transport.loseWriteConnection()
             results.append((yield collect.done))
@@ -249,8 +227,8 @@ class CoordinatorStreamTests(TestCase):
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
         alice.metrics = Metrics()
-        bob.listen_streams(protocol.Factory.forProtocol(StreamEcho))
-        collect = yield alice.open_stream("bob", StreamCollect())
+        bob.listen_streams(protocol.Factory.forProtocol(Echo))
+        collect = yield alice.open_stream("bob", Collect())
         collect.transport.write(b"before ")
         events: list[tuple[str, Any]] = []
         completed: defer.Deferred[None] = defer.Deferred()
@@ -281,5 +259,5 @@ class CoordinatorStreamTests(TestCase):
         first = self.coordinator({"enable_signaling": False, "identity_dir": directory})
         second = self.coordinator({"enable_signaling": False, "identityDir": directory})
         self.assertEqual(first.identity.fingerprint, second.identity.fingerprint)
-        e = yield self.assertFailure(first.open_stream("x", StreamCollect()), CoordinatorError)
+        e = yield self.assertFailure(first.open_stream("x", Collect()), CoordinatorError)
         self.assertIn("initialize", str(e))

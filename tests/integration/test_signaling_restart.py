@@ -21,7 +21,8 @@ from holepunch.signaling.client import (
 )
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from holepunch.testing.loopback import start_stun_server
-from tests.integration.test_coordinator import LOOPBACK, StreamEcho
+from tests.integration.test_coordinator import LOOPBACK
+from tests.stream_protocols import Echo
 
 
 class RestartableServer:
@@ -285,11 +286,7 @@ class CoordinatorRestartTests(TestCase):
         for p2p in (alice, bob):
             p2p.on("peer-disconnected", closed.append)
 
-        class Echo(protocol.Factory):
-            def buildProtocol(self, addr: Any) -> protocol.Protocol:
-                return StreamEcho()
-
-        bob.listen_streams(Echo())
+        bob.listen_streams(protocol.Factory.forProtocol(Echo))
         accepted = event_of(bob, "secure-session")
         collect = await alice.open_stream("bob", Collect())
         session = alice.sessions["bob"]
