@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, threads
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -387,7 +387,15 @@ async def receive_command(reactor: Any, args: argparse.Namespace, out: TextIO, e
         offset = part.stat().st_size if part.exists() else 0
         if offset > size:
             offset = 0
-        digest = _sha256_of(part, offset) if offset else hashlib.sha256()
+        # Hashing a large .part takes a while: off the reactor thread, so that ICE
+        # consent and QUIC's timers keep running meanwhile.
+        digest = (
+            await threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), _sha256_of, part, offset
+            )
+            if offset
+            else hashlib.sha256()
+        )
         if offset:
             err.write(f"holepunch receive: resuming {name} at {offset} of {size} bytes\n")
             err.flush()
