@@ -118,30 +118,11 @@ class Selector:
         return relayed(selected) or core.consent.degraded
 
     def _restarted(self, pair: CandidatePair) -> None:
-        """The restart's generation selected ``pair``: the connection moves to it."""
-        core = self.core
-        core.selected = pair
-        core.nominating = None
-        pair.nominated = True
-        if not relayed(pair):
-            self._settle(pair)
-        via = core.via_for(pair.local)
-        assert via is not None
-        if pair.local.type == "relay":
-            core.emit(events.ChannelWanted(via, pair.remote.address))
-        method = core.method(pair)
-        _log.info(
-            "ICE restart {g}: selected {pair} as {method}",
-            g=core.generation,
-            pair=pair.describe(),
-            method=method,
-        )
-        core.stats.path_changes += 1
-        core.emit(events.PathChanged(pair, via, method, "restart"))
-        core.restart_done(pair)
-        core.consent.start()
-        core.paths.start()
-        core.flush_early()
+        """The restart's generation selected ``pair``: the connection moves to it, and
+        the old generation is released."""
+        self.move(pair, "restart")
+        self.core.restart_done(pair)
+        self.core.flush_early()
 
     @property
     def recovering(self) -> bool:
