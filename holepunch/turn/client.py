@@ -593,8 +593,7 @@ class TurnAllocation:
         if self.allocated is not None:
             self.allocated = dataclasses.replace(self.allocated, lifetime=granted)
         self._schedule_refresh(granted)
-        if self._watch_interval is not None and self.state is AllocationState.ALLOCATED:
-            self._watch_timer = self.clock.callLater(self._watch_interval, self._watch_due)
+        self.watch(self._watch_interval)  # the next check
 
     async def _deallocate(self) -> None:
         def fill(request: StunMessage) -> None:
