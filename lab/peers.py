@@ -394,6 +394,7 @@ class StreamPeer:
         self.last_byte_at: float | None = None
         self._digest = hashlib.sha256()
         self.stderr_lines: list[str] = []
+        self._stderr_grew = threading.Condition()
         self.events = EventLines()
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -451,8 +452,26 @@ class StreamPeer:
         assert self.proc.stderr is not None
         for raw in iter(self.proc.stderr.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
-            self.stderr_lines.append(line)
+            with self._stderr_grew:
+                self.stderr_lines.append(line)
+                self._stderr_grew.notify_all()
             self.events.offer(line)
+
+    def wait_for_stderr(self, text: str, timeout: float) -> str:
+        """The first stderr line containing ``text`` (waiting up to ``timeout`` seconds
+        for it); raises PeerProcessError without one."""
+        deadline = time.monotonic() + timeout
+        with self._stderr_grew:
+            while True:
+                line = next((s for s in self.stderr_lines if text in s), None)
+                if line is not None:
+                    return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PeerProcessError(
+                        f"no {text!r} on stderr within {timeout}s; {self.stderr}"
+                    )
+                self._stderr_grew.wait(left)
 
     @property
     def stderr(self) -> str:

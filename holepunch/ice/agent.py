@@ -629,6 +629,18 @@ class IceAgent:
         self.core.release_checks(self.reactor.seconds())
         self._pump()
 
+    def keep_trying(self) -> None:
+        """Another path carries the connection: do not fail, check the failed pairs
+        again on the better-path schedule (:meth:`IceCore.keep_trying
+        <holepunch.ice.core.IceCore.keep_trying>`)."""
+        self.core.keep_trying(self.reactor.seconds())
+        self._pump()
+
+    def stop_trying(self) -> None:
+        """The other path failed: fail as before once nothing can succeed."""
+        self.core.stop_trying(self.reactor.seconds())
+        self._pump()
+
     def connect(self) -> defer.Deferred[PeerConnection]:
         """Start (or join) the connectivity checks; fires with the :class:`PeerConnection`.
 

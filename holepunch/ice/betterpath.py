@@ -11,13 +11,18 @@ the NATs again (a firewall rule that blocked the direct path may be gone, a mapp
 have come back). A direct pair that answers is taken by the selectors' upgrade rule
 (:mod:`holepunch.ice.nomination`): the controlling side nominates it, the connection
 moves (:class:`PathChanged <holepunch.ice.events.PathChanged>`) and the search stops.
+
+The same schedule serves a core with no pair selected while another path carries the
+connection (a punched TCP connection, :meth:`IceCore.keep_trying
+<holepunch.ice.core.IceCore.keep_trying>`): its failed pairs are checked again, round
+after round, until one is selected and the connection moves to UDP.
 """
 
 from __future__ import annotations
 
 from twisted.logger import Logger
 
-from holepunch.ice.checklist import CandidatePair, relayed
+from holepunch.ice.checklist import CandidatePair, PairState, relayed
 from holepunch.ice.parts import Core
 
 _log = Logger()
@@ -53,6 +58,34 @@ class PathSearch:
         else:
             core.timers.cancel("better")
 
+    def keep_trying(self) -> None:
+        """No pair is selected and another path carries the connection
+        (:meth:`IceCore.keep_trying <holepunch.ice.core.IceCore.keep_trying>`): check
+        the failed pairs again on the same schedule."""
+        self.wait = self.core.config.restart.probe_min
+        self.rounds = 0
+        self.core.timers.set("better", self.core.now + self.wait)
+
+    def retry(self) -> None:
+        """One round while another path carries the connection: every failed pair is
+        checked again (a triggered check), then the wait doubles."""
+        core = self.core
+        pairs = [p for p in core.checklist if p.state == PairState.FAILED] if core.running else []
+        self.rounds += 1
+        if pairs:
+            _log.info(
+                "checking {n} failed UDP pairs again (round {r}; another path carries "
+                "the connection)",
+                n=len(pairs),
+                r=self.rounds,
+            )
+        for pair in pairs:
+            core.checklist.trigger(pair)
+        core.stats.better_path_checks += len(pairs)
+        core.checker.schedule()
+        self.wait = min(self.wait * 2, core.config.restart.probe_max)
+        core.timers.set("better", core.now + self.wait)
+
     def candidates(self) -> list[CandidatePair]:
         """The direct pairs worth checking again."""
         core = self.core
@@ -64,7 +97,11 @@ class PathSearch:
         """Time to look: check the direct pairs again, then wait twice as long."""
         core = self.core
         config = core.config.restart
-        if core.closed or core.selected is None:
+        if core.closed:
+            return
+        if core.selected is None:
+            if core.patient:
+                self.retry()
             return
         if self.wanted() and core.remote_pwd is not None:
             pairs = self.candidates()

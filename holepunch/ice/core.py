@@ -111,6 +111,9 @@ class IceCore:
         self.hold_checks = False
         """While True no check is sent (the negotiation sets it while other flows, TCP
         mapping for instance, still have to happen before our first check)."""
+        self.patient = False
+        """Another path (a punched TCP connection) carries the connection: no failure
+        for want of a pair; the pairs are checked again (:meth:`keep_trying`)."""
         self.running = False
         self.closed = False
         self.now = 0.0
@@ -267,6 +270,34 @@ class IceCore:
         self.timers.set("timeout", now + self.config.checks.connection_timeout)
         self.probing.plan()
         self.checker.schedule()
+
+    def keep_trying(self, now: float) -> None:
+        """Another path carries the connection (a punched TCP connection): from now on
+        this core does not fail when every pair has failed or the connection timeout
+        passes; its failed pairs are checked again on the better-path schedule
+        (``RestartConfig.probe_min`` seconds, doubling up to ``probe_max``) until one is
+        selected, when the connection can move here. :meth:`stop_trying` ends it."""
+        self.now = now
+        if self.closed or self.patient:
+            return
+        self.patient = True
+        if self.selected is None:
+            self.paths.keep_trying()
+
+    def stop_trying(self, now: float) -> None:
+        """The other path failed: fail as before once nothing can succeed, or at once if
+        the connection timeout has passed."""
+        self.now = now
+        if not self.patient:
+            return
+        self.patient = False
+        if self.closed or self.selected is not None or not self.running:
+            return
+        started = self.started_at if self.started_at is not None else now
+        if now >= started + self.config.checks.connection_timeout:
+            self._timed_out()
+        else:
+            self.check_failure()
 
     def remeasure_mapping(self, now: float) -> bool:
         """On a sequential NAT, learn the latest public port again (one new flow) after
@@ -613,6 +644,8 @@ class IceCore:
             or self.hard_nat_pending()
         ):
             return
+        if self.patient:
+            return  # PathSearch checks the failed pairs again
         probes = (
             f" and {self.stats.probes_sent} birthday probes went unanswered"
             if self.stats.probes_sent
@@ -747,6 +780,14 @@ class IceCore:
 
     def _timed_out(self) -> None:
         if self.selected is not None:
+            return
+        if self.patient:
+            _log.info(
+                "no UDP pair selected within {t:g}s; another path carries the connection, "
+                "the pairs are checked again every {wait:g}s at most",
+                t=self.config.checks.connection_timeout,
+                wait=self.config.restart.probe_max,
+            )
             return
         tried = len(self.checklist)
         valid = len(self.checklist.valid_pairs())

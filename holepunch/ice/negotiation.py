@@ -631,6 +631,10 @@ class Negotiator:
             session.tcp = await self._tcp_track(agent)
             if session.tcp is not None:
                 session.tcp.remote = session.remote_tcp
+                # While TCP punches (and once it carries), UDP does not give up: its
+                # failed pairs are checked again until one works, then the connection
+                # moves to UDP (docs/ice.md, "From TCP to UDP").
+                session.tcp.on_dial = agent.keep_trying
                 agent.hold_checks = True  # until the TCP flow and the re-measure are done
                 learning = defer.ensureDeferred(session.tcp.learn_mapping())
         await defer.ensureDeferred(self._gather_hosts(session))
@@ -729,7 +733,8 @@ class Negotiator:
             if track == "udp" and tcp_running:
                 return  # TCP may still make it
             if track == "tcp" and "udp" not in errors:
-                return  # UDP may still make it
+                session.agent.stop_trying()  # UDP may still make it, or fail as usual
+                return
             if "udp" in errors and "tcp" in errors:
                 udp = getattr(errors["udp"].value, "detail", errors["udp"].getErrorMessage())
                 message = f"{udp}; TCP: {errors['tcp'].getErrorMessage()}"

@@ -276,6 +276,11 @@ class Core(Protocol):
         ...
 
     @property
+    def patient(self) -> bool:
+        """Another path carries the connection: check again rather than fail."""
+        ...
+
+    @property
     def checklist(self) -> CheckList:
         """The candidate pairs."""
         ...

@@ -27,9 +27,11 @@ class SwitchingChannel(Channel):
     """A :class:`Channel` carried by another channel (``current``), which
     :meth:`switch_to` replaces.
 
-    ``send`` goes to the current channel; datagrams of the current channel are delivered
-    (and, for ``grace`` seconds after a switch, those still arriving on the previous one,
-    which is then closed); ``method``, ``local``, ``remote`` and ``rtt`` are the current
+    ``send`` goes to the current channel; datagrams of the current channel are delivered,
+    and so are those still arriving on a previous one, which is closed once it has been
+    quiet for ``grace`` seconds (the peer may switch later than we do, or not at all if
+    its side of the new path failed: its carrier stays ours until it goes quiet);
+    ``method``, ``local``, ``remote`` and ``rtt`` are the current
     channel's, and follow its own path changes. The connection ends when the current
     channel ends (not when a previous one does); closing it closes every channel it
     holds.
@@ -49,6 +51,7 @@ class SwitchingChannel(Channel):
         self.peer_fingerprint = channel.peer_fingerprint
         self._detach: list[Callable[[], None]] = []
         self._draining: dict[Channel, Any] = {}
+        self._heard: dict[Channel, float] = {}
         self._attach(channel)
 
     def _attach(self, channel: Channel) -> None:
@@ -61,8 +64,12 @@ class SwitchingChannel(Channel):
                 self._follow(channel)
                 self.path_changed(channel.path_change_reason)
 
+        def received(data: bytes) -> None:
+            self._heard[channel] = self.reactor.seconds()
+            self.deliver(data)
+
         self._detach = [channel.on_disconnected(lost), channel.on_path_changed(moved)]
-        channel.on_datagram(self.deliver)
+        channel.on_datagram(received)
 
     def _follow(self, channel: Channel) -> None:
         self.method = channel.method
@@ -89,7 +96,14 @@ class SwitchingChannel(Channel):
         self.path_changed(reason)
 
     def _retire(self, channel: Channel, reason: str) -> None:
+        quiet = self.reactor.seconds() - self._heard.get(channel, float("-inf"))
+        if quiet < self.grace and not channel.closed:
+            self._draining[channel] = self.reactor.callLater(
+                self.grace - quiet, self._retire, channel, reason
+            )
+            return
         self._draining.pop(channel, None)
+        self._heard.pop(channel, None)
         channel.close(reason)
 
     def transmit(self, data: bytes) -> None:
@@ -102,6 +116,7 @@ class SwitchingChannel(Channel):
                 timer.cancel()
             closing.append(channel.close(self.close_reason or "closed"))
         self._draining.clear()
+        self._heard.clear()
         closing.append(self.current.close(self.close_reason or "closed"))
         d = defer.gatherResults(closing, consumeErrors=True)
         return d.addCallback(lambda _: None)

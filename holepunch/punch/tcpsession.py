@@ -127,6 +127,8 @@ class TcpTrack:
         self._ping_sent: float | None = None
         self.rtt: float | None = None
         self.started = False
+        self.on_dial: Callable[[], None] | None = None
+        """Called once, when the punch starts (both sides dial)."""
 
     async def learn_mapping(self) -> TcpMapping | None:
         """Our TCP mapping, or None (logged) if STUN over TCP did not answer."""
@@ -178,6 +180,8 @@ class TcpTrack:
         if self.started or self.mapping is None or self.remote is None:
             return
         self.started = True
+        if self.on_dial is not None:
+            self.on_dial()
         _log.info(
             "TCP punch from port {port} to {remote} in {wait:.0f} ms",
             port=self.mapping.local[1],

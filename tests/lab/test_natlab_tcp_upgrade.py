@@ -3,10 +3,13 @@
 One host's router drops every UDP packet, so STUN fails there, UDP checks go unanswered
 and the TCP hole punch wins; a ``holepunch connect`` transfer starts over TCP, the rule
 goes once bytes flow, the ICE checks still under way succeed and the connection moves to
-a UDP path before the transfer ends, byte-exact."""
+a UDP path before the transfer ends, byte-exact. And when the rule goes only after the
+first UDP attempt has given up (its connection timeout passed), the failed pairs, still
+checked again on the better-path schedule, find the path all the same."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from lab.peers import StreamPeer, transfer_pair
@@ -59,4 +62,46 @@ class TcpUpgradeLabTests(TransferLabCase):
             self.assertEqual(changes[-1]["reason"], "upgrade")
             self.assertLess(moment[0], changes[-1]["at"])
             self.assertLess(changes[-1]["at"], last_byte)
+        print(f"tcp to udp: {changes[-1]['at'] - moment[0]:.2f}s after unblocking")
+
+    def test_tcp_moves_to_udp_after_the_first_attempt_gave_up(self) -> None:
+        """UDP stays blocked past the connection timeout (the peer logs that its UDP
+        attempt gave up and that TCP carries on); the rule goes then, and a later round
+        of checks moves the connection to UDP before the transfer ends."""
+        os.environ["LOG_LEVEL"] = "info"  # the peers log the attempt's end on stderr
+        self.addCleanup(os.environ.pop, "LOG_LEVEL", None)
+        a = self.lab.add_host("ta", "port-restricted")
+        b = self.lab.add_host("tb", "full-cone")
+        block_udp(a)
+        self.addCleanup(lambda: a.router_nft(["delete", "table", "inet", "lab_block"], check=False))
+        moment: list[float] = []
+
+        def unblock_later(peer: StreamPeer, _b: StreamPeer) -> None:
+            peer.wait_for_stderr("no UDP pair selected within", timeout=30)
+            moment.append(time.monotonic())
+            unblock_direct(a)
+
+        result = transfer_pair(
+            a,
+            b,
+            self.servers.url,
+            names=(a.name, b.name),
+            size=SIZE,
+            rate=150_000.0,
+            timeout=8,
+            stun_servers=self.servers.stun_servers,
+            payloads=self.payloads,
+            transfer_timeout=90,
+            on_flowing=unblock_later,
+        )
+        self.assertByteExact(result)
+        self.assertEqual(result["connection"]["method"], "tcp-hole-punch", result["stderr"])
+        _first_byte, last_byte = result["bytes_window"]
+        for side, events in enumerate(result["events"]):
+            changes = [e for e in events if e.get("event") == "path-changed"]
+            self.assertTrue(changes, result["stderr"][side])
+            self.assertIn(changes[-1]["method"], ("udp-hole-punch", "direct"), changes)
+            self.assertLess(moment[0], changes[-1]["at"])
+            self.assertLess(changes[-1]["at"], last_byte)
+        self.assertIn("checking", result["stderr"][0])
         print(f"tcp to udp: {changes[-1]['at'] - moment[0]:.2f}s after unblocking")

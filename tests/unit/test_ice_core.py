@@ -634,6 +634,67 @@ class BetterPathTests(SynchronousTestCase):
         self.assertTrue(a.selector.better(other))
 
 
+class KeepTryingTests(SynchronousTestCase):
+    """While another path (TCP) carries the connection, UDP does not give up
+    (IceCore.keep_trying): failed pairs are checked again until one works."""
+
+    def test_blocked_past_the_timeout_then_selected_once_open(self) -> None:
+        """The wire is cut for longer than the connection timeout: no Failed event; the
+        failed pair is checked again 2, 6, 14 s after keep_trying, and once the wire
+        works again the next round selects it on both sides."""
+        a, b, wire = pair_of_cores(connection_timeout=3.0)
+        for core in (a, b):
+            core.keep_trying(wire.now)
+        exchange_candidates(a, b, wire)
+        wire.blocked = True
+        wire.run(10.0, step=0.01)
+        self.assertEqual(wire.of(a, events.Failed) + wire.of(b, events.Failed), [])
+        self.assertTrue(a.checklist.all_failed())
+        self.assertEqual(a.paths.rounds, 2)  # at 2 s and 6 s
+        checks = a.stats.checks_sent
+        wire.blocked = False
+        wire.run(13.9, step=0.01)
+        self.assertEqual(wire.of(a, events.PairSelected), [])  # nothing until the round
+        self.assertEqual(a.stats.checks_sent, checks)
+        wire.run(14.5, step=0.01)
+        [sa] = wire.of(a, events.PairSelected)
+        [sb] = wire.of(b, events.PairSelected)
+        self.assertEqual(sa.pair.remote.address, ("192.0.2.2", 6000))
+        self.assertEqual(sb.pair.remote.address, ("192.0.2.1", 5000))
+        self.assertGreater(a.stats.better_path_checks, 0)
+
+    def test_stop_trying_after_the_deadline_fails(self) -> None:
+        """The other path failed after the connection timeout: the core fails at once,
+        with the usual stage."""
+        a, b, wire = pair_of_cores(connection_timeout=3.0)
+        a.keep_trying(wire.now)
+        exchange_candidates(a, b, wire)
+        wire.blocked = True
+        wire.run(5.0, step=0.01)
+        self.assertEqual(wire.of(a, events.Failed), [])
+        a.stop_trying(wire.now)
+        wire.flush()
+        [failed] = wire.of(a, events.Failed)
+        self.assertIn(failed.error.stage, ("connectivity-checks", "nomination"))
+        self.assertTrue(a.closed)
+
+    def test_stop_trying_before_the_deadline_fails_as_usual(self) -> None:
+        """Given up on while checks are in flight: the core fails as it would have
+        without keep_trying, once every pair has failed (before the timeout)."""
+        a, b, wire = pair_of_cores(connection_timeout=30.0)
+        a.keep_trying(wire.now)
+        exchange_candidates(a, b, wire)
+        wire.blocked = True
+        wire.run(0.5, step=0.01)
+        self.assertFalse(a.checklist.all_failed())
+        a.stop_trying(wire.now)
+        self.assertFalse(a.closed)
+        wire.run(29.0, step=0.05)
+        [failed] = wire.of(a, events.Failed)
+        self.assertEqual(failed.error.stage, "connectivity-checks")
+        self.assertIn("pairs failed", failed.error.detail)
+
+
 class SilenceTests(SynchronousTestCase):
     """Sending and hearing nothing brings the consent check forward."""
 

@@ -64,6 +64,26 @@ class SwitchingChannelTests(unittest.TestCase):
         self.assertEqual(got, [b"one", b"two", b"three"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_previous_carrier_stays_while_the_peer_uses_it(self):
+        """A peer that has not switched (or whose side of the new path failed) keeps
+        sending on the old carrier: it stays open and delivers until it has been quiet
+        for the grace period."""
+        got = []
+        self.a.on_datagram(got.append)
+        self.a.switch_to(self.udp_a)
+        for i in range(5):  # the peer keeps sending on TCP every 1.5 s
+            self.clock.advance(1.5)
+            self.tcp_b.send(b"%d" % i)
+            self.clock.advance(0)
+            self.assertFalse(self.tcp_a.closed)
+        self.assertEqual(got, [b"0", b"1", b"2", b"3", b"4"])
+        self.clock.advance(1.9)
+        self.assertFalse(self.tcp_a.closed)
+        self.clock.advance(0.1)
+        self.assertTrue(self.tcp_a.closed)
+        self.assertFalse(self.a.closed)
+        self.a.close()
+
     def test_follows_current_carrier_only(self):
         """The old carrier ending does not end the connection; the current one does."""
         reasons = []
@@ -145,6 +165,7 @@ class _Signaling:
 
 class _Agent:
     def __init__(self):
+        self.stopped = 0
         self.closes = 0
         self.closed = False
         self.connection = None
@@ -153,6 +174,9 @@ class _Agent:
         self.closes += 1
         self.closed = True
         return defer.succeed(None)
+
+    def stop_trying(self):
+        self.stopped += 1
 
 
 class _Track:
@@ -218,3 +242,24 @@ class RaceTests(unittest.TestCase):
         self.connecting.callback(self.udp)
         self.assertTrue(self.udp.closed)
         self.assertEqual(self.channel.method, "tcp-hole-punch")
+
+
+class TcpFailsTests(unittest.TestCase):
+    """Negotiator._race when the TCP punch fails first: UDP, which was told to keep
+    trying while TCP punched, is told to stop, so it can fail as usual."""
+
+    def test_tcp_failure_ends_udp_patience(self):
+        clock = task.Clock()
+        negotiator = Negotiator(clock, _Signaling())
+        agent = _Agent()
+        session = SimpleNamespace(
+            tcp=_Track(), agent=agent, remote_fingerprint="fp", peer_id="bob"
+        )
+        connecting = defer.Deferred()
+        result = defer.ensureDeferred(negotiator._race(session, connecting))
+        session.tcp.result.errback(ConnectionRefusedError("punch failed"))
+        self.assertEqual(agent.stopped, 1)
+        self.assertNoResult(result)
+        connecting.errback(IceError("connectivity-checks", "all pairs failed"))
+        failure = self.failureResultOf(result, IceError)
+        self.assertIn("punch failed", failure.getErrorMessage())
