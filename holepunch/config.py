@@ -61,7 +61,8 @@ ENV_VARS: dict[str, str] = {
     "P2P_CONNECTION_TIMEOUT": "connection_timeout, in milliseconds",
     "P2P_KEEP_ALIVE_INTERVAL": "keep_alive_interval, in milliseconds",
     "P2P_PEER_TIMEOUT": "peer_timeout, in milliseconds",
-    "P2P_SIGNALING_URL": "signaling_url: ws:// or wss:// URL of a remote signaling server",
+    "P2P_SIGNALING_URL": "signaling_url: ws:// or wss:// URL of a remote signaling server "
+    "(several, comma-separated: the nodes of one service, tried in turn)",
     "LOG_LEVEL": "log_level: debug, info, warn or error",
 }
 """Every environment variable :func:`build_config` reads, with what it sets.
@@ -361,7 +362,8 @@ def _parse_turn_servers(value: object) -> list[TurnServer]:
 
 
 def _parse_url(value: object) -> str | None:
-    expected = "a ws:// or wss:// URL"
+    """A ws:// or wss:// URL, or several separated by commas (the nodes of one service)."""
+    expected = "a ws:// or wss:// URL (or several, comma-separated)"
     if value is None:
         return None
     if not isinstance(value, str):
@@ -369,13 +371,14 @@ def _parse_url(value: object) -> str | None:
     text = value.strip()
     if not text:
         return None
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise _Invalid(expected, value) from None
-    if parts.scheme.lower() not in ("ws", "wss") or not parts.hostname:
-        raise _Invalid(expected, value)
+    for url in text.split(","):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise _Invalid(expected, value) from None
+        if parts.scheme.lower() not in ("ws", "wss") or not parts.hostname or url != url.strip():
+            raise _Invalid(expected, value)
     return text
 
 

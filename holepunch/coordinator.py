@@ -274,7 +274,8 @@ class P2PCoordinator(MultiService):
         from holepunch.ice.negotiation import Negotiator
         from holepunch.signaling.client import RECONNECTED, REGISTRATION_LOST, SignalingClient
 
-        client = SignalingClient(url, self.peer_id, self.metadata, reactor=self.reactor)
+        urls = url.split(",")  # several: the nodes of one service, tried in turn
+        client = SignalingClient(urls, self.peer_id, self.metadata, reactor=self.reactor)
         client.setName("signaling-client")
         client.setServiceParent(self)
         self.signaling_client = client

@@ -212,3 +212,11 @@ class FreezingProxy(Factory):
         for back in self.frozen:
             if back.transport is not None:
                 back.transport.loseConnection()
+
+
+def next_event(client: Any, event: str) -> Deferred[dict[str, Any]]:
+    """The next ``event`` of a :class:`holepunch.signaling.client.SignalingClient`
+    (subscribed now, unsubscribed once it came)."""
+    waiter: Deferred[dict[str, Any]] = Deferred()
+    subscription = client.on(event, lambda e: waiter.called or waiter.callback(e))
+    return waiter.addBoth(lambda result: (subscription.cancel(), result)[1])

@@ -41,7 +41,13 @@ class StageError(Exception):
 
 def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that name the two peers and the servers that bring them together."""
-    parser.add_argument("--signaling", required=True, metavar="URL", help="ws:// or wss:// URL")
+    parser.add_argument(
+        "--signaling",
+        required=True,
+        metavar="URL",
+        help="ws:// or wss:// URL; several, comma-separated: nodes of one service, "
+        "tried in turn",
+    )
     parser.add_argument("--id", required=True, metavar="ME", help="this peer's id")
     parser.add_argument("--room", metavar="R", help="join this room first")
     who = parser.add_mutually_exclusive_group(required=True)
@@ -192,7 +198,7 @@ async def with_secure_peer(
     # signaling connection is noticed in seconds, so that the ICE restart's offer goes
     # out on a new one.
     client = SignalingClient(
-        args.signaling,
+        args.signaling.split(","),
         args.id,
         reactor=reactor,
         token=args.token,

@@ -17,6 +17,7 @@ from holepunch.interfaces import IStatusProvider, JSONDict
 from holepunch.nat.model import recommended_strategy
 
 if TYPE_CHECKING:
+    from holepunch.daemon.workers import WorkerStats
     from holepunch.signaling.server import SignalingService
     from holepunch.stun.server import StunServerService
 
@@ -40,7 +41,30 @@ class DaemonStatus:
         self.signaling = signaling
         self.stun = stun
         self.nat = nat
+        self.workers: WorkerStats | None = None
+        """With ``--workers``: the other workers' counters, added to this one's."""
         self.started_at = clock.seconds()
+
+    def signaling_stats(self) -> JSONDict | None:
+        """The signaling server's counters (of every worker, with ``--workers``)."""
+        if self.signaling is None:
+            return None
+        if self.workers is not None:
+            return self.workers.total("signaling")
+        return self.signaling.stats()
+
+    def own_stun_stats(self) -> JSONDict:
+        """This process's STUN counters."""
+        assert self.stun is not None
+        return self.stun.responder.stats.as_dict()
+
+    def stun_stats(self) -> JSONDict | None:
+        """The STUN server's counters (of every worker, with ``--workers``)."""
+        if self.stun is None:
+            return None
+        if self.workers is not None and "stun" in self.workers.sources:
+            return self.workers.total("stun")
+        return self.own_stun_stats()
 
     def _services(self) -> dict[str, str]:
         services: dict[str, str] = {}
@@ -77,14 +101,21 @@ class DaemonStatus:
         )
 
     def get_stats(self) -> JSONDict:
-        signaling = self.signaling.stats() if self.signaling is not None else None
+        signaling = self.signaling_stats()
         stun: JSONDict | None = None
         if self.stun is not None:
             responder = self.stun.responder
             stun = {
-                **responder.stats.as_dict(),
+                **(self.stun_stats() or {}),
                 "addresses": [f"{a.host or '*'}:{a.port}" for a in responder.local_addresses()],
                 "rfc5780": responder.rfc5780,
+            }
+        workers: JSONDict = {"count": 1, "reporting": 1}
+        if self.workers is not None:
+            workers = {
+                "count": self.workers.count,
+                "reporting": self.workers.reporting,
+                "members": self.workers.members(),
             }
         return {
             "initialized": self.initialized,
@@ -94,6 +125,7 @@ class DaemonStatus:
             "holePunching": {"enabled": False},
             "stun": stun,
             "uptime": round(self.clock.seconds() - self.started_at, 3),
+            "workers": workers,
         }
 
     def get_nat_info(self) -> JSONDict | None:
@@ -108,12 +140,10 @@ class DaemonStatus:
 def daemon_metrics(status: DaemonStatus, registry: CollectorRegistry | None = None) -> Metrics:
     """:class:`Metrics` reading the daemon's servers through ``status``."""
     metrics = Metrics(registry)
-    signaling, stun = status.signaling, status.stun
-    if signaling is not None:
-        metrics.watch_signaling(signaling.stats)
-    if stun is not None:
-        responder = stun.responder
-        metrics.watch_stun(lambda: responder.stats.as_dict())
+    if status.signaling is not None:
+        metrics.watch_signaling(lambda: status.signaling_stats() or {})
+    if status.stun is not None:
+        metrics.watch_stun(lambda: status.stun_stats() or {})
     metrics.watch_provider(status)
     return metrics
 

@@ -188,6 +188,16 @@ class Options(usage.Options):
             "redis://[:PASSWORD@]HOST[:PORT][/DB] (default: $P2P_REDIS_URL; unset: in memory).",
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the signaling and STUN ports together (SO_REUSEPORT), "
+            "sharing peers and rooms over --redis (or a private redis-server).",
+            int,
+        ],
+        ["worker-index", None, 0, "(internal) which worker this process is.", int],
+        ["worker-group", None, None, "(internal) the daemon the worker belongs to."],
+        [
             "presence-ttl",
             None,
             30.0,
@@ -206,7 +216,18 @@ class Options(usage.Options):
         self.ice_servers: IceServerHints | None = None
         """What signaling's ``welcome`` advertises (see :mod:`holepunch.signaling.iceservers`)."""
 
+    def parseOptions(self, options: Any = None) -> None:
+        import sys
+
+        self.argv: list[str] = list(sys.argv[1:] if options is None else options)
+        """The arguments as given (the workers of ``--workers`` get them too)."""
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
+        if not 1 <= self["workers"] <= 256:
+            raise usage.UsageError("--workers must be between 1 and 256")
+        if not 0 <= self["worker-index"] < self["workers"]:
+            raise usage.UsageError("--worker-index must be below --workers")
         try:
             self.config = build_config(
                 options={
@@ -249,6 +270,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis: {e}") from None
         if self["presence-ttl"] <= 0:
             raise usage.UsageError("--presence-ttl must be positive")
+        if self["workers"] > 1 and not self["no-signaling"]:
+            from holepunch.reuseport import parse_tcp_description
+
+            try:
+                parse_tcp_description(self["signaling"])
+            except ValueError as e:
+                raise usage.UsageError(f"--workers: {e}") from None
 
     def _ice_server_hints(self) -> IceServerHints | None:
         """What ``welcome`` names: our STUN ports and the configured TURN servers."""
@@ -342,6 +370,36 @@ def check_redis_or_exit(url: str) -> None:
         raise SystemExit(f"twistd holepunch: {e}") from None
 
 
+def _worker_group() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _add_workers(
+    top: MultiService, status: DaemonStatus, options: Options, reactor: Any, private: Any
+) -> None:
+    """``--workers``: counters shared between the workers and, in worker 0, the pool
+    of the others (:mod:`holepunch.daemon.workers`)."""
+    from holepunch.daemon.workers import WorkerPool, WorkerStats
+
+    workers, index = options["workers"], options["worker-index"]
+    share = getattr(status.signaling.registry, "share_stats", None) if status.signaling else None
+    if share is not None:
+        sources: dict[str, Any] = {"signaling": status.signaling.stats}  # type: ignore[union-attr]
+        if status.stun is not None:
+            sources["stun"] = status.own_stun_stats
+        status.workers = WorkerStats(
+            reactor, share, options["worker-group"], index, workers, sources
+        )
+        status.workers.setServiceParent(top)
+    if index == 0:
+        argv = [*options.argv, "--worker-group", options["worker-group"]]
+        if private is not None:
+            argv += ["--redis", private.url]
+        WorkerPool(reactor, workers, argv).setServiceParent(top)
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """Build the daemon's service tree from parsed options."""
     if reactor is None:
@@ -355,6 +413,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = DaemonService()
     top.log_observer = _twistd_log_observer(options)
     status = DaemonStatus(reactor)
+    workers, index = options["workers"], options["worker-index"]
+    private_redis = None
+    if workers > 1 and index == 0:
+        options["worker-group"] = options["worker-group"] or _worker_group()
+        if options["redis"] is None and not options["no-signaling"]:
+            from holepunch.daemon.workers import PrivateRedis
+
+            private_redis = PrivateRedis()
+            private_redis.setServiceParent(top)  # first up, last down
+            options["redis"] = private_redis.url
     if not options["no-stun"]:
         from holepunch.stun.server import make_stun_service
 
@@ -367,14 +435,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             reactor=reactor,
             rate=options["stun-rate"],
             burst=options["stun-burst"],
+            reuse_port=workers > 1,
         )
         stun.setServiceParent(top)
         status.stun = stun.getServiceNamed("stun")
     if not options["no-signaling"]:
         from holepunch.signaling.server import config_from_options, make_signaling_service
 
-        config = dataclasses.replace(config_from_options(options), ice_servers=options.ice_servers)
-        if config.redis_url is not None:
+        config = dataclasses.replace(
+            config_from_options(options), ice_servers=options.ice_servers, reuse_port=workers > 1
+        )
+        if config.redis_url is not None and private_redis is None:
             check_redis_or_exit(config.redis_url)
         signaling = make_signaling_service(config, reactor)
         signaling.setName("signaling")
@@ -383,6 +454,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["discover-nat"]:
         status.nat = NatDiscoveryService(reactor, list(options.config.stun_servers))
         status.nat.setServiceParent(top)
+    if workers > 1:
+        _add_workers(top, status, options, reactor, private_redis)
     metrics = daemon_metrics(status)
     if status.signaling is not None:
         install_http(status.signaling.root, status, metrics)

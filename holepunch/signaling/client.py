@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -163,15 +163,33 @@ class _SignalingClientFactory(WebSocketClientFactory):
 
 @implementer(IStreamClientEndpoint)
 class _CountingEndpoint:
-    """Tells the client of each connection attempt (for ``reconnected``'s ``attempt``)."""
+    """Tells the client of each connection attempt (for ``reconnected``'s ``attempt``),
+    and with several server URLs moves to the next one after a failed attempt or a
+    lost connection (the WebSocket handshake names the URL tried)."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, client: SignalingClient) -> None:
-        self.endpoint = endpoint
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, IStreamClientEndpoint]],
+        client: SignalingClient,
+        factory: WebSocketClientFactory,
+        headers: Any,
+    ) -> None:
+        self.endpoints = list(endpoints)
         self.client = client
+        self.factory = factory
+        self.headers = headers
+        self.index = 0
+        self._used = False
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         self.client._attempting()
-        return self.endpoint.connect(protocolFactory)
+        if self._used and len(self.endpoints) > 1:
+            self.index = (self.index + 1) % len(self.endpoints)
+            url = self.endpoints[self.index][0]
+            self.factory.setSessionParameters(url=url, headers=self.headers)
+            self.client.url = url
+        self._used = True
+        return self.endpoints[self.index][1].connect(protocolFactory)
 
 
 def endpoint_for_url(
@@ -193,7 +211,10 @@ def endpoint_for_url(
 class SignalingClient(MultiService):
     """A registered peer on a signaling server, reconnecting as needed.
 
-    :param url: ``ws://host:port/`` or ``wss://...``.
+    :param url: ``ws://host:port/`` or ``wss://...``; or a list of them, the nodes of
+        one service (sharing a Redis registry): the client starts with the first, and
+        after a failed attempt or a lost connection tries the next, so a peer whose node
+        died is back on another one with its id (its reconnect token).
     :param peer_id: the id to register; ``metadata`` goes with it.
     :param token: an auth token (sent as ``Authorization: Bearer``), if the server wants one.
     :param trust_root: for ``wss://``, the CA to trust instead of the platform's.
@@ -209,7 +230,7 @@ class SignalingClient(MultiService):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         peer_id: str,
         metadata: JSONObject | None = None,
         *,
@@ -232,7 +253,13 @@ class SignalingClient(MultiService):
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("no signaling server URL")
+        self.urls = urls
+        """Every server URL: after a failed attempt or a lost connection the next is tried."""
+        self.url = urls[0]
+        """The URL of the current (or last) connection attempt."""
         self.peer_id = peer_id
         self.metadata: JSONObject = dict(metadata or {})
         self.request_timeout = request_timeout
@@ -262,7 +289,7 @@ class SignalingClient(MultiService):
         self._keepalive: task.LoopingCall | None = None
         self._stopped_error: Exception | None = None
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._factory = _SignalingClientFactory(self, url, reactor, headers)
+        self._factory = _SignalingClientFactory(self, self.url, reactor, headers)
         self._factory.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
@@ -280,8 +307,14 @@ class SignalingClient(MultiService):
             self._emit(RECONNECTING, {"attempt": attempt, "delay": delay})
             return delay
 
+        endpoints = (
+            [(self.url, endpoint)]
+            if endpoint is not None
+            else [(u, endpoint_for_url(reactor, u, trust_root)) for u in urls]
+        )
+        self._endpoint = _CountingEndpoint(endpoints, self, self._factory, headers)
         self._service = ClientService(
-            _CountingEndpoint(endpoint or endpoint_for_url(reactor, url, trust_root), self),
+            self._endpoint,
             self._factory,
             retryPolicy=retry_delay,
             clock=reactor,

@@ -58,7 +58,7 @@ def check_redis(url: rs.RedisURL, timeout: float = 5.0) -> None:
     """
     commands = rs.startup_commands(url)
     try:
-        with socket.create_connection((url.host, url.port), timeout=timeout) as sock:
+        with _connect(url, timeout) as sock:
             sock.sendall(b"".join(commands))
             replies = sock.makefile("rb")
             for _ in commands:
@@ -70,6 +70,19 @@ def check_redis(url: rs.RedisURL, timeout: float = 5.0) -> None:
     except OSError as e:
         reason = e.strerror or str(e) or type(e).__name__
         raise RedisUnavailable(f"cannot reach Redis at {url}: {reason}") from None
+
+
+def _connect(url: rs.RedisURL, timeout: float) -> socket.socket:
+    if url.path is None:
+        return socket.create_connection((url.host, url.port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(url.path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _default_token() -> str:
@@ -524,6 +537,19 @@ class RedisRoomRegistry(Service):
 
         return defer.gatherResults(removals, consumeErrors=True).addBoth(evicted)
 
+    def share_stats(
+        self, group: str, member: str, snapshot: str, ttl: float
+    ) -> defer.Deferred[dict[str, str]]:
+        """Store ``snapshot`` (this process's counters, JSON) as ``member`` of ``group``
+        (one daemon's workers) for ``ttl`` seconds; fires with every member's snapshot."""
+
+        def pairs(reply: list[Any]) -> dict[str, str]:
+            text = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in reply]
+            return dict(zip(text[::2], text[1::2], strict=True))
+
+        d = self._eval(rs.SHARE_STATS, group, member, snapshot, str(int(ttl * 1000)), early=True)
+        return d.addCallback(pairs)
+
     @property
     def connected(self) -> bool:
         """Whether both connections to Redis (commands, subscription) are up."""
@@ -554,8 +580,10 @@ def _pass_to(waiter: defer.Deferred[Any]) -> Callable[[Any], Any]:
 
 
 def _endpoint(reactor: Any, url: rs.RedisURL) -> Any:
-    from twisted.internet.endpoints import HostnameEndpoint
+    from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 
+    if url.path is not None:
+        return UNIXClientEndpoint(reactor, url.path)
     return HostnameEndpoint(reactor, url.host, url.port)
 
 

@@ -40,23 +40,30 @@ DEFAULT_PREFIX = "holepunch:"
 
 @dataclass(frozen=True, slots=True)
 class RedisURL:
-    """Where the shared registry lives: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``."""
+    """Where the shared registry lives: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``,
+    or a UNIX socket, ``unix:///PATH[?db=DB]`` (``path`` set, ``host`` empty)."""
 
     host: str
     port: int = 6379
     db: int = 0
     username: str | None = None
     password: str | None = None
+    path: str | None = None
 
     def __str__(self) -> str:
         """The URL without its password (for messages and logs)."""
+        if self.path is not None:
+            return f"unix://{self.path}?db={self.db}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"redis://{host}:{self.port}/{self.db}"
 
 
 def parse_redis_url(url: str) -> RedisURL:
-    """Parse a ``redis://`` URL; raise ``ValueError`` naming what is wrong."""
+    """Parse a ``redis://`` (or ``unix://``) URL; raise ``ValueError`` naming what is
+    wrong."""
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return _parse_unix_url(url, parts.path, parts.query)
     if parts.scheme != "redis":
         raise ValueError(f"not a redis:// URL: {url!r}")
     if not parts.hostname:
@@ -77,6 +84,18 @@ def parse_redis_url(url: str) -> RedisURL:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+
+
+def _parse_unix_url(url: str, path: str, query: str) -> RedisURL:
+    if not path.startswith("/"):
+        raise ValueError(f"the unix:// Redis URL needs an absolute socket path: {url!r}")
+    db = 0
+    if query:
+        key, _, value = query.partition("=")
+        if key != "db" or not value.isdigit():
+            raise ValueError(f"the unix:// Redis URL takes only ?db=N: {url!r}")
+        db = int(value)
+    return RedisURL(host="", port=0, db=db, path=unquote(path))
 
 
 def token_digest(token: str) -> str:
@@ -448,6 +467,16 @@ def resp_command(*args: str) -> bytes:
     return b"".join(out)
 
 
+SHARE_STATS = r"""
+-- ARGV: prefix, group, member, snapshot, ttl_ms
+-- One worker's counters into its daemon's hash; every member's back.
+local key = ARGV[1] .. 'stats:' .. ARGV[2]
+redis.call('HSET', key, ARGV[3], ARGV[4])
+redis.call('PEXPIRE', key, ARGV[5])
+return redis.call('HGETALL', key)
+"""
+
+
 def startup_commands(url: RedisURL) -> list[bytes]:
     """What the start-up check sends: AUTH if a password is given, SELECT, PING."""
     commands = []
@@ -469,6 +498,7 @@ __all__ = [
     "REGISTER",
     "RELAY",
     "ROOM_PEERS",
+    "SHARE_STATS",
     "UNREGISTER",
     "Event",
     "EventError",

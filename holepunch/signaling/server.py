@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.ratelimit import TokenBucket
+from holepunch.reuseport import ReusePortEndpoint
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
 from holepunch.signaling.autobahn_fixes import (
@@ -108,6 +109,9 @@ class SignalingConfig:
     (:mod:`holepunch.signaling.redisregistry`); None keeps them in this process."""
     presence_ttl: float = 30.0
     """With Redis: seconds after which a node that stopped beating (crashed) is gone."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT`` so other worker processes share the port
+    (``--workers``); ``endpoint`` must then be a plain ``tcp:`` description."""
 
     def __post_init__(self) -> None:
         for name in ("peer_timeout", "cleanup_interval", "messages_per_second", "presence_ttl"):
@@ -905,5 +909,9 @@ def make_signaling_service(
     root.putChild(b"", SignalingRootPage(WebSocketResource(factory)))
     site = Site(root, reactor=reactor)
     site.noisy = False
-    endpoint = serverFromString(reactor, config.endpoint)
+    endpoint: IStreamServerEndpoint
+    if config.reuse_port:
+        endpoint = ReusePortEndpoint.from_description(reactor, config.endpoint)
+    else:
+        endpoint = serverFromString(reactor, config.endpoint)
     return SignalingService(config, registry, factory, root, site, endpoint, clock)

@@ -42,6 +42,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from holepunch.ratelimit import TokenBuckets
+from holepunch.reuseport import listen_tcp, listen_udp
 from holepunch.stun.framing import StreamFramer
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import Address, Attr, MessageClass, Method, StunDecodeError, StunError
@@ -331,8 +332,11 @@ class StunServerService(Service):
         tcp: bool = True,
         max_tcp_connections: int = 1000,
         tcp_idle_timeout: float = 30.0,
+        reuse_port: bool = False,
     ) -> None:
         self.responder = responder
+        self.reuse_port = reuse_port
+        """Share the ports with other worker processes (``SO_REUSEPORT``)."""
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.tcp = tcp
@@ -357,15 +361,20 @@ class StunServerService(Service):
             if local not in self._udp:
                 self._listen_udp(local)
             if self.tcp:
-                self._ports.append(
-                    self.reactor.listenTCP(
-                        local.port, _StreamFactory(self, local), interface=local.host
-                    )
-                )
+                factory = _StreamFactory(self, local)
+                if self.reuse_port:
+                    listening = listen_tcp(self.reactor, local.port, factory, local.host)
+                else:
+                    listening = self.reactor.listenTCP(local.port, factory, interface=local.host)
+                self._ports.append(listening)
 
     def _listen_udp(self, local: Address) -> int:
         proto = StunDatagramProtocol(self, local)
-        port = self.reactor.listenUDP(local.port, proto, interface=local.host)
+        port: Any
+        if self.reuse_port and local.port:
+            port = listen_udp(self.reactor, local.port, proto, local.host)
+        else:
+            port = self.reactor.listenUDP(local.port, proto, interface=local.host)
         bound = port.getHost().port
         proto.local = Address(local.host, bound)
         self._udp[proto.local] = port
@@ -433,6 +442,7 @@ def make_stun_service(
     reactor: Any = None,
     rate: float = 50.0,
     burst: float = 100.0,
+    reuse_port: bool = False,
 ) -> MultiService:
     """The daemon's STUN service; RFC 5780 mode when ``alternate_address`` is given.
 
@@ -460,5 +470,6 @@ def make_stun_service(
         ),
         reactor,
         tcp=tcp,
+        reuse_port=reuse_port,
     ).setServiceParent(top)
     return top

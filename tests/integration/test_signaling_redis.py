@@ -6,23 +6,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 from typing import Any
 
 import txredisapi
-from twisted.internet import reactor, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
 from holepunch.signaling import messages as m
+from holepunch.signaling.client import RECONNECTED, SignalingClient
 from holepunch.signaling.redisregistry import RedisRoomRegistry
 from holepunch.signaling.redisstate import parse_redis_url
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from lab.natlab import TWISTD
 from tests.integration.test_connect_cli import Command
 from tests.redis_helpers import free_tcp_port, start_redis
-from tests.signaling_helpers import RawClientProtocol, raw_client_factory
+from tests.signaling_helpers import RawClientProtocol, next_event, raw_client_factory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -322,6 +324,53 @@ class DaemonTests(TestCase):
         self.assertEqual(
             (response.code, health["services"]), (200, {"signaling": "up", "redis": "up"})
         )
+
+    async def test_killed_node_clients_move_to_the_other(self) -> None:
+        """Two daemons on one Redis; clients that know both URLs. SIGKILL on the first:
+        its clients are back on the second within seconds, same ids (their reconnect
+        tokens) and rooms; the second's client notices nothing and still gets offers."""
+        redis_url = await start_redis(self, reactor)
+        urls, procs = [], []
+        for _ in range(2):
+            port = free_tcp_port()
+            argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
+                    f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
+            env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+            env["PYTHONPATH"] = ROOT
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)  # fmt: skip
+            self.addCleanup(self.stop, proc)
+            await threads.deferToThread(self.wait_for_line, proc, b"Site starting on")
+            threads.deferToThread(proc.stdout.read)  # type: ignore[union-attr]
+            urls.append(f"ws://127.0.0.1:{port}/")
+            procs.append(proc)
+        clients = []
+        for name, order in (("a1", urls), ("a2", urls), ("b", urls[::-1])):
+            client = SignalingClient(order, name, reactor=reactor, retry_initial=0.2)
+            client.startService()
+            self.addCleanup(client.stopService)
+            await client.register()
+            await client.join_room("r")
+            clients.append(client)
+        a1, a2, b = clients
+        back: defer.Deferred[list[Any]] = defer.gatherResults(
+            [next_event(c, RECONNECTED) for c in (a1, a2)]
+        )
+        killed_at = reactor.seconds()
+        procs[0].send_signal(signal.SIGKILL)
+        events = await back.addTimeout(10, reactor)
+        for client, event in zip((a1, a2), events, strict=True):
+            self.assertTrue(event["resumed"], event)
+            self.assertEqual(event["rooms"], ["r"])
+            self.assertEqual(client.url, urls[1])
+        took = reactor.seconds() - killed_at
+        self.assertLess(took, 5.0)
+        self.assertEqual(b.disconnects, 0)
+        for sender, receiver in ((a1, b), (b, a2), (a2, a1)):
+            got = next_event(receiver, "offer")
+            await sender.send_offer(receiver.peer_id, {"from": sender.peer_id})
+            self.assertEqual((await got)["from"], sender.peer_id)
+        print(f"clients of the killed node back on the other in {took:.2f}s")
 
     def wait_for_line(self, proc: subprocess.Popen[bytes], marker: bytes) -> None:
         assert proc.stdout is not None
