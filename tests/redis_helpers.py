@@ -39,24 +39,40 @@ class _RedisProcess(ProcessProtocol):
         self.ended.callback(None)
 
 
+class RedisServer:
+    """A ``redis-server`` on 127.0.0.1 that a test can kill and start again on the same
+    port (empty: no persistence)."""
+
+    def __init__(self, testcase: Any, reactor: Any) -> None:
+        if not shutil.which(REDIS_SERVER):
+            raise SkipTest("redis-server is not installed (apt-get install redis-server)")
+        self.reactor = reactor
+        self.port = free_tcp_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = tempfile.mkdtemp(prefix="holepunch-redis-")
+        self.process: _RedisProcess | None = None
+        self.transport: Any = None
+        testcase.addCleanup(shutil.rmtree, self.workdir, True)
+        testcase.addCleanup(self.kill)
+
+    async def start(self) -> str:
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.workdir, "--daemonize", "no"]  # fmt: skip
+        self.process = _RedisProcess()
+        self.transport = self.reactor.spawnProcess(
+            self.process, REDIS_SERVER, argv, env={}, path=self.workdir
+        )
+        await self.process.ready
+        return self.url
+
+    def kill(self) -> Any:
+        """SIGKILL; fires once it is gone."""
+        if self.process is None or self.process.ended.called:
+            return None
+        self.transport.signalProcess("KILL")
+        return self.process.ended
+
+
 async def start_redis(testcase: Any, reactor: Any) -> str:
     """Start ``redis-server`` on 127.0.0.1 (stopped by the test's cleanup); its URL."""
-    if not shutil.which(REDIS_SERVER):
-        raise SkipTest("redis-server is not installed (apt-get install redis-server)")
-    port = free_tcp_port()
-    workdir = tempfile.mkdtemp(prefix="holepunch-redis-")
-    testcase.addCleanup(shutil.rmtree, workdir, True)
-    argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]  # fmt: skip
-    process = _RedisProcess()
-    transport = reactor.spawnProcess(process, REDIS_SERVER, argv, env={}, path=workdir)
-
-    def stop() -> Any:
-        if process.ended.called:
-            return None
-        transport.signalProcess("KILL")
-        return process.ended
-
-    testcase.addCleanup(stop)
-    await process.ready
-    return f"redis://127.0.0.1:{port}/0"
+    return await RedisServer(testcase, reactor).start()

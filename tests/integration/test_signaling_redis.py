@@ -23,7 +23,7 @@ from holepunch.signaling.redisstate import parse_redis_url
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
 from lab.natlab import TWISTD
 from tests.integration.test_connect_cli import Command
-from tests.redis_helpers import free_tcp_port, start_redis
+from tests.redis_helpers import RedisServer, free_tcp_port, start_redis
 from tests.signaling_helpers import RawClientProtocol, next_event, raw_client_factory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -255,6 +255,45 @@ class SharedRoomTests(TwoNodesTestCase):
         _, code, _ = await bob.lost
         self.assertEqual(code, m.CLOSE_IDLE_TIMEOUT)
         self.assertEqual(cut_off.reaped_local, 1)
+
+
+class RedisRestartTests(TwoNodesTestCase):
+    """Redis restarted empty under two nodes."""
+
+    async def test_nodes_rebuild_their_presence(self) -> None:
+        """Redis is killed and started again, empty: the nodes reconnect, find their
+        peers gone at their next heartbeat and close them (4000); the clients register
+        again with their ids and rejoin their rooms within seconds, and offers cross the
+        nodes again."""
+        redis = RedisServer(self, reactor)
+        self.redis_url = await redis.start()
+        self.services = []
+        url1 = await self.start_node(presence_ttl=1.5)
+        url2 = await self.start_node(presence_ttl=1.5)
+        clients = []
+        for name, url in (("alice", url1), ("bob", url2)):
+            client = SignalingClient(url, name, reactor=reactor, retry_initial=0.2)
+            client.startService()
+            self.addCleanup(client.stopService)
+            await client.register()
+            await client.join_room("r")
+            clients.append(client)
+        alice, bob = clients
+        back = defer.gatherResults([next_event(c, RECONNECTED) for c in clients])
+        restarted_at = reactor.seconds()
+        await redis.kill()
+        await redis.start()
+        events = await back.addTimeout(20, reactor)
+        took = reactor.seconds() - restarted_at
+        for event in events:
+            self.assertFalse(event["resumed"], event)  # Redis forgot the tokens
+            self.assertEqual(event["rooms"], ["r"])
+        for sender, receiver in ((alice, bob), (bob, alice)):
+            got = next_event(receiver, "offer")
+            await sender.send_offer(receiver.peer_id, {"n": 1})
+            self.assertEqual((await got)["from"], sender.peer_id)
+        self.assertTrue(all(self.registry(s).connected for s in self.services))
+        print(f"Redis restarted: clients back in their rooms {took:.2f}s later")
 
 
 class ConnectAcrossNodesTests(TwoNodesTestCase):
