@@ -10,6 +10,16 @@
   skip exactly that work when it would be wasted, and call Autobahn's own method whenever
   its preconditions do not hold (debug logging on, octet logging, chopped or synchronous
   writes, a send queue, a state other than open, listeners on ``message``).
+  It also reads and writes the frames of the common case itself: whole, unfragmented,
+  uncompressed text messages (every signaling message) on an open connection. Autobahn
+  parses each frame through a chain of a dozen calls, unmasks it with a masker object it
+  builds per frame (through cffi), and re-slices its receive buffer after every frame,
+  which is quadratic in the frames of one read; measured with the signaling benchmark,
+  that was about 40% of the server's time per relayed message. The fast path parses
+  the frames of a read with offsets, unmasks with one integer XOR and writes a frame as
+  header plus payload. Anything else (a control frame, a fragment, a binary or
+  oversized message, an unmasked frame, a read that ends inside a frame Autobahn had
+  started) goes to Autobahn's own code, unchanged; no library offers the fast path.
 - :func:`release_http_channel`: after twisted.web hands a connection over to WebSocket,
   drop the HTTP channel that stays registered as the transport's producer.
 """
@@ -47,22 +57,149 @@ def debug_logging_off(log: Any) -> bool:
     return getattr(log, "debug", None) is _NO_OP
 
 
+def unmask(payload: bytes | memoryview, mask: bytes) -> bytes:
+    """RFC 6455 5.3: ``payload`` XOR the 4-byte ``mask`` repeated, as one integer XOR."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * ((n >> 2) + 1))[:n]
+    value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
+    return value.to_bytes(n, "little")
+
+
+_TEXT_FIN = 0x81
+"""First byte of a whole, uncompressed text frame (FIN, no RSV bits, opcode 1)."""
+
+
 class QuietWebSocketServerProtocol(WebSocketServerProtocol):
     """Autobahn's server protocol minus its wasted per-message work (see the module doc).
 
     Behaviour is Autobahn's: the same bytes on the wire, the same traffic statistics,
     the same ``onMessage`` calls; only dropped debug-log formatting and the ``message``
-    event nobody listens to are skipped.
+    event nobody listens to are skipped, and whole text messages are framed and
+    unframed here.
     """
 
-    logOctets: bool  # set from the factory's protocol options when the connection is made
+    # Set from the factory's protocol options when the connection is made:
+    logOctets: bool
+    logFrames: bool
+    maxMessagePayloadSize: int
+    maxFramePayloadSize: int
+    autoFragmentSize: int
+    utf8validateIncoming: bool
+    _partial_frame = b""
+    """The start of a whole text frame the last read ended in (the fast path's)."""
 
     def dataReceived(self, data: bytes) -> None:
-        if debug_logging_off(self.log):
-            # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
-            self._dataReceived(data)
-        else:
+        if not debug_logging_off(self.log):
             super().dataReceived(data)
+        elif self._fast_path_open():
+            self.trafficStats.incomingOctetsWireLevel += len(data)
+            self._fast_frames(self._partial_frame + data if self._partial_frame else data)
+        else:
+            # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
+            if self._partial_frame:
+                self.trafficStats.incomingOctetsWireLevel -= len(self._partial_frame)
+                data, self._partial_frame = self._partial_frame + data, b""
+            self._dataReceived(data)
+
+    def _fast_path_open(self) -> bool:
+        """Nothing of Autobahn's parsing is under way and nothing asks for its extras."""
+        return (
+            self.state == self.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message
+            and not self.logOctets
+            and not self.logFrames
+            and not self.trackedTimings
+            and not self.utf8validateIncoming
+            and self._perMessageCompress is None
+            and not self._listeners
+            and self._parent is None
+        )
+
+    def _fast_frames(self, data: bytes) -> None:
+        """Hand the whole text frames at the start of ``data`` to ``onMessage``; keep an
+        incomplete one for the next read; give anything else to Autobahn."""
+        self._partial_frame = b""
+        stats = self.trafficStats
+        limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
+        view = memoryview(data)
+        n, pos = len(data), 0
+        while pos < n:
+            if data[pos] != _TEXT_FIN:
+                break
+            if n - pos < 2:
+                self._partial_frame = bytes(view[pos:])
+                return
+            length = data[pos + 1]
+            if length < 0x80:
+                break  # unmasked: Autobahn fails the connection
+            length &= 0x7F
+            start = pos + 6
+            if length == 126:
+                if n - pos < 4:
+                    self._partial_frame = bytes(view[pos:])
+                    return
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+            elif length == 127:
+                break
+            if limit and length > limit:
+                break
+            end = start + length
+            if end > n:
+                self._partial_frame = bytes(view[pos:])
+                return
+            payload = unmask(view[start:end], data[start - 4 : start])
+            pos = end
+            stats.incomingOctetsWebSocketLevel += length
+            stats.incomingOctetsAppLevel += length
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self.onMessage(payload, False)
+            if self.state != self.STATE_OPEN:
+                break
+        if pos < n:
+            stats.incomingOctetsWireLevel -= n - pos  # counted again by Autobahn
+            self._dataReceived(bytes(view[pos:]))
+
+    def sendMessage(
+        self,
+        payload: bytes,
+        isBinary: bool = False,
+        fragmentSize: int | None = None,
+        sync: bool = False,
+        doNotCompress: bool = False,
+    ) -> None:
+        n = len(payload)
+        if (
+            isBinary
+            or fragmentSize is not None
+            or sync
+            or self.state != self.STATE_OPEN
+            or self._perMessageCompress is not None
+            or self.autoFragmentSize
+            or self.trackedTimings
+            or self.logFrames
+            or n > 0xFFFF
+            or 0 < self.maxMessagePayloadSize < n
+        ):
+            super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+            return
+        stats = self.trafficStats
+        stats.outgoingWebSocketMessages += 1
+        stats.outgoingOctetsAppLevel += n
+        stats.outgoingOctetsWebSocketLevel += n
+        stats.outgoingWebSocketFrames += 1
+        if n <= 125:
+            header = bytes((_TEXT_FIN, n))
+        else:
+            header = bytes((_TEXT_FIN, 126, n >> 8, n & 0xFF))
+        self.sendData(header + payload)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if (

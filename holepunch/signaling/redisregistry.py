@@ -89,6 +89,13 @@ def _default_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+ROUTE_TTL = 1.0
+"""Seconds a peer's node, learnt from the relay script, is used to relay to it
+directly. A relay that reaches a node the peer has just left is sent on from there."""
+MAX_ROUTES = 65536
+"""Routes kept at most (the oldest go first)."""
+
+
 @dataclass(slots=True)
 class LocalPeer:
     """A peer whose connection is on this node."""
@@ -182,6 +189,12 @@ class RedisRoomRegistry(Service):
         """Stopping: no new operations (the last ones and the node's removal may run)."""
         self._stopped = False
         self.relayed: dict[str, int] = {"offer": 0, "answer": 0, "ice-candidate": 0}
+        self.routes: dict[str, tuple[str, float]] = {}
+        """Where recently reached peers live: peer id -> (node, valid until)."""
+        self._outbox: dict[str, list[rs.RelayEvent]] = {}
+        self._flushing: Any = None
+        self.forwarded = 0
+        """Relays that reached this node after their peer had left it, sent on."""
         self.evicted = 0
         self.reaped_local = 0
 
@@ -355,6 +368,9 @@ class RedisRoomRegistry(Service):
                      node=self.node_id, error=e)  # fmt: skip
             return
         match event:
+            case rs.BatchEvent(relays):
+                for relay in relays:
+                    self._relay_arrived(relay, text)
             case rs.RelayEvent(to, kind, from_peer, payload):
                 peer = self._local.get(to)
                 if peer is not None:
@@ -369,6 +385,51 @@ class RedisRoomRegistry(Service):
                 if peer is not None and peer.conn == conn:
                     del self._local[peer_id]
                     peer.client.disconnect(DisconnectReason.REPLACED)
+
+    def _relay_arrived(self, relay: rs.RelayEvent, text: str) -> None:
+        """A relay routed here by another node's route cache."""
+        peer = self._local.get(relay.to)
+        if peer is not None:
+            peer.client.relayed(relay.kind, relay.from_peer, relay.payload)
+            return
+        # The route was stale (the peer moved or left within ROUTE_TTL): send it on.
+        self.forwarded += 1
+        d = self._eval(rs.FORWARD, self.node_id, relay.to, rs.encode_event(relay))
+        d.addErrback(lambda _: None)  # gone for good: lost, as on one node
+
+    # -- routing relays -------------------------------------------------------------------
+
+    def _route(self, to_peer: str, now: float) -> str | None:
+        route = self.routes.get(to_peer)
+        if route is None:
+            return None
+        if route[1] < now:
+            del self.routes[to_peer]
+            return None
+        return route[0]
+
+    def _learn_route(self, to_peer: str, node: str, now: float) -> None:
+        self.routes.pop(to_peer, None)
+        self.routes[to_peer] = (node, now + ROUTE_TTL)
+        while len(self.routes) > MAX_ROUTES:
+            del self.routes[next(iter(self.routes))]
+
+    def _post(self, node: str, relay: rs.RelayEvent) -> None:
+        """Queue a relay for ``node``; every queue goes out at the end of this turn."""
+        self._outbox.setdefault(node, []).append(relay)
+        if self._flushing is None:
+            self._flushing = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = None
+        outbox, self._outbox = self._outbox, {}
+        if self._redis is None or self._stopped:
+            return
+        for node, relays in outbox.items():
+            event = rs.BatchEvent(tuple(relays))
+            d = self._redis.publish(self.keys.bus(node), rs.encode_event(event))
+            d.addErrback(lambda f: log.debug("publishing relays failed: {e}",
+                                             e=f.getErrorMessage()))  # fmt: skip
 
     # -- IRoomRegistry --------------------------------------------------------------------
 
@@ -499,15 +560,30 @@ class RedisRoomRegistry(Service):
     def relay(
         self, from_peer: str, to_peer: str, kind: str, payload: JSONObject | None
     ) -> defer.Deferred[None]:
-        """Publish the message on the channel of ``to_peer``'s node."""
+        """Deliver the message to ``to_peer``: at once when it is on this node; else on
+        the channel of its node, straight there (batched per reactor turn) when that node
+        is known from the last :data:`ROUTE_TTL` seconds, through the relay script
+        otherwise (which checks the peer and teaches the route)."""
         try:
             peer = self._holder(from_peer)
         except SignalingError:
             return defer.fail()
+        target = self._local.get(to_peer)
+        if target is not None:
+            target.client.relayed(kind, from_peer, payload)
+            self.relayed[kind] = self.relayed.get(kind, 0) + 1
+            return defer.succeed(None)
+        now = self.clock.seconds()
+        node = self._route(to_peer, now)
+        if node is not None:
+            self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))
+            self.relayed[kind] = self.relayed.get(kind, 0) + 1
+            return defer.succeed(None)
         d = self._eval(rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload))
 
         def relayed(reply: list[Any]) -> None:
             self._check(reply, peer=from_peer, to=to_peer)
+            self._learn_route(to_peer, str(reply[1]), now)
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
 
         return d.addCallback(relayed)
@@ -562,6 +638,7 @@ class RedisRoomRegistry(Service):
             "peers": len(self._local),
             "relayed": dict(self.relayed),
             "evicted": self.evicted,
+            "forwarded": self.forwarded,
             "redis": {"node": self.node_id, "url": str(self.url), "connected": self.connected},
         }
 

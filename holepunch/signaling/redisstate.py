@@ -186,7 +186,18 @@ class ReplacedEvent:
     conn: str
 
 
-Event: TypeAlias = RelayEvent | RoomEvent | ReplacedEvent
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """Relays a node routed straight to this one (its route cache knew the node), all
+    those of one reactor turn in one message."""
+
+    relays: tuple[RelayEvent, ...]
+
+
+Event: TypeAlias = RelayEvent | RoomEvent | ReplacedEvent | BatchEvent
+
+BATCH_SEPARATOR = "\x1e"
+"""Between the relays of a batch: compact JSON never holds a raw control character."""
 
 
 class EventError(ValueError):
@@ -203,6 +214,8 @@ def encode_event(event: Event) -> str:
             return "\n".join(["joined" if joined else "left", *fields])
         case ReplacedEvent(peer_id, conn):
             return "\n".join(["replaced", peer_id, conn])
+        case BatchEvent(relays):
+            return "batch\n" + BATCH_SEPARATOR.join(encode_event(r) for r in relays)
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -219,6 +232,11 @@ def decode_event(text: str) -> Event:
         if kind == "replaced":
             peer_id, conn = rest.split("\n")
             return ReplacedEvent(peer_id, conn)
+        if kind == "batch":
+            relays = [decode_event(part) for part in rest.split(BATCH_SEPARATOR)]
+            if not all(isinstance(r, RelayEvent) for r in relays):
+                raise ValueError("a batch holds relays only")
+            return BatchEvent(tuple(r for r in relays if isinstance(r, RelayEvent)))
     except ValueError as e:
         raise EventError(f"malformed {kind!r} event: {e}") from None
     raise EventError(f"unknown event {kind!r}")
@@ -419,7 +437,19 @@ local event = 'relay\n' .. to .. '\n' .. ARGV[5] .. '\n' .. from .. '\n' .. ARGV
 if redis.call('PUBLISH', bus(node), event) == 0 then
   return {'error', 'peer-not-found'}  -- its node is not listening: the message is lost
 end
-return {'ok'}
+return {'ok', node}
+"""
+)
+
+FORWARD = (
+    _COMMON
+    + r"""
+-- ARGV: prefix, this node, to, event
+-- A relay that reached a node its target has left (a stale route): on to its node now.
+local node = alive(ARGV[3])
+if not node or node == ARGV[2] then return {'error', 'peer-not-found'} end
+if redis.call('PUBLISH', bus(node), ARGV[4]) == 0 then return {'error', 'peer-not-found'} end
+return {'ok', node}
 """
 )
 
@@ -492,6 +522,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DROP_NODE",
     "ERROR_MESSAGES",
+    "FORWARD",
     "HEARTBEAT",
     "JOIN",
     "LEAVE",
@@ -500,6 +531,7 @@ __all__ = [
     "ROOM_PEERS",
     "SHARE_STATS",
     "UNREGISTER",
+    "BatchEvent",
     "Event",
     "EventError",
     "Keys",

@@ -1,0 +1,180 @@
+"""The fast path of QuietWebSocketServerProtocol: whole text frames read and written by
+hand, everything else by Autobahn, with the same messages either way."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+from autobahn.twisted.websocket import WebSocketServerFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from holepunch.signaling.autobahn_fixes import QuietWebSocketServerProtocol, unmask
+
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    """A client frame (masked, as clients must)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n <= 125:
+        head += bytes([bit | n])
+    elif n <= 0xFFFF:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of the unmasked frames a server wrote."""
+    out, pos = [], 0
+    while pos < len(data):
+        opcode, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if n == 126:
+            n, pos = struct.unpack("!H", data[pos : pos + 2])[0], pos + 2
+        elif n == 127:
+            n, pos = struct.unpack("!Q", data[pos : pos + 8])[0], pos + 8
+        out.append((opcode, data[pos : pos + n]))
+        pos += n
+    return out
+
+
+class Transport(StringTransport):
+    """StringTransport that, like a TCP transport, lets Autobahn unregister no producer."""
+
+    def unregisterProducer(self) -> None:
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
+class Recorder(QuietWebSocketServerProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[tuple[bytes, bool]] = []
+        self.parsed_by_autobahn = 0
+
+    def processData(self) -> bool:
+        self.parsed_by_autobahn += 1
+        return bool(super().processData())
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append((payload, isBinary))
+
+
+def open_server(**options: object) -> tuple[Recorder, Transport]:
+    factory = WebSocketServerFactory("ws://127.0.0.1/")
+    factory.protocol = Recorder
+    factory.setProtocolOptions(utf8validateIncoming=False, **options)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert isinstance(proto, Recorder)
+    transport = Transport()
+    proto.makeConnection(transport)
+    proto.dataReceived(HANDSHAKE)
+    assert proto.state == proto.STATE_OPEN, transport.value()
+    transport.clear()
+    return proto, transport
+
+
+class UnmaskTests(SynchronousTestCase):
+    @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+    @settings(max_examples=200, deadline=None)
+    def test_matches_the_definition(self, payload: bytes, mask: bytes) -> None:
+        expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.assertEqual(unmask(payload, mask), expected)
+        self.assertEqual(unmask(memoryview(payload), mask), expected)
+
+
+class FastPathTests(SynchronousTestCase):
+    """The same messages whatever the mix of frames and however the bytes are cut."""
+
+    def stream(self) -> tuple[bytes, list[tuple[bytes, bool]]]:
+        rng = random.Random(7)
+        parts, expected = [], []
+        for i in range(40):
+            size = rng.choice([0, 5, 125, 126, 300, 70000 if i % 13 == 0 else 200])
+            text = bytes(rng.choice(b"abcdefghij") for _ in range(size))
+            kind = i % 7
+            if kind == 3:  # a fragmented text message: Autobahn's path
+                parts += [frame(1, text[:3], fin=False), frame(0, text[3:])]
+                expected.append((text, False))
+            elif kind == 5:  # binary
+                parts.append(frame(2, text))
+                expected.append((text, True))
+            elif kind == 6:  # a ping in between (answered by a pong)
+                parts += [frame(9, b"hi"), frame(1, text)]
+                expected.append((text, False))
+            else:
+                parts.append(frame(1, text))
+                expected.append((text, False))
+        return b"".join(parts), expected
+
+    def test_one_read(self) -> None:
+        proto, transport = open_server()
+        data, expected = self.stream()
+        proto.dataReceived(data)
+        self.assertEqual(proto.messages, expected)
+        pongs = [p for op, p in server_frames(transport.value()) if op == 10]
+        self.assertEqual(pongs, [b"hi"] * 5)
+        self.assertEqual(proto.trafficStats.incomingWebSocketMessages, len(expected))
+        self.assertEqual(proto.trafficStats.incomingOctetsWireLevel, len(data))
+
+    def test_every_cut(self) -> None:
+        """Reads of 1, 2, 3, 7 and 1000 bytes: the same messages, in order."""
+        data, expected = self.stream()
+        for size in (1, 2, 3, 7, 1000):
+            proto, _ = open_server()
+            for i in range(0, len(data), size):
+                proto.dataReceived(data[i : i + size])
+            self.assertEqual(proto.messages, expected, size)
+            self.assertEqual(proto.trafficStats.incomingOctetsWireLevel, len(data))
+
+    def test_whole_text_frames_skip_autobahns_parser(self) -> None:
+        """Whole text frames, however cut, never reach Autobahn's frame parser."""
+        proto, _ = open_server()
+        data = b"".join(frame(1, b"m%d" % i * 40) for i in range(50))
+        for i in range(0, len(data), 333):
+            proto.dataReceived(data[i : i + 333])
+        self.assertEqual(len(proto.messages), 50)
+        self.assertEqual(proto.parsed_by_autobahn, 0)
+
+    def test_unmasked_frame_fails_the_connection(self) -> None:
+        """A client frame without a mask is a protocol violation (RFC 6455 5.1)."""
+        proto, transport = open_server()
+        proto.dataReceived(frame(1, b"ok") + frame(1, b"bare", masked=False) + frame(1, b"x"))
+        self.assertEqual(proto.messages, [(b"ok", False)])
+        self.assertTrue(proto.failedByMe)
+        self.assertIn("unmasked", proto.wasNotCleanReason)
+        self.assertTrue(transport.disconnecting)
+
+    def test_too_large_fails_as_autobahn_does(self) -> None:
+        """Over maxMessagePayloadSize: Autobahn fails the connection, nothing delivered."""
+        proto, transport = open_server(maxMessagePayloadSize=100, maxFramePayloadSize=100)
+        proto.dataReceived(frame(1, b"a" * 50) + frame(1, b"b" * 101))
+        self.assertEqual(proto.messages, [(b"a" * 50, False)])
+        self.assertTrue(proto.failedByMe)
+        self.assertIn("exceeds payload limit", proto.wasNotCleanReason)
+
+    def test_send_frames(self) -> None:
+        """Text messages of every length class are framed as Autobahn frames them."""
+        proto, transport = open_server()
+        payloads = [b"", b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 65536]
+        for payload in payloads:
+            proto.sendMessage(payload)
+        frames = server_frames(transport.value())
+        self.assertEqual(frames, [(1, p) for p in payloads])
+        self.assertEqual(proto.trafficStats.outgoingWebSocketMessages, len(payloads))
