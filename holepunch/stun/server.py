@@ -388,6 +388,14 @@ class StunStreamProtocol(Protocol):
         peer = self.transport.getPeer()
         source = Address(peer.host, peer.port)  # type: ignore[attr-defined]
         for frame in frames:
+            if frame[0] & 0xC0:
+                # ChannelData (RFC 8656 12.5) frames well, but this server is no TURN relay:
+                # close rather than decode thousands of 4-byte frames one by one.
+                self.server.responder.stats.malformed += 1
+                self._refused("tcpFraming", "ChannelData on a STUN-only connection")
+                self.transport.loseConnection()
+                self._dropped = True
+                return
             reply = self.server.responder.handle(
                 frame, source, self.local, self.server.clock.seconds(), "tcp"
             )

@@ -448,6 +448,17 @@ class ProtocolTests(SynchronousTestCase):
         proto.dataReceived(struct.pack("!HHI", 1, 8000, 0x2112A442) + bytes(12))
         self.assertTrue(transport.disconnecting)
 
+    def test_stream_channel_data_closes(self) -> None:
+        """ChannelData frames on a STUN-only TCP connection close it at the first one."""
+        svc = StunServerService(StunResponder(A), Clock())
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        proto.dataReceived(encode(request()) + b"\x40\x00\x00\x00" * 1000 + encode(request()))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(svc.responder.stats.malformed, 1)
+        self.assertEqual(svc.responder.stats.requests, 1)
+
     def test_stream_garbage_closes(self) -> None:
         """A TCP stream that is not STUN is closed and counted."""
         svc = StunServerService(StunResponder(A), Clock())
