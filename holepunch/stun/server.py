@@ -29,7 +29,8 @@ Robustness and anti-amplification (see docs/stun-server.md):
   dropped and counted;
 - refused traffic is counted, and logged as one summary line a minute at most;
 - a STUN/TCP client that sends but does not read is dropped once ``max_tcp_output``
-  bytes of answers wait for it (``tcpSlowReaders``).
+  bytes of answers wait for it (``tcpSlowReaders``), and one that sends ChannelData
+  (framed like STUN over TCP, but no business of a STUN-only server) at once.
 
 The layers: :class:`StunResponder` is the pure model (request in, response and the
 socket to send it from out); :class:`StunDatagramProtocol` and :class:`StunStreamProtocol`

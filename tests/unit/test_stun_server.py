@@ -93,6 +93,7 @@ class ResponderTests(SynchronousTestCase):
             (encode(request()), CLIENT, A, 1.6),
             (encode(request(), fingerprint=True), CLIENT, A, 40 / 28),
             (encode(request()), v6, local6, 2.2),
+            (encode(_rfc3489_request()), CLIENT, A, 2.2),  # MAPPED- and SOURCE-ADDRESS
         ]
         for data, source, local, bound in cases:
             reply = answer(responder, data, source=source, local=local)
@@ -252,6 +253,12 @@ class ResponderTests(SynchronousTestCase):
         other = Address("198.51.100.8", 1)
         self.assertIsNotNone(answer(responder, request(), source=other, now=0.0))
         self.assertIsNotNone(answer(responder, request(), now=0.1))
+
+
+def _rfc3489_request() -> StunMessage:
+    req = request()
+    req.cookie = 0x01020304
+    return req
 
 
 def _datagram_of_unknown_attributes(n: int) -> bytes:
