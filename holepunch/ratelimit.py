@@ -2,13 +2,16 @@
 """Token-bucket rate limiting, sans-I/O: the caller passes the time.
 
 One :class:`TokenBucket` limits one sender (the signaling server keeps one per
-connection); :class:`TokenBuckets` keeps one per key, a bounded number of them (the STUN
-server keeps one per source address).
+connection); :class:`TokenBuckets` keeps a fixed table of them shared by key hash (the
+STUN server's per-source-address limit), which no churn of keys can reset.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import hashlib
+import math
+import os
+from array import array
 
 
 class TokenBucket:
@@ -47,33 +50,61 @@ class TokenBucket:
 
 
 class TokenBuckets:
-    """Per-key token buckets, at most ``max_keys`` remembered (least recently used go).
+    """Per-key token buckets in a fixed table of ``slots`` buckets, keyed by a secret hash.
 
-    A ``rate`` of 0 or less means no limit.
+    A key's bucket is the slot its BLAKE2b hash, under a random per-table secret, picks;
+    keys that collide share that bucket. A ``rate`` of 0 or less means no limit.
+
+    Why not one bucket per key with the least recently used forgotten when the table is
+    full: then whoever sends from more addresses than the table holds (UDP source
+    addresses are easily spoofed) pushes a victim's bucket out, and the victim's next
+    request starts a full one again, so a flood from many sources resets the limit of
+    the one it aims at. Here nothing is forgotten or reset, whatever the churn: a slot
+    only refills at ``rate``. Sharing a slot can only make a limit stricter, never
+    looser, since no key's traffic ever adds tokens; senders cannot aim at a slot
+    without the secret, and with honest senders well under the rate a collision with a
+    busy one is rare and costs at most that sender's rate. Memory is fixed: two arrays
+    of doubles, 1 MiB for the default 65,536 slots.
     """
 
-    def __init__(self, rate: float, burst: float, max_keys: int = 65536) -> None:
+    def __init__(
+        self, rate: float, burst: float, slots: int = 65536, secret: bytes | None = None
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, not {slots}")
         self.rate = rate
         self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.slots = slots
+        self._secret = os.urandom(16) if secret is None else secret
+        self._tokens = array("d", [float(burst)]) * slots
+        # Never used: refilling from minus infinity gives a full bucket.
+        self._updated = array("d", [-math.inf]) * slots
 
-    def __len__(self) -> int:
-        """How many keys are remembered."""
-        return len(self._buckets)
+    def slot(self, key: str) -> int:
+        """The index of the bucket ``key`` uses."""
+        digest = hashlib.blake2b(key.encode(), digest_size=8, key=self._secret).digest()
+        return int.from_bytes(digest) % self.slots
+
+    def tokens(self, key: str, now: float) -> float:
+        """How many tokens ``key``'s bucket holds at time ``now``."""
+        return self._refill(self.slot(key), now)
+
+    def _refill(self, i: int, now: float) -> float:
+        elapsed = now - self._updated[i]
+        if elapsed > 0.0:
+            self._tokens[i] = min(self.burst, self._tokens[i] + elapsed * self.rate)
+            self._updated[i] = now
+        return self._tokens[i]
 
     def allow(self, key: str, now: float) -> bool:
         """Take one token from ``key``'s bucket at time ``now``; False if it is empty."""
         if self.rate <= 0:
             return True
-        bucket = self._buckets.pop(key, None)
-        if bucket is None:
-            bucket = TokenBucket(self.rate, self.burst, now)
-        allowed = bucket.take(now)
-        self._buckets[key] = bucket
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-        return allowed
+        i = self.slot(key)
+        if self._refill(i, now) >= 1.0:
+            self._tokens[i] -= 1.0
+            return True
+        return False
 
 
 __all__ = ["TokenBucket", "TokenBuckets"]

@@ -247,6 +247,16 @@ class _StatsCollector(Collector):
                 "holepunch_stun_rate_limited",
                 "STUN requests dropped by the per-address rate limit.",
             ),
+            (
+                "tooManyAttributes",
+                "holepunch_stun_too_many_attributes",
+                "STUN messages dropped for carrying more attributes than the cap.",
+            ),
+            (
+                "tcpSlowReaders",
+                "holepunch_stun_tcp_slow_readers",
+                "STUN/TCP connections dropped for not reading their answers.",
+            ),
         ):
             value = _number(stats, key)
             if value is not None:

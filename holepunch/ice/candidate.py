@@ -88,8 +88,11 @@ class Candidate:
             "typ",
             self.type,
         ]
-        if self.related_address is not None and self.related_port is not None:
-            parts += ["raddr", self.related_address, "rport", str(self.related_port)]
+        # RFC 8839 5.1: rel-addr and rel-port are each optional; write what was given.
+        if self.related_address is not None:
+            parts += ["raddr", self.related_address]
+        if self.related_port is not None:
+            parts += ["rport", str(self.related_port)]
         if self.tcptype is not None:
             parts += ["tcptype", self.tcptype]
         for name, value in self.extensions:

@@ -475,11 +475,16 @@ class StunMessage:
         """
         Comprehension-required attribute types (below 0x8000) not in
         ``known``, each once, in order of appearance (RFC 8489 7.3).
+
+        Linear in the number of attributes (``known`` should be a set): each type is
+        looked up once in ``known`` and once in the set of those already listed.
         """
         unknown: list[int] = []
+        listed: set[int] = set()
         for attribute in self.attributes:
             t = attribute.type
-            if t < 0x8000 and t not in known and t not in unknown:
+            if t < 0x8000 and t not in known and t not in listed:
+                listed.add(t)
                 unknown.append(t)
         return unknown
 
@@ -625,7 +630,8 @@ def decode(data: BytesLike) -> StunMessage:
     Parse one STUN message; ``data`` must be exactly one message.
 
     :raise StunDecodeError: for any input that is not a well-formed STUN
-        message, including a wrong FINGERPRINT.
+        message, including a wrong FINGERPRINT; `TooManyAttributes` (a subclass)
+        for one with more than `MAX_ATTRIBUTES <holepunch.stun.wire.MAX_ATTRIBUTES>`.
     """
     if not is_bytes(data):
         raise StunDecodeError(f"expected bytes, not {type(data).__name__}")

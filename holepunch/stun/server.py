@@ -2,10 +2,12 @@
 """The STUN server: Binding over UDP and TCP, with RFC 5780 behaviour discovery.
 
 - RFC 8489 section 6.3: a Binding request is answered with XOR-MAPPED-ADDRESS (the
-  source transport address as the server saw it), SOFTWARE and FINGERPRINT; a cookie-less
-  RFC 3489 request gets MAPPED-ADDRESS (and SOURCE-ADDRESS / CHANGED-ADDRESS, which the
-  classic RFC 3489 tools read). Unknown comprehension-required attributes get 420 with
-  UNKNOWN-ATTRIBUTES (section 6.3.1.1); other methods get 400.
+  source transport address as the server saw it), and FINGERPRINT when the request
+  carried one (SOFTWARE only when configured: it is 20-odd bytes of amplification); a
+  cookie-less RFC 3489 request gets MAPPED-ADDRESS (and SOURCE-ADDRESS /
+  CHANGED-ADDRESS, which the classic RFC 3489 tools read). Unknown
+  comprehension-required attributes get 420 with UNKNOWN-ATTRIBUTES (section 6.3.1.1);
+  other methods get 400.
 - RFC 5780 section 6: given a second address and port, every response carries
   OTHER-ADDRESS and RESPONSE-ORIGIN; CHANGE-REQUEST makes the answer leave from the other
   address and/or port; RESPONSE-PORT sends it to another port of the requester's address;
@@ -17,10 +19,18 @@ Robustness and anti-amplification (see docs/stun-server.md):
   responses are never answered;
 - a response only ever goes to the IP address the request came from (RESPONSE-PORT may
   change the port, never the address);
-- one response per request, and PADDING is honoured only up to the request's own size,
-  so a response is never much larger than what provoked it;
-- each source address has a token bucket (``rate`` requests per second, ``burst``);
-  requests beyond it are dropped and counted.
+- one response per request, only the attributes it must carry, and PADDING is honoured
+  only up to the request's own size, so a response is never much larger than what
+  provoked it;
+- decoding is linear in the datagram and a message of more than 64 attributes is
+  dropped (``tooManyAttributes``);
+- each source address has a token bucket (``rate`` requests per second, ``burst``) in a
+  fixed table that no churn of source addresses can reset; requests beyond it are
+  dropped and counted;
+- refused traffic is counted, and logged as one summary line a minute at most;
+- a STUN/TCP client that sends but does not read is dropped once ``max_tcp_output``
+  bytes of answers wait for it (``tcpSlowReaders``), and one that sends ChannelData
+  (framed like STUN over TCP, but no business of a STUN-only server) at once.
 
 The layers: :class:`StunResponder` is the pure model (request in, response and the
 socket to send it from out); :class:`StunDatagramProtocol` and :class:`StunStreamProtocol`
@@ -29,27 +39,40 @@ only move bytes; :class:`StunServerService` binds the sockets.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBuckets
 from holepunch.reuseport import listen_tcp, listen_udp
 from holepunch.stun.framing import StreamFramer
 from holepunch.stun.message import StunMessage, decode, encode
-from holepunch.stun.wire import Address, Attr, MessageClass, Method, StunDecodeError, StunError
+from holepunch.stun.wire import (
+    Address,
+    Attr,
+    MessageClass,
+    Method,
+    StunDecodeError,
+    StunError,
+    TooManyAttributes,
+)
 from holepunch.version import __version__
 
 _log = Logger()
 
+#: The SOFTWARE value sent when the operator turns it on (``--stun-software``).
 SOFTWARE = f"holepunch {__version__}"
 
 # RFC 3489 attributes, still read by classic tools (pystun, pynat).
@@ -79,8 +102,10 @@ class StunServerStats:
     requests: int = 0
     responses: int = 0
     malformed: int = 0
+    too_many_attributes: int = 0
     ignored: int = 0
     rate_limited: int = 0
+    tcp_slow_readers: int = 0
     errors: Counter[int] = field(default_factory=Counter)
     by_transport: Counter[str] = field(default_factory=Counter)
 
@@ -90,8 +115,10 @@ class StunServerStats:
             "requests": self.requests,
             "responses": self.responses,
             "malformed": self.malformed,
+            "tooManyAttributes": self.too_many_attributes,
             "ignored": self.ignored,
             "rateLimited": self.rate_limited,
+            "tcpSlowReaders": self.tcp_slow_readers,
             "errors": {str(k): v for k, v in sorted(self.errors.items())},
             "byTransport": dict(self.by_transport),
         }
@@ -99,6 +126,18 @@ class StunServerStats:
 
 def _family(host: str) -> int:
     return ipaddress.ip_address(host).version
+
+
+def _log_summary(summary: Summary) -> None:
+    _log.info(
+        "STUN refused {total} in {seconds:.0f} s: {counts} (last: {last_reason}, {last_detail})",
+        total=summary.total,
+        seconds=summary.seconds,
+        counts=summary.describe(),
+        last_reason=summary.last_reason,
+        last_detail=summary.last_detail,
+        refusals=summary.counts,
+    )
 
 
 class StunResponder:
@@ -110,16 +149,21 @@ class StunResponder:
     an ordinary second destination (no OTHER-ADDRESS, which RFC 5780 allows only when
     both address and port differ) that lets a client with one server measure whether
     its NAT's mapping depends on the destination.
+
+    ``software`` is the SOFTWARE attribute's value, None (the default) for none.
+    Refusals (malformed, rate-limited, ignored ...) are counted in :attr:`stats` and
+    summarised in one log line per ``log_interval`` seconds at most.
     """
 
     def __init__(
         self,
         primary: Address,
         alternate: Address | None = None,
-        software: str | None = SOFTWARE,
+        software: str | None = None,
         rate: float = 50.0,
         burst: float = 100.0,
         second_port: int | None = None,
+        log_interval: float = 60.0,
     ) -> None:
         self.primary = primary
         self.alternate = alternate
@@ -127,6 +171,20 @@ class StunResponder:
         self.software = software
         self.stats = StunServerStats()
         self._buckets = TokenBuckets(rate, burst)
+        self.log_interval = log_interval
+        self._refusals = RefusalSummary(log_interval)
+
+    def refused(self, reason: str, now: float, detail: str = "") -> None:
+        """Note one refusal (already counted in :attr:`stats`) for the log summary."""
+        summary = self._refusals.note(reason, now, detail)
+        if summary is not None:
+            _log_summary(summary)
+
+    def log_refusals(self, now: float) -> None:
+        """Write the summary of refusals not yet logged, if any (on a timer, at stop)."""
+        summary = self._refusals.take(now)
+        if summary is not None:
+            _log_summary(summary)
 
     @property
     def rfc5780(self) -> bool:
@@ -164,18 +222,28 @@ class StunResponder:
         """Answer one datagram (or TCP frame); None when nothing should be sent."""
         try:
             request = decode(data)
+        except TooManyAttributes as e:
+            self.stats.malformed += 1
+            self.stats.too_many_attributes += 1
+            self.refused("tooManyAttributes", now, f"{source.host}: {e}")
+            return None
         except StunDecodeError as e:
             self.stats.malformed += 1
-            _log.debug("dropped malformed STUN from {source}: {reason}", source=source, reason=e)
+            self.refused("malformed", now, f"{source.host}: {e}")
             return None
         if request.message_class != MessageClass.REQUEST:
             self.stats.ignored += 1
+            self.refused("ignored", now, f"{source.host}: not a request")
             return None
         if not self._buckets.allow(source.host, now):
             self.stats.rate_limited += 1
+            self.refused("rateLimited", now, source.host)
             return None
         self.stats.requests += 1
         self.stats.by_transport[transport] += 1
+        # FINGERPRINT only when the request carried one (a client that multiplexes STUN
+        # with other traffic, as ICE does, then looks for it); nobody else needs it.
+        fingerprint = request.has(Attr.FINGERPRINT)
         try:
             response, send_from, destination = self._respond(request, source, local, transport)
             if self.software is not None:
@@ -183,17 +251,18 @@ class StunResponder:
             padding = request.get(Attr.PADDING)
             if padding is not None and response.message_class == MessageClass.SUCCESS:
                 # RFC 5780 7.6: pad the response, but never beyond the request's own size.
-                room = min(len(data), MAX_PADDED_RESPONSE) - (len(encode(response)) + 8 + 4)
+                unpadded = len(encode(response)) + 8 * fingerprint + 4
+                room = min(len(data), MAX_PADDED_RESPONSE) - unpadded
                 if room >= 4:
                     response.add_padding(min(len(padding), room) // 4 * 4)
-            out = encode(response, fingerprint=not request.is_rfc3489)
+            out = encode(response, fingerprint=fingerprint)
         except StunError as e:
             # A request that decodes but whose attributes are malformed.
             self.stats.malformed += 1
-            _log.debug("malformed STUN attribute from {source}: {reason}", source=source, reason=e)
+            self.refused("badAttribute", now, f"{source.host}: {e}")
             try:
                 response = request.error_response(400, "Bad Request")
-                out = encode(response, fingerprint=not request.is_rfc3489)
+                out = encode(response, fingerprint=fingerprint)
             except StunError:
                 return None
             send_from, destination = local, source
@@ -207,7 +276,8 @@ class StunResponder:
         self, request: StunMessage, source: Address, local: Address, transport: str
     ) -> tuple[StunMessage, Address, Address]:
         if request.method != Method.BINDING:
-            return request.error_response(400, "Only Binding is served here"), local, source
+            # The registered reason phrase: a longer one only adds amplification.
+            return request.error_response(400), local, source
         unknown = request.unknown_comprehension_required(_UNDERSTOOD)
         change = request.get_change_request()
         response_port = request.get_response_port()
@@ -253,23 +323,48 @@ class StunDatagramProtocol(DatagramProtocol):
         self.server.received(datagram, Address(addr[0], addr[1]), self.local, "udp")
 
 
+@implementer(IPushProducer)
 class StunStreamProtocol(Protocol):
-    """A STUN-over-TCP connection (RFC 8489 6.2.2): frames, answers on the same connection."""
+    """A STUN-over-TCP connection (RFC 8489 6.2.2): frames, answers on the same connection.
+
+    Memory per connection is bounded both ways: an incomplete frame holds at most
+    ``max_frame`` bytes (the framer refuses longer ones), and the protocol is the
+    transport's streaming producer, so once more than the service's ``max_tcp_output``
+    bytes of answers wait for a client that does not read, the transport pauses it and
+    the connection is aborted (its buffered answers discarded) and counted
+    (``tcpSlowReaders``). The kernel's send buffer for the socket is set to
+    ``tcp_send_buffer`` too, so the kernel does not queue megabytes in its place.
+    """
+
+    max_frame = 4096
 
     def __init__(self, server: StunServerService, local: Address) -> None:
         self.server = server
         self.local = local
-        self._framer = StreamFramer(max_size=4096)
+        self._framer = StreamFramer(max_size=self.max_frame)
         self._idle: Any = None
+        self._dropped = False
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.server.tcp_connections += 1
         if self.server.tcp_connections > self.server.max_tcp_connections:
             self.server.responder.stats.ignored += 1
-            assert self.transport is not None
+            self._refused("tcpFull", "too many connections")
             self.transport.loseConnection()
             return
+        if hasattr(self.transport, "bufferSize"):
+            # The point past which FileDescriptor.write pauses its producer: us.
+            self.transport.bufferSize = self.server.max_tcp_output
+        if self.server.tcp_send_buffer is not None and hasattr(self.transport, "getHandle"):
+            sock = self.transport.getHandle()
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.tcp_send_buffer)
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._reset_idle()
+
+    def _refused(self, reason: str, detail: str) -> None:
+        self.server.responder.refused(reason, self.server.clock.seconds(), detail)
 
     def _reset_idle(self) -> None:
         if self._idle is not None and self._idle.active():
@@ -283,28 +378,64 @@ class StunStreamProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
+        if self._dropped:
+            return
         try:
             frames = self._framer.feed(data)
         except StunDecodeError as e:
             self.server.responder.stats.malformed += 1
-            _log.debug("closing STUN/TCP connection on bad framing: {reason}", reason=e)
+            self._refused("tcpFraming", str(e))
             self.transport.loseConnection()
             return
         peer = self.transport.getPeer()
         source = Address(peer.host, peer.port)  # type: ignore[attr-defined]
         for frame in frames:
+            if frame[0] & 0xC0:
+                # ChannelData (RFC 8656 12.5) frames well, but this server is no TURN relay:
+                # close rather than decode thousands of 4-byte frames one by one.
+                self.server.responder.stats.malformed += 1
+                self._refused("tcpFraming", "ChannelData on a STUN-only connection")
+                self.transport.loseConnection()
+                self._dropped = True
+                return
             reply = self.server.responder.handle(
                 frame, source, self.local, self.server.clock.seconds(), "tcp"
             )
             if reply is not None:
-                self.transport.write(reply.data)
+                self.send_reply(reply.data)
+            if self._dropped:
+                return
         self._reset_idle()
 
+    def send_reply(self, data: bytes) -> None:
+        """Write one answer to the client (this may pause us: see `pauseProducing`)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    # -- IPushProducer: the transport tells us when too much waits to be sent --------
+
+    def pauseProducing(self) -> None:
+        """More than ``max_tcp_output`` bytes wait for the client: drop the connection."""
+        if self._dropped:
+            return
+        self._dropped = True
+        self.server.responder.stats.tcp_slow_readers += 1
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._refused("tcpSlowReader", str(getattr(peer, "host", "")))
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """Nothing to do: a paused connection has been dropped."""
+
+    def stopProducing(self) -> None:
+        """Nothing to do: the connection is going away."""
+
     def connectionLost(self, reason: Any = None) -> None:
-        self.server.tcp_connections -= 1
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self.server.stream_closed(self)
 
 
 class _StreamFactory(Factory):
@@ -313,7 +444,7 @@ class _StreamFactory(Factory):
         self.local = local
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return StunStreamProtocol(self.server, self.local)
+        return self.server.stream_protocol(self.server, self.local)
 
 
 class StunServerService(Service):
@@ -321,9 +452,14 @@ class StunServerService(Service):
 
     With port 0 the primary port is chosen by the kernel, and the alternate port too; the
     responder is updated with the ports actually bound, so tests can use ephemeral ports.
+
+    Per STUN/TCP connection at most ``max_tcp_output`` bytes of answers are buffered (a
+    client that lets more pile up is dropped) and the socket's kernel send buffer is
+    ``tcp_send_buffer`` bytes (None: the kernel's default, which grows to megabytes).
     """
 
     name = "stun"
+    stream_protocol: type[StunStreamProtocol] = StunStreamProtocol
 
     def __init__(
         self,
@@ -333,6 +469,8 @@ class StunServerService(Service):
         max_tcp_connections: int = 1000,
         tcp_idle_timeout: float = 30.0,
         reuse_port: bool = False,
+        max_tcp_output: int = 65536,
+        tcp_send_buffer: int | None = 16384,
     ) -> None:
         self.responder = responder
         self.reuse_port = reuse_port
@@ -342,9 +480,16 @@ class StunServerService(Service):
         self.tcp = tcp
         self.max_tcp_connections = max_tcp_connections
         self.tcp_idle_timeout = tcp_idle_timeout
+        self.max_tcp_output = max_tcp_output
+        self.tcp_send_buffer = tcp_send_buffer
         self.tcp_connections = 0
         self._udp: dict[Address, Any] = {}
         self._ports: list[IListeningPort] = []
+        self._summaries: task.LoopingCall | None = None
+
+    def stream_closed(self, protocol: StunStreamProtocol) -> None:
+        """A STUN/TCP connection has gone (called by its protocol)."""
+        self.tcp_connections -= 1
 
     def _bind_ports(self) -> None:
         r = self.responder
@@ -391,6 +536,9 @@ class StunServerService(Service):
             self._udp.clear()
             raise
         Service.startService(self)
+        self._summaries = task.LoopingCall(self._log_refusals)
+        self._summaries.clock = self.clock
+        self._summaries.start(self.responder.log_interval, now=False)
         _log.info(
             "STUN server on {addresses} ({modes})",
             addresses=", ".join(
@@ -399,8 +547,15 @@ class StunServerService(Service):
             modes="UDP+TCP" if self.tcp else "UDP",
         )
 
+    def _log_refusals(self) -> None:
+        self.responder.log_refusals(self.clock.seconds())
+
     def stopService(self) -> defer.Deferred[Any]:
         Service.stopService(self)
+        if self._summaries is not None and self._summaries.running:
+            self._summaries.stop()
+        self._summaries = None
+        self._log_refusals()
         ports, self._ports = self._ports, []
         self._udp.clear()
         return defer.gatherResults(
@@ -418,9 +573,7 @@ class StunServerService(Service):
         try:
             port.write(reply.data, (reply.destination.host, reply.destination.port))
         except OSError as e:
-            _log.debug(
-                "could not send STUN response to {dest}: {err}", dest=reply.destination, err=e
-            )
+            self.responder.refused("sendFailed", self.clock.seconds(), f"{reply.destination}: {e}")
 
     def addresses(self) -> Iterator[Address]:
         """The addresses listened on (after start)."""
@@ -443,12 +596,14 @@ def make_stun_service(
     rate: float = 50.0,
     burst: float = 100.0,
     reuse_port: bool = False,
+    software: str | None = None,
 ) -> MultiService:
     """The daemon's STUN service; RFC 5780 mode when ``alternate_address`` is given.
 
     Without it the server still listens on ``alternate_port`` of its one address (0 or
     the same port as ``port``: not at all), as a plain second destination; with ``port``
-    0 both ports are chosen by the kernel.
+    0 both ports are chosen by the kernel. ``software``: the SOFTWARE attribute of every
+    response (default none).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -467,6 +622,7 @@ def make_stun_service(
             rate=rate,
             burst=burst,
             second_port=_second_port(port, alternate_port),
+            software=software,
         ),
         reactor,
         tcp=tcp,

@@ -36,6 +36,12 @@ MI_LENGTH = 20
 MI_SHA256_MIN = 16
 MI_SHA256_MAX = 32
 
+#: The most attributes one message may carry (every TLV counts, also those after
+#: MESSAGE-INTEGRITY). RFC 8489 sets no limit; real messages carry a handful (the
+#: RFC 5769 sample request six, an authenticated TURN Allocate about ten), so 64 leaves
+#: room for any honest use and bounds the work a datagram can cause.
+MAX_ATTRIBUTES = 64
+
 
 class MessageClass(enum.IntEnum):
     """
@@ -159,6 +165,13 @@ class StunDecodeError(StunError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TooManyAttributes(StunDecodeError):
+    """
+    A message with more than `MAX_ATTRIBUTES` attributes: rejected before any of its
+    attributes is looked at.
+    """
 
 
 class Address(NamedTuple):
@@ -310,6 +323,9 @@ def parse_raw(data: bytes) -> tuple[int, int, bytes, list[tuple[int, RawAttribut
     Check the structure of ``data`` and return the message type, cookie,
     transaction ID and the attributes that count, each with its offset.
 
+    The work is linear in the length of ``data``, and a message with more than
+    `MAX_ATTRIBUTES` attributes raises `TooManyAttributes`.
+
     Per RFC 8489 14.5 and 14.6, attributes after MESSAGE-INTEGRITY other than
     MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, and attributes after
     MESSAGE-INTEGRITY-SHA256 other than FINGERPRINT, are left out.  The
@@ -331,7 +347,11 @@ def parse_raw(data: bytes) -> tuple[int, int, bytes, list[tuple[int, RawAttribut
     entries: list[tuple[int, RawAttribute]] = []
     seen_integrity = seen_integrity_sha256 = seen_fingerprint = False
     offset = HEADER_LENGTH
+    count = 0
     while offset < len(data):
+        count += 1
+        if count > MAX_ATTRIBUTES:
+            raise TooManyAttributes(f"more than {MAX_ATTRIBUTES} attributes")
         if len(data) - offset < 4:
             raise StunDecodeError(f"truncated attribute header at offset {offset}")
         attr_type, value_length = struct.unpack_from("!HH", data, offset)
@@ -382,6 +402,7 @@ __all__ = [
     "HEADER_LENGTH",
     "KNOWN_ATTRIBUTES",
     "MAGIC_COOKIE",
+    "MAX_ATTRIBUTES",
     "MAX_BODY_LENGTH",
     "MAX_VALUE_LENGTH",
     "MI_LENGTH",
@@ -399,6 +420,7 @@ __all__ = [
     "StunDecodeError",
     "StunEncodeError",
     "StunError",
+    "TooManyAttributes",
     "check_exact_length",
     "check_method",
     "check_range",

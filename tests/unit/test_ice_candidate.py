@@ -63,6 +63,16 @@ class GrammarTests(SynchronousTestCase):
         tcp = Candidate.from_sdp("candidate:1 1 TCP 2105458943 10.0.0.1 9 typ host tcptype active")
         self.assertEqual((tcp.transport, tcp.tcptype), ("tcp", "active"))
 
+    def test_raddr_and_rport_each_optional(self) -> None:
+        """raddr without rport (and rport without raddr) survive to_sdp, as RFC 8839 allows (found by the fuzzer)."""
+        for line in [
+            "candidate:1 1 udp 2130706431 192.0.2.1 54400 typ srflx raddr 10.0.0.2",
+            "candidate:1 1 udp 2130706431 192.0.2.1 54400 typ srflx rport 9",
+        ]:
+            c = Candidate.from_sdp(line)
+            self.assertEqual(c.to_sdp(), line)
+            self.assertEqual(Candidate.from_sdp(c.to_sdp()), c)
+
     def test_bad_lines(self) -> None:
         """Each grammar violation is a CandidateError naming the problem."""
         bad = {

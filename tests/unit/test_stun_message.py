@@ -30,6 +30,7 @@ from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import (
     KNOWN_ATTRIBUTES,
     MAGIC_COOKIE,
+    MAX_ATTRIBUTES,
     XOR_ADDRESS_ATTRIBUTES,
     Address,
     Attr,
@@ -38,6 +39,7 @@ from holepunch.stun.wire import (
     RawAttribute,
     StunDecodeError,
     StunError,
+    TooManyAttributes,
 )
 
 # The vectors of /work/shared/testdata/stun-vectors.md (RFC 5769 and the
@@ -755,6 +757,63 @@ class DecodeTests(SynchronousTestCase):
         msg.raw = b"garbage"
         self.assertFalse(msg.check_integrity(b"k"))
         self.assertFalse(msg.check_fingerprint())
+
+
+class _CountingType(int):
+    """An attribute type that counts how often it is compared for equality."""
+
+    comparisons = 0
+
+    def __eq__(self, other: object) -> bool:
+        _CountingType.comparisons += 1
+        return int(self) == other
+
+    __hash__ = int.__hash__
+
+
+class DecodeCostTests(SynchronousTestCase):
+    """
+    The decoder's work is linear in the input, whatever the attribute mix (issue 17,
+    finding 2), and a message cannot carry more than MAX_ATTRIBUTES attributes.
+    """
+
+    def comparisons(self, n: int) -> int:
+        """
+        How many equality comparisons listing ``n`` distinct unknown comprehension-required
+        types costs.
+        """
+        msg = StunMessage.request(transaction_id=TID)
+        msg.attributes = [RawAttribute(_CountingType(0x4000 + i), b"") for i in range(n)]
+        _CountingType.comparisons = 0
+        unknown = msg.unknown_comprehension_required()
+        self.assertEqual(len(unknown), n)
+        return _CountingType.comparisons
+
+    def test_unknownCheckIsLinear(self) -> None:
+        """Listing n distinct unknown types costs O(n) comparisons, not the n^2/2 of a list search."""
+        for n in (100, 400, 1600):
+            self.assertLessEqual(self.comparisons(n), 2 * n)
+
+    def test_attributeCap(self) -> None:
+        """MAX_ATTRIBUTES attributes decode; one more is TooManyAttributes, a StunDecodeError."""
+        at_cap = _raw_message([(0x4000 + i, b"") for i in range(MAX_ATTRIBUTES)])
+        self.assertEqual(len(decode(at_cap).attributes), MAX_ATTRIBUTES)
+        over = _raw_message([(0x4000 + i, b"") for i in range(MAX_ATTRIBUTES + 1)])
+        error = self.assertRaises(TooManyAttributes, decode, over)
+        self.assertIsInstance(error, StunDecodeError)
+        self.assertIn(f"more than {MAX_ATTRIBUTES} attributes", error.reason)
+
+    def test_fullDatagramOfUnknownAttributesRejected(self) -> None:
+        """An 8 KB datagram of 2,043 distinct unknown comprehension-required attributes is rejected."""
+        data = _raw_message([(0x4000 + i, b"") for i in range(2043)])
+        self.assertEqual(len(data), 8192)
+        self.assertRaises(TooManyAttributes, decode, data)
+
+    def test_capCountsIgnoredAttributes(self) -> None:
+        """Attributes after MESSAGE-INTEGRITY (ignored) still count toward the cap."""
+        attrs = [(Attr.MESSAGE_INTEGRITY, bytes(20))]
+        attrs += [(Attr.SOFTWARE, b"") for _ in range(MAX_ATTRIBUTES)]
+        self.assertRaises(TooManyAttributes, decode, _raw_message(attrs))
 
 
 class DemuxAndFramingTests(SynchronousTestCase):

@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
+import struct
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor, utils
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent, capturedLogs
 from twisted.test.proto_helpers import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from holepunch.logsummary import RefusalSummary
 from holepunch.ratelimit import TokenBuckets
 from holepunch.stun.client import StunErrorResponse, binding_over_tcp, listen_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import (
     MAX_PADDED_RESPONSE,
+    SOFTWARE,
     StunDatagramProtocol,
     StunResponder,
     StunServerService,
     StunStreamProtocol,
     make_stun_service,
 )
-from holepunch.stun.wire import Address, Attr, MessageClass, Method
+from holepunch.stun.wire import MAX_ATTRIBUTES, Address, Attr, MessageClass, Method
 
 A = Address("192.0.2.10", 3478)
 B = Address("192.0.2.11", 3479)
@@ -49,17 +55,83 @@ class ResponderTests(SynchronousTestCase):
     """The pure rules of the STUN server."""
 
     def test_binding_reflects_source(self) -> None:
-        """A Binding request is answered with the source as XOR-MAPPED-ADDRESS, SOFTWARE and FINGERPRINT."""
+        """A Binding request with FINGERPRINT is answered with XOR-MAPPED-ADDRESS and FINGERPRINT only."""
         req = request()
         reply = answer(StunResponder(A), req)
         msg = decode(reply.data)
         self.assertEqual(msg.message_class, MessageClass.SUCCESS)
         self.assertEqual(msg.transaction_id, req.transaction_id)
         self.assertEqual(msg.get_address(Attr.XOR_MAPPED_ADDRESS), CLIENT)
-        self.assertIsNotNone(msg.get_string(Attr.SOFTWARE))
         self.assertTrue(msg.check_fingerprint())
-        self.assertIsNone(msg.get(Attr.OTHER_ADDRESS))
+        self.assertEqual(
+            [a.type for a in msg.attributes], [Attr.XOR_MAPPED_ADDRESS, Attr.FINGERPRINT]
+        )
         self.assertEqual((reply.local, reply.destination), (A, CLIENT))
+
+    def test_plain_request_gets_only_xor_mapped_address(self) -> None:
+        """A Binding request without FINGERPRINT gets XOR-MAPPED-ADDRESS alone: no SOFTWARE, no FINGERPRINT."""
+        msg = decode(answer(StunResponder(A), encode(request())).data)
+        self.assertEqual([a.type for a in msg.attributes], [Attr.XOR_MAPPED_ADDRESS])
+
+    def test_software_only_when_configured(self) -> None:
+        """SOFTWARE is sent only by a responder given a software string."""
+        msg = decode(answer(StunResponder(A, software=SOFTWARE), request()).data)
+        self.assertEqual(msg.get_string(Attr.SOFTWARE), SOFTWARE)
+        self.assertTrue(msg.check_fingerprint())
+
+    def test_amplification_ratio(self) -> None:
+        """Answers to minimal requests are at most 1.6x (IPv4) / 2.2x (IPv6) their size.
+
+        A 20-byte Binding request must get the 20-byte header and XOR-MAPPED-ADDRESS (12
+        bytes for IPv4, 24 for IPv6): 32/20 = 1.6 and 44/20 = 2.2 are the floor RFC 8489
+        allows, and we send nothing more. With FINGERPRINT (28 bytes) it is 40/28.
+        """
+        responder = StunResponder(A)
+        v6 = Address("2001:db8::7", 40000)
+        local6 = Address("2001:db8::1", 3478)
+        cases = [
+            (encode(request()), CLIENT, A, 1.6),
+            (encode(request(), fingerprint=True), CLIENT, A, 40 / 28),
+            (encode(request()), v6, local6, 2.2),
+            (encode(_rfc3489_request()), CLIENT, A, 2.2),  # MAPPED- and SOURCE-ADDRESS
+        ]
+        for data, source, local, bound in cases:
+            reply = answer(responder, data, source=source, local=local)
+            self.assertLessEqual(len(reply.data) / len(data), bound + 1e-9, (len(data), source))
+        self.assertEqual(len(answer(responder, encode(request())).data), 32)
+
+    def test_error_responses_stay_small(self) -> None:
+        """The default server's error answers stay under 2.5x the request that provoked them."""
+        responder = StunResponder(A)
+        for req in [
+            StunMessage.request(Method.ALLOCATE),
+            request().add(0x7F01, b""),
+            request().add(Attr.CHANGE_REQUEST, b"\x00\x00"),
+        ]:
+            data = encode(req)
+            reply = answer(responder, data)
+            self.assertEqual(decode(reply.data).message_class, MessageClass.ERROR)
+            self.assertLessEqual(len(reply.data), 2.5 * len(data), req)
+
+    def test_too_many_attributes_dropped_and_counted(self) -> None:
+        """An 8 KB datagram of distinct unknown attributes is dropped and counted, not answered."""
+        responder = StunResponder(A)
+        data = _datagram_of_unknown_attributes(2043)
+        self.assertIsNone(answer(responder, data))
+        self.assertEqual(responder.stats.too_many_attributes, 1)
+        self.assertEqual(responder.stats.malformed, 1)
+        self.assertEqual(responder.stats.as_dict()["tooManyAttributes"], 1)
+
+    def test_cpu_budget_per_message(self) -> None:
+        """The costliest datagrams cost well under 5 ms each (the 8 KB one took ~25 ms before the cap)."""
+        responder = StunResponder(A, rate=0)
+        worst = [
+            _datagram_of_unknown_attributes(2043),  # 8 KB, over the cap
+            _datagram_of_unknown_attributes(MAX_ATTRIBUTES),  # at the cap: a 420 listing all
+        ]
+        for data in worst:
+            best = min(_time(lambda d=data: answer(responder, d)) for _ in range(5))
+            self.assertLess(best, 0.005, len(data))
 
     def test_rfc3489_request_gets_mapped_address(self) -> None:
         """A cookie-less RFC 3489 request gets MAPPED-ADDRESS (and no FINGERPRINT), cookie echoed."""
@@ -183,17 +255,111 @@ class ResponderTests(SynchronousTestCase):
         self.assertIsNotNone(answer(responder, request(), now=0.1))
 
 
-class TokenBucketTests(SynchronousTestCase):
-    """The per-source token buckets."""
+def _rfc3489_request() -> StunMessage:
+    req = request()
+    req.cookie = 0x01020304
+    return req
 
-    def test_memory_is_bounded(self) -> None:
-        """Only max_keys sources are remembered; the oldest are forgotten first."""
-        buckets = TokenBuckets(rate=1, burst=1, max_keys=3)
-        for i in range(10):
-            buckets.allow(str(i), 0.0)
-        self.assertEqual(len(buckets), 3)
-        self.assertFalse(buckets.allow("9", 0.0))
-        self.assertTrue(buckets.allow("0", 0.0))
+
+def _datagram_of_unknown_attributes(n: int) -> bytes:
+    body = b"".join(struct.pack("!HH", 0x4000 + i, 0) for i in range(n))
+    header = struct.pack("!HHI", 0x0001, len(body), 0x2112A442) + bytes(12)
+    return header + body
+
+
+def _time(f: Any) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+class TokenBucketTests(SynchronousTestCase):
+    """The per-source token buckets: a fixed table no churn of sources can reset."""
+
+    def test_churn_cannot_reset_a_limited_source(self) -> None:
+        """After 70,000 other sources, a source that used up its burst is still limited."""
+        buckets = TokenBuckets(rate=1, burst=3)
+        victim = "203.0.113.9"
+        self.assertEqual([buckets.allow(victim, 0.0) for _ in range(4)], [True] * 3 + [False])
+        for i in range(70_000):
+            buckets.allow(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 0.0)
+        self.assertFalse(buckets.allow(victim, 0.0))
+        self.assertLess(buckets.tokens(victim, 0.0), 1.0)
+        self.assertTrue(buckets.allow(victim, 1.0))  # it still refills at its rate
+
+    def test_colliding_keys_share_a_bucket(self) -> None:
+        """Keys in the same slot share one bucket: a collision never adds tokens."""
+        buckets = TokenBuckets(rate=1, burst=2, slots=1)
+        self.assertTrue(buckets.allow("a", 0.0))
+        self.assertTrue(buckets.allow("b", 0.0))
+        self.assertFalse(buckets.allow("c", 0.0))
+
+    def test_slots_spread_keys(self) -> None:
+        """Keys land in many different slots (a keyed hash), all within the table."""
+        buckets = TokenBuckets(rate=1, burst=1, slots=1024, secret=b"k" * 16)
+        slots = {buckets.slot(f"198.51.100.{i}") for i in range(256)}
+        self.assertGreater(len(slots), 200)
+        self.assertTrue(all(0 <= n < 1024 for n in slots))
+        other = TokenBuckets(rate=1, burst=1, slots=1024, secret=b"j" * 16)
+        self.assertNotEqual(
+            [buckets.slot(str(i)) for i in range(8)], [other.slot(str(i)) for i in range(8)]
+        )
+
+    def test_unlimited(self) -> None:
+        """A rate of 0 allows everything."""
+        buckets = TokenBuckets(rate=0, burst=0)
+        self.assertTrue(all(buckets.allow("a", 0.0) for _ in range(100)))
+
+
+def _summaries(events: Any) -> list[LogEvent]:
+    return [e for e in events if "refusals" in e and e.get("log_namespace", "").startswith("holepunch.stun")]
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """Refused traffic is logged as a summary line per interval, not a line per refusal."""
+
+    def test_flood_of_garbage_gives_summary_lines(self) -> None:
+        """1,000 malformed datagrams and 100 rate-limited requests over 61 s give three summary lines."""
+        responder = StunResponder(A, rate=1, burst=1, log_interval=60)
+        with capturedLogs() as events:
+            for i in range(1000):
+                answer(responder, b"\xff" * 24, now=i * 0.06)
+            for _ in range(101):
+                answer(responder, request(), now=60.0)
+            answer(responder, b"junk", now=61.0)
+            responder.log_refusals(120.0)
+        self.assertEqual(len(events), 3, [e.get("log_format") for e in events])
+        first, second, third = _summaries(events)
+        self.assertEqual(first["refusals"], {"malformed": 1})  # the start of a flood: at once
+        self.assertEqual(second["refusals"], {"malformed": 999, "rateLimited": 1})  # at 60 s
+        self.assertEqual(third["refusals"], {"malformed": 1, "rateLimited": 99})
+        self.assertEqual(responder.stats.malformed, 1001)
+        self.assertEqual(responder.stats.rate_limited, 100)
+
+    def test_log_refusals_flushes_the_rest(self) -> None:
+        """log_refusals writes what was counted since the last line, once; nothing when quiet."""
+        responder = StunResponder(A, log_interval=60)
+        with capturedLogs() as events:
+            answer(responder, b"x", now=0.0)
+            answer(responder, b"y", now=1.0)
+            answer(responder, b"z", now=2.0)
+            responder.log_refusals(30.0)
+            responder.log_refusals(90.0)
+        [_, rest] = _summaries(events)
+        self.assertEqual(rest["refusals"], {"malformed": 2})
+        self.assertIn("malformed=2", rest["counts"])
+
+    def test_summary_model(self) -> None:
+        """RefusalSummary: first refusal due at once, then one per interval; take() empties it."""
+        summary = RefusalSummary(interval=10)
+        self.assertIsNotNone(summary.note("a", 0.0))
+        self.assertIsNone(summary.note("a", 1.0))
+        self.assertIsNone(summary.note("b", 9.0, "detail"))
+        due = summary.note("b", 10.0)
+        assert due is not None
+        self.assertEqual((due.counts, due.total, due.seconds), ({"a": 1, "b": 2}, 3, 9.0))
+        self.assertEqual(due.describe(), "b=2, a=1")
+        self.assertIsNone(summary.take(20.0))
 
 
 class RecordingUDP:
@@ -256,6 +422,49 @@ class ProtocolTests(SynchronousTestCase):
             [first.transaction_id, second.transaction_id], [r1.transaction_id, r2.transaction_id]
         )
         self.assertEqual(first.get_address(Attr.XOR_MAPPED_ADDRESS), CLIENT)
+
+    def test_stream_is_its_transports_producer(self) -> None:
+        """The TCP protocol registers as streaming producer with the output cap as buffer size."""
+        svc = StunServerService(StunResponder(A), Clock(), max_tcp_output=1000)
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        transport.bufferSize = 0
+        proto.makeConnection(transport)
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+        self.assertEqual(transport.bufferSize, 1000)
+
+    def test_stream_paused_is_dropped(self) -> None:
+        """When the transport pauses us (too much output waiting) the connection is aborted and counted."""
+        svc = StunServerService(StunResponder(A), Clock())
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        proto.pauseProducing()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(svc.responder.stats.tcp_slow_readers, 1)
+        proto.dataReceived(encode(request()))
+        self.assertEqual(svc.responder.stats.requests, 0)
+
+    def test_incomplete_frame_input_is_capped(self) -> None:
+        """A frame header announcing more than max_frame bytes closes the connection at once."""
+        svc = StunServerService(StunResponder(A), Clock())
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        proto.dataReceived(struct.pack("!HHI", 1, 8000, 0x2112A442) + bytes(12))
+        self.assertTrue(transport.disconnecting)
+
+    def test_stream_channel_data_closes(self) -> None:
+        """ChannelData frames on a STUN-only TCP connection close it at the first one."""
+        svc = StunServerService(StunResponder(A), Clock())
+        proto = StunStreamProtocol(svc, A)
+        transport = StringTransport(peerAddress=_Peer(CLIENT))
+        proto.makeConnection(transport)
+        proto.dataReceived(encode(request()) + b"\x40\x00\x00\x00" * 1000 + encode(request()))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(svc.responder.stats.malformed, 1)
+        self.assertEqual(svc.responder.stats.requests, 1)
 
     def test_stream_garbage_closes(self) -> None:
         """A TCP stream that is not STUN is closed and counted."""
@@ -389,6 +598,95 @@ class RealSocketTests(TestCase):
         self.assertTrue(reflexive)
         self.assertTrue(reflexive <= set(svc.responder.sources), (reflexive, svc.responder.sources))
         self.assertIn(svc.responder.alternate, origins)
+
+
+class _SlowReader(Protocol):
+    """A STUN/TCP client that sends all its requests at once and never reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # type: ignore[attr-defined]
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.write(self.data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+class _MeasuredStream(StunStreamProtocol):
+    """The server's TCP protocol, recording the most answer bytes its transport held."""
+
+    peak = 0
+
+    def send_reply(self, data: bytes) -> None:
+        # What Twisted itself counts against bufferSize (FileDescriptor._isSendBufferFull);
+        # read before the write, since a write that crosses the cap aborts and empties it.
+        t: Any = self.transport
+        held = len(t.dataBuffer) + t._tempDataLen + len(data)
+        type(self).peak = max(type(self).peak, held)
+        super().send_reply(data)
+
+
+class _WatchedService(StunServerService):
+    stream_protocol = _MeasuredStream
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def stream_closed(self, protocol: StunStreamProtocol) -> None:
+        super().stream_closed(protocol)
+        self.closed.callback(None)
+
+
+class _CountingResponder(StunResponder):
+    def __init__(self, *a: Any, expected: int, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.expected = expected
+        self.handled = 0
+        self.all_handled: defer.Deferred[None] = defer.Deferred()
+
+    def handle(self, *a: Any, **kw: Any) -> Any:
+        self.handled += 1
+        if self.handled == self.expected:
+            self.all_handled.callback(None)
+        return super().handle(*a, **kw)
+
+
+class SlowReaderTests(TestCase):
+    """STUN over a real TCP socket on 127.0.0.1: a client that never reads is dropped."""
+
+    @defer.inlineCallbacks
+    def test_client_that_never_reads_is_dropped(self) -> Any:
+        """40,000 pipelined requests, nothing read: answers held stay under the cap, the client is dropped and counted."""
+        cap = 8192
+        n = 40_000
+        responder = _CountingResponder(Address("127.0.0.1", 0), rate=0, expected=n)
+        svc = _WatchedService(responder, reactor, max_tcp_output=cap)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        _MeasuredStream.peak = 0
+        data = b"".join(encode(request()) for _ in range(n))
+        client = _SlowReader(data)
+        factory = ClientFactory.forProtocol(lambda: client)
+        connector = reactor.connectTCP("127.0.0.1", responder.primary.port, factory)
+        self.addCleanup(connector.disconnect)
+        yield defer.DeferredList(
+            [svc.closed, responder.all_handled], fireOnOneCallback=True, consumeErrors=True
+        )
+        self.assertTrue(svc.closed.called, f"all {n} requests answered: nothing was dropped")
+        self.assertEqual(responder.stats.tcp_slow_readers, 1)
+        self.assertLess(responder.handled, n)
+        self.assertGreater(_MeasuredStream.peak, cap)  # it did reach the cap ...
+        self.assertLessEqual(_MeasuredStream.peak, cap + MAX_PADDED_RESPONSE)  # ... by one answer
+        self.assertEqual(svc.tcp_connections, 0)
+        if client.transport is not None:
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+        yield client.lost
 
 
 class MakeServiceTests(SynchronousTestCase):

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.daemon.tap import Options, makeService
 from holepunch.stun.client import listen_stun
+from holepunch.stun.server import SOFTWARE
 from holepunch.stun.wire import Address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,6 +62,21 @@ class OptionsTests(SynchronousTestCase):
                 "--stun-alternate-port=4000",
             ],
         )
+
+
+class StunSoftwareOptionTests(SynchronousTestCase):
+    """SOFTWARE in STUN answers is off unless --stun-software asks for it."""
+
+    def responder_software(self, args: list[str]) -> Any:
+        options = Options()
+        options.parseOptions(["--no-signaling", "--stun-interface", "127.0.0.1", *args])
+        top: Any = makeService(options, reactor)
+        return top.getServiceNamed("stun").getServiceNamed("stun").responder.software
+
+    def test_software_off_by_default(self) -> None:
+        """Without the flag the STUN responder sends no SOFTWARE; with it, holepunch's version."""
+        self.assertIsNone(self.responder_software([]))
+        self.assertEqual(self.responder_software(["--stun-software"]), SOFTWARE)
 
 
 class MakeServiceTests(TestCase):

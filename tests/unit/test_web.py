@@ -286,6 +286,8 @@ class MetricsTests(SynchronousTestCase):
             "malformed": 2,
             "ignored": 1,
             "rateLimited": 3,
+            "tooManyAttributes": 4,
+            "tcpSlowReaders": 5,
             "errors": {"420": 1},
             "byTransport": {"udp": 6, "tcp": 1},
         }
@@ -309,6 +311,8 @@ class MetricsTests(SynchronousTestCase):
             ("holepunch_stun_malformed_total", ()): 2,
             ("holepunch_stun_ignored_total", ()): 1,
             ("holepunch_stun_rate_limited_total", ()): 3,
+            ("holepunch_stun_too_many_attributes_total", ()): 4,
+            ("holepunch_stun_tcp_slow_readers_total", ()): 5,
             ("holepunch_stun_error_responses_total", (("code", "420"),)): 1,
         }
         for key, value in expected.items():
