@@ -345,7 +345,12 @@ class RedisRoomRegistry(Service):
             case rs.RelayEvent(to, kind, from_peer, payload):
                 peer = self._local.get(to)
                 if peer is not None:
-                    peer.client.relayed(kind, from_peer, payload)
+                    try:
+                        peer.client.relayed(kind, from_peer, payload)
+                    except SignalingError as e:
+                        # peer-too-slow: the connection dropped itself; the sender, on
+                        # another node's side of the bus, is not told.
+                        log.info("relay to {peer} refused: {error}", peer=to, error=e.code)
             case rs.RoomEvent(joined, to, room_id, peer_id, timestamp, metadata):
                 peer = self._local.get(to)
                 if peer is not None:
@@ -491,7 +496,10 @@ class RedisRoomRegistry(Service):
             peer = self._holder(from_peer)
         except SignalingError:
             return defer.fail()
-        d = self._eval(rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload))
+        open_relay = "1" if self.limits.open_relay else "0"
+        d = self._eval(
+            rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload), open_relay
+        )
 
         def relayed(reply: list[Any]) -> None:
             self._check(reply, peer=from_peer, to=to_peer)
