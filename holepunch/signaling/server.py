@@ -649,6 +649,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
     factory: SignalingServerFactory
     session: SignalingSession | None = None
     backlog: SendBacklog | None = None
+    _backlog_attempts = 0
     _counted_host: str | None = None
     _auth_peer_id: str | None = None
     _token: str | None = None
@@ -710,16 +711,24 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             self._token_expires,
             self._swap_token if self._token is not None else None,
         )
-        backlog = SendBacklog()
-        try:
-            self.transport.registerProducer(backlog, True)
-        except RuntimeError:  # someone else's producer: no slow-reader accounting
-            pass
-        else:
-            self.backlog = backlog
         factory.protocols.add(self)
         factory.stats.connections_total += 1
         self.session.opened()
+
+    def _watch_backlog(self) -> None:
+        """Register a :class:`SendBacklog` as the transport's producer.
+
+        During the handshake twisted.web's channel is still registered (it is released
+        once Autobahn has taken the connection over), so this is tried again at the next
+        few sends; a transport that keeps someone else's producer goes unwatched.
+        """
+        self._backlog_attempts += 1
+        backlog = SendBacklog()
+        try:
+            self.transport.registerProducer(backlog, True)  # type: ignore[union-attr]
+        except RuntimeError:
+            return
+        self.backlog = backlog
 
     def _swap_token(self, token: str) -> bool:
         in_use = self.factory.tokens_in_use
@@ -776,6 +785,8 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return True
         data = msg.encode(message)
+        if self.backlog is None and self._backlog_attempts < 4:
+            self._watch_backlog()
         backlog = self.backlog
         if backlog is not None and backlog.paused:
             if backlog.backlog + len(data) > self.factory.config.send_buffer_limit:

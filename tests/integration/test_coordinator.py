@@ -49,6 +49,13 @@ class CoordinatorTests(TestCase):
             **kw,
         )
 
+    @defer.inlineCallbacks
+    def meet(self, *peers: P2PCoordinator, room: str = "swarm") -> Any:
+        """Put the coordinators in one room: by default they answer offers only from
+        peers of their rooms (and the server relays only within rooms)."""
+        for p2p in peers:
+            yield p2p.join_room(room)
+
     def member(self, host: P2PCoordinator, peer_id: str) -> P2PCoordinator:
         port = host.signaling_server.port.getHost().port
         return self.coordinator(
@@ -161,6 +168,7 @@ class CoordinatorTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         connection = yield alice.connect_to_peer("bob")
         gone: list[dict[str, Any]] = []
         alice.on("peer-disconnected", gone.append)
@@ -179,6 +187,7 @@ class CoordinatorStreamTests(TestCase):
     coordinator = CoordinatorTests.coordinator
     host = CoordinatorTests.host
     member = CoordinatorTests.member
+    meet = CoordinatorTests.meet
 
     @defer.inlineCallbacks
     def test_open_stream_byte_exact(self) -> Any:
@@ -189,6 +198,7 @@ class CoordinatorStreamTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         seen: list[tuple[str, Any]] = []
         bob.on("secure-session", lambda e: seen.append((e["peerId"], e["fingerprint"])))
         connected: list[Any] = []
@@ -226,6 +236,7 @@ class CoordinatorStreamTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         alice.metrics = Metrics()
         bob.listen_streams(protocol.Factory.forProtocol(Echo))
         collect = yield alice.open_stream("bob", Collect())
