@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -61,7 +62,7 @@ class GuardedChannel(HTTPChannel):
             self._arm()  # before the next pipelined head, which super() feeds in
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
         self._release()
         super().connectionLost(reason)
@@ -123,7 +124,7 @@ class GuardedSite(Site):
         self.refused = 0
         self.heads_timed_out = 0
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         host = address_host(addr)
         limit = self.max_connections_per_address
         if limit is not None and self.per_address[host] >= limit:

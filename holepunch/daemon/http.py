@@ -320,10 +320,10 @@ def make_http_service(
 __all__ = [
     "Exposure",
     "JSONPage",
-    "TokenRequired",
-    "Unauthorized",
     "MetricsPage",
     "StatusResource",
+    "TokenRequired",
+    "Unauthorized",
     "encode_json",
     "install_http",
     "make_http_service",

@@ -611,7 +611,7 @@ class Negotiator:
         if offer.session_id in self.sessions:
             self._restart_received(self.sessions[offer.session_id], offer, peer_id, "offer")
             return
-        if self.accept_offer is not None and not self.accept_offer(peer_id, payload):
+        if self.accept_offer is not None and not self.accept_offer(peer_id, payload or {}):
             self.refused += 1
             _log.info("refused an offer from {peer}: not a peer we take offers from", peer=peer_id)
             return

@@ -51,8 +51,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.httpguard import GuardedChannel, GuardedSite
+from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.ratelimit import TokenBucket
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
@@ -241,7 +241,7 @@ def describe_address(address: object, forwarded: str | None = None) -> JSONObjec
     return {"address": str(address), "family": "unknown"}
 
 
-def _then(result: Any, action: Callable[[Any], None]) -> defer.Deferred[Any] | None:
+def _then(result: Any, action: Callable[[Any], object]) -> defer.Deferred[Any] | None:
     """``action(result)`` now, or when ``result``, a Deferred, fires (which is returned)."""
     if isinstance(result, defer.Deferred):
         return result.addCallback(action)

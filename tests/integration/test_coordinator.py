@@ -319,7 +319,7 @@ class OfferPolicyTests(TestCase):
     async def test_accept_offer_hook(self) -> None:
         """accept_offer=lambda peer_id, offer: True answers peers met without a room."""
         url = await self.open_server()
-        bob = await self.peer(url, "bob", accept_offer=lambda peer_id, offer: True)
+        await self.peer(url, "bob", accept_offer=lambda peer_id, offer: True)
         alice = await self.peer(url, "alice")
         connection = await alice.connect_to_peer("bob")
         self.assertEqual(connection.method, "direct")

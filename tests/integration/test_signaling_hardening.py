@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from holepunch.daemon.metrics import Metrics
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
 from holepunch.signaling.server import SignalingServerProtocol
@@ -116,6 +117,9 @@ class SlowReaderTests(HardeningTestCase):
             {e["code"] for e in errors}, {m.PEER_TOO_SLOW, m.PEER_NOT_FOUND}
         )
         self.assertEqual(service.stats()["slow_readers_dropped"], 1)
+        metrics = Metrics()
+        metrics.watch_signaling(service.stats)
+        self.assertIn(b"holepunch_signaling_slow_readers_dropped_total 1.0", metrics.render()[0])
         self.assertLessEqual(peak[0], limit + TWISTED_WRITE_BUFFER + size)
         # Everyone else: told the slow peer left, and still served.
         left = await self.until(other, "peer-left")
