@@ -124,6 +124,13 @@ class P2PCoordinator(MultiService):
     :param ice_config: override the ICE agents' settings (tests use it to keep agents on
         127.0.0.1).
     :param nat_detection: run NAT discovery in :meth:`initialize` (default True).
+    :param accept_offer: ``accept_offer(peer_id, offer)`` says whether to answer a peer's
+        offer (the offer's payload, a dict). An answered offer makes this host send ICE
+        checks, and TURN permissions, to the addresses the offer names, so the default
+        answers only peers of the rooms this coordinator joined
+        (:meth:`shares_room_with`); pass ``lambda peer_id, offer: True`` to answer
+        anyone the signaling server relays (it relays only between peers that share a
+        room unless run with ``--open-relay``).
     """
 
     def __init__(
@@ -136,9 +143,16 @@ class P2PCoordinator(MultiService):
         ice_config: IceConfig | None = None,
         nat_detection: bool = True,
         environ: Mapping[str, str] | None = None,
+        accept_offer: Callable[[str, dict[str, Any]], bool] | None = None,
         **explicit: Any,
     ) -> None:
         super().__init__()
+        self.accept_offer: Callable[[str, dict[str, Any]], bool] = (
+            accept_offer if accept_offer is not None else self._offer_from_room_peer
+        )
+        """The policy deciding which offers are answered (see the class doc)."""
+        self.room_members: dict[str, set[str]] = {}
+        """The other peers of each room joined through :meth:`join_room`, as signaled."""
         from holepunch.config import P2PConfig, build_config
 
         if reactor is None:
@@ -293,6 +307,7 @@ class P2PCoordinator(MultiService):
             self._ice(client.ice_servers.stun_servers),
             max_retries=self.config.max_retries,
             identity=self.identity,
+            accept_offer=lambda peer_id, offer: self.accept_offer(peer_id, offer),
         )
         self.negotiator.on_connection = self._incoming
         self.negotiator.on_secure_session = self._secure_session
@@ -494,7 +509,17 @@ class P2PCoordinator(MultiService):
         if agent is not None and hasattr(agent, "on_relay_event"):
             agent.on_relay_event = relay_event
 
+    def shares_room_with(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is in a room this coordinator joined."""
+        return any(peer_id in members for members in self.room_members.values())
+
+    def _offer_from_room_peer(self, peer_id: str, offer: dict[str, Any]) -> bool:
+        return self.shares_room_with(peer_id)
+
     def _peer_joined(self, message: dict[str, Any]) -> None:
+        room, peer = message.get("roomId"), message.get("peerId")
+        if isinstance(room, str) and isinstance(peer, str) and room in self.room_members:
+            self.room_members[room].add(peer)
         self._emit(
             "peer-joined-room",
             {
@@ -517,6 +542,9 @@ class P2PCoordinator(MultiService):
         self._emit("signaling-reconnected", {"url": self.signaling_client.url, **message})
 
     def _peer_left(self, message: dict[str, Any]) -> None:
+        room, peer = message.get("roomId"), message.get("peerId")
+        if isinstance(room, str) and room in self.room_members:
+            self.room_members[room].discard(str(peer))
         self._emit(
             "peer-left-room", {"peerId": message.get("peerId"), "roomId": message.get("roomId")}
         )
@@ -619,10 +647,18 @@ class P2PCoordinator(MultiService):
 
     def join_room(self, room_id: str) -> defer.Deferred[list[dict[str, Any]]]:
         """Join a room on signaling; fires with its other peers."""
-        return self._client().join_room(room_id)
+        d: defer.Deferred[list[dict[str, Any]]] = self._client().join_room(room_id)
+
+        def joined(peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            members = self.room_members.setdefault(room_id, set())
+            members.update(str(p.get("peerId")) for p in peers if p.get("peerId") is not None)
+            return peers
+
+        return d.addCallback(joined)
 
     def leave_room(self, room_id: str) -> defer.Deferred[None]:
         """Leave a room."""
+        self.room_members.pop(room_id, None)
         return self._client().leave_room(room_id)
 
     def get_room_peers(self, room_id: str) -> defer.Deferred[list[dict[str, Any]]]:

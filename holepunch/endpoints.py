@@ -49,7 +49,7 @@ from holepunch.ice.events import IceError
 from holepunch.ice.negotiation import Negotiator
 from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import PeerAuthenticationError, QuicSession, SessionClosed
-from holepunch.signaling.client import SignalingClient
+from holepunch.signaling.client import SignalingClient, direct_room
 
 _log = Logger()
 
@@ -475,6 +475,7 @@ class HolepunchClientEndpoint:
         peer = self.peer_id
         try:
             await registration.client.register()
+            await registration.client.join_room(direct_room(peer))  # where the peer listens
         except defer.CancelledError:
             raise
         except Exception as e:
@@ -542,6 +543,8 @@ class HolepunchServerEndpoint:
         registration.listener = port
         try:
             await registration.client.register()
+            # Offers reach us in our direct room (the server relays only within rooms).
+            await registration.client.join_room(direct_room(peer))
         except Exception as e:
             await port.stopListening()
             raise ListenFailed(

@@ -49,7 +49,11 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         "tried in turn",
     )
     parser.add_argument("--id", required=True, metavar="ME", help="this peer's id")
-    parser.add_argument("--room", metavar="R", help="join this room first")
+    parser.add_argument(
+        "--room",
+        metavar="R",
+        help="join this room first (default: the acceptor's direct room, direct:<its id>)",
+    )
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--to", metavar="PEER", help="offer a connection to PEER")
     who.add_argument("--accept", action="store_true", help="wait for a peer's offer")
@@ -177,7 +181,7 @@ async def with_secure_peer(
     from holepunch.ice.negotiation import Negotiator
     from holepunch.quic.identity import PeerIdentity
     from holepunch.quic.session import PeerAuthenticationError, QuicOptions, SessionClosed
-    from holepunch.signaling.client import SignalingClient
+    from holepunch.signaling.client import SignalingClient, direct_room
     from holepunch.stun.client import parse_server
     from holepunch.turn import parse_turn_uri
 
@@ -214,8 +218,9 @@ async def with_secure_peer(
             registering = client.register()
             registering.addTimeout(args.timeout, reactor)
             await registering
-            if args.room:
-                await client.join_room(args.room)
+            # Without --room, meet in the acceptor's direct room: the server relays only
+            # between peers that share a room.
+            await client.join_room(args.room or direct_room(args.id if args.accept else args.to))
         except Exception as e:
             raise StageError("signaling", f"{args.signaling}: {signaling_reason(e)}") from e
         relay = RelayConfig(servers=turn_servers)

@@ -39,16 +39,22 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from holepunch.daemon.metrics import Metrics
+from holepunch.httpguard import DEFAULT_HEAD_TIMEOUT, GuardedSite
 from holepunch.interfaces import IStatusProvider, JSONDict
+from holepunch.signaling import auth
 from holepunch.textpage import TextPage, index_text
 
 _log = Logger()
+
+DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS = 64
+"""Connections one address may hold open to ``--http`` (more are closed at once)."""
 
 
 # -- JSON pages -------------------------------------------------------------------------
@@ -180,15 +186,108 @@ class MetricsPage(Resource):
 # -- wiring -----------------------------------------------------------------------------
 
 
-def install_http(root: Resource, provider: IStatusProvider, metrics: Metrics | None) -> None:
+class Unauthorized(Resource):
+    """401 with a ``WWW-Authenticate: Bearer`` challenge."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b'Bearer realm="holepunch"')
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"a valid signaling token is required (Authorization: Bearer, or ?token=)\n"
+
+
+def _token_of(request: Request) -> str | None:
+    params = {
+        key.decode("latin-1"): [v.decode("latin-1") for v in values]
+        for key, values in (request.args or {}).items()
+    }
+    authorization = request.getHeader(b"authorization")
+    headers = {"authorization": authorization.decode("latin-1")} if authorization else {}
+    return auth.token_from_request(params, headers)
+
+
+class TokenRequired(Resource):
+    """``resource`` (and everything under it) for requests with a valid signaling token
+    (any peer's), 401 for the others; the children named in ``public`` stay open."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        secret: str,
+        clock: IReactorTime,
+        public: frozenset[bytes] = frozenset(),
+    ) -> None:
+        super().__init__()
+        self.resource = resource
+        self.secret = secret
+        self.clock = clock
+        self.public = public
+
+    def _allowed(self, request: Request) -> bool:
+        token = _token_of(request)
+        if token is None:
+            return False
+        try:
+            auth.verify_token(self.secret, token, self.clock.seconds())
+        except auth.InvalidToken:
+            return False
+        return True
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if path in self.public or self._allowed(request):
+            return self.resource.getChildWithDefault(path, request)
+        return Unauthorized()
+
+    def render(self, request: Request) -> bytes | int:
+        if self._allowed(request):
+            result: bytes | int = self.resource.render(request)
+            return result
+        return Unauthorized().render(request)
+
+
+class Exposure(enum.Enum):
+    """How the status pages (``/p2p/stats``, ``/p2p/nat``, ``/metrics``) are served on a
+    port; ``/p2p/health`` is always public."""
+
+    PUBLIC = "public"
+    TOKEN = "token"
+    """Only to requests with a valid signaling token."""
+    HEALTH_ONLY = "health-only"
+    """Not at all: only ``/p2p/health``."""
+
+
+def install_http(
+    root: Resource,
+    provider: IStatusProvider,
+    metrics: Metrics | None,
+    exposure: Exposure = Exposure.PUBLIC,
+    secret: str | None = None,
+    clock: IReactorTime | None = None,
+) -> None:
     """Serve ``/p2p/health``, ``/p2p/stats``, ``/p2p/nat`` and ``/metrics`` under ``root``.
 
     ``root`` is normally ``SignalingService.root``, so they share the signaling port;
-    without ``metrics`` there is no ``/metrics``.
+    without ``metrics`` there is no ``/metrics``. ``exposure`` says who gets the pages
+    other than ``/p2p/health``: everyone, requests with a token signed with ``secret``
+    (checked at ``clock``'s time), or nobody.
     """
-    root.putChild(b"p2p", StatusResource(provider))
-    if metrics is not None:
-        root.putChild(b"metrics", MetricsPage(metrics))
+    status: Resource = StatusResource(provider)
+    metrics_page: Resource | None = MetricsPage(metrics) if metrics is not None else None
+    if exposure is Exposure.TOKEN:
+        if secret is None or clock is None:
+            raise ValueError("Exposure.TOKEN needs the auth secret and a clock")
+        status = TokenRequired(status, secret, clock, public=frozenset({b"health"}))
+        if metrics_page is not None:
+            metrics_page = TokenRequired(metrics_page, secret, clock)
+    elif exposure is Exposure.HEALTH_ONLY:
+        health = Resource()
+        health.putChild(b"health", status.getStaticEntity(b"health"))
+        status, metrics_page = health, None
+    root.putChild(b"p2p", status)
+    if metrics_page is not None:
+        root.putChild(b"metrics", metrics_page)
 
 
 _HTTP_INDEX = index_text(
@@ -207,17 +306,24 @@ def make_http_service(
     root = Resource()
     root.putChild(b"", TextPage(_HTTP_INDEX))
     install_http(root, provider, metrics)
-    site = Site(root, reactor=reactor)
-    site.noisy = False
+    site = GuardedSite(
+        root,
+        head_timeout=DEFAULT_HEAD_TIMEOUT,
+        max_connections_per_address=DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
+        reactor=reactor,
+    )
     service = strports.service(endpoint, site, reactor=reactor)
     service.setName("http")
     return service
 
 
 __all__ = [
+    "Exposure",
     "JSONPage",
     "MetricsPage",
     "StatusResource",
+    "TokenRequired",
+    "Unauthorized",
     "encode_json",
     "install_http",
     "make_http_service",

@@ -199,6 +199,16 @@ class _StatsCollector(Collector):
                 "WebSocket connections accepted.",
             ),
             ("evicted", "holepunch_signaling_evicted", "Peers evicted for being idle."),
+            (
+                "slow_readers_dropped",
+                "holepunch_signaling_slow_readers_dropped",
+                "Connections dropped for leaving too much unread (close 1013).",
+            ),
+            (
+                "tokens_expired",
+                "holepunch_signaling_tokens_expired",
+                "Connections closed at their auth token's expiry (4002).",
+            ),
         ):
             value = _number(stats, key)
             if value is not None:

@@ -6,8 +6,11 @@ The daemon runs, each part optional:
 - the STUN server (UDP and TCP, port 3478 on every interface; RFC 5780 behaviour discovery
   when given an alternate address), see :mod:`holepunch.stun.server`;
 - the WebSocket signaling server (``tcp:8080``), see :mod:`holepunch.signaling.server`,
-  with the HTTP endpoints of :mod:`holepunch.daemon.http` on the same port (``/p2p/health``,
-  ``/p2p/stats``, ``/p2p/nat``, ``/metrics``), and on ``--http`` if given;
+  with the HTTP endpoints of :mod:`holepunch.daemon.http` (``/p2p/health``,
+  ``/p2p/stats``, ``/p2p/nat``, ``/metrics``): on ``--http`` if given (the signaling
+  port then keeps ``/p2p/health`` only), else on the signaling port, where with
+  ``--auth-secret`` all but ``/p2p/health`` need a valid token (docs/operations.md,
+  "Exposure and limits");
 - with ``--discover-nat``, a NAT discovery at start-up, shown by ``/p2p/nat``;
 - with ``--redis redis://HOST:PORT/DB``, signaling peers and rooms shared with the other
   daemons on that Redis (:mod:`holepunch.signaling.redisregistry`); an unreachable Redis
@@ -76,6 +79,17 @@ class Options(usage.Options):
             None,
             "Do not name this daemon's STUN server (nor --turn-url) in welcome's iceServers.",
         ],
+        [
+            "open-relay",
+            None,
+            "Relay offers, answers and candidates between any two peers (default: only "
+            "between peers that share a room).",
+        ],
+        [
+            "token-single-use",
+            None,
+            "With --auth-secret: a token opens one signaling connection at a time.",
+        ],
     ]
     optParameters: list[list[Any]] = [
         ["stun-interface", None, "", "Address the STUN server binds (default: every interface)."],
@@ -115,8 +129,9 @@ class Options(usage.Options):
             "http",
             None,
             None,
-            "Also serve /p2p/health, /p2p/stats, /p2p/nat and /metrics on this endpoint "
-            "(strports, e.g. tcp:9090:interface=127.0.0.1).",
+            "Serve /p2p/health, /p2p/stats, /p2p/nat and /metrics on this endpoint "
+            "(strports, e.g. tcp:9090:interface=127.0.0.1); the signaling port then keeps "
+            "/p2p/health only.",
         ],
         ["log-level", None, None, "debug, info, warn or error (default: $LOG_LEVEL, else info)."],
         [
@@ -179,6 +194,22 @@ class Options(usage.Options):
         ["max-peers", None, 10000, "Registered signaling peers in total.", int],
         ["max-peers-per-room", None, 100, "Peers in one room.", int],
         ["max-rooms-per-peer", None, 16, "Rooms one peer may join.", int],
+        [
+            "send-buffer-limit",
+            None,
+            1048576,
+            "Bytes queued for a signaling client that does not read (beyond 64 KiB) "
+            "before it is dropped.",
+            int,
+        ],
+        [
+            "http-head-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send a whole HTTP request head (also the WebSocket "
+            "handshake).",
+            float,
+        ],
         [
             "trust-x-forwarded-for",
             None,
@@ -412,7 +443,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from holepunch.daemon.http import install_http, make_http_service
+    from holepunch.daemon.http import Exposure, install_http, make_http_service
     from holepunch.daemon.natservice import NatDiscoveryService
     from holepunch.daemon.status import DaemonStatus, daemon_metrics
 
@@ -465,7 +496,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         _add_workers(top, status, options, reactor, private_redis)
     metrics = daemon_metrics(status)
     if status.signaling is not None:
-        install_http(status.signaling.root, status, metrics)
+        # The status pages on the public port: none when --http serves them; with auth,
+        # only for requests carrying a valid token; else public, as for local use.
+        secret = status.signaling.config.auth_secret
+        if options["http"]:
+            exposure = Exposure.HEALTH_ONLY
+        elif secret:
+            exposure = Exposure.TOKEN
+        else:
+            exposure = Exposure.PUBLIC
+        install_http(status.signaling.root, status, metrics, exposure, secret, reactor)
     if options["http"]:
         make_http_service(options["http"], status, metrics, reactor).setServiceParent(top)
     top.status, top.metrics = status, metrics

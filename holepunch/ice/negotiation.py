@@ -46,6 +46,12 @@ _log = Logger()
 
 JSON = dict[str, Any]
 
+MAX_REMOTE_CANDIDATES = 64
+"""Remote candidates one session takes (per ICE generation); more are dropped and counted."""
+
+MAX_SESSIONS_PER_PEER = 8
+"""Sessions one peer may have with us at once; further offers from it are ignored."""
+
 _RESTART_SIGNAL_RETRIES = 10
 """Times a restart's offer or answer is sent again (a second apart) when signaling fails."""
 
@@ -90,6 +96,10 @@ class Session:
     """Trickled candidates of a generation whose offer or answer has not come yet."""
     restarts: int = 0
     """ICE restarts signaled in this session (ours and the peer's)."""
+    remote_candidates: int = 0
+    """Remote candidates given to the agent in this generation."""
+    dropped_candidates: int = 0
+    """Remote candidates beyond ``max_remote_candidates``, dropped."""
 
 
 @dataclass
@@ -225,6 +235,14 @@ class Negotiator:
     :param identity: our key and certificate (:class:`holepunch.quic.PeerIdentity`): its
         fingerprint is sent in offers and answers, and each session keeps the peer's
         (``remote_fingerprint``) for the encrypted streams that bind to it.
+    :param accept_offer: ``accept_offer(peer_id, offer_payload)`` decides whether a new
+        offer is answered at all (None: every offer is); refused ones are counted in
+        ``refused``. An offer makes us send ICE checks (and TURN permissions) to the
+        addresses it names, so an application should answer only peers it expects.
+
+    Each session takes at most ``max_remote_candidates`` remote candidates per ICE
+    generation (the rest are dropped, counted in ``dropped_candidates`` and logged once
+    per session), and one peer has at most ``max_sessions_per_peer`` sessions at once.
     """
 
     def __init__(
@@ -237,8 +255,18 @@ class Negotiator:
         agent_factory: Callable[[bool], IceAgent] | None = None,
         max_retries: int = 0,
         identity: PeerIdentity | None = None,
+        accept_offer: Callable[[str, JSON], bool] | None = None,
+        max_remote_candidates: int = MAX_REMOTE_CANDIDATES,
+        max_sessions_per_peer: int = MAX_SESSIONS_PER_PEER,
     ) -> None:
         self.reactor = reactor
+        self.accept_offer = accept_offer
+        self.max_remote_candidates = max_remote_candidates
+        self.max_sessions_per_peer = max_sessions_per_peer
+        self.refused = 0
+        """Offers ``accept_offer`` refused, or beyond ``max_sessions_per_peer``."""
+        self.dropped_candidates = 0
+        """Remote candidates dropped, beyond ``max_remote_candidates`` of their session."""
         self.signaling = signaling
         hints = getattr(signaling, "ice_servers", None)
         self.config = (config or IceConfig()).with_default_servers(
@@ -583,6 +611,21 @@ class Negotiator:
         if offer.session_id in self.sessions:
             self._restart_received(self.sessions[offer.session_id], offer, peer_id, "offer")
             return
+        if self.accept_offer is not None and not self.accept_offer(peer_id, payload or {}):
+            self.refused += 1
+            _log.info("refused an offer from {peer}: not a peer we take offers from", peer=peer_id)
+            return
+        open_sessions = sum(
+            1 for s in self.sessions.values() if s.peer_id == peer_id and not s.agent.closed
+        )
+        if open_sessions >= self.max_sessions_per_peer:
+            self.refused += 1
+            _log.info(
+                "refused an offer from {peer}: it already has {n} sessions",
+                peer=peer_id,
+                n=open_sessions,
+            )
+            return
         # Who takes it: a waiting acceptor of its kind, the handler of its kind, then
         # an acceptor of the other kind (peers that do not flag their offers).
         secure_handler = self.on_secure_session if self.identity is not None else None
@@ -843,9 +886,26 @@ class Negotiator:
             session.agent.add_remote_candidate(None)
             return
         try:
-            session.agent.add_remote_candidate(Candidate.from_sdp(line))
+            candidate = Candidate.from_sdp(line)
         except CandidateError as e:
             _log.debug("skipping trickled candidate {line!r}: {err}", line=line, err=e)
+            return
+        self._add_remote_candidate(session, candidate)
+
+    def _add_remote_candidate(self, session: Session, candidate: Candidate) -> None:
+        """Give the agent one more remote candidate, up to ``max_remote_candidates``."""
+        if session.remote_candidates >= self.max_remote_candidates:
+            session.dropped_candidates += 1
+            self.dropped_candidates += 1
+            if session.dropped_candidates == 1:
+                _log.info(
+                    "{peer} sent more than {cap} candidates: dropping the rest",
+                    peer=session.peer_id,
+                    cap=self.max_remote_candidates,
+                )
+            return
+        session.remote_candidates += 1
+        session.agent.add_remote_candidate(candidate)
 
     def _apply_description(self, session: Session, description: Description) -> None:
         agent = session.agent
@@ -861,7 +921,7 @@ class Negotiator:
                     if session.tcp is not None:
                         session.tcp.remote = candidate.address
                 continue
-            agent.add_remote_candidate(candidate)
+            self._add_remote_candidate(session, candidate)
         agent.set_remote_mapping(description.mapping)
         if session.offerer:
             self._maybe_start_tcp(session)
@@ -959,9 +1019,10 @@ class Negotiator:
         agent = session.agent
         session.remote_ufrag = description.ufrag
         agent.set_remote_credentials(description.ufrag, description.pwd)
+        session.remote_candidates = 0  # a new generation
         for candidate in description.candidates:
             if candidate.transport == "udp":
-                agent.add_remote_candidate(candidate)
+                self._add_remote_candidate(session, candidate)
         agent.set_remote_mapping(description.mapping)
         for payload in session.early_candidates.pop(description.ufrag, []):
             self._apply_candidate(session, payload)

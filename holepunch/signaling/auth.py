@@ -7,8 +7,9 @@ A token names one peer id and an expiry time and is signed with the server's sec
 
 where ``mac = HMAC-SHA256(secret, "hp1.<base64url(peer id)>.<expiry>")``. Tokens are
 URL-safe, so a browser can pass one in the query string (``ws://host:8080/?token=...``);
-native clients send ``Authorization: Bearer <token>``. The server checks the token once,
-at the WebSocket handshake, and then lets the connection register only that peer id.
+native clients send ``Authorization: Bearer <token>``. The server checks the token at
+the WebSocket handshake, lets the connection register only that peer id, and closes the
+connection when the token expires unless a ``renew`` message brought a fresh one.
 
 Pure functions: the current time is an argument.
 """
@@ -21,6 +22,7 @@ import hashlib
 import hmac
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 TOKEN_VERSION = "hp1"
 
@@ -63,12 +65,25 @@ def mint_token(secret: str | bytes, peer_id: str, ttl: float, now: float) -> str
     return f"{signed}.{_b64encode(_mac(_key(secret), signed))}"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """What a valid token grants: one peer id until ``expires`` (seconds since the epoch)."""
+
+    peer_id: str
+    expires: float
+
+
 def verify_token(secret: str | bytes, token: str, now: float) -> str:
     """Check ``token`` and return the peer id it grants, or raise :class:`InvalidToken`.
 
     The MAC is compared in constant time, and before anything else in the token is
     trusted.
     """
+    return check_token(secret, token, now).peer_id
+
+
+def check_token(secret: str | bytes, token: str, now: float) -> TokenGrant:
+    """Like :func:`verify_token`, and also says until when the token is valid."""
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != TOKEN_VERSION:
         raise InvalidToken("malformed token")
@@ -90,7 +105,7 @@ def verify_token(secret: str | bytes, token: str, now: float) -> str:
         raise InvalidToken("malformed token") from None
     if now >= expiry:
         raise InvalidToken("token expired")
-    return peer_id
+    return TokenGrant(peer_id, float(expiry))
 
 
 def token_from_request(

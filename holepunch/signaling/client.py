@@ -90,6 +90,21 @@ _REPLY_TYPES = frozenset(
 )
 
 
+DIRECT_ROOM_PREFIX = "direct:"
+
+
+def direct_room(peer_id: str) -> str:
+    """The room in which ``peer_id`` takes offers from anyone who knows its id.
+
+    The server relays only between peers that share a room (unless it runs with
+    ``--open-relay``). A peer that accepts calls from strangers (``holepunch connect
+    --accept`` without ``--room``, a ``holepunch:`` server endpoint) joins its own
+    direct room, and whoever calls it joins that room too (docs/protocol.md,
+    "Who may relay to whom").
+    """
+    return DIRECT_ROOM_PREFIX + peer_id
+
+
 class SignalingRequestError(Exception):
     """The server answered a request with ``error``."""
 

@@ -43,6 +43,9 @@ NOT_IN_ROOM: Final = "not-in-room"
 RATE_LIMITED: Final = "rate-limited"
 UNAUTHORIZED: Final = "unauthorized"
 INTERNAL_ERROR: Final = "internal-error"
+NO_SHARED_ROOM: Final = "no-shared-room"
+PEER_TOO_SLOW: Final = "peer-too-slow"
+INVALID_TOKEN: Final = "invalid-token"
 
 ERROR_CODES: Final[frozenset[str]] = frozenset(
     {
@@ -64,6 +67,9 @@ ERROR_CODES: Final[frozenset[str]] = frozenset(
         RATE_LIMITED,
         UNAUTHORIZED,
         INTERNAL_ERROR,
+        NO_SHARED_ROOM,
+        PEER_TOO_SLOW,
+        INVALID_TOKEN,
     }
 )
 
@@ -73,6 +79,8 @@ CLOSE_MESSAGE_TOO_BIG: Final = 1009  # frame above the hard limit (Autobahn clos
 CLOSE_GOING_AWAY: Final = 1001  # server shutting down
 CLOSE_IDLE_TIMEOUT: Final = 4000  # nothing received for peerTimeout seconds
 CLOSE_SESSION_REPLACED: Final = 4001  # the peer id was taken over with the reconnect token
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # the client does not read what it is sent (slow reader)
+CLOSE_TOKEN_EXPIRED: Final = 4002  # the connection's auth token expired and was not renewed
 
 # ---------------------------------------------------------------------------------------
 # Limits on field shapes (the message size limit is the server's configuration).
@@ -81,6 +89,8 @@ MAX_ID_LENGTH: Final = 256
 """Longest peer id, room id, request id or reconnect token, in characters."""
 MAX_METHOD_LENGTH: Final = 64
 MAX_METADATA_SIZE: Final = 1024
+MAX_TOKEN_LENGTH: Final = 1024
+"""Longest auth token a ``renew`` may carry, in characters."""
 """Largest ``metadata`` object, in bytes of compact JSON: it is repeated in every peer list."""
 
 CONNECTION_STATES: Final[frozenset[str]] = frozenset(
@@ -186,8 +196,17 @@ class Ping:
     claimed_sender: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """``renew``: a fresh auth token for this connection, before the current one expires."""
+
+    token: str
+    id: RequestId | None = None
+    claimed_sender: str | None = None
+
+
 Request: TypeAlias = (
-    Register | JoinRoom | LeaveRoom | GetRoomPeers | Relay | ConnectionStateReport | Ping
+    Register | JoinRoom | LeaveRoom | GetRoomPeers | Relay | ConnectionStateReport | Ping | Renew
 )
 
 
@@ -198,6 +217,7 @@ _REQUEST_TYPES: Final[dict[type, str]] = {
     GetRoomPeers: "get-room-peers",
     ConnectionStateReport: "connection-state",
     Ping: "ping",
+    Renew: "renew",
 }
 
 
@@ -383,6 +403,11 @@ def request_from_object(obj: Mapping[str, Any]) -> Request:
             request_id,
             sender,
         )
+    if kind == "renew":
+        token = f.optional_short_string("token", MAX_TOKEN_LENGTH)
+        if token is None:
+            raise MessageError(MISSING_FIELD, "'token' is required", request_id)
+        return Renew(token, request_id, sender)
     shown = kind if len(kind) <= 64 else kind[:64] + "..."
     raise MessageError(UNKNOWN_TYPE, f"unknown message type {shown!r}", request_id)
 
@@ -540,6 +565,14 @@ def ack(for_type: str, now: float, request_id: RequestId | None) -> JSONObject:
 def pong(now: float, request_id: RequestId | None) -> JSONObject:
     """``pong``: the answer to ``ping``."""
     return _with_id({"type": "pong", "timestamp": milliseconds(now)}, request_id)
+
+
+def renewed(expires: float, now: float, request_id: RequestId | None) -> JSONObject:
+    """The reply to ``renew``: the connection now lives until ``expires`` (seconds)."""
+    return _with_id(
+        {"type": "renewed", "expires": milliseconds(expires), "timestamp": milliseconds(now)},
+        request_id,
+    )
 
 
 def error(code: str, message: str, request_id: RequestId | None) -> JSONObject:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,9 @@ class Limits:
     max_peers_per_room: int = 100
     max_rooms_per_peer: int = 16
     peer_timeout: float = 300.0
+    open_relay: bool = False
+    """Relay offers, answers and candidates between any two peers; False (the default):
+    only between peers that share a room (else ``no-shared-room``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ class Room:
     created_at: float
     members: dict[str, float] = field(default_factory=dict)
     """peer id -> when it joined."""
+
+
+def shares_room(rooms: Iterable[str], other_rooms: Container[str]) -> bool:
+    """Whether two peers' room sets meet."""
+    return any(room in other_rooms for room in rooms)
 
 
 def _default_token() -> str:
@@ -293,14 +301,22 @@ class RoomRegistry:
 
     def relay(self, from_peer: str, to_peer: str, kind: str, payload: JSONObject | None) -> None:
         """Hand ``payload`` to ``to_peer``'s connection as a ``kind`` message from
-        ``from_peer``. The payload is opaque; sender and recipient need not share a room.
+        ``from_peer``. The payload is opaque. Sender and recipient must share a room,
+        unless the limits say ``open_relay``.
+
+        The recipient's connection may refuse it (``peer-too-slow``: it does not read
+        what it is sent); that :class:`SignalingError` reaches the caller.
         """
-        self._require(from_peer)
+        sender = self._require(from_peer)
         target = self._peers.get(to_peer)
         if target is None:
             raise SignalingError(codes.PEER_NOT_FOUND, f"peer {to_peer!r} is not connected")
-        self.relayed[kind] = self.relayed.get(kind, 0) + 1
+        if not self.limits.open_relay and not shares_room(sender.rooms, target.rooms):
+            raise SignalingError(
+                codes.NO_SHARED_ROOM, f"peer {to_peer!r} is in none of your rooms"
+            )
         target.client.relayed(kind, from_peer, payload)
+        self.relayed[kind] = self.relayed.get(kind, 0) + 1
 
     def set_connection_state(
         self, peer_id: str, remote_peer_id: str, state: str, method: str | None, now: float

@@ -41,7 +41,13 @@ from holepunch.interfaces import (
 from holepunch.signaling import messages as codes
 from holepunch.signaling import redisstate as rs
 from holepunch.signaling.messages import JSONObject, PeerEntry
-from holepunch.signaling.model import MAX_CONNECTION_STATES, ConnectionState, Limits, SignalingError
+from holepunch.signaling.model import (
+    MAX_CONNECTION_STATES,
+    ConnectionState,
+    Limits,
+    SignalingError,
+    shares_room,
+)
 
 log = Logger()
 
@@ -90,10 +96,13 @@ def _default_token() -> str:
 
 
 ROUTE_TTL = 1.0
-"""Seconds a peer's node, learnt from the relay script, is used to relay to it
-directly. A relay that reaches a node the peer has just left is sent on from there."""
-MAX_ROUTES = 65536
-"""Routes kept at most (the oldest go first)."""
+"""Seconds a peer's node, learnt when the relay script let a sender reach it, is used
+to relay that sender's messages to it directly. A relay that reaches a node the peer
+has just left is sent on from there. Within this time a relay may still reach a peer
+that has just left the last room it shared with the sender (the sender's own leaving
+clears its routes at once)."""
+MAX_ROUTES = 256
+"""Routes kept per sender at most (the oldest go first): memory per peer stays bounded."""
 
 
 @dataclass(slots=True)
@@ -105,6 +114,11 @@ class LocalPeer:
     conn: str
     last_seen: float
     connection_states: dict[str, ConnectionState] = field(default_factory=dict)
+    rooms: set[str] = field(default_factory=set)
+    """The rooms it joined through this node (a resumed peer's older ones are in Redis
+    only: relays between such peers go through the relay script, which knows them)."""
+    routes: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """Peers it relayed to lately through the script: peer id -> (node, valid until)."""
 
 
 class _BusProtocol(txredisapi.SubscriberProtocol):
@@ -189,8 +203,6 @@ class RedisRoomRegistry(Service):
         """Stopping: no new operations (the last ones and the node's removal may run)."""
         self._stopped = False
         self.relayed: dict[str, int] = {"offer": 0, "answer": 0, "ice-candidate": 0}
-        self.routes: dict[str, tuple[str, float]] = {}
-        """Where recently reached peers live: peer id -> (node, valid until)."""
         self._outbox: dict[str, list[rs.RelayEvent]] = {}
         self._flushing: Any = None
         self.forwarded = 0
@@ -374,7 +386,12 @@ class RedisRoomRegistry(Service):
             case rs.RelayEvent(to, kind, from_peer, payload):
                 peer = self._local.get(to)
                 if peer is not None:
-                    peer.client.relayed(kind, from_peer, payload)
+                    try:
+                        peer.client.relayed(kind, from_peer, payload)
+                    except SignalingError as e:
+                        # peer-too-slow: the connection dropped itself; the sender, on
+                        # another node's side of the bus, is not told.
+                        log.info("relay to {peer} refused: {error}", peer=to, error=e.code)
             case rs.RoomEvent(joined, to, room_id, peer_id, timestamp, metadata):
                 peer = self._local.get(to)
                 if peer is not None:
@@ -390,7 +407,10 @@ class RedisRoomRegistry(Service):
         """A relay routed here by another node's route cache."""
         peer = self._local.get(relay.to)
         if peer is not None:
-            peer.client.relayed(relay.kind, relay.from_peer, relay.payload)
+            try:
+                peer.client.relayed(relay.kind, relay.from_peer, relay.payload)
+            except SignalingError:
+                pass  # it does not read (dropped): the sender was acked already
             return
         # The route was stale (the peer moved or left within ROUTE_TTL): send it on.
         self.forwarded += 1
@@ -399,20 +419,24 @@ class RedisRoomRegistry(Service):
 
     # -- routing relays -------------------------------------------------------------------
 
-    def _route(self, to_peer: str, now: float) -> str | None:
-        route = self.routes.get(to_peer)
+    @staticmethod
+    def _route(sender: LocalPeer, to_peer: str, now: float) -> str | None:
+        """The node of ``to_peer`` if the relay script let ``sender`` reach it lately."""
+        route = sender.routes.get(to_peer)
         if route is None:
             return None
         if route[1] < now:
-            del self.routes[to_peer]
+            del sender.routes[to_peer]
             return None
         return route[0]
 
-    def _learn_route(self, to_peer: str, node: str, now: float) -> None:
-        self.routes.pop(to_peer, None)
-        self.routes[to_peer] = (node, now + ROUTE_TTL)
-        while len(self.routes) > MAX_ROUTES:
-            del self.routes[next(iter(self.routes))]
+    @staticmethod
+    def _learn_route(sender: LocalPeer, to_peer: str, node: str, now: float) -> None:
+        routes = sender.routes
+        routes.pop(to_peer, None)
+        routes[to_peer] = (node, now + ROUTE_TTL)
+        while len(routes) > MAX_ROUTES:
+            del routes[next(iter(routes))]
 
     def _post(self, node: str, relay: rs.RelayEvent) -> None:
         """Queue a relay for ``node``; every queue goes out at the end of this turn."""
@@ -529,9 +553,12 @@ class RedisRoomRegistry(Service):
             str(self.limits.max_rooms_per_peer),
             str(self.limits.max_peers_per_room),
         )
-        return d.addCallback(
-            lambda reply: rs.decode_entries(self._check(reply, peer=peer_id, room=room_id)[1:])
-        )
+        def joined(reply: list[Any]) -> list[PeerEntry]:
+            entries = rs.decode_entries(self._check(reply, peer=peer_id, room=room_id)[1:])
+            peer.rooms.add(room_id)
+            return entries
+
+        return d.addCallback(joined)
 
     def leave(self, peer_id: str, room_id: str, now: float) -> defer.Deferred[None]:
         """Take the peer out of a room."""
@@ -543,6 +570,8 @@ class RedisRoomRegistry(Service):
 
         def left(reply: list[Any]) -> None:
             self._check(reply, peer=peer_id, room=room_id)
+            peer.rooms.discard(room_id)
+            peer.routes.clear()  # the room may have been what let it reach them
 
         return d.addCallback(left)
 
@@ -569,21 +598,30 @@ class RedisRoomRegistry(Service):
         except SignalingError:
             return defer.fail()
         target = self._local.get(to_peer)
-        if target is not None:
-            target.client.relayed(kind, from_peer, payload)
+        if target is not None and (
+            self.limits.open_relay or shares_room(peer.rooms, target.rooms)
+        ):
+            try:
+                target.client.relayed(kind, from_peer, payload)
+            except SignalingError:
+                return defer.fail()  # peer-too-slow
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
             return defer.succeed(None)
         now = self.clock.seconds()
-        node = self._route(to_peer, now)
+        node = self._route(peer, to_peer, now)
         if node is not None:
             self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
             return defer.succeed(None)
-        d = self._eval(rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload))
+        open_relay = "1" if self.limits.open_relay else "0"
+        d = self._eval(
+            rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload), open_relay
+        )
 
         def relayed(reply: list[Any]) -> None:
             self._check(reply, peer=from_peer, to=to_peer)
-            self._learn_route(to_peer, str(reply[1]), now)
+            if str(reply[1]) != self.node_id:
+                self._learn_route(peer, to_peer, str(reply[1]), now)
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
 
         return d.addCallback(relayed)

@@ -248,6 +248,7 @@ ERROR_MESSAGES: dict[str, str] = {
     codes.NOT_REGISTERED: "peer {peer!r} is not registered",
     codes.PEER_ID_TAKEN: "peer id {peer!r} is held by another connection",
     codes.PEER_NOT_FOUND: "peer {to!r} is not connected",
+    codes.NO_SHARED_ROOM: "peer {to!r} is in none of your rooms",
     codes.NOT_IN_ROOM: "not in room {room!r}",
     codes.TOO_MANY_ROOMS: "a peer may be in at most {max_rooms} rooms",
     codes.ROOM_FULL: "room {room!r} holds its limit of {max_per_room} peers",
@@ -428,11 +429,18 @@ return {'ok', unpack(entries(room, peer))}
 RELAY = (
     _COMMON
     + r"""
--- ARGV: prefix, from, conn, to, kind, payload
+-- ARGV: prefix, from, conn, to, kind, payload, open ('1': any two peers; else a shared room)
 local from, conn, to = ARGV[2], ARGV[3], ARGV[4]
 if not holds(from, conn) then return {'error', 'not-registered'} end
 local node = alive(to)
 if not node then return {'error', 'peer-not-found'} end
+if ARGV[7] ~= '1' then
+  local shared = false
+  for _, room in ipairs(redis.call('HKEYS', rkey(from))) do
+    if redis.call('HEXISTS', rkey(to), room) == 1 then shared = true break end
+  end
+  if not shared then return {'error', 'no-shared-room'} end
+end
 local event = 'relay\n' .. to .. '\n' .. ARGV[5] .. '\n' .. from .. '\n' .. ARGV[6]
 if redis.call('PUBLISH', bus(node), event) == 0 then
   return {'error', 'peer-not-found'}  -- its node is not listening: the message is lost

@@ -37,7 +37,13 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IPushProducer,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +51,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.ratelimit import TokenBucket
 from holepunch.reuseport import ReusePortEndpoint
@@ -112,9 +119,27 @@ class SignalingConfig:
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT`` so other worker processes share the port
     (``--workers``); ``endpoint`` must then be a plain ``tcp:`` description."""
+    open_relay: bool = False
+    """Relay offers, answers and candidates between any two peers. False (the default):
+    only between peers that share a room; others get ``error`` ``no-shared-room``."""
+    send_buffer_limit: int = 1024 * 1024
+    """Bytes the server queues for a client that does not read, beyond the transport's own
+    64 KiB write buffer; over it the client is dropped (close 1013) and the relay's
+    sender gets ``peer-too-slow``."""
+    token_single_use: bool = False
+    """With auth: a token opens one connection at a time (a second one is refused, 409)."""
+    http_head_timeout: float = 10.0
+    """Seconds a client has to send a whole HTTP request head (plain HTTP or a WebSocket
+    handshake) before the connection is closed."""
 
     def __post_init__(self) -> None:
-        for name in ("peer_timeout", "cleanup_interval", "messages_per_second", "presence_ttl"):
+        for name in (
+            "peer_timeout",
+            "cleanup_interval",
+            "messages_per_second",
+            "presence_ttl",
+            "http_head_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in (
@@ -126,6 +151,7 @@ class SignalingConfig:
             "max_peers",
             "max_peers_per_room",
             "max_rooms_per_peer",
+            "send_buffer_limit",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -139,6 +165,7 @@ class SignalingConfig:
             max_peers_per_room=self.max_peers_per_room,
             max_rooms_per_peer=self.max_rooms_per_peer,
             peer_timeout=self.peer_timeout,
+            open_relay=self.open_relay,
         )
 
 
@@ -159,7 +186,12 @@ _OPTION_FIELDS = {
     "trust-x-forwarded-for": "trust_x_forwarded_for",
     "redis": "redis_url",
     "presence-ttl": "presence_ttl",
+    "open-relay": "open_relay",
+    "send-buffer-limit": "send_buffer_limit",
+    "token-single-use": "token_single_use",
+    "http-head-timeout": "http_head_timeout",
 }
+_FLAG_FIELDS = frozenset({"open_relay", "token_single_use"})
 
 
 def config_from_options(
@@ -178,7 +210,7 @@ def config_from_options(
         except KeyError:
             continue
         if value is not None:
-            values[field_name] = value
+            values[field_name] = bool(value) if field_name in _FLAG_FIELDS else value
     if not values.get("auth_secret"):
         values["auth_secret"] = environ.get("P2P_AUTH_SECRET") or None
     return SignalingConfig(**values)
@@ -193,6 +225,10 @@ class ServerStats:
         self.denied: Counter[int] = Counter()
         self.messages: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.slow_readers = 0
+        """Connections dropped for not reading what they were sent (close 1013)."""
+        self.tokens_expired = 0
+        """Connections closed because their auth token expired (close 4002)."""
 
 
 def describe_address(address: object, forwarded: str | None = None) -> JSONObject:
@@ -209,7 +245,7 @@ def describe_address(address: object, forwarded: str | None = None) -> JSONObjec
     return {"address": str(address), "family": "unknown"}
 
 
-def _then(result: Any, action: Callable[[Any], None]) -> defer.Deferred[Any] | None:
+def _then(result: Any, action: Callable[[Any], object]) -> defer.Deferred[Any] | None:
     """``action(result)`` now, or when ``result``, a Deferred, fires (which is returned)."""
     if isinstance(result, defer.Deferred):
         return result.addCallback(action)
@@ -265,17 +301,24 @@ class SerialSteps:
 class SignalingSession:
     """One connection of the JSON signaling protocol, without the WebSocket.
 
-    ``send`` delivers one server message; ``close(code, reason)`` starts closing the
-    connection. ``address`` is the client's ``yourAddress``; ``auth_peer_id`` the peer id
-    its token grants (None when auth is off).
+    ``send`` delivers one server message, and returns False when it refused to because
+    the client does not read what it is sent (it is then being dropped); ``close(code,
+    reason)`` starts closing the connection. ``address`` is the client's
+    ``yourAddress``; ``auth_peer_id`` the peer id its token grants (None when auth is
+    off), ``token_expires`` when that token expires: the connection is closed then (4002)
+    unless a ``renew`` brings a fresh token. ``swap_token(token)`` (single-use tokens)
+    makes a renewed token the connection's, or returns False when another connection
+    holds it.
     """
 
     __slots__ = (
         "__weakref__",
         "_bucket",
         "_close",
+        "_expiry_call",
         "_send",
         "_steps",
+        "_swap_token",
         "_violations",
         "address",
         "auth_peer_id",
@@ -288,6 +331,7 @@ class SignalingSession:
         "peer_id",
         "registry",
         "stats",
+        "token_expires",
     )
 
     def __init__(
@@ -296,11 +340,13 @@ class SignalingSession:
         config: SignalingConfig,
         clock: IReactorTime,
         stats: ServerStats,
-        send: Callable[[JSONObject], None],
+        send: Callable[[JSONObject], bool | None],
         close: Callable[[int, str], None],
         address: JSONObject,
         auth_peer_id: str | None = None,
         ice_servers: list[JSONObject] | None = None,
+        token_expires: float | None = None,
+        swap_token: Callable[[str], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
@@ -311,6 +357,9 @@ class SignalingSession:
         self.address = address
         self.auth_peer_id = auth_peer_id
         self.ice_servers = ice_servers or []
+        self.token_expires = token_expires
+        self._swap_token = swap_token
+        self._expiry_call: IDelayedCall | None = None
         self.peer_id: str | None = None
         self.opened_at = clock.seconds()
         self.last_activity = self.opened_at
@@ -324,8 +373,29 @@ class SignalingSession:
     # -- from the connection ---------------------------------------------------------------
 
     def opened(self) -> None:
-        """The WebSocket is open: greet the client."""
+        """The WebSocket is open: greet the client (and time its token)."""
+        if self.token_expires is not None:
+            self._arm_expiry(self.token_expires)
         self._send(msg.welcome(self.clock.seconds(), self.address, self.ice_servers))
+
+    def _arm_expiry(self, expires: float) -> None:
+        self._disarm_expiry()
+        self.token_expires = expires
+        delay = max(0.0, expires - self.clock.seconds())
+        self._expiry_call = self.clock.callLater(delay, self._token_expired)
+
+    def _disarm_expiry(self) -> None:
+        call, self._expiry_call = self._expiry_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _token_expired(self) -> None:
+        self._expiry_call = None
+        if self.closing:
+            return
+        self.stats.tokens_expired += 1
+        _log.info("closing {address}: its token expired", address=self.address)
+        self.close(msg.CLOSE_TOKEN_EXPIRED, "token expired")
 
     def message_received(self, payload: bytes) -> None:
         """One complete WebSocket message arrived.
@@ -372,6 +442,7 @@ class SignalingSession:
     def closed(self) -> None:
         """The connection is gone: the peer leaves its rooms (after pending requests)."""
         self.closing = True
+        self._disarm_expiry()
         self._steps.submit(self._unregister)
 
     def _unregister(self) -> defer.Deferred[Any] | None:
@@ -389,6 +460,7 @@ class SignalingSession:
         """Close the connection from the server side."""
         if not self.closing:
             self.closing = True
+            self._disarm_expiry()
             self._close(code, reason)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -412,7 +484,10 @@ class SignalingSession:
             f"more than {self.config.messages_per_second:g} messages per second",
             request_id,
         )
-        self._steps.submit(lambda: self._send(refusal))  # after the replies before it
+        def refuse() -> None:
+            self._send(refusal)
+
+        self._steps.submit(refuse)  # after the replies before it
 
     def _error(self, code: str, message: str, request_id: msg.RequestId | None) -> None:
         self.stats.errors[code] += 1
@@ -440,6 +515,8 @@ class SignalingSession:
                 return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
+            case msg.Renew():
+                self._renew(request, now)
             case msg.Register():
                 return self._register(request, now)
             case msg.JoinRoom():
@@ -471,6 +548,24 @@ class SignalingSession:
                 if request.id is not None:
                     self._send(msg.ack("connection-state", now, request.id))
         return None
+
+    def _renew(self, request: msg.Renew, now: float) -> None:
+        """A fresh token for this connection: it now lives until the new expiry."""
+        secret = self.config.auth_secret
+        if not secret or self.auth_peer_id is None:
+            raise SignalingError(msg.INVALID_TOKEN, "auth is off: there is no token to renew")
+        try:
+            grant = auth.check_token(secret, request.token, now)
+        except auth.InvalidToken as e:
+            raise SignalingError(msg.INVALID_TOKEN, e.reason) from None
+        if grant.peer_id != self.auth_peer_id:
+            raise SignalingError(
+                msg.UNAUTHORIZED, f"this connection's tokens must grant {self.auth_peer_id!r}"
+            )
+        if self._swap_token is not None and not self._swap_token(request.token):
+            raise SignalingError(msg.INVALID_TOKEN, "token in use by another connection")
+        self._arm_expiry(grant.expires)
+        self._send(msg.renewed(grant.expires, now, request.id))
 
     def _register(self, request: msg.Register, now: float) -> defer.Deferred[Any] | None:
         if self.peer_id is not None:
@@ -511,7 +606,11 @@ class SignalingSession:
         self._send(msg.peer_left(room_id, peer_id, metadata, timestamp))
 
     def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
-        self._send(msg.relayed(kind, from_peer, payload))
+        if self._send(msg.relayed(kind, from_peer, payload)) is False:
+            raise SignalingError(
+                msg.PEER_TOO_SLOW,
+                f"peer {self.peer_id!r} does not read what it is sent; it was disconnected",
+            )
 
     def disconnect(self, reason: DisconnectReason) -> None:
         self.peer_id = None
@@ -521,13 +620,44 @@ class SignalingSession:
             self.close(msg.CLOSE_IDLE_TIMEOUT, "idle timeout")
 
 
+@implementer(IPushProducer)
+class SendBacklog:
+    """Counts what is written to a transport while its write buffer is full.
+
+    Registered as the transport's streaming producer: Twisted pauses it when the
+    transport buffers more than its ``bufferSize`` (64 KiB) and resumes it once
+    everything went out. ``backlog`` is the bytes written since the pause.
+    """
+
+    __slots__ = ("backlog", "paused")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        self.backlog = 0
+
+
 class SignalingServerProtocol(QuietWebSocketServerProtocol):
     """The Autobahn side of one connection: handshake checks, then a session."""
 
     factory: SignalingServerFactory
     session: SignalingSession | None = None
+    backlog: SendBacklog | None = None
+    _backlog_attempts = 0
     _counted_host: str | None = None
     _auth_peer_id: str | None = None
+    _token: str | None = None
+    _token_expires: float | None = None
     _forwarded: str | None = None
     _host_header: str | None = None
     _finished = False
@@ -552,12 +682,17 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
                 factory.stats.denied[401] += 1
                 raise ConnectionDeny(401, "authentication required: token missing")
             try:
-                self._auth_peer_id = auth.verify_token(
-                    config.auth_secret, token, factory.clock.seconds()
-                )
+                grant = auth.check_token(config.auth_secret, token, factory.clock.seconds())
             except auth.InvalidToken as e:
                 factory.stats.denied[401] += 1
                 raise ConnectionDeny(401, f"authentication failed: {e.reason}") from None
+            if config.token_single_use and token in factory.tokens_in_use:
+                factory.stats.denied[409] += 1
+                raise ConnectionDeny(409, "token already in use by another connection")
+            self._auth_peer_id, self._token_expires = grant.peer_id, grant.expires
+            if config.token_single_use:
+                self._token = token
+                factory.tokens_in_use.add(token)
         factory.accepted += 1
         factory.per_address[host] += 1
         self._counted_host = host
@@ -577,10 +712,38 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             describe_address(self.transport.getPeer(), self._forwarded),
             self._auth_peer_id,
             self._ice_servers(),
+            self._token_expires,
+            self._swap_token if self._token is not None else None,
         )
         factory.protocols.add(self)
         factory.stats.connections_total += 1
         self.session.opened()
+
+    def _watch_backlog(self) -> None:
+        """Register a :class:`SendBacklog` as the transport's producer.
+
+        During the handshake twisted.web's channel is still registered (it is released
+        once Autobahn has taken the connection over), so this is tried again at the next
+        few sends; a transport that keeps someone else's producer goes unwatched.
+        """
+        self._backlog_attempts += 1
+        backlog = SendBacklog()
+        try:
+            self.transport.registerProducer(backlog, True)  # type: ignore[union-attr]
+        except RuntimeError:
+            return
+        self.backlog = backlog
+
+    def _swap_token(self, token: str) -> bool:
+        in_use = self.factory.tokens_in_use
+        if token == self._token:
+            return True
+        if token in in_use:
+            return False
+        in_use.discard(self._token)
+        in_use.add(token)
+        self._token = token
+        return True
 
     def _ice_servers(self) -> list[JSONObject]:
         hints = self.factory.config.ice_servers
@@ -614,16 +777,44 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             if factory.per_address[self._counted_host] <= 0:
                 del factory.per_address[self._counted_host]
             self._counted_host = None
+        if self._token is not None:
+            factory.tokens_in_use.discard(self._token)
+            self._token = None
         if self.session is not None:
             self.session.closed()
 
-    def _send_json(self, message: JSONObject) -> None:
+    def _send_json(self, message: JSONObject) -> bool:
+        """Send one message; False when the client is too far behind to take it (it is
+        then dropped, close 1013)."""
         if self.state != self.STATE_OPEN:
-            return
+            return True
+        data = msg.encode(message)
+        if self.backlog is None and self._backlog_attempts < 4:
+            self._watch_backlog()
+        backlog = self.backlog
+        if backlog is not None and backlog.paused:
+            if backlog.backlog + len(data) > self.factory.config.send_buffer_limit:
+                self._drop_slow_reader(backlog.backlog)
+                return False
+            backlog.backlog += len(data)
         try:
-            self.sendMessage(msg.encode(message), isBinary=False)
+            self.sendMessage(data, isBinary=False)
         except (Disconnected, PayloadExceededError):
             _log.failure("could not send a {type} message", type=message.get("type"))
+        return True
+
+    def _drop_slow_reader(self, waiting: int) -> None:
+        """The client does not read: close 1013 and abort at once, freeing what it left
+        unread (the close frame reaches it only if it catches up first)."""
+        self.factory.stats.slow_readers += 1
+        _log.info(
+            "dropping {address}: {waiting} bytes unread beyond the transport's buffer",
+            address=self.session.address if self.session is not None else None,
+            waiting=waiting,
+        )
+        if self.session is not None:
+            self.session.close(msg.CLOSE_TRY_AGAIN_LATER, "reading too slowly")
+        self.dropConnection(abort=True)
 
     def _close_with(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
@@ -653,6 +844,8 @@ class SignalingServerFactory(WebSocketServerFactory):
         self.accepted = 0
         self.per_address: Counter[str] = Counter()
         self.protocols: set[SignalingServerProtocol] = set()
+        self.tokens_in_use: set[str] = set()
+        """With ``token_single_use``: the tokens of the open connections."""
         self.setProtocolOptions(
             maxFramePayloadSize=config.max_frame_size,
             maxMessagePayloadSize=config.max_frame_size,
@@ -730,11 +923,14 @@ class SignalingRootPage(Resource):
     def render(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade") or b""
         if upgrade.strip().lower() == b"websocket":
-            transport = request.channel.transport
+            channel = request.channel
+            transport = channel.transport
             result: bytes | int = self._websocket.render(request)
-            if transport is not None and request.channel.transport is None:
+            if transport is not None and channel.transport is None:
                 # Autobahn took the connection over: the HTTP channel is done with it.
                 release_http_channel(transport)
+                if isinstance(channel, GuardedChannel):
+                    channel.handed_over()
             return result
         if request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
@@ -856,6 +1052,8 @@ class SignalingService(MultiService):
             denied={str(code): n for code, n in sorted(stats.denied.items())},
             messages=dict(stats.messages),
             errors=dict(stats.errors),
+            slow_readers_dropped=stats.slow_readers,
+            tokens_expired=stats.tokens_expired,
         )
         return result
 
@@ -907,8 +1105,12 @@ def make_signaling_service(
     factory = SignalingServerFactory(config, registry, clock, reactor=reactor)
     root = Resource()
     root.putChild(b"", SignalingRootPage(WebSocketResource(factory)))
-    site = Site(root, reactor=reactor)
-    site.noisy = False
+    site = GuardedSite(
+        root,
+        head_timeout=config.http_head_timeout,
+        max_connections_per_address=config.max_connections_per_address,
+        reactor=reactor,
+    )
     endpoint: IStreamServerEndpoint
     if config.reuse_port:
         endpoint = ReusePortEndpoint.from_description(reactor, config.endpoint)

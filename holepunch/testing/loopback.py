@@ -42,7 +42,12 @@ def start_stun_server(
 async def start_signaling_server(
     testcase: _TestCaseLike, reactor: Any, **config: Any
 ) -> tuple[SignalingService, str]:
-    """A signaling server on 127.0.0.1; returns it and its ``ws://`` URL."""
+    """A signaling server on 127.0.0.1; returns it and its ``ws://`` URL.
+
+    It relays between any two peers (``open_relay``) unless told otherwise: the tests
+    that use it are about ICE between two clients, not about rooms.
+    """
+    config.setdefault("open_relay", True)
     service = make_signaling_service(
         SignalingConfig(endpoint="tcp:0:interface=127.0.0.1", **config), reactor
     )

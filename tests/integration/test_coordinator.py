@@ -5,13 +5,13 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
 from holepunch.coordinator import CoordinatorError
 from holepunch.ice.config import IceConfig
-from holepunch.testing.loopback import start_stun_server
+from holepunch.testing.loopback import registered_client, start_signaling_server, start_stun_server
 from tests.stream_protocols import Collect, Echo
 
 LOOPBACK = IceConfig.on("127.0.0.1")
@@ -48,6 +48,13 @@ class CoordinatorTests(TestCase):
             peer_id="host",
             **kw,
         )
+
+    @defer.inlineCallbacks
+    def meet(self, *peers: P2PCoordinator, room: str = "swarm") -> Any:
+        """Put the coordinators in one room: by default they answer offers only from
+        peers of their rooms (and the server relays only within rooms)."""
+        for p2p in peers:
+            yield p2p.join_room(room)
 
     def member(self, host: P2PCoordinator, peer_id: str) -> P2PCoordinator:
         port = host.signaling_server.port.getHost().port
@@ -161,6 +168,7 @@ class CoordinatorTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         connection = yield alice.connect_to_peer("bob")
         gone: list[dict[str, Any]] = []
         alice.on("peer-disconnected", gone.append)
@@ -179,6 +187,7 @@ class CoordinatorStreamTests(TestCase):
     coordinator = CoordinatorTests.coordinator
     host = CoordinatorTests.host
     member = CoordinatorTests.member
+    meet = CoordinatorTests.meet
 
     @defer.inlineCallbacks
     def test_open_stream_byte_exact(self) -> Any:
@@ -189,6 +198,7 @@ class CoordinatorStreamTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         seen: list[tuple[str, Any]] = []
         bob.on("secure-session", lambda e: seen.append((e["peerId"], e["fingerprint"])))
         connected: list[Any] = []
@@ -226,6 +236,7 @@ class CoordinatorStreamTests(TestCase):
         alice = self.member(host, "alice")
         bob = self.member(host, "bob")
         yield defer.gatherResults([alice.initialize(), bob.initialize()])
+        yield self.meet(alice, bob)
         alice.metrics = Metrics()
         bob.listen_streams(protocol.Factory.forProtocol(Echo))
         collect = yield alice.open_stream("bob", Collect())
@@ -261,3 +272,102 @@ class CoordinatorStreamTests(TestCase):
         self.assertEqual(first.identity.fingerprint, second.identity.fingerprint)
         e = yield self.assertFailure(first.open_stream("x", Collect()), CoordinatorError)
         self.assertIn("initialize", str(e))
+
+
+class OfferPolicyTests(TestCase):
+    """Who may make a coordinator send ICE checks (issue 17, finding 3)."""
+
+    setUp = CoordinatorTests.setUp
+    coordinator = CoordinatorTests.coordinator
+
+    async def open_server(self) -> str:
+        """A signaling server that relays between any two peers (--open-relay), so that
+        only the coordinator's own policy stands between a stranger and its agent."""
+        _, url = await start_signaling_server(self, reactor, open_relay=True)
+        return url
+
+    async def peer(self, url: str, peer_id: str, **kw: Any) -> P2PCoordinator:
+        p2p = self.coordinator(
+            {"enable_signaling": False, "signaling_url": url}, peer_id=peer_id, **kw
+        )
+        await p2p.initialize()
+        return p2p
+
+    async def test_stranger_offer_is_not_answered(self) -> None:
+        """By default an offer from a peer of none of the coordinator's rooms is refused
+        before any agent exists; the application's accept_offer hook can allow it."""
+        url = await self.open_server()
+        bob = await self.peer(url, "bob")
+        mallory = await self.peer(url, "mallory")
+        decided: defer.Deferred[tuple[str, bool]] = defer.Deferred()
+        default = bob.accept_offer
+
+        def watching(peer_id: str, offer: dict[str, Any]) -> bool:
+            answer = default(peer_id, offer)
+            decided.callback((peer_id, answer))
+            return answer
+
+        bob.accept_offer = watching
+        attempt = mallory.connect_to_peer("bob")
+        attempt.addErrback(lambda f: None)
+        self.assertEqual(await decided, ("mallory", False))
+        await task.deferLater(reactor, 0, lambda: None)  # the offer's turn is over
+        self.assertEqual((bob.negotiator.refused, bob.negotiator.sessions), (1, {}))
+        await mallory.shutdown()  # its attempt, unanswered, ends with it
+        await attempt
+
+    async def test_accept_offer_hook(self) -> None:
+        """accept_offer=lambda peer_id, offer: True answers peers met without a room."""
+        url = await self.open_server()
+        await self.peer(url, "bob", accept_offer=lambda peer_id, offer: True)
+        alice = await self.peer(url, "alice")
+        connection = await alice.connect_to_peer("bob")
+        self.assertEqual(connection.method, "direct")
+
+    async def test_candidate_and_session_caps(self) -> None:
+        """An offer naming 100 candidates gives the agent 64 (the rest dropped and
+        counted); a ninth concurrent session from one peer is refused."""
+        url = await self.open_server()
+        calls: list[str] = []
+        ninth: defer.Deferred[None] = defer.Deferred()
+
+        def everyone(peer_id: str, offer: dict[str, Any]) -> bool:
+            calls.append(peer_id)
+            if len(calls) == 9:
+                ninth.callback(None)
+            return True
+
+        bob = await self.peer(url, "bob", accept_offer=everyone)
+        stranger = await registered_client(self, reactor, url, "stranger")
+        answers: list[dict[str, Any]] = []
+        first_answer: defer.Deferred[None] = defer.Deferred()
+
+        def answered(message: dict[str, Any]) -> None:
+            answers.append(message)
+            if not first_answer.called:
+                first_answer.callback(None)
+
+        stranger.on("answer", answered)
+
+        def offer(session: str, count: int) -> dict[str, Any]:
+            lines = [
+                f"candidate:{i} 1 udp 2130706431 127.0.0.1 {20000 + i} typ host"
+                for i in range(count)
+            ]
+            return {
+                "type": "offer",
+                "session": session,
+                "ice": {"ufrag": "abcd", "pwd": "p" * 22, "candidates": lines},
+            }
+
+        await stranger.send_offer("bob", offer("s0", 100))
+        await first_answer
+        session = bob.negotiator.sessions["s0"]
+        self.assertEqual((session.remote_candidates, session.dropped_candidates), (64, 36))
+        self.assertEqual(bob.negotiator.dropped_candidates, 36)
+        for n in range(1, 9):
+            await stranger.send_offer("bob", offer(f"s{n}", 1))
+        await ninth
+        await task.deferLater(reactor, 0, lambda: None)  # the ninth offer's turn is over
+        self.assertEqual(bob.negotiator.refused, 1)
+        self.assertEqual(sum(s.peer_id == "stranger" for s in bob.negotiator.sessions.values()), 8)

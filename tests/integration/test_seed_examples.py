@@ -115,6 +115,10 @@ class SeedExamplesTests(TestCase):
             "peer-123",
             {"address": "127.0.0.1", "port": 6881, "metadata": {"client": "self-streme"}},
         )
+        # Peers answer offers from peers of their rooms (and the daemon relays only
+        # within rooms): meet in one first, as a swarm does.
+        await p2p.joinRoom("quick-start")
+        await other.joinRoom("quick-start")
         connection = await p2p.connectToPeer("peer-123")
         self.assertIn(connection.method, ("direct", "udp-hole-punch"))
         # 3. Using the signaling server with a plain WebSocket, the seed's messages
@@ -224,6 +228,8 @@ class SeedExamplesTests(TestCase):
         a = self.p2p("a", turn_servers=turn, ice_config=relay_only)
         b = self.p2p("b", turn_servers=turn, ice_config=relay_only)
         await defer.gatherResults([a.initialize(), b.initialize()])
+        await a.join_room("example-4")
+        await b.join_room("example-4")
         b_connected: defer.Deferred[dict[str, Any]] = defer.Deferred()
         b.on("peer-connected", lambda e: b_connected.called or b_connected.callback(e))
         connection = await a.connectToPeer("b")

@@ -27,7 +27,12 @@ from twisted.web.static import Data
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
 from holepunch.signaling.client import SignalingAuthError, SignalingClient, SignalingRequestError
-from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
+from holepunch.signaling.server import (
+    SendBacklog,
+    SignalingConfig,
+    SignalingService,
+    make_signaling_service,
+)
 from tests.signaling_helpers import FreezingProxy, RawClientProtocol, raw_client_factory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -506,12 +511,14 @@ class WebRootTests(IntegrationTestCase):
         self.assertEqual(json.loads(json.dumps(service.stats()))["peers"], 1)
 
     async def test_http_channel_released_after_upgrade(self) -> None:
-        """Once upgraded, twisted.web's HTTPChannel is no longer the TCP transport's producer."""
+        """Once upgraded, twisted.web's HTTPChannel is no longer the TCP transport's
+        producer: the connection's own send-backlog counter is."""
         service, url = await self.server()
         proto = await self.raw(url)
         await self.register_raw(proto, "alice")
         [server] = service.factory.protocols
-        self.assertIsNone(server.transport.producer)  # type: ignore[union-attr]
+        self.assertIs(server.transport.producer, server.backlog)  # type: ignore[union-attr]
+        self.assertIsInstance(server.backlog, SendBacklog)
         self.assertEqual((await proto.request({"type": "ping", "id": 1}))["type"], "pong")
 
 

@@ -282,6 +282,8 @@ class CoordinatorRestartTests(TestCase):
         server = RestartableServer(self)
         await server.start()
         alice, bob = await self.coordinators(server.url)
+        await alice.join_room("swarm")
+        await bob.join_room("swarm")
         closed: list[Any] = []
         for p2p in (alice, bob):
             p2p.on("peer-disconnected", closed.append)

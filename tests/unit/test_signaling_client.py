@@ -114,6 +114,9 @@ class RequestTests(ClientTestCase):
         """Offers, answers and candidates arrive as events carrying the sender's id."""
         alice = self.client("alice")
         bob = self.client("bob")
+        for client in (alice, bob):  # the server relays only within rooms
+            client.join_room("swarm")
+            self.flush()
         got = self.events(bob, "offer", "answer", "ice-candidate")
         for d in [
             alice.send_offer("bob", {"sdp": "o"}),

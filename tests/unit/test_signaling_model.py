@@ -270,6 +270,9 @@ class RelayTests(RegistryTestCase):
         """The target gets the payload with the sender's id, and the relay is counted."""
         self.add("alice")
         bob = self.add("bob")
+        self.registry.join("alice", "swarm", self.now())
+        self.registry.join("bob", "swarm", self.now())
+        bob.take()
         self.registry.relay("alice", "bob", "offer", {"sdp": "v=0"})
         self.registry.relay("alice", "bob", "ice-candidate", None)
         self.assertEqual(
@@ -282,6 +285,33 @@ class RelayTests(RegistryTestCase):
         self.assertEqual(
             self.registry.stats()["relayed"], {"offer": 1, "answer": 0, "ice-candidate": 1}
         )
+
+    def test_relay_needs_a_shared_room(self) -> None:
+        """Peers that share no room cannot relay to each other (no-shared-room), in either
+        direction; leaving the shared room ends it."""
+        alice = self.add("alice")
+        bob = self.add("bob")
+        self.registry.join("alice", "one", self.now())
+        self.registry.join("bob", "two", self.now())
+        self.assertCode(codes.NO_SHARED_ROOM, self.registry.relay, "alice", "bob", "offer", {})
+        self.assertCode(codes.NO_SHARED_ROOM, self.registry.relay, "bob", "alice", "answer", {})
+        self.registry.join("bob", "one", self.now())
+        self.registry.relay("alice", "bob", "offer", {})
+        self.registry.leave("bob", "one", self.now())
+        self.assertCode(
+            codes.NO_SHARED_ROOM, self.registry.relay, "alice", "bob", "ice-candidate", None
+        )
+        self.assertEqual([e[0] for e in bob.take()], ["relayed"])  # bob joined second
+        self.assertEqual(self.registry.stats()["relayed"]["offer"], 1)
+        alice.take()
+
+    def test_open_relay(self) -> None:
+        """With open_relay any two registered peers relay to each other, as before rooms."""
+        self.registry = RoomRegistry(Limits(open_relay=True))
+        self.add("alice")
+        bob = self.add("bob")
+        self.registry.relay("alice", "bob", "offer", {"x": 1})
+        self.assertEqual(bob.take(), [("relayed", "offer", "alice", {"x": 1})])
 
     def test_relay_to_unknown(self) -> None:
         """A relay to a peer that is not connected gets peer-not-found."""

@@ -263,6 +263,14 @@ class SessionTests(SynchronousTestCase):
         recorder.take()
         return session, recorder
 
+    def in_room(self, *pairs: tuple[SignalingSession, Recorder], room: str = "swarm") -> None:
+        """Put registered sessions in one room (relays need a shared room); forget the
+        replies and peer-joined messages that causes."""
+        for session, _ in pairs:
+            self.send(session, {"type": "join-room", "roomId": room})
+        for _, recorder in pairs:
+            recorder.take()
+
     def test_provides_interface(self) -> None:
         """A session is what the room model talks to."""
         self.assertTrue(verifyObject(ISignalingClient, self.session()[0]))
@@ -342,7 +350,7 @@ class SessionTests(SynchronousTestCase):
     def test_spoofed_from(self) -> None:
         """A message naming another sender in from (or peerId) is refused with spoofed-from."""
         session, recorder = self.registered("alice")
-        self.registered("bob")
+        self.in_room((session, recorder), self.registered("bob"))
         for message in [
             {"type": "offer", "to": "bob", "offer": {}, "from": "mallory", "id": 1},
             {"type": "join-room", "roomId": "r", "peerId": "mallory", "id": 2},
@@ -360,6 +368,7 @@ class SessionTests(SynchronousTestCase):
         """Relays reach the target with from stamped by the server; an id asks for an ack."""
         alice, alice_rec = self.registered("alice")
         bob, bob_rec = self.registered("bob")
+        self.in_room((alice, alice_rec), (bob, bob_rec))
         self.send(alice, {"type": "offer", "to": "bob", "offer": {"sdp": "x"}})
         self.send(alice, {"type": "ice-candidate", "to": "bob", "candidate": {"c": 1}, "id": 5})
         self.assertEqual(
@@ -759,15 +768,16 @@ class ServiceTests(SynchronousTestCase):
         """stats() has peers, rooms, connections, relays by type and errors by code."""
         client, _, pump = self.connect()
         client.send_json({"type": "register", "peerId": "a"})
+        client.send_json({"type": "join-room", "roomId": "r"})
         client.send_json({"type": "offer", "to": "a", "offer": {}})
         client.send_json({"type": "offer", "to": "zz", "offer": {}})
         client.send_raw(b"nope")
         pump.flush()
         stats = self.service.stats()
-        self.assertEqual((stats["peers"], stats["rooms"], stats["connections"]), (1, 0, 1))
+        self.assertEqual((stats["peers"], stats["rooms"], stats["connections"]), (1, 1, 1))
         self.assertEqual(stats["relayed"]["offer"], 1)
         self.assertEqual(stats["errors"], {m.PEER_NOT_FOUND: 1, m.INVALID_JSON: 1})
-        self.assertEqual(stats["messages"], {"register": 1, "offer": 2})
+        self.assertEqual(stats["messages"], {"register": 1, "join-room": 1, "offer": 2})
 
     def test_stop_closes_connections(self) -> None:
         """Stopping the service says going-away (1001) to every client."""

@@ -37,6 +37,7 @@ from holepunch.daemon.status import DaemonStatus
 from holepunch.daemon.tap import DaemonService, Options, level_filter, makeService
 from holepunch.interfaces import IStatusProvider
 from holepunch.nat.model import Behavior, NatInfo, NatType
+from holepunch.signaling import auth
 from holepunch.stun.client import listen_stun
 from holepunch.stun.wire import Address
 from lab.natlab import TWISTD
@@ -485,14 +486,56 @@ class DaemonServiceTests(TestCase):
 
     timeout = 30
 
-    async def get(self, url: str) -> tuple[int, bytes]:
+    async def get(self, url: str, token: str | None = None) -> tuple[int, bytes]:
         from twisted.web.client import Agent, readBody
+        from twisted.web.http_headers import Headers
 
-        response = await Agent(reactor).request(b"GET", url.encode())
+        headers = Headers({b"authorization": [f"Bearer {token}".encode()]} if token else {})
+        response = await Agent(reactor).request(b"GET", url.encode(), headers)
         return response.code, await readBody(response)
 
+    async def start_daemon(self, *args: str) -> tuple[Any, int]:
+        """The daemon (signaling on 127.0.0.1, no STUN) with ``args``; its signaling port."""
+        options = Options(environ={})
+        options.parseOptions(["--signaling=tcp:0:interface=127.0.0.1", "--no-stun", *args])
+        top = makeService(options, reactor)
+        top.startService()
+        self.addCleanup(top.stopService)
+        status: DaemonStatus = top.status  # type: ignore[attr-defined]
+        assert status.signaling is not None
+        port = (await status.signaling.when_listening()).getHost().port  # type: ignore[attr-defined]
+        return top, port
+
+    async def test_status_pages_need_a_token_when_auth_is_on(self) -> None:
+        """With --auth-secret and no --http, /p2p/stats, /p2p/nat and /metrics on the
+        public port answer 401 without a valid token and 200 with one; /p2p/health
+        stays open for load balancers."""
+        _, port = await self.start_daemon("--auth-secret=s3cret")
+        base = f"http://127.0.0.1:{port}"
+        good = auth.mint_token("s3cret", "monitor", 60, reactor.seconds())
+        forged = auth.mint_token("other", "monitor", 60, reactor.seconds())
+        for path in ("/p2p/stats", "/p2p/nat", "/metrics"):
+            for token in (None, forged):
+                code, _ = await self.get(base + path, token)
+                self.assertEqual(code, 401, (path, token))
+            code, body = await self.get(base + path, good)
+            self.assertEqual(code, 200, path)
+        code, _ = await self.get(f"{base}/p2p/stats?token={good}")
+        self.assertEqual(code, 200)
+        code, body = await self.get(base + "/p2p/health")
+        self.assertEqual((code, json.loads(body)["status"]), (200, "healthy"))
+
+    async def test_status_pages_public_without_auth(self) -> None:
+        """Without auth and without --http, the pages stay public on the signaling port
+        (local use, as the README runs it)."""
+        _, port = await self.start_daemon()
+        for path in ("/p2p/health", "/p2p/stats", "/p2p/nat", "/metrics"):
+            code, _ = await self.get(f"http://127.0.0.1:{port}{path}")
+            self.assertEqual(code, 200, path)
+
     async def test_daemon_pages(self) -> None:
-        """Health, stats, NAT and metrics answer on the signaling port and on --http."""
+        """Health, stats, NAT and metrics answer on --http; the signaling port then keeps
+        /p2p/health only."""
         stun_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
         options = Options(environ={})
         options.parseOptions(
@@ -517,11 +560,16 @@ class DaemonServiceTests(TestCase):
         client = listen_stun(reactor, "127.0.0.1")
         self.addCleanup(client.close)
         await client.binding(Address("127.0.0.1", stun_port))
+        for path in ("/p2p/stats", "/p2p/nat", "/metrics"):
+            code, _ = await self.get(f"http://127.0.0.1:{port}{path}")
+            self.assertEqual(code, 404, path)
         for base in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{http_port}"):
             code, body = await self.get(base + "/p2p/health")
             health = json.loads(body)
             self.assertEqual((code, health["status"]), (200, "healthy"))
             self.assertEqual(health["services"], {"signaling": "up", "stun": "up"})
+            if base.endswith(str(port)):
+                continue
             code, body = await self.get(base + "/p2p/stats")
             stats = json.loads(body)
             self.assertEqual(stats["stun"]["requests"], 1)
