@@ -144,6 +144,38 @@ class SharedRoomTests(TwoNodesTestCase):
         peers = await alice.request({"type": "get-room-peers", "roomId": "r", "id": 7})
         self.assertEqual(peers["peers"], [])
 
+    async def test_rooms_gate_the_direct_paths(self) -> None:
+        """Relays between peers of one node go straight to the peer, and relays to a
+        node learnt from the relay script go straight to that node; both only while the
+        two share a room: none shared gives no-shared-room, on one node and across; a
+        sender that leaves the room is refused at once (its routes are forgotten)."""
+        url1, url2 = await self.start_nodes()
+        alice, _ = await self.peer(url1, "alice")
+        carol, _ = await self.peer(url1, "carol")  # alice's node
+        bob, _ = await self.peer(url2, "bob")
+        for to in ("carol", "bob"):
+            error = await alice.request({"type": "offer", "to": to, "offer": {}, "id": to})
+            self.assertEqual((error["type"], error["code"]), ("error", m.NO_SHARED_ROOM))
+        for i, proto in enumerate((alice, carol, bob)):
+            await proto.request({"type": "join-room", "roomId": "r", "id": f"j{i}"})
+        for proto in (alice, alice, carol):  # carol's and bob's arrival; bob's
+            self.assertEqual((await proto.next())["type"], "peer-joined")
+        node1 = self.registry(self.services[0])
+        sent_before = node1.relayed["offer"]
+        for n in range(3):  # the first to bob teaches the route, the next go straight
+            for to, proto in (("carol", carol), ("bob", bob)):
+                ack = await alice.request({"type": "offer", "to": to, "offer": {"n": n}, "id": n})
+                self.assertEqual(ack["type"], "ack", ack)
+                message = await proto.next()
+                self.assertEqual(message, {"type": "offer", "from": "alice", "offer": {"n": n}})
+        self.assertEqual(node1.relayed["offer"] - sent_before, 6)
+        self.assertIn("bob", node1.local_peer("alice").routes)  # type: ignore[union-attr]
+        left = await alice.request({"type": "leave-room", "roomId": "r", "id": "l"})
+        self.assertEqual(left["type"], "room-left")
+        for to in ("carol", "bob"):
+            error = await alice.request({"type": "offer", "to": to, "offer": {}, "id": to})
+            self.assertEqual((error["type"], error["code"]), ("error", m.NO_SHARED_ROOM))
+
     async def test_errors_as_on_one_node(self) -> None:
         """peer-not-found, peer-id-taken across nodes, not-in-room, room-full and
         too-many-rooms (limits counted across nodes), not-registered."""
