@@ -50,14 +50,23 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NODE_DIR = HERE / "signaling"
-TARGETS = ("holepunch", "bare", "peerjs", "echo")
+TARGETS = ("holepunch", "holepunch-2w", "holepunch-2n", "bare", "peerjs", "echo")
 TITLES = {
     "holepunch": "holepunch",
+    "holepunch-2w": "holepunch --workers 2",
+    "holepunch-2n": "holepunch, 2 nodes+Redis",
     "bare": "bare Autobahn relay",
     "peerjs": "PeerJS (peer 1.0.2)",
     "echo": "null echo (ceiling)",
 }
-DIALECT = {"holepunch": "holepunch", "bare": "holepunch", "peerjs": "peerjs", "echo": "echo"}
+DIALECT = {
+    "holepunch": "holepunch",
+    "holepunch-2w": "holepunch",
+    "holepunch-2n": "holepunch",
+    "bare": "holepunch",
+    "peerjs": "peerjs",
+    "echo": "echo",
+}
 START_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -91,21 +100,29 @@ def free_port() -> int:
         return port
 
 
+def holepunch_argv(port: int, log: Path, *extra: str) -> list[str]:
+    """``twistd holepunch`` on 127.0.0.1:``port`` (see :data:`HOLEPUNCH_LIMITS`)."""
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--nodaemon",
+        "--pidfile=",
+        f"--logfile={log}",
+        "holepunch",
+        "--no-stun",
+        f"--signaling=tcp:{port}:interface=127.0.0.1:backlog=1024",
+        *HOLEPUNCH_LIMITS,
+        *extra,
+    ]
+
+
 def server_argv(target: str, port: int, log_dir: Path) -> list[str]:
     """The command that runs ``target``; 0 lets a server that prints its port choose."""
     if target == "holepunch":
-        return [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "--nodaemon",
-            "--pidfile=",
-            f"--logfile={log_dir / 'twistd-holepunch.log'}",
-            "holepunch",
-            "--no-stun",
-            f"--signaling=tcp:{port}:interface=127.0.0.1:backlog=1024",
-            *HOLEPUNCH_LIMITS,
-        ]
+        return holepunch_argv(port, log_dir / "twistd-holepunch.log")
+    if target == "holepunch-2w":
+        return holepunch_argv(port, log_dir / "twistd-holepunch-2w.log", "--workers=2")
     if target == "bare":
         return [sys.executable, str(NODE_DIR / "bare_relay.py"), str(port)]
     if target == "peerjs":
@@ -191,16 +208,47 @@ class Processes:
             self.stop(proc)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, user + system CPU seconds), from /proc."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return table
 
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+def tree(pids: Sequence[int]) -> list[int]:
+    """``pids`` and all their descendants (workers, a private redis-server)."""
+    table = _processes()
+    found, queue = set(pids), list(pids)
+    while queue:
+        parent = queue.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                queue.append(pid)
+    return sorted(found)
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of ``pids`` and their descendants, from /proc."""
+    table = _processes()
+    return sum(table[p][1] for p in tree(pids) if p in table)
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of ``pids`` and their descendants."""
+    total = 0
+    for pid in tree(pids):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE
+    return total
 
 
 def wait_for_port(proc: subprocess.Popen[bytes], port: int, deadline: float) -> None:
@@ -215,11 +263,28 @@ def wait_for_port(proc: subprocess.Popen[bytes], port: int, deadline: float) -> 
     raise BenchmarkError(f"the server exited at startup (status {proc.returncode})")
 
 
+def wait_for_workers(port: int, count: int, deadline: float) -> None:
+    """Wait until the daemon's ``/p2p/stats`` counts ``count`` workers reporting."""
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/p2p/stats", timeout=2) as r:
+                if json.load(r)["workers"]["reporting"] >= count:
+                    return
+        time.sleep(0.2)
+    raise TimeoutError
+
+
 @contextlib.contextmanager
-def running_server(processes: Processes, target: str) -> Iterator[tuple[int, int]]:
-    """Start ``target``; yield its (pid, port); stop it afterwards."""
+def running_server(processes: Processes, target: str) -> Iterator[tuple[list[int], str]]:
+    """Start ``target``; yield its process ids and its ws:// URL(s); stop it afterwards."""
+    if target == "holepunch-2n":
+        with two_nodes(processes) as running:
+            yield running
+        return
     # twistd cannot say which port it got, so it is given one; the others print theirs.
-    port = free_port() if target == "holepunch" else 0
+    port = free_port() if target.startswith("holepunch") else 0
     proc = processes.start(server_argv(target, port, processes.log_dir), f"server-{target}")
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -230,13 +295,46 @@ def running_server(processes: Processes, target: str) -> Iterator[tuple[int, int
             if line is None:
                 raise BenchmarkError(f"{target} server exited at startup (see its log)")
             port = int(json.loads(line)["port"])
-        yield proc.pid, port
+        if target == "holepunch-2w":
+            wait_for_workers(port, 2, deadline)
+        yield [proc.pid], f"ws://127.0.0.1:{port}/"
         if proc.poll() is not None:
             raise BenchmarkError(f"{target} server died during the run (see its log)")
     except TimeoutError:
         raise BenchmarkError(f"{target} server did not start in {START_TIMEOUT:g} s") from None
     finally:
         processes.stop(proc)
+
+
+@contextlib.contextmanager
+def two_nodes(processes: Processes) -> Iterator[tuple[list[int], str]]:
+    """A redis-server and two ``twistd holepunch --redis`` daemons on it."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise BenchmarkError("holepunch-2n needs redis-server (Debian package redis-server)")
+    redis_port, ports = free_port(), [free_port(), free_port()]
+    argv = [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1"]
+    redis = processes.start([*argv, "--save", "", "--appendonly", "no"], "redis")
+    nodes = []
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        wait_for_port(redis, redis_port, deadline)
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        for i, port in enumerate(ports):
+            log = processes.log_dir / f"twistd-node{i + 1}.log"
+            nodes.append(
+                processes.start(holepunch_argv(port, log, f"--redis={url}"), f"node{i + 1}")
+            )
+            wait_for_port(nodes[-1], port, deadline)
+        yield (
+            [redis.pid, *(n.pid for n in nodes)],
+            ",".join(f"ws://127.0.0.1:{p}/" for p in ports),
+        )
+    except TimeoutError:
+        raise BenchmarkError(f"the two nodes did not start in {START_TIMEOUT:g} s") from None
+    finally:
+        for proc in (*nodes, redis):
+            processes.stop(proc)
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -252,12 +350,12 @@ class Options:
     idle_connections: int
     payload_bytes: int
 
-    def generator_args(self, target: str, port: int, mode: str) -> list[str]:
+    def generator_args(self, target: str, url: str, mode: str) -> list[str]:
         return [
             "node",
             str(NODE_DIR / "loadgen.mjs"),
             "--url",
-            f"ws://127.0.0.1:{port}/",
+            url,
             "--protocol",
             DIALECT[target],
             "--mode",
@@ -294,8 +392,8 @@ class TargetResult:
 def measure_relay(
     processes: Processes, target: str, options: Options, result: TargetResult
 ) -> None:
-    with running_server(processes, target) as (pid, port):
-        generator = processes.start(options.generator_args(target, port, "relay"), "loadgen")
+    with running_server(processes, target) as (pids, url):
+        generator = processes.start(options.generator_args(target, url, "relay"), "loadgen")
         reader = LineReader(generator)
         deadline = time.monotonic() + options.relay_deadline()
         cpu_start = wall_start = 0.0
@@ -304,10 +402,10 @@ def measure_relay(
             while (line := reader.line(deadline)) is not None:
                 event = json.loads(line)
                 if event["event"] == "window-start":
-                    cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
+                    cpu_start, wall_start = cpu_seconds(pids), time.monotonic()
                 elif event["event"] == "window-end":
                     elapsed = time.monotonic() - wall_start
-                    result.full_load["serverCpu"] = (cpu_seconds(pid) - cpu_start) / elapsed
+                    result.full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
                 elif event["event"] == "result":
                     final = event
         except TimeoutError:
@@ -330,11 +428,11 @@ def measure_relay(
 
 
 def measure_idle(processes: Processes, target: str, options: Options, result: TargetResult) -> None:
-    with running_server(processes, target) as (pid, port):
+    with running_server(processes, target) as (pids, url):
         time.sleep(1.0)
-        before = rss_bytes(pid)
+        before = rss_bytes(pids)
         generator = processes.start(
-            options.generator_args(target, port, "idle"), "loadgen", stdin=True
+            options.generator_args(target, url, "idle"), "loadgen", stdin=True
         )
         reader = LineReader(generator)
         deadline = time.monotonic() + 180.0
@@ -346,7 +444,7 @@ def measure_idle(processes: Processes, target: str, options: Options, result: Ta
             if ready.get("event") != "ready":
                 raise BenchmarkError(f"idle generator against {target}: {ready}")
             time.sleep(2.0)  # let the last handshakes settle
-            after = rss_bytes(pid)
+            after = rss_bytes(pids)
             assert generator.stdin is not None
             generator.stdin.write(b"close\n")
             generator.stdin.flush()

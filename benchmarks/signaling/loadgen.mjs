@@ -61,9 +61,19 @@ let lastError = null;
 
 // --- dialects -----------------------------------------------------------------------------
 
+// --url may name several servers (comma-separated). Pair k's first connection goes to
+// server k mod n and its second to the same one for half the pairs, to the next one for
+// the other half: with two servers, half the pairs are split across them, as random
+// placement by a load balancer splits them.
+const urls = opts.url.split(",");
+const serverOf = (index) => {
+  const pair = index >> 1;
+  const shift = index & 1 ? (pair >> 1) & 1 : 0;
+  return urls[(pair + shift) % urls.length];
+};
 const dialects = {
   holepunch: {
-    url: (id) => opts.url,
+    url: (id, base) => base,
     // Returns true once the connection is registered.
     handshake(conn, m) {
       if (m.type === "welcome") {
@@ -79,7 +89,7 @@ const dialects = {
     sentAt: (m) => (m.type === "offer" ? m.offer.t : undefined),
   },
   peerjs: {
-    url: (id) => `${opts.url}peerjs?key=peerjs&id=${id}&token=t${id}`,
+    url: (id, base) => `${base}peerjs?key=peerjs&id=${id}&token=t${id}`,
     handshake(conn, m) {
       if (m.type === "OPEN") return true;
       throw new Error(`unexpected ${JSON.stringify(m).slice(0, 200)}`);
@@ -90,7 +100,7 @@ const dialects = {
     sentAt: (m) => (m.type === "OFFER" ? m.payload.t : undefined),
   },
   echo: {
-    url: (id) => opts.url,
+    url: (id, base) => base,
     handshake: () => true,
     prefix: (to) => `{"type":"offer","to":${JSON.stringify(to)},"offer":{"type":"offer","sdp":"${pad}","t":`,
     suffix: "}}",
@@ -110,7 +120,10 @@ let onDelivery = () => {};
 function open(index, id) {
   return new Promise((resolve, reject) => {
     const localAddress = `127.0.0.${1 + (index % opts["local-addresses"])}`;
-    const ws = new WebSocket(dialect.url(id), { perMessageDeflate: false, localAddress });
+    const ws = new WebSocket(dialect.url(id, serverOf(index)), {
+      perMessageDeflate: false,
+      localAddress,
+    });
     const conn = { index, id, ws, ready: false, outstanding: 0, partner: null, prefix: "" };
     ws.on("message", (data) => {
       if (conn.ready) {
