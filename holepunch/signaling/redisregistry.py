@@ -588,7 +588,7 @@ class RedisRoomRegistry(Service):
 
     def relay(
         self, from_peer: str, to_peer: str, kind: str, payload: JSONObject | None
-    ) -> defer.Deferred[None]:
+    ) -> defer.Deferred[None] | None:
         """Deliver the message to ``to_peer``: at once when it is on this node; else on
         the channel of its node, straight there (batched per reactor turn) when that node
         is known from the last :data:`ROUTE_TTL` seconds, through the relay script
@@ -606,13 +606,13 @@ class RedisRoomRegistry(Service):
             except SignalingError:
                 return defer.fail()  # peer-too-slow
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
-            return defer.succeed(None)
+            return None  # done now: no Deferred to build and fire
         now = self.clock.seconds()
         node = self._route(peer, to_peer, now)
         if node is not None:
             self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
-            return defer.succeed(None)
+            return None
         open_relay = "1" if self.limits.open_relay else "0"
         d = self._eval(
             rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload), open_relay

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
+import orjson
+
 from holepunch.signaling import messages as codes
 from holepunch.signaling.messages import JSONObject, PeerEntry
 
@@ -114,8 +116,12 @@ def encode_json(value: JSONObject | None) -> str:
 
 
 def decode_json(text: str) -> Any:
-    """The inverse of :func:`encode_json`."""
-    return json.loads(text)
+    """The inverse of :func:`encode_json` (orjson; the standard library for what orjson
+    refuses, such as integers beyond 64 bits, which :func:`encode_json` lets through)."""
+    try:
+        return orjson.loads(text)
+    except ValueError:
+        return json.loads(text)
 
 
 # -- keys ------------------------------------------------------------------------------
