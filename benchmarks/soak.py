@@ -193,8 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="holepunch-soak-") as logs:
         processes = Processes(Path(logs))
         try:
-            with running_server(processes, "holepunch") as (pid, port):
-                soak = Soak(reactor, port, pid, options)
+            with running_server(processes, "holepunch") as (pids, url):
+                port = int(url.rsplit(":", 1)[1].strip("/"))
+                soak = Soak(reactor, port, pids[0], options)
                 outcome: list[Any] = []
 
                 def done(result: object) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import txaio
 from autobahn.exception import Disconnected, PayloadExceededError
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -53,6 +54,7 @@ from zope.interface import implementer
 
 from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
+from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBucket
 from holepunch.reuseport import ReusePortEndpoint
 from holepunch.signaling import auth
@@ -661,6 +663,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
     _forwarded: str | None = None
     _host_header: str | None = None
     _finished = False
+    _refused = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         factory = self.factory
@@ -744,6 +747,29 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         in_use.add(token)
         self._token = token
         return True
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        """Autobahn's, without its two log lines per refusal (an ``info`` here and a
+        ``warn`` in ``dropConnection``): refusals are counted and summarised
+        (:meth:`SignalingServerFactory.handshake_refused`)."""
+        self.wasNotCleanReason = reason
+        self.factory.handshake_refused(code, reason)
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        self._refused = True
+        self.dropConnection(abort=False)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if not self._refused or self.state == self.STATE_CLOSED:
+            super().dropConnection(abort)
+            return
+        # Autobahn's dropConnection for an open connection, without its warning.
+        self.unregisterProducer()
+        self.droppedByMe = True
+        self.state = self.STATE_CLOSED
+        txaio.resolve(self.is_closed, self)  # type: ignore[attr-defined]
+        self._closeConnection(abort)
 
     def _ice_servers(self) -> list[JSONObject]:
         hints = self.factory.config.ice_servers
@@ -841,6 +867,8 @@ class SignalingServerFactory(WebSocketServerFactory):
         self.registry = registry
         self.clock = clock
         self.stats = ServerStats()
+        self.refusals = RefusalSummary()
+        """Refused handshakes, logged as one summary line a minute at most."""
         self.accepted = 0
         self.per_address: Counter[str] = Counter()
         self.protocols: set[SignalingServerProtocol] = set()
@@ -863,8 +891,22 @@ class SignalingServerFactory(WebSocketServerFactory):
             utf8validateIncoming=False,
         )
 
+    def handshake_refused(self, code: int, reason: str) -> None:
+        """Count a refused WebSocket handshake for the log summary (anyone on the
+        internet can make these: a line each would let them fill the log)."""
+        summary = self.refusals.note(str(code), self.clock.seconds(), reason)
+        if summary is not None:
+            _log_refusals(summary)
+
+    def log_refusals(self, now: float) -> None:
+        """Write the summary of refusals not yet logged, if any (on the sweep timer)."""
+        summary = self.refusals.take(now)
+        if summary is not None:
+            _log_refusals(summary)
+
     def sweep(self, now: float) -> None:
         """Evict idle peers; close connections that never registered within the timeout."""
+        self.log_refusals(now)
         d: defer.Deferred[Any] = defer.maybeDeferred(self.registry.sweep, now)
         d.addCallback(_log_evicted)
         d.addErrback(lambda f: _log.failure("sweeping idle signaling peers failed", f))
@@ -885,6 +927,17 @@ class SignalingServerFactory(WebSocketServerFactory):
             if proto.session is not None:
                 proto.session.close(code, reason)
         return waiting
+
+
+def _log_refusals(summary: Summary) -> None:
+    _log.info(
+        "refused {total} WebSocket handshakes in {seconds:.0f}s ({counts}); last: {detail}",
+        total=summary.total,
+        seconds=summary.seconds,
+        counts=summary.describe(),
+        detail=summary.last_detail,
+        refusals=summary.counts,
+    )
 
 
 def _log_evicted(evicted: list[str]) -> None:
@@ -1059,6 +1112,7 @@ class SignalingService(MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop listening, tell every client we are going away (1001), wait for them."""
+        self.factory.log_refusals(self.clock.seconds())
         closing = self.factory.close_all(msg.CLOSE_GOING_AWAY, "server shutting down")
         result = super().stopService()
         stopped = result if isinstance(result, defer.Deferred) else defer.succeed(None)

@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from holepunch.daemon.metrics import Metrics
@@ -217,6 +218,34 @@ class TokenTests(HardeningTestCase):
         await first.lost
         again = await self.raw(url + f"?token={token}")
         await self.register_raw(again, "alice")
+
+
+    async def test_refused_handshakes_are_summarised(self) -> None:
+        """Finding 7: twenty refused handshakes (no token) log one line at once and one
+        summary later, not two lines each; each still gets its 401."""
+        service, url = await self.server(auth_secret="k")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        headers = {
+            "Upgrade": ["websocket"],
+            "Connection": ["Upgrade"],
+            "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
+            "Sec-WebSocket-Version": ["13"],
+        }
+        for _ in range(20):
+            code, _body, _ = await self.http_get(url.replace("ws:", "http:"), headers)
+            self.assertEqual(code, 401)
+        service.factory.log_refusals(reactor.seconds())  # the sweep timer's call
+        lines = [
+            e
+            for e in events
+            if e.get("log_namespace", "").startswith(("autobahn", "holepunch.signaling"))
+            and e.get("log_level") is not None
+            and e["log_level"] >= LogLevel.info
+        ]
+        self.assertEqual(len(lines), 2, [formatEvent(e) for e in lines])
+        self.assertEqual([e["refusals"] for e in lines], [{"401": 1}, {"401": 19}])
 
 
 class HttpGuardTests(HardeningTestCase):
