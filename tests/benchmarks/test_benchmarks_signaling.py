@@ -54,3 +54,27 @@ class SignalingLoadSmokeTests(TestCase):
             self.assertGreater(ours["paced"]["p99Ms"], 0, target)
             self.assertEqual(ours["idle"]["connections"], 100, target)
             self.assertEqual(ours["idle"]["failed"], 0, target)
+
+
+class SoakSmokeTests(TestCase):
+    """The soak script runs end to end with tiny numbers and reports its rows."""
+
+    timeout = 90
+
+    def test_tiny_soak(self) -> None:
+        argv = [
+            sys.executable,
+            str(ROOT / "benchmarks" / "soak.py"),
+            "--connections=20",
+            "--duration=3",
+            "--interval=1",
+            "--rate=50",
+            "--json",
+        ]
+        proc = subprocess.run(argv, capture_output=True, timeout=80, check=False, cwd=ROOT)
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
+        rows = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        self.assertGreaterEqual(len(rows), 2)
+        self.assertGreater(sum(row["offers"] for row in rows), 0)
+        self.assertTrue(all(row["errors"] == 0 and row["closed"] == 0 for row in rows), rows)
+        self.assertTrue(all(row["rss_mib"] > 0 for row in rows))
