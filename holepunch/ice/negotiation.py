@@ -446,8 +446,9 @@ class Negotiator:
     def connect_when_present(self, peer_id: str, timeout: float) -> defer.Deferred[PeerConnection]:
         """Like :meth:`connect`, but wait (up to ``timeout``) for ``peer_id`` to register.
 
-        Offers are retried every half second while the server says ``peer-not-found``;
-        then it fails with :class:`NegotiationError` at stage ``peer``.
+        Offers are retried every half second while the server says ``peer-not-found``
+        or ``no-shared-room`` (the peer registered but has not joined the room the two
+        meet in yet); then it fails with :class:`NegotiationError` at stage ``peer``.
         """
         return defer.ensureDeferred(self._connect_when_present(peer_id, timeout, quic=False))
 
@@ -462,11 +463,16 @@ class Negotiator:
                 return await self._connect(peer_id, quic)
             except NegotiationError as e:
                 cause = e.__cause__
-                absent = isinstance(cause, SignalingRequestError) and cause.code == "peer-not-found"
+                absent = isinstance(cause, SignalingRequestError) and cause.code in (
+                    "peer-not-found",
+                    "no-shared-room",
+                )
                 if not absent:
                     raise
                 if self.reactor.seconds() + 0.5 > deadline:
-                    raise NegotiationError("peer", f"{peer_id} did not come online") from e
+                    raise NegotiationError(
+                        "peer", f"{peer_id} did not come online (or into a shared room)"
+                    ) from e
             d: defer.Deferred[None] = defer.Deferred()
             self.reactor.callLater(0.5, d.callback, None)
             await d
