@@ -372,18 +372,7 @@ class DaemonTests(TestCase):
     async def test_two_daemons(self) -> None:
         """Two ``twistd holepunch --redis`` daemons: a peer on each, relayed across."""
         redis_url = await start_redis(self, reactor)
-        urls = []
-        for _ in range(2):
-            port = free_tcp_port()
-            argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
-                    f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
-            env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
-            env["PYTHONPATH"] = ROOT
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
-            self.addCleanup(self.stop, proc)
-            await threads.deferToThread(self.wait_for_line, proc, b"Site starting on")
-            urls.append(f"ws://127.0.0.1:{port}/")
+        urls = [(await self.start_daemon(redis_url))[0] for _ in range(2)]
         alice, _ = await register_peer(self, urls[0], "alice")
         bob, _ = await register_peer(self, urls[1], "bob")
         await bob.request({"type": "join-room", "roomId": "r", "id": 0})
@@ -404,20 +393,8 @@ class DaemonTests(TestCase):
         its clients are back on the second within seconds, same ids (their reconnect
         tokens) and rooms; the second's client notices nothing and still gets offers."""
         redis_url = await start_redis(self, reactor)
-        urls, procs = [], []
-        for _ in range(2):
-            port = free_tcp_port()
-            argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
-                    f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
-            env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
-            env["PYTHONPATH"] = ROOT
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
-            self.addCleanup(self.stop, proc)
-            await threads.deferToThread(self.wait_for_line, proc, b"Site starting on")
-            threads.deferToThread(proc.stdout.read)  # type: ignore[union-attr]
-            urls.append(f"ws://127.0.0.1:{port}/")
-            procs.append(proc)
+        started = [await self.start_daemon(redis_url) for _ in range(2)]
+        urls, procs = [url for url, _ in started], [proc for _, proc in started]
         clients = []
         for name, order in (("a1", urls), ("a2", urls), ("b", urls[::-1])):
             client = SignalingClient(order, name, reactor=reactor, retry_initial=0.2)
@@ -445,6 +422,21 @@ class DaemonTests(TestCase):
             await sender.send_offer(receiver.peer_id, {"from": sender.peer_id})
             self.assertEqual((await got)["from"], sender.peer_id)
         print(f"clients of the killed node back on the other in {took:.2f}s")
+
+    async def start_daemon(self, redis_url: str) -> tuple[str, subprocess.Popen[bytes]]:
+        """``twistd holepunch --no-stun --redis URL`` on a free port, once it listens
+        (its output drained from then on); its ws:// URL and process."""
+        port = free_tcp_port()
+        argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
+                f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+        env["PYTHONPATH"] = ROOT
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        self.addCleanup(self.stop, proc)
+        await threads.deferToThread(self.wait_for_line, proc, b"Site starting on")
+        threads.deferToThread(proc.stdout.read)  # type: ignore[union-attr]
+        return f"ws://127.0.0.1:{port}/", proc
 
     def wait_for_line(self, proc: subprocess.Popen[bytes], marker: bytes) -> None:
         assert proc.stdout is not None
