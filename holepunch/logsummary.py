@@ -13,6 +13,7 @@ last interval's counts are not lost when the refusals stop.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -40,11 +41,15 @@ class RefusalSummary:
     """Counts refusals by reason; a summary is due at most once per ``interval`` seconds.
 
     The first refusal after a quiet spell is due at once (an operator sees an attack
-    start), later ones wait for the interval to pass.
+    start), later ones wait for the interval to pass. With ``write``, :meth:`record`
+    and :meth:`flush` hand each due summary to it (the caller's log line).
     """
 
-    def __init__(self, interval: float = 60.0) -> None:
+    def __init__(
+        self, interval: float = 60.0, write: Callable[[Summary], None] | None = None
+    ) -> None:
         self.interval = interval
+        self.write = write
         self._counts: Counter[str] = Counter()
         self._started: float | None = None
         self._last_summary: float | None = None
@@ -61,6 +66,18 @@ class RefusalSummary:
         if self._last_summary is None or now - self._last_summary >= self.interval:
             return self.take(now)
         return None
+
+    def record(self, reason: str, now: float, detail: str = "") -> None:
+        """:meth:`note`, writing the summary if one is due."""
+        summary = self.note(reason, now, detail)
+        if summary is not None and self.write is not None:
+            self.write(summary)
+
+    def flush(self, now: float) -> None:
+        """:meth:`take`, writing the summary if there is one (on a timer, at stop)."""
+        summary = self.take(now)
+        if summary is not None and self.write is not None:
+            self.write(summary)
 
     def take(self, now: float) -> Summary | None:
         """The summary of what was counted since the last one (None if nothing was)."""

@@ -867,7 +867,7 @@ class SignalingServerFactory(WebSocketServerFactory):
         self.registry = registry
         self.clock = clock
         self.stats = ServerStats()
-        self.refusals = RefusalSummary()
+        self.refusals = RefusalSummary(write=_log_refusals)
         """Refused handshakes, logged as one summary line a minute at most."""
         self.accepted = 0
         self.per_address: Counter[str] = Counter()
@@ -894,15 +894,11 @@ class SignalingServerFactory(WebSocketServerFactory):
     def handshake_refused(self, code: int, reason: str) -> None:
         """Count a refused WebSocket handshake for the log summary (anyone on the
         internet can make these: a line each would let them fill the log)."""
-        summary = self.refusals.note(str(code), self.clock.seconds(), reason)
-        if summary is not None:
-            _log_refusals(summary)
+        self.refusals.record(str(code), self.clock.seconds(), reason)
 
     def log_refusals(self, now: float) -> None:
         """Write the summary of refusals not yet logged, if any (on the sweep timer)."""
-        summary = self.refusals.take(now)
-        if summary is not None:
-            _log_refusals(summary)
+        self.refusals.flush(now)
 
     def sweep(self, now: float) -> None:
         """Evict idle peers; close connections that never registered within the timeout."""

@@ -172,19 +172,15 @@ class StunResponder:
         self.stats = StunServerStats()
         self._buckets = TokenBuckets(rate, burst)
         self.log_interval = log_interval
-        self._refusals = RefusalSummary(log_interval)
+        self._refusals = RefusalSummary(log_interval, _log_summary)
 
     def refused(self, reason: str, now: float, detail: str = "") -> None:
         """Note one refusal (already counted in :attr:`stats`) for the log summary."""
-        summary = self._refusals.note(reason, now, detail)
-        if summary is not None:
-            _log_summary(summary)
+        self._refusals.record(reason, now, detail)
 
     def log_refusals(self, now: float) -> None:
         """Write the summary of refusals not yet logged, if any (on a timer, at stop)."""
-        summary = self._refusals.take(now)
-        if summary is not None:
-            _log_summary(summary)
+        self._refusals.flush(now)
 
     @property
     def rfc5780(self) -> bool:
