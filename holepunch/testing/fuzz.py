@@ -549,7 +549,9 @@ class RoundTripError(AssertionError):
     """A parsed value did not survive re-encoding: a bug, reported like a crash."""
 
 
-def _getters(msg: StunMessage) -> list[Callable[[], object]]:
+def stun_getters(msg: StunMessage) -> list[Callable[[], object]]:
+    """A call of every typed getter of ``msg`` (each attribute type it decodes, and the
+    checks), for callers that want only :class:`StunDecodeError` out of any of them."""
     return [
         *[lambda t=t: msg.get_address(t) for t in _ADDRESS_TYPES],
         *[lambda t=t: msg.get_string(t) for t in _STRING_TYPES],
@@ -591,7 +593,7 @@ class StunTarget:
             msg = decode(data)
         except StunDecodeError:
             return
-        for getter in _getters(msg):
+        for getter in stun_getters(msg):
             try:
                 getter()
             except StunDecodeError:

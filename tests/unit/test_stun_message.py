@@ -41,6 +41,7 @@ from holepunch.stun.wire import (
     StunError,
     TooManyAttributes,
 )
+from holepunch.testing.fuzz import stun_getters
 
 # The vectors of /work/shared/testdata/stun-vectors.md (RFC 5769 and the
 # corrected RFC 8489 appendix B.1 vector).
@@ -90,38 +91,14 @@ def _decode_or_none(data: bytes) -> StunMessage | None:
 
 def _call_every_getter(msg: StunMessage) -> None:
     """
-    Call every typed getter on every attribute type present (and a few that
-    are not); only L{StunDecodeError} may escape each call.
+    Call every typed getter on every attribute type it decodes and every check
+    (L{holepunch.testing.fuzz.stun_getters}); only L{StunDecodeError} may escape.
     """
-    types = {a.type for a in msg.attributes} | set(XOR_ADDRESS_ATTRIBUTES) | {Attr.USERNAME}
-    per_type: list[Callable[[int], object]] = [
-        msg.get_address,
-        msg.get_string,
-        msg.get_uint32,
-        msg.get_uint64,
-    ]
-    fixed: list[Callable[[], object]] = [
-        msg.get_error_code,
-        msg.get_unknown_attributes,
-        msg.get_change_request,
-        msg.get_response_port,
-        msg.get_requested_transport,
-        msg.get_channel_number,
-        msg.get_password_algorithm,
-        msg.get_password_algorithms,
-    ]
-    for t in types:
-        for getter in per_type:
-            try:
-                getter(t)
-            except StunDecodeError:
-                pass
-    for fixed_getter in fixed:
+    for getter in stun_getters(msg):
         try:
-            fixed_getter()
+            getter()
         except StunDecodeError:
             pass
-    msg.unknown_comprehension_required()
 
 
 def _call_every_check(msg: StunMessage, key: bytes) -> None:
