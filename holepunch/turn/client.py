@@ -589,7 +589,9 @@ class TurnAllocation:
                     asked = self._asked
                     if asked is not None and len(asked) == 2 and e.code in (400, 420):
                         # No dual allocation here: ask for the preferred family alone.
-                        fallback.append(FamilyRefused(asked[1], e.code, e.reason))
+                        answer = e.response.get_error_code() if e.response else None
+                        phrase = answer[1].rstrip("\x00") if answer else e.reason
+                        fallback.append(FamilyRefused(asked[1], e.code, phrase))
                         _log.info(
                             "TURN server {s} refused a dual allocation ({why}): asking for "
                             "{f} alone",
