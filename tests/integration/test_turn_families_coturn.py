@@ -20,6 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
+from holepunch.ice.config import RelayConfig
+from holepunch.ice.relays import Relays
 from holepunch.stun.wire import Address
 from holepunch.turn import (
     AddressFamily,
@@ -83,7 +85,9 @@ class Received:
         return d.addTimeout(WAIT, reactor)
 
 
-class FamiliesTestCase(TestCase):
+class CoturnFamilies(TestCase):
+    """Helpers: coturn on both loopbacks, echo peers of one family, allocations."""
+
     timeout = 30
 
     def setUp(self) -> None:
@@ -107,6 +111,10 @@ class FamiliesTestCase(TestCase):
         allocation = await open_allocation(server, reactor=reactor, families=families)
         self.addCleanup(allocation.close)
         return allocation
+
+
+class FamiliesTestCase(CoturnFamilies):
+    """TurnAllocation asking coturn for one family, or both."""
 
     async def exchange(self, allocation: TurnAllocation, echo: EchoPeer, peer: Address) -> None:
         """Data both ways with ``peer``: Send/Data indications, then a channel."""
@@ -201,3 +209,59 @@ class FamiliesTestCase(TestCase):
         with self.assertRaises(PeerAddressFamilyMismatch) as raised:
             await allocation.create_permission(LOOPBACK6)
         self.assertEqual(raised.exception.code, 443)
+
+
+class AgentSocket(DatagramProtocol):
+    """The ICE agent's one socket, as far as its relays see it: what the relays do not
+    take is kept."""
+
+    def __init__(self, relays: Relays) -> None:
+        self.relays = relays
+        self.other: list[bytes] = []
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.write(data, address)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if not self.relays.demultiplex(datagram, (addr[0], addr[1])):
+            self.other.append(datagram)
+
+
+class RelaysTestCase(CoturnFamilies):
+    """The ICE agent's relays (holepunch.ice.relays) on one socket, against coturn."""
+
+    async def test_one_candidate_per_family(self) -> None:
+        """By default one allocation from the agent's IPv4 socket gets a relayed address
+        per family; each is a via that reaches the peer of its family, and data from
+        each peer comes back on its family's via."""
+        coturn = self.coturn()
+        echo4, peer4 = self.peer(LOOPBACK)
+        echo6, peer6 = self.peer(LOOPBACK6)
+        config = RelayConfig(servers=[self.server(coturn, LOOPBACK)], liveness_interval=0)
+        relays = Relays(reactor, config)
+        sock = AgentSocket(relays)
+        port = reactor.listenUDP(0, sock, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(relays.close)
+        allocation = await relays.allocate(sock.write, udp_blocked=False)
+        self.assertIsNotNone(allocation)
+        arrived: dict[int, Deferred[tuple[bytes, tuple[str, int]]]] = {1: Deferred(), 2: Deferred()}
+
+        def deliver(data: bytes, peer: tuple[str, int], via: int) -> None:
+            arrived[via].callback((data, peer))
+
+        relayed = allocation.allocated.relayed_addresses
+        self.assertEqual([a.host for a in relayed], [LOOPBACK, LOOPBACK6])
+        for via, address in enumerate(relayed, start=1):
+            relays.add(via, allocation, deliver, relayed=address)
+        refused: list[tuple[int, str]] = []
+        for via, echo, peer in ((1, echo4, peer4), (2, echo6, peer6)):
+            relays.permit(peer.host, None, lambda v, h, why: refused.append((v, h)))
+            self.assertEqual(refused[-1], (3 - via, peer.host))  # the other family's via
+            await allocation.create_permission(peer.host)
+            self.assertTrue(relays.send(via, b"hello", (peer.host, peer.port)))
+            data, source = await echo.next()
+            self.assertEqual(source, (relayed[via - 1].host, relayed[via - 1].port))
+            got = await arrived[via].addTimeout(WAIT, reactor)
+            self.assertEqual(got, (b"echo:hello", (peer.host, peer.port)))
