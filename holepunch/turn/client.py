@@ -788,6 +788,9 @@ class TurnAllocation:
         if self.state is not AllocationState.ALLOCATED or self._data_callback is None:
             self.stats.dropped += 1
             return
+        if self.relayed_for(peer.host) is None:  # no relayed address of its family
+            self.stats.dropped += 1
+            return
         self.stats.data_received += 1
         try:
             self._data_callback(payload, peer)

@@ -263,6 +263,10 @@ class AllocationFamilyTests(SynchronousTestCase, AllocatedMixin):
         self.assertEqual(raised.exception.errno, errno.EAFNOSUPPORT)
         pump(clock)
         self.assertEqual(len(server.received), sent_before)
+        got: list[bytes] = []
+        allocation.on_data(lambda data, peer: got.append(data))
+        allocation.datagram_received(server.data_indication(PEER6, b"forged"), SERVER)
+        self.assertEqual((got, allocation.stats.dropped), ([], 1))
         self.close(clock, allocation)
 
     def test_server_ignores_dual(self) -> None:
