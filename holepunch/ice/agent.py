@@ -50,7 +50,7 @@ from holepunch.ice.sockets import (
 )
 from holepunch.nat.portmap import PortMapping
 from holepunch.stun.client import resolve_server
-from holepunch.stun.wire import Address
+from holepunch.stun.wire import Address, format_address
 
 _log = Logger()
 
@@ -95,7 +95,7 @@ class IceAgent:
         self._watch: IDelayedCall | None = None
         self.connection: PeerConnection | None = None
         self._sockets: dict[int, IceSocket] = {}
-        self.relays = Relays(reactor, self.core.config.relay)
+        self.relays = Relays(reactor, self.core.config.relay, self.core.config.relay.families)
         """The TURN allocations (:class:`holepunch.ice.relays.Relays`)."""
         self.port_mapping = AgentPortMapping(reactor, self.core.config.gathering)
         """The router's mapping of our socket (:mod:`holepunch.ice.portmapping`)."""
@@ -517,18 +517,12 @@ class IceAgent:
         await d
 
     async def _gather_relays(self) -> None:
-        """One relayed candidate from the first TURN server that allocates (RFC 8656)."""
+        """Relayed candidates from the first TURN server that allocates (RFC 8656): one
+        per relayed address, so one per family of a dual allocation."""
         main = self._sockets[MAIN]
         allocation = await self.relays.allocate(main.write, self.udp_blocked)
         if allocation is not None and not self._closed:
-            allocated = allocation.allocated
-            via = self.core.add_relay(
-                (allocated.relayed.host, allocated.relayed.port),
-                (allocated.mapped.host, allocated.mapped.port),
-                str(allocated.server),
-                self.reactor.seconds(),
-            )
-            self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
+            self._add_relayed(allocation, replacing=False)
         elif allocation is not None:
             allocation.close()
         if not self._closed:
@@ -548,10 +542,12 @@ class IceAgent:
         """The TURN server lost relay ``via``: tell the core, then allocate again."""
         if self._closed:
             return
+        vias = [via, *self.relays.siblings(via)]  # a dual allocation is lost as a whole
         server = self.relays.lost(via)
         reason = str(error)
         _log.warn("relay {via} lost: {reason}", via=via, reason=reason)
-        self.core.relay_lost(via, reason, self.reactor.seconds())
+        for lost in vias:
+            self.core.relay_lost(lost, reason, self.reactor.seconds())
         self._relay_event("relay-lost", reason)
         self._pump()
         if self.config.relay.reallocate:
@@ -571,22 +567,28 @@ class IceAgent:
                 return
             if allocation is not None:
                 allocated = allocation.allocated
-                via = self.core.replace_relay(
-                    (allocated.relayed.host, allocated.relayed.port),
-                    (allocated.mapped.host, allocated.mapped.port),
-                    str(allocated.server),
-                    self.reactor.seconds(),
-                )
-                self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
-                server_at = f"{allocated.server.host}:{allocated.server.port}"
-                relayed_at = f"{allocated.relayed.host}:{allocated.relayed.port}"
-                detail = f"turn:{server_at} relayed {relayed_at}"
+                self._add_relayed(allocation, replacing=True)
+                relayed_at = ", ".join(format_address(a) for a in allocated.relayed_addresses)
+                detail = f"turn:{format_address(allocated.server)} relayed {relayed_at}"
                 _log.info("relay reallocated: {detail}", detail=detail)
                 self._relay_event("relay-reallocated", detail)
                 self._pump()
                 return
             await task.deferLater(self.reactor, self.config.relay.reallocate_retry, lambda: None)
         self._relay_event("relay-unavailable", "no TURN server granted a new allocation")
+
+    def _add_relayed(self, allocation: Any, replacing: bool) -> None:
+        """A candidate and a via for each relayed address of ``allocation`` (the first
+        replaces the lost relay's candidate when ``replacing``)."""
+        allocated = allocation.allocated
+        mapped = (allocated.mapped.host, allocated.mapped.port)
+        for index, granted in enumerate(allocated.relayed_addresses):
+            add = self.core.replace_relay if replacing and index == 0 else self.core.add_relay
+            address = (granted.host, granted.port)
+            via = add(address, mapped, str(allocated.server), self.reactor.seconds())
+            self.relays.add(
+                via, allocation, self.datagram_received, self._relay_lost, relayed=address
+            )
 
     def _permission_refused(self, via: int, host: str, reason: str) -> None:
         if self._closed:

@@ -46,7 +46,7 @@ _ULA = ipaddress.ip_network("fc00::/7")
 """Unique-local IPv6 (RFC 4193): reachable inside one site only."""
 
 
-def family_of(host: str) -> int:
+def ip_version(host: str) -> int:
     """4 or 6; 0 for something that is not an IP address."""
     try:
         return ipaddress.ip_address(host).version

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from holepunch.ice import events
-from holepunch.ice.candidate import Candidate, candidate_priority, family_of, make_candidate
+from holepunch.ice.candidate import Candidate, candidate_priority, ip_version, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState
 from holepunch.ice.events import MAIN
 from holepunch.ice.parts import Core
@@ -67,7 +67,7 @@ class Checker:
         core = self.core
         if candidate.transport != "udp" or candidate.component != 1:
             return
-        if family_of(candidate.host) == 0:
+        if ip_version(candidate.host) == 0:
             return
         known = next((c for c in core.remote_candidates if c.address == candidate.address), None)
         if known is not None:
@@ -92,9 +92,9 @@ class Checker:
     def _permit(self, candidate: Candidate) -> None:
         """TURN permissions for a remote candidate's address at once (RFC 8656 9),
         before any check needs them, as browsers do."""
-        family = family_of(candidate.host)
+        family = ip_version(candidate.host)
         for via, base in self.core.socket_bases.items():
-            if base.type == "relay" and family_of(base.host) == family:
+            if base.type == "relay" and ip_version(base.host) == family:
                 self.core.emit(events.PermissionWanted(candidate.host, via))
 
     def pair_all(self) -> None:
@@ -111,9 +111,9 @@ class Checker:
         pair = None
         if local is not None and not core.config.relay.only:
             pair = core.checklist.add(local, remote)
-        family = family_of(remote.host)
+        family = ip_version(remote.host)
         for base in core.socket_bases.values():
-            if base.type == "relay" and family_of(base.host) == family:
+            if base.type == "relay" and ip_version(base.host) == family:
                 core.checklist.add(base, remote)
         return pair
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from twisted.logger import Logger
 
 from holepunch.ice import events
-from holepunch.ice.candidate import family_of, host_preferences, make_candidate
+from holepunch.ice.candidate import host_preferences, ip_version, make_candidate
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import profile_from_flows
 from holepunch.ice.parts import Core
@@ -129,11 +129,11 @@ class Gatherer:
         if core.config.gathering.port_mapping and mappable:
             self._port_mapping_pending = True
             core.emit(events.PortMappingWanted(port, mappable))
-        families = {family_of(h) for h in hosts}
-        usable = [s for s in dict.fromkeys(servers) if family_of(s.host) in families]
+        families = {ip_version(h) for h in hosts}
+        usable = [s for s in dict.fromkeys(servers) if ip_version(s.host) in families]
         # Our mapping (port prediction, birthday probing) is measured on IPv4 only: IPv6
         # has no NAT to predict, and its flows must not move the IPv4 flow count.
-        self._servers = [s for s in usable if family_of(s.host) == 4]
+        self._servers = [s for s in usable if ip_version(s.host) == 4]
         for server in usable:
             self._new_flow(server, "stun")
         if self._measuring() and len(self._servers) == 1 and self._servers[0].port < 65535:
@@ -156,7 +156,7 @@ class Gatherer:
     ) -> None:
         """One STUN Binding from the main socket to a destination it had not used; an
         IPv4 one is a numbered flow (a mapping sample), an IPv6 one is not (index -1)."""
-        if family_of(target.host) == 4:
+        if ip_version(target.host) == 4:
             flow = _Flow(len(self._flows), target, kind)
             self._flows[target] = flow.index
         else:
@@ -374,9 +374,9 @@ class Gatherer:
         core.socket_bases[via] = relay
         core.add_local(relay)
         _log.info("relayed candidate {c}", c=relay.to_sdp())
-        family = family_of(relay.host)
+        family = ip_version(relay.host)
         for remote in core.remote_candidates:
-            if family_of(remote.host) != family:
+            if ip_version(remote.host) != family:
                 continue  # a relayed address reaches peers of its own family only
             core.emit(events.PermissionWanted(remote.host, via))
             core.checklist.add(relay, remote)

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from holepunch.ice.agent import IceAgent
-from holepunch.ice.candidate import Candidate, CandidateError, family_of
+from holepunch.ice.candidate import Candidate, CandidateError, ip_version
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.events import IceError
@@ -722,10 +722,10 @@ class Negotiator:
             except Exception as e:
                 _log.info("no TCP track through {host}: {err}", host=host, err=e)
                 continue
-            servers.setdefault(family_of(server.host), (server.host, server.port))
+            servers.setdefault(ip_version(server.host), (server.host, server.port))
         addresses = agent.local_addresses()
-        v4 = [a for a in addresses if family_of(a) == 4]
-        v6 = [a for a in addresses if family_of(a) == 6]
+        v4 = [a for a in addresses if ip_version(a) == 4]
+        v6 = [a for a in addresses if ip_version(a) == 6]
         v6_host = v6[0] if v6 else None
         if not servers and v6_host is None:
             return None

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
-from holepunch.ice.candidate import Candidate, family_of, make_candidate
+from holepunch.ice.candidate import Candidate, ip_version, make_candidate
 from holepunch.ice.connection import Channel
 from holepunch.punch.tcp import (
     PunchedStream,
@@ -204,7 +204,7 @@ class TcpTrack:
             return
         for family in (6, 4):
             mine = self.mappings.get(family)
-            theirs = next((a for a in self.remotes if family_of(a[0]) == family), None)
+            theirs = next((a for a in self.remotes if ip_version(a[0]) == family), None)
             if mine is not None and theirs is not None:
                 self.mapping, self.remote = mine, theirs
                 return
@@ -240,7 +240,7 @@ class TcpTrack:
             remote=self.remote,
             wait=(start_at - self.reactor.seconds()) * 1000,
         )
-        v6 = family_of(self.remote[0]) == 6
+        v6 = ip_version(self.remote[0]) == 6
         self._punch = simultaneous_open(
             self.reactor,
             self.mapping.local[1],

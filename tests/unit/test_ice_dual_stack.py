@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.ice import events
-from holepunch.ice.candidate import family_of, host_preferences
+from holepunch.ice.candidate import host_preferences, ip_version
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.sockets import IceSocket, bind_interface, unmapped, usable_address
@@ -72,9 +72,9 @@ class DualWire:
     def flush(self) -> None:
         for core in self.cores.values():
             for data, destination, _via in core.datagrams_to_send(self.now):
-                family = family_of(destination[0])
-                source = next((h for h in self.hosts[id(core)] if family_of(h) == family), None)
-                self.sent_families.append((family, family_of(source) if source else 0))
+                family = ip_version(destination[0])
+                source = next((h for h in self.hosts[id(core)] if ip_version(h) == family), None)
+                self.sent_families.append((family, ip_version(source) if source else 0))
                 if source is None or family in self.blocked:
                     continue
                 self.in_flight.append(
@@ -128,7 +128,7 @@ class DualStackCoreTests(SynchronousTestCase):
     def test_pairs_stay_within_a_family_and_v6_wins(self) -> None:
         a, b, wire = dual_cores((A4, A6), (B4, B6))
         for core in (a, b):
-            families = {(family_of(p.local.host), family_of(p.remote.host)) for p in core.checklist}
+            families = {(ip_version(p.local.host), ip_version(p.remote.host)) for p in core.checklist}
             self.assertEqual(families, {(4, 4), (6, 6)})
         wire.run(0.5)
         [sa] = wire.of(a, events.PairSelected)
@@ -144,7 +144,7 @@ class DualStackCoreTests(SynchronousTestCase):
         wire.blocked.add(4)
         wire.run(1.0)
         [sa] = wire.of(a, events.PairSelected)
-        self.assertEqual(family_of(sa.pair.remote.host), 6)
+        self.assertEqual(ip_version(sa.pair.remote.host), 6)
 
     def test_v6_blocked_v4_connects(self) -> None:
         a, b, wire = dual_cores((A4, A6), (B4, B6))
