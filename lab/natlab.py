@@ -114,6 +114,7 @@ _IPV6_ON = tuple(
     )
 )
 _IPV6_FORWARDING = "net.ipv6.conf.all.forwarding=1"
+_BRIDGE_MAC = "02:00:00:00:00:01"
 _BRIDGE_NF_OFF = (
     "net.bridge.bridge-nf-call-iptables=0",
     "net.bridge.bridge-nf-call-ip6tables=0",
@@ -878,7 +879,10 @@ class NatLab:
         try:
             wan_sysctls = (*_BRIDGE_NF_OFF, _IPV6_FORWARDING) if self.ipv6 else _BRIDGE_NF_OFF
             wan = self._new_namespace("wan", wan_sysctls, ipv6=self.ipv6)
-            _ip(wan, "link add br0 type bridge")
+            # A fixed MAC: by default a bridge takes its lowest port's, so each new host
+            # could change it under the neighbour caches of everyone who routes via br0's
+            # IPv6 address (their packets would go to the old MAC until the entry expires).
+            _ip(wan, f"link add br0 address {_BRIDGE_MAC} type bridge")
             _ip(wan, "link set br0 up")
             if self.ipv6:
                 # The IPv6 internet's router: each site's prefix is routed to its router
@@ -890,7 +894,9 @@ class NatLab:
             for address in (PUBLIC_A, PUBLIC_B):
                 _ip(pub, f"addr add {address}/{WAN_PREFIXLEN} dev eth0")
             addresses6 = (PUBLIC_A6, PUBLIC_B6) if self.ipv6 else ()
-            for address in addresses6:
+            # Linux prefers the newest of equal IPv6 addresses as a source: PUBLIC_A6
+            # last, so pub sends from it as it sends from PUBLIC_A on IPv4.
+            for address in reversed(addresses6):
                 _ip(pub, f"addr add {address}/{WAN6_PREFIXLEN} dev eth0 nodad")
             if self.ipv6:
                 _ip(pub, f"-6 route add default via {WAN6_GATEWAY}")
