@@ -16,6 +16,13 @@ veth is made inside the lab's namespaces, and the lab's "internet" has no route 
 else. :meth:`NatLab.close` kills every process in the lab's namespaces and deletes them; it
 also runs at interpreter exit, and :func:`remove_stale_labs` sweeps up after a killed run.
 
+``NatLab(ipv6=True)`` adds an IPv6 internet without NAT66: 2001:db8:ff::/64 on the bridge
+(``pub`` on :data:`PUBLIC_A6` and :data:`PUBLIC_B6`, the wan namespace routing at
+:data:`WAN6_GATEWAY`), and each host that asks for a ``v6`` side gets its own routed site
+prefix 2001:db8:N::/64 behind its router, which filters IPv6 as one of :data:`V6_PRESETS`
+(a stateful RFC 6092 firewall, nothing, or everything). Hosts may be IPv4-only (IPv6 off),
+IPv6-only or dual stack.
+
 This is test infrastructure: it runs ``ip``, ``nft`` and ``sysctl`` with ``subprocess``
 and needs no reactor.
 """
