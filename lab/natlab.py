@@ -706,6 +706,16 @@ class LabHost:
             ["ip", "netns", "exec", self.edge_namespace, "nft", *args], input=input, check=check
         )
 
+    def ipv6_dropped(self) -> int:
+        """Packets the IPv6 preset's forward chain dropped so far (its drop rules count):
+        unsolicited IPv6 traffic the firewall kept out."""
+        out = self.router_nft(["-j", "list", "chain", "ip6", "lab_filter6", "forward"]).stdout
+        return sum(
+            item["rule"]["expr"][-2]["counter"]["packets"]
+            for item in json.loads(out)["nftables"]
+            if "rule" in item and "counter" in item["rule"]["expr"][-2]
+        )
+
     def flush_conntrack(self) -> None:
         """Forget every connection the router tracks (``conntrack -F``), as a router
         that reboots or runs out of table space does: every NAT mapping is gone."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from lab.natlab import PUBLIC_A, PUBLIC_B, CoturnInfo, LabHost, NatLab, lab_env
+from lab.natlab import PUBLIC_A, PUBLIC_B, PUBLIC_B6, CoturnInfo, LabHost, NatLab, lab_env
 
 SIGNALING_PORT = 8080
 STUN_PORT = 3480
@@ -253,8 +253,12 @@ def start_lab_servers(
             coturn = lab.start_coturn(extra_args=coturn_args)
         elif setup == "one-address":
             # The daemon holds 3478 and 3479 on every address: coturn goes beside it.
+            # In an IPv6 lab on PUBLIC_B6 too: it relays between the families.
             coturn = lab.start_coturn(
-                addresses=(PUBLIC_B,), port=3578, alt_port=3579, extra_args=coturn_args
+                addresses=(PUBLIC_B, *(a for a in lab.public.addresses6 if a == PUBLIC_B6)),
+                port=3578,
+                alt_port=3579,
+                extra_args=coturn_args,
             )
         else:
             coturn = lab.start_coturn(addresses=(PUBLIC_B,), extra_args=coturn_args)
@@ -291,15 +295,27 @@ def connect_pair(
     stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
     timeout: float = 20.0,
     extra_args: Sequence[str] = (),
+    answerer_url: str | None = None,
+    answerer_args: Sequence[str] | None = None,
 ) -> tuple[ConnectProcess, ConnectProcess]:
     """Start ``--accept`` in ``answerer``, then ``--to`` in ``offerer``; return (offerer, answerer).
 
-    The offerer retries until the answerer is registered, so no sleep is needed between.
+    ``answerer_url`` and ``answerer_args`` give the answerer its own signaling URL and
+    extra options (a host of another address family, say); by default it has the
+    offerer's. The offerer retries until the answerer is registered, so no sleep is
+    needed between.
     """
     stun = [arg for s in stun_servers for arg in ("--stun-server", s)]
-    common = ["--signaling", signaling_url, "--json", "--timeout", str(timeout), *stun, *extra_args]
-    b = ConnectProcess(answerer, ["--id", names[1], "--accept", *common])
-    a = ConnectProcess(offerer, ["--id", names[0], "--to", names[1], *common])
+
+    def common(url: str, extra: Sequence[str]) -> list[str]:
+        return ["--signaling", url, "--json", "--timeout", str(timeout), *stun, *extra]
+
+    b_common = common(
+        answerer_url or signaling_url, extra_args if answerer_args is None else answerer_args
+    )
+    b = ConnectProcess(answerer, ["--id", names[1], "--accept", *b_common])
+    a_common = common(signaling_url, extra_args)
+    a = ConnectProcess(offerer, ["--id", names[0], "--to", names[1], *a_common])
     return a, b
 
 
@@ -312,8 +328,11 @@ def run_connect(
     timeout: float,
     stun_servers: Sequence[str] = (f"{PUBLIC_A}:{STUN_PORT}",),
     extra_args: Sequence[str] = (),
+    answerer_url: str | None = None,
+    answerer_args: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """One connect and one line across, then a clean end (both inputs end).
+    """One connect and one line across, then a clean end (both inputs end); the
+    answerer may have its own URL and options (see :func:`connect_pair`).
 
     Returns the offerer's ``--json`` object plus ``other`` (the answerer's), ``ok``
     (True), ``seconds`` (wall time); or ``ok`` False with ``reason`` (the last stderr
@@ -328,6 +347,8 @@ def run_connect(
         timeout=timeout,
         stun_servers=stun_servers,
         extra_args=extra_args,
+        answerer_url=answerer_url,
+        answerer_args=answerer_args,
     )
     try:
         info = a.info(timeout + 10)

@@ -76,6 +76,13 @@ Route = Callable[[tuple[str, int]], "str | None"]
 """The local address the system would send from toward a remote address."""
 
 
+def _behind_v6_firewall(pair: CandidatePair) -> bool:
+    """An IPv6 pair off loopback: IPv6 has no NAT, but home routers keep a stateful
+    firewall in front of every host (RFC 6092), and it is the simultaneous checks that
+    open it; the pair is a hole punch even though nothing is translated."""
+    return ":" in pair.local.host and pair.local.host != "::1"
+
+
 class IceCore:
     """One side of one ICE session, as a state machine (see the module docstring)."""
 
@@ -735,7 +742,7 @@ class IceCore:
             return "port-mapping"
         mapped = pair.mapped
         no_nat_here = mapped is not None and mapped == (pair.local.host, pair.local.port)
-        if pair.remote.type == "host" and no_nat_here:
+        if pair.remote.type == "host" and no_nat_here and not _behind_v6_firewall(pair):
             return "direct"
         return "udp-hole-punch"
 

@@ -139,12 +139,7 @@ class _V6LabTestCase(TestCase):
 
     def dropped(self, host: LabHost) -> int:
         """Packets ``host``'s router dropped in its IPv6 forward chain so far."""
-        out = host.router_nft(["-j", "list", "chain", "ip6", "lab_filter6", "forward"]).stdout
-        return sum(
-            item["rule"]["expr"][-2]["counter"]["packets"]
-            for item in json.loads(out)["nftables"]
-            if "rule" in item and "counter" in item["rule"]["expr"][-2]
-        )
+        return host.ipv6_dropped()
 
 
 class V6ReachabilityTests(_V6LabTestCase):
