@@ -14,6 +14,11 @@ docs/nat-matrix.md, with ``--json`` the raw results.
     python benchmarks/nat_matrix.py --setup public-style --runs 3 --markdown
     python benchmarks/nat_matrix.py --setup one-address --port-mapping --runs 3 --markdown
     python benchmarks/nat_matrix.py --turn --transfer 64 --runs 1 --markdown  # 64 MiB each way
+    python benchmarks/nat_matrix.py --setup one-address --ipv6 v6-firewall --runs 2 --markdown
+
+With ``--ipv6 PRESET`` the lab has its IPv6 internet and every host is dual-stack: the
+rows and columns name its IPv4 NAT, and PRESET (``v6-firewall``, ``v6-open``,
+``v6-blocked``) its IPv6 side.
 
 With ``--transfer MIB`` each run also carries a random file of that size each way
 through the encrypted stream (``holepunch connect``'s default mode); a run counts only
@@ -39,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab.natlab import PRESETS, LabHost, NatLab
+from lab.natlab import PRESETS, V6_PRESETS, LabHost, NatLab
 from lab.peers import (
     SETUPS,
     LabServers,
@@ -144,6 +149,8 @@ def run_once(
     if result["ok"]:
         ours, theirs = result["method"], result["other"]["method"]
         result["method"] = ours if ours == theirs else f"{ours}/{theirs}"
+        if str(result["remote"]).startswith("["):
+            result["method"] += " (IPv6)"
         result["probes"] = max(result["probes_sent"], result["other"]["probes_sent"])
     result["wall_s"] = result["seconds"]
     return result
@@ -159,12 +166,13 @@ def measure(
     setup: str = "rfc5780",
     port_mapping: bool = False,
     transfer: int = 0,
+    ipv6: str | None = None,
 ) -> list[Cell]:
     """Run the matrix; cells are run ``parallel`` at a time, each in its own host pair;
     with ``transfer`` (bytes), each run also carries that much each way."""
     cells = [Cell(r, c) for r in rows for c in cols]
     payloads = (random_file(transfer), random_file(transfer)) if transfer else None
-    with contextlib.ExitStack() as cleanup, NatLab() as lab:
+    with contextlib.ExitStack() as cleanup, NatLab(ipv6=ipv6 is not None) as lab:
         if payloads is not None:
             for path, _ in payloads:
                 cleanup.callback(os.unlink, path)
@@ -172,7 +180,8 @@ def measure(
         url = servers.url
         slots = []
         for i in range(parallel):
-            slots.append({p: (lab.add_host(f"r{i}{j}", p), lab.add_host(f"c{i}{j}", p))
+            slots.append({p: (lab.add_host(f"r{i}{j}", p, v6=ipv6),
+                              lab.add_host(f"c{i}{j}", p, v6=ipv6))
                           for j, p in enumerate(sorted(set(rows) | set(cols)))})  # fmt: skip
         if port_mapping:
             start_port_mapping(lab, [h for slot in slots for pair in slot.values() for h in pair])
@@ -268,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MIB",
         help="also carry MIB random mebibytes each way through the encrypted stream",
     )
+    parser.add_argument(
+        "--ipv6",
+        choices=V6_PRESETS,
+        default=None,
+        help="dual-stack hosts: this IPv6 side beside every IPv4 preset",
+    )
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -282,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         args.setup,
         args.port_mapping,
         int(args.transfer * 1024 * 1024),
+        args.ipv6,
     )
     if args.json:
         print(json.dumps([c.summary() for c in cells], indent=1))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from holepunch.ice.candidate import Candidate
@@ -69,6 +69,12 @@ class CandidatePair:
             f"{self.local.host}:{self.local.port}({self.local.type}) -> "
             f"{self.remote.host}:{self.remote.port}({self.remote.type})"
         )
+
+
+def on_ipv6(pair: CandidatePair) -> bool:
+    """The pair's local candidate is an IPv6 one (so is the remote: pairs keep to one
+    family)."""
+    return ":" in pair.local.host
 
 
 def relayed(pair: CandidatePair) -> bool:
@@ -146,20 +152,25 @@ class CheckList:
         if pair not in self._triggered:
             self._triggered.append(pair)
 
-    def next_pair(self) -> CandidatePair | None:
-        """The next pair to check, or None when nothing is left to start.
+    def next_pair(
+        self, only: Callable[[CandidatePair], bool] | None = None
+    ) -> CandidatePair | None:
+        """The next pair to check (of those ``only`` accepts, when given), or None when
+        nothing is left to start.
 
         Triggered checks come first; then the highest-priority Waiting pair; when none
         is Waiting, the highest-priority Frozen pair is unfrozen and checked.
         """
-        while self._triggered:
-            pair = self._triggered.popleft()
+        for pair in list(self._triggered):
+            if only is None or only(pair):
+                self._triggered.remove(pair)
+                if pair.state == PairState.WAITING:
+                    return pair
+        candidates = self.pairs if only is None else [p for p in self.pairs if only(p)]
+        for pair in candidates:
             if pair.state == PairState.WAITING:
                 return pair
-        for pair in self.pairs:
-            if pair.state == PairState.WAITING:
-                return pair
-        for pair in self.pairs:
+        for pair in candidates:
             if pair.state == PairState.FROZEN:
                 pair.state = PairState.WAITING
                 return pair

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate, candidate_priority, ip_version, make_candidate
-from holepunch.ice.checklist import CandidatePair, PairState
+from holepunch.ice.checklist import CandidatePair, PairState, on_ipv6
 from holepunch.ice.events import MAIN
 from holepunch.ice.parts import Core
 from holepunch.stun.message import StunMessage, encode
@@ -155,7 +155,9 @@ class Checker:
             return
         if core.closed or core.remote_pwd is None or self.holding():
             return
-        pair = core.probing.next_ordered()
+        # IPv6 pairs before the hard-NAT predictions (RFC 8421: IPv6 first where both
+        # work): IPv6 has no NAT to guess at, so its pairs are the likeliest to work.
+        pair = core.checklist.next_pair(on_ipv6) or core.probing.next_ordered()
         if pair is None:
             pair = core.checklist.next_pair()
         if pair is None:
@@ -202,7 +204,10 @@ class Checker:
             return  # the nomination check in flight answers for this pair too
         previous = self._pending.pop(id(pair), None)
         if previous is not None:
-            core.transactions.cancel(previous)
+            # Cancelled as RFC 8445 7.3.1.4 says: no more retransmissions, but its
+            # answer still counts (on a path slower than the retransmission interval,
+            # the peer's checks would otherwise replace ours before any answer is back).
+            core.transactions.quiet(previous)
         if pair.state != PairState.SUCCEEDED:  # a valid pair stays valid while re-checked
             pair.state = PairState.IN_PROGRESS
         pair.checks_sent += 1

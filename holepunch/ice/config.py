@@ -57,6 +57,9 @@ class CheckConfig:
     """Retransmissions of one check."""
     nomination_delay: float = 0.15
     """How long the controlling agent waits for a better pair before nominating."""
+    ipv6_wait: float = 0.5
+    """How long it waits instead while only IPv4 pairs are valid and an IPv6 pair may
+    still succeed (RFC 8421 prefers IPv6 where both work)."""
     connection_timeout: float = 30.0
     """The whole attempt fails after this long without a selected pair."""
     max_pairs: int = 100

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from twisted.logger import Logger
 
 from holepunch.ice import events
-from holepunch.ice.checklist import CandidatePair, relayed
+from holepunch.ice.checklist import CandidatePair, on_ipv6, relayed
 from holepunch.ice.parts import Core
 
 _log = Logger()
@@ -263,7 +263,13 @@ class ControllingSelector(Selector):
         if not core.checklist.higher_pending(best):
             self.nominate(best)
         elif "nominate" not in core.timers:
-            core.timers.set("nominate", core.now + core.config.checks.nomination_delay)
+            checks = core.config.checks
+            wait = checks.nomination_delay
+            if not on_ipv6(best) and any(on_ipv6(p) for p in core.checklist.pending()):
+                # Happy eyeballs (RFC 8421, RFC 8305): an IPv6 pair through two firewalls
+                # answers only once the peer's own check has opened its side.
+                wait = max(wait, checks.ipv6_wait)
+            core.timers.set("nominate", core.now + wait)
 
 
 class ControlledSelector(Selector):

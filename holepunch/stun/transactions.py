@@ -101,6 +101,7 @@ class _Running:
     integrity_key: bytes | None
     deadline: float = 0.0
     sends: int = 0
+    quiet: bool = False
 
 
 @dataclass(order=True)
@@ -159,6 +160,22 @@ class ClientTransactions:
         """Forget a transaction (no outcome); True if it was running."""
         return self._running.pop(transaction_id, None) is not None
 
+    def quiet(self, transaction_id: bytes) -> bool:
+        """Stop retransmitting but still take a response until the transaction would
+        have timed out; its timeout then reports nothing (RFC 8445 7.3.1.4: a check
+        replaced by a triggered one is cancelled this way, so that on a path slower
+        than the retransmission interval the first answer still counts). True if it
+        was running."""
+        running = self._running.get(transaction_id)
+        if running is None:
+            return False
+        if not running.quiet:
+            running.quiet = True
+            running.deadline += sum(running.waits[running.sends :])
+            running.sends = len(running.waits)
+            heapq.heappush(self._deadlines, _Deadline(running.deadline, transaction_id))
+        return True
+
     def cancel_all(self, via: Hashable | None = None) -> list[bytes]:
         """Forget every running transaction (or those going out on ``via``)."""
         ids = [t for t, r in self._running.items() if via is None or r.via == via]
@@ -209,6 +226,8 @@ class ClientTransactions:
             running = self._running[head.transaction_id]
             if running.sends >= len(running.waits):
                 del self._running[head.transaction_id]
+                if running.quiet:
+                    continue
                 destination = running.destination
                 outcomes.append(
                     TransactionOutcome(

@@ -273,6 +273,31 @@ class ClientTransactionsTests(SynchronousTestCase):
         self.assertEqual(len(table), 0)
         self.assertIsNone(table.get_timer())
 
+    def test_quiet_stops_sending_but_takes_the_answer(self) -> None:
+        """RFC 8445 7.3.1.4 cancellation: after quiet() at 0.1 s nothing more is sent,
+        a response until the original timeout (0.5 s) still ends the transaction, and a
+        quiet transaction that times out reports nothing."""
+        table = ClientTransactions()
+        policy = RetransmissionPolicy(rto=0.1, rc=3, rm=2)
+        request = StunMessage.request()
+        table.start(request, Address("192.0.2.9", 3478), 0.0, policy=policy)
+        table.datagrams_to_send()
+        table.handle_timer(0.1)
+        self.assertEqual(len(table.datagrams_to_send()), 1)
+        self.assertTrue(table.quiet(request.transaction_id))
+        self.assertEqual(table.handle_timer(0.3), [])
+        self.assertEqual(table.datagrams_to_send(), [])
+        response = decode(encode(request.success_response()))
+        outcome = table.receive(response, Address("192.0.2.9", 3478))
+        assert isinstance(outcome, TransactionOutcome)
+        self.assertIsNotNone(outcome.response)
+        other = StunMessage.request()
+        table.start(other, Address("192.0.2.9", 3478), 0.0, policy=policy)
+        table.quiet(other.transaction_id)
+        self.assertEqual(table.get_timer(), 0.5)
+        self.assertEqual(table.handle_timer(0.5), [])
+        self.assertEqual(len(table), 0)
+
 
 class MemoryNat:
     """A NAT in memory: public ports for (socket, destination) flows, by preset."""

@@ -67,6 +67,7 @@ class DualWire:
         self.in_flight: list[tuple[float, bytes, tuple[str, int], tuple[str, int]]] = []
         self.events: dict[int, list[Any]] = {id(a): [], id(b): []}
         self.blocked: set[int] = set()
+        self.latency = {4: 0.005, 6: 0.005}
         self.sent_families: list[tuple[int, int]] = []
 
     def flush(self) -> None:
@@ -77,9 +78,8 @@ class DualWire:
                 self.sent_families.append((family, ip_version(source) if source else 0))
                 if source is None or family in self.blocked:
                     continue
-                self.in_flight.append(
-                    (self.now + 0.005, data, (source, self.port[id(core)]), destination)
-                )
+                arrival = self.now + self.latency[family]
+                self.in_flight.append((arrival, data, (source, self.port[id(core)]), destination))
             while (event := core.next_event()) is not None:
                 self.events[id(core)].append(event)
 
@@ -152,6 +152,25 @@ class DualStackCoreTests(SynchronousTestCase):
         wire.run(2.0)
         [sa] = wire.of(a, events.PairSelected)
         self.assertEqual(sa.pair.remote.address, (B4, 6000))
+
+    def test_slower_v6_still_wins_within_the_ipv6_wait(self) -> None:
+        """Happy eyeballs: IPv4 answers in 10 ms, IPv6 in 160 ms; the controlling side
+        waits past the 150 ms nomination delay for the IPv6 pair (``ipv6_wait``)."""
+        a, b, wire = dual_cores((A4, A6), (B4, B6))
+        wire.latency[6] = 0.08
+        wire.run(2.0)
+        [sa] = wire.of(a, events.PairSelected)
+        self.assertEqual(ip_version(sa.pair.remote.host), 6)
+
+    def test_v6_that_never_answers_costs_the_ipv6_wait_only(self) -> None:
+        a, b, wire = dual_cores((A4, A6), (B4, B6))
+        wire.blocked.add(6)
+        wire.run(2.0)
+        [sa] = wire.of(a, events.PairSelected)
+        self.assertEqual(ip_version(sa.pair.remote.host), 4)
+        nominated_at = a.checklist.best_valid()
+        assert nominated_at is not None
+        self.assertEqual(ip_version(nominated_at.local.host), 4)
 
     def test_no_common_family_fails_without_cross_family_checks(self) -> None:
         """A v4-only and a v6-only peer have no pair: the attempt fails, nothing is sent
