@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.integration.test_turn_coturn -*-
-"""Run coturn (``turnserver``) on 127.0.0.1 for tests of the TURN client.
+"""Run coturn (``turnserver``) on loopback for tests of the TURN client.
 
-:func:`start_coturn` starts one ``turnserver`` that listens only on 127.0.0.1, on free
+:func:`start_coturn` starts one ``turnserver`` that listens only on 127.0.0.1 (and, with
+``listen``, on ``::1`` too; ``relay`` picks the relayed addresses' families), on free
 ports picked at random, with everything it writes (log, pid file, user database) in a
 fresh temporary directory, and returns once a real STUN Binding request is answered over
 UDP (and, when they are enabled, once its TCP and TLS listeners accept connections), or
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK6 = "::1"
 _STOP_GRACE = 2.0
 _MAGIC_COOKIE = 0x2112A442
 
@@ -153,21 +155,31 @@ def make_test_certificate(
     )
 
 
-def free_port(exclude: Sequence[int] = ()) -> int:
-    """A port that is free for both UDP and TCP on 127.0.0.1 right now (not reserved)."""
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+def free_port(exclude: Sequence[int] = (), hosts: Sequence[str] = (LOOPBACK,)) -> int:
+    """A port that is free for both UDP and TCP on each of ``hosts`` right now (not
+    reserved)."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((LOOPBACK, 0))
+        with socket.socket(_family(hosts[0]), socket.SOCK_DGRAM) as udp:
+            udp.bind((hosts[0], 0))
             port = int(udp.getsockname()[1])
-            if port in exclude:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-            return port
-    raise CoturnError("no free port on 127.0.0.1")
+        if port in exclude or not all(_bindable(host, port) for host in hosts):
+            continue
+        return port
+    raise CoturnError(f"no free port on {', '.join(hosts)}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(_family(host), kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 @dataclasses.dataclass
@@ -187,18 +199,27 @@ class Coturn:
     host: str = LOOPBACK
     argv: list[str] = dataclasses.field(default_factory=list, repr=False)
     """The command line, for :meth:`restart`."""
+    hosts: tuple[str, ...] = (LOOPBACK,)
+    """Every address it listens on (``host`` is the first)."""
+    relay_ips: tuple[str, ...] = (LOOPBACK,)
+    """The addresses its relayed addresses are on."""
 
     @property
     def log_path(self) -> str:
         return os.path.join(self.directory, "turnserver.log")
 
-    def uri(self, transport: str = "udp") -> str:
-        """The RFC 7065 URI for ``udp``, ``tcp`` or ``tls``."""
+    def uri(self, transport: str = "udp", host: str | None = None) -> str:
+        """The RFC 7065 URI for ``udp``, ``tcp`` or ``tls``, on ``host`` (one of
+        :attr:`hosts`; by default :attr:`host`)."""
+        host = host or self.host
+        if host not in self.hosts:
+            raise ValueError(f"this coturn does not listen on {host}")
+        at = f"[{host}]" if ":" in host else host
         if transport == "tls":
             if self.tls_port is None:
                 raise ValueError("this coturn has no TLS listener")
-            return f"turns:{self.host}:{self.tls_port}?transport=tcp"
-        return f"turn:{self.host}:{self.port}?transport={transport}"
+            return f"turns:{at}:{self.tls_port}?transport=tcp"
+        return f"turn:{at}:{self.port}?transport={transport}"
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_path, lines)
@@ -246,8 +267,15 @@ def start_coturn(
     certificate: TestCertificate | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 10.0,
+    listen: Sequence[str] = (LOOPBACK,),
+    relay: Sequence[str] | None = None,
 ) -> Coturn:
     """Start ``turnserver`` on 127.0.0.1 and wait until it answers.
+
+    ``listen`` are the addresses it listens on (``("127.0.0.1", "::1")``: both
+    families, on the same ports), ``relay`` those of its relayed addresses (by default
+    ``listen``: ``("127.0.0.1", "::1")`` relays to both families, ``("::1",)`` only to
+    IPv6, and a dual allocation then gets an IPv4 refusal).
 
     With ``auth_secret`` it runs the TURN REST API (``--use-auth-secret``) instead of the
     long-term user. With ``certificate`` it also listens for TLS. Peers on loopback are
@@ -261,14 +289,18 @@ def start_coturn(
         raise CoturnError(reason)
     directory = tempfile.mkdtemp(prefix="holepunch-coturn-")
     try:
-        port = free_port()
-        alt_port = free_port(exclude=(port,))
+        hosts = tuple(listen)
+        relay_ips = tuple(relay) if relay is not None else hosts
+        if not hosts or not relay_ips:
+            raise ValueError("coturn needs an address to listen on and one to relay from")
+        port = free_port(hosts=hosts)
+        alt_port = free_port(exclude=(port,), hosts=hosts)
         used = [port, alt_port]
         argv = [
             "turnserver",
             "-n",
-            f"--listening-ip={LOOPBACK}",
-            f"--relay-ip={LOOPBACK}",
+            *(f"--listening-ip={host}" for host in hosts),
+            *(f"--relay-ip={host}" for host in relay_ips),
             f"--listening-port={port}",
             f"--alt-listening-port={alt_port}",
             "--no-dtls",
@@ -287,8 +319,8 @@ def start_coturn(
             argv += ["--lt-cred-mech", f"--user={user}:{password}"]
         tls_port: int | None = None
         if certificate is not None:
-            tls_port = free_port(exclude=used)
-            alt_tls_port = free_port(exclude=[*used, tls_port])
+            tls_port = free_port(exclude=used, hosts=hosts)
+            alt_tls_port = free_port(exclude=[*used, tls_port], hosts=hosts)
             argv += [
                 f"--tls-listening-port={tls_port}",
                 f"--alt-tls-listening-port={alt_tls_port}",
@@ -313,6 +345,9 @@ def start_coturn(
         directory=directory,
         process=process,
         argv=argv,
+        host=hosts[0],
+        hosts=hosts,
+        relay_ips=relay_ips,
     )
     _running.append(server)
     try:
@@ -339,7 +374,7 @@ def stun_binding_answered(host: str, port: int, wait: float = 0.3) -> bool:
     """Whether one STUN Binding request to ``host:port`` over UDP gets a success answer."""
     transaction_id = os.urandom(12)
     request = struct.pack("!HHI", 0x0001, 0, _MAGIC_COOKIE) + transaction_id
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         sock.settimeout(wait)
         try:
             sock.sendto(request, (host, port))
@@ -362,10 +397,11 @@ def _wait_until_ready(server: Coturn, timeout: float) -> None:
     while True:
         if server.process.poll() is not None:
             problem = f"turnserver exited with status {server.process.returncode}"
-        elif (
-            stun_binding_answered(server.host, server.port)
-            and _accepts_tcp(server.host, server.port)
-            and (server.tls_port is None or _accepts_tcp(server.host, server.tls_port))
+        elif all(
+            stun_binding_answered(host, server.port)
+            and _accepts_tcp(host, server.port)
+            and (server.tls_port is None or _accepts_tcp(host, server.tls_port))
+            for host in server.hosts
         ):
             return
         elif time.monotonic() > deadline:

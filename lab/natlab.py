@@ -16,6 +16,13 @@ veth is made inside the lab's namespaces, and the lab's "internet" has no route 
 else. :meth:`NatLab.close` kills every process in the lab's namespaces and deletes them; it
 also runs at interpreter exit, and :func:`remove_stale_labs` sweeps up after a killed run.
 
+``NatLab(ipv6=True)`` adds an IPv6 internet without NAT66: 2001:db8:ff::/64 on the bridge
+(``pub`` on :data:`PUBLIC_A6` and :data:`PUBLIC_B6`, the wan namespace routing at
+:data:`WAN6_GATEWAY`), and each host that asks for a ``v6`` side gets its own routed site
+prefix 2001:db8:N::/64 behind its router, which filters IPv6 as one of :data:`V6_PRESETS`
+(a stateful RFC 6092 firewall, nothing, or everything). Hosts may be IPv4-only (IPv6 off),
+IPv6-only or dual stack.
+
 This is test infrastructure: it runs ``ip``, ``nft`` and ``sysctl`` with ``subprocess``
 and needs no reactor.
 """
@@ -57,6 +64,10 @@ PRESETS = (
 )
 """The NAT behaviours :meth:`NatLab.add_host` can put in front of a host."""
 
+V6_PRESETS = ("v6-firewall", "v6-open", "v6-blocked")
+"""What :meth:`NatLab.add_host` can put in front of a host's IPv6 side (no NAT66): a
+stateful home-router firewall (RFC 6092), nothing, or a router that forwards no IPv6."""
+
 PUBLIC_A = "203.0.113.10"
 """The public server namespace's primary address."""
 PUBLIC_B = "203.0.113.11"
@@ -65,6 +76,16 @@ VOID_GATEWAY = "203.0.113.254"
 """A gateway address nobody owns: where ``pub`` sends what the lab does not route."""
 WAN_PREFIX = "203.0.113."
 WAN_PREFIXLEN = 24
+
+PUBLIC_A6 = "2001:db8:ff::10"
+"""The public server namespace's primary IPv6 address (labs made with ``ipv6=True``)."""
+PUBLIC_B6 = "2001:db8:ff::11"
+"""The public server namespace's second IPv6 address."""
+WAN6_GATEWAY = "2001:db8:ff::fe"
+"""The wan namespace's own address on ``br0``: the IPv6 internet's router, which routes
+each site's prefix to that site's router and silently drops what it has no route for."""
+WAN6_PREFIX = "2001:db8:ff::"
+WAN6_PREFIXLEN = 64
 
 TWISTD = (sys.executable, "-c", "from twisted.scripts.twistd import run; run()")
 """``twistd`` run by this interpreter (the ``twistd`` script may belong to another one)."""
@@ -86,6 +107,21 @@ _STALE_PATTERN = re.compile(r"hp(\d+)x[0-9a-f]{4}-")
 _HOST_INDEXES = tuple(i for i in range(1, 251) if f"{WAN_PREFIX}{i}" not in (PUBLIC_A, PUBLIC_B))
 
 _IPV6_OFF = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+# IPv6 on, with addresses usable at once (no duplicate address detection) and nothing
+# learnt from the link (no router advertisements, autoconfiguration or redirects).
+_IPV6_ON = tuple(
+    f"net.ipv6.conf.{scope}.{setting}"
+    for scope in ("all", "default")
+    for setting in (
+        "disable_ipv6=0",
+        "accept_dad=0",
+        "accept_ra=0",
+        "autoconf=0",
+        "accept_redirects=0",
+    )
+)
+_IPV6_FORWARDING = "net.ipv6.conf.all.forwarding=1"
+_BRIDGE_MAC = "02:00:00:00:00:01"
 _BRIDGE_NF_OFF = (
     "net.bridge.bridge-nf-call-iptables=0",
     "net.bridge.bridge-nf-call-ip6tables=0",
@@ -287,24 +323,80 @@ def remove_stale_labs() -> list[str]:
 # --- nftables rulesets -----------------------------------------------------------------------
 
 
-def _home_router_filter(udp_blocked: bool) -> str:
-    forward_udp = "    meta l4proto udp drop\n" if udp_blocked else ""
+def _home_router_filter(udp_blocked: bool, ipv4_only: bool = False) -> str:
+    """The IPv4 home-router firewall; ``ipv4_only`` keeps its rules off IPv6 packets
+    (on a router that also routes IPv6: those have their own table)."""
+    only = "meta nfproto ipv4 " if ipv4_only else ""
+    forward_udp = f"    {only}meta l4proto udp drop\n" if udp_blocked else ""
     return (
         "table inet lab_filter {\n"
         "  chain input {\n"
         "    type filter hook input priority 0; policy accept;\n"
-        '    iifname "wan0" ct state invalid drop\n'
-        '    iifname "wan0" ct state new drop\n'
+        f'    {only}iifname "wan0" ct state invalid drop\n'
+        f'    {only}iifname "wan0" ct state new drop\n'
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority 0; policy accept;\n"
         f"{forward_udp}"
-        '    iifname "wan0" ct state invalid drop\n'
-        '    iifname "wan0" ct state new ct status dnat accept\n'
-        '    iifname "wan0" ct state new drop\n'
+        f'    {only}iifname "wan0" ct state invalid drop\n'
+        f'    {only}iifname "wan0" ct state new ct status dnat accept\n'
+        f'    {only}iifname "wan0" ct state new drop\n'
         "  }\n"
         "}\n"
     )
+
+
+# Neighbour discovery (RFC 4861) must reach the edge from its link; conntrack tracks none
+# of it (it is "invalid" to conntrack), so it is let in before any state rule.
+_NEIGHBOUR_DISCOVERY = (
+    "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, "
+    "nd-router-advert, nd-redirect }"
+)
+
+
+def ipv6_ruleset(v6: str, wan_interface: str = "wan0", *, routed: bool = True) -> str:
+    """The nftables table ``ip6 lab_filter6`` for IPv6 preset ``v6`` (no NAT66).
+
+    ``routed``: the rules of a router (chains ``input`` and ``forward``) whose
+    ``wan_interface`` faces the internet; otherwise those of a host on the internet's
+    bridge, filtering its own traffic (``input``, ``output``).
+
+    - ``v6-firewall`` (RFC 6092 home router): established and related flows pass, nothing
+      new comes in from the WAN, invalid packets are dropped; what goes out opens the way
+      back (so a simultaneous send or TCP simultaneous open punches through).
+    - ``v6-open``: no filtering.
+    - ``v6-blocked``: no IPv6 is forwarded (or, on a host, sent or received) but neighbour
+      discovery, so the host has an IPv6 address and a route that lead nowhere.
+
+    The drop rules have counters (``nft list table ip6 lab_filter6``).
+    """
+    if v6 not in V6_PRESETS:
+        raise ValueError(f"unknown IPv6 preset {v6!r}; choose from {V6_PRESETS}")
+    wan = f'iifname "{wan_interface}"'
+    if v6 == "v6-firewall":
+        stateful = (
+            f"    {wan} ct state established,related accept\n"
+            f"    {wan} ct state invalid counter drop\n"
+            f"    {wan} counter drop\n"
+        )
+        chains = {"input": f"    {wan} {_NEIGHBOUR_DISCOVERY} accept\n{stateful}"}
+        if routed:
+            chains["forward"] = stateful
+    elif v6 == "v6-open":
+        chains = {"input": ""}
+        if routed:
+            chains["forward"] = ""
+    else:
+        chains = {"input": f"    {_NEIGHBOUR_DISCOVERY} accept\n    counter drop\n"}
+        if routed:
+            chains["forward"] = "    counter drop\n"
+        else:
+            chains["output"] = f"    {_NEIGHBOUR_DISCOVERY} accept\n    counter drop\n"
+    body = "".join(
+        f"  chain {name} {{\n    type filter hook {name} priority 0; policy accept;\n{rules}  }}\n"
+        for name, rules in chains.items()
+    )
+    return f"table ip6 lab_filter6 {{\n{body}}}\n"
 
 
 def _cone_nat(address_restricted: bool) -> str:
@@ -363,8 +455,17 @@ def _srcnat_only(rule: str, extra: str = "") -> str:
     )
 
 
-def router_ruleset(preset: str, wan_address: str) -> str:
-    """The complete nftables ruleset a router running ``preset`` loads (``nft -f -``)."""
+def router_ruleset(preset: str | None, wan_address: str, v6: str | None = None) -> str:
+    """The complete nftables ruleset a router running ``preset`` loads (``nft -f -``).
+
+    With ``v6`` (one of :data:`V6_PRESETS`) the router routes IPv6 too: the IPv4 firewall
+    rules then match IPv4 only and :func:`ipv6_ruleset` follows. ``preset`` None: an
+    IPv6-only router.
+    """
+    if preset is None:
+        if v6 is None:
+            raise ValueError("a router needs an IPv4 preset, an IPv6 preset, or both")
+        return ipv6_ruleset(v6)
     if preset not in PRESETS or preset == "open":
         raise ValueError(f"no router ruleset for preset {preset!r}")
     if preset == "full-cone":
@@ -390,7 +491,8 @@ def router_ruleset(preset: str, wan_address: str) -> str:
             f"numgen inc mod {SEQUENTIAL_PORT_COUNT} map @seqport",
             extra=seqport,
         )
-    return _home_router_filter(udp_blocked=preset == "udp-blocked") + nat
+    v4 = _home_router_filter(udp_blocked=preset == "udp-blocked", ipv4_only=v6 is not None) + nat
+    return v4 if v6 is None else v4 + ipv6_ruleset(v6)
 
 
 # --- the lab -----------------------------------------------------------------------------------
@@ -439,16 +541,35 @@ class CoturnInfo:
     process: subprocess.Popen[Any] = dataclasses.field(compare=False, repr=False)
     argv: tuple[str, ...] = dataclasses.field(default=(), compare=False, repr=False)
     """The command line, for :meth:`NatLab.restart_coturn`."""
+    addresses: tuple[str, ...] = ()
+    """Every address it listens on and relays from (IPv4 and IPv6)."""
+    address6: str | None = None
+    """Its first IPv6 listening address, if any (then :attr:`address` is the first IPv4
+    one, if any)."""
+    alt_address6: str | None = None
+    """Its last IPv6 listening address (its RFC 5780 other address on IPv6), if any."""
 
     @property
     def stun_server(self) -> str:
-        """``IP:PORT`` of the primary STUN/TURN listener."""
-        return f"{self.address}:{self.port}"
+        """``IP:PORT`` of the primary STUN/TURN listener (``[IP]:PORT`` if IPv6)."""
+        return host_port(self.address, self.port)
 
     @property
     def turn_uri(self) -> str:
         """The RFC 7065 URI of the TURN service over UDP."""
-        return f"turn:{self.address}:{self.port}?transport=udp"
+        return f"turn:{self.stun_server}?transport=udp"
+
+    @property
+    def stun_server6(self) -> str:
+        """``[IP]:PORT`` of the primary IPv6 STUN/TURN listener."""
+        if self.address6 is None:
+            raise LabError("this coturn listens on no IPv6 address")
+        return host_port(self.address6, self.port)
+
+    @property
+    def turn_uri6(self) -> str:
+        """The RFC 7065 URI of the TURN service over UDP on IPv6."""
+        return f"turn:{self.stun_server6}?transport=udp"
 
     @property
     def log_path(self) -> str:
@@ -458,7 +579,12 @@ class CoturnInfo:
 def _coturn_targets(info: CoturnInfo, addresses: Sequence[str]) -> list[str]:
     """``IP:PORT`` of every listener of ``info``'s coturn (readiness probes)."""
     ports = (info.port, info.alt_port) if len(addresses) > 1 else (info.port,)
-    return [f"{a}:{p}" for a in addresses for p in ports]
+    return [host_port(a, p) for a in addresses for p in ports]
+
+
+def host_port(address: str, port: int) -> str:
+    """``IP:PORT``, or ``[IP]:PORT`` for an IPv6 address (RFC 3986 section 3.2.2)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class LabHost:
@@ -472,24 +598,41 @@ class LabHost:
         namespace: str,
         address: str,
         public_address: str,
-        preset: str,
+        preset: str | None,
         router_namespace: str | None,
         addresses: Sequence[str] = (),
+        v6: str | None = None,
+        addresses6: Sequence[str] = (),
     ) -> None:
         self.lab = lab
         self.name = name
         self.namespace = namespace
         self.address = address
+        """Its own IPv4 address; on an IPv6-only host its IPv6 address."""
         self.addresses = tuple(addresses) or (address,)
         self.public_address = public_address
+        """Where the internet sees it: its router's WAN address (its own if open, its
+        IPv6 address if IPv6-only)."""
         self.preset = preset
+        """Its IPv4 side (one of :data:`PRESETS`), None if it has no IPv4."""
         self.router_namespace = router_namespace
+        self.v6 = v6
+        """Its IPv6 side (one of :data:`V6_PRESETS`), None if it has no IPv6."""
+        self.addresses6 = tuple(addresses6)
+        """Its global IPv6 addresses (none without IPv6); no NAT66, so they are also
+        where the internet sees it."""
 
     def __repr__(self) -> str:
+        v6 = f" {self.v6} {self.address6}" if self.v6 else ""
         return (
             f"<LabHost {self.name} {self.preset} {self.address} -> {self.public_address}"
-            f" in {self.namespace}>"
+            f"{v6} in {self.namespace}>"
         )
+
+    @property
+    def address6(self) -> str | None:
+        """Its (first) global IPv6 address, None if it has no IPv6."""
+        return self.addresses6[0] if self.addresses6 else None
 
     @property
     def edge_namespace(self) -> str:
@@ -613,23 +756,35 @@ class LabHost:
         The rule sits in table ``inet lab_count``, chain ``egress`` (postrouting, after
         NAT), matching ``oifname <wan> [meta l4proto <l4proto>] ip daddr != {allowed}``.
         ``l4proto`` None counts every protocol; an empty ``allowed`` counts everything.
+        IPv6 addresses in ``allowed`` add a second rule, ``ip6 daddr != {allowed IPv6}``,
+        for the same counter: IPv6 packets are counted only when ``allowed`` names an
+        IPv6 address or is empty.
         """
         if not _COUNTER_NAME_PATTERN.fullmatch(name):
             raise ValueError(f"bad counter name {name!r}")
-        if l4proto not in (None, "udp", "tcp", "icmp"):
+        if l4proto not in (None, "udp", "tcp", "icmp", "ipv6-icmp"):
             raise ValueError(f"bad l4proto {l4proto!r}")
-        addresses = sorted({str(ipaddress.IPv4Address(a)) for a in allowed})
-        match = [f'oifname "{self.edge_interface}"']
+        parsed = {ipaddress.ip_address(a) for a in allowed}
+        by_family = {
+            selector: sorted(str(a) for a in parsed if a.version == version)
+            for selector, version in (("ip daddr", 4), ("ip6 daddr", 6))
+        }
+        common = [f'oifname "{self.edge_interface}"']
         if l4proto is not None:
-            match.append(f"meta l4proto {l4proto}")
-        if addresses:
-            match.append(f"ip daddr != {{ {', '.join(addresses)} }}")
+            common.append(f"meta l4proto {l4proto}")
+        matches = [
+            [*common, f"{selector} != {{ {', '.join(addresses)} }}"]
+            for selector, addresses in by_family.items()
+            if addresses
+        ] or [common]
         script = (
             "add table inet lab_count\n"
             "add chain inet lab_count egress "
             "{ type filter hook postrouting priority 200; policy accept; }\n"
             f"add counter inet lab_count {name}\n"
+        ) + "".join(
             f'add rule inet lab_count egress {" ".join(match)} counter name "{name}"\n'
+            for match in matches
         )
         self.router_nft(["-f", "-"], input=script.encode())
         return EgressCounter(self, name)
@@ -652,10 +807,13 @@ class NatLab:
     :func:`lab_fixture` for trial tests.
     """
 
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, *, ipv6: bool = False) -> None:
         if prefix is not None and not _PREFIX_PATTERN.fullmatch(prefix):
             raise ValueError(f"prefix must match {_PREFIX_PATTERN.pattern}, not {prefix!r}")
         self.prefix = prefix or _fresh_prefix()
+        self.ipv6 = ipv6
+        """Whether the lab has an IPv6 internet (``pub`` on :data:`PUBLIC_A6` and
+        :data:`PUBLIC_B6`, and hosts with a ``v6`` side); off, IPv6 is off everywhere."""
         self.wan_namespace = f"{self.prefix}-wan"
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
@@ -702,11 +860,12 @@ class NatLab:
 
     # -- building --
 
-    def _new_namespace(self, suffix: str, sysctls: Sequence[str] = ()) -> str:
+    def _new_namespace(self, suffix: str, sysctls: Sequence[str] = (), ipv6: bool = False) -> str:
         namespace = f"{self.prefix}-{suffix}"
         _run(["ip", "netns", "add", namespace])
         self._namespaces.append(namespace)
-        _run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-e", "-w", *_IPV6_OFF, *sysctls])
+        family = _IPV6_ON if ipv6 else _IPV6_OFF
+        _run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-e", "-w", *family, *sysctls])
         _ip(namespace, "link set lo up")
         return namespace
 
@@ -725,13 +884,29 @@ class NatLab:
         self._started = True
         atexit.register(self.close)
         try:
-            wan = self._new_namespace("wan", _BRIDGE_NF_OFF)
-            _ip(wan, "link add br0 type bridge")
+            wan_sysctls = (*_BRIDGE_NF_OFF, _IPV6_FORWARDING) if self.ipv6 else _BRIDGE_NF_OFF
+            wan = self._new_namespace("wan", wan_sysctls, ipv6=self.ipv6)
+            # A fixed MAC: by default a bridge takes its lowest port's, so each new host
+            # could change it under the neighbour caches of everyone who routes via br0's
+            # IPv6 address (their packets would go to the old MAC until the entry expires).
+            _ip(wan, f"link add br0 address {_BRIDGE_MAC} type bridge")
             _ip(wan, "link set br0 up")
-            pub = self._new_namespace("pub")
+            if self.ipv6:
+                # The IPv6 internet's router: each site's prefix is routed to its router
+                # (add_host); anything else is dropped without a word, like a lost packet.
+                _ip(wan, f"addr add {WAN6_GATEWAY}/{WAN6_PREFIXLEN} dev br0 nodad")
+                _ip(wan, "-6 route add blackhole default")
+            pub = self._new_namespace("pub", ipv6=self.ipv6)
             self._plug_into_wan("pub", pub, "eth0")
             for address in (PUBLIC_A, PUBLIC_B):
                 _ip(pub, f"addr add {address}/{WAN_PREFIXLEN} dev eth0")
+            addresses6 = (PUBLIC_A6, PUBLIC_B6) if self.ipv6 else ()
+            # Linux prefers the newest of equal IPv6 addresses as a source: PUBLIC_A6
+            # last, so pub sends from it as it sends from PUBLIC_A on IPv4.
+            for address in reversed(addresses6):
+                _ip(pub, f"addr add {address}/{WAN6_PREFIXLEN} dev eth0 nodad")
+            if self.ipv6:
+                _ip(pub, f"-6 route add default via {WAN6_GATEWAY}")
             # Like the internet: a packet for an address nobody routes is lost on the way,
             # not refused at once (coturn closes an allocation whose relay gets a send
             # error, e.g. toward a peer's private host address). A blackhole route would
@@ -748,22 +923,38 @@ class NatLab:
                 preset="open",
                 router_namespace=None,
                 addresses=(PUBLIC_A, PUBLIC_B),
+                v6="v6-open" if self.ipv6 else None,
+                addresses6=addresses6,
             )
         except BaseException:
             self.close()
             raise
 
-    def add_host(self, name: str, preset: str) -> LabHost:
+    def add_host(self, name: str, preset: str | None, *, v6: str | None = None) -> LabHost:
         """Add host ``name`` behind a router running ``preset`` (or on the bridge if open).
 
         Host number N (1, 2, ...) gets WAN address 203.0.113.N (on the router, or on the
         host itself when open) and, behind a router, LAN 10.N.0.0/24 with the router at
         .1, the host at .2 and its default route via the router.
+
+        ``v6`` (one of :data:`V6_PRESETS`, in a lab made with ``ipv6=True``) gives it an
+        IPv6 side too, without NAT: behind a router, the site prefix 2001:db8:N::/64
+        (router 2001:db8:N::1, host 2001:db8:N::2) routed by the internet to the router's
+        WAN address 2001:db8:ff::N; an open host gets 2001:db8:ff::N itself, and the
+        preset's rules filter its own traffic. ``v6`` None: no IPv6 at all (IPv6 is off in
+        its namespaces). ``preset`` None with a ``v6``: an IPv6-only host (no IPv4
+        address, no IPv4 route).
         """
         if not self._started or self._closed:
             raise RuntimeError("start the lab before adding hosts")
-        if preset not in PRESETS:
+        if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+        if v6 is not None and v6 not in V6_PRESETS:
+            raise ValueError(f"unknown IPv6 preset {v6!r}; choose from {V6_PRESETS}")
+        if v6 is not None and not self.ipv6:
+            raise ValueError("IPv6 hosts need a lab made with NatLab(ipv6=True)")
+        if preset is None and v6 is None:
+            raise ValueError("a host needs an IPv4 preset, an IPv6 preset, or both")
         if not _HOST_NAME_PATTERN.fullmatch(name) or name in ("wan", "pub"):
             raise ValueError(f"host name must match {_HOST_NAME_PATTERN.pattern}: {name!r}")
         if name in self._hosts:
@@ -773,7 +964,7 @@ class NatLab:
         index = self._free_indexes.pop(0)
         made = len(self._namespaces)
         try:
-            host = self._build_host(name, preset, index)
+            host = self._build_host(name, preset, index, v6)
         except BaseException:
             for namespace in self._namespaces[made:]:
                 _delete_namespace(namespace)
@@ -782,13 +973,24 @@ class NatLab:
         self._hosts[name] = host
         return host
 
-    def _build_host(self, name: str, preset: str, index: int) -> LabHost:
+    def _build_host(self, name: str, preset: str | None, index: int, v6: str | None) -> LabHost:
         wan_address = f"{WAN_PREFIX}{index}"
         wan_cidr = f"{wan_address}/{WAN_PREFIXLEN}"
-        host_ns = self._new_namespace(name)
+        # IPv6: the host's index written as a group, so 203.0.113.N <-> 2001:db8:ff::N.
+        wan_address6 = f"{WAN6_PREFIX}{index}"
+        wan_cidr6 = f"{wan_address6}/{WAN6_PREFIXLEN}"
+        ipv6 = v6 is not None
+        host_ns = self._new_namespace(name, ipv6=ipv6)
         if preset == "open":
             self._plug_into_wan(f"v{index}", host_ns, "eth0")
             _ip(host_ns, f"addr add {wan_cidr} dev eth0")
+            if v6 is not None:
+                _ip(host_ns, f"addr add {wan_cidr6} dev eth0 nodad")
+                _ip(host_ns, f"-6 route add default via {WAN6_GATEWAY}")
+                _run(
+                    ["ip", "netns", "exec", host_ns, "nft", "-f", "-"],
+                    input=ipv6_ruleset(v6, "eth0", routed=False).encode(),
+                )
             return LabHost(
                 self,
                 name=name,
@@ -797,29 +999,47 @@ class NatLab:
                 public_address=wan_address,
                 preset=preset,
                 router_namespace=None,
+                v6=v6,
+                addresses6=(wan_address6,) if ipv6 else (),
             )
-        router_ns = self._new_namespace(f"{name}-nat", ("net.ipv4.ip_forward=1",))
+        sysctls = [
+            *(("net.ipv4.ip_forward=1",) if preset is not None else ()),
+            *((_IPV6_FORWARDING,) if ipv6 else ()),
+        ]
+        router_ns = self._new_namespace(f"{name}-nat", sysctls, ipv6=ipv6)
         self._plug_into_wan(f"v{index}", router_ns, "wan0")
-        _ip(router_ns, f"addr add {wan_cidr} dev wan0")
-        lan_router, lan_host = f"10.{index}.0.1", f"10.{index}.0.2"
         _ip(router_ns, f"link add lan0 type veth peer name eth0 netns {host_ns}")
-        _ip(router_ns, f"addr add {lan_router}/24 dev lan0")
         _ip(router_ns, "link set lan0 up")
-        _ip(host_ns, f"addr add {lan_host}/24 dev eth0")
         _ip(host_ns, "link set eth0 up")
-        _ip(host_ns, f"route add default via {lan_router}")
+        lan_host = f"10.{index}.0.2"
+        if preset is not None:
+            lan_router = f"10.{index}.0.1"
+            _ip(router_ns, f"addr add {wan_cidr} dev wan0")
+            _ip(router_ns, f"addr add {lan_router}/24 dev lan0")
+            _ip(host_ns, f"addr add {lan_host}/24 dev eth0")
+            _ip(host_ns, f"route add default via {lan_router}")
+        site_router6, site_host6 = f"2001:db8:{index}::1", f"2001:db8:{index}::2"
+        if ipv6:
+            _ip(router_ns, f"addr add {wan_cidr6} dev wan0 nodad")
+            _ip(router_ns, f"-6 route add default via {WAN6_GATEWAY}")
+            _ip(router_ns, f"addr add {site_router6}/64 dev lan0 nodad")
+            _ip(host_ns, f"addr add {site_host6}/64 dev eth0 nodad")
+            _ip(host_ns, f"-6 route add default via {site_router6}")
+            _ip(self.wan_namespace, f"-6 route add 2001:db8:{index}::/64 via {wan_address6}")
         _run(
             ["ip", "netns", "exec", router_ns, "nft", "-f", "-"],
-            input=router_ruleset(preset, wan_address).encode(),
+            input=router_ruleset(preset, wan_address, v6).encode(),
         )
         return LabHost(
             self,
             name=name,
             namespace=host_ns,
-            address=lan_host,
-            public_address=wan_address,
+            address=lan_host if preset is not None else site_host6,
+            public_address=wan_address if preset is not None else site_host6,
             preset=preset,
             router_namespace=router_ns,
+            v6=v6,
+            addresses6=(site_host6,) if ipv6 else (),
         )
 
     # -- processes --
@@ -850,7 +1070,7 @@ class NatLab:
         user: str = "u",
         password: str = "p",
         realm: str = "lab",
-        addresses: Sequence[str] = (PUBLIC_A, PUBLIC_B),
+        addresses: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         timeout: float = 10.0,
     ) -> CoturnInfo:
@@ -858,11 +1078,19 @@ class NatLab:
 
         With two listening addresses and ``alt_port`` it sends OTHER-ADDRESS and honours
         CHANGE-REQUEST (RFC 5780); with one (``addresses=(PUBLIC_B,)``, say) it is an
-        ordinary one-address STUN/TURN server, as most deployments are. Its log, pid file
+        ordinary one-address STUN/TURN server, as most deployments are. By default it
+        listens on :data:`PUBLIC_A` and :data:`PUBLIC_B`, and in an IPv6 lab also on
+        :data:`PUBLIC_A6` and :data:`PUBLIC_B6` (relaying from both families, so a client
+        of either family can ask for a relay of either). Its log, pid file
         and user database live in a temporary directory that :meth:`close` removes.
         Readiness is a real STUN Binding answered on every address/port pair, polled until
         ``timeout``.
         """
+        if addresses is None:
+            addresses = (PUBLIC_A, PUBLIC_B, *self.public.addresses6)
+        addresses = tuple(addresses)
+        v4 = [a for a in addresses if ":" not in a]
+        v6 = [a for a in addresses if ":" in a]
         directory = tempfile.mkdtemp(prefix=f"{self.prefix}-coturn-")
         self._tempdirs.append(directory)
         argv = [
@@ -887,8 +1115,8 @@ class NatLab:
         ]
         proc = self._popen_coturn(argv, directory)
         info = CoturnInfo(
-            address=addresses[0],
-            alt_address=addresses[-1],
+            address=(v4 or v6)[0],
+            alt_address=(v4 or v6)[-1],
             port=port,
             alt_port=alt_port,
             user=user,
@@ -897,6 +1125,9 @@ class NatLab:
             directory=directory,
             process=proc,
             argv=tuple(argv),
+            addresses=addresses,
+            address6=v6[0] if v6 else None,
+            alt_address6=v6[-1] if v6 else None,
         )
         self._wait_for_stun(proc, _coturn_targets(info, addresses), timeout, "turnserver",
                             info.log_path)  # fmt: skip
@@ -927,7 +1158,7 @@ class NatLab:
             time.sleep(down)
         proc = self._popen_coturn(info.argv, info.directory)
         new = dataclasses.replace(info, process=proc)
-        addresses = list(dict.fromkeys((info.address, info.alt_address)))
+        addresses = list(info.addresses or dict.fromkeys((info.address, info.alt_address)))
         self._wait_for_stun(proc, _coturn_targets(new, addresses), timeout, "turnserver",
                             new.log_path)  # fmt: skip
         return new
@@ -1102,17 +1333,18 @@ def _tail(path: str, limit: int = 2000) -> str:
         return f"(no log: {e})"
 
 
-def lab_fixture(testcase: _TestCaseLike) -> NatLab:
+def lab_fixture(testcase: _TestCaseLike, *, ipv6: bool = False) -> NatLab:
     """A started :class:`NatLab` for a trial test, closed by the test's cleanup.
 
-    Raises ``SkipTest`` with :func:`unavailable_reason` where the lab cannot run.
+    ``ipv6``: the lab has an IPv6 internet too (see :class:`NatLab`). Raises ``SkipTest``
+    with :func:`unavailable_reason` where the lab cannot run.
     """
     from unittest import SkipTest
 
     reason = unavailable_reason()
     if reason is not None:
         raise SkipTest(reason)
-    lab = NatLab()
+    lab = NatLab(ipv6=ipv6)
     testcase.addCleanup(lab.close)
     lab.start()
     return lab

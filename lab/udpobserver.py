@@ -25,11 +25,17 @@ Clients (run in a lab host) print one JSON object:
   unless all answer); the lab uses this to wait for coturn.
 - ``--punch OBSERVER``: learn this socket's mapped address from the observer, print it,
   read the peer's ``IP:PORT`` from stdin, then send to it until packets went both ways.
+- ``--tcp-punch LOCAL``: bind a TCP socket to ``LOCAL``, print it, read the peer's
+  ``IP:PORT`` from stdin and connect to it (a simultaneous open when both do).
+
+Addresses are ``IP:PORT``, or ``[IPv6]:PORT``; every socket takes its address's family.
+A send that fails (no route for that family) ends a probe with ``"error"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import selectors
@@ -48,8 +54,12 @@ STUN_MAGIC_COOKIE = 0x2112A442
 
 
 def parse_address(text: str) -> Address:
-    """``"IP:PORT"`` -> ``(IP, PORT)``."""
+    """``"IP:PORT"`` or ``"[IPv6]:PORT"`` -> ``(IP, PORT)``."""
     host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets: [IP]:PORT, not {text!r}")
     if not host:
         raise ValueError(f"expected IP:PORT, not {text!r}")
     return host, int(port)
@@ -63,7 +73,19 @@ def _address_or_none(value: object) -> Address | None:
 
 
 def format_address(address: Address) -> str:
-    return f"{address[0]}:{address[1]}"
+    """``(IP, PORT)`` -> ``"IP:PORT"``, or ``"[IP]:PORT"`` for IPv6 (RFC 3986)."""
+    host = address[0]
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def family(address: Address) -> socket.AddressFamily:
+    """The socket family for ``address``: ``AF_INET6`` for an IPv6 address."""
+    return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
+def _any_address(target: Address) -> Address:
+    """The wildcard local address of ``target``'s family, port 0."""
+    return ("::", 0) if family(target) == socket.AF_INET6 else ("0.0.0.0", 0)
 
 
 def _decode(data: bytes) -> dict[str, Any]:
@@ -87,12 +109,12 @@ def serve(udp: Sequence[Address], tcp: Sequence[Address], out: IO[str]) -> None:
     selector = selectors.DefaultSelector()
     udp_sockets: dict[Address, socket.socket] = {}
     for address in udp:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family(address), socket.SOCK_DGRAM)
         sock.bind(address)
         udp_sockets[address] = sock
         selector.register(sock, selectors.EVENT_READ, "udp")
     for address in tcp:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = socket.socket(family(address), socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(16)
@@ -160,7 +182,11 @@ def observe(
         if direct_at is None and now >= deadline:
             break
         if direct_at is None and now >= next_send:
-            sock.sendto(request.encode(), target)
+            try:
+                sock.sendto(request.encode(), target)
+            except OSError as e:  # no route (a host without this family), say
+                result["error"] = repr(e)
+                break
             next_send = now + RETRANSMIT_INTERVAL
         until = direct_at + grace if direct_at is not None else min(next_send, deadline)
         sock.settimeout(max(until - now, 0.001))
@@ -185,12 +211,14 @@ def probe(
     targets: Sequence[Address],
     *,
     reply_from: Address | None = None,
-    local: Address = ("0.0.0.0", 0),
+    local: Address | None = None,
     timeout: float = 2.0,
     grace: float = 0.3,
 ) -> dict[str, Any]:
-    """Observe one fresh socket (bound to ``local``) from each target in turn."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    """Observe one fresh socket (bound to ``local``, by default the wildcard address of
+    the first target's family) from each target in turn."""
+    local = local or _any_address(targets[0])
+    with socket.socket(family(local), socket.SOCK_DGRAM) as sock:
         sock.bind(local)
         results = [
             observe(sock, target, str(i), reply_from=reply_from, timeout=timeout, grace=grace)
@@ -214,42 +242,55 @@ def stun_binding(targets: Sequence[Address], *, timeout: float = 2.0) -> dict[st
     mapped: dict[str, str | None] = {format_address(t): None for t in targets}
     transactions = {os.urandom(12): t for t in targets}
     deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sockets = {f: socket.socket(f, socket.SOCK_DGRAM) for f in {family(t) for t in targets}}
+    selector = selectors.DefaultSelector()
+    for sock in sockets.values():
+        selector.register(sock, selectors.EVENT_READ)
+    with selector, contextlib.ExitStack() as stack:
+        for sock in sockets.values():
+            stack.enter_context(sock)
         next_send = 0.0
         while None in mapped.values() and time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_send:
                 for txid, target in transactions.items():
                     if mapped[format_address(target)] is None:
-                        sock.sendto(
-                            struct.pack("!HHI", 0x0001, 0, STUN_MAGIC_COOKIE) + txid, target
-                        )
+                        with contextlib.suppress(OSError):
+                            sockets[family(target)].sendto(
+                                struct.pack("!HHI", 0x0001, 0, STUN_MAGIC_COOKIE) + txid, target
+                            )
                 next_send = now + 0.1
-            sock.settimeout(max(min(next_send, deadline) - now, 0.001))
-            try:
-                data = sock.recv(2048)
-            except TimeoutError:
-                continue
-            if len(data) < 20 or data[4:8] != struct.pack("!I", STUN_MAGIC_COOKIE):
-                continue
-            answered = transactions.get(data[8:20])
-            kind = struct.unpack("!H", data[:2])[0]
-            if answered is not None and kind == 0x0101:
-                mapped[format_address(answered)] = stun_mapped_address(data) or "?"
+            for key, _ in selector.select(max(min(next_send, deadline) - now, 0.001)):
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                data = ready.recv(2048)
+                if len(data) < 20 or data[4:8] != struct.pack("!I", STUN_MAGIC_COOKIE):
+                    continue
+                answered = transactions.get(data[8:20])
+                kind = struct.unpack("!H", data[:2])[0]
+                if answered is not None and kind == 0x0101:
+                    mapped[format_address(answered)] = stun_mapped_address(data) or "?"
     return {"mapped": mapped, "ok": None not in mapped.values()}
 
 
 def stun_mapped_address(message: bytes) -> str | None:
+    """The (XOR-)MAPPED-ADDRESS of a STUN message as ``IP:PORT`` / ``[IPv6]:PORT``."""
     offset = 20
     while offset + 4 <= len(message):
         kind, length = struct.unpack_from("!HH", message, offset)
         value = message[offset + 4 : offset + 4 + length]
-        if kind in (0x0020, 0x0001) and len(value) >= 8 and value[1] == 0x01:
-            port, raw = struct.unpack_from("!HI", value, 2)
-            if kind == 0x0020:
+        if kind in (0x0020, 0x0001) and len(value) >= 8 and value[1] in (0x01, 0x02):
+            size = 4 if value[1] == 0x01 else 16
+            port = struct.unpack_from("!H", value, 2)[0]
+            raw = value[4 : 4 + size]
+            if len(raw) < size:
+                return None
+            if kind == 0x0020:  # XOR with the magic cookie and, for IPv6, the transaction id
                 port ^= STUN_MAGIC_COOKIE >> 16
-                raw ^= STUN_MAGIC_COOKIE
-            return f"{socket.inet_ntoa(struct.pack('!I', raw))}:{port}"
+                pad = struct.pack("!I", STUN_MAGIC_COOKIE) + message[8:20]
+                raw = bytes(a ^ b for a, b in zip(raw, pad, strict=False))
+            ip = socket.inet_ntop(socket.AF_INET if size == 4 else socket.AF_INET6, raw)
+            return format_address((ip, port))
         offset += 4 + (length + 3) // 4 * 4
     return None
 
@@ -263,8 +304,8 @@ def punch(
     address) from ``stdin``, then sends ``{"punch": 1, "got": <heard the peer yet>}`` every
     50 ms until it has heard the peer and the peer has heard it, or ``timeout`` passes.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("0.0.0.0", 0))
+    with socket.socket(family(observer), socket.SOCK_DGRAM) as sock:
+        sock.bind(_any_address(observer))
         mapped = observe(sock, observer, "mapping", timeout=timeout)["seen"]
         _emit(out, {"mapped": mapped, "local": format_address(sock.getsockname())})
         line = stdin.readline().strip()
@@ -300,6 +341,40 @@ def punch(
         return result
 
 
+def tcp_punch(
+    local: Address, stdin: IO[str], out: IO[str], *, timeout: float = 5.0
+) -> dict[str, Any]:
+    """TCP simultaneous open (RFC 9293 section 3.5) from a plain socket.
+
+    Binds ``local``, prints ``{"local": ...}``, reads the peer's ``IP:PORT`` from
+    ``stdin``, connects to it from that port (both sides do so at about the same time),
+    sends one JSON line and reads the peer's.
+    """
+    with socket.socket(family(local), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(local)
+        bound = format_address(sock.getsockname())
+        _emit(out, {"local": bound})
+        line = stdin.readline().strip()
+        result: dict[str, Any] = {"local": bound, "peer": line, "connected": False}
+        if not line:
+            return result
+        sock.settimeout(timeout)
+        start = time.monotonic()
+        try:
+            sock.connect(parse_address(line))
+            sock.sendall(json.dumps({"from": bound}).encode() + b"\n")
+            answer = sock.makefile("rb").readline()
+        except OSError as e:
+            result["error"] = repr(e)
+            return result
+        result["connected"] = True
+        result["remote"] = format_address(sock.getpeername())
+        result["peer_line"] = _decode(answer)
+        result["elapsed_ms"] = round((time.monotonic() - start) * 1000)
+        return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.udpobserver")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -308,9 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--connect", type=parse_address, metavar="IP:PORT")
     mode.add_argument("--stun", action="append", type=parse_address, metavar="IP:PORT")
     mode.add_argument("--punch", type=parse_address, metavar="OBSERVER")
+    mode.add_argument("--tcp-punch", type=parse_address, metavar="LOCAL")
     parser.add_argument("--tcp", action="append", type=parse_address, default=[])
     parser.add_argument("--reply-from", type=parse_address, metavar="IP:PORT")
-    parser.add_argument("--local", type=parse_address, default=("0.0.0.0", 0))
+    parser.add_argument("--local", type=parse_address)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--grace", type=float, default=0.3)
     args = parser.parse_args(argv)
@@ -336,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = stun_binding(args.stun, timeout=args.timeout)
         _emit(out, result)
         return 0 if result["ok"] else 1
+    if args.tcp_punch:
+        result = tcp_punch(args.tcp_punch, sys.stdin, out, timeout=args.timeout)
+        _emit(out, result)
+        return 0 if result["connected"] else 1
     result = punch(args.punch, sys.stdin, out, timeout=args.timeout)
     _emit(out, result)
     return 0 if result["received_from"] else 1

@@ -59,6 +59,7 @@ from holepunch.cli.peer import (
     carry_one_stream,
     with_secure_peer,
 )
+from holepunch.stun.wire import format_address
 
 if TYPE_CHECKING:
     from holepunch.quic.session import QuicSession
@@ -371,8 +372,8 @@ def _path_events(peer: SecurePeer, write: Any) -> None:
                 {
                     "event": "path-changed",
                     "method": c.method,
-                    "local": f"{c.local[0]}:{c.local[1]}",
-                    "remote": f"{c.remote[0]}:{c.remote[1]}",
+                    "local": format_address(c.local),
+                    "remote": format_address(c.remote),
                     "reason": getattr(c, "path_change_reason", ""),
                 }
             )

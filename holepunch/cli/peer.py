@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer, protocol
 
+from holepunch.stun.wire import format_address
+
 if TYPE_CHECKING:
     from holepunch.quic.identity import PeerIdentity
     from holepunch.quic.session import QuicSession
@@ -123,8 +125,8 @@ class SecurePeer:
         path = self.path
         info: dict[str, Any] = {
             "method": getattr(path, "method", None),
-            "local": f"{path.local[0]}:{path.local[1]}" if path is not None else None,
-            "remote": f"{path.remote[0]}:{path.remote[1]}" if path is not None else None,
+            "local": format_address(path.local) if path is not None else None,
+            "remote": format_address(path.remote) if path is not None else None,
             "elapsed_ms": round(self.elapsed * 1000, 1),
             "rtt_ms": round((getattr(path, "rtt", None) or 0) * 1000, 2),
             "probes_sent": agent_stat(path, "probes_sent"),

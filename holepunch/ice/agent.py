@@ -22,6 +22,7 @@ for one address goes to ``core.permission_refused``. Each step is logged, counte
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,16 @@ from holepunch.ice.hardnat import MappingProfile, Technique
 from holepunch.ice.parts import AgentStats
 from holepunch.ice.portmapping import AgentPortMapping
 from holepunch.ice.relays import Relays
-from holepunch.ice.sockets import IceSocket, local_ipv4_addresses, route_source
+from holepunch.ice.sockets import (
+    IceSocket,
+    bind_interface,
+    ipv6_available,
+    local_addresses,
+    route_source,
+)
 from holepunch.nat.portmap import PortMapping
 from holepunch.stun.client import resolve_server
-from holepunch.stun.wire import Address
+from holepunch.stun.wire import Address, format_address
 
 _log = Logger()
 
@@ -82,16 +89,18 @@ class IceAgent:
         candidates must go to the peer (the negotiation sends a new offer or answer)."""
         self.local_addresses: Callable[[], list[str]] = self._configured_addresses
         """The local addresses to gather on now: the configured ones, or every usable
-        local IPv4 address (replaceable, for tests)."""
+        local address of the families the agent's socket serves (replaceable, for
+        tests)."""
         self._addresses: list[str] = []
         self._watch: IDelayedCall | None = None
         self.connection: PeerConnection | None = None
         self._sockets: dict[int, IceSocket] = {}
-        self.relays = Relays(reactor, self.core.config.relay)
+        self.relays = Relays(reactor, self.core.config.relay, self.core.config.relay.families)
         """The TURN allocations (:class:`holepunch.ice.relays.Relays`)."""
         self.port_mapping = AgentPortMapping(reactor, self.core.config.gathering)
         """The router's mapping of our socket (:mod:`holepunch.ice.portmapping`)."""
         self._local: tuple[str, int] | None = None
+        self._interface = ""
         self._timer: IDelayedCall | None = None
         self._connect_d: defer.Deferred[PeerConnection] | None = None
         self._gathered: list[defer.Deferred[None]] = []
@@ -195,10 +204,31 @@ class IceAgent:
             raise IceError("closed", "the agent is closed")
         if self._local is not None:
             return self._local
-        addresses = self.config.gathering.addresses
-        interface = addresses[0] if addresses and len(addresses) == 1 else ""
+        interface = bind_interface(self._candidate_addresses())
+        if interface == "::" and not ipv6_available():
+            _log.info("IPv6 is not available on this host: gathering on IPv4 only")
+            interface = ""
+        self._interface = interface
         self._local = self._open_socket(MAIN, interface, self.config.gathering.port).local
         return self._local
+
+    def _candidate_addresses(self) -> list[str]:
+        """The configured addresses, or every usable local one (both families)."""
+        gathering = self.config.gathering
+        if gathering.addresses:
+            # As sockets spell them (``2001:db8::1``, not ``2001:DB8:0::1``).
+            return [str(ipaddress.ip_address(a)) for a in gathering.addresses]
+        return local_addresses(gathering.include_loopback)
+
+    def _served(self, addresses: list[str]) -> list[str]:
+        """Those of ``addresses`` the main socket can send from: all of them on ``::``,
+        the IPv4 ones on IPv4 any, the one it is bound to otherwise."""
+        interface = self._interface
+        if interface == "::":
+            return addresses
+        if interface == "":
+            return [a for a in addresses if ":" not in a]
+        return [a for a in addresses if a == interface] or [interface]
 
     def _open_socket(self, via: int, interface: str, port: int) -> IceSocket:
         sock = IceSocket.bind(self.reactor, via, interface, port, self.datagram_received)
@@ -345,7 +375,7 @@ class IceAgent:
             return candidate.address
         sock = self._sockets[via]
         host, port = sock.local
-        return (candidate.host if host in ("0.0.0.0", "") else host, port)
+        return (candidate.host if host in ("0.0.0.0", "::", "") else host, port)
 
     def _selected(self, event: events.PairSelected) -> None:
         self.relays.watch(relayed(event.pair))
@@ -436,9 +466,9 @@ class IceAgent:
         """
         _, port = self.listen()
         gathering = self.config.gathering
-        addresses = list(gathering.addresses or local_ipv4_addresses(gathering.include_loopback))
+        addresses = self._served(self._candidate_addresses())
         if not addresses:
-            raise IceError("gathering", "no usable local IPv4 address")
+            raise IceError("gathering", "no usable local address")
         done: defer.Deferred[None] = defer.Deferred()
         self._gathered.append(done)
         servers = await self._resolve(gathering.stun_servers)
@@ -487,18 +517,12 @@ class IceAgent:
         await d
 
     async def _gather_relays(self) -> None:
-        """One relayed candidate from the first TURN server that allocates (RFC 8656)."""
+        """Relayed candidates from the first TURN server that allocates (RFC 8656): one
+        per relayed address, so one per family of a dual allocation."""
         main = self._sockets[MAIN]
         allocation = await self.relays.allocate(main.write, self.udp_blocked)
         if allocation is not None and not self._closed:
-            allocated = allocation.allocated
-            via = self.core.add_relay(
-                (allocated.relayed.host, allocated.relayed.port),
-                (allocated.mapped.host, allocated.mapped.port),
-                str(allocated.server),
-                self.reactor.seconds(),
-            )
-            self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
+            self._add_relayed(allocation, replacing=False)
         elif allocation is not None:
             allocation.close()
         if not self._closed:
@@ -518,10 +542,12 @@ class IceAgent:
         """The TURN server lost relay ``via``: tell the core, then allocate again."""
         if self._closed:
             return
+        vias = [via, *self.relays.siblings(via)]  # a dual allocation is lost as a whole
         server = self.relays.lost(via)
         reason = str(error)
         _log.warn("relay {via} lost: {reason}", via=via, reason=reason)
-        self.core.relay_lost(via, reason, self.reactor.seconds())
+        for lost in vias:
+            self.core.relay_lost(lost, reason, self.reactor.seconds())
         self._relay_event("relay-lost", reason)
         self._pump()
         if self.config.relay.reallocate:
@@ -541,22 +567,28 @@ class IceAgent:
                 return
             if allocation is not None:
                 allocated = allocation.allocated
-                via = self.core.replace_relay(
-                    (allocated.relayed.host, allocated.relayed.port),
-                    (allocated.mapped.host, allocated.mapped.port),
-                    str(allocated.server),
-                    self.reactor.seconds(),
-                )
-                self.relays.add(via, allocation, self.datagram_received, self._relay_lost)
-                server_at = f"{allocated.server.host}:{allocated.server.port}"
-                relayed_at = f"{allocated.relayed.host}:{allocated.relayed.port}"
-                detail = f"turn:{server_at} relayed {relayed_at}"
+                self._add_relayed(allocation, replacing=True)
+                relayed_at = ", ".join(format_address(a) for a in allocated.relayed_addresses)
+                detail = f"turn:{format_address(allocated.server)} relayed {relayed_at}"
                 _log.info("relay reallocated: {detail}", detail=detail)
                 self._relay_event("relay-reallocated", detail)
                 self._pump()
                 return
             await task.deferLater(self.reactor, self.config.relay.reallocate_retry, lambda: None)
         self._relay_event("relay-unavailable", "no TURN server granted a new allocation")
+
+    def _add_relayed(self, allocation: Any, replacing: bool) -> None:
+        """A candidate and a via for each relayed address of ``allocation`` (the first
+        replaces the lost relay's candidate when ``replacing``)."""
+        allocated = allocation.allocated
+        mapped = (allocated.mapped.host, allocated.mapped.port)
+        for index, granted in enumerate(allocated.relayed_addresses):
+            add = self.core.replace_relay if replacing and index == 0 else self.core.add_relay
+            address = (granted.host, granted.port)
+            via = add(address, mapped, str(allocated.server), self.reactor.seconds())
+            self.relays.add(
+                via, allocation, self.datagram_received, self._relay_lost, relayed=address
+            )
 
     def _permission_refused(self, via: int, host: str, reason: str) -> None:
         if self._closed:
@@ -581,10 +613,7 @@ class IceAgent:
         return started
 
     def _configured_addresses(self) -> list[str]:
-        gathering = self.config.gathering
-        if gathering.addresses:
-            return list(gathering.addresses)
-        return list(local_ipv4_addresses(gathering.include_loopback))
+        return self._served(self._candidate_addresses())
 
     def _start_watching(self) -> None:
         interval = self.config.restart.watch_interfaces

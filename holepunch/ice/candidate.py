@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 # RFC 8445 5.1.2.2 recommended type preferences. "predicted" candidates (port
@@ -39,6 +40,31 @@ def candidate_priority(
     if not 1 <= component <= 256:
         raise ValueError(f"component out of range: {component}")
     return (TYPE_PREFERENCE[candidate_type] << 24) + (local_preference << 8) + (256 - component)
+
+
+_ULA = ipaddress.ip_network("fc00::/7")
+"""Unique-local IPv6 (RFC 4193): reachable inside one site only."""
+
+
+def ip_version(host: str) -> int:
+    """4 or 6; 0 for something that is not an IP address."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return 0
+
+
+def host_preferences(hosts: Sequence[str]) -> dict[str, int]:
+    """Local preferences for host candidates on ``hosts`` (RFC 8421 section 4): IPv6
+    first, the two families interleaved so that the first checks try both (a broken IPv6
+    path costs one pacing step, not all of them); global IPv6 before unique-local; each
+    family otherwise in the order given."""
+    v6 = sorted((h for h in hosts if ":" in h), key=lambda h: ipaddress.ip_address(h) in _ULA)
+    v4 = [h for h in hosts if ":" not in h]
+    order: list[str] = []
+    for index in range(max(len(v6), len(v4))):
+        order += [family[index] for family in (v6, v4) if index < len(family)]
+    return {host: 65535 - rank for rank, host in enumerate(dict.fromkeys(order))}
 
 
 def candidate_foundation(

@@ -21,7 +21,6 @@ What a successful check means for nomination is the selector's business
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from holepunch.ice import events
-from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
+from holepunch.ice.candidate import Candidate, candidate_priority, ip_version, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState
 from holepunch.ice.events import MAIN
 from holepunch.ice.parts import Core
@@ -64,14 +63,11 @@ class Checker:
     # -- remote candidates and pairs --
 
     def add_remote(self, candidate: Candidate) -> None:
-        """A signalled remote candidate: kept, paired and checked (UDP, IPv4 only)."""
+        """A signalled remote candidate: kept, paired and checked (UDP, either family)."""
         core = self.core
         if candidate.transport != "udp" or candidate.component != 1:
             return
-        try:
-            if ipaddress.ip_address(candidate.host).version != 4:
-                return
-        except ValueError:
+        if ip_version(candidate.host) == 0:
             return
         known = next((c for c in core.remote_candidates if c.address == candidate.address), None)
         if known is not None:
@@ -96,8 +92,10 @@ class Checker:
     def _permit(self, candidate: Candidate) -> None:
         """TURN permissions for a remote candidate's address at once (RFC 8656 9),
         before any check needs them, as browsers do."""
-        if any(base.type == "relay" for base in self.core.socket_bases.values()):
-            self.core.emit(events.PermissionWanted(candidate.host))
+        family = ip_version(candidate.host)
+        for via, base in self.core.socket_bases.items():
+            if base.type == "relay" and ip_version(base.host) == family:
+                self.core.emit(events.PermissionWanted(candidate.host, via))
 
     def pair_all(self) -> None:
         """Pair every remote candidate known so far."""
@@ -110,9 +108,12 @@ class Checker:
         if not core.host_bases:
             return None
         local = core.base_for(remote.host, remote.port)
-        pair = None if core.config.relay.only else core.checklist.add(local, remote)
+        pair = None
+        if local is not None and not core.config.relay.only:
+            pair = core.checklist.add(local, remote)
+        family = ip_version(remote.host)
         for base in core.socket_bases.values():
-            if base.type == "relay":
+            if base.type == "relay" and ip_version(base.host) == family:
                 core.checklist.add(base, remote)
         return pair
 
@@ -377,6 +378,8 @@ class Checker:
             core.remote_candidates.append(remote)
             _log.debug("peer-reflexive remote candidate {c}", c=remote.to_sdp())
         local = core.socket_bases.get(via) or core.base_for(*source)
+        if local is None:
+            return  # from a family we have no host candidate of: nothing to pair
         pair = core.checklist.find(local, source) or core.checklist.add(local, remote)
         if pair is None:
             return

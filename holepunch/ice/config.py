@@ -109,6 +109,14 @@ class RelayConfig:
     only: bool = False
     """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
     check_delay: float = 0.3
+    """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
+    permission for us is in place first (a check that reaches a relay port before the
+    permission is dropped, and coturn also spoils the allocation's nonce over it)."""
+    families: str | Sequence[str] | None = "auto"
+    """Relayed address families to ask for (RFC 8656 REQUESTED-ADDRESS-FAMILY and
+    ADDITIONAL-ADDRESS-FAMILY): ``"auto"`` both, the one the server is reached over
+    first; a list such as ``["ipv6"]``; None asks for nothing (the server's default,
+    IPv4)."""
     liveness_interval: float = 5.0
     """While the connection is relayed (either side's candidate) our relay is checked this
     often (a TURN Refresh, given up after 3.5 s): a restarted or dead server is noticed
@@ -121,9 +129,6 @@ class RelayConfig:
     reallocate_retry: float = 2.0
     """Seconds between rounds of re-allocation while no server grants one (up to 10
     rounds)."""
-    """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
-    permission for us is in place first (a check that reaches a relay port before the
-    permission is dropped, and coturn also spoils the allocation's nonce over it)."""
 
 
 @dataclass

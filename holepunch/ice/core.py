@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from holepunch.ice import events
 from holepunch.ice.betterpath import PathSearch
-from holepunch.ice.candidate import Candidate
+from holepunch.ice.candidate import Candidate, ip_version
 from holepunch.ice.checklist import CandidatePair, CheckList, relayed
 from holepunch.ice.checks import Checker
 from holepunch.ice.config import IceConfig
@@ -597,12 +597,15 @@ class IceCore:
             self.emit(events.LocalCandidate(candidate))
         return True
 
-    def base_for(self, host: str, port: int) -> Candidate:
-        """The host candidate the system sends from toward ``host:port``."""
+    def base_for(self, host: str, port: int) -> Candidate | None:
+        """The host candidate the system sends from toward ``host:port``: the route's
+        source address, else the first host candidate of the same family (RFC 8445
+        6.1.2.2 pairs only candidates of one family); None when we have none of it."""
         source = self.route((host, port)) if self.route is not None else None
-        if source is not None and source in self.host_bases:
+        family = ip_version(host)
+        if source is not None and source in self.host_bases and ip_version(source) == family:
             return self.host_bases[source]
-        return next(iter(self.host_bases.values()))
+        return next((c for h, c in self.host_bases.items() if ip_version(h) == family), None)
 
     def via_for(self, local: Candidate) -> int | None:
         """The socket a local candidate sends from (its base's socket, or its relay)."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from twisted.logger import Logger
 
 from holepunch.ice import events
-from holepunch.ice.candidate import make_candidate
+from holepunch.ice.candidate import host_preferences, ip_version, make_candidate
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import profile_from_flows
 from holepunch.ice.parts import Core
@@ -119,8 +119,9 @@ class Gatherer:
         """Host candidates now; a Binding to each STUN server (and a lone server's
         second port, for the mapping)."""
         core = self.core
-        for preference, host in enumerate(hosts):
-            candidate = make_candidate("host", host, port, local_preference=65535 - preference)
+        preferences = host_preferences(hosts)
+        for host in hosts:
+            candidate = make_candidate("host", host, port, local_preference=preferences[host])
             core.host_bases[host] = candidate
             core.add_local(candidate)
         core.checker.pair_all()
@@ -128,8 +129,12 @@ class Gatherer:
         if core.config.gathering.port_mapping and mappable:
             self._port_mapping_pending = True
             core.emit(events.PortMappingWanted(port, mappable))
-        self._servers = list(dict.fromkeys(servers))
-        for server in self._servers:
+        families = {ip_version(h) for h in hosts}
+        usable = [s for s in dict.fromkeys(servers) if ip_version(s.host) in families]
+        # Our mapping (port prediction, birthday probing) is measured on IPv4 only: IPv6
+        # has no NAT to predict, and its flows must not move the IPv4 flow count.
+        self._servers = [s for s in usable if ip_version(s.host) == 4]
+        for server in usable:
             self._new_flow(server, "stun")
         if self._measuring() and len(self._servers) == 1 and self._servers[0].port < 65535:
             lone = self._servers[0]
@@ -149,9 +154,13 @@ class Gatherer:
         *,
         policy: RetransmissionPolicy | None = None,
     ) -> None:
-        """One STUN Binding from the main socket to a destination it had not used."""
-        flow = _Flow(len(self._flows), target, kind)
-        self._flows[target] = flow.index
+        """One STUN Binding from the main socket to a destination it had not used; an
+        IPv4 one is a numbered flow (a mapping sample), an IPv6 one is not (index -1)."""
+        if ip_version(target.host) == 4:
+            flow = _Flow(len(self._flows), target, kind)
+            self._flows[target] = flow.index
+        else:
+            flow = _Flow(-1, target, kind)
         self._pending += 1
         self.core.start_transaction(
             self,
@@ -183,12 +192,15 @@ class Gatherer:
                 err=outcome.error,
             )
         else:
-            self._sample(payload.index, result.mapped, f"{payload.kind}:{target[0]}:{target[1]}")
+            if payload.index >= 0:
+                evidence = f"{payload.kind}:{target[0]}:{target[1]}"
+                self._sample(payload.index, result.mapped, evidence)
             if payload.kind == "stun":
                 self._reflexive(payload.target, result.mapped)
             other = result.other_address
             if (
                 other is not None
+                and payload.index >= 0
                 and self._measuring()
                 and self._rfc5780 is None
                 and other.host != payload.target.host
@@ -213,7 +225,7 @@ class Gatherer:
         """A check from the main socket to ``destination`` was answered: ``mapped`` is our
         mapping toward the peer. A new destination is one more sample; with no mapping
         measured yet (one STUN server, say), it may now be known."""
-        if destination in self._flows or not self.stun_complete:
+        if destination in self._flows or not self.stun_complete or ":" in destination.host:
             return
         index = len(self._flows)
         self._flows[destination] = index
@@ -242,7 +254,7 @@ class Gatherer:
         core = self.core
         self.stun_answers += 1
         base = core.base_for(server.host, server.port)
-        if mapped != Address(base.host, base.port):
+        if base is not None and mapped != Address(base.host, base.port):
             srflx = make_candidate(
                 "srflx",
                 mapped.host,
@@ -353,7 +365,8 @@ class Gatherer:
     def add_relay(
         self, via: int, relayed: tuple[str, int], mapped: tuple[str, int], server: str
     ) -> None:
-        """A relayed candidate on relay ``via``; paired with every remote candidate."""
+        """A relayed candidate on relay ``via``; paired with every remote candidate of
+        its family."""
         core = self.core
         relay = make_candidate(
             "relay", relayed[0], relayed[1], base=mapped, server=f"turn:{server}"
@@ -361,7 +374,10 @@ class Gatherer:
         core.socket_bases[via] = relay
         core.add_local(relay)
         _log.info("relayed candidate {c}", c=relay.to_sdp())
+        family = ip_version(relay.host)
         for remote in core.remote_candidates:
+            if ip_version(remote.host) != family:
+                continue  # a relayed address reaches peers of its own family only
             core.emit(events.PermissionWanted(remote.host, via))
             core.checklist.add(relay, remote)
         core.checker.schedule()

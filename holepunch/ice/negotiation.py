@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from holepunch.ice.agent import IceAgent
-from holepunch.ice.candidate import Candidate, CandidateError
+from holepunch.ice.candidate import Candidate, CandidateError, ip_version
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.events import IceError
@@ -80,7 +80,7 @@ class Session:
     sent: set[str] = field(default_factory=set)
     pending_candidates: list[JSON] = field(default_factory=list)
     tcp: TcpTrack | None = None
-    remote_tcp: tuple[str, int] | None = None
+    remote_tcp: list[tuple[str, int]] = field(default_factory=list)
     remote_udp_blocked: bool = False
     remote_fingerprint: str | None = None
     """The certificate fingerprint the peer signaled (SDP's ``a=fingerprint``), if any."""
@@ -542,8 +542,7 @@ class Negotiator:
             quic=session.quic and kind == "offer",
         )
         if session.tcp is not None:
-            tcp_candidate = session.tcp.candidate()
-            if tcp_candidate is not None:
+            for tcp_candidate in session.tcp.candidates():
                 description["ice"]["candidates"].append(tcp_candidate.to_sdp())
         if session.agent.udp_blocked:
             description["ice"]["udpBlocked"] = True
@@ -679,7 +678,7 @@ class Negotiator:
         if agent.config.tcp.enabled and agent.config.gathering.stun_servers:
             session.tcp = await self._tcp_track(agent)
             if session.tcp is not None:
-                session.tcp.remote = session.remote_tcp
+                session.tcp.set_remotes(session.remote_tcp)
                 # While TCP punches (and once it carries), UDP does not give up: its
                 # failed pairs are checked again until one works, then the connection
                 # moves to UDP (docs/ice.md, "From TCP to UDP").
@@ -712,17 +711,31 @@ class Negotiator:
         return await self._race(session, connecting)
 
     async def _tcp_track(self, agent: IceAgent) -> TcpTrack | None:
+        """The TCP track: an IPv4 mapping from the first IPv4 STUN server, an IPv6 one
+        from the first IPv6 server or, with none, from our IPv6 address itself."""
         from holepunch.stun.client import resolve_server
 
-        host, port = agent.config.gathering.stun_servers[0]
-        try:
-            server = await resolve_server(self.reactor, host, port)
-        except Exception as e:
-            _log.info("no TCP track: {err}", err=e)
+        servers: dict[int, tuple[str, int]] = {}
+        for host, port in agent.config.gathering.stun_servers:
+            try:
+                server = await resolve_server(self.reactor, host, port)
+            except Exception as e:
+                _log.info("no TCP track through {host}: {err}", host=host, err=e)
+                continue
+            servers.setdefault(ip_version(server.host), (server.host, server.port))
+        addresses = agent.local_addresses()
+        v4 = [a for a in addresses if ip_version(a) == 4]
+        v6 = [a for a in addresses if ip_version(a) == 6]
+        v6_host = v6[0] if v6 else None
+        if not servers and v6_host is None:
             return None
-        addresses = agent.config.gathering.addresses
-        interface = addresses[0] if addresses and len(addresses) == 1 else ""
-        return TcpTrack(self.reactor, (server.host, server.port), interface=interface)
+        return TcpTrack(
+            self.reactor,
+            servers.get(4) if v4 else None,
+            interface=v4[0] if len(v4) == 1 else "",
+            ipv6_host=v6_host,
+            ipv6_server=servers.get(6) if v6_host is not None else None,
+        )
 
     def _maybe_start_tcp(self, session: Session) -> None:
         """The offerer starts the TCP sync once both descriptions are known, if UDP is
@@ -922,10 +935,10 @@ class Negotiator:
         agent.set_remote_credentials(description.ufrag, description.pwd)
         for candidate in description.candidates:
             if candidate.transport == "tcp" and candidate.tcptype == "so":
-                if session.remote_tcp is None:
-                    session.remote_tcp = candidate.address
+                if len(session.remote_tcp) < 2:  # one per family is all a peer offers
+                    session.remote_tcp.append(candidate.address)
                     if session.tcp is not None:
-                        session.tcp.remote = candidate.address
+                        session.tcp.set_remotes(session.remote_tcp)
                 continue
             self._add_remote_candidate(session, candidate)
         agent.set_remote_mapping(description.mapping)

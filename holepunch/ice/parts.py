@@ -416,8 +416,9 @@ class Core(Protocol):
         """Add a local candidate (announced unless ``announce`` is False); False if known."""
         ...
 
-    def base_for(self, host: str, port: int) -> Candidate:
-        """The host candidate the system sends from toward ``host:port``."""
+    def base_for(self, host: str, port: int) -> Candidate | None:
+        """The host candidate the system sends from toward ``host:port`` (of its family;
+        None when we have none of that family)."""
         ...
 
     def via_for(self, local: Candidate) -> int | None:

@@ -77,6 +77,7 @@ class HardNatProbing:
             or core.remote_pwd is None
             or core.mapping is None
             or core.remote_mapping is None
+            or core.base_for(core.remote_mapping.address, 0) is None
             or core.settled()
         ):
             return
@@ -132,6 +133,8 @@ class HardNatProbing:
         for port in predicted_ports(remote, core.config.hardnat.prediction_window):
             candidate = self.remote_at(remote.address, port, "predicted")
             local = core.base_for(remote.address, port)
+            if local is None:
+                return
             pair = core.checklist.find(local, candidate.address) or core.checklist.add(
                 local, candidate, tag="port-prediction"
             )
@@ -167,8 +170,11 @@ class HardNatProbing:
         if target is None or core.closed:
             core.release_socket(via)
             return
-        host = core.base_for(target.host, target.port).host
-        base = make_candidate("host", host, local[1], local_preference=0)
+        toward = core.base_for(target.host, target.port)
+        if toward is None:
+            core.release_socket(via)
+            return
+        base = make_candidate("host", toward.host, local[1], local_preference=0)
         core.socket_bases[via] = base
         self._birthday_vias.add(via)
         core.stats.birthday_sockets += 1
@@ -247,6 +253,8 @@ class HardNatProbing:
         address = core.remote_mapping.address  # only ever the peer's signalled address
         core.stats.probes_sent += 1
         local = core.base_for(address, port)
+        if local is None:
+            return
         probe = _Probe(local, self.remote_at(address, port, "probe"), core.now)
         core.start_transaction(
             self,

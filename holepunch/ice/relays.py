@@ -17,10 +17,20 @@ is reported through the ``on_lost`` given to :meth:`Relays.add`, and
 the others in their order. A permission the server refuses for one peer address (403
 Forbidden, coturn's ``denied-peer-ip``) is reported through ``on_refused`` of
 :meth:`Relays.permit`; the relay is untouched.
+
+Address families (RFC 8656 7.1): each allocation asks for ``families`` (by default
+``"auto"``: a dual allocation, the family we reach the server over first, the other as
+ADDITIONAL-ADDRESS-FAMILY), so one allocation on the agent's one socket can carry
+relayed addresses of both families. Each relayed address is one relay ``via``
+(:meth:`Relays.add` with ``relayed``); the vias of one allocation share it, data from a
+peer is delivered to the via of the peer's family, and a permission, channel or send
+toward a peer of another family than the via's is refused here (``on_refused``, or
+``OSError`` for a send) without a request to the server.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +40,7 @@ from twisted.logger import Logger
 from holepunch.ice.config import RelayConfig
 from holepunch.stun.client import resolve_server
 from holepunch.stun.message import Address
+from holepunch.turn.families import AUTO, AddressFamily, FamilyRequest, family_of
 
 _log = Logger()
 
@@ -37,10 +48,18 @@ _log = Logger()
 class Relays:
     """The TURN allocations of one agent."""
 
-    def __init__(self, reactor: Any, config: RelayConfig) -> None:
+    def __init__(self, reactor: Any, config: RelayConfig, families: FamilyRequest = AUTO) -> None:
         self.reactor = reactor
         self.config = config
+        self.families = families
+        """The families of relayed address each allocation asks for
+        (:data:`holepunch.turn.families.FamilyRequest`): ``"auto"``, ``["ipv4"]``, ..."""
         self._by_via: dict[int, Any] = {}
+        self._relayed: dict[int, Address] = {}
+        """The relayed address each via stands for."""
+        self.dropped = 0
+        """Data that came through an allocation from a peer of a family none of its vias
+        stands for."""
         self._origin: dict[int, Any] = {}
         """The configured server each allocation came from, by ``id(allocation)``."""
         self._on_main_socket: list[Any] = []
@@ -49,8 +68,32 @@ class Relays:
 
     @property
     def allocations(self) -> list[Any]:
-        """The allocations behind our relayed candidates."""
-        return list(self._by_via.values())
+        """The allocations behind our relayed candidates (each once)."""
+        return list({id(a): a for a in self._by_via.values()}.values())
+
+    def relayed_address(self, via: int) -> Address | None:
+        """The relayed address relay ``via`` stands for, or None."""
+        return self._relayed.get(via)
+
+    def siblings(self, via: int) -> list[int]:
+        """The other vias on relay ``via``'s allocation (the other family of a dual
+        allocation), in the order they were added."""
+        relay = self._by_via.get(via)
+        return [v for v, a in self._by_via.items() if a is relay and v != via]
+
+    def _family_mismatch(self, via: int, host: str) -> str | None:
+        """Why relay ``via`` cannot reach ``host`` (another family), or None."""
+        relayed = self._relayed.get(via)
+        try:
+            family = family_of(host)
+        except ValueError:
+            return f"{host!r} is not an IP address"
+        if relayed is None or family_of(relayed.host) is family:
+            return None
+        return (
+            f"relay {relayed.host}:{relayed.port} is {family_of(relayed.host).label}, "
+            f"the peer {host} is {family.label}"
+        )
 
     def __contains__(self, via: object) -> bool:
         return via in self._by_via
@@ -60,10 +103,17 @@ class Relays:
         return any(a.datagram_received(data, Address(*source)) for a in self._on_main_socket)
 
     def send(self, via: int, data: bytes, destination: tuple[str, int]) -> bool:
-        """Send ``data`` to ``destination`` through relay ``via``; False if no such relay."""
+        """Send ``data`` to ``destination`` through relay ``via``; False if no such relay.
+
+        :raise OSError: ``destination`` is of another family than the via's relayed
+            address (``EAFNOSUPPORT``), or the allocation cannot send.
+        """
         relay = self._by_via.get(via)
         if relay is None:
             return False
+        mismatch = self._family_mismatch(via, destination[0])
+        if mismatch is not None:
+            raise OSError(errno.EAFNOSUPPORT, mismatch)
         relay.send(data, Address(*destination))
         return True
 
@@ -75,12 +125,19 @@ class Relays:
     ) -> None:
         """A permission for ``host`` on relay ``via`` (None: on every relay);
         ``on_refused(via, host, reason)`` when the server refuses it (403 for a denied
-        peer address, say) while the relay lives on."""
+        peer address, say) while the relay lives on, and at once, without asking the
+        server, when the relay is of another family than ``host``."""
         if via is None:
             relays = list(self._by_via.items())
         else:
             relays = [(via, self._by_via[via])] if via in self._by_via else []
         for number, relay in relays:
+            mismatch = self._family_mismatch(number, host)
+            if mismatch is not None:
+                _log.debug("no TURN permission for {host}: {why}", host=host, why=mismatch)
+                if on_refused is not None:
+                    on_refused(number, host, f"address family mismatch: {mismatch}")
+                continue
             d = relay.create_permission(host)
 
             def refused(f: Any, h: str = host, v: int = number, r: Any = relay) -> None:
@@ -96,7 +153,7 @@ class Relays:
         seconds while ``on``: the connection is relayed (through ours or the peer's,
         whose new relayed candidate is paired with ours)."""
         self._watching = on
-        for relay in self._by_via.values():
+        for relay in self.allocations:
             self._watch_one(relay)
 
     def _watch_one(self, relay: Any) -> None:
@@ -104,11 +161,15 @@ class Relays:
         relay.watch(interval if self._watching and interval > 0 else None)
 
     def lost(self, via: int) -> Any | None:
-        """Relay ``via`` was lost: forget it; returns the configured server it came
-        from (to allocate on it again first), or None."""
-        relay = self._by_via.pop(via, None)
+        """Relay ``via`` was lost: forget it and its :meth:`siblings` (an allocation is
+        lost as a whole; ask for them first); returns the configured server it came from
+        (to allocate on it again first), or None."""
+        relay = self._by_via.get(via)
         if relay is None:
             return None
+        for number in [via, *self.siblings(via)]:
+            del self._by_via[number]
+            self._relayed.pop(number, None)
         if relay in self._on_main_socket:
             self._on_main_socket.remove(relay)
         return self._origin.pop(id(relay), None)
@@ -117,6 +178,10 @@ class Relays:
         """A channel to ``peer`` on relay ``via`` (ChannelData once bound)."""
         relay = self._by_via.get(via)
         if relay is not None:
+            mismatch = self._family_mismatch(via, peer[0])
+            if mismatch is not None:
+                _log.debug("no TURN channel to {peer}: {why}", peer=peer, why=mismatch)
+                return
             d = relay.bind_channel(peer)
             d.addErrback(
                 lambda f: _log.info("TURN channel not bound: {err}", err=f.getErrorMessage())
@@ -140,7 +205,10 @@ class Relays:
             async def attempt() -> Any:
                 if server.transport != "udp":
                     return await open_allocation(
-                        server, reactor=self.reactor, timeout=config.timeout
+                        server,
+                        reactor=self.reactor,
+                        timeout=config.timeout,
+                        families=self.families,
                     )
                 address = await resolve_server(self.reactor, server.host, server.port)
                 allocation = TurnAllocation(
@@ -149,6 +217,7 @@ class Relays:
                     self.reactor,
                     username=server.username,
                     password=server.password,
+                    families=self.families,
                 )
                 self._on_main_socket.append(allocation)
                 try:
@@ -187,15 +256,28 @@ class Relays:
             _log.info("TURN allocation without addresses; no relayed candidate")
             allocation.close()
             return None
+        for refusal in allocated.refused:
+            _log.info("TURN server {s}: {refusal}", s=allocated.server, refusal=refusal)
         return allocation
 
     def add(self, via: int, allocation: Any,
             deliver: Callable[[bytes, tuple[str, int], int], None],
-            on_lost: Callable[[int, Any], None] | None = None) -> None:  # fmt: skip
-        """Keep ``allocation`` as relay ``via``; what arrives through it goes to
-        ``deliver``; ``on_lost(via, error)`` once if the server loses it."""
+            on_lost: Callable[[int, Any], None] | None = None,
+            relayed: tuple[str, int] | None = None) -> None:  # fmt: skip
+        """Keep ``allocation`` as relay ``via``, standing for its relayed address
+        ``relayed`` (by default the first: ``allocation.allocated.relayed``); add each
+        relayed address of a dual allocation as a via of its own. What arrives through
+        the allocation from a peer goes to ``deliver`` with the via of the peer's family;
+        ``on_lost(via, error)`` once, with the via added first, if the server loses the
+        allocation (its :meth:`siblings` are lost with it)."""
+        if relayed is None:
+            relayed = allocation.allocated.relayed
+        first = not self._vias_of(allocation)
         self._by_via[via] = allocation
-        allocation.on_data(lambda data, peer: deliver(data, (peer.host, peer.port), via))
+        self._relayed[via] = Address(relayed[0], relayed[1])
+        if not first:
+            return
+        allocation.on_data(lambda data, peer: self._deliver(allocation, deliver, data, peer))
         self._watch_one(allocation)
         if on_lost is not None:
 
@@ -205,11 +287,34 @@ class Relays:
 
             allocation.on_lost(lost)
 
+    def _vias_of(self, allocation: Any) -> list[int]:
+        """The vias that stand for ``allocation``'s relayed addresses."""
+        return [v for v, a in self._by_via.items() if a is allocation]
+
+    def _deliver(
+        self,
+        allocation: Any,
+        deliver: Callable[[bytes, tuple[str, int], int], None],
+        data: bytes,
+        peer: Address,
+    ) -> None:
+        family: AddressFamily = family_of(peer.host)
+        for via in self._vias_of(allocation):
+            relayed = self._relayed[via]
+            if family_of(relayed.host) is family:
+                deliver(data, (peer.host, peer.port), via)
+                return
+        self.dropped += 1
+
     def release(self, via: int) -> bool:
-        """Close relay ``via``; False if there is none."""
+        """Forget relay ``via``, and close its allocation unless a sibling still stands
+        for it; False if there is none."""
         relay = self._by_via.pop(via, None)
         if relay is None:
             return False
+        self._relayed.pop(via, None)
+        if self._vias_of(relay):
+            return True
         self._origin.pop(id(relay), None)
         relay.close()
         return True
@@ -217,8 +322,9 @@ class Relays:
     def close(self) -> defer.Deferred[Any]:
         """Deallocate every relay (UDP ones through the main socket, so close it after)."""
         self._closed = True
-        relays = list(self._by_via.values())
+        relays = self.allocations
         self._by_via.clear()
+        self._relayed.clear()
         self._origin.clear()
         deallocating = defer.gatherResults([r.close() for r in relays], consumeErrors=True)
         self._on_main_socket.clear()

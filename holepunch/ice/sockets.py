@@ -10,30 +10,92 @@ birthday probing and re-measures); what arrives is handed on with that number.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, udp
+from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import DatagramProtocol
 
 from holepunch.routes import source_address_toward
 
 
-def local_ipv4_addresses(include_loopback: bool = False) -> list[str]:
-    """Usable local IPv4 addresses (ifaddr), loopback and link-local left out."""
+def usable_address(text: str, include_loopback: bool = False) -> bool:
+    """``text`` is an address host candidates may use: not link-local (it only works on
+    one link and needs a scope), multicast, unspecified or IPv4-mapped, and loopback only
+    when asked for."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if address.is_link_local or address.is_multicast or address.is_unspecified:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return False
+    return include_loopback or not address.is_loopback
+
+
+def local_addresses(include_loopback: bool = False) -> list[str]:
+    """Usable local addresses of both families (ifaddr): IPv4, then IPv6 (global and
+    unique-local); loopback and link-local left out (see :func:`usable_address`)."""
     import ifaddr
 
     result: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if not isinstance(ip.ip, str):
-                continue
-            address = ipaddress.ip_address(ip.ip)
-            if address.is_link_local or (address.is_loopback and not include_loopback):
-                continue
-            if str(address) not in result:
-                result.append(str(address))
-    return result
+            host = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            if usable_address(host, include_loopback):
+                text = str(ipaddress.ip_address(host))
+                if text not in result:
+                    result.append(text)
+    return sorted(result, key=lambda a: ":" in a)
+
+
+def bind_interface(addresses: Sequence[str]) -> str:
+    """Where the agent's socket binds to serve ``addresses``: the address itself when
+    there is one, ``""`` (IPv4 any) when all are IPv4, ``"::"`` (both families, one
+    port) when any is IPv6."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return "::" if any(":" in a for a in addresses) else ""
+
+
+def ipv6_available() -> bool:
+    """This host can open an IPv6 socket (the kernel has IPv6 and it is not disabled)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class DualStackPort(udp.Port):
+    """A UDP port on ``::`` that also carries IPv4 (``IPV6_V6ONLY`` off whatever the
+    system default), so one port serves host candidates of both families."""
+
+    def createInternetSocket(self) -> socket.socket:
+        sock = super().createInternetSocket()
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        return sock
+
+
+def listen_udp(reactor: Any, port: int, protocol: DatagramProtocol, interface: str) -> Any:
+    """``reactor.listenUDP``; on ``::``, a :class:`DualStackPort` (real reactors only:
+    a test reactor's own ``listenUDP`` is used as is)."""
+    if interface != "::" or not IReactorSocket.providedBy(reactor):
+        return reactor.listenUDP(port, protocol, interface=interface)
+    listening = DualStackPort(port, protocol, interface, reactor=reactor)
+    listening.startListening()
+    return listening
+
+
+def unmapped(host: str) -> str:
+    """``::ffff:192.0.2.1`` (what a dual-stack socket reports for IPv4) as ``192.0.2.1``."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
 
 
 def route_source(remote: tuple[str, int]) -> str | None:
@@ -53,6 +115,9 @@ class IceSocket(DatagramProtocol):
         self.received = received
         self.port: Any = None
         self.local: tuple[str, int] = ("", 0)
+        self.dual_stack = False
+        """Bound on ``::``: IPv4 peers are written to and heard from as IPv4-mapped
+        addresses, which this socket translates both ways."""
 
     @classmethod
     def bind(
@@ -63,9 +128,10 @@ class IceSocket(DatagramProtocol):
         port: int,
         received: Callable[[bytes, tuple[str, int], int], None],
     ) -> IceSocket:
-        """Bind a new socket on ``interface:port`` (port 0: any)."""
+        """Bind a new socket on ``interface:port`` (port 0: any; ``::``: both families)."""
         sock = cls(via, received)
-        sock.port = reactor.listenUDP(port, sock, interface=interface)
+        sock.port = listen_udp(reactor, port, sock, interface)
+        sock.dual_stack = interface == "::"
         host = sock.port.getHost()
         sock.local = (host.host, host.port)
         return sock
@@ -76,12 +142,15 @@ class IceSocket(DatagramProtocol):
         return self.port is not None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received(datagram, (addr[0], addr[1]), self.via)
+        host = unmapped(addr[0]) if self.dual_stack else addr[0]
+        self.received(datagram, (host, addr[1]), self.via)
 
     def write(self, data: bytes, address: tuple[str, int]) -> None:
         """Send one datagram; OSError once closed."""
         if self.port is None:
             raise OSError("socket closed")
+        if self.dual_stack and ":" not in address[0]:
+            address = ("::ffff:" + address[0], address[1])
         self.port.write(data, address)
 
     def close(self) -> defer.Deferred[None]:

@@ -689,6 +689,19 @@ def _mapping(
     return result
 
 
+def direct_mapping(host: str) -> TcpMapping:
+    """A TCP port on ``host`` that no NAT translates (IPv6: firewalls, no NAT): the
+    port is picked by binding a reusable socket, which is closed again, and the mapping
+    is the local address itself. Raises :class:`TcpPunchError` (stage ``bind``)."""
+    try:
+        sock = reusable_socket(host, 0, _family(host))
+    except (OSError, ValueError) as e:
+        raise TcpPunchError("bind", f"cannot bind a TCP port on {host}: {e}") from e
+    with sock:
+        port = sock.getsockname()[1]
+    return TcpMapping((host, port), (host, port))
+
+
 async def tcp_mapping(
     reactor: Any,
     stun_server: HostPort,

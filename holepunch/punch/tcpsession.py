@@ -30,11 +30,12 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
-from holepunch.ice.candidate import Candidate, make_candidate
+from holepunch.ice.candidate import Candidate, ip_version, make_candidate
 from holepunch.ice.connection import Channel
 from holepunch.punch.tcp import (
     PunchedStream,
     TcpMapping,
+    direct_mapping,
     simultaneous_open,
     sync_moment,
     tcp_mapping,
@@ -102,14 +103,23 @@ class StreamConnection(Channel):
 
 
 class TcpTrack:
-    """The TCP side of one negotiation session."""
+    """The TCP side of one negotiation session.
+
+    It offers one simultaneous-open candidate per family it has: IPv4 from the mapping
+    that STUN over TCP measures (``stun_server``), IPv6 from ``ipv6_server`` the same
+    way or, with none, from the address ``ipv6_host`` itself (IPv6 has firewalls but no
+    NAT). Both sides then punch in the same family: IPv6 when both offered it, else
+    IPv4 (:meth:`set_remotes`), so their SYNs cross.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        stun_server: tuple[str, int],
+        stun_server: tuple[str, int] | None,
         *,
         interface: str = "",
+        ipv6_host: str | None = None,
+        ipv6_server: tuple[str, int] | None = None,
         lead: float = 0.1,
         attempts: int = 5,
         mapping_timeout: float = 3.0,
@@ -117,11 +127,17 @@ class TcpTrack:
         self.reactor = reactor
         self.stun_server = stun_server
         self.interface = interface
+        self.ipv6_host = ipv6_host
+        self.ipv6_server = ipv6_server
         self.lead = lead
         self.attempts = attempts
         self.mapping_timeout = mapping_timeout
+        self.mappings: dict[int, TcpMapping] = {}
+        """Our mapping per family (4, 6), once learnt."""
         self.mapping: TcpMapping | None = None
+        """The mapping of the family both sides punch in (see :meth:`set_remotes`)."""
         self.remote: tuple[str, int] | None = None
+        self.remotes: list[tuple[str, int]] = []
         self.result: defer.Deferred[StreamConnection] = defer.Deferred(lambda _: self.cancel())
         self._punch: defer.Deferred[PunchedStream] | None = None
         self._ping_sent: float | None = None
@@ -131,32 +147,68 @@ class TcpTrack:
         """Called once, when the punch starts (both sides dial)."""
 
     async def learn_mapping(self) -> TcpMapping | None:
-        """Our TCP mapping, or None (logged) if STUN over TCP did not answer."""
-        try:
-            self.mapping = await tcp_mapping(
-                self.reactor,
-                self.stun_server,
-                interface=self.interface,
-                timeout=self.mapping_timeout,
-            )
-        except Exception as e:
-            _log.info("no TCP mapping from {server}: {err}", server=self.stun_server, err=e)
-            self.mapping = None
+        """Our TCP mappings (each family logged and skipped if it cannot be learnt);
+        returns the one punched from, as far as known yet."""
+        learning = []
+        if self.stun_server is not None:
+            learning.append(self._learn(4, self.stun_server, self.interface))
+        if self.ipv6_server is not None:
+            learning.append(self._learn(6, self.ipv6_server, self.ipv6_host or ""))
+        elif self.ipv6_host is not None:
+            try:
+                self.mappings[6] = direct_mapping(self.ipv6_host)
+            except Exception as e:
+                _log.info("no IPv6 TCP port on {host}: {err}", host=self.ipv6_host, err=e)
+        await defer.gatherResults([defer.ensureDeferred(d) for d in learning])
+        self._choose()
         return self.mapping
 
-    def candidate(self) -> Candidate | None:
-        """Our RFC 6544 simultaneous-open candidate."""
-        if self.mapping is None:
-            return None
-        return make_candidate(
-            "srflx",
-            self.mapping.mapped[0],
-            self.mapping.mapped[1],
-            base=self.mapping.local,
-            transport="tcp",
-            tcptype="so",
-            server=f"tcp:{self.stun_server[0]}:{self.stun_server[1]}",
-        )
+    async def _learn(self, family: int, server: tuple[str, int], interface: str) -> None:
+        try:
+            self.mappings[family] = await tcp_mapping(
+                self.reactor, server, interface=interface, timeout=self.mapping_timeout
+            )
+        except Exception as e:
+            _log.info("no TCP mapping from {server}: {err}", server=server, err=e)
+
+    def candidates(self) -> list[Candidate]:
+        """Our RFC 6544 simultaneous-open candidates, IPv6 first."""
+        result = []
+        for family in (6, 4):
+            mapping = self.mappings.get(family)
+            if mapping is None:
+                continue
+            server = self.stun_server if family == 4 else self.ipv6_server
+            result.append(
+                make_candidate(
+                    "srflx" if server is not None else "host",
+                    mapping.mapped[0],
+                    mapping.mapped[1],
+                    base=mapping.local if server is not None else None,
+                    transport="tcp",
+                    tcptype="so",
+                    server=f"tcp:{server[0]}:{server[1]}" if server is not None else "",
+                )
+            )
+        return result
+
+    def set_remotes(self, addresses: list[tuple[str, int]]) -> None:
+        """The peer's simultaneous-open candidates: punch to its IPv6 one if we both
+        have IPv6, else to its IPv4 one (each side decides alike from what both
+        offered)."""
+        self.remotes = list(addresses)
+        self._choose()
+
+    def _choose(self) -> None:
+        if self.started:
+            return
+        for family in (6, 4):
+            mine = self.mappings.get(family)
+            theirs = next((a for a in self.remotes if ip_version(a[0]) == family), None)
+            if mine is not None and theirs is not None:
+                self.mapping, self.remote = mine, theirs
+                return
+        self.mapping, self.remote = self.mappings.get(4) or self.mappings.get(6), None
 
     def sync(self, send: Callable[[dict[str, Any]], Any], message: str) -> None:
         """Handle a ``tcpSync`` message from the peer (``send`` relays ours)."""
@@ -188,6 +240,7 @@ class TcpTrack:
             remote=self.remote,
             wait=(start_at - self.reactor.seconds()) * 1000,
         )
+        v6 = ip_version(self.remote[0]) == 6
         self._punch = simultaneous_open(
             self.reactor,
             self.mapping.local[1],
@@ -195,7 +248,7 @@ class TcpTrack:
             start_at=start_at,
             protocol_factory=Factory.forProtocol(Rfc4571Framing),
             attempts=self.attempts,
-            interface=self.interface,
+            interface=self.mapping.local[0] if v6 else self.interface,
         )
 
         def won(stream: PunchedStream) -> None:

@@ -60,6 +60,12 @@ from holepunch.stun.wire import (
     StunDecodeError,
     compute_fingerprint,
 )
+from holepunch.turn.families import (
+    get_additional_family,
+    get_address_errors,
+    get_relayed_addresses,
+    get_requested_family,
+)
 
 # -- seeds ---------------------------------------------------------------------------
 
@@ -569,6 +575,10 @@ def stun_getters(msg: StunMessage) -> list[Callable[[], object]]:
         msg.check_fingerprint,
         lambda: msg.check_integrity(b"password"),
         lambda: msg.check_integrity_sha256(b"password"),
+        lambda: get_requested_family(msg),
+        lambda: get_additional_family(msg),
+        lambda: get_address_errors(msg),
+        lambda: get_relayed_addresses(msg),
     ]
 
 

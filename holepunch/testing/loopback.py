@@ -8,6 +8,7 @@ its own stop with the test case's cleanups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -59,13 +60,25 @@ async def start_signaling_server(
 
 
 async def connect_loopback_agents(
-    testcase: _TestCaseLike, reactor: Any, host: str = "127.0.0.1"
+    testcase: _TestCaseLike,
+    reactor: Any,
+    host: str | Sequence[str] = "127.0.0.1",
+    peer_host: str | Sequence[str] | None = None,
 ) -> tuple[PeerConnection, PeerConnection]:
-    """Two ICE agents on ``host`` (controlling first) that exchange candidates and
-    credentials directly, with no signaling; returns their connections. The agents are
-    closed by the test case's cleanups."""
-    a = IceAgent(reactor, True, IceConfig.on(host))
-    b = IceAgent(reactor, False, IceConfig.on(host))
+    """Two ICE agents (controlling first) with host candidates on ``host`` and
+    ``peer_host`` (default: the same; one address or several, of either family) that
+    exchange candidates and credentials directly, with no signaling; returns their
+    connections. The agents are closed by the test case's cleanups."""
+    hosts = [host] if isinstance(host, str) else list(host)
+    peer = (
+        hosts
+        if peer_host is None
+        else [peer_host]
+        if isinstance(peer_host, str)
+        else list(peer_host)
+    )
+    a = IceAgent(reactor, True, IceConfig.on(*hosts))
+    b = IceAgent(reactor, False, IceConfig.on(*peer))
     testcase.addCleanup(a.close)
     testcase.addCleanup(b.close)
     a.on_local_candidate = b.add_remote_candidate

@@ -31,13 +31,25 @@ Every wait is bounded and every timer goes through the injected clock; cancellin
 allocation all stop every timer and transaction and call ``on_close`` (which frees the
 socket or connection, when the allocation owns one).
 
+Address families (RFC 8656 7.1, 7.2, 9.1, 12.1): ``families`` asks for relayed
+addresses of one family (REQUESTED-ADDRESS-FAMILY: a v4 client can relay to IPv6 peers,
+a v6 client to IPv4 ones) or of both at once (a dual allocation: ADDITIONAL-ADDRESS-FAMILY,
+two XOR-RELAYED-ADDRESS); a family the server does not grant in a dual allocation is named
+in :attr:`Allocated.refused <holepunch.turn.model.Allocated.refused>` (ADDRESS-ERROR-CODE) and
+the other one is kept; a server that refuses the dual request itself (400) is asked again
+for the first family alone. 440 fails with :class:`AddressFamilyNotSupported`, 443 with
+:class:`PeerAddressFamilyMismatch`, which is also what a permission, channel or send to a
+peer of a family without a relayed address fails with here, before anything is sent. The
+attributes are in :mod:`holepunch.turn.families`.
+
 Not implemented: TCP relays (RFC 6062), DTLS, the RFC 8489 password algorithms and
-USERHASH (coturn 4.6 offers neither), IPv6 relayed addresses (REQUESTED-ADDRESS-FAMILY).
+USERHASH (coturn 4.6 offers neither).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -64,13 +76,27 @@ from holepunch.stun.wire import (
     StunDecodeError,
 )
 from holepunch.turn.credentials import AuthenticatedTransactions, LongTermCredentials
+from holepunch.turn.families import (
+    AddressFamily,
+    FamilyRefused,
+    FamilyRequest,
+    add_additional_family,
+    add_requested_family,
+    family_of,
+    get_address_errors,
+    get_relayed_addresses,
+    order_by_preference,
+    resolve_families,
+)
 from holepunch.turn.model import (
     DEFAULT_LIFETIME,
     DEFAULT_TIMERS,
     SOFTWARE,
     UDP_PROTOCOL,
+    AddressFamilyNotSupported,
     Allocated,
     AllocationState,
+    PeerAddressFamilyMismatch,
     TurnAuthError,
     TurnError,
     TurnRedirect,
@@ -116,6 +142,10 @@ class TurnAllocation:
         ``policy.total`` seconds), ChannelData padded to 4 bytes; a 300 answer then fails
         with :class:`TurnRedirect` for the caller to reconnect.
     :param lifetime: the LIFETIME to ask for (the server decides; None asks for nothing).
+    :param families: the families of relayed address to ask for, in order of preference
+        (``"ipv4"``, ``"ipv6"`` or :class:`AddressFamily`): one (REQUESTED-ADDRESS-FAMILY)
+        or both (a dual allocation). ``"auto"``: both, the family we reach the server
+        over first. None asks for nothing: the server's default, IPv4 by RFC 8656.
     :param on_close: called once when the allocation ends (closed, failed, cancelled or
         lost), after its timers and transactions are stopped; may return a Deferred, which
         :meth:`close` waits for. The socket owner closes its socket here.
@@ -136,6 +166,7 @@ class TurnAllocation:
         software: str | None = SOFTWARE,
         follow_redirect: bool = True,
         on_close: Callable[[], Any] | None = None,
+        families: FamilyRequest = None,
     ) -> None:
         self.server = Address(server[0], server[1])
         self.username = username
@@ -145,6 +176,8 @@ class TurnAllocation:
         self.timers = timers
         self.software = software
         self.requested_lifetime = lifetime
+        self.families = resolve_families(families, self.server.host)
+        """The families asked for, in order of preference (None: the server's default)."""
         self.follow_redirect = follow_redirect
         if stream:
             policy = RetransmissionPolicy(rto=policy.total, rc=1, rm=1)
@@ -162,6 +195,7 @@ class TurnAllocation:
         self.allocated: Allocated | None = None
         self.stats = TurnStats()
         self._redirected = False
+        self._asked: tuple[AddressFamily, ...] | None = self.families
         self._expires: float | None = None
         self._refresh_timer: IDelayedCall | None = None
         self._watch_timer: IDelayedCall | None = None
@@ -195,6 +229,21 @@ class TurnAllocation:
     def relayed_address(self) -> Address | None:
         """The relayed transport address (XOR-RELAYED-ADDRESS), once allocated."""
         return self.allocated.relayed if self.allocated else None
+
+    @property
+    def relayed_addresses(self) -> tuple[Address, ...]:
+        """Every relayed address (two for a dual allocation), the preferred first."""
+        return self.allocated.relayed_addresses if self.allocated else ()
+
+    def relayed_for(self, peer_host: str) -> Address | None:
+        """The relayed address that reaches ``peer_host`` (the one of its family), or None."""
+        if self.allocated is None:
+            return None
+        try:
+            family = family_of(peer_host)
+        except ValueError:
+            return None
+        return self.allocated.relayed_for(family)
 
     @property
     def mapped_address(self) -> Address | None:
@@ -276,7 +325,11 @@ class TurnAllocation:
             return defer.fail(
                 TurnError(0, f"create_permission() on a {self.state.value} allocation")
             )
-        return self.peers.create_permission(peer_address((peer_ip, 0)).host)
+        host = peer_address((peer_ip, 0)).host
+        mismatch = self._family_mismatch(host, "permission")
+        if mismatch is not None:
+            return defer.fail(mismatch)
+        return self.peers.create_permission(host)
 
     def bind_channel(self, peer: tuple[str, int]) -> Deferred[int]:
         """Bind a channel to ``peer`` (refreshed every ``channel_refresh`` s); fires with
@@ -284,7 +337,11 @@ class TurnAllocation:
         :meth:`send` to ``peer`` uses ChannelData."""
         if self.state is not AllocationState.ALLOCATED:
             return defer.fail(TurnError(0, f"bind_channel() on a {self.state.value} allocation"))
-        return self.peers.bind_channel(peer_address(peer))
+        address = peer_address(peer)
+        mismatch = self._family_mismatch(address.host, "channel")
+        if mismatch is not None:
+            return defer.fail(mismatch)
+        return self.peers.bind_channel(address)
 
     def send(self, data: bytes, peer: tuple[str, int]) -> None:
         """Relay ``data`` to ``peer``: ChannelData if a channel is bound, else a Send
@@ -294,11 +351,15 @@ class TurnAllocation:
         to :data:`holepunch.turn.peertables.MAX_QUEUED` datagrams) waits for it; it is
         dropped if that fails.
 
-        :raise OSError: the allocation is not (or no longer) active, or ``send`` failed.
+        :raise OSError: the allocation is not (or no longer) active, it has no relayed
+            address of the peer's family (``errno.EAFNOSUPPORT``), or ``send`` failed.
         """
         if self.state is not AllocationState.ALLOCATED:
             raise OSError(f"TURN allocation is {self.state.value}")
         address = peer_address(peer)
+        mismatch = self._family_mismatch(address.host, "data")
+        if mismatch is not None:
+            raise OSError(errno.EAFNOSUPPORT, mismatch.reason)
         number = self.peers.bound_channel(address)
         if number is not None:
             frame = encode_channel_data(number, data, pad=self.stream)
@@ -447,10 +508,47 @@ class TurnAllocation:
                     raise TurnAuthError(
                         441, f"{reason} (user {self.username!r})", response
                     ) from None
-                raise TurnError(e.code, f"{name} refused: {reason}", response) from None
+                raise self._refusal(e.code, name, reason, response) from None
             finally:
                 self._table.keys.pop(tid, None)
             return answer.message
+
+    def _refusal(
+        self, code: int, name: str, reason: str, response: StunMessage | None
+    ) -> TurnError:
+        """The error for an error response: 440 and 443 say which families are involved."""
+        if code == 440:
+            asked = self._asked or ()
+            labels = " and ".join(f.label for f in asked) or "the default family"
+            return AddressFamilyNotSupported(
+                f"TURN server {self._where()} cannot allocate a relayed address of "
+                f"{labels} ({reason or 'Address Family not Supported'})",
+                tuple(asked),
+                response,
+            )
+        if code == 443:
+            have = " and ".join(f.label for f in self.allocated.families) if self.allocated else "?"
+            return PeerAddressFamilyMismatch(
+                443,
+                f"{name} refused: {reason or 'Peer Address Family Mismatch'} "
+                f"(this allocation relays {have} only)",
+                response,
+            )
+        return TurnError(code, f"{name} refused: {reason}", response)
+
+    def _family_mismatch(self, host: str, what: str) -> PeerAddressFamilyMismatch | None:
+        """The error for a peer with no relayed address of its family, or None."""
+        if self.allocated is None or self.relayed_for(host) is not None:
+            return None
+        family = family_of(host)
+        relayed = ", ".join(f"{a.host}:{a.port}" for a in self.allocated.relayed_addresses)
+        refused = next((r for r in self.allocated.refused if r.family is family), None)
+        why = f"; {refused}" if refused is not None else ""
+        return PeerAddressFamilyMismatch(
+            0,
+            f"no TURN {what} for {family.label} peer {host}: the allocation on "
+            f"{self._where()} has no {family.label} relayed address (only {relayed}){why}",
+        )
 
     def _tracked_exchange(
         self, method: int, fill: Callable[[StunMessage], object]
@@ -469,10 +567,18 @@ class TurnAllocation:
         return d
 
     async def _allocate(self) -> Allocated:
+        self._asked = self.families
+        fallback: list[FamilyRefused] = []
+
         def fill(request: StunMessage) -> None:
             request.add_requested_transport(UDP_PROTOCOL)
             if self.requested_lifetime is not None:
                 request.add_uint32(Attr.LIFETIME, self.requested_lifetime)
+            asked = self._asked
+            if asked is not None and len(asked) == 1:
+                add_requested_family(request, asked[0])
+            elif asked is not None:
+                add_additional_family(request)
 
         try:
             while True:
@@ -480,6 +586,21 @@ class TurnAllocation:
                     response = await self._exchange(Method.ALLOCATE, fill)
                     break
                 except TurnError as e:
+                    asked = self._asked
+                    if asked is not None and len(asked) == 2 and e.code in (400, 420):
+                        # No dual allocation here: ask for the preferred family alone.
+                        answer = e.response.get_error_code() if e.response else None
+                        phrase = answer[1].rstrip("\x00") if answer else e.reason
+                        fallback.append(FamilyRefused(asked[1], e.code, phrase))
+                        _log.info(
+                            "TURN server {s} refused a dual allocation ({why}): asking for "
+                            "{f} alone",
+                            s=self._where(),
+                            why=e.reason,
+                            f=asked[0].label,
+                        )
+                        self._asked = asked[:1]
+                        continue
                     alternate = self._alternate(e)
                     if alternate is None:
                         raise
@@ -495,27 +616,63 @@ class TurnAllocation:
                     self.server = alternate
                     self._credentials.forget(self._where())
             try:
-                relayed = response.get_address(Attr.XOR_RELAYED_ADDRESS)
+                relayed_addresses = get_relayed_addresses(response)
+                address_errors = get_address_errors(response)
                 mapped = response.get_address(Attr.XOR_MAPPED_ADDRESS)
                 lifetime = response.get_uint32(Attr.LIFETIME)
             except StunDecodeError as e:
                 raise TurnError(0, f"malformed Allocate response: {e}") from None
-            if relayed is None:
-                raise TurnError(0, "Allocate response without XOR-RELAYED-ADDRESS")
+            refused = self._refused_families(relayed_addresses, address_errors, fallback)
+            if not relayed_addresses:
+                detail = "; ".join(str(r) for r in refused)
+                raise TurnError(
+                    0,
+                    "Allocate response without XOR-RELAYED-ADDRESS"
+                    + (f" ({detail})" if detail else ""),
+                )
         except BaseException:
             self._finish()
             raise
+        if self.families is not None:
+            relayed_addresses = order_by_preference(relayed_addresses, self.families)
         lifetime = DEFAULT_LIFETIME if lifetime is None else lifetime
-        self.allocated = Allocated(relayed, mapped, lifetime, self.server)
+        self.allocated = Allocated(
+            relayed_addresses[0],
+            mapped,
+            lifetime,
+            self.server,
+            tuple(relayed_addresses),
+            tuple(refused),
+        )
         self.state = AllocationState.ALLOCATED
         self._schedule_refresh(lifetime)
         _log.info(
             "TURN allocation on {server}: relayed {relayed}, lifetime {lifetime} s",
             server=self._where(),
-            relayed=f"{relayed.host}:{relayed.port}",
+            relayed=", ".join(f"{a.host}:{a.port}" for a in relayed_addresses),
             lifetime=lifetime,
         )
+        for refusal in refused:
+            _log.warn("TURN server {server}: {refusal}", server=self._where(), refusal=refusal)
         return self.allocated
+
+    def _refused_families(
+        self,
+        relayed: list[Address],
+        address_errors: list[FamilyRefused],
+        fallback: list[FamilyRefused],
+    ) -> list[FamilyRefused]:
+        """The families asked for and not granted, each with the server's reason."""
+        granted = {family_of(a.host) for a in relayed}
+        known = {r.family: r for r in [*fallback, *address_errors]}
+        refused: list[FamilyRefused] = []
+        for family in self.families or ():
+            if family in granted:
+                continue
+            ignored = FamilyRefused(family, 0, "the server ignored the request for it")
+            refused.append(known.get(family) or ignored)
+        refused += [r for r in address_errors if r.family not in granted and r not in refused]
+        return refused
 
     def _alternate(self, error: TurnError) -> Address | None:
         if error.code != 300 or error.response is None:
@@ -629,6 +786,9 @@ class TurnAllocation:
 
     def _deliver(self, payload: bytes, peer: Address) -> None:
         if self.state is not AllocationState.ALLOCATED or self._data_callback is None:
+            self.stats.dropped += 1
+            return
+        if self.relayed_for(peer.host) is None:  # no relayed address of its family
             self.stats.dropped += 1
             return
         self.stats.data_received += 1

@@ -39,6 +39,7 @@ from holepunch.stun.framing import StreamFramer
 from holepunch.stun.wire import Address, StunDecodeError
 from holepunch.turn.client import TurnAllocation
 from holepunch.turn.config import TurnServer
+from holepunch.turn.families import AddressFamily, FamilyRequest, family_of
 from holepunch.turn.model import (
     DEFAULT_TIMERS,
     SOFTWARE,
@@ -149,6 +150,8 @@ async def _open(
     if server.transport == "udp":
         address = await resolve_server(reactor, server.host, server.port)
         datagram = TurnDatagramProtocol()
+        if not interface and family_of(address.host) is AddressFamily.IPV6:
+            interface = "::"  # a server at an IPv6 address is reached from an IPv6 socket
         port = reactor.listenUDP(0, datagram, interface=interface)
         allocation = TurnAllocation(
             address,
@@ -219,6 +222,7 @@ def open_allocation(
     timers: TurnTimers = DEFAULT_TIMERS,
     policy: RetransmissionPolicy = DEFAULT_POLICY,
     software: str | None = SOFTWARE,
+    families: FamilyRequest = None,
 ) -> Deferred[TurnAllocation]:
     """Open a socket or connection to ``server`` and allocate there.
 
@@ -229,7 +233,10 @@ def open_allocation(
 
     :param trust_root: for ``turns:``, what signs the server's certificate (a
         ``twisted.internet.ssl.Certificate``, or None for the platform's trust store).
-    :param interface: the local address for the UDP socket (``""``: all).
+    :param interface: the local address for the UDP socket (``""``: all, of the
+        server's family: ``0.0.0.0`` or ``::``).
+    :param families: the families of relayed address to ask for
+        (:class:`TurnAllocation`'s ``families``: ``["ipv6"]``, ``"auto"``, ...).
     """
     reactor = _resolve_reactor(reactor)
     options: dict[str, Any] = {
@@ -237,6 +244,7 @@ def open_allocation(
         "timers": timers,
         "policy": policy,
         "software": software,
+        "families": families,
     }
     d = defer.ensureDeferred(_open(reactor, server, trust_root, interface, options))
     if timeout is not None:
@@ -259,6 +267,7 @@ def allocate_first(
     lifetime: int | None = None,
     timers: TurnTimers = DEFAULT_TIMERS,
     policy: RetransmissionPolicy = DEFAULT_POLICY,
+    families: FamilyRequest = None,
 ) -> Deferred[TurnAllocation]:
     """Allocate on the first of ``servers`` that grants one, trying them in order.
 
@@ -283,6 +292,7 @@ def allocate_first(
             lifetime=lifetime,
             timers=timers,
             policy=policy,
+            families=families,
         )
 
     opener = open_one or default_open

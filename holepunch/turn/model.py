@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from holepunch.stun.message import StunMessage
 from holepunch.stun.wire import Address, Method, StunError
+from holepunch.turn.families import AddressFamily, FamilyRefused, family_of
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -40,6 +41,26 @@ class TurnError(StunError):
 
 class TurnAuthError(TurnError):
     """The server refused our credentials (a second 401, or 441 Wrong Credentials)."""
+
+
+class AddressFamilyNotSupported(TurnError):
+    """440 Address Family not Supported: the server cannot allocate a relayed address of
+    the family asked for (RFC 8656 7.2); ``families`` are the families that were asked."""
+
+    def __init__(
+        self,
+        reason: str,
+        families: tuple[AddressFamily, ...] = (),
+        response: StunMessage | None = None,
+    ) -> None:
+        super().__init__(440, reason, response)
+        self.families = families
+
+
+class PeerAddressFamilyMismatch(TurnError):
+    """A peer of a family the allocation has no relayed address for: the server said
+    443 Peer Address Family Mismatch (``code`` 443), or the request was refused here
+    before it was sent (``code`` 0)."""
 
 
 class TurnTimeoutError(TurnError):
@@ -103,12 +124,38 @@ DEFAULT_TIMERS = TurnTimers()
 @dataclasses.dataclass(frozen=True)
 class Allocated:
     """A granted allocation: the relayed address peers send to, our address as the
-    server sees it (XOR-MAPPED-ADDRESS), the lifetime in seconds, and the server."""
+    server sees it (XOR-MAPPED-ADDRESS), the lifetime in seconds, and the server.
+
+    A dual allocation (RFC 8656 7.1) has two relayed addresses, one per family:
+    ``relayed_addresses`` lists every one in the order of preference the allocation was
+    asked with, ``relayed`` is the first. ``refused`` names each family asked for that
+    the server did not allocate, and why.
+    """
 
     relayed: Address
     mapped: Address | None
     lifetime: int
     server: Address
+    relayed_addresses: tuple[Address, ...] = ()
+    refused: tuple[FamilyRefused, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.relayed_addresses:
+            object.__setattr__(self, "relayed_addresses", (self.relayed,))
+        elif self.relayed not in self.relayed_addresses:
+            raise ValueError("relayed must be one of relayed_addresses")
+
+    @property
+    def families(self) -> tuple[AddressFamily, ...]:
+        """The families of the relayed addresses."""
+        return tuple(family_of(a.host) for a in self.relayed_addresses)
+
+    def relayed_for(self, family: AddressFamily) -> Address | None:
+        """The relayed address of ``family``, or None."""
+        for address in self.relayed_addresses:
+            if family_of(address.host) is family:
+                return address
+        return None
 
 
 @dataclasses.dataclass
@@ -185,10 +232,12 @@ __all__ = [
     "DEFAULT_TIMERS",
     "SOFTWARE",
     "UDP_PROTOCOL",
+    "AddressFamilyNotSupported",
     "Allocated",
     "AllocationState",
     "ChannelBinding",
     "NoTurnServerAvailable",
+    "PeerAddressFamilyMismatch",
     "Permission",
     "TurnAuthError",
     "TurnError",

@@ -271,5 +271,3 @@ class PeerTables:
         channel.timer = None
         if self._channels.get(channel.peer) is channel and channel.pending is None:
             self._send_channel_bind(channel)
-
-

@@ -107,6 +107,29 @@ class ConnectCommandTests(TestCase):
         return proc
 
     @defer.inlineCallbacks
+    def test_dual_stack_peers_connect_over_ipv6(self) -> Any:
+        """Both commands offer 127.0.0.1 and ::1: the encrypted stream runs over IPv6
+        (RFC 8421: IPv6 first where both work), and --json says so."""
+        b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--json",
+                       "--host-address", "::1")  # fmt: skip
+        a = self.start("--signaling", self.url, "--id", "alice", "--to", "bob", "--json",
+                       "--host-address", "::1")  # fmt: skip
+
+        def talk() -> tuple[dict[str, Any], list[str], int, int]:
+            info_a, _ = a.info(20), b.info(20)
+            a.send_lines(["over IPv6"])
+            got_b = b.read_lines(1, 10)
+            a.end_input()
+            b.end_input()
+            return info_a, got_b, a.wait(10), b.wait(10)
+
+        info_a, got_b, code_a, code_b = yield threads.deferToThread(talk)
+        self.assertEqual(info_a["security"], "quic-tls1.3")
+        self.assertRegex(info_a["remote"], r"^\[::1\]:\d+$")
+        self.assertEqual(got_b, ["over IPv6"])
+        self.assertEqual((code_a, code_b), (0, 0), a.stderr + b.stderr)
+
+    @defer.inlineCallbacks
     def test_lines_both_ways_and_end(self) -> Any:
         """Two commands connect, carry lines both ways (empty lines too) on the stream, and
         both exit 0 once both inputs ended; --json names the security and both

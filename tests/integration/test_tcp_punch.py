@@ -27,6 +27,7 @@ from holepunch.punch.tcp import (
     sync_moment,
     tcp_mapping,
 )
+from holepunch.punch.tcpsession import TcpTrack
 from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.stun.wire import Address
 from lab.natlab import PUBLIC_A, lab_fixture
@@ -623,3 +624,61 @@ class LabTcpPunchTests(TestCase):
         self.assertGreaterEqual(min(ra["connect_time"], rb["connect_time"]), 0.0)
         self.assertEqual(da.proc.wait(10), 0, da.stderr)
         self.assertEqual(db.proc.wait(10), 0, db.stderr)
+
+
+class Ipv6TrackTests(TestCase):
+    """The negotiation's TCP track over IPv6 (issue 16): candidates per family, the
+    family both sides pick, and a punch between two tracks on ``::1``."""
+
+    def track(self, **kw: Any) -> TcpTrack:
+        return TcpTrack(reactor, kw.pop("stun_server", None), **kw)
+
+    def test_both_pick_v6_when_both_offer_it(self) -> None:
+        a, b = self.track(), self.track()
+        a.mappings = {4: TcpMapping(("10.0.0.1", 1), ("203.0.113.1", 1)),
+                      6: TcpMapping(("2001:db8:1::1", 2), ("2001:db8:1::1", 2))}  # fmt: skip
+        b.mappings = {4: TcpMapping(("10.0.0.2", 3), ("203.0.113.2", 3)),
+                      6: TcpMapping(("2001:db8:2::1", 4), ("2001:db8:2::1", 4))}  # fmt: skip
+        a.set_remotes([c.address for c in b.candidates()])
+        b.set_remotes([c.address for c in a.candidates()])
+        self.assertEqual((a.remote, b.remote), (("2001:db8:2::1", 4), ("2001:db8:1::1", 2)))
+        self.assertEqual((a.mapping, b.mapping), (a.mappings[6], b.mappings[6]))
+
+    def test_v4_when_one_side_has_no_v6(self) -> None:
+        a, b = self.track(), self.track()
+        a.mappings = {4: TcpMapping(("10.0.0.1", 1), ("203.0.113.1", 1)),
+                      6: TcpMapping(("2001:db8:1::1", 2), ("2001:db8:1::1", 2))}  # fmt: skip
+        b.mappings = {4: TcpMapping(("10.0.0.2", 3), ("203.0.113.2", 3))}
+        a.set_remotes([c.address for c in b.candidates()])
+        b.set_remotes([c.address for c in a.candidates()])
+        self.assertEqual((a.remote, b.remote), (("203.0.113.2", 3), ("203.0.113.1", 1)))
+        self.assertEqual(a.mapping, a.mappings[4])
+
+    @defer.inlineCallbacks
+    def test_punch_between_two_tracks_on_ipv6_loopback(self) -> Any:
+        """No STUN server: each track offers its own IPv6 address (a ``host`` tcp so
+        candidate), the sync runs through plain calls, and the punch connects over IPv6
+        and carries frames both ways."""
+        a, b = self.track(ipv6_host="::1"), self.track(ipv6_host="::1")
+        yield defer.ensureDeferred(a.learn_mapping())
+        yield defer.ensureDeferred(b.learn_mapping())
+        [ca], [cb] = a.candidates(), b.candidates()
+        self.assertEqual((ca.host, ca.type, ca.tcptype), ("::1", "host", "so"))
+        a.set_remotes([cb.address])
+        b.set_remotes([ca.address])
+
+        def relay(to: TcpTrack, sender: TcpTrack) -> Any:
+            return lambda payload: reactor.callLater(
+                0, to.sync, relay(sender, to), payload["tcpSync"]
+            )
+
+        a.begin(relay(b, a))
+        ra, rb = yield defer.gatherResults([a.result, b.result])
+        self.addCleanup(ra.close)
+        self.addCleanup(rb.close)
+        self.assertEqual((ra.remote, rb.remote), (cb.address, ca.address))
+        self.assertEqual(ra.method, "tcp-hole-punch")
+        got: defer.Deferred[bytes] = defer.Deferred()
+        rb.on_datagram(lambda data: got.callback(data) if not got.called else None)
+        ra.send(b"over a TCP punch on IPv6")
+        self.assertEqual((yield got), b"over a TCP punch on IPv6")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import select
 import subprocess
 import sys
 import time
@@ -33,8 +32,8 @@ from lab.natlab import (
     unavailable_reason,
 )
 from lab.udpobserver import format_address, parse_address, stun_mapped_address
+from tests.lab.observer_runs import OBSERVER, OutputLines, paired_run
 
-OBSERVER = "lab.udpobserver"
 A1, A2 = f"{PUBLIC_A}:5001", f"{PUBLIC_A}:5002"
 B1, B2 = f"{PUBLIC_B}:5001", f"{PUBLIC_B}:5002"
 TCP = f"{PUBLIC_A}:5003"
@@ -48,41 +47,6 @@ FILTERING = {
     "symmetric-sequential": (False, False),
     "symmetric-random": (False, False),
 }
-
-
-class _Lines:
-    """Lines from a process's binary stdout pipe, read with deadlines (no fixed sleeps)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.args = proc.args
-        self.fd = proc.stdout.fileno()
-        self.buffer = b""
-
-    def next(self, timeout: float) -> str | None:
-        """The next line, None at end of output; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no line from {self.args} within {timeout}s")
-            if select.select([self.fd], [], [], remaining)[0]:
-                chunk = os.read(self.fd, 65536)
-                if not chunk:
-                    line, self.buffer = self.buffer, b""
-                    return line.decode() if line else None
-                self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode()
-
-    def json(self, timeout: float) -> dict[str, Any]:
-        """The next line, parsed as a JSON object."""
-        line = self.next(timeout)
-        if line is None:
-            raise AssertionError(f"{self.args} ended without output")
-        value = json.loads(line)
-        assert isinstance(value, dict)
-        return value
 
 
 def _gone(pid: int) -> bool:
@@ -163,7 +127,7 @@ class _LabTestCase(TestCase):
         for address in (A1, A2, B1, B2):
             argv += ["--bind", address]
         proc = self.lab.public.popen(argv, stdout=subprocess.PIPE)
-        self.assertEqual(_Lines(proc).json(10.0)["ready"][-1], TCP)
+        self.assertEqual(OutputLines(proc).json(10.0)["ready"][-1], TCP)
 
     def observe(self, host: LabHost, *args: str) -> dict[str, Any]:
         """Run one observer client in ``host`` and return its JSON result."""
@@ -294,21 +258,11 @@ class LabTests(_LabTestCase):
         self.start_observer()
         hosts = [self.lab.add_host("a", preset_a), self.lab.add_host("b", preset_b)]
         argv = ["--punch", A1, "--timeout", str(timeout)]
-        procs = [
-            h.popen(h.python_argv(OBSERVER, *argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            for h in hosts
-        ]
-        outputs = [_Lines(p) for p in procs]
-        mapped = [lines.json(10.0)["mapped"] for lines in outputs]
+        mapped, results = paired_run(hosts, [argv, argv], "mapped", timeout)
         for host, address in zip(hosts, mapped, strict=True):
             self.assertEqual(parse_address(address)[0], host.public_address)
-        for proc, peer in zip(procs, reversed(mapped), strict=True):
-            assert proc.stdin is not None
-            proc.stdin.write(peer.encode() + b"\n")
-            proc.stdin.flush()
-        results = [lines.json(timeout + 10.0) for lines in outputs]
-        for proc, result in zip(procs, results, strict=True):
-            self.assertEqual(proc.wait(timeout=10.0), 0 if result["received_from"] else 1)
+        for result in results:
+            self.assertEqual(result["exit_status"], 0 if result["received_from"] else 1)
         for result, peer in zip(results, reversed(mapped), strict=True):
             self.assertEqual(result["peer"], peer)
         return results
@@ -339,7 +293,7 @@ class LabTests(_LabTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        output, lines = _Lines(proc), []
+        output, lines = OutputLines(proc), []
         while not any("reflexive" in x for x in lines):
             line = output.next(10.0)
             if line is None:

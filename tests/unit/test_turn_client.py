@@ -35,10 +35,18 @@ from holepunch.turn import (
     parse_turn_uri,
     rest_api_credentials,
 )
+from holepunch.turn.families import (
+    ADDRESS_ERROR_CODE,
+    AddressFamily,
+    encode_address_error,
+    family_of,
+    get_requested_family,
+)
 
 SERVER = Address("192.0.2.1", 3478)
 ALTERNATE = Address("192.0.2.2", 3478)
 RELAYED = Address("198.51.100.1", 50000)
+RELAYED6 = Address("2001:db8::100", 50002)
 MAPPED = Address("203.0.113.5", 40000)
 PEER = Address("203.0.113.9", 7000)
 OTHER_PEER = Address("203.0.113.10", 7001)
@@ -47,7 +55,14 @@ LATENCY = 0.01
 
 class FakeTurnServer:
     """A small TURN server model: long-term credentials, nonces, the four requests,
-    indications and ChannelData. Answers after LATENCY on the test's clock."""
+    indications and ChannelData. Answers after LATENCY on the test's clock.
+
+    Address families (RFC 8656 7.2): it relays the families in ``relay_families``
+    (IPv4 only unless told), honours REQUESTED-ADDRESS-FAMILY, a dual allocation only if
+    ``dual_codepoint`` names the ADDITIONAL-ADDRESS-FAMILY codepoint it knows (it then
+    answers a refused family as coturn does: a ``0.0.0.0:0`` placeholder and an
+    ADDRESS-ERROR-CODE at ``error_codepoint``), and answers 443 to a permission or
+    channel for a peer of a family it did not allocate."""
 
     def __init__(self, clock: Clock, address: Address = SERVER, stream: bool = False) -> None:
         self.clock = clock
@@ -71,6 +86,10 @@ class FakeTurnServer:
         self.permissions: set[str] = set()
         self.allocation: TurnAllocation | None = None
         self.framer = StreamFramer()
+        self.relay_families = {AddressFamily.IPV4}
+        self.dual_codepoint: int | None = None
+        self.error_codepoint = ADDRESS_ERROR_CODE
+        self.allocated_families: set[AddressFamily] = set()
 
     def new_nonce(self) -> str:
         self.nonce_counter += 1
@@ -142,7 +161,23 @@ class FakeTurnServer:
             return request.error_response(self.refuse[request.method]), self.key
         response = request.success_response()
         if request.method == Method.ALLOCATE:
-            response.add_address(Attr.XOR_RELAYED_ADDRESS, RELAYED)
+            requested = get_requested_family(request)
+            dual = self.dual_codepoint is not None and request.has(self.dual_codepoint)
+            if requested is not None and dual:
+                return request.error_response(400), self.key
+            wanted = [requested or AddressFamily.IPV4] + ([AddressFamily.IPV6] if dual else [])
+            granted = [f for f in wanted if f in self.relay_families]
+            if not granted:
+                return request.error_response(440), self.key
+            self.allocated_families = set(granted)
+            for family in wanted:
+                if family in granted:
+                    relayed = RELAYED if family is AddressFamily.IPV4 else RELAYED6
+                    response.add_address(Attr.XOR_RELAYED_ADDRESS, relayed)
+                else:
+                    response.add_address(Attr.XOR_RELAYED_ADDRESS, ("0.0.0.0", 0))
+                    error = encode_address_error(family, 440, "Address Family not Supported")
+                    response.add(self.error_codepoint, error)
             response.add_address(Attr.XOR_MAPPED_ADDRESS, MAPPED)
             response.add_uint32(Attr.LIFETIME, self.lifetime)
         elif request.method == Method.REFRESH:
@@ -151,11 +186,15 @@ class FakeTurnServer:
         elif request.method == Method.CREATE_PERMISSION:
             peer = request.get_address(Attr.XOR_PEER_ADDRESS)
             assert peer is not None
+            if family_of(peer.host) not in self.allocated_families:
+                return request.error_response(443), self.key
             self.permissions.add(peer.host)
         elif request.method == Method.CHANNEL_BIND:
             peer = request.get_address(Attr.XOR_PEER_ADDRESS)
             number = request.get_channel_number()
             assert peer is not None and number is not None
+            if family_of(peer.host) not in self.allocated_families:
+                return request.error_response(443), self.key
             self.channels[number] = peer
             self.permissions.add(peer.host)
         if self.bad_integrity_next:

@@ -1,0 +1,267 @@
+# -*- test-case-name: tests.integration.test_turn_families_coturn -*-
+"""IPv4 and IPv6 through a real coturn on loopback (RFC 8656 address families).
+
+Each test starts its own ``turnserver`` (lab.coturn) listening on 127.0.0.1 and ::1,
+relaying from the families the test asks for, and plain UDP echo peers that listen
+only on ::1 or only on 127.0.0.1: a v4 client reaches a v6-only peer through a v6
+relay, a v6 client a v4-only peer through a v4 relay, a dual allocation both, and a
+family the server does not relay is refused clearly. Skipped, with a one-line reason,
+where coturn is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial.unittest import TestCase
+
+from holepunch.ice.config import RelayConfig
+from holepunch.ice.relays import Relays
+from holepunch.stun.wire import Address
+from holepunch.turn import (
+    AddressFamily,
+    AddressFamilyNotSupported,
+    PeerAddressFamilyMismatch,
+    TurnAllocation,
+    TurnServer,
+    open_allocation,
+    parse_turn_uri,
+)
+from lab.coturn import LOOPBACK, LOOPBACK6, Coturn, coturn_fixture, coturn_unavailable_reason
+
+reactor: Any = _reactor
+WAIT = 5.0
+
+
+class EchoPeer(DatagramProtocol):
+    """A plain UDP peer on one family: answers ``echo:`` + each datagram; each
+    :meth:`next` fires with the next datagram and its source."""
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred[tuple[bytes, tuple[str, int]]]] = []
+        self.queue: list[tuple[bytes, tuple[str, int]]] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.transport.write(b"echo:" + datagram, addr)
+        item = (datagram, (addr[0], addr[1]))
+        if self.waiting:
+            self.waiting.pop(0).callback(item)
+        else:
+            self.queue.append(item)
+
+    def next(self) -> Deferred[tuple[bytes, tuple[str, int]]]:
+        if self.queue:
+            return defer.succeed(self.queue.pop(0))
+        d: Deferred[tuple[bytes, tuple[str, int]]] = Deferred()
+        self.waiting.append(d)
+        return d.addTimeout(WAIT, reactor)
+
+
+class Received:
+    """What comes through an allocation; :meth:`next` as :meth:`EchoPeer.next`."""
+
+    def __init__(self, allocation: TurnAllocation) -> None:
+        self.waiting: list[Deferred[tuple[bytes, Address]]] = []
+        self.queue: list[tuple[bytes, Address]] = []
+        allocation.on_data(self.arrived)
+
+    def arrived(self, data: bytes, peer: Address) -> None:
+        if self.waiting:
+            self.waiting.pop(0).callback((data, peer))
+        else:
+            self.queue.append((data, peer))
+
+    def next(self) -> Deferred[tuple[bytes, Address]]:
+        if self.queue:
+            return defer.succeed(self.queue.pop(0))
+        d: Deferred[tuple[bytes, Address]] = Deferred()
+        self.waiting.append(d)
+        return d.addTimeout(WAIT, reactor)
+
+
+class CoturnFamilies(TestCase):
+    """Helpers: coturn on both loopbacks, echo peers of one family, allocations."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        reason = coturn_unavailable_reason()
+        if reason is not None:
+            self.skipTest(reason)
+
+    def coturn(self, relay: tuple[str, ...] = (LOOPBACK, LOOPBACK6)) -> Coturn:
+        return coturn_fixture(self, listen=(LOOPBACK, LOOPBACK6), relay=relay)
+
+    def peer(self, host: str) -> tuple[EchoPeer, Address]:
+        echo = EchoPeer()
+        port = reactor.listenUDP(0, echo, interface=host)
+        self.addCleanup(port.stopListening)
+        return echo, Address(host, port.getHost().port)
+
+    def server(self, coturn: Coturn, host: str) -> TurnServer:
+        return parse_turn_uri(coturn.uri("udp", host), coturn.user or "", coturn.password or "")
+
+    async def open(self, server: TurnServer, families: Any) -> TurnAllocation:
+        allocation = await open_allocation(server, reactor=reactor, families=families)
+        self.addCleanup(allocation.close)
+        return allocation
+
+
+class FamiliesTestCase(CoturnFamilies):
+    """TurnAllocation asking coturn for one family, or both."""
+
+    async def exchange(self, allocation: TurnAllocation, echo: EchoPeer, peer: Address) -> None:
+        """Data both ways with ``peer``: Send/Data indications, then a channel."""
+        received = Received(allocation)
+        relayed = allocation.relayed_for(peer.host)
+        assert relayed is not None
+        allocation.send(b"indication", peer)
+        data, source = await echo.next()
+        self.assertEqual((data, source), (b"indication", (relayed.host, relayed.port)))
+        self.assertEqual(await received.next(), (b"echo:indication", peer))
+        await allocation.bind_channel(peer)
+        allocation.send(b"channel", peer)
+        data, source = await echo.next()
+        self.assertEqual((data, source), (b"channel", (relayed.host, relayed.port)))
+        self.assertEqual(await received.next(), (b"echo:channel", peer))
+        self.assertGreaterEqual(allocation.stats.channel_data_sent, 1)
+
+    async def test_v4_client_v6_relay(self) -> None:
+        """A client on 127.0.0.1 asks for an IPv6 relay and talks to a peer that
+        listens only on ::1, through Send/Data and through a channel."""
+        coturn = self.coturn()
+        echo, peer = self.peer(LOOPBACK6)
+        allocation = await self.open(self.server(coturn, LOOPBACK), ["ipv6"])
+        self.assertEqual(allocation.relayed_address.host, LOOPBACK6)  # type: ignore[union-attr]
+        self.assertEqual(allocation.mapped_address.host, LOOPBACK)  # type: ignore[union-attr]
+        await self.exchange(allocation, echo, peer)
+
+    async def test_v6_client_v4_relay(self) -> None:
+        """A client on ::1 (turn:[::1]:PORT, an IPv6 socket) asks for an IPv4 relay and
+        talks to a peer that listens only on 127.0.0.1."""
+        coturn = self.coturn()
+        echo, peer = self.peer(LOOPBACK)
+        server = self.server(coturn, LOOPBACK6)
+        self.assertTrue(server.uri.startswith("turn:[::1]:"))
+        allocation = await self.open(server, ["ipv4"])
+        self.assertEqual(allocation.relayed_address.host, LOOPBACK)  # type: ignore[union-attr]
+        self.assertEqual(allocation.mapped_address.host, LOOPBACK6)  # type: ignore[union-attr]
+        await self.exchange(allocation, echo, peer)
+
+    async def test_dual_allocation(self) -> None:
+        """ "auto" from a v4 client: one allocation, two relayed addresses (IPv4 first),
+        each reaching the peer of its family."""
+        coturn = self.coturn()
+        echo4, peer4 = self.peer(LOOPBACK)
+        echo6, peer6 = self.peer(LOOPBACK6)
+        allocation = await self.open(self.server(coturn, LOOPBACK), "auto")
+        allocated = allocation.allocated
+        assert allocated is not None
+        self.assertEqual(allocated.families, (AddressFamily.IPV4, AddressFamily.IPV6))
+        self.assertEqual([a.host for a in allocated.relayed_addresses], [LOOPBACK, LOOPBACK6])
+        self.assertEqual(allocated.refused, ())
+        await self.exchange(allocation, echo4, peer4)
+        await self.exchange(allocation, echo6, peer6)
+
+    async def test_refused_family_in_dual(self) -> None:
+        """A server that relays only IPv4: the dual allocation keeps IPv4, names the IPv6
+        refusal (440), and a permission for an IPv6 peer fails here, clearly."""
+        coturn = self.coturn(relay=(LOOPBACK,))
+        echo4, peer4 = self.peer(LOOPBACK)
+        allocation = await self.open(self.server(coturn, LOOPBACK6), ["ipv6", "ipv4"])
+        allocated = allocation.allocated
+        assert allocated is not None
+        self.assertEqual([a.host for a in allocated.relayed_addresses], [LOOPBACK])
+        (refused,) = allocated.refused
+        self.assertEqual((refused.family, refused.code), (AddressFamily.IPV6, 440))
+        with self.assertRaises(PeerAddressFamilyMismatch) as raised:
+            await allocation.create_permission(LOOPBACK6)
+        self.assertIn("no IPv6 relayed address: 440", str(raised.exception))
+        await self.exchange(allocation, echo4, peer4)
+
+    async def test_refused_family(self) -> None:
+        """Asking a server that relays only IPv4 for an IPv6 relay fails with
+        AddressFamilyNotSupported (440)."""
+        coturn = self.coturn(relay=(LOOPBACK,))
+        with self.assertRaises(AddressFamilyNotSupported) as raised:
+            await open_allocation(self.server(coturn, LOOPBACK), reactor=reactor, families=["ipv6"])
+        self.assertEqual(raised.exception.code, 440)
+        self.assertIn("IPv6", str(raised.exception))
+
+    async def test_peer_family_mismatch_from_server(self) -> None:
+        """coturn's 443 to a permission for a family the allocation lacks reaches the
+        caller as PeerAddressFamilyMismatch (the local check is bypassed by pretending
+        the allocation has an IPv6 half, so that the request goes out)."""
+        coturn = self.coturn()
+        allocation = await self.open(self.server(coturn, LOOPBACK), ["ipv4"])
+        assert allocation.allocated is not None
+        fake6 = Address(LOOPBACK6, 9)
+        allocation.allocated = dataclasses.replace(
+            allocation.allocated,
+            relayed_addresses=(*allocation.allocated.relayed_addresses, fake6),
+        )
+        with self.assertRaises(PeerAddressFamilyMismatch) as raised:
+            await allocation.create_permission(LOOPBACK6)
+        self.assertEqual(raised.exception.code, 443)
+
+
+class AgentSocket(DatagramProtocol):
+    """The ICE agent's one socket, as far as its relays see it: what the relays do not
+    take is kept."""
+
+    def __init__(self, relays: Relays) -> None:
+        self.relays = relays
+        self.other: list[bytes] = []
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.write(data, address)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if not self.relays.demultiplex(datagram, (addr[0], addr[1])):
+            self.other.append(datagram)
+
+
+class RelaysTestCase(CoturnFamilies):
+    """The ICE agent's relays (holepunch.ice.relays) on one socket, against coturn."""
+
+    async def test_one_candidate_per_family(self) -> None:
+        """By default one allocation from the agent's IPv4 socket gets a relayed address
+        per family; each is a via that reaches the peer of its family, and data from
+        each peer comes back on its family's via."""
+        coturn = self.coturn()
+        echo4, peer4 = self.peer(LOOPBACK)
+        echo6, peer6 = self.peer(LOOPBACK6)
+        config = RelayConfig(servers=[self.server(coturn, LOOPBACK)], liveness_interval=0)
+        relays = Relays(reactor, config)
+        sock = AgentSocket(relays)
+        port = reactor.listenUDP(0, sock, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(relays.close)
+        allocation = await relays.allocate(sock.write, udp_blocked=False)
+        self.assertIsNotNone(allocation)
+        arrived: dict[int, Deferred[tuple[bytes, tuple[str, int]]]] = {1: Deferred(), 2: Deferred()}
+
+        def deliver(data: bytes, peer: tuple[str, int], via: int) -> None:
+            arrived[via].callback((data, peer))
+
+        relayed = allocation.allocated.relayed_addresses
+        self.assertEqual([a.host for a in relayed], [LOOPBACK, LOOPBACK6])
+        for via, address in enumerate(relayed, start=1):
+            relays.add(via, allocation, deliver, relayed=address)
+        refused: list[tuple[int, str]] = []
+        for via, echo, peer in ((1, echo4, peer4), (2, echo6, peer6)):
+            relays.permit(peer.host, None, lambda v, h, why: refused.append((v, h)))
+            self.assertEqual(refused[-1], (3 - via, peer.host))  # the other family's via
+            await allocation.create_permission(peer.host)
+            self.assertTrue(relays.send(via, b"hello", (peer.host, peer.port)))
+            data, source = await echo.next()
+            self.assertEqual(source, (relayed[via - 1].host, relayed[via - 1].port))
+            got = await arrived[via].addTimeout(WAIT, reactor)
+            self.assertEqual(got, (b"echo:hello", (peer.host, peer.port)))
