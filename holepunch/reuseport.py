@@ -71,11 +71,6 @@ def listen_interfaces(interface: str, what: str) -> list[str]:
     return [ANY_IPV4, ANY_IPV6]
 
 
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets (``[::1]:3478``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _needs_options(interface: str, reuse_port: bool) -> bool:
     """Whether the socket needs an option the reactor's own listen calls cannot set:
     ``SO_REUSEPORT``, or ``IPV6_V6ONLY`` on the IPv6 wildcard (for any other address it

@@ -23,7 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from holepunch.nat.model import NatInfo
-from holepunch.reuseport import format_address
+from holepunch.stun.wire import format_address
 
 DEFAULT_STUN_SERVERS = ("stun.l.google.com:19302", "stun.cloudflare.com:3478")
 
@@ -92,7 +92,7 @@ def format_report(info: NatInfo) -> str:
         return str(value)
 
     def address(host: str | None, port: int | None) -> str:
-        return format_address(show(host), port) if port is not None else f"{show(host)}:unknown"
+        return format_address((show(host), port)) if port is not None else f"{show(host)}:unknown"
 
     lines = [
         f"NAT type:         {info.type.value}",

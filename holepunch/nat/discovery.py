@@ -47,7 +47,6 @@ from holepunch.nat.model import (
     classify,
     port_allocation,
 )
-from holepunch.reuseport import format_address
 from holepunch.routes import source_address_toward
 from holepunch.stun.client import (
     BindingResult,
@@ -62,7 +61,7 @@ from holepunch.stun.client import (
     resolve_server,
 )
 from holepunch.stun.message import decode, encode
-from holepunch.stun.wire import Address, MessageClass, StunDecodeError
+from holepunch.stun.wire import Address, MessageClass, StunDecodeError, format_address
 
 _log = Logger()
 
@@ -163,7 +162,7 @@ class NatDiscovery:
         if not self.servers:
             raise NoStunServerAnswered({})
         main = self._socket()
-        names = [format_address(s.host, s.port) for s in self.servers]
+        names = [format_address(s) for s in self.servers]
         self.progress(f"Binding test: asking {', '.join(names)} over UDP")
         answers = await defer.gatherResults(
             [defer.ensureDeferred(self._binding(main, s, t.answered)) for s in self.servers]
@@ -174,7 +173,7 @@ class NatDiscovery:
         if all(a.other_address is None for _, a in answered) and len(self.servers) == 1:
             lone = self.servers[0]
             second = Address(lone.host, lone.port + 1)
-            self.progress(f"One server: asking its second port {format_address(*second)}")
+            self.progress(f"One server: asking its second port {format_address(second)}")
             r = await self._binding(main, second, t.answered)
             if r is not None:
                 answered.append((second, r))
@@ -190,12 +189,12 @@ class NatDiscovery:
             public_port=first.mapped.port,
             local_address=local_ip,
             local_port=local_port,
-            server=format_address(server.host, server.port),
+            server=format_address(server),
         )
         behind_nat = first.mapped != Address(local_ip, local_port)
         self.progress(
-            f"Public address {format_address(first.mapped.host, first.mapped.port)} "
-            f"(local {format_address(local_ip, local_port)}): "
+            f"Public address {format_address(first.mapped)} "
+            f"(local {format_address((local_ip, local_port))}): "
             + ("behind a NAT" if behind_nat else "no NAT")
         )
         if self.family == 6:
@@ -472,7 +471,7 @@ async def _resolve(
         try:
             resolved.append(await resolve_server(reactor, host, port, family))
         except DNSLookupError as e:
-            missing[format_address(host, port)] = str(e)
+            missing[format_address((host, port))] = str(e)
     if family is None and resolved:
         first = family_of(resolved[0].host)
         resolved = [a for a in resolved if family_of(a.host) == first]

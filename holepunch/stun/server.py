@@ -56,13 +56,7 @@ from zope.interface import implementer
 
 from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBuckets
-from holepunch.reuseport import (
-    format_address,
-    listen_interfaces,
-    listen_on_each,
-    listen_tcp,
-    listen_udp,
-)
+from holepunch.reuseport import listen_interfaces, listen_on_each, listen_tcp, listen_udp
 from holepunch.stun.framing import StreamFramer
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import (
@@ -73,6 +67,7 @@ from holepunch.stun.wire import (
     StunDecodeError,
     StunError,
     TooManyAttributes,
+    format_address,
 )
 from holepunch.version import __version__
 
@@ -556,7 +551,7 @@ class StunServerService(Service):
         self._summaries.start(self.responder.log_interval, now=False)
         _log.info(
             "STUN server on {addresses} ({modes})",
-            addresses=", ".join(format_address(a.host, a.port) for a in self._udp),
+            addresses=", ".join(format_address(a) for a in self._udp),
             modes="UDP+TCP" if self.tcp else "UDP",
         )
 
