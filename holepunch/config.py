@@ -129,7 +129,8 @@ class P2PConfig:
     signaling_url: str | None = None
     """``ws://`` or ``wss://`` URL of a remote signaling server to join."""
     signaling_interface: str = ""
-    """Address an in-process signaling server listens on ("": every interface)."""
+    """Address an in-process signaling server listens on ("": every interface, IPv4 and
+    IPv6; ``0.0.0.0`` or ``::``: every interface of that family only)."""
     log_level: str = "info"
     """``debug``, ``info``, ``warn`` or ``error``."""
     identity_dir: str | None = None

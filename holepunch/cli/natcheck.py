@@ -1,9 +1,17 @@
 # -*- test-case-name: tests.integration.test_nat_discovery -*-
 """``holepunch nat-check``: what NAT am I behind, and what will work through it.
 
+Both address families are checked at once, each against the servers of its family (the
+A and AAAA records of a name, or ``HOST:PORT`` / ``[V6]:PORT`` literals): IPv4 as ever,
+and for IPv6 (where no NAT is expected) the public address, whether it is the local one
+(no NAT66/NPTv6) and, with an RFC 5780 server, filtering. A family without a server or a
+route says so in a line of its own.
+
 Human output by default (progress on stderr while the tests run); with ``--json``,
-exactly one JSON object on stdout. Exit status 0 when a server answered, 1 with a
-one-line reason on stderr otherwise, 2 for bad arguments.
+exactly one JSON object on stdout: the IPv4 report's fields at the top level (the IPv6
+one's when IPv4 got no answer), ``family`` naming which, and ``families`` with each
+family's report or ``{"error": ...}``. Exit status 0 when a server of either family
+answered, 1 with a one-line reason on stderr otherwise, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import sys
 from typing import Any, TextIO
 
 from holepunch.nat.model import NatInfo
+from holepunch.stun.wire import format_address
 
 DEFAULT_STUN_SERVERS = ("stun.l.google.com:19302", "stun.cloudflare.com:3478")
 
@@ -26,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="HOST:PORT",
         default=None,
-        help="STUN server to ask (repeatable). Two servers, or one that also answers on "
+        help="STUN server to ask (repeatable; [V6]:PORT for IPv6, a name for its A and AAAA "
+        "records). Two servers, or one that also answers on "
         "its port + 1 (`twistd holepunch` does), measure mapping and port allocation; an "
         "RFC 5780 server (two addresses, like `twistd holepunch --stun-alternate-address` or "
         "coturn with two listening IPs) allows every test, filtering included. Default: "
@@ -39,7 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
-        "--interface", default="", metavar="ADDRESS", help="local address to bind (default: any)"
+        "--interface",
+        default="",
+        metavar="ADDRESS",
+        help="local address to bind (default: any); checks that address's family only",
+    )
+    parser.add_argument(
+        "--family",
+        choices=("4", "6", "both"),
+        default="both",
+        help="check IPv4, IPv6 or both (default both)",
     )
     parser.add_argument(
         "--timeout",
@@ -72,10 +91,13 @@ def format_report(info: NatInfo) -> str:
             return "yes" if value else "no"
         return str(value)
 
+    def address(host: str | None, port: int | None) -> str:
+        return format_address((show(host), port)) if port is not None else f"{show(host)}:unknown"
+
     lines = [
         f"NAT type:         {info.type.value}",
-        f"Public address:   {show(info.public_address)}:{show(info.public_port)}",
-        f"Local address:    {show(info.local_address)}:{show(info.local_port)}",
+        f"Public address:   {address(info.public_address, info.public_port)}",
+        f"Local address:    {address(info.local_address, info.local_port)}",
         f"Mapping:          {info.mapping.value}",
         f"Filtering:        {info.filtering.value}",
         f"Port allocation:  {info.port_allocation.value}"
@@ -109,8 +131,8 @@ def _port_mapping(info: NatInfo) -> str:
 
 async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run the discovery and print the result; return the exit status."""
-    from holepunch.nat.discovery import DiscoveryTimers, discover_nat
-    from holepunch.stun.client import StunError
+    from holepunch.nat.discovery import DiscoveryTimers, discover_families
+    from holepunch.stun.client import family_of
 
     try:
         servers = _servers(args)
@@ -124,26 +146,57 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
             err.write(f"... {text}\n")
             err.flush()
 
+    families = (4, 6) if args.family == "both" else (int(args.family),)
     try:
-        info = await discover_nat(
+        if args.interface:
+            families = (family_of(args.interface),)
+        results = await discover_families(
             reactor,
             servers,
+            families=families,
             interface=args.interface,
             timers=timers,
             progress=progress,
             port_mapping=not args.no_port_mapping,
         )
-    except StunError as e:
-        err.write(f"holepunch nat-check: {e}\n")
-        return 1
     except Exception as e:  # DNS failures, bad interface: one line, not a traceback
         err.write(f"holepunch nat-check: {type(e).__name__}: {e}\n")
         return 1
+    answered = [(f, r) for f, r in results.items() if isinstance(r, NatInfo)]
+    if not answered:
+        reasons = "; ".join(f"IPv{f}: {r}" for f, r in results.items())
+        err.write(f"holepunch nat-check: {reasons}\n")
+        return 1
     if args.json:
-        out.write(json.dumps(info.to_json()) + "\n")
+        out.write(json.dumps(json_report(results)) + "\n")
     else:
-        out.write(format_report(info) + "\n")
+        out.write(format_families(results) + "\n")
     return 0
+
+
+def json_report(results: dict[int, NatInfo | str]) -> dict[str, Any]:
+    """The ``--json`` object: the main family's report (IPv4 when it answered) at the top
+    level, as nat-check has always printed it, and every family's in ``families``."""
+    families: dict[str, Any] = {}
+    main: dict[str, Any] | None = None
+    for family, result in sorted(results.items()):
+        name = f"IPv{family}"
+        if isinstance(result, NatInfo):
+            families[name] = {"family": name, **result.to_json()}
+            main = main or families[name]
+        else:
+            families[name] = {"family": name, "error": result}
+    assert main is not None
+    return {**main, "families": families}
+
+
+def format_families(results: dict[int, NatInfo | str]) -> str:
+    """The human-readable report: one section per family."""
+    sections = []
+    for family, result in sorted(results.items()):
+        body = format_report(result) if isinstance(result, NatInfo) else f"No result: {result}"
+        sections.append(f"== IPv{family} ==\n{body}")
+    return "\n\n".join(sections)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@
 
 The daemon runs, each part optional:
 
-- the STUN server (UDP and TCP, port 3478 on every interface; RFC 5780 behaviour discovery
-  when given an alternate address), see :mod:`holepunch.stun.server`;
-- the WebSocket signaling server (``tcp:8080``), see :mod:`holepunch.signaling.server`,
+- the STUN server (UDP and TCP, port 3478 on every interface of both families; RFC 5780
+  behaviour discovery when given an alternate address), see :mod:`holepunch.stun.server`;
+- the WebSocket signaling server (``tcp:8080``, IPv4 and IPv6), see
+  :mod:`holepunch.signaling.server`,
   with the HTTP endpoints of :mod:`holepunch.daemon.http` (``/p2p/health``,
   ``/p2p/stats``, ``/p2p/nat``, ``/metrics``): on ``--http`` if given (the signaling
   port then keeps ``/p2p/health`` only), else on the signaling port, where with
@@ -26,6 +27,7 @@ SIGINT stop every service: signaling clients are closed with 1001, listeners clo
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -92,7 +94,13 @@ class Options(usage.Options):
         ],
     ]
     optParameters: list[list[Any]] = [
-        ["stun-interface", None, "", "Address the STUN server binds (default: every interface)."],
+        [
+            "stun-interface",
+            None,
+            "",
+            "Address the STUN server binds, IPv4 or IPv6 (default: every interface of both "
+            "families; 0.0.0.0 or :: for one family only).",
+        ],
         ["stun-port", None, 3478, "STUN port (UDP and TCP).", _port],
         [
             "stun-alternate-address",
@@ -123,7 +131,8 @@ class Options(usage.Options):
             None,
             None,
             "Endpoint of the signaling server and its HTTP pages (strports; default "
-            "tcp:$P2P_SIGNALING_PORT, else tcp:8080).",
+            "tcp:$P2P_SIGNALING_PORT, else tcp:8080). tcp:PORT listens on IPv4 and IPv6, "
+            "tcp:PORT:interface=0.0.0.0 on IPv4 only, tcp6:PORT on IPv6 only.",
         ],
         [
             "http",
@@ -286,6 +295,7 @@ class Options(usage.Options):
         self["peer-timeout"] = config.peer_timeout
         self["cleanup-interval"] = config.cleanup_interval
         self["log-level"] = config.log_level
+        self._check_stun_addresses()
         if self["stun-alternate-address"] and not self["stun-interface"]:
             raise usage.UsageError(
                 "--stun-alternate-address needs --stun-interface: RFC 5780 answers name the "
@@ -314,6 +324,27 @@ class Options(usage.Options):
                 parse_tcp_description(self["signaling"])
             except ValueError as e:
                 raise usage.UsageError(f"--workers: {e}") from None
+
+    def _check_stun_addresses(self) -> None:
+        """--stun-interface and --stun-alternate-address are IP addresses (in their normal
+        form), and of one family."""
+        versions = []
+        for option in ("stun-interface", "stun-alternate-address"):
+            value = self[option]
+            if not value:
+                continue
+            try:
+                ip = ipaddress.ip_address(value)
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{option}: expected an IPv4 or IPv6 address, got {value!r}"
+                ) from None
+            self[option] = str(ip)
+            versions.append(ip.version)
+        if len(set(versions)) > 1:
+            raise usage.UsageError(
+                "--stun-alternate-address must be of the same family as --stun-interface"
+            )
 
     def _ice_server_hints(self) -> IceServerHints | None:
         """What ``welcome`` names: our STUN ports and the configured TURN servers."""

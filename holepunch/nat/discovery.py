@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 
 from holepunch.nat.model import (
@@ -55,11 +56,12 @@ from holepunch.stun.client import (
     StunError,
     binding_over_tcp,
     binding_request,
+    family_of,
     listen_stun,
     resolve_server,
 )
 from holepunch.stun.message import decode, encode
-from holepunch.stun.wire import Address, MessageClass, StunDecodeError
+from holepunch.stun.wire import Address, MessageClass, StunDecodeError, format_address
 
 _log = Logger()
 
@@ -100,8 +102,6 @@ class DiscoveryTimers:
         )
 
 
-
-
 class NatDiscovery:
     """One run of the discovery tests. Use :func:`discover_nat`."""
 
@@ -120,8 +120,13 @@ class NatDiscovery:
         self.progress = progress or (lambda text: None)
         self._sockets: list[StunClientProtocol] = []
 
+    @property
+    def family(self) -> int:
+        """4 or 6: the address family of the servers (and of every socket)."""
+        return family_of(self.servers[0].host) if self.servers else 4
+
     def _socket(self) -> StunClientProtocol:
-        proto = listen_stun(self.reactor, interface=self.interface)
+        proto = listen_stun(self.reactor, interface=self.interface, family=self.family)
         self._sockets.append(proto)
         return proto
 
@@ -157,7 +162,7 @@ class NatDiscovery:
         if not self.servers:
             raise NoStunServerAnswered({})
         main = self._socket()
-        names = [f"{s.host}:{s.port}" for s in self.servers]
+        names = [format_address(s) for s in self.servers]
         self.progress(f"Binding test: asking {', '.join(names)} over UDP")
         answers = await defer.gatherResults(
             [defer.ensureDeferred(self._binding(main, s, t.answered)) for s in self.servers]
@@ -168,7 +173,7 @@ class NatDiscovery:
         if all(a.other_address is None for _, a in answered) and len(self.servers) == 1:
             lone = self.servers[0]
             second = Address(lone.host, lone.port + 1)
-            self.progress(f"One server: asking its second port {second.host}:{second.port}")
+            self.progress(f"One server: asking its second port {format_address(second)}")
             r = await self._binding(main, second, t.answered)
             if r is not None:
                 answered.append((second, r))
@@ -184,13 +189,16 @@ class NatDiscovery:
             public_port=first.mapped.port,
             local_address=local_ip,
             local_port=local_port,
-            server=f"{server.host}:{server.port}",
+            server=format_address(server),
         )
         behind_nat = first.mapped != Address(local_ip, local_port)
         self.progress(
-            f"Public address {first.mapped.host}:{first.mapped.port} "
-            f"(local {local_ip}:{local_port}): " + ("behind a NAT" if behind_nat else "no NAT")
+            f"Public address {format_address(first.mapped)} "
+            f"(local {format_address((local_ip, local_port))}): "
+            + ("behind a NAT" if behind_nat else "no NAT")
         )
+        if self.family == 6:
+            self._note_nat66(info, first.mapped, Address(local_ip, local_port))
         other = first.other_address
         if other is not None and (other.host == server.host or other.port == server.port):
             info.notes.append(
@@ -224,6 +232,24 @@ class NatDiscovery:
             info.mapping = Behavior.ENDPOINT_INDEPENDENT
         self.progress(f"Result: {info.type.value}")
         return info
+
+    @staticmethod
+    def _note_nat66(info: NatInfo, public: Address, local: Address) -> None:
+        """IPv6 has no NAT as a rule: say whether this host's address is its public one."""
+        if public == local:
+            info.evidence.append(
+                "IPv6: the public address is the local one (no NAT66 or NPTv6); only a "
+                "firewall can stand between this host and its peers"
+            )
+        elif public.host != local.host:
+            info.notes.append(
+                f"IPv6: translated (NAT66 or NPTv6): local {local.host} appears as {public.host}"
+            )
+        else:
+            info.notes.append(
+                f"IPv6: the address is the local one, but port {local.port} appears as "
+                f"{public.port} (a firewall or NAT66 rewriting ports)"
+            )
 
     async def _udp_blocked(self, names: list[str]) -> NatInfo:
         t = self.timers
@@ -434,27 +460,55 @@ class NatDiscovery:
         return Behavior.ADDRESS_AND_PORT_DEPENDENT
 
 
+async def _resolve(
+    reactor: Any, servers: Sequence[tuple[str, int] | Address], family: int | None
+) -> tuple[list[Address], dict[str, str]]:
+    """The servers' addresses of ``family`` (None: IPv4, else IPv6 for names without),
+    and why each server that has none was left out."""
+    resolved: list[Address] = []
+    missing: dict[str, str] = {}
+    for host, port in servers:
+        try:
+            resolved.append(await resolve_server(reactor, host, port, family))
+        except DNSLookupError as e:
+            missing[format_address((host, port))] = str(e)
+    if family is None and resolved:
+        first = family_of(resolved[0].host)
+        resolved = [a for a in resolved if family_of(a.host) == first]
+    return resolved, missing
+
+
 async def discover_nat(
     reactor: Any,
     servers: Sequence[tuple[str, int] | Address],
     *,
     interface: str = "",
+    family: int | None = None,
     timers: DiscoveryTimers | None = None,
     progress: Progress | None = None,
     port_mapping: bool = False,
     port_mapping_timeout: float = 1.0,
 ) -> NatInfo:
-    """Find out what NAT this host is behind, by asking ``servers``.
+    """Find out what NAT this host is behind, by asking ``servers``, over one family.
+
+    ``family`` (4 or 6) takes the servers of that family (a name's A or AAAA records);
+    None: the family of ``interface`` if given, else IPv4, or IPv6 when no server has
+    an IPv4 address. :func:`discover_families` runs both.
 
     With ``port_mapping``, also which of PCP, NAT-PMP and UPnP IGD the default gateway
     answers (asked at the same time, changing nothing on it; only when the servers are
     reached through that gateway, so a loopback test never asks the real router).
 
-    Raises :class:`NoStunServerAnswered` when no server answered over UDP or TCP.
+    Raises :class:`NoStunServerAnswered` when no server answered over UDP or TCP, or
+    none has an address of the family.
     """
-    resolved = [await resolve_server(reactor, host, port) for host, port in servers]
+    if family is None and interface:
+        family = family_of(interface)
+    resolved, missing = await _resolve(reactor, servers, family)
+    if not resolved:
+        raise NoStunServerAnswered(missing)
     probing = None
-    if port_mapping and resolved:
+    if port_mapping and family_of(resolved[0].host) == 4:
         probing = _probe_port_mapping(reactor, resolved[0], interface, port_mapping_timeout)
     try:
         info = await NatDiscovery(reactor, resolved, interface, timers, progress).run()
@@ -473,6 +527,79 @@ async def discover_nat(
                 + " (PCP, NAT-PMP, UPnP IGD asked)"
             )
     return info
+
+
+FamilyResult = NatInfo | str
+"""One family's outcome in :func:`discover_families`: the report, or why there is none."""
+
+
+async def _discover_family(
+    reactor: Any,
+    servers: Sequence[tuple[str, int] | Address],
+    family: int,
+    interface: str,
+    progress: Progress | None,
+    **kw: Any,
+) -> FamilyResult:
+    label = f"IPv{family}"
+    resolved, _ = await _resolve(reactor, servers, family)
+    if not resolved:
+        return f"no {label} STUN server (none given, or no name has an {label} address)"
+    try:
+        source_address_toward(resolved[0].host, resolved[0].port)
+    except OSError as e:
+        return f"no {label} route to {resolved[0].host} ({e.strerror or e})"
+
+    def tagged(text: str) -> None:
+        if progress is not None:
+            progress(f"{label}: {text}")
+
+    try:
+        return await discover_nat(
+            reactor, resolved, interface=interface, family=family, progress=tagged, **kw
+        )
+    except StunError as e:
+        return str(e)
+    except OSError as e:  # a socket of this family cannot be made or bound
+        return f"{label}: {e.strerror or e}"
+
+
+async def discover_families(
+    reactor: Any,
+    servers: Sequence[tuple[str, int] | Address],
+    *,
+    families: Sequence[int] = (4, 6),
+    interface: str = "",
+    timers: DiscoveryTimers | None = None,
+    progress: Progress | None = None,
+    port_mapping: bool = False,
+    port_mapping_timeout: float = 1.0,
+) -> dict[int, FamilyResult]:
+    """:func:`discover_nat` over each of ``families`` at once (4 and 6 by default; only
+    ``interface``'s when given), each with the servers (names' A or AAAA records) of its
+    family; returns each family's :class:`NatInfo`, or a sentence saying why there is
+    none (no server of that family, no route, no answer). Progress lines start with
+    ``IPv4:`` or ``IPv6:``. The two never disturb each other's measurements: IPv6 flows
+    do not pass through an IPv4 NAT."""
+    if interface:
+        families = [family_of(interface)]
+    runs = [
+        defer.ensureDeferred(
+            _discover_family(
+                reactor,
+                servers,
+                family,
+                interface,
+                progress,
+                timers=timers,
+                port_mapping=port_mapping and family == 4,
+                port_mapping_timeout=port_mapping_timeout,
+            )
+        )
+        for family in families
+    ]
+    results = await defer.gatherResults(runs, consumeErrors=True)
+    return dict(zip(families, results, strict=True))
 
 
 def _probe_port_mapping(

@@ -37,7 +37,6 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -56,7 +55,7 @@ from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBucket
-from holepunch.reuseport import ReusePortEndpoint
+from holepunch.reuseport import server_endpoint
 from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
 from holepunch.signaling.autobahn_fixes import (
@@ -81,7 +80,8 @@ class SignalingConfig:
     """Everything the signaling server can be told. Times are in seconds."""
 
     endpoint: str = "tcp:8080"
-    """Where to listen, a strports string: ``tcp:8080``, ``ssl:8443:privateKey=...``."""
+    """Where to listen, a strports string: ``tcp:8080`` (both IPv4 and IPv6; see
+    :mod:`holepunch.reuseport`), ``tcp6:8080`` (IPv6 only), ``ssl:8443:privateKey=...``."""
     peer_timeout: float = 300.0
     """Evict a registered peer after this long without a message from it."""
     cleanup_interval: float = 60.0
@@ -233,17 +233,31 @@ class ServerStats:
         """Connections closed because their auth token expired (close 4002)."""
 
 
+def _address_family(host: str) -> tuple[str, str]:
+    """``host`` and its family name; an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``,
+    what a dual-stack ``::`` socket sees of an IPv4 client) is the IPv4 address it is.
+    Proxies' spellings with a port (``[2001:db8::1]:443``, ``192.0.2.1:443``) lose it."""
+    if host.startswith("[") and "]" in host:
+        host = host[1 : host.index("]")]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host, "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped), "IPv4"
+    return host, "IPv6" if ip.version == 6 else "IPv4"
+
+
 def describe_address(address: object, forwarded: str | None = None) -> JSONObject:
     """The ``yourAddress`` of ``welcome``: how the server sees the client."""
     if forwarded is not None:
-        try:
-            family = "IPv6" if ipaddress.ip_address(forwarded).version == 6 else "IPv4"
-        except ValueError:
-            family = "unknown"
-        return {"address": forwarded, "family": family}
+        host, family = _address_family(forwarded)
+        return {"address": host, "family": family}
     if isinstance(address, IPv4Address | IPv6Address):
-        family = "IPv6" if isinstance(address, IPv6Address) else "IPv4"
-        return {"address": address.host, "port": address.port, "family": family}
+        host, family = _address_family(address.host)
+        return {"address": host, "port": address.port, "family": family}
     return {"address": str(address), "family": "unknown"}
 
 
@@ -1161,9 +1175,5 @@ def make_signaling_service(
         max_connections_per_address=config.max_connections_per_address,
         reactor=reactor,
     )
-    endpoint: IStreamServerEndpoint
-    if config.reuse_port:
-        endpoint = ReusePortEndpoint.from_description(reactor, config.endpoint)
-    else:
-        endpoint = serverFromString(reactor, config.endpoint)
+    endpoint = server_endpoint(reactor, config.endpoint, config.reuse_port)
     return SignalingService(config, registry, factory, root, site, endpoint, clock)

@@ -26,13 +26,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHostResolution,
+    IReactorTime,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from holepunch.stun.framing import StreamFramer, is_stun
 from holepunch.stun.message import StunMessage, decode, encode
@@ -245,7 +254,15 @@ class StunClientProtocol(DatagramProtocol):
         change_port: bool = False,
         policy: RetransmissionPolicy = DEFAULT_POLICY,
     ) -> Deferred[BindingResult]:
-        """Run one Binding transaction toward ``server``."""
+        """Run one Binding transaction toward ``server``; fails at once with
+        :class:`StunError` when ``server`` is of the other address family."""
+        if self.transport is not None and family_of(server.host) != family_of(self.local.host):
+            return defer.fail(
+                StunError(
+                    f"cannot reach {server.host} from the IPv{family_of(self.local.host)} "
+                    f"socket {self.local.host}"
+                )
+            )
         d = self.transactions.request(
             binding_request(change_ip, change_port), server, policy=policy
         )
@@ -261,11 +278,29 @@ class StunClientProtocol(DatagramProtocol):
         return d
 
 
-def listen_stun(reactor: Any, interface: str = "", port: int = 0) -> StunClientProtocol:
-    """Open a UDP socket with a :class:`StunClientProtocol` on it."""
+def listen_stun(
+    reactor: Any, interface: str = "", port: int = 0, *, family: int = 4
+) -> StunClientProtocol:
+    """Open a UDP socket with a :class:`StunClientProtocol` on it.
+
+    The socket is of ``interface``'s family; with no interface, of ``family`` (4 or 6:
+    a socket reaches servers of its own family only, see :func:`family_of`).
+    """
+    if not interface and family == 6:
+        interface = "::"
     proto = StunClientProtocol(reactor)
     reactor.listenUDP(port, proto, interface=interface)
     return proto
+
+
+def family_of(host: str) -> int:
+    """4 or 6: the IP version of a textual address ("" is IPv4's any address).
+
+    :raises ValueError: ``host`` is not an IP address.
+    """
+    if not host:
+        return 4
+    return ipaddress.ip_address(host.split("%", 1)[0]).version
 
 
 class _StreamClient(Protocol):
@@ -301,8 +336,7 @@ async def _binding_over_tcp(
 ) -> BindingResult:
     request = binding_request()
     data = encode(request, fingerprint=True)
-    version = ipaddress.ip_address(server.host).version
-    endpoint_class = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
+    endpoint_class = TCP6ClientEndpoint if family_of(server.host) == 6 else TCP4ClientEndpoint
     bind = (bind_address.host, bind_address.port) if bind_address else None
     endpoint = endpoint_class(reactor, server.host, server.port, timeout=timeout, bindAddress=bind)
     done: Deferred[StunMessage] = Deferred()
@@ -383,14 +417,80 @@ def first_answer(
     return result
 
 
-async def resolve_server(reactor: Any, host: str, port: int) -> Address:
-    """Turn ``host`` (an address or a name) into an :class:`Address`."""
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects what a hostname resolves to."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.done: Deferred[list[str]] = Deferred()
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        host: str = address.host  # type: ignore[attr-defined]
+        if host not in self.found:
+            self.found.append(host)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.found)
+
+
+async def resolve_addresses(
+    reactor: Any, host: str, port: int, families: Sequence[int] = (4, 6)
+) -> list[Address]:
+    """Every address ``host`` (an address or a name) has in ``families``, A before AAAA
+    when both are asked; a literal address is returned as it is, if of a family asked.
+
+    Names are resolved with the system's ``getaddrinfo`` (``/etc/hosts``, DNS A and AAAA)
+    through the reactor's name resolver. An empty list: no address of those families.
+    """
     try:
-        ipaddress.ip_address(host)
+        literal = family_of(host)
     except ValueError:
-        resolved = await reactor.resolve(host)
-        return Address(resolved, port)
-    return Address(host, port)
+        pass
+    else:
+        return [Address(host, port)] if literal in families else []
+    kinds: list[type[IAddress]] = []
+    if 4 in families:
+        kinds.append(IPv4Address)
+    if 6 in families:
+        kinds.append(IPv6Address)
+    receiver = _Addresses()
+    reactor.nameResolver.resolveHostName(receiver, host, port, kinds, "UDP")
+    found = await receiver.done
+    ordered = sorted(found, key=family_of) if len(families) > 1 else found
+    return [Address(address, port) for address in ordered]
+
+
+async def resolve_server(reactor: Any, host: str, port: int, family: int | None = None) -> Address:
+    """Turn ``host`` (an address or a name) into an :class:`Address`.
+
+    ``family`` 4 or 6 takes only addresses of that family; None (the default) prefers
+    IPv4 (``reactor.resolve``) and falls back to IPv6 (AAAA) for a name without one.
+
+    :raises DNSLookupError: no address (of that family).
+    """
+    try:
+        literal = family_of(host)
+    except ValueError:
+        pass
+    else:
+        if family not in (None, literal):
+            raise DNSLookupError(f"{host} is not an IPv{family} address")
+        return Address(host, port)
+    if family != 6:
+        try:
+            resolved = await reactor.resolve(host)
+            return Address(resolved, port)
+        except DNSLookupError:
+            if family == 4:
+                raise
+    found = await resolve_addresses(reactor, host, port, (6,))
+    if not found:
+        raise DNSLookupError(f"no {'IPv6 ' if family == 6 else ''}address for {host}")
+    return found[0]
 
 
 def parse_server(spec: str, default_port: int = 3478) -> tuple[str, int]:

@@ -45,7 +45,7 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
@@ -56,7 +56,7 @@ from zope.interface import implementer
 
 from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBuckets
-from holepunch.reuseport import listen_tcp, listen_udp
+from holepunch.reuseport import listen_interfaces, listen_on_each, listen_tcp, listen_udp
 from holepunch.stun.framing import StreamFramer
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import (
@@ -67,6 +67,7 @@ from holepunch.stun.wire import (
     StunDecodeError,
     StunError,
     TooManyAttributes,
+    format_address,
 )
 from holepunch.version import __version__
 
@@ -480,6 +481,7 @@ class StunServerService(Service):
         self.tcp_send_buffer = tcp_send_buffer
         self.tcp_connections = 0
         self._udp: dict[Address, Any] = {}
+        self._wildcard: list[str] = []
         self._ports: list[IListeningPort] = []
         self._summaries: task.LoopingCall | None = None
 
@@ -487,8 +489,13 @@ class StunServerService(Service):
         """A STUN/TCP connection has gone (called by its protocol)."""
         self.tcp_connections -= 1
 
+    def _interfaces(self, host: str) -> list[str]:
+        """Where to listen for ``host``: both families for "" (every interface)."""
+        return [host] if host else self._wildcard
+
     def _bind_ports(self) -> None:
         r = self.responder
+        self._wildcard = listen_interfaces("", "STUN server") if not r.primary.host else []
         if r.primary.port == 0:
             port = self._listen_udp(Address(r.primary.host, 0))
             r.primary = Address(r.primary.host, port)
@@ -499,28 +506,35 @@ class StunServerService(Service):
         if r.second_port == 0:
             r.second_port = self._listen_udp(Address(r.primary.host, 0))
         for local in r.local_addresses():
-            if local not in self._udp:
+            interfaces = self._interfaces(local.host)
+            if any(Address(i, local.port) not in self._udp for i in interfaces):
                 self._listen_udp(local)
             if self.tcp:
-                factory = _StreamFactory(self, local)
-                if self.reuse_port:
-                    listening = listen_tcp(self.reactor, local.port, factory, local.host)
-                else:
-                    listening = self.reactor.listenTCP(local.port, factory, interface=local.host)
-                self._ports.append(listening)
+                self._ports.extend(listen_on_each(self._listen_tcp, local.port, interfaces))
+
+    def _listen_tcp(self, port: int, interface: str) -> IListeningPort:
+        factory = _StreamFactory(self, Address(interface, port))
+        return listen_tcp(self.reactor, port, factory, interface, reuse_port=self.reuse_port)
 
     def _listen_udp(self, local: Address) -> int:
-        proto = StunDatagramProtocol(self, local)
-        port: Any
-        if self.reuse_port and local.port:
-            port = listen_udp(self.reactor, local.port, proto, local.host)
-        else:
-            port = self.reactor.listenUDP(local.port, proto, interface=local.host)
-        bound = port.getHost().port
-        proto.local = Address(local.host, bound)
-        self._udp[proto.local] = port
-        self._ports.append(port)
-        return int(bound)
+        """Listen on UDP ``local`` (both families when its host is ""); the port bound."""
+
+        def listen(port: int, interface: str) -> IListeningPort:
+            proto = StunDatagramProtocol(self, Address(interface, port))
+            reuse = self.reuse_port and port != 0
+            listening: Any = listen_udp(self.reactor, port, proto, interface, reuse_port=reuse)
+            proto.local = Address(interface, listening.getHost().port)
+            return cast(IListeningPort, listening)
+
+        ports = listen_on_each(listen, local.port, self._interfaces(local.host))
+        for listening in ports:
+            self._udp[listening.protocol.local] = listening  # type: ignore[attr-defined]
+            self._ports.append(listening)
+        return int(ports[0].getHost().port)  # type: ignore[attr-defined]
+
+    def listening_on(self) -> list[Address]:
+        """Every local UDP address listened on (both families for ""; after start)."""
+        return list(self._udp)
 
     def startService(self) -> None:
         try:
@@ -537,9 +551,7 @@ class StunServerService(Service):
         self._summaries.start(self.responder.log_interval, now=False)
         _log.info(
             "STUN server on {addresses} ({modes})",
-            addresses=", ".join(
-                f"{a.host or '*'}:{a.port}" for a in self.responder.local_addresses()
-            ),
+            addresses=", ".join(format_address(a) for a in self._udp),
             modes="UDP+TCP" if self.tcp else "UDP",
         )
 

@@ -715,7 +715,10 @@ class ServiceTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(T0)
         self.service = make_signaling_service(
-            SignalingConfig(peer_timeout=300, cleanup_interval=60), self.reactor
+            SignalingConfig(
+                endpoint="tcp:8080:interface=127.0.0.1", peer_timeout=300, cleanup_interval=60
+            ),
+            self.reactor,
         )
         self.service.startService()
         self.addCleanup(self.service.stopService)

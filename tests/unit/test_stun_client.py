@@ -5,20 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
+from holepunch.reuseport import ipv6_unavailable
 from holepunch.stun.client import (
     BindingResult,
     NoStunServerAnswered,
     RetransmissionPolicy,
+    StunError,
     StunErrorResponse,
     StunTimeout,
     TransactionTable,
     binding_over_tcp,
+    family_of,
     first_answer,
     listen_stun,
     parse_server,
+    resolve_addresses,
+    resolve_server,
 )
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunResponder, StunServerService
@@ -238,4 +247,102 @@ class RealSocketTests(TestCase):
         d = client.binding(Address("127.0.0.1", 9))
         yield client.close()
         yield self.assertFailure(d, defer.CancelledError)
+        self.assertEqual(len(client.transactions), 0)
+
+
+@implementer(IHostnameResolver)
+class FixedNames:
+    """A name resolver answering from a table: this machine's /etc/hosts has no name with
+    an IPv6 address, so the AAAA path is driven with one (everything else is real)."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.asked: list[tuple[str, tuple[type, ...]]] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        types = tuple(addressTypes or (IPv4Address, IPv6Address))
+        self.asked.append((hostName, types))
+        resolutionReceiver.resolutionBegan(None)
+        for host in self.table.get(hostName, []):
+            kind = IPv6Address if ":" in host else IPv4Address
+            if kind in types:
+                resolutionReceiver.addressResolved(kind("UDP", host, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolutionReceiver
+
+
+class NameReactor:
+    """Just enough reactor for name resolution: A via ``resolve``, AAAA via ``nameResolver``."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.nameResolver = FixedNames(table)
+        self.table = table
+
+    def resolve(self, name: str) -> defer.Deferred[str]:
+        v4 = [h for h in self.table.get(name, []) if ":" not in h]
+        if not v4:
+            return defer.fail(DNSLookupError(name))
+        return defer.succeed(v4[0])
+
+
+class FamilyTests(SynchronousTestCase):
+    """Address families: resolution by family, and sockets of the server's family."""
+
+    TABLE = {"both.test": ["2001:db8::1", "192.0.2.1"], "v6only.test": ["2001:db8::2"]}
+
+    def resolve(self, *args: Any, **kw: Any) -> Any:
+        return self.successResultOf(defer.ensureDeferred(resolve_server(*args, **kw)))
+
+    def test_family_of(self) -> None:
+        """family_of: 4 or 6 for addresses (zones allowed, "" is IPv4), ValueError otherwise."""
+        self.assertEqual(
+            [family_of(h) for h in ("", "192.0.2.1", "::1", "fe80::1%eth0")], [4, 4, 6, 6]
+        )
+        self.assertRaises(ValueError, family_of, "example.org")
+
+    def test_resolve_server_family(self) -> None:
+        """Names: IPv4 first by default, IPv6 only when asked or when there is no A record."""
+        r = NameReactor(self.TABLE)
+        self.assertEqual(self.resolve(r, "both.test", 1), Address("192.0.2.1", 1))
+        self.assertEqual(self.resolve(r, "both.test", 1, 6), Address("2001:db8::1", 1))
+        self.assertEqual(self.resolve(r, "v6only.test", 1), Address("2001:db8::2", 1))
+        self.assertEqual(self.resolve(r, "::1", 1, 6), Address("::1", 1))
+        for args in [("v6only.test", 1, 4), ("nothing.test", 1, None), ("::1", 1, 4)]:
+            self.failureResultOf(defer.ensureDeferred(resolve_server(r, *args)), DNSLookupError)
+
+    def test_resolve_addresses(self) -> None:
+        """resolve_addresses: every address of the families asked, A before AAAA."""
+        r = NameReactor(self.TABLE)
+        found = self.successResultOf(defer.ensureDeferred(resolve_addresses(r, "both.test", 7)))
+        self.assertEqual(found, [Address("192.0.2.1", 7), Address("2001:db8::1", 7)])
+        only6 = defer.ensureDeferred(resolve_addresses(r, "both.test", 7, (6,)))
+        self.assertEqual(self.successResultOf(only6), [Address("2001:db8::1", 7)])
+        literal = defer.ensureDeferred(resolve_addresses(r, "192.0.2.9", 7, (6,)))
+        self.assertEqual(self.successResultOf(literal), [])
+
+
+class FamilySocketTests(TestCase):
+    """Client sockets of either family on loopback."""
+
+    @defer.inlineCallbacks
+    def test_v6_socket_and_mismatch(self) -> Any:
+        """family=6 gives an IPv6 socket that gets its [::1] mapping; an IPv4 server from it fails at once."""
+        if ipv6_unavailable():
+            raise SkipTest("no IPv6 on this host")
+        svc = StunServerService(StunResponder(Address("::1", 0)), reactor)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        client = listen_stun(reactor, family=6)
+        self.addCleanup(client.close)
+        result = yield client.binding(svc.responder.primary)
+        self.assertEqual(result.mapped, Address("::1", client.local.port))
+        error = yield self.assertFailure(client.binding(Address("127.0.0.1", 9)), StunError)
+        self.assertIn("IPv6 socket", str(error))
         self.assertEqual(len(client.transactions), 0)
