@@ -312,7 +312,11 @@ class TokenBucketTests(SynchronousTestCase):
 
 
 def _summaries(events: Any) -> list[LogEvent]:
-    return [e for e in events if "refusals" in e and e.get("log_namespace", "").startswith("holepunch.stun")]
+    return [
+        e
+        for e in events
+        if "refusals" in e and e.get("log_namespace", "").startswith("holepunch.stun")
+    ]
 
 
 class RefusalLogTests(SynchronousTestCase):
@@ -507,6 +511,12 @@ class _RecordingResponder(StunResponder):
         self.sources.append(source)
         return super().handle(data, source, *a, **kw)
 
+    def answer_plain_binding(self, data: bytes, host: str, port: int, *a: Any, **kw: Any) -> Any:
+        answer = super().answer_plain_binding(data, host, port, *a, **kw)
+        if answer is not None:
+            self.sources.append(Address(host, port))
+        return answer
+
 
 class RealSocketTests(TestCase):
     """The server on real loopback sockets (127.0.0.1 and 127.0.0.2 for RFC 5780)."""
@@ -650,11 +660,20 @@ class _CountingResponder(StunResponder):
         self.handled = 0
         self.all_handled: defer.Deferred[None] = defer.Deferred()
 
-    def handle(self, *a: Any, **kw: Any) -> Any:
+    def counted(self) -> None:
         self.handled += 1
         if self.handled == self.expected:
             self.all_handled.callback(None)
+
+    def handle(self, *a: Any, **kw: Any) -> Any:
+        self.counted()
         return super().handle(*a, **kw)
+
+    def answer_plain_binding(self, *a: Any, **kw: Any) -> Any:
+        answer = super().answer_plain_binding(*a, **kw)
+        if answer is not None:
+            self.counted()
+        return answer
 
 
 class SlowReaderTests(TestCase):
