@@ -101,6 +101,8 @@ _ANSWER_V4 = struct.Struct("!HHI12sHHBBHI")
 _ANSWER_V6 = struct.Struct("!HHI12sHHBBH16s")
 _FINGERPRINT = struct.Struct("!HHI")
 _BINDING_SUCCESS = 0x0101
+_XOR_MAPPED_ADDRESS = int(Attr.XOR_MAPPED_ADDRESS)  # a plain int packs faster than the enum
+_FINGERPRINT_TYPE = int(Attr.FINGERPRINT)
 _COOKIE_PORT_XOR = MAGIC_COOKIE >> 16
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 
@@ -285,7 +287,7 @@ class StunResponder:
                 length = 12 + len(tail) + 8 * fingerprint
                 xaddr = int.from_bytes(packed, "big") ^ MAGIC_COOKIE
                 out = _ANSWER_V4.pack(
-                    _BINDING_SUCCESS, length, MAGIC_COOKIE, tid, Attr.XOR_MAPPED_ADDRESS, 8,
+                    _BINDING_SUCCESS, length, MAGIC_COOKIE, tid, _XOR_MAPPED_ADDRESS, 8,
                     0, 1, xport, xaddr,
                 )  # fmt: skip
             else:
@@ -293,7 +295,7 @@ class StunResponder:
                 key = int.from_bytes(_COOKIE_BYTES + tid, "big")
                 xaddr6 = (int.from_bytes(packed, "big") ^ key).to_bytes(16, "big")
                 out = _ANSWER_V6.pack(
-                    _BINDING_SUCCESS, length, MAGIC_COOKIE, tid, Attr.XOR_MAPPED_ADDRESS, 20,
+                    _BINDING_SUCCESS, length, MAGIC_COOKIE, tid, _XOR_MAPPED_ADDRESS, 20,
                     0, 2, xport, xaddr6,
                 )  # fmt: skip
         except (StunError, struct.error):
@@ -304,9 +306,7 @@ class StunResponder:
         if tail:
             out += tail
         if fingerprint:
-            out += _FINGERPRINT.pack(
-                Attr.FINGERPRINT, 4, zlib.crc32(out) ^ FINGERPRINT_XOR
-            )  # fmt: skip
+            out += _FINGERPRINT.pack(_FINGERPRINT_TYPE, 4, zlib.crc32(out) ^ FINGERPRINT_XOR)
         stats = self.stats
         stats.requests += 1
         stats.by_transport[transport] += 1
