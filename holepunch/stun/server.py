@@ -252,7 +252,7 @@ class StunResponder:
         followed by the attributes that depend only on ``local`` (RFC 5780's
         OTHER-ADDRESS and RESPONSE-ORIGIN, SOFTWARE), encoded once per local address,
         and FINGERPRINT when the request carried one. The bytes are exactly what
-        :meth:`handle` sends (``tests.unit.test_stun_server`` proves it on generated
+        :meth:`handle` sends (``tests.unit.test_stun_server_fastpath`` proves it on generated
         requests), and the request is counted and rate-limited as there.
 
         Returns the answer to send to ``host``:``port`` from ``local``;
