@@ -9,7 +9,9 @@ One command, one run (issue 2, item 8)::
 starts, on 127.0.0.1 only,
 
 - ``holepunch``: the real daemon, ``twistd -n holepunch --stun-rate 0`` (the
-  per-source token bucket would otherwise throttle a generator that has one source IP);
+  per-source token bucket would otherwise throttle a generator that has one source IP;
+  ``--holepunch-stun-rate 1e9`` keeps it on at a rate that refuses nothing, to measure
+  its cost);
 - ``coturn``: ``turnserver`` in a temporary directory, with its defaults for Binding;
 - ``reflector``: a null reflector that echoes every datagram unchanged
   (``benchmarks/udp_reflector.c``, recvmmsg/sendmmsg, compiled with gcc at run time; a
@@ -203,8 +205,10 @@ def _pinned(args: list[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *args]
 
 
-def start_holepunch(procs: Processes, tmp: Path, cpu: int | None) -> Target:
-    """Our daemon, as deployed: twistd with the holepunch plugin, rate limit off."""
+def start_holepunch(procs: Processes, tmp: Path, cpu: int | None, stun_rate: float = 0) -> Target:
+    """Our daemon, as deployed: twistd with the holepunch plugin, rate limit off (or at
+    ``stun_rate`` requests/s per source: a rate far above the load measures the limiter's
+    cost without refusing anything)."""
     port = free_port()
     log = tmp / "holepunch.log"
     args = [
@@ -220,7 +224,9 @@ def start_holepunch(procs: Processes, tmp: Path, cpu: int | None) -> Target:
         "--stun-port",
         str(port),
         "--stun-rate",
-        "0",
+        f"{stun_rate:g}",
+        "--stun-burst",
+        f"{max(100.0, stun_rate):g}",
         "--no-signaling",
     ]
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -229,7 +235,10 @@ def start_holepunch(procs: Processes, tmp: Path, cpu: int | None) -> Target:
     wait_ready(proc, port, log)
     from holepunch.version import __version__
 
-    return Target("holepunch", f"holepunch {__version__} (twistd)", port, BINDING_SUCCESS, proc.pid)
+    label = f"holepunch {__version__} (twistd)"
+    if stun_rate:
+        label += f" --stun-rate {stun_rate:g}"
+    return Target("holepunch", label, port, BINDING_SUCCESS, proc.pid)
 
 
 def coturn_version() -> str:
@@ -753,6 +762,14 @@ def report(results: list[TargetResult], settings: dict[str, Any], info: dict[str
     ]
     for r in results:
         lines.append(f"{r.name}: {r.verified}" + (f"; {r.note}" if r.note else ""))
+    ours = next((r for r in results if r.name == "holepunch" and r.runs), None)
+    coturn = next((r for r in results if r.name == "coturn" and r.runs), None)
+    if ours is not None and coturn is not None:
+        mine, theirs = ours.median_of("server_us"), coturn.median_of("server_us")
+        lines.append(
+            f"server CPU per answer: holepunch {mine:.1f} us, coturn {theirs:.1f} us: "
+            f"holepunch takes {mine / theirs:.2f}x coturn's (issue 15: at most 2x)"
+        )
     if ceiling is not None and ceiling.median > 0:
         lines.append(f"generator ceiling: {_fmt_rate(ceiling.median)} req/s")
         for r in results:
@@ -798,7 +815,7 @@ def run(args: argparse.Namespace) -> int:
     }
     info = machine()
     starters: dict[str, Callable[[Processes, Path, int | None], Target]] = {
-        "holepunch": start_holepunch,
+        "holepunch": lambda p, t, c: start_holepunch(p, t, c, args.holepunch_stun_rate),
         "coturn": start_coturn,
         "reflector": lambda p, t, c: start_reflector(p, t, c, args.python_reflector),
     }
@@ -875,6 +892,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--targets",
         default=",".join(TARGETS),
         help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--holepunch-stun-rate",
+        type=_bounded(0, 1e9),
+        default=0.0,
+        help="our daemon's --stun-rate (0: no limit; 1e9: the limiter runs, refusing nothing)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     parser.add_argument(

@@ -114,6 +114,11 @@ class ReportTests(SynchronousTestCase):
             info,
         )
         self.assertIn("generator ceiling: 100000 req/s", text)
+        self.assertIn(
+            "server CPU per answer: holepunch 33.3 us, coturn 10.5 us: "
+            "holepunch takes 3.17x coturn's",
+            text,
+        )
         self.assertIn("holepunch: 30% of the generator ceiling, server-bound", text)
         self.assertIn(
             "coturn: 95% of the generator ceiling, generator-bound: coturn >= 95000", text

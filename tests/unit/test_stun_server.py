@@ -305,6 +305,23 @@ class TokenBucketTests(SynchronousTestCase):
             [buckets.slot(str(i)) for i in range(8)], [other.slot(str(i)) for i in range(8)]
         )
 
+    def test_cached_slots_are_the_hashed_slots(self) -> None:
+        """The slot cache never changes a key's slot, however often a flood of new keys empties it."""
+        buckets = TokenBuckets(rate=1, burst=1, slots=65536, secret=b"k" * 16)
+        fresh = TokenBuckets(rate=1, burst=1, slots=65536, secret=b"k" * 16)
+        keys = [f"10.0.{i >> 8}.{i & 255}" for i in range(3 * buckets.cached_keys)]
+        first = [buckets.slot(k) for k in keys]
+        self.assertEqual([buckets.slot(k) for k in keys], first)
+        self.assertEqual([fresh.slot(k) for k in reversed(keys)], first[::-1])
+
+    def test_refill_is_capped_at_burst(self) -> None:
+        """A bucket refills at its rate up to the burst and no further."""
+        buckets = TokenBuckets(rate=2, burst=3)
+        self.assertEqual([buckets.allow("a", 0.0) for _ in range(4)], [True] * 3 + [False])
+        self.assertEqual(buckets.tokens("a", 0.5), 1.0)
+        self.assertEqual([buckets.allow("a", 100.0) for _ in range(4)], [True] * 3 + [False])
+        self.assertFalse(buckets.allow("a", 50.0))  # time going back adds nothing
+
     def test_unlimited(self) -> None:
         """A rate of 0 allows everything."""
         buckets = TokenBuckets(rate=0, burst=0)
@@ -312,7 +329,11 @@ class TokenBucketTests(SynchronousTestCase):
 
 
 def _summaries(events: Any) -> list[LogEvent]:
-    return [e for e in events if "refusals" in e and e.get("log_namespace", "").startswith("holepunch.stun")]
+    return [
+        e
+        for e in events
+        if "refusals" in e and e.get("log_namespace", "").startswith("holepunch.stun")
+    ]
 
 
 class RefusalLogTests(SynchronousTestCase):
@@ -507,6 +528,12 @@ class _RecordingResponder(StunResponder):
         self.sources.append(source)
         return super().handle(data, source, *a, **kw)
 
+    def answer_plain_binding(self, data: bytes, host: str, port: int, *a: Any, **kw: Any) -> Any:
+        answer = super().answer_plain_binding(data, host, port, *a, **kw)
+        if answer is not None:
+            self.sources.append(Address(host, port))
+        return answer
+
 
 class RealSocketTests(TestCase):
     """The server on real loopback sockets (127.0.0.1 and 127.0.0.2 for RFC 5780)."""
@@ -650,11 +677,20 @@ class _CountingResponder(StunResponder):
         self.handled = 0
         self.all_handled: defer.Deferred[None] = defer.Deferred()
 
-    def handle(self, *a: Any, **kw: Any) -> Any:
+    def counted(self) -> None:
         self.handled += 1
         if self.handled == self.expected:
             self.all_handled.callback(None)
+
+    def handle(self, *a: Any, **kw: Any) -> Any:
+        self.counted()
         return super().handle(*a, **kw)
+
+    def answer_plain_binding(self, *a: Any, **kw: Any) -> Any:
+        answer = super().answer_plain_binding(*a, **kw)
+        if answer is not None:
+            self.counted()
+        return answer
 
 
 class SlowReaderTests(TestCase):
