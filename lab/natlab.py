@@ -51,6 +51,8 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
+from holepunch.addresses import format_address
+
 _log = Logger()
 
 PRESETS = (
@@ -584,7 +586,7 @@ def _coturn_targets(info: CoturnInfo, addresses: Sequence[str]) -> list[str]:
 
 def host_port(address: str, port: int) -> str:
     """``IP:PORT``, or ``[IP]:PORT`` for an IPv6 address (RFC 3986 section 3.2.2)."""
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return format_address((address, port))
 
 
 class LabHost:

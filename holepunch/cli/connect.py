@@ -52,6 +52,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from holepunch.addresses import format_address
 from holepunch.cli.peer import (
     SecurePeer,
     StageError,
@@ -59,7 +60,6 @@ from holepunch.cli.peer import (
     carry_one_stream,
     with_secure_peer,
 )
-from holepunch.stun.wire import format_address
 
 if TYPE_CHECKING:
     from holepunch.quic.session import QuicSession

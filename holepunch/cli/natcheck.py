@@ -22,8 +22,8 @@ import os
 import sys
 from typing import Any, TextIO
 
+from holepunch.addresses import format_address, ip_version
 from holepunch.nat.model import NatInfo
-from holepunch.stun.wire import format_address
 
 DEFAULT_STUN_SERVERS = ("stun.l.google.com:19302", "stun.cloudflare.com:3478")
 
@@ -132,7 +132,6 @@ def _port_mapping(info: NatInfo) -> str:
 async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run the discovery and print the result; return the exit status."""
     from holepunch.nat.discovery import DiscoveryTimers, discover_families
-    from holepunch.stun.client import family_of
 
     try:
         servers = _servers(args)
@@ -149,7 +148,7 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
     families = (4, 6) if args.family == "both" else (int(args.family),)
     try:
         if args.interface:
-            families = (family_of(args.interface),)
+            families = (ip_version(args.interface),)
         results = await discover_families(
             reactor,
             servers,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer, protocol
 
-from holepunch.stun.wire import format_address
+from holepunch.addresses import format_address
 
 if TYPE_CHECKING:
     from holepunch.quic.identity import PeerIdentity

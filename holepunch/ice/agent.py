@@ -30,6 +30,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from holepunch.addresses import format_address
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate
 from holepunch.ice.checklist import CheckList, relayed
@@ -44,13 +45,13 @@ from holepunch.ice.relays import Relays
 from holepunch.ice.sockets import (
     IceSocket,
     bind_interface,
-    ipv6_available,
     local_addresses,
     route_source,
 )
 from holepunch.nat.portmap import PortMapping
+from holepunch.reuseport import ipv6_unavailable
 from holepunch.stun.client import resolve_server
-from holepunch.stun.wire import Address, format_address
+from holepunch.stun.wire import Address
 
 _log = Logger()
 
@@ -205,7 +206,7 @@ class IceAgent:
         if self._local is not None:
             return self._local
         interface = bind_interface(self._candidate_addresses())
-        if interface == "::" and not ipv6_available():
+        if interface == "::" and ipv6_unavailable() is not None:
             _log.info("IPv6 is not available on this host: gathering on IPv4 only")
             interface = ""
         self._interface = interface

@@ -46,14 +46,6 @@ _ULA = ipaddress.ip_network("fc00::/7")
 """Unique-local IPv6 (RFC 4193): reachable inside one site only."""
 
 
-def ip_version(host: str) -> int:
-    """4 or 6; 0 for something that is not an IP address."""
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return 0
-
-
 def host_preferences(hosts: Sequence[str]) -> dict[str, int]:
     """Local preferences for host candidates on ``hosts`` (RFC 8421 section 4): IPv6
     first, the two families interleaved so that the first checks try both (a broken IPv6

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from holepunch.addresses import ip_version
 from holepunch.ice import events
-from holepunch.ice.candidate import Candidate, candidate_priority, ip_version, make_candidate
+from holepunch.ice.candidate import Candidate, candidate_priority, make_candidate
 from holepunch.ice.checklist import CandidatePair, PairState, on_ipv6
 from holepunch.ice.events import MAIN
 from holepunch.ice.parts import Core
@@ -67,8 +68,10 @@ class Checker:
         core = self.core
         if candidate.transport != "udp" or candidate.component != 1:
             return
-        if ip_version(candidate.host) == 0:
-            return
+        try:
+            ip_version(candidate.host)
+        except ValueError:
+            return  # not an IP address: nothing to send checks to
         known = next((c for c in core.remote_candidates if c.address == candidate.address), None)
         if known is not None:
             if known.type == "prflx" and candidate.type != "prflx":

@@ -36,9 +36,10 @@ from collections.abc import Callable, Hashable, Sequence
 
 from twisted.logger import Logger
 
+from holepunch.addresses import ip_version
 from holepunch.ice import events
 from holepunch.ice.betterpath import PathSearch
-from holepunch.ice.candidate import Candidate, ip_version
+from holepunch.ice.candidate import Candidate
 from holepunch.ice.checklist import CandidatePair, CheckList, relayed
 from holepunch.ice.checks import Checker
 from holepunch.ice.config import IceConfig

@@ -29,8 +29,9 @@ from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
 
+from holepunch.addresses import ip_version
 from holepunch.ice import events
-from holepunch.ice.candidate import host_preferences, ip_version, make_candidate
+from holepunch.ice.candidate import host_preferences, make_candidate
 from holepunch.ice.events import MAIN
 from holepunch.ice.hardnat import profile_from_flows
 from holepunch.ice.parts import Core

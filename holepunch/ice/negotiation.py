@@ -30,8 +30,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from holepunch.addresses import ip_version
 from holepunch.ice.agent import IceAgent
-from holepunch.ice.candidate import Candidate, CandidateError, ip_version
+from holepunch.ice.candidate import Candidate, CandidateError
 from holepunch.ice.config import IceConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.events import IceError

@@ -18,6 +18,7 @@ from twisted.internet import defer, udp
 from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import DatagramProtocol
 
+from holepunch.addresses import unmapped
 from holepunch.routes import source_address_toward
 
 
@@ -61,16 +62,6 @@ def bind_interface(addresses: Sequence[str]) -> str:
     return "::" if any(":" in a for a in addresses) else ""
 
 
-def ipv6_available() -> bool:
-    """This host can open an IPv6 socket (the kernel has IPv6 and it is not disabled)."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 class DualStackPort(udp.Port):
     """A UDP port on ``::`` that also carries IPv4 (``IPV6_V6ONLY`` off whatever the
     system default), so one port serves host candidates of both families."""
@@ -89,13 +80,6 @@ def listen_udp(reactor: Any, port: int, protocol: DatagramProtocol, interface: s
     listening = DualStackPort(port, protocol, interface, reactor=reactor)
     listening.startListening()
     return listening
-
-
-def unmapped(host: str) -> str:
-    """``::ffff:192.0.2.1`` (what a dual-stack socket reports for IPv4) as ``192.0.2.1``."""
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
 
 
 def route_source(remote: tuple[str, int]) -> str | None:

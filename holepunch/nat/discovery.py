@@ -38,6 +38,7 @@ from twisted.internet import defer
 from twisted.internet.error import DNSLookupError
 from twisted.logger import Logger
 
+from holepunch.addresses import format_address, ip_version
 from holepunch.nat.model import (
     Behavior,
     NatInfo,
@@ -56,12 +57,11 @@ from holepunch.stun.client import (
     StunError,
     binding_over_tcp,
     binding_request,
-    family_of,
     listen_stun,
     resolve_server,
 )
 from holepunch.stun.message import decode, encode
-from holepunch.stun.wire import Address, MessageClass, StunDecodeError, format_address
+from holepunch.stun.wire import Address, MessageClass, StunDecodeError
 
 _log = Logger()
 
@@ -123,7 +123,7 @@ class NatDiscovery:
     @property
     def family(self) -> int:
         """4 or 6: the address family of the servers (and of every socket)."""
-        return family_of(self.servers[0].host) if self.servers else 4
+        return ip_version(self.servers[0].host) if self.servers else 4
 
     def _socket(self) -> StunClientProtocol:
         proto = listen_stun(self.reactor, interface=self.interface, family=self.family)
@@ -473,8 +473,8 @@ async def _resolve(
         except DNSLookupError as e:
             missing[format_address((host, port))] = str(e)
     if family is None and resolved:
-        first = family_of(resolved[0].host)
-        resolved = [a for a in resolved if family_of(a.host) == first]
+        first = ip_version(resolved[0].host)
+        resolved = [a for a in resolved if ip_version(a.host) == first]
     return resolved, missing
 
 
@@ -503,12 +503,12 @@ async def discover_nat(
     none has an address of the family.
     """
     if family is None and interface:
-        family = family_of(interface)
+        family = ip_version(interface)
     resolved, missing = await _resolve(reactor, servers, family)
     if not resolved:
         raise NoStunServerAnswered(missing)
     probing = None
-    if port_mapping and family_of(resolved[0].host) == 4:
+    if port_mapping and ip_version(resolved[0].host) == 4:
         probing = _probe_port_mapping(reactor, resolved[0], interface, port_mapping_timeout)
     try:
         info = await NatDiscovery(reactor, resolved, interface, timers, progress).run()
@@ -582,7 +582,7 @@ async def discover_families(
     ``IPv4:`` or ``IPv6:``. The two never disturb each other's measurements: IPv6 flows
     do not pass through an IPv4 NAT."""
     if interface:
-        families = [family_of(interface)]
+        families = [ip_version(interface)]
     runs = [
         defer.ensureDeferred(
             _discover_family(

@@ -30,7 +30,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python.failure import Failure
 
-from holepunch.ice.candidate import Candidate, ip_version, make_candidate
+from holepunch.addresses import ip_version
+from holepunch.ice.candidate import Candidate, make_candidate
 from holepunch.ice.connection import Channel
 from holepunch.punch.tcp import (
     PunchedStream,

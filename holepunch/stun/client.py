@@ -20,7 +20,6 @@ Cancelling any returned Deferred stops its retransmissions and forgets the trans
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from holepunch.addresses import ip_version
 from holepunch.stun.framing import StreamFramer, is_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.transactions import (
@@ -256,10 +256,10 @@ class StunClientProtocol(DatagramProtocol):
     ) -> Deferred[BindingResult]:
         """Run one Binding transaction toward ``server``; fails at once with
         :class:`StunError` when ``server`` is of the other address family."""
-        if self.transport is not None and family_of(server.host) != family_of(self.local.host):
+        if self.transport is not None and ip_version(server.host) != ip_version(self.local.host):
             return defer.fail(
                 StunError(
-                    f"cannot reach {server.host} from the IPv{family_of(self.local.host)} "
+                    f"cannot reach {server.host} from the IPv{ip_version(self.local.host)} "
                     f"socket {self.local.host}"
                 )
             )
@@ -284,23 +284,13 @@ def listen_stun(
     """Open a UDP socket with a :class:`StunClientProtocol` on it.
 
     The socket is of ``interface``'s family; with no interface, of ``family`` (4 or 6:
-    a socket reaches servers of its own family only, see :func:`family_of`).
+    a socket reaches servers of its own family only, see :func:`ip_version`).
     """
     if not interface and family == 6:
         interface = "::"
     proto = StunClientProtocol(reactor)
     reactor.listenUDP(port, proto, interface=interface)
     return proto
-
-
-def family_of(host: str) -> int:
-    """4 or 6: the IP version of a textual address ("" is IPv4's any address).
-
-    :raises ValueError: ``host`` is not an IP address.
-    """
-    if not host:
-        return 4
-    return ipaddress.ip_address(host.split("%", 1)[0]).version
 
 
 class _StreamClient(Protocol):
@@ -336,7 +326,7 @@ async def _binding_over_tcp(
 ) -> BindingResult:
     request = binding_request()
     data = encode(request, fingerprint=True)
-    endpoint_class = TCP6ClientEndpoint if family_of(server.host) == 6 else TCP4ClientEndpoint
+    endpoint_class = TCP6ClientEndpoint if ip_version(server.host) == 6 else TCP4ClientEndpoint
     bind = (bind_address.host, bind_address.port) if bind_address else None
     endpoint = endpoint_class(reactor, server.host, server.port, timeout=timeout, bindAddress=bind)
     done: Deferred[StunMessage] = Deferred()
@@ -447,7 +437,7 @@ async def resolve_addresses(
     through the reactor's name resolver. An empty list: no address of those families.
     """
     try:
-        literal = family_of(host)
+        literal = ip_version(host)
     except ValueError:
         pass
     else:
@@ -460,7 +450,7 @@ async def resolve_addresses(
     receiver = _Addresses()
     reactor.nameResolver.resolveHostName(receiver, host, port, kinds, "UDP")
     found = await receiver.done
-    ordered = sorted(found, key=family_of) if len(families) > 1 else found
+    ordered = sorted(found, key=ip_version) if len(families) > 1 else found
     return [Address(address, port) for address in ordered]
 
 
@@ -473,7 +463,7 @@ async def resolve_server(reactor: Any, host: str, port: int, family: int | None 
     :raises DNSLookupError: no address (of that family).
     """
     try:
-        literal = family_of(host)
+        literal = ip_version(host)
     except ValueError:
         pass
     else:

@@ -56,6 +56,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from holepunch.addresses import format_address
 from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBuckets
 from holepunch.reuseport import listen_interfaces, listen_on_each, listen_tcp, listen_udp
@@ -72,7 +73,6 @@ from holepunch.stun.wire import (
     StunDecodeError,
     StunError,
     TooManyAttributes,
-    format_address,
     packed_host,
 )
 from holepunch.version import __version__

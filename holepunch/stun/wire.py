@@ -183,13 +183,6 @@ class Address(NamedTuple):
     port: int
 
 
-def format_address(address: tuple[str, int]) -> str:
-    """``host:port``, with an IPv6 host in brackets (``[2001:db8::1]:3478``) as URLs and
-    most tools write it."""
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass
 class RawAttribute:
     """

@@ -9,11 +9,12 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from holepunch.addresses import ip_version, unmapped
 from holepunch.ice import events
-from holepunch.ice.candidate import host_preferences, ip_version
+from holepunch.ice.candidate import host_preferences
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
-from holepunch.ice.sockets import IceSocket, bind_interface, unmapped, usable_address
+from holepunch.ice.sockets import IceSocket, bind_interface, usable_address
 from holepunch.stun.server import StunResponder
 from holepunch.stun.wire import Address
 from holepunch.testing.loopback import connect_loopback_agents

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from holepunch.addresses import ip_version
 from holepunch.reuseport import ipv6_unavailable
 from holepunch.stun.client import (
     BindingResult,
@@ -22,7 +23,6 @@ from holepunch.stun.client import (
     StunTimeout,
     TransactionTable,
     binding_over_tcp,
-    family_of,
     first_answer,
     listen_stun,
     parse_server,
@@ -300,12 +300,12 @@ class FamilyTests(SynchronousTestCase):
     def resolve(self, *args: Any, **kw: Any) -> Any:
         return self.successResultOf(defer.ensureDeferred(resolve_server(*args, **kw)))
 
-    def test_family_of(self) -> None:
-        """family_of: 4 or 6 for addresses (zones allowed, "" is IPv4), ValueError otherwise."""
+    def test_ip_version(self) -> None:
+        """ip_version: 4 or 6 for addresses (zones allowed, "" is IPv4), ValueError otherwise."""
         self.assertEqual(
-            [family_of(h) for h in ("", "192.0.2.1", "::1", "fe80::1%eth0")], [4, 4, 6, 6]
+            [ip_version(h) for h in ("", "192.0.2.1", "::1", "fe80::1%eth0")], [4, 4, 6, 6]
         )
-        self.assertRaises(ValueError, family_of, "example.org")
+        self.assertRaises(ValueError, ip_version, "example.org")
 
     def test_resolve_server_family(self) -> None:
         """Names: IPv4 first by default, IPv6 only when asked or when there is no A record."""
