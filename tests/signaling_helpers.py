@@ -220,3 +220,19 @@ def next_event(client: Any, event: str) -> Deferred[dict[str, Any]]:
     waiter: Deferred[dict[str, Any]] = Deferred()
     subscription = client.on(event, lambda e: waiter.called or waiter.callback(e))
     return waiter.addBoth(lambda result: (subscription.cancel(), result)[1])
+
+
+def start_daemon(testcase: Any, *args: str, reactor: Any = None) -> Any:
+    """``makeService`` of ``twistd holepunch`` with ``args`` (in-process), started and
+    stopped by the test case's cleanups; its top service (``top.status`` is the
+    :class:`DaemonStatus <holepunch.daemon.status.DaemonStatus>`)."""
+    from holepunch.daemon.tap import Options, makeService
+
+    if reactor is None:
+        from twisted.internet import reactor
+    options = Options(environ={})
+    options.parseOptions(list(args))
+    top = makeService(options, reactor)
+    top.startService()
+    testcase.addCleanup(top.stopService)
+    return top

@@ -36,7 +36,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -48,6 +48,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from holepunch.daemon.metrics import Metrics
 from holepunch.httpguard import DEFAULT_HEAD_TIMEOUT, GuardedSite
 from holepunch.interfaces import IStatusProvider, JSONDict
+from holepunch.reuseport import server_endpoint
 from holepunch.signaling import auth
 from holepunch.textpage import TextPage, index_text
 
@@ -302,7 +303,8 @@ _HTTP_INDEX = index_text(
 def make_http_service(
     endpoint: str, provider: IStatusProvider, metrics: Metrics | None, reactor: Any = None
 ) -> Service:
-    """A service serving the same pages on an endpoint of their own (strports)."""
+    """A service serving the same pages on an endpoint of their own (strports; a plain
+    ``tcp:PORT`` listens on IPv4 and IPv6)."""
     root = Resource()
     root.putChild(b"", TextPage(_HTTP_INDEX))
     install_http(root, provider, metrics)
@@ -312,7 +314,12 @@ def make_http_service(
         max_connections_per_address=DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
         reactor=reactor,
     )
-    service = strports.service(endpoint, site, reactor=reactor)
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    # ``tcp:PORT`` on both families, like the signaling port (holepunch.reuseport).
+    service = StreamServerEndpointService(server_endpoint(reactor, endpoint), site)
     service.setName("http")
     return service
 

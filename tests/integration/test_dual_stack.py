@@ -22,7 +22,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from holepunch.daemon.tap import Options, makeService
+from holepunch.daemon.tap import Options
 from holepunch.reuseport import ipv6_unavailable, parse_tcp_description
 from holepunch.signaling.client import SignalingClient
 from holepunch.signaling.server import describe_address
@@ -32,7 +32,7 @@ from holepunch.stun.server import StunServerService
 from holepunch.stun.wire import Address, Attr, Method
 from lab.natlab import TWISTD
 from tests.redis_helpers import REDIS_SERVER, free_tcp_port
-from tests.signaling_helpers import next_event, raw_client_factory
+from tests.signaling_helpers import next_event, raw_client_factory, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,16 +56,6 @@ def xor_mapped_family(message: StunMessage) -> int:
     value = message.get(Attr.XOR_MAPPED_ADDRESS)
     assert value is not None
     return value[1]
-
-
-def start_daemon(testcase: TestCase, *args: str) -> Any:
-    """``makeService`` of ``twistd holepunch`` with ``args``, started; its top service."""
-    options = Options(environ={})
-    options.parseOptions(list(args))
-    top = makeService(options, reactor)
-    top.startService()
-    testcase.addCleanup(top.stopService)
-    return top
 
 
 class StunBothFamiliesTests(TestCase):
@@ -235,6 +225,23 @@ class SignalingBothFamiliesTests(TestCase):
         self.addCleanup(client.transport.loseConnection)
         welcome = await client.next()
         self.assertEqual(welcome["yourAddress"], {"address": "2001:db8::7", "family": "IPv6"})
+
+
+class HttpBothFamiliesTests(TestCase):
+    """``--http tcp:PORT`` serves the status pages on both families, like signaling."""
+
+    async def test_health_over_both_families(self) -> None:
+        from twisted.web.client import Agent, readBody
+
+        needs_ipv6()
+        port = free_port("127.0.0.1")
+        start_daemon(self, "--no-stun", "--no-signaling", f"--http=tcp:{port}")
+        for host in ("127.0.0.1", "[::1]"):
+            response = await Agent(reactor).request(
+                b"GET", f"http://{host}:{port}/p2p/health".encode()
+            )
+            body = json.loads(await readBody(response))
+            self.assertEqual((response.code, body["status"]), (200, "healthy"), host)
 
 
 class NatCheckBothFamiliesTests(TestCase):

@@ -41,7 +41,7 @@ from holepunch.signaling import auth
 from holepunch.stun.client import listen_stun
 from holepunch.stun.wire import Address
 from lab.natlab import TWISTD
-from tests.signaling_helpers import RawClientProtocol, raw_client_factory
+from tests.signaling_helpers import RawClientProtocol, raw_client_factory, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -496,11 +496,7 @@ class DaemonServiceTests(TestCase):
 
     async def start_daemon(self, *args: str) -> tuple[Any, int]:
         """The daemon (signaling on 127.0.0.1, no STUN) with ``args``; its signaling port."""
-        options = Options(environ={})
-        options.parseOptions(["--signaling=tcp:0:interface=127.0.0.1", "--no-stun", *args])
-        top = makeService(options, reactor)
-        top.startService()
-        self.addCleanup(top.stopService)
+        top = start_daemon(self, "--signaling=tcp:0:interface=127.0.0.1", "--no-stun", *args)
         status: DaemonStatus = top.status  # type: ignore[attr-defined]
         assert status.signaling is not None
         port = (await status.signaling.when_listening()).getHost().port  # type: ignore[attr-defined]
