@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.types import ConnectingRequest
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
@@ -153,6 +154,23 @@ class SignalingClientProtocol(WebSocketClientProtocol):
     """Autobahn glue: hands everything to the :class:`SignalingClient`."""
 
     factory: _SignalingClientFactory
+
+    def onConnecting(self, transport_details: Any) -> ConnectingRequest | None:
+        """The handshake's request, with an IPv6 host in brackets: Autobahn writes
+        ``Host: 2001:db8::1:8080``, which a server cannot split into host and port (and
+        ours would advertise its STUN server at an address that does not exist)."""
+        factory = self.factory
+        if ":" not in factory.host or factory.host.startswith("["):
+            return None
+        return ConnectingRequest(
+            host=f"[{factory.host}]",
+            port=factory.port,
+            resource=factory.resource,
+            headers=factory.headers,
+            useragent=factory.useragent,
+            origin=factory.origin,
+            protocols=factory.protocols,
+        )
 
     def onOpen(self) -> None:
         self.factory.client._opened(self)

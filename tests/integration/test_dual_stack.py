@@ -244,6 +244,31 @@ class HttpBothFamiliesTests(TestCase):
             self.assertEqual((response.code, body["status"]), (200, "healthy"), host)
 
 
+class HandshakeHostTests(TestCase):
+    """The signaling client's handshake names an IPv6 server as ``[addr]:port``."""
+
+    async def test_host_header_in_brackets(self) -> None:
+        from twisted.internet.protocol import Factory, Protocol
+
+        needs_ipv6()
+        received: defer.Deferred[bytes] = defer.Deferred()
+
+        class Recorder(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if not received.called and b"\r\n\r\n" in data:
+                    received.callback(data)
+                    self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Recorder), interface="::1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        client = SignalingClient(f"ws://[::1]:{number}/", "p1", reactor=reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        request = await received
+        self.assertIn(f"Host: [::1]:{number}\r\n".encode(), request)
+
+
 class NatCheckBothFamiliesTests(TestCase):
     """``holepunch nat-check`` against a local daemon reports both families."""
 

@@ -4,7 +4,7 @@ families) and clients given only the signaling URL.
 
 - Dual-stack hosts whose IPv4 cell would need a relay (symmetric NATs both sides) connect
   directly over IPv6; so do hosts whose IPv4 UDP is blocked outright.
-- Two IPv6-only hosts connect over IPv6.
+- Two IPv6-only hosts connect over IPv6, by UDP or, with UDP dropped, by TCP punching.
 - A v4-only host and a v6-only host connect through coturn, which relays between the
   families (RFC 8656 dual allocations).
 
@@ -75,6 +75,21 @@ class V6ConnectTests(TestCase):
         self.servers()
         url = f"ws://{host_port(PUBLIC_A6, SIGNALING_PORT)}/"
         self.assert_v6_punch(self.connect(a, b, url), a, b)
+
+    def test_v6_udp_blocked_tcp_punch_over_v6(self) -> None:
+        """IPv6-only hosts whose routers also drop UDP: the TCP track learns its IPv6
+        mapping by STUN over TCP and the two sides punch TCP through their firewalls."""
+        a = self.lab.add_host("a", None, v6="v6-firewall")
+        b = self.lab.add_host("b", None, v6="v6-firewall")
+        for host in (a, b):
+            host.router_nft(["insert", "rule", "ip6", "lab_filter6", "forward",
+                             "meta", "l4proto", "udp", "drop"])  # fmt: skip
+        self.servers()
+        url = f"ws://{host_port(PUBLIC_A6, SIGNALING_PORT)}/"
+        result = self.connect(a, b, url)
+        assert b.address6 is not None
+        self.assertEqual((result["method"], result["other"]["method"]), ("tcp-hole-punch",) * 2)
+        self.assertTrue(result["remote"].startswith(f"[{b.address6}]:"), result)
 
     def test_v4_only_and_v6_only_through_a_relay(self) -> None:
         """A v4-only host (port-restricted NAT) and a v6-only host (firewall) have no
