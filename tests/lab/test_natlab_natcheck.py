@@ -17,6 +17,7 @@ from lab.miniupnpd import miniupnpd_unavailable_reason
 from lab.natlab import (
     PRESETS,
     PUBLIC_A,
+    PUBLIC_A6,
     PUBLIC_B,
     LabHost,
     NatLab,
@@ -184,3 +185,30 @@ class NatCheckInLabTests(TestCase):
         assert with_router is not None and without is not None
         self.assertEqual(with_router["portMapping"], {"pcp": True, "natpmp": True, "upnp": True})
         self.assertEqual(without["portMapping"], {"pcp": False, "natpmp": False, "upnp": False})
+
+
+class NatCheckIpv6InLabTests(TestCase):
+    """nat-check reports both families: behind a v4 NAT and a v6 firewall, against the
+    README's daemon (both families by default) given as one server of each family."""
+
+    def test_both_families_behind_nat_and_firewall(self) -> None:
+        lab = lab_fixture(self, ipv6=True)
+        dual = lab.add_host("dual", "port-restricted", v6="v6-firewall")
+        only6 = lab.add_host("only6", None, v6="v6-firewall")
+        lab.start_holepunch_daemon(stun_port=3478, rfc5780=False)
+        results = run_everywhere(
+            {"dual": dual, "only6": only6}, f"{PUBLIC_A}:3478", f"[{PUBLIC_A6}]:3478"
+        )
+        data, err = results["dual"]
+        assert data is not None, err
+        v4, v6 = data["families"]["IPv4"], data["families"]["IPv6"]
+        self.assertEqual(
+            (v4["type"], v4["publicAddress"]), ("port-restricted", dual.public_address)
+        )
+        self.assertEqual(v6["publicAddress"], dual.address6)
+        self.assertTrue(any("no NAT66" in e for e in v6["evidence"]), v6)
+        data, err = results["only6"]
+        assert data is not None, err
+        self.assertEqual(data["family"], "IPv6")
+        self.assertEqual(data["families"]["IPv6"]["publicAddress"], only6.address6)
+        self.assertIn("error", data["families"]["IPv4"])
