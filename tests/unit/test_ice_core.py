@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -322,15 +323,14 @@ class MemoryNat:
         return self.flows[key]
 
 
-def gather_behind(
-    preset: str, servers: list[Address], answering: set[Address] | None = None
-) -> tuple[IceCore, MemoryNat, list[Address]]:
-    """Gather behind a MemoryNat; STUN servers answer (sans-I/O StunResponders) where
-    ``answering`` says (default: every server and, RFC 5780 aside, nothing else)."""
-    nat = MemoryNat(preset)
-    responders = {s: StunResponder(s) for s in (answering or set(servers))}
-    core = IceCore(True, IceConfig.on("10.0.0.2"), tie_breaker=1)
-    core.start_gathering(["10.0.0.2"], 5000, servers, 0)
+def answer_gathering(
+    core: IceCore,
+    responders: dict[Address, StunResponder],
+    source_of: Callable[[int, Address], Address],
+) -> list[Address]:
+    """Run ``core``'s gathering to its end: each Binding to a server in ``responders`` is
+    answered as if it came from ``source_of(via, server)`` (the NAT's mapping), the rest
+    are lost; returns the destinations asked, in order."""
     asked: list[Address] = []
     now = 0.0
     for _ in range(200):
@@ -341,8 +341,7 @@ def gather_behind(
             responder = responders.get(target)
             if responder is None:
                 continue
-            source = Address(nat.public, nat.port(via, target))
-            reply = responder.handle(data, source, target, now)
+            reply = responder.handle(data, source_of(via, target), target, now)
             assert reply is not None
             core.receive_datagram(reply.data, destination, via, now)
         if core.stun_complete:
@@ -351,6 +350,21 @@ def gather_behind(
         assert timer is not None
         now = timer
         core.handle_timer(now)
+    return asked
+
+
+def gather_behind(
+    preset: str, servers: list[Address], answering: set[Address] | None = None
+) -> tuple[IceCore, MemoryNat, list[Address]]:
+    """Gather behind a MemoryNat; STUN servers answer (sans-I/O StunResponders) where
+    ``answering`` says (default: every server and, RFC 5780 aside, nothing else)."""
+    nat = MemoryNat(preset)
+    responders = {s: StunResponder(s) for s in (answering or set(servers))}
+    core = IceCore(True, IceConfig.on("10.0.0.2"), tie_breaker=1)
+    core.start_gathering(["10.0.0.2"], 5000, servers, 0)
+    asked = answer_gathering(
+        core, responders, lambda via, target: Address(nat.public, nat.port(via, target))
+    )
     return core, nat, asked
 
 

@@ -18,6 +18,7 @@ from holepunch.ice.sockets import IceSocket, bind_interface, usable_address
 from holepunch.stun.server import StunResponder
 from holepunch.stun.wire import Address
 from holepunch.testing.loopback import connect_loopback_agents
+from tests.unit.test_ice_core import answer_gathering
 
 
 class PreferenceTests(SynchronousTestCase):
@@ -196,21 +197,12 @@ class GatheringFamiliesTests(SynchronousTestCase):
         core = IceCore(True, IceConfig.on(*hosts), tie_breaker=1)
         core.start_gathering(hosts, 5000, servers, 0)
         responders = {s: StunResponder(s) for s in servers}
-        now = 0.0
-        for _ in range(100):
-            for data, destination, via in core.datagrams_to_send(now):
-                target = Address(*destination)
-                v6 = ":" in target.host
-                source = Address("2001:db8:1::2" if v6 else "203.0.113.5", 5000)
-                reply = responders[target].handle(data, source, target, now)
-                assert reply is not None
-                core.receive_datagram(reply.data, destination, via, now)
-            if core.stun_complete:
-                break
-            timer = core.get_timer()
-            assert timer is not None
-            now = timer
-            core.handle_timer(now)
+
+        def source_of(via: int, target: Address) -> Address:
+            v6 = ":" in target.host
+            return Address("2001:db8:1::2" if v6 else "203.0.113.5", 5000)
+
+        answer_gathering(core, responders, source_of)
         return core
 
     def test_v6_server_is_no_mapping_sample(self) -> None:
