@@ -61,6 +61,15 @@ class V6ConnectTests(TestCase):
         self.assert_v6_punch(result, a, b)
         self.assertGreater(a.ipv6_dropped() + b.ipv6_dropped(), 0)
 
+    def test_public_style_stun_servers(self) -> None:
+        """Two one-address IPv4 STUN servers given with --stun-server, no hints in
+        welcome (public-style): the IPv6 path needs none of them."""
+        a = self.lab.add_host("a", "symmetric-random", v6="v6-firewall")
+        b = self.lab.add_host("b", "symmetric-random", v6="v6-firewall")
+        servers = start_lab_servers(self.lab, "public-style")
+        stun = tuple(arg for server in servers.stun_servers for arg in ("--stun-server", server))
+        self.assert_v6_punch(self.connect(a, b, servers.url, stun), a, b)
+
     def test_v4_udp_blocked_v6_connects(self) -> None:
         """IPv4 UDP blocked on both routers: IPv6 carries, no TCP or relay needed."""
         a = self.lab.add_host("a", "udp-blocked", v6="v6-firewall")
