@@ -20,7 +20,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
-from holepunch.ice.config import RelayConfig
+from holepunch.ice.agent import IceAgent
+from holepunch.ice.config import IceConfig, RelayConfig
+from holepunch.ice.connection import PeerConnection
 from holepunch.ice.relays import Relays
 from holepunch.stun.wire import Address
 from holepunch.turn import (
@@ -265,3 +267,48 @@ class RelaysTestCase(CoturnFamilies):
             self.assertEqual(source, (relayed[via - 1].host, relayed[via - 1].port))
             got = await arrived[via].addTimeout(WAIT, reactor)
             self.assertEqual(got, (b"echo:hello", (peer.host, peer.port)))
+
+
+class AgentAcrossFamiliesTests(CoturnFamilies):
+    """Whole ICE agents: a v4-only agent reaches a v6-only one through coturn's IPv6
+    relayed address (relayed pairs only), and an agent on a dual-stack socket (``::``)
+    allocates over it with its IPv4 server address unmapped."""
+
+    async def connect(self, coturn: Coturn, a_hosts: tuple[str, ...], b_host: str) -> Any:
+        server = self.server(coturn, LOOPBACK)
+        config = IceConfig.on(*a_hosts)
+        config.relay = RelayConfig(servers=(server,), only=True, wait=0.0, liveness_interval=0)
+        a = IceAgent(reactor, True, config)
+        b = IceAgent(reactor, False, IceConfig.on(b_host))
+        for agent in (a, b):
+            self.addCleanup(agent.close)
+        a.on_local_candidate = b.add_remote_candidate
+        b.on_local_candidate = a.add_remote_candidate
+        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
+        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
+        await a.gather()
+        await b.gather()
+        ca, cb = await defer.gatherResults([a.connect(), b.connect()])
+        relayed = sorted(c.host for c in a.local_candidates if c.type == "relay")
+        return ca, cb, relayed
+
+    async def carries(self, ca: PeerConnection, cb: PeerConnection) -> None:
+        got: Deferred[bytes] = Deferred()
+        cb.on_datagram(lambda data: got.callback(data) if not got.called else None)
+        ca.send(b"across the families")
+        self.assertEqual(await got.addTimeout(WAIT, reactor), b"across the families")
+
+    async def test_v4_agent_reaches_v6_agent_through_a_v6_relay(self) -> None:
+        coturn = self.coturn()
+        ca, cb, relayed = await self.connect(coturn, (LOOPBACK,), LOOPBACK6)
+        self.assertEqual(relayed, [LOOPBACK, LOOPBACK6])
+        self.assertEqual(ca.method, "turn-relay")
+        self.assertEqual(ca.local[0], LOOPBACK6)  # the v6 relayed address carries it
+        await self.carries(ca, cb)
+
+    async def test_dual_stack_socket_allocates_over_ipv4(self) -> None:
+        coturn = self.coturn()
+        ca, cb, relayed = await self.connect(coturn, (LOOPBACK, LOOPBACK6), LOOPBACK6)
+        self.assertEqual(relayed, [LOOPBACK, LOOPBACK6])
+        self.assertEqual(ca.method, "turn-relay")
+        await self.carries(ca, cb)
