@@ -247,6 +247,10 @@ def describe_address(address: object, forwarded: str | None = None) -> JSONObjec
     return {"address": str(address), "family": "unknown"}
 
 
+def _discard(result: object) -> None:
+    return None
+
+
 def _then(result: Any, action: Callable[[Any], object]) -> defer.Deferred[Any] | None:
     """``action(result)`` now, or when ``result``, a Deferred, fires (which is returned)."""
     if isinstance(result, defer.Deferred):
@@ -266,36 +270,45 @@ class SerialSteps:
     __slots__ = ("_busy", "_steps")
 
     def __init__(self) -> None:
-        self._steps: deque[Callable[[], defer.Deferred[Any] | None]] = deque()
+        self._steps: deque[tuple[Callable[..., defer.Deferred[Any] | None], tuple[Any, ...]]]
+        self._steps = deque()
         self._busy = False
         """Running steps, or waiting for one to finish."""
 
-    def submit(self, step: Callable[[], defer.Deferred[Any] | None]) -> None:
-        """Run ``step`` after every step submitted before it."""
-        self._steps.append(step)
-        if not self._busy:
-            self._drain()
+    def submit(self, step: Callable[..., defer.Deferred[Any] | None], *args: Any) -> None:
+        """Run ``step(*args)`` after every step submitted before it."""
+        if self._busy:
+            self._steps.append((step, args))
+            return
+        self._busy = True  # idle: run it now, without queueing it
+        result = step(*args)
+        if result is None and not self._steps:
+            self._busy = False
+            return
+        self._carry_on(result)
 
-    def _drain(self) -> None:
-        self._busy = True
-        while self._steps:
-            result = self._steps.popleft()()
-            if result is None:
-                continue
-            state = ["running"]
+    def _carry_on(self, result: defer.Deferred[Any] | None) -> None:
+        """Wait for ``result`` (the last step's), then run the queued steps."""
+        while True:
+            if result is not None:
+                state = ["running"]
 
-            def finished(outcome: object, state: list[str] = state) -> None:
-                if isinstance(outcome, Failure):
-                    _log.failure("a signaling step failed", outcome)
-                if state[0] == "waiting":  # _drain returned: carry on from here
-                    self._drain()
-                else:
-                    state[0] = "done"
+                def finished(outcome: object, state: list[str] = state) -> None:
+                    if isinstance(outcome, Failure):
+                        _log.failure("a signaling step failed", outcome)
+                    if state[0] == "waiting":  # _carry_on returned: carry on from here
+                        self._carry_on(None)
+                    else:
+                        state[0] = "done"
 
-            result.addBoth(finished)
-            if state[0] == "running":
-                state[0] = "waiting"
-                return
+                result.addBoth(finished)
+                if state[0] == "running":
+                    state[0] = "waiting"
+                    return
+            if not self._steps:
+                break
+            step, args = self._steps.popleft()
+            result = step(*args)
         self._busy = False
 
 
@@ -414,7 +427,7 @@ class SignalingSession:
         self.last_activity = now
         if self.peer_id is not None:
             self.registry.touch(self.peer_id, now)
-        self._steps.submit(lambda: self._handle(payload, now))
+        self._steps.submit(self._handle, payload, now)
 
     def _handle(self, payload: bytes, now: float) -> defer.Deferred[Any] | None:
         if self.closing:
@@ -424,9 +437,13 @@ class SignalingSession:
         except msg.MessageError as e:
             self._error(e.code, e.message, e.request_id)
             return None
-        self.stats.messages[msg.request_type(request)] += 1
         try:
-            result = self._dispatch(request, now)
+            if type(request) is msg.Relay:  # nearly every message: straight to it
+                self.stats.messages[request.kind] += 1
+                result = self._relay(request, now)
+            else:
+                self.stats.messages[msg.request_type(request)] += 1
+                result = self._dispatch(request, now)
         except Exception:
             self._failed(Failure(), request)
             return None
@@ -486,6 +503,7 @@ class SignalingSession:
             f"more than {self.config.messages_per_second:g} messages per second",
             request_id,
         )
+
         def refuse() -> None:
             self._send(refusal)
 
@@ -506,15 +524,20 @@ class SignalingSession:
             )
         return self.peer_id
 
+    def _relay(self, request: msg.Relay, now: float) -> defer.Deferred[Any] | None:
+        """Hand an offer, answer or candidate to the registry; ``ack`` it if it has an id.
+        Errors (raised, or a failed Deferred) are answered by :meth:`_handle`."""
+        me = self._registered_sender(request)
+        result = self.registry.relay(me, request.to, request.kind, request.payload)
+        if request.id is None:
+            return None if result is None else result.addCallback(_discard)
+        return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
+
     def _dispatch(self, request: msg.Request, now: float) -> defer.Deferred[Any] | None:
         """Carry out one request; a Deferred when the registry answers later."""
         match request:  # the most frequent first
             case msg.Relay():
-                me = self._registered_sender(request)
-                result = self.registry.relay(me, request.to, request.kind, request.payload)
-                if request.id is None:
-                    return _then(result, lambda _: None)
-                return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
+                return self._relay(request, now)
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
             case msg.Renew():
@@ -748,9 +771,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         self._token = token
         return True
 
-    def failHandshake(
-        self, reason: str, code: int = 400, responseHeaders: Any = None
-    ) -> None:
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Autobahn's, without its two log lines per refusal (an ``info`` here and a
         ``warn`` in ``dropConnection``): refusals are counted and summarised
         (:meth:`SignalingServerFactory.handshake_refused`)."""
