@@ -417,6 +417,17 @@ def request_from_object(obj: Mapping[str, Any]) -> Request:
     raise MessageError(UNKNOWN_TYPE, f"unknown message type {shown!r}", request_id)
 
 
+def _plainly_identifier(value: object) -> bool:
+    """Whether ``value`` is an identifier (as :data:`_IDENTIFIER` defines it), answered
+    without the regular expression for the printable ones: a printable string holds no
+    control character (C0 and C1 are not printable)."""
+    if type(value) is not str:
+        return False
+    if 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
+        return True
+    return _IDENTIFIER.fullmatch(value) is not None
+
+
 def _well_formed_relay(
     obj: Mapping[str, Any], kind: str, payload_field: str, request_id: RequestId | None
 ) -> Relay | None:
@@ -427,9 +438,8 @@ def _well_formed_relay(
     sender = obj.get("from")
     payload = obj.get(payload_field, _ABSENT)
     if (
-        type(to) is str
-        and _IDENTIFIER.fullmatch(to) is not None
-        and (sender is None or (type(sender) is str and _IDENTIFIER.fullmatch(sender)))
+        _plainly_identifier(to)
+        and (sender is None or _plainly_identifier(sender))
         and (type(payload) is dict or (payload is None and kind == "ice-candidate"))
     ):
         return Relay(kind, to, payload, request_id, sender)  # type: ignore[arg-type]
