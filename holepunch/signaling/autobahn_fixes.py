@@ -23,7 +23,7 @@
   What the fast path writes while a read is being handled (the replies and relays that
   read causes) is held until the read is done, then each connection's share goes out in
   one write, straight to the socket when Twisted has nothing queued for it
-  (:func:`write_through`): a relay costs one ``send`` instead of a ``send`` and two
+  (:mod:`holepunch.signaling.heldwrites`): a relay costs one ``send`` instead of a ``send`` and two
   ``epoll_ctl`` calls (Twisted writes on the next reactor turn, registering the socket
   for writability and then unregistering it), and a batch of relays costs one ``send``.
 - :func:`release_http_channel`: after twisted.web hands a connection over to WebSocket,
@@ -36,8 +36,10 @@ from typing import Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer
+
+from holepunch.signaling.heldwrites import held as _held
+from holepunch.signaling.heldwrites import write_through
 
 txaio.use_twisted()
 from txaio import tx as _txaio_tx  # noqa: E402  (needs use_twisted() first)
@@ -103,55 +105,6 @@ _TEXT_FIN = 0x81
 """First byte of a whole, uncompressed text frame (FIN, no RSV bits, opcode 1)."""
 
 
-def write_through(transport: Any, data: bytes) -> None:
-    """``transport.write(data)``, sending at once what the socket takes when the transport
-    is a plain TCP connection with nothing queued (Twisted would queue it all and send it
-    on the next reactor turn, registering the socket for writability and unregistering
-    it again: two ``epoll_ctl`` calls). What the socket does not take is queued as
-    ``write`` queues it, in order; on any other transport this is ``write``.
-
-    Reads Twisted's own record of what it has queued (``dataBuffer``, ``_tempDataLen``
-    of ``tcp.Connection``): there is no public way to ask.
-    """
-    if (
-        isinstance(transport, tcp.Connection)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.TLS
-        and not transport.dataBuffer
-        and not getattr(transport, "_tempDataLen", 1)
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN, or a broken connection Twisted will find and report
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
-class _HeldWrites:
-    """What the fast path wrote while reads are being handled, by connection.
-
-    One per process (reads run one at a time on the reactor thread): ``depth`` counts
-    the reads under way, and when the outermost is done each connection's frames go out
-    in one :func:`write_through`.
-    """
-
-    __slots__ = ("depth", "holders")
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.holders: list[QuietWebSocketServerProtocol] = []
-
-    def release(self) -> None:
-        holders, self.holders = self.holders, []
-        for protocol in holders:
-            protocol.flush_held()
-
-
-_held = _HeldWrites()
 
 _TEXT_HEADERS: dict[int, bytes] = {n: bytes((_TEXT_FIN, n)) for n in range(126)}
 """The frame header of a whole text message, by length: 0 to 125 bytes, and the longer

@@ -118,6 +118,11 @@ class SignalingConfig:
     (:mod:`holepunch.signaling.redisregistry`); None keeps them in this process."""
     presence_ttl: float = 30.0
     """With Redis: seconds after which a node that stopped beating (crashed) is gone."""
+    node_links: str | None = None
+    """With Redis: a private directory shared by the nodes of this machine (the workers of
+    one daemon), where each listens on a UNIX socket for the relays of the others
+    (:mod:`holepunch.signaling.nodelinks`); None: every relay between nodes goes through
+    Redis."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT`` so other worker processes share the port
     (``--workers``); ``endpoint`` must then be a plain ``tcp:`` description."""
@@ -188,6 +193,7 @@ _OPTION_FIELDS = {
     "trust-x-forwarded-for": "trust_x_forwarded_for",
     "redis": "redis_url",
     "presence-ttl": "presence_ttl",
+    "worker-links": "node_links",
     "open-relay": "open_relay",
     "send-buffer-limit": "send_buffer_limit",
     "token-single-use": "token_single_use",
@@ -317,7 +323,9 @@ class SignalingSession:
     """One connection of the JSON signaling protocol, without the WebSocket.
 
     ``send`` delivers one server message, and returns False when it refused to because
-    the client does not read what it is sent (it is then being dropped); ``close(code,
+    the client does not read what it is sent (it is then being dropped); ``send_encoded``
+    does the same with a message already encoded (by default: decoded, then ``send``);
+    ``close(code,
     reason)`` starts closing the connection. ``address`` is the client's
     ``yourAddress``; ``auth_peer_id`` the peer id its token grants (None when auth is
     off), ``token_expires`` when that token expires: the connection is closed then (4002)
@@ -332,6 +340,7 @@ class SignalingSession:
         "_close",
         "_expiry_call",
         "_send",
+        "_send_encoded",
         "_steps",
         "_swap_token",
         "_violations",
@@ -362,12 +371,16 @@ class SignalingSession:
         ice_servers: list[JSONObject] | None = None,
         token_expires: float | None = None,
         swap_token: Callable[[str], bool] | None = None,
+        send_encoded: Callable[[bytes], bool | None] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.clock = clock
         self.stats = stats
         self._send = send
+        self._send_encoded = send_encoded or (
+            lambda message: send(msg.decode_object(message, len(message)))
+        )
         self._close = close
         self.address = address
         self.auth_peer_id = auth_peer_id
@@ -632,10 +645,17 @@ class SignalingSession:
 
     def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
         if self._send(msg.relayed(kind, from_peer, payload)) is False:
-            raise SignalingError(
-                msg.PEER_TOO_SLOW,
-                f"peer {self.peer_id!r} does not read what it is sent; it was disconnected",
-            )
+            self._too_slow()
+
+    def relayed_encoded(self, message: bytes) -> None:
+        if self._send_encoded(message) is False:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        raise SignalingError(
+            msg.PEER_TOO_SLOW,
+            f"peer {self.peer_id!r} does not read what it is sent; it was disconnected",
+        )
 
     def disconnect(self, reason: DisconnectReason) -> None:
         self.peer_id = None
@@ -740,6 +760,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             self._ice_servers(),
             self._token_expires,
             self._swap_token if self._token is not None else None,
+            self._send_encoded,
         )
         factory.protocols.add(self)
         factory.stats.connections_total += 1
@@ -835,7 +856,12 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         then dropped, close 1013)."""
         if self.state != self.STATE_OPEN:
             return True
-        data = msg.encode(message)
+        return self._send_encoded(msg.encode(message), message)
+
+    def _send_encoded(self, data: bytes, message: JSONObject | None = None) -> bool:
+        """:meth:`_send_json` for a message already encoded."""
+        if self.state != self.STATE_OPEN:
+            return True
         if self.backlog is None and self._backlog_attempts < 4:
             self._watch_backlog()
         backlog = self.backlog
@@ -847,7 +873,8 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         try:
             self.sendMessage(data, isBinary=False)
         except (Disconnected, PayloadExceededError):
-            _log.failure("could not send a {type} message", type=message.get("type"))
+            kind = "relayed" if message is None else message.get("type")
+            _log.failure("could not send a {type} message", type=kind)
         return True
 
     def _drop_slow_reader(self, waiting: int) -> None:
@@ -1153,7 +1180,11 @@ def make_registry(config: SignalingConfig, clock: IReactorTime) -> IRoomRegistry
     from holepunch.signaling.redisstate import parse_redis_url
 
     return RedisRoomRegistry(
-        parse_redis_url(config.redis_url), config.limits(), clock, config.presence_ttl
+        parse_redis_url(config.redis_url),
+        config.limits(),
+        clock,
+        config.presence_ttl,
+        link_directory=config.node_links,
     )
 
 

@@ -7,7 +7,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
-from holepunch.signaling.autobahn_fixes import write_through
+from holepunch.signaling.heldwrites import write_through
 
 TOTAL = 4 * 1024 * 1024
 

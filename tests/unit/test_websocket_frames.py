@@ -14,12 +14,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from holepunch.signaling.autobahn_fixes import (
-    QuietWebSocketServerProtocol,
-    unmask,
-    unmask_frames,
-    write_through,
-)
+from holepunch.signaling.autobahn_fixes import QuietWebSocketServerProtocol, unmask, unmask_frames
+from holepunch.signaling.heldwrites import write_through
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
