@@ -105,7 +105,6 @@ _TEXT_FIN = 0x81
 """First byte of a whole, uncompressed text frame (FIN, no RSV bits, opcode 1)."""
 
 
-
 _TEXT_HEADERS: dict[int, bytes] = {n: bytes((_TEXT_FIN, n)) for n in range(126)}
 """The frame header of a whole text message, by length: 0 to 125 bytes, and the longer
 lengths met so far (at most 4,096 of them)."""
@@ -265,17 +264,15 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         doNotCompress: bool = False,
     ) -> None:
         n = len(payload)
+        limit = self._fast_send_limit
+        if limit < 0:
+            limit = self._find_fast_send_limit()
         if (
-            isBinary
+            n > limit
+            or isBinary
             or fragmentSize is not None
             or sync
             or self.state != self.STATE_OPEN
-            or self._perMessageCompress is not None
-            or self.autoFragmentSize
-            or self.trackedTimings
-            or self.logFrames
-            or n > 0xFFFF
-            or 0 < self.maxMessagePayloadSize < n
         ):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
@@ -285,7 +282,7 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         stats.outgoingOctetsAppLevel += n
         stats.outgoingOctetsWebSocketLevel += n
         stats.outgoingWebSocketFrames += 1
-        if not _held.depth or self.send_queue or self.logOctets or self.log.debug is not _NO_OP:
+        if not _held.depth or self.send_queue or self.log.debug is not _NO_OP:
             self.sendData(header + payload)
             return
         # sendData's fast path, holding header and payload without joining them.
@@ -297,6 +294,28 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         else:
             frames.append(header)
             frames.append(payload)
+
+    _fast_send_limit = -1
+    """The longest text message :meth:`sendMessage` frames itself (-1: not yet known)."""
+
+    def _find_fast_send_limit(self) -> int:
+        """0 when the connection's options ask for Autobahn's extras (compression,
+        fragments, timings, frame or octet logging), else the largest message one frame
+        with a 16-bit length holds, within ``maxMessagePayloadSize``. The options are
+        settled once the connection is open: only then is the answer kept."""
+        if (
+            self._perMessageCompress is not None
+            or self.autoFragmentSize
+            or self.trackedTimings
+            or self.logFrames
+            or self.logOctets
+        ):
+            limit = 0
+        else:
+            limit = min(0xFFFF, self.maxMessagePayloadSize or 0xFFFF)
+        if self.state == self.STATE_OPEN:
+            self._fast_send_limit = limit
+        return limit
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if (

@@ -312,9 +312,7 @@ class RoomRegistry:
         if target is None:
             raise SignalingError(codes.PEER_NOT_FOUND, f"peer {to_peer!r} is not connected")
         if not self.limits.open_relay and not shares_room(sender.rooms, target.rooms):
-            raise SignalingError(
-                codes.NO_SHARED_ROOM, f"peer {to_peer!r} is in none of your rooms"
-            )
+            raise SignalingError(codes.NO_SHARED_ROOM, f"peer {to_peer!r} is in none of your rooms")
         target.client.relayed(kind, from_peer, payload)
         self.relayed[kind] = self.relayed.get(kind, 0) + 1
 

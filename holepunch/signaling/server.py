@@ -324,7 +324,7 @@ class SignalingSession:
 
     ``send`` delivers one server message, and returns False when it refused to because
     the client does not read what it is sent (it is then being dropped); ``send_encoded``
-    does the same with a message already encoded (by default: decoded, then ``send``);
+    does the same with a message already encoded (None: relays are given to ``send``);
     ``close(code,
     reason)`` starts closing the connection. ``address`` is the client's
     ``yourAddress``; ``auth_peer_id`` the peer id its token grants (None when auth is
@@ -378,9 +378,7 @@ class SignalingSession:
         self.clock = clock
         self.stats = stats
         self._send = send
-        self._send_encoded = send_encoded or (
-            lambda message: send(msg.decode_object(message, len(message)))
-        )
+        self._send_encoded = send_encoded
         self._close = close
         self.address = address
         self.auth_peer_id = auth_peer_id
@@ -644,11 +642,20 @@ class SignalingSession:
         self._send(msg.peer_left(room_id, peer_id, metadata, timestamp))
 
     def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
-        if self._send(msg.relayed(kind, from_peer, payload)) is False:
+        message = msg.relayed(kind, from_peer, payload)
+        if self._send_encoded is None:
+            sent = self._send(message)
+        else:
+            sent = self._send_encoded(msg.encode(message))
+        if sent is False:
             self._too_slow()
 
     def relayed_encoded(self, message: bytes) -> None:
-        if self._send_encoded(message) is False:
+        if self._send_encoded is None:
+            sent = self._send(msg.decode_object(message, len(message)))
+        else:
+            sent = self._send_encoded(message)
+        if sent is False:
             self._too_slow()
 
     def _too_slow(self) -> None:
