@@ -359,8 +359,22 @@ def parse_request(payload: bytes | str, max_size: int) -> Request:
     The error carries the request's ``id`` whenever the message got far enough to have
     one, so that the reply can echo it.
     """
-    obj = decode_object(payload, max_size)
-    return request_from_object(obj)
+    if type(payload) is bytes and len(payload) <= max_size:
+        # The common case first, in as few calls as it takes: a well-formed relay
+        # without an ``id``. Anything else, errors included, takes the general path.
+        try:
+            obj = orjson.loads(payload)
+        except (ValueError, RecursionError):
+            obj = None
+        if type(obj) is dict:
+            kind = obj.get("type")
+            payload_field = RELAY_FIELDS.get(kind) if type(kind) is str else None
+            if payload_field is not None and obj.get("id") is None:
+                relay = _well_formed_relay(obj, kind, payload_field, None)  # type: ignore[arg-type]
+                if relay is not None:
+                    return relay
+            return request_from_object(obj)
+    return request_from_object(decode_object(payload, max_size))
 
 
 def request_from_object(obj: Mapping[str, Any]) -> Request:

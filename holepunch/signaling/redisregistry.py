@@ -579,8 +579,8 @@ class RedisRoomRegistry(Service):
     def touch(self, peer_id: str, now: float) -> None:
         """Something arrived from the peer (on this node): postpone its eviction."""
         peer = self._local.get(peer_id)
-        if peer is not None:
-            peer.last_seen = max(peer.last_seen, now)
+        if peer is not None and now > peer.last_seen:
+            peer.last_seen = now
 
     def join(self, peer_id: str, room_id: str, now: float) -> defer.Deferred[list[PeerEntry]]:
         """Put the peer in a room; fires with the room's other peers."""

@@ -451,7 +451,18 @@ class SignalingSession:
         try:
             if type(request) is msg.Relay:  # nearly every message: straight to it
                 self.stats.messages[request.kind] += 1
-                result = self._relay(request, now)
+                if (
+                    request.id is None
+                    and self.peer_id is not None
+                    and (request.claimed_sender is None or request.claimed_sender == self.peer_id)
+                ):  # _relay without an ack to send, in one call
+                    result = self.registry.relay(
+                        self.peer_id, request.to, request.kind, request.payload
+                    )
+                    if result is not None:
+                        result.addCallback(_discard)
+                else:
+                    result = self._relay(request, now)
             else:
                 self.stats.messages[msg.request_type(request)] += 1
                 result = self._dispatch(request, now)
