@@ -143,7 +143,22 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         held = _held
         held.depth += 1
         try:
-            self._read(data)
+            plain = self._plain_reads
+            if plain is None:
+                plain = self._find_plain_reads()
+            if (
+                plain
+                and self.state == self.STATE_OPEN
+                and not self.data
+                and self.current_frame is None
+                and not self.inside_message
+                and not self._listeners
+                and self.log.debug is _NO_OP
+            ):
+                self.trafficStats.incomingOctetsWireLevel += len(data)
+                self._fast_frames(self._partial_frame + data if self._partial_frame else data)
+            else:
+                self._read(data)
         finally:
             held.depth -= 1
             if not held.depth and held.holders:
@@ -173,6 +188,23 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
                 self.trafficStats.incomingOctetsWireLevel -= len(self._partial_frame)
                 data, self._partial_frame = self._partial_frame + data, b""
             self._dataReceived(data)
+
+    _plain_reads: bool | None = None
+    """Nothing in the connection's options asks for Autobahn's extras on reading (None:
+    not known yet; kept once the connection is open, when the options are settled)."""
+
+    def _find_plain_reads(self) -> bool:
+        plain = bool(
+            not self.logOctets
+            and not self.logFrames
+            and not self.trackedTimings
+            and not self.utf8validateIncoming
+            and self._perMessageCompress is None
+            and self._parent is None
+        )
+        if self.state == self.STATE_OPEN:
+            self._plain_reads = plain
+        return plain
 
     def _fast_path_open(self) -> bool:
         """Nothing of Autobahn's parsing is under way and nothing asks for its extras."""
