@@ -86,8 +86,8 @@ def unmask_frames(data: bytes, frames: list[tuple[int, int, bytes]]) -> list[byt
         n = end - start
         if n == 0:
             return [b""]
-        key = (mask * ((n >> 2) + 1))[:n]
-        value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(key, "little")
+        repeated = (mask * ((n >> 2) + 1))[:n]
+        value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(repeated, "little")
         return [value.to_bytes(n, "little")]
     base = frames[0][0]
     key: list[bytes] = []

@@ -638,11 +638,13 @@ class RedisRoomRegistry(Service):
         the channel of its node, straight there (batched per reactor turn) when that node
         is known from the last :data:`ROUTE_TTL` seconds, through the relay script
         otherwise (which checks the peer and teaches the route)."""
-        try:
-            peer = self._holder(from_peer)
-        except SignalingError:
-            return defer.fail()
-        target = self._local.get(to_peer)
+        local = self._local
+        peer = local.get(from_peer)
+        if peer is None:
+            return defer.fail(
+                SignalingError(codes.NOT_REGISTERED, f"peer {from_peer!r} is not registered")
+            )
+        target = local.get(to_peer)
         if target is not None and (self.limits.open_relay or shares_room(peer.rooms, target.rooms)):
             try:
                 target.client.relayed(kind, from_peer, payload)
