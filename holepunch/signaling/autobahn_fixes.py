@@ -143,6 +143,9 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
     """The start of a whole text frame the last read ended in (the fast path's)."""
     _held_frames: list[bytes] | None = None
     """Frames written while a read is handled, not yet given to the transport."""
+    _held_messages = 0
+    _held_octets = 0
+    """Messages held by :meth:`sendMessage`, and their payload bytes."""
 
     def dataReceived(self, data: bytes) -> None:
         held = _held
@@ -174,8 +177,18 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         frames = self._held_frames
         if frames:
             self._held_frames = None
+            data = b"".join(frames)
+            stats = self.trafficStats
+            stats.outgoingOctetsWireLevel += len(data)
+            messages, octets = self._held_messages, self._held_octets
+            if messages:
+                self._held_messages = self._held_octets = 0
+                stats.outgoingWebSocketMessages += messages
+                stats.outgoingWebSocketFrames += messages
+                stats.outgoingOctetsAppLevel += octets
+                stats.outgoingOctetsWebSocketLevel += octets
             if self.transport is not None:
-                write_through(self.transport, b"".join(frames))
+                write_through(self.transport, data)
 
     def dropConnection(self, abort: bool = False) -> None:
         self.flush_held()  # what was written before goes before the connection closes
@@ -319,16 +332,16 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         header = _TEXT_HEADERS.get(n) or _text_header(n)
-        stats = self.trafficStats
-        stats.outgoingWebSocketMessages += 1
-        stats.outgoingOctetsAppLevel += n
-        stats.outgoingOctetsWebSocketLevel += n
-        stats.outgoingWebSocketFrames += 1
         if not _held.depth or self.send_queue or self.log.debug is not _NO_OP:
+            stats = self.trafficStats
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingOctetsAppLevel += n
+            stats.outgoingOctetsWebSocketLevel += n
+            stats.outgoingWebSocketFrames += 1
             self.sendData(header + payload)
             return
-        # sendData's fast path, holding header and payload without joining them.
-        stats.outgoingOctetsWireLevel += len(header) + n
+        # sendData's fast path, holding header and payload without joining them; the
+        # traffic statistics are counted when they are written (flush_held).
         frames = self._held_frames
         if frames is None:
             self._held_frames = [header, payload]
@@ -336,6 +349,8 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         else:
             frames.append(header)
             frames.append(payload)
+        self._held_messages += 1
+        self._held_octets += n
 
     _fast_send_limit = -1
     """The longest text message :meth:`sendMessage` frames itself (-1: not yet known)."""
@@ -372,9 +387,9 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
             super().sendData(data, sync, chopsize)
             return
         # Autobahn's path for an unqueued write on an open connection, without log.debug;
-        # held back until the read under way is handled.
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
+        # held back until the read under way is handled (and counted then).
         if not _held.depth:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
             write_through(self.transport, data)
             return
         frames = self._held_frames

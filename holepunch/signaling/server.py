@@ -231,7 +231,8 @@ class ServerStats:
         self.connections = 0
         self.connections_total = 0
         self.denied: Counter[int] = Counter()
-        self.messages: Counter[str] = Counter()
+        self.messages: dict[str, int] = {}
+        """Requests by type (a plain dict: counting in a Counter costs twice as much)."""
         self.errors: Counter[str] = Counter()
         self.slow_readers = 0
         """Connections dropped for not reading what they were sent (close 1013)."""
@@ -450,7 +451,8 @@ class SignalingSession:
             return None
         try:
             if type(request) is msg.Relay:  # nearly every message: straight to it
-                self.stats.messages[request.kind] += 1
+                messages = self.stats.messages
+                messages[request.kind] = messages.get(request.kind, 0) + 1
                 if (
                     request.id is None
                     and self.peer_id is not None
@@ -464,7 +466,9 @@ class SignalingSession:
                 else:
                     result = self._relay(request, now)
             else:
-                self.stats.messages[msg.request_type(request)] += 1
+                messages = self.stats.messages
+                kind = msg.request_type(request)
+                messages[kind] = messages.get(kind, 0) + 1
                 result = self._dispatch(request, now)
         except Exception:
             self._failed(Failure(), request)
