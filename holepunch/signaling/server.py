@@ -893,7 +893,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
                 return False
             backlog.backlog += len(data)
         try:
-            self.sendMessage(data, isBinary=False)
+            self.sendMessage(data)
         except (Disconnected, PayloadExceededError):
             kind = "relayed" if message is None else message.get("type")
             _log.failure("could not send a {type} message", type=kind)
