@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from typing import Any
@@ -368,6 +369,30 @@ class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
         links = self.registry(self.services[0]).links
         assert links is not None
         self.assertEqual(links.stats()["sent"], 0)
+
+    async def test_link_refused(self) -> None:
+        """A node whose link socket refuses connections (a stale socket file): the relays
+        queued while connecting go through Redis, in order, and the next ones too."""
+        url1, url2 = await self.start_nodes()
+        other = self.registry(self.services[1])
+        path = os.path.join(self.links_dir, f"{other.node_id}.sock")
+        os.unlink(path)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)  # bound, never listening: connections are refused
+        self.addCleanup(stale.close)
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        for n in range(10):
+            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
+        got = [(await bob.next())["offer"] for _ in range(10)]
+        self.assertEqual(got, [{"n": n} for n in range(10)])
+        node1 = self.registry(self.services[0])
+        assert node1.links is not None
+        self.assertEqual(node1.links.stats()["sent"], 0)
+        self.assertEqual(node1.published, 10)
 
     async def test_bad_bytes_close_a_link(self) -> None:
         """Bytes on a link socket that are not records: that link is closed and counted;
