@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_signaling_client,tests.unit.test_signaling_protocol -*-
+# -*- test-case-name: tests.unit.test_websocket_frames,tests.unit.test_signaling_protocol -*-
 """Small fixes to Autobahn's Twisted protocols shared by our server and client.
 
 - :func:`cancel_close_timer`: no closing-handshake timer outlives its connection.
@@ -16,16 +16,18 @@
   builds per frame (through cffi), and re-slices its receive buffer after every frame,
   which is quadratic in the frames of one read; measured with the signaling benchmark,
   that was about 40% of the server's time per relayed message. The fast path parses
-  the frames of a read with offsets, unmasks with one integer XOR and writes a frame as
-  header plus payload. Anything else (a control frame, a fragment, a binary or
-  oversized message, an unmasked frame, a read that ends inside a frame Autobahn had
-  started) goes to Autobahn's own code, unchanged; no library offers the fast path.
+  the frames of a read with offsets, unmasks them together with one integer XOR and
+  writes a frame as header plus payload. The connection's options (compression,
+  fragmenting, timings, frame and octet logging) are read once it is open. Anything
+  else (a control frame, a fragment, a binary or oversized message, an unmasked frame,
+  a read that ends inside a frame Autobahn had started) goes to Autobahn's own code,
+  unchanged; no library offers the fast path.
   What the fast path writes while a read is being handled (the replies and relays that
   read causes) is held until the read is done, then each connection's share goes out in
   one write, straight to the socket when Twisted has nothing queued for it
-  (:mod:`holepunch.signaling.heldwrites`): a relay costs one ``send`` instead of a ``send`` and two
-  ``epoll_ctl`` calls (Twisted writes on the next reactor turn, registering the socket
-  for writability and then unregistering it), and a batch of relays costs one ``send``.
+  (:mod:`holepunch.signaling.heldwrites`): a batch of relays costs one ``send``, not a
+  ``send`` and two ``epoll_ctl`` calls per relay and a reactor turn of latency. Autobahn's
+  own writes (pings, close frames) and ``dropConnection`` first write what is held.
 - :func:`release_http_channel`: after twisted.web hands a connection over to WebSocket,
   drop the HTTP channel that stays registered as the transport's producer.
 """
