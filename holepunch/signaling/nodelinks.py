@@ -275,6 +275,10 @@ class NodeLinks(Service):
 
     def _connected(self, link: _LinkClient) -> None:
         pending = self._pending.pop(link.node, None)
+        if not self.running:  # stopped while connecting
+            assert link.transport is not None
+            link.transport.loseConnection()
+            return
         self._links[link.node] = link
         if pending is not None and pending.records:
             self.sent += len(pending.records)
