@@ -80,6 +80,10 @@ class ISignalingClient(Interface):
     def relayed(kind: str, from_peer: str, payload: JSONObject | None) -> None:
         """``from_peer`` sent this peer an ``offer``, ``answer`` or ``ice-candidate``."""
 
+    def relayed_encoded(message: bytes) -> None:
+        """A relay as :meth:`relayed`, already encoded as the JSON message the peer is to
+        get (by the node of the sender, which sent it here over a worker link)."""
+
     def disconnect(reason: DisconnectReason) -> None:
         """The registry dropped this connection's peer: close the channel."""
 

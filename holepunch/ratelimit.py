@@ -42,10 +42,15 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Take one token at time ``now`` if there is one; False: the caller is over its rate."""
-        self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        tokens = self._tokens  # _refill, inline: this runs for every signaling message
+        elapsed = now - self._updated
+        if elapsed > 0.0:
+            tokens = min(self.capacity, tokens + elapsed * self.rate)
+        self._updated = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             return True
+        self._tokens = tokens
         return False
 
 

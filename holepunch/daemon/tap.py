@@ -243,6 +243,7 @@ class Options(usage.Options):
         ],
         ["worker-index", None, 0, "(internal) which worker this process is.", int],
         ["worker-group", None, None, "(internal) the daemon the worker belongs to."],
+        ["worker-links", None, None, "(internal) where the workers' links listen."],
         [
             "presence-ttl",
             None,
@@ -465,6 +466,8 @@ def _add_workers(
         argv = [*options.argv, "--worker-group", options["worker-group"]]
         if private is not None:
             argv += ["--redis", private.url]
+        if options["worker-links"] is not None:
+            argv += ["--worker-links", options["worker-links"]]
         WorkerPool(reactor, workers, argv).setServiceParent(top)
 
 
@@ -491,6 +494,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             private_redis = PrivateRedis()
             private_redis.setServiceParent(top)  # first up, last down
             options["redis"] = private_redis.url
+        if not options["no-signaling"]:
+            from holepunch.daemon.workers import LinkDirectory
+
+            links = LinkDirectory()
+            links.setServiceParent(top)
+            options["worker-links"] = links.path
     if not options["no-stun"]:
         from holepunch.stun.server import SOFTWARE, make_stun_service
 

@@ -8,7 +8,9 @@ dies. Every worker listens on the same signaling and STUN ports with ``SO_REUSEP
 them, and every worker's signaling registry is the Redis one
 (:mod:`holepunch.signaling.redisregistry`): peers on different workers see each other
 exactly as peers on different machines do. Without ``--redis`` worker 0 runs a private
-``redis-server`` on a UNIX socket only it and its workers can open.
+``redis-server`` on a UNIX socket only it and its workers can open. A relay for a peer
+on another worker goes straight to that worker over a UNIX socket in a private directory
+(:class:`LinkDirectory`, :mod:`holepunch.signaling.nodelinks`), not through Redis.
 
 A worker's output lines go through worker 0's log (``worker 2: ...``). A worker whose
 parent is gone (its stdin pipe closes) stops. ``/p2p/stats`` and ``/metrics``, on
@@ -208,6 +210,18 @@ class PrivateRedis(Service):
         self.stop_now()
 
 
+class LinkDirectory(Service):
+    """A fresh directory (mode 0700) where the workers of one daemon listen for each
+    other's relays (:mod:`holepunch.signaling.nodelinks`); removed with the daemon."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="holepunch-links-")
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 class _Worker(protocol.ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -221,9 +235,7 @@ class _Worker(protocol.ProcessProtocol):
         self._partial[childFD] = lines.pop()
         for line in lines:
             if line.strip():
-                _log.info(
-                    "worker {i}: {line}", i=self.index, line=line.decode("utf-8", "replace")
-                )
+                _log.info("worker {i}: {line}", i=self.index, line=line.decode("utf-8", "replace"))
 
     def processEnded(self, reason: Failure) -> None:
         self.pool.ended(self, reason)
@@ -320,4 +332,4 @@ def _signal(transport: Any, sig: int) -> None:
         pass
 
 
-__all__ = ["PrivateRedis", "WorkerPool", "WorkerStats", "merge_counts"]
+__all__ = ["LinkDirectory", "PrivateRedis", "WorkerPool", "WorkerStats", "merge_counts"]

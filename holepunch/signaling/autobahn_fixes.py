@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_signaling_client,tests.unit.test_signaling_protocol -*-
+# -*- test-case-name: tests.unit.test_websocket_frames,tests.unit.test_signaling_protocol -*-
 """Small fixes to Autobahn's Twisted protocols shared by our server and client.
 
 - :func:`cancel_close_timer`: no closing-handshake timer outlives its connection.
@@ -16,10 +16,18 @@
   builds per frame (through cffi), and re-slices its receive buffer after every frame,
   which is quadratic in the frames of one read; measured with the signaling benchmark,
   that was about 40% of the server's time per relayed message. The fast path parses
-  the frames of a read with offsets, unmasks with one integer XOR and writes a frame as
-  header plus payload. Anything else (a control frame, a fragment, a binary or
-  oversized message, an unmasked frame, a read that ends inside a frame Autobahn had
-  started) goes to Autobahn's own code, unchanged; no library offers the fast path.
+  the frames of a read with offsets, unmasks them together with one integer XOR and
+  writes a frame as header plus payload. The connection's options (compression,
+  fragmenting, timings, frame and octet logging) are read once it is open. Anything
+  else (a control frame, a fragment, a binary or oversized message, an unmasked frame,
+  a read that ends inside a frame Autobahn had started) goes to Autobahn's own code,
+  unchanged; no library offers the fast path.
+  What the fast path writes while a read is being handled (the replies and relays that
+  read causes) is held until the read is done, then each connection's share goes out in
+  one write, straight to the socket when Twisted has nothing queued for it
+  (:mod:`holepunch.signaling.heldwrites`): a batch of relays costs one ``send``, not a
+  ``send`` and two ``epoll_ctl`` calls per relay and a reactor turn of latency. Autobahn's
+  own writes (pings, close frames) and ``dropConnection`` first write what is held.
 - :func:`release_http_channel`: after twisted.web hands a connection over to WebSocket,
   drop the HTTP channel that stays registered as the transport's producer.
 """
@@ -31,6 +39,9 @@ from typing import Any
 import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IPushProducer
+
+from holepunch.signaling.heldwrites import held as _held
+from holepunch.signaling.heldwrites import write_through
 
 txaio.use_twisted()
 from txaio import tx as _txaio_tx  # noqa: E402  (needs use_twisted() first)
@@ -67,8 +78,51 @@ def unmask(payload: bytes | memoryview, mask: bytes) -> bytes:
     return value.to_bytes(n, "little")
 
 
+def unmask_frames(data: bytes, frames: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """The unmasked payloads of ``frames``, ``(start, end, mask)`` of each in ``data``,
+    in order: :func:`unmask` of each, done as one integer XOR over the whole span (the
+    bytes between the payloads are XORed with zeros), which costs less than one per
+    frame when a read holds several."""
+    if len(frames) == 1:  # unmask(), inline
+        start, end, mask = frames[0]
+        n = end - start
+        if n == 0:
+            return [b""]
+        repeated = (mask * ((n >> 2) + 1))[:n]
+        value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(repeated, "little")
+        return [value.to_bytes(n, "little")]
+    base = frames[0][0]
+    key: list[bytes] = []
+    last = base
+    for start, end, mask in frames:
+        if start > last:
+            key.append(bytes(start - last))
+        n = end - start
+        key.append((mask * ((n >> 2) + 1))[:n])
+        last = end
+    span = last - base
+    value = int.from_bytes(memoryview(data)[base:last], "little") ^ int.from_bytes(
+        b"".join(key), "little"
+    )
+    clear = value.to_bytes(span, "little")
+    return [clear[start - base : end - base] for start, end, _ in frames]
+
+
 _TEXT_FIN = 0x81
 """First byte of a whole, uncompressed text frame (FIN, no RSV bits, opcode 1)."""
+
+
+_TEXT_HEADERS: dict[int, bytes] = {n: bytes((_TEXT_FIN, n)) for n in range(126)}
+"""The frame header of a whole text message, by length: 0 to 125 bytes, and the longer
+lengths met so far (at most 4,096 of them)."""
+
+
+def _text_header(n: int) -> bytes:
+    """The frame header of a whole text message of 126 to 65,535 bytes (remembered)."""
+    header = bytes((_TEXT_FIN, 126, n >> 8, n & 0xFF))
+    if len(_TEXT_HEADERS) < 126 + 4096:
+        _TEXT_HEADERS[n] = header
+    return header
 
 
 class QuietWebSocketServerProtocol(WebSocketServerProtocol):
@@ -89,8 +143,60 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
     utf8validateIncoming: bool
     _partial_frame = b""
     """The start of a whole text frame the last read ended in (the fast path's)."""
+    _held_frames: list[bytes] | None = None
+    """Frames written while a read is handled, not yet given to the transport."""
+    _held_messages = 0
+    _held_octets = 0
+    """Messages held by :meth:`sendMessage`, and their payload bytes."""
 
     def dataReceived(self, data: bytes) -> None:
+        held = _held
+        held.depth += 1
+        try:
+            plain = self._plain_reads
+            if plain is None:
+                plain = self._find_plain_reads()
+            if (
+                plain
+                and self.state == self.STATE_OPEN
+                and not self.data
+                and self.current_frame is None
+                and not self.inside_message
+                and not self._listeners
+                and self.log.debug is _NO_OP
+            ):
+                self.trafficStats.incomingOctetsWireLevel += len(data)
+                self._fast_frames(self._partial_frame + data if self._partial_frame else data)
+            else:
+                self._read(data)
+        finally:
+            held.depth -= 1
+            if not held.depth and held.holders:
+                held.release()
+
+    def flush_held(self) -> None:
+        """Give the frames held back during a read to the transport, in one write."""
+        frames = self._held_frames
+        if frames:
+            self._held_frames = None
+            data = b"".join(frames)
+            stats = self.trafficStats
+            stats.outgoingOctetsWireLevel += len(data)
+            messages, octets = self._held_messages, self._held_octets
+            if messages:
+                self._held_messages = self._held_octets = 0
+                stats.outgoingWebSocketMessages += messages
+                stats.outgoingWebSocketFrames += messages
+                stats.outgoingOctetsAppLevel += octets
+                stats.outgoingOctetsWebSocketLevel += octets
+            if self.transport is not None:
+                write_through(self.transport, data)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self.flush_held()  # what was written before goes before the connection closes
+        super().dropConnection(abort)
+
+    def _read(self, data: bytes) -> None:
         if not debug_logging_off(self.log):
             super().dataReceived(data)
         elif self._fast_path_open():
@@ -102,6 +208,23 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
                 self.trafficStats.incomingOctetsWireLevel -= len(self._partial_frame)
                 data, self._partial_frame = self._partial_frame + data, b""
             self._dataReceived(data)
+
+    _plain_reads: bool | None = None
+    """Nothing in the connection's options asks for Autobahn's extras on reading (None:
+    not known yet; kept once the connection is open, when the options are settled)."""
+
+    def _find_plain_reads(self) -> bool:
+        plain = bool(
+            not self.logOctets
+            and not self.logFrames
+            and not self.trackedTimings
+            and not self.utf8validateIncoming
+            and self._perMessageCompress is None
+            and self._parent is None
+        )
+        if self.state == self.STATE_OPEN:
+            self._plain_reads = plain
+        return plain
 
     def _fast_path_open(self) -> bool:
         """Nothing of Autobahn's parsing is under way and nothing asks for its extras."""
@@ -121,18 +244,24 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
 
     def _fast_frames(self, data: bytes) -> None:
         """Hand the whole text frames at the start of ``data`` to ``onMessage``; keep an
-        incomplete one for the next read; give anything else to Autobahn."""
+        incomplete one for the next read; give anything else to Autobahn.
+
+        The frames are found first, then unmasked together (:func:`unmask_frames`), then
+        delivered one by one: if a message closes the connection, the bytes after it go
+        to Autobahn, as they would have without the fast path.
+        """
         self._partial_frame = b""
-        stats = self.trafficStats
         limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
-        view = memoryview(data)
         n, pos = len(data), 0
+        frames: list[tuple[int, int, bytes]] = []
+        heads: list[int] = []
+        payload_octets = 0
         while pos < n:
             if data[pos] != _TEXT_FIN:
                 break
             if n - pos < 2:
-                self._partial_frame = bytes(view[pos:])
-                return
+                self._partial_frame = data[pos:]
+                break
             length = data[pos + 1]
             if length < 0x80:
                 break  # unmasked: Autobahn fails the connection
@@ -140,8 +269,8 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
             start = pos + 6
             if length == 126:
                 if n - pos < 4:
-                    self._partial_frame = bytes(view[pos:])
-                    return
+                    self._partial_frame = data[pos:]
+                    break
                 length = (data[pos + 2] << 8) | data[pos + 3]
                 start = pos + 8
             elif length == 127:
@@ -150,22 +279,38 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
                 break
             end = start + length
             if end > n:
-                self._partial_frame = bytes(view[pos:])
-                return
-            payload = unmask(view[start:end], data[start - 4 : start])
+                self._partial_frame = data[pos:]
+                break
+            frames.append((start, end, data[start - 4 : start]))
+            heads.append(pos)
+            payload_octets += length
             pos = end
-            stats.incomingOctetsWebSocketLevel += length
-            stats.incomingOctetsAppLevel += length
-            stats.incomingWebSocketFrames += 1
-            stats.incomingWebSocketMessages += 1
+        if self._partial_frame:
+            pos = n
+        delivered = 0
+        if frames:
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
-            self.onMessage(payload, False)
-            if self.state != self.STATE_OPEN:
-                break
+            for payload in unmask_frames(data, frames):
+                delivered += 1
+                self.onMessage(payload, False)
+                if self.state != self.STATE_OPEN:
+                    break
+            stats = self.trafficStats
+            if delivered == len(frames):
+                octets = payload_octets
+            else:
+                octets = sum([end - start for start, end, _ in frames[:delivered]])
+            stats.incomingOctetsWebSocketLevel += octets
+            stats.incomingOctetsAppLevel += octets
+            stats.incomingWebSocketFrames += delivered
+            stats.incomingWebSocketMessages += delivered
+            if delivered < len(frames):  # closed: the rest is Autobahn's
+                self._partial_frame = b""
+                pos = heads[delivered]
         if pos < n:
-            stats.incomingOctetsWireLevel -= n - pos  # counted again by Autobahn
-            self._dataReceived(bytes(view[pos:]))
+            self.trafficStats.incomingOctetsWireLevel -= n - pos  # counted again by Autobahn
+            self._dataReceived(data[pos:])
 
     def sendMessage(
         self,
@@ -176,30 +321,60 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         doNotCompress: bool = False,
     ) -> None:
         n = len(payload)
+        limit = self._fast_send_limit
+        if limit < 0:
+            limit = self._find_fast_send_limit()
         if (
-            isBinary
+            n > limit
+            or isBinary
             or fragmentSize is not None
             or sync
             or self.state != self.STATE_OPEN
-            or self._perMessageCompress is not None
-            or self.autoFragmentSize
-            or self.trackedTimings
-            or self.logFrames
-            or n > 0xFFFF
-            or 0 < self.maxMessagePayloadSize < n
         ):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
-        stats = self.trafficStats
-        stats.outgoingWebSocketMessages += 1
-        stats.outgoingOctetsAppLevel += n
-        stats.outgoingOctetsWebSocketLevel += n
-        stats.outgoingWebSocketFrames += 1
-        if n <= 125:
-            header = bytes((_TEXT_FIN, n))
+        header = _TEXT_HEADERS.get(n) or _text_header(n)
+        if not _held.depth or self.send_queue or self.log.debug is not _NO_OP:
+            stats = self.trafficStats
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingOctetsAppLevel += n
+            stats.outgoingOctetsWebSocketLevel += n
+            stats.outgoingWebSocketFrames += 1
+            self.sendData(header + payload)
+            return
+        # sendData's fast path, holding header and payload without joining them; the
+        # traffic statistics are counted when they are written (flush_held).
+        frames = self._held_frames
+        if frames is None:
+            self._held_frames = [header, payload]
+            _held.holders.append(self)
         else:
-            header = bytes((_TEXT_FIN, 126, n >> 8, n & 0xFF))
-        self.sendData(header + payload)
+            frames.append(header)
+            frames.append(payload)
+        self._held_messages += 1
+        self._held_octets += n
+
+    _fast_send_limit = -1
+    """The longest text message :meth:`sendMessage` frames itself (-1: not yet known)."""
+
+    def _find_fast_send_limit(self) -> int:
+        """0 when the connection's options ask for Autobahn's extras (compression,
+        fragments, timings, frame or octet logging), else the largest message one frame
+        with a 16-bit length holds, within ``maxMessagePayloadSize``. The options are
+        settled once the connection is open: only then is the answer kept."""
+        if (
+            self._perMessageCompress is not None
+            or self.autoFragmentSize
+            or self.trackedTimings
+            or self.logFrames
+            or self.logOctets
+        ):
+            limit = 0
+        else:
+            limit = min(0xFFFF, self.maxMessagePayloadSize or 0xFFFF)
+        if self.state == self.STATE_OPEN:
+            self._fast_send_limit = limit
+        return limit
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         if (
@@ -210,12 +385,21 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
             or self.state != self.STATE_OPEN
             or not debug_logging_off(self.log)
         ):
+            self.flush_held()  # in order
             super().sendData(data, sync, chopsize)
             return
-        # Autobahn's path for an unqueued write on an open connection, without log.debug.
-        assert self.transport is not None
-        self.transport.write(data)
-        self.trafficStats.outgoingOctetsWireLevel += len(data)
+        # Autobahn's path for an unqueued write on an open connection, without log.debug;
+        # held back until the read under way is handled (and counted then).
+        if not _held.depth:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+            write_through(self.transport, data)
+            return
+        frames = self._held_frames
+        if frames is None:
+            self._held_frames = [data]
+            _held.holders.append(self)
+        else:
+            frames.append(data)
 
     def onMessageEnd(self) -> None:
         if self._listeners or self._parent is not None:

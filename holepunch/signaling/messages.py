@@ -162,12 +162,13 @@ class GetRoomPeers:
     claimed_sender: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Relay:
     """``offer {to, offer}``, ``answer {to, answer}`` or ``ice-candidate {to, candidate}``.
 
     ``payload`` is opaque to the server: a JSON object (or ``null`` for an end-of-candidates
-    ``ice-candidate``).
+    ``ice-candidate``). Not frozen, unlike the other requests: one is built for every
+    relayed message, and a frozen dataclass's ``__init__`` costs three times as much.
     """
 
     kind: RelayKind
@@ -358,8 +359,22 @@ def parse_request(payload: bytes | str, max_size: int) -> Request:
     The error carries the request's ``id`` whenever the message got far enough to have
     one, so that the reply can echo it.
     """
-    obj = decode_object(payload, max_size)
-    return request_from_object(obj)
+    if type(payload) is bytes and len(payload) <= max_size:
+        # The common case first, in as few calls as it takes: a well-formed relay
+        # without an ``id``. Anything else, errors included, takes the general path.
+        try:
+            obj = orjson.loads(payload)
+        except (ValueError, RecursionError):
+            obj = None
+        if type(obj) is dict:
+            kind = obj.get("type")
+            payload_field = RELAY_FIELDS.get(kind) if type(kind) is str else None
+            if payload_field is not None and obj.get("id") is None:
+                relay = _well_formed_relay(obj, kind, payload_field, None)  # type: ignore[arg-type]
+                if relay is not None:
+                    return relay
+            return request_from_object(obj)
+    return request_from_object(decode_object(payload, max_size))
 
 
 def request_from_object(obj: Mapping[str, Any]) -> Request:
@@ -370,9 +385,13 @@ def request_from_object(obj: Mapping[str, Any]) -> Request:
         if kind is _ABSENT:
             raise MessageError(MISSING_FIELD, "'type' is required", request_id)
         raise MessageError(INVALID_FIELD, "'type' must be a string", request_id)
-    f = _Fields(obj, request_id)
     # The most frequent messages first: relays, then keepalives.
     payload_field = RELAY_FIELDS.get(kind)
+    if payload_field is not None:
+        relay = _well_formed_relay(obj, kind, payload_field, request_id)
+        if relay is not None:
+            return relay
+    f = _Fields(obj, request_id)
     if payload_field is not None:
         # A registered peer may name itself as the sender in ``from``, as the seed does.
         sender = f.optional_identifier("from")
@@ -410,6 +429,35 @@ def request_from_object(obj: Mapping[str, Any]) -> Request:
         return Renew(token, request_id, sender)
     shown = kind if len(kind) <= 64 else kind[:64] + "..."
     raise MessageError(UNKNOWN_TYPE, f"unknown message type {shown!r}", request_id)
+
+
+def _plainly_identifier(value: object) -> bool:
+    """Whether ``value`` is an identifier (as :data:`_IDENTIFIER` defines it), answered
+    without the regular expression for the printable ones: a printable string holds no
+    control character (C0 and C1 are not printable)."""
+    if type(value) is not str:
+        return False
+    if 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
+        return True
+    return _IDENTIFIER.fullmatch(value) is not None
+
+
+def _well_formed_relay(
+    obj: Mapping[str, Any], kind: str, payload_field: str, request_id: RequestId | None
+) -> Relay | None:
+    """The relay ``obj`` asks for when every field is as it should be, else None (then
+    :class:`_Fields` finds the first bad field and its error): the same checks, without
+    the per-field calls, for the message nearly every request is."""
+    to = obj.get("to")
+    sender = obj.get("from")
+    payload = obj.get(payload_field, _ABSENT)
+    if (
+        _plainly_identifier(to)
+        and (sender is None or _plainly_identifier(sender))
+        and (type(payload) is dict or (payload is None and kind == "ice-candidate"))
+    ):
+        return Relay(kind, to, payload, request_id, sender)  # type: ignore[arg-type]
+    return None
 
 
 # ---------------------------------------------------------------------------------------

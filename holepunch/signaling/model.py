@@ -225,8 +225,8 @@ class RoomRegistry:
     def touch(self, peer_id: str, now: float) -> None:
         """Something arrived from the peer: it is not idle."""
         peer = self._peers.get(peer_id)
-        if peer is not None:
-            peer.last_seen = max(peer.last_seen, now)
+        if peer is not None and now > peer.last_seen:
+            peer.last_seen = now
 
     def sweep(self, now: float) -> list[str]:
         """Evict every peer silent for at least ``peer_timeout`` seconds.
@@ -307,14 +307,14 @@ class RoomRegistry:
         The recipient's connection may refuse it (``peer-too-slow``: it does not read
         what it is sent); that :class:`SignalingError` reaches the caller.
         """
-        sender = self._require(from_peer)
+        sender = self._peers.get(from_peer)
+        if sender is None:
+            sender = self._require(from_peer)  # raises not-registered
         target = self._peers.get(to_peer)
         if target is None:
             raise SignalingError(codes.PEER_NOT_FOUND, f"peer {to_peer!r} is not connected")
         if not self.limits.open_relay and not shares_room(sender.rooms, target.rooms):
-            raise SignalingError(
-                codes.NO_SHARED_ROOM, f"peer {to_peer!r} is in none of your rooms"
-            )
+            raise SignalingError(codes.NO_SHARED_ROOM, f"peer {to_peer!r} is in none of your rooms")
         target.client.relayed(kind, from_peer, payload)
         self.relayed[kind] = self.relayed.get(kind, 0) + 1
 

@@ -48,6 +48,7 @@ from holepunch.signaling.model import (
     SignalingError,
     shares_room,
 )
+from holepunch.signaling.nodelinks import NodeLinks, usable_node_id
 
 log = Logger()
 
@@ -173,6 +174,7 @@ class RedisRoomRegistry(Service):
         prefix: str = rs.DEFAULT_PREFIX,
         node_id: str | None = None,
         token_factory: Callable[[], str] = _default_token,
+        link_directory: str | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as default_reactor
@@ -205,10 +207,22 @@ class RedisRoomRegistry(Service):
         self.relayed: dict[str, int] = {"offer": 0, "answer": 0, "ice-candidate": 0}
         self._outbox: dict[str, list[rs.RelayEvent]] = {}
         self._flushing: Any = None
+        self.published = 0
+        """Relays sent to another node on its Redis channel (not over a link)."""
         self.forwarded = 0
         """Relays that reached this node after their peer had left it, sent on."""
         self.evicted = 0
         self.reaped_local = 0
+        self.links: NodeLinks | None = None
+        """With ``link_directory``: direct links to the nodes of this machine (the
+        workers of one daemon), which carry the relays for their peers instead of Redis."""
+        if link_directory is not None and not usable_node_id(link_directory, self.node_id):
+            log.warn("no worker links: {path} is too long a socket path for node {node}",
+                     path=link_directory, node=self.node_id)  # fmt: skip
+        elif link_directory is not None:
+            self.links = NodeLinks(
+                clock, link_directory, self.node_id, self._link_arrived, self._link_failed
+            )
 
     @property
     def peer_timeout(self) -> float:
@@ -238,6 +252,8 @@ class RedisRoomRegistry(Service):
         self._connected.addCallback(self._got_connection)
         ready = defer.gatherResults([self._connected, self._subscribed], consumeErrors=True)
         self._ready = ready.addCallback(self._first_beat)
+        if self.links is not None:
+            self.links.startService()
 
     def _got_connection(self, redis: Any) -> Any:
         self._redis = redis
@@ -288,6 +304,8 @@ class RedisRoomRegistry(Service):
                          node=self.node_id, error=e)  # fmt: skip
         self._stopped = True
         waits = []
+        if self.links is not None and self.links.running:
+            waits.append(self.links.stopService())
         if self._factory is not None:
             waits.append(self._factory.disconnect())
         if self._bus is not None:
@@ -382,7 +400,7 @@ class RedisRoomRegistry(Service):
         match event:
             case rs.BatchEvent(relays):
                 for relay in relays:
-                    self._relay_arrived(relay, text)
+                    self._relay_arrived(relay)
             case rs.RelayEvent(to, kind, from_peer, payload):
                 peer = self._local.get(to)
                 if peer is not None:
@@ -403,7 +421,7 @@ class RedisRoomRegistry(Service):
                     del self._local[peer_id]
                     peer.client.disconnect(DisconnectReason.REPLACED)
 
-    def _relay_arrived(self, relay: rs.RelayEvent, text: str) -> None:
+    def _relay_arrived(self, relay: rs.RelayEvent) -> None:
         """A relay routed here by another node's route cache."""
         peer = self._local.get(relay.to)
         if peer is not None:
@@ -416,6 +434,31 @@ class RedisRoomRegistry(Service):
         self.forwarded += 1
         d = self._eval(rs.FORWARD, self.node_id, relay.to, rs.encode_event(relay))
         d.addErrback(lambda _: None)  # gone for good: lost, as on one node
+
+    def _link_arrived(self, to: str, message: bytes) -> None:
+        """A relay another node of this machine sent through its link, encoded."""
+        peer = self._local.get(to)
+        if peer is not None:
+            try:
+                peer.client.relayed_encoded(message)
+            except SignalingError:
+                pass  # it does not read (dropped): the sender was acked already
+            return
+        # The route was stale (the peer moved or left within ROUTE_TTL): send it on.
+        try:
+            relay = _relay_event(to, message)
+        except ValueError as e:
+            log.warn("ignoring a bad relay from a worker link: {error}", error=e)
+            return
+        self._relay_arrived(relay)
+
+    def _link_failed(self, node: str, records: list[tuple[str, bytes]]) -> None:
+        """Relays for ``node`` its link could not take: through Redis, in order."""
+        for to, message in records:
+            try:
+                self._post(node, _relay_event(to, message))
+            except ValueError:
+                pass  # we encoded it: cannot happen
 
     # -- routing relays -------------------------------------------------------------------
 
@@ -440,6 +483,7 @@ class RedisRoomRegistry(Service):
 
     def _post(self, node: str, relay: rs.RelayEvent) -> None:
         """Queue a relay for ``node``; every queue goes out at the end of this turn."""
+        self.published += 1
         self._outbox.setdefault(node, []).append(relay)
         if self._flushing is None:
             self._flushing = self.clock.callLater(0, self._flush)
@@ -535,8 +579,8 @@ class RedisRoomRegistry(Service):
     def touch(self, peer_id: str, now: float) -> None:
         """Something arrived from the peer (on this node): postpone its eviction."""
         peer = self._local.get(peer_id)
-        if peer is not None:
-            peer.last_seen = max(peer.last_seen, now)
+        if peer is not None and now > peer.last_seen:
+            peer.last_seen = now
 
     def join(self, peer_id: str, room_id: str, now: float) -> defer.Deferred[list[PeerEntry]]:
         """Put the peer in a room; fires with the room's other peers."""
@@ -553,6 +597,7 @@ class RedisRoomRegistry(Service):
             str(self.limits.max_rooms_per_peer),
             str(self.limits.max_peers_per_room),
         )
+
         def joined(reply: list[Any]) -> list[PeerEntry]:
             entries = rs.decode_entries(self._check(reply, peer=peer_id, room=room_id)[1:])
             peer.rooms.add(room_id)
@@ -593,14 +638,14 @@ class RedisRoomRegistry(Service):
         the channel of its node, straight there (batched per reactor turn) when that node
         is known from the last :data:`ROUTE_TTL` seconds, through the relay script
         otherwise (which checks the peer and teaches the route)."""
-        try:
-            peer = self._holder(from_peer)
-        except SignalingError:
-            return defer.fail()
-        target = self._local.get(to_peer)
-        if target is not None and (
-            self.limits.open_relay or shares_room(peer.rooms, target.rooms)
-        ):
+        local = self._local
+        peer = local.get(from_peer)
+        if peer is None:
+            return defer.fail(
+                SignalingError(codes.NOT_REGISTERED, f"peer {from_peer!r} is not registered")
+            )
+        target = local.get(to_peer)
+        if target is not None and (self.limits.open_relay or shares_room(peer.rooms, target.rooms)):
             try:
                 target.client.relayed(kind, from_peer, payload)
             except SignalingError:
@@ -610,21 +655,49 @@ class RedisRoomRegistry(Service):
         now = self.clock.seconds()
         node = self._route(peer, to_peer, now)
         if node is not None:
-            self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))
+            self._send_to_node(node, to_peer, kind, from_peer, payload)
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
             return None
         open_relay = "1" if self.limits.open_relay else "0"
+        # With links, the script only checks and names the node; the relay then goes the
+        # way the ones after it will (a link), so that it cannot arrive after them.
+        publish = "0" if self.links is not None else "1"
         d = self._eval(
-            rs.RELAY, from_peer, peer.conn, to_peer, kind, rs.encode_json(payload), open_relay
+            rs.RELAY,
+            from_peer,
+            peer.conn,
+            to_peer,
+            kind,
+            rs.encode_json(payload),
+            open_relay,
+            publish,
         )
 
         def relayed(reply: list[Any]) -> None:
             self._check(reply, peer=from_peer, to=to_peer)
-            if str(reply[1]) != self.node_id:
-                self._learn_route(peer, to_peer, str(reply[1]), now)
+            node = str(reply[1])
+            if node != self.node_id:
+                self._learn_route(peer, to_peer, node, now)
+            if publish == "0":
+                self._send_to_node(node, to_peer, kind, from_peer, payload)
             self.relayed[kind] = self.relayed.get(kind, 0) + 1
 
         return d.addCallback(relayed)
+
+    def _send_to_node(
+        self, node: str, to_peer: str, kind: str, from_peer: str, payload: JSONObject | None
+    ) -> None:
+        """Send a relay to the node of ``to_peer``: through its link if it has one, else on
+        its Redis channel (with the others of this reactor turn)."""
+        if node == self.node_id:  # the peer was here when the script ran
+            self._relay_arrived(rs.RelayEvent(to_peer, kind, from_peer, payload))
+            return
+        links = self.links
+        if links is not None:
+            message = codes.encode(codes.relayed(kind, from_peer, payload))
+            if links.send(node, to_peer, message):
+                return
+        self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))
 
     def set_connection_state(
         self, peer_id: str, remote_peer_id: str, state: str, method: str | None, now: float
@@ -677,8 +750,21 @@ class RedisRoomRegistry(Service):
             "relayed": dict(self.relayed),
             "evicted": self.evicted,
             "forwarded": self.forwarded,
+            "published": self.published,
+            **({"links": self.links.stats()} if self.links is not None else {}),
             "redis": {"node": self.node_id, "url": str(self.url), "connected": self.connected},
         }
+
+
+def _relay_event(to: str, message: bytes) -> rs.RelayEvent:
+    """The relay an encoded relayed message (``{"type", "from", <payload field>}``) is;
+    ``ValueError`` if it is none."""
+    obj = rs.decode_json(message.decode("utf-8"))
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    field = codes.RELAY_FIELDS.get(kind) if isinstance(kind, str) else None
+    if field is None or not isinstance(obj.get("from"), str) or field not in obj:
+        raise ValueError("not a relayed message")
+    return rs.RelayEvent(to, str(kind), obj["from"], obj[field])
 
 
 def _pass_to(waiter: defer.Deferred[Any]) -> Callable[[Any], Any]:

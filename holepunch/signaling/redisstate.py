@@ -435,7 +435,8 @@ return {'ok', unpack(entries(room, peer))}
 RELAY = (
     _COMMON
     + r"""
--- ARGV: prefix, from, conn, to, kind, payload, open ('1': any two peers; else a shared room)
+-- ARGV: prefix, from, conn, to, kind, payload, open ('1': any two peers; else a shared room),
+-- publish ('0': only check, and name the peer's node: the caller sends it itself)
 local from, conn, to = ARGV[2], ARGV[3], ARGV[4]
 if not holds(from, conn) then return {'error', 'not-registered'} end
 local node = alive(to)
@@ -446,6 +447,12 @@ if ARGV[7] ~= '1' then
     if redis.call('HEXISTS', rkey(to), room) == 1 then shared = true break end
   end
   if not shared then return {'error', 'no-shared-room'} end
+end
+if ARGV[8] == '0' then
+  if redis.call('PUBSUB', 'NUMSUB', bus(node))[2] == 0 then
+    return {'error', 'peer-not-found'}  -- its node is not listening
+  end
+  return {'ok', node}
 end
 local event = 'relay\n' .. to .. '\n' .. ARGV[5] .. '\n' .. from .. '\n' .. ARGV[6]
 if redis.call('PUBLISH', bus(node), event) == 0 then

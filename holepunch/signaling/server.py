@@ -118,6 +118,11 @@ class SignalingConfig:
     (:mod:`holepunch.signaling.redisregistry`); None keeps them in this process."""
     presence_ttl: float = 30.0
     """With Redis: seconds after which a node that stopped beating (crashed) is gone."""
+    node_links: str | None = None
+    """With Redis: a private directory shared by the nodes of this machine (the workers of
+    one daemon), where each listens on a UNIX socket for the relays of the others
+    (:mod:`holepunch.signaling.nodelinks`); None: every relay between nodes goes through
+    Redis."""
     reuse_port: bool = False
     """Listen with ``SO_REUSEPORT`` so other worker processes share the port
     (``--workers``); ``endpoint`` must then be a plain ``tcp:`` description."""
@@ -188,6 +193,7 @@ _OPTION_FIELDS = {
     "trust-x-forwarded-for": "trust_x_forwarded_for",
     "redis": "redis_url",
     "presence-ttl": "presence_ttl",
+    "worker-links": "node_links",
     "open-relay": "open_relay",
     "send-buffer-limit": "send_buffer_limit",
     "token-single-use": "token_single_use",
@@ -225,7 +231,8 @@ class ServerStats:
         self.connections = 0
         self.connections_total = 0
         self.denied: Counter[int] = Counter()
-        self.messages: Counter[str] = Counter()
+        self.messages: dict[str, int] = {}
+        """Requests by type (a plain dict: counting in a Counter costs twice as much)."""
         self.errors: Counter[str] = Counter()
         self.slow_readers = 0
         """Connections dropped for not reading what they were sent (close 1013)."""
@@ -261,6 +268,10 @@ def describe_address(address: object, forwarded: str | None = None) -> JSONObjec
     return {"address": str(address), "family": "unknown"}
 
 
+def _discard(result: object) -> None:
+    return None
+
+
 def _then(result: Any, action: Callable[[Any], object]) -> defer.Deferred[Any] | None:
     """``action(result)`` now, or when ``result``, a Deferred, fires (which is returned)."""
     if isinstance(result, defer.Deferred):
@@ -280,36 +291,45 @@ class SerialSteps:
     __slots__ = ("_busy", "_steps")
 
     def __init__(self) -> None:
-        self._steps: deque[Callable[[], defer.Deferred[Any] | None]] = deque()
+        self._steps: deque[tuple[Callable[..., defer.Deferred[Any] | None], tuple[Any, ...]]]
+        self._steps = deque()
         self._busy = False
         """Running steps, or waiting for one to finish."""
 
-    def submit(self, step: Callable[[], defer.Deferred[Any] | None]) -> None:
-        """Run ``step`` after every step submitted before it."""
-        self._steps.append(step)
-        if not self._busy:
-            self._drain()
+    def submit(self, step: Callable[..., defer.Deferred[Any] | None], *args: Any) -> None:
+        """Run ``step(*args)`` after every step submitted before it."""
+        if self._busy:
+            self._steps.append((step, args))
+            return
+        self._busy = True  # idle: run it now, without queueing it
+        result = step(*args)
+        if result is None and not self._steps:
+            self._busy = False
+            return
+        self._carry_on(result)
 
-    def _drain(self) -> None:
-        self._busy = True
-        while self._steps:
-            result = self._steps.popleft()()
-            if result is None:
-                continue
-            state = ["running"]
+    def _carry_on(self, result: defer.Deferred[Any] | None) -> None:
+        """Wait for ``result`` (the last step's), then run the queued steps."""
+        while True:
+            if result is not None:
+                state = ["running"]
 
-            def finished(outcome: object, state: list[str] = state) -> None:
-                if isinstance(outcome, Failure):
-                    _log.failure("a signaling step failed", outcome)
-                if state[0] == "waiting":  # _drain returned: carry on from here
-                    self._drain()
-                else:
-                    state[0] = "done"
+                def finished(outcome: object, state: list[str] = state) -> None:
+                    if isinstance(outcome, Failure):
+                        _log.failure("a signaling step failed", outcome)
+                    if state[0] == "waiting":  # _carry_on returned: carry on from here
+                        self._carry_on(None)
+                    else:
+                        state[0] = "done"
 
-            result.addBoth(finished)
-            if state[0] == "running":
-                state[0] = "waiting"
-                return
+                result.addBoth(finished)
+                if state[0] == "running":
+                    state[0] = "waiting"
+                    return
+            if not self._steps:
+                break
+            step, args = self._steps.popleft()
+            result = step(*args)
         self._busy = False
 
 
@@ -318,7 +338,9 @@ class SignalingSession:
     """One connection of the JSON signaling protocol, without the WebSocket.
 
     ``send`` delivers one server message, and returns False when it refused to because
-    the client does not read what it is sent (it is then being dropped); ``close(code,
+    the client does not read what it is sent (it is then being dropped); ``send_encoded``
+    does the same with a message already encoded (None: relays are given to ``send``);
+    ``close(code,
     reason)`` starts closing the connection. ``address`` is the client's
     ``yourAddress``; ``auth_peer_id`` the peer id its token grants (None when auth is
     off), ``token_expires`` when that token expires: the connection is closed then (4002)
@@ -333,6 +355,7 @@ class SignalingSession:
         "_close",
         "_expiry_call",
         "_send",
+        "_send_encoded",
         "_steps",
         "_swap_token",
         "_violations",
@@ -363,12 +386,14 @@ class SignalingSession:
         ice_servers: list[JSONObject] | None = None,
         token_expires: float | None = None,
         swap_token: Callable[[str], bool] | None = None,
+        send_encoded: Callable[[bytes], bool | None] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.clock = clock
         self.stats = stats
         self._send = send
+        self._send_encoded = send_encoded
         self._close = close
         self.address = address
         self.auth_peer_id = auth_peer_id
@@ -428,7 +453,7 @@ class SignalingSession:
         self.last_activity = now
         if self.peer_id is not None:
             self.registry.touch(self.peer_id, now)
-        self._steps.submit(lambda: self._handle(payload, now))
+        self._steps.submit(self._handle, payload, now)
 
     def _handle(self, payload: bytes, now: float) -> defer.Deferred[Any] | None:
         if self.closing:
@@ -438,9 +463,27 @@ class SignalingSession:
         except msg.MessageError as e:
             self._error(e.code, e.message, e.request_id)
             return None
-        self.stats.messages[msg.request_type(request)] += 1
         try:
-            result = self._dispatch(request, now)
+            if type(request) is msg.Relay:  # nearly every message: straight to it
+                messages = self.stats.messages
+                messages[request.kind] = messages.get(request.kind, 0) + 1
+                if (
+                    request.id is None
+                    and self.peer_id is not None
+                    and (request.claimed_sender is None or request.claimed_sender == self.peer_id)
+                ):  # _relay without an ack to send, in one call
+                    result = self.registry.relay(
+                        self.peer_id, request.to, request.kind, request.payload
+                    )
+                    if result is not None:
+                        result.addCallback(_discard)
+                else:
+                    result = self._relay(request, now)
+            else:
+                messages = self.stats.messages
+                kind = msg.request_type(request)
+                messages[kind] = messages.get(kind, 0) + 1
+                result = self._dispatch(request, now)
         except Exception:
             self._failed(Failure(), request)
             return None
@@ -500,6 +543,7 @@ class SignalingSession:
             f"more than {self.config.messages_per_second:g} messages per second",
             request_id,
         )
+
         def refuse() -> None:
             self._send(refusal)
 
@@ -520,15 +564,20 @@ class SignalingSession:
             )
         return self.peer_id
 
+    def _relay(self, request: msg.Relay, now: float) -> defer.Deferred[Any] | None:
+        """Hand an offer, answer or candidate to the registry; ``ack`` it if it has an id.
+        Errors (raised, or a failed Deferred) are answered by :meth:`_handle`."""
+        me = self._registered_sender(request)
+        result = self.registry.relay(me, request.to, request.kind, request.payload)
+        if request.id is None:
+            return None if result is None else result.addCallback(_discard)
+        return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
+
     def _dispatch(self, request: msg.Request, now: float) -> defer.Deferred[Any] | None:
         """Carry out one request; a Deferred when the registry answers later."""
         match request:  # the most frequent first
             case msg.Relay():
-                me = self._registered_sender(request)
-                result = self.registry.relay(me, request.to, request.kind, request.payload)
-                if request.id is None:
-                    return _then(result, lambda _: None)
-                return _then(result, lambda _: self._send(msg.ack(request.kind, now, request.id)))
+                return self._relay(request, now)
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
             case msg.Renew():
@@ -622,11 +671,27 @@ class SignalingSession:
         self._send(msg.peer_left(room_id, peer_id, metadata, timestamp))
 
     def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
-        if self._send(msg.relayed(kind, from_peer, payload)) is False:
-            raise SignalingError(
-                msg.PEER_TOO_SLOW,
-                f"peer {self.peer_id!r} does not read what it is sent; it was disconnected",
-            )
+        message = msg.relayed(kind, from_peer, payload)
+        if self._send_encoded is None:
+            sent = self._send(message)
+        else:
+            sent = self._send_encoded(msg.encode(message))
+        if sent is False:
+            self._too_slow()
+
+    def relayed_encoded(self, message: bytes) -> None:
+        if self._send_encoded is None:
+            sent = self._send(msg.decode_object(message, len(message)))
+        else:
+            sent = self._send_encoded(message)
+        if sent is False:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        raise SignalingError(
+            msg.PEER_TOO_SLOW,
+            f"peer {self.peer_id!r} does not read what it is sent; it was disconnected",
+        )
 
     def disconnect(self, reason: DisconnectReason) -> None:
         self.peer_id = None
@@ -731,6 +796,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             self._ice_servers(),
             self._token_expires,
             self._swap_token if self._token is not None else None,
+            self._send_encoded,
         )
         factory.protocols.add(self)
         factory.stats.connections_total += 1
@@ -762,9 +828,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         self._token = token
         return True
 
-    def failHandshake(
-        self, reason: str, code: int = 400, responseHeaders: Any = None
-    ) -> None:
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Autobahn's, without its two log lines per refusal (an ``info`` here and a
         ``warn`` in ``dropConnection``): refusals are counted and summarised
         (:meth:`SignalingServerFactory.handshake_refused`)."""
@@ -828,7 +892,12 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         then dropped, close 1013)."""
         if self.state != self.STATE_OPEN:
             return True
-        data = msg.encode(message)
+        return self._send_encoded(msg.encode(message), message)
+
+    def _send_encoded(self, data: bytes, message: JSONObject | None = None) -> bool:
+        """:meth:`_send_json` for a message already encoded."""
+        if self.state != self.STATE_OPEN:
+            return True
         if self.backlog is None and self._backlog_attempts < 4:
             self._watch_backlog()
         backlog = self.backlog
@@ -838,9 +907,10 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
                 return False
             backlog.backlog += len(data)
         try:
-            self.sendMessage(data, isBinary=False)
+            self.sendMessage(data)
         except (Disconnected, PayloadExceededError):
-            _log.failure("could not send a {type} message", type=message.get("type"))
+            kind = "relayed" if message is None else message.get("type")
+            _log.failure("could not send a {type} message", type=kind)
         return True
 
     def _drop_slow_reader(self, waiting: int) -> None:
@@ -1146,7 +1216,11 @@ def make_registry(config: SignalingConfig, clock: IReactorTime) -> IRoomRegistry
     from holepunch.signaling.redisstate import parse_redis_url
 
     return RedisRoomRegistry(
-        parse_redis_url(config.redis_url), config.limits(), clock, config.presence_ttl
+        parse_redis_url(config.redis_url),
+        config.limits(),
+        clock,
+        config.presence_ttl,
+        link_directory=config.node_links,
     )
 
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 from typing import Any
 
 import txredisapi
 from twisted.internet import defer, reactor, threads
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
@@ -287,6 +291,130 @@ class SharedRoomTests(TwoNodesTestCase):
         _, code, _ = await bob.lost
         self.assertEqual(code, m.CLOSE_IDLE_TIMEOUT)
         self.assertEqual(cut_off.reaped_local, 1)
+
+    async def test_stale_route_is_forwarded(self) -> None:
+        """A relay sent along a route learnt a moment before the peer moved to another
+        node is sent on from the node it reached, and arrives."""
+        url1, url2 = await self.start_nodes()
+        alice, _ = await self.peer(url1, "alice")
+        bob, reply = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()  # peer-joined bob
+        ack = await alice.request({"type": "offer", "to": "bob", "offer": {"n": 0}, "id": 3})
+        self.assertEqual(ack["type"], "ack")
+        await bob.next()
+        node1 = self.registry(self.services[0])
+        self.assertIn("bob", node1.local_peer("alice").routes)  # type: ignore[union-attr]
+        moved = await self.raw(url1)  # bob moves to alice's node, within ROUTE_TTL
+        resumed = await moved.request({"type": "register", "peerId": "bob", "id": 4,
+                                       "reconnectToken": reply["reconnectToken"]})  # fmt: skip
+        self.assertEqual(resumed["resumed"], True)
+        await bob.lost
+        # alice's route still names node 2: it gets the offer and sends it on.
+        ack = await alice.request({"type": "offer", "to": "bob", "offer": {"n": 1}, "id": 5})
+        self.assertEqual(ack["type"], "ack")
+        self.assertEqual(await moved.next(), {"type": "offer", "from": "alice", "offer": {"n": 1}})
+        self.assertEqual(self.registry(self.services[1]).forwarded, 1)
+
+
+class LinkedNodesTestCase(TwoNodesTestCase):
+    """Nodes linked as the workers of one daemon are: each listens on a UNIX socket in a
+    shared directory, and relays between them go over these links, not Redis."""
+
+    async def start_node(self, **options: Any) -> str:
+        if not hasattr(self, "links_dir"):
+            self.links_dir = tempfile.mkdtemp(prefix="hp-links-")  # short: a socket path
+            self.addCleanup(shutil.rmtree, self.links_dir, True)
+        return await super().start_node(node_links=self.links_dir, **options)
+
+
+class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
+    """Every test of :class:`SharedRoomTests` with linked nodes, and the links' own."""
+
+    async def test_relays_go_over_the_links(self) -> None:
+        """Offers between nodes (the first after the relay script's check) go over the
+        link, in order, none through Redis; the link is made once."""
+        url1, url2 = await self.start_nodes()
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        for n in range(20):
+            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
+        got = [(await bob.next())["offer"]["n"] for _ in range(20)]
+        self.assertEqual(got, list(range(20)))
+        links = self.registry(self.services[0]).links
+        assert links is not None
+        self.assertEqual(links.stats()["sent"], 20)
+        self.assertEqual(links.stats()["links"], 1)
+        self.assertEqual(self.registry(self.services[1]).links.stats()["incoming"], 1)  # type: ignore[union-attr]
+
+    async def test_node_without_a_link(self) -> None:
+        """A node whose link socket is gone (another machine's, say) gets its relays
+        through Redis, in order."""
+        url1, url2 = await self.start_nodes()
+        other = self.registry(self.services[1])
+        os.unlink(os.path.join(self.links_dir, f"{other.node_id}.sock"))
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        for n in range(5):
+            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
+        got = [(await bob.next())["offer"]["n"] for _ in range(5)]
+        self.assertEqual(got, list(range(5)))
+        links = self.registry(self.services[0]).links
+        assert links is not None
+        self.assertEqual(links.stats()["sent"], 0)
+
+    async def test_link_refused(self) -> None:
+        """A node whose link socket refuses connections (a stale socket file): the relays
+        queued while connecting go through Redis, in order, and the next ones too."""
+        url1, url2 = await self.start_nodes()
+        other = self.registry(self.services[1])
+        path = os.path.join(self.links_dir, f"{other.node_id}.sock")
+        os.unlink(path)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)  # bound, never listening: connections are refused
+        self.addCleanup(stale.close)
+        alice, _ = await self.peer(url1, "alice")
+        bob, _ = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()
+        for n in range(10):
+            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
+        got = [(await bob.next())["offer"] for _ in range(10)]
+        self.assertEqual(got, [{"n": n} for n in range(10)])
+        node1 = self.registry(self.services[0])
+        assert node1.links is not None
+        self.assertEqual(node1.links.stats()["sent"], 0)
+        self.assertEqual(node1.published, 10)
+
+    async def test_bad_bytes_close_a_link(self) -> None:
+        """Bytes on a link socket that are not records: that link is closed and counted;
+        the node goes on."""
+        (url1,) = await self.start_nodes(count=1)
+        node = self.registry(self.services[0])
+        path = os.path.join(self.links_dir, f"{node.node_id}.sock")
+        endpoint = UNIXClientEndpoint(reactor, path)
+        proto = await endpoint.connect(Factory.forProtocol(Gone))
+        proto.transport.write(b"\xff" * 64)
+        await proto.gone
+        assert node.links is not None
+        self.assertEqual(node.links.bad_links, 1)
+        await self.peer(url1, "alice")
+
+
+class Gone(Protocol):
+    def __init__(self) -> None:
+        self.gone: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.gone.callback(None)
 
 
 class RedisRestartTests(TwoNodesTestCase):

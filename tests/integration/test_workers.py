@@ -151,10 +151,13 @@ class WorkersTests(TestCase):
         await self.offer_ring(peers)
 
         async def all_counted() -> dict[str, Any] | None:
+            # Each worker shares its counters every second: wait for the fresh ones.
             stats = await self.stats()
-            return stats if stats["signaling"]["connections"] == len(peers) else None
+            signaling = stats["signaling"]
+            counted = (signaling["connections"], signaling["relayed"]["offer"])
+            return stats if counted == (len(peers), len(peers)) else None
 
-        stats = await until(all_counted, 10, "12 connections counted over the workers")
+        stats = await until(all_counted, 10, "12 connections and offers counted over the workers")
         members = stats["workers"]["members"]
         self.assertEqual(sorted(members), [str(i) for i in range(WORKERS)])
         self.assertEqual(sum(m["connections"] for m in members.values()), len(peers))
@@ -179,7 +182,9 @@ class WorkersTests(TestCase):
         back: dict[str, dict[str, Any]] = {}
         for client in clients:
             peer_id = client.peer_id
-            client.on(REGISTRATION_LOST, lambda _e, p=peer_id: lost.setdefault(p, reactor.seconds()))
+            client.on(
+                REGISTRATION_LOST, lambda _e, p=peer_id: lost.setdefault(p, reactor.seconds())
+            )
             client.on(RECONNECTED, lambda e, p=peer_id: back.setdefault(p, e))
         stats = await until(
             lambda: self._counted(10), 10, "10 connections counted over the workers"

@@ -38,6 +38,9 @@ class RecordingClient:
     def relayed(self, kind: str, from_peer: str, payload: Any) -> None:
         self.events.append(("relayed", kind, from_peer, payload))
 
+    def relayed_encoded(self, message: bytes) -> None:
+        self.events.append(("relayed-encoded", message))
+
     def disconnect(self, reason: DisconnectReason) -> None:
         self.events.append(("disconnect", reason))
 

@@ -8,6 +8,8 @@ from typing import Any
 from unittest import mock
 
 import txaio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -842,3 +844,31 @@ class ConfigTests(SynchronousTestCase):
             {"max_message_size": 1000, "max_frame_size": 999},
         ]:
             self.assertRaises(ValueError, SignalingConfig, **bad)
+
+
+def _outcome(parse: Any) -> Any:
+    try:
+        return parse()
+    except m.MessageError as e:
+        return (e.code, e.message, e.request_id)
+
+
+class RelayFastPathTests(SynchronousTestCase):
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(["offer", "answer", "ice-candidate"]),
+        st.dictionaries(
+            st.sampled_from(["to", "from", "id", "offer", "answer", "candidate", "x"]),
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**60), 2**60)
+            | st.text(alphabet=st.sampled_from(["a", "\x00", "\x85", "\u00a0", "\u2028", "é"]))
+            | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        ),
+    )
+    def test_same_as_the_general_path(self, kind: str, fields: dict[str, Any]) -> None:
+        """parse_request's shortcut for relays gives what the general path gives: the same
+        request, or the same error code, message and id."""
+        payload = json.dumps({"type": kind, **fields}).encode()
+        general = _outcome(lambda: m.request_from_object(m.decode_object(payload, 65536)))
+        self.assertEqual(_outcome(lambda: m.parse_request(payload, 65536)), general)

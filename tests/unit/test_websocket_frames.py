@@ -14,7 +14,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from holepunch.signaling.autobahn_fixes import QuietWebSocketServerProtocol, unmask
+from holepunch.signaling.autobahn_fixes import QuietWebSocketServerProtocol, unmask, unmask_frames
+from holepunch.signaling.heldwrites import write_through
 
 HANDSHAKE = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -67,6 +68,10 @@ class Recorder(QuietWebSocketServerProtocol):
         super().__init__()
         self.messages: list[tuple[bytes, bool]] = []
         self.parsed_by_autobahn = 0
+        self.echo_to: list[Recorder] = []
+        """Connections each message is sent on to (as a relay does)."""
+        self.close_on: bytes | None = None
+        """A message that makes this connection close (code 1000)."""
 
     def processData(self) -> bool:
         self.parsed_by_autobahn += 1
@@ -74,6 +79,10 @@ class Recorder(QuietWebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.messages.append((payload, isBinary))
+        for other in self.echo_to:
+            other.sendMessage(payload)
+        if payload == self.close_on:
+            self.sendClose(1000)
 
 
 def open_server(**options: object) -> tuple[Recorder, Transport]:
@@ -97,6 +106,20 @@ class UnmaskTests(SynchronousTestCase):
         expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.assertEqual(unmask(payload, mask), expected)
         self.assertEqual(unmask(memoryview(payload), mask), expected)
+
+
+class UnmaskFramesTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(st.binary(max_size=300), st.binary(min_size=4, max_size=4))))
+    @settings(max_examples=200, deadline=None)
+    def test_matches_unmask(self, parts: list[tuple[bytes, bytes]]) -> None:
+        """Unmasking the frames of a read together gives each frame's unmask."""
+        data, frames = b"", []
+        for payload, mask in parts:
+            data += b"\x81\x80" + mask  # a header's worth of bytes between payloads
+            frames.append((len(data), len(data) + len(payload), mask))
+            data += payload
+        expected = [unmask(data[start:end], mask) for start, end, mask in frames]
+        self.assertEqual(unmask_frames(data, frames) if frames else [], expected)
 
 
 class FastPathTests(SynchronousTestCase):
@@ -178,3 +201,54 @@ class FastPathTests(SynchronousTestCase):
         frames = server_frames(transport.value())
         self.assertEqual(frames, [(1, p) for p in payloads])
         self.assertEqual(proto.trafficStats.outgoingWebSocketMessages, len(payloads))
+
+    def test_close_mid_read(self) -> None:
+        """A message that closes the connection: the frames after it in the same read go
+        to Autobahn's parser (which, closing, still delivers them)."""
+        proto, transport = open_server()
+        proto.close_on = b"bye"
+        proto.dataReceived(frame(1, b"one") + frame(1, b"bye") + frame(1, b"after"))
+        self.assertEqual(proto.messages, [(b"one", False), (b"bye", False), (b"after", False)])
+        self.assertGreater(proto.parsed_by_autobahn, 0)
+        self.assertEqual(proto.state, proto.STATE_CLOSING)
+        self.assertEqual([op for op, _ in server_frames(transport.value())], [8])
+        # Autobahn counts the messages that arrive while open only.
+        self.assertEqual(proto.trafficStats.incomingWebSocketMessages, 2)
+
+
+class HeldWritesTests(SynchronousTestCase):
+    """What a read makes the server write goes out after the read, in order, in one
+    write per connection."""
+
+    def test_one_write_per_connection_per_read(self) -> None:
+        """Three messages relayed in one read: one write to the other connection, holding
+        the three frames in order."""
+        sender, _ = open_server()
+        receiver, transport = open_server()
+        sender.echo_to = [receiver]
+        writes: list[bytes] = []
+        write = transport.write
+        transport.write = lambda data: (writes.append(data), write(data))  # type: ignore[method-assign]
+        sender.dataReceived(b"".join(frame(1, b"m%d" % i * 100) for i in range(3)))
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(server_frames(writes[0]), [(1, b"m%d" % i * 100) for i in range(3)])
+        self.assertEqual(receiver.trafficStats.outgoingOctetsWireLevel, len(writes[0]))
+        self.assertEqual(receiver.trafficStats.outgoingWebSocketMessages, 3)
+        self.assertEqual(receiver.trafficStats.outgoingOctetsAppLevel, 3 * 200)
+
+    def test_autobahns_writes_keep_their_place(self) -> None:
+        """A frame Autobahn writes itself (a close) after held frames follows them."""
+        proto, transport = open_server()
+        proto.echo_to = [proto]
+        proto.close_on = b"bye"
+        proto.dataReceived(frame(1, b"hello") + frame(1, b"bye"))
+        ops = [(op, payload) for op, payload in server_frames(transport.value())]
+        self.assertEqual(ops[:2], [(1, b"hello"), (1, b"bye")])
+        self.assertEqual(ops[2][0], 8)
+
+    def test_write_through_other_transports(self) -> None:
+        """On a transport that is not plain TCP, write_through is write."""
+        transport = Transport()
+        write_through(transport, b"abc")
+        write_through(transport, b"def")
+        self.assertEqual(transport.value(), b"abcdef")

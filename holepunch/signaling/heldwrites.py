@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.unit.test_websocket_frames,tests.integration.test_websocket_writes -*-
+"""Writes held while a read is handled, then sent in one go, straight to the socket.
+
+A read on one connection (a WebSocket client's, a link from another worker) makes the
+server write to other connections: relays, replies. Writing each at once costs a system
+call each; handing each to Twisted's ``transport.write`` costs two more (Twisted queues
+the bytes, registers the socket for writability, sends on the next reactor turn and
+unregisters it). So the protocols that read (``QuietWebSocketServerProtocol``, the
+worker links of :mod:`holepunch.signaling.nodelinks`) raise :attr:`HeldWrites.depth`
+while they handle a read; the writers they cause hold their bytes and enlist in
+:data:`held`; when the outermost read is done, each writer sends what it holds with one
+:func:`write_through`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import tcp
+
+
+class HoldsWrites(Protocol):
+    """A writer holding bytes until the read under way is handled."""
+
+    def flush_held(self) -> None:
+        """Write what is held (in one write), in order."""
+
+
+def write_through(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, sending at once what the socket takes when the transport
+    is a plain TCP connection with nothing queued (Twisted would queue it all and send it
+    on the next reactor turn, registering the socket for writability and unregistering
+    it again: two ``epoll_ctl`` calls). What the socket does not take is queued as
+    ``write`` queues it, in order; on any other transport this is ``write``.
+
+    Reads Twisted's own record of what it has queued (``dataBuffer``, ``_tempDataLen``
+    of ``tcp.Connection``): there is no public way to ask.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.TLS
+        and not transport.dataBuffer
+        and not getattr(transport, "_tempDataLen", 1)
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or a broken connection Twisted will find and report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+class HeldWrites:
+    """The writers holding bytes while reads are handled.
+
+    One per process (reads run one at a time on the reactor thread): ``depth`` counts
+    the reads under way; a writer that holds bytes while it is above 0 enlists in
+    ``holders`` (once), and the reader that brings it back to 0 calls :meth:`release`.
+    """
+
+    __slots__ = ("depth", "holders")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.holders: list[HoldsWrites] = []
+
+    def release(self) -> None:
+        """Every holder writes what it holds."""
+        holders, self.holders = self.holders, []
+        for writer in holders:
+            writer.flush_held()
+
+
+held = HeldWrites()
+"""The process's writes held while reads are handled."""
