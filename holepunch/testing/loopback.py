@@ -64,11 +64,15 @@ async def connect_loopback_agents(
     reactor: Any,
     host: str | Sequence[str] = "127.0.0.1",
     peer_host: str | Sequence[str] | None = None,
+    *,
+    relay: Any = None,
 ) -> tuple[PeerConnection, PeerConnection]:
     """Two ICE agents (controlling first) with host candidates on ``host`` and
     ``peer_host`` (default: the same; one address or several, of either family) that
     exchange candidates and credentials directly, with no signaling; returns their
-    connections. The agents are closed by the test case's cleanups."""
+    connections. ``relay`` is the first agent's
+    :class:`RelayConfig <holepunch.ice.config.RelayConfig>`, if it has TURN servers.
+    The agents are closed by the test case's cleanups."""
     hosts = [host] if isinstance(host, str) else list(host)
     peer = (
         hosts
@@ -77,7 +81,10 @@ async def connect_loopback_agents(
         if isinstance(peer_host, str)
         else list(peer_host)
     )
-    a = IceAgent(reactor, True, IceConfig.on(*hosts))
+    config = IceConfig.on(*hosts)
+    if relay is not None:
+        config.relay = relay
+    a = IceAgent(reactor, True, config)
     b = IceAgent(reactor, False, IceConfig.on(*peer))
     testcase.addCleanup(a.close)
     testcase.addCleanup(b.close)

@@ -332,19 +332,24 @@ class LinkedNodesTestCase(TwoNodesTestCase):
 class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
     """Every test of :class:`SharedRoomTests` with linked nodes, and the links' own."""
 
-    async def test_relays_go_over_the_links(self) -> None:
-        """Offers between nodes (the first after the relay script's check) go over the
-        link, in order, none through Redis; the link is made once."""
-        url1, url2 = await self.start_nodes()
+    async def offers_in_order(self, url1: str, url2: str, count: int) -> None:
+        """alice on node 1 and bob on node 2 meet in a room; ``count`` offers from alice
+        reach bob, in order."""
         alice, _ = await self.peer(url1, "alice")
         bob, _ = await self.peer(url2, "bob")
         await alice.request({"type": "join-room", "roomId": "r", "id": 1})
         await bob.request({"type": "join-room", "roomId": "r", "id": 2})
         await alice.next()
-        for n in range(20):
+        for n in range(count):
             alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
-        got = [(await bob.next())["offer"]["n"] for _ in range(20)]
-        self.assertEqual(got, list(range(20)))
+        got = [(await bob.next())["offer"] for _ in range(count)]
+        self.assertEqual(got, [{"n": n} for n in range(count)])
+
+    async def test_relays_go_over_the_links(self) -> None:
+        """Offers between nodes (the first after the relay script's check) go over the
+        link, in order, none through Redis; the link is made once."""
+        url1, url2 = await self.start_nodes()
+        await self.offers_in_order(url1, url2, 20)
         links = self.registry(self.services[0]).links
         assert links is not None
         self.assertEqual(links.stats()["sent"], 20)
@@ -357,15 +362,7 @@ class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
         url1, url2 = await self.start_nodes()
         other = self.registry(self.services[1])
         os.unlink(os.path.join(self.links_dir, f"{other.node_id}.sock"))
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
-        for n in range(5):
-            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
-        got = [(await bob.next())["offer"]["n"] for _ in range(5)]
-        self.assertEqual(got, list(range(5)))
+        await self.offers_in_order(url1, url2, 5)
         links = self.registry(self.services[0]).links
         assert links is not None
         self.assertEqual(links.stats()["sent"], 0)
@@ -380,15 +377,7 @@ class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(path)  # bound, never listening: connections are refused
         self.addCleanup(stale.close)
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
-        for n in range(10):
-            alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
-        got = [(await bob.next())["offer"] for _ in range(10)]
-        self.assertEqual(got, [{"n": n} for n in range(10)])
+        await self.offers_in_order(url1, url2, 10)
         node1 = self.registry(self.services[0])
         assert node1.links is not None
         self.assertEqual(node1.links.stats()["sent"], 0)

@@ -21,10 +21,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
 from holepunch.ice.agent import IceAgent
-from holepunch.ice.config import IceConfig, RelayConfig
+from holepunch.ice.config import RelayConfig
 from holepunch.ice.connection import PeerConnection
 from holepunch.ice.relays import Relays
 from holepunch.stun.wire import Address
+from holepunch.testing.loopback import connect_loopback_agents
 from holepunch.turn import (
     AddressFamily,
     AddressFamilyNotSupported,
@@ -276,20 +277,11 @@ class AgentAcrossFamiliesTests(CoturnFamilies):
 
     async def connect(self, coturn: Coturn, a_hosts: tuple[str, ...], b_host: str) -> Any:
         server = self.server(coturn, LOOPBACK)
-        config = IceConfig.on(*a_hosts)
-        config.relay = RelayConfig(servers=(server,), only=True, wait=0.0, liveness_interval=0)
-        a = IceAgent(reactor, True, config)
-        b = IceAgent(reactor, False, IceConfig.on(b_host))
-        for agent in (a, b):
-            self.addCleanup(agent.close)
-        a.on_local_candidate = b.add_remote_candidate
-        b.on_local_candidate = a.add_remote_candidate
-        a.set_remote_credentials(b.local_ufrag, b.local_pwd)
-        b.set_remote_credentials(a.local_ufrag, a.local_pwd)
-        await a.gather()
-        await b.gather()
-        ca, cb = await defer.gatherResults([a.connect(), b.connect()])
-        relayed = sorted(c.host for c in a.local_candidates if c.type == "relay")
+        relay = RelayConfig(servers=(server,), only=True, wait=0.0, liveness_interval=0)
+        ca, cb = await connect_loopback_agents(self, reactor, a_hosts, b_host, relay=relay)
+        agent = ca.agent
+        assert isinstance(agent, IceAgent)
+        relayed = sorted(c.host for c in agent.local_candidates if c.type == "relay")
         return ca, cb, relayed
 
     async def carries(self, ca: PeerConnection, cb: PeerConnection) -> None:
