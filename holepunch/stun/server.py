@@ -51,6 +51,7 @@ from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -686,14 +687,26 @@ class StunServerService(Service):
         return list(self._udp)
 
     def startService(self) -> None:
-        try:
-            self._bind_ports()
-        except Exception:
-            for p in self._ports:
-                p.stopListening()
-            self._ports.clear()
-            self._udp.clear()
-            raise
+        r = self.responder
+        configured = (r.primary, r.alternate, r.second_port)
+        # A port the kernel picks for UDP is then asked for TCP (and the other family),
+        # where another socket may hold it: bind everything again on fresh ports.
+        kernel_picks = 0 in (r.primary.port, r.second_port) or (
+            r.alternate is not None and r.alternate.port == 0
+        )
+        attempts = 5 if kernel_picks else 1
+        for attempt in range(attempts):
+            try:
+                self._bind_ports()
+                break
+            except Exception as e:
+                for p in self._ports:
+                    p.stopListening()
+                self._ports.clear()
+                self._udp.clear()
+                r.primary, r.alternate, r.second_port = configured
+                if not isinstance(e, CannotListenError) or attempt == attempts - 1:
+                    raise
         Service.startService(self)
         self._summaries = task.LoopingCall(self._log_refusals)
         self._summaries.clock = self.clock

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, reactor, utils
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
@@ -723,6 +724,45 @@ class SlowReaderTests(TestCase):
         if client.transport is not None:
             client.transport.abortConnection()  # type: ignore[attr-defined]
         yield client.lost
+
+
+class _TakenOnce(StunServerService):
+    """The first TCP listen fails as if another socket held the port the kernel gave
+    the UDP socket."""
+
+    refused = 0
+
+    def _listen_tcp(self, port: int, interface: str) -> Any:
+        if not self.refused:
+            self.refused = port
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super()._listen_tcp(port, interface)
+
+
+class BindRetryTests(TestCase):
+    """A port the kernel picked for UDP but taken for TCP: everything is bound again on
+    fresh ports, and the server answers on the new one."""
+
+    @defer.inlineCallbacks
+    def test_taken_tcp_port_is_retried(self) -> Any:
+        service = _TakenOnce(StunResponder(Address("127.0.0.1", 0)), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        primary = service.responder.primary
+        self.assertNotEqual(service.refused, 0)
+        self.assertEqual(len(service.listening_on()), 1)
+        result = yield defer.ensureDeferred(binding_over_tcp(reactor, primary, timeout=5))
+        self.assertEqual(result.mapped.host, "127.0.0.1")
+
+    def test_configured_port_is_not_retried(self) -> None:
+        """A port the operator named fails at once, with nothing left bound."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            number = probe.getsockname()[1]
+        service = _TakenOnce(StunResponder(Address("127.0.0.1", number)), reactor)
+        self.assertRaises(CannotListenError, service.startService)
+        self.assertEqual(service.refused, number)
+        self.assertEqual(service.listening_on(), [])
 
 
 class MakeServiceTests(SynchronousTestCase):
