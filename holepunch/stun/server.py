@@ -40,7 +40,6 @@ only move bytes; :class:`StunServerService` binds the sockets.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import struct
 import zlib
@@ -57,7 +56,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from holepunch.addresses import format_address
+from holepunch.addresses import format_address, ip_version
 from holepunch.logsummary import RefusalSummary, Summary
 from holepunch.ratelimit import TokenBuckets
 from holepunch.reuseport import listen_interfaces, listen_on_each, listen_tcp, listen_udp
@@ -149,10 +148,6 @@ class StunServerStats:
             "errors": {str(k): v for k, v in sorted(self.errors.items())},
             "byTransport": dict(self.by_transport),
         }
-
-
-def _family(host: str) -> int:
-    return ipaddress.ip_address(host).version
 
 
 def _log_summary(summary: Summary) -> None:
@@ -784,7 +779,7 @@ def make_stun_service(
         reactor = _reactor
     primary = Address(interface, port)
     alternate = Address(alternate_address, alternate_port) if alternate_address else None
-    if alternate is not None and _family(alternate.host) != _family(interface):
+    if alternate is not None and ip_version(alternate.host) != ip_version(interface):
         raise ValueError("the alternate STUN address must be of the same family as the primary")
     top = MultiService()
     top.setName("stun")

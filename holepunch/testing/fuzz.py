@@ -535,7 +535,7 @@ class JsonMutator:
 
 # -- targets ------------------------------------------------------------------------------
 
-_ADDRESS_TYPES = (
+ADDRESS_TYPES = (
     Attr.MAPPED_ADDRESS,
     Attr.XOR_MAPPED_ADDRESS,
     Attr.XOR_PEER_ADDRESS,
@@ -546,9 +546,9 @@ _ADDRESS_TYPES = (
     0x0004,
     0x0005,
 )
-_STRING_TYPES = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.SOFTWARE, Attr.ALTERNATE_DOMAIN)
-_UINT32_TYPES = (Attr.PRIORITY, Attr.LIFETIME, Attr.CONNECTION_ID)
-_UINT64_TYPES = (Attr.ICE_CONTROLLED, Attr.ICE_CONTROLLING, Attr.RESERVATION_TOKEN)
+STRING_TYPES = (Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.SOFTWARE, Attr.ALTERNATE_DOMAIN)
+UINT32_TYPES = (Attr.PRIORITY, Attr.LIFETIME, Attr.CONNECTION_ID)
+UINT64_TYPES = (Attr.ICE_CONTROLLED, Attr.ICE_CONTROLLING, Attr.RESERVATION_TOKEN)
 
 
 class RoundTripError(AssertionError):
@@ -559,10 +559,10 @@ def stun_getters(msg: StunMessage) -> list[Callable[[], object]]:
     """A call of every typed getter of ``msg`` (each attribute type it decodes, and the
     checks), for callers that want only :class:`StunDecodeError` out of any of them."""
     return [
-        *[lambda t=t: msg.get_address(t) for t in _ADDRESS_TYPES],
-        *[lambda t=t: msg.get_string(t) for t in _STRING_TYPES],
-        *[lambda t=t: msg.get_uint32(t) for t in _UINT32_TYPES],
-        *[lambda t=t: msg.get_uint64(t) for t in _UINT64_TYPES],
+        *[lambda t=t: msg.get_address(t) for t in ADDRESS_TYPES],
+        *[lambda t=t: msg.get_string(t) for t in STRING_TYPES],
+        *[lambda t=t: msg.get_uint32(t) for t in UINT32_TYPES],
+        *[lambda t=t: msg.get_uint64(t) for t in UINT64_TYPES],
         msg.get_error_code,
         msg.get_unknown_attributes,
         msg.get_change_request,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from hypothesis import given, settings
@@ -41,7 +41,7 @@ from holepunch.stun.wire import (
     StunError,
     TooManyAttributes,
 )
-from holepunch.testing.fuzz import stun_getters
+from holepunch.testing.fuzz import ADDRESS_TYPES, STRING_TYPES, UINT32_TYPES, stun_getters
 
 # The vectors of /work/shared/testdata/stun-vectors.md (RFC 5769 and the
 # corrected RFC 8489 appendix B.1 vector).
@@ -868,16 +868,6 @@ class DemuxAndFramingTests(SynchronousTestCase):
 
 # -- hypothesis -------------------------------------------------------------
 
-ADDRESS_TYPES = [
-    Attr.MAPPED_ADDRESS,
-    Attr.XOR_MAPPED_ADDRESS,
-    Attr.XOR_PEER_ADDRESS,
-    Attr.XOR_RELAYED_ADDRESS,
-    Attr.ALTERNATE_SERVER,
-    Attr.RESPONSE_ORIGIN,
-    Attr.OTHER_ADDRESS,
-]
-STRING_TYPES = [Attr.USERNAME, Attr.REALM, Attr.NONCE, Attr.SOFTWARE, Attr.ALTERNATE_DOMAIN]
 SEAL_TYPES = {Attr.MESSAGE_INTEGRITY, Attr.MESSAGE_INTEGRITY_SHA256, Attr.FINGERPRINT}
 
 
@@ -894,13 +884,13 @@ class Op(NamedTuple):
 
 
 def _ops(
-    types: list[Attr] | st.SearchStrategy[int],
+    types: Sequence[int] | st.SearchStrategy[int],
     values: st.SearchStrategy[Any],
     add: Callable[[StunMessage, int, Any], object],
     get: Callable[[StunMessage, int], object],
     expect: Callable[[Any], object] = lambda v: v,
 ) -> st.SearchStrategy[Op]:
-    type_strategy = st.sampled_from(types) if isinstance(types, list) else types
+    type_strategy = types if isinstance(types, st.SearchStrategy) else st.sampled_from(types)
     return st.tuples(type_strategy, values).map(
         lambda tv: Op(
             tv[0],
@@ -928,7 +918,7 @@ typed_ops = st.one_of(
         lambda m, t: m.get_string(t),
     ),
     _ops(
-        [Attr.PRIORITY, Attr.LIFETIME, Attr.CONNECTION_ID],
+        UINT32_TYPES,
         st.integers(0, 2**32 - 1),
         lambda m, t, v: m.add_uint32(t, v),
         lambda m, t: m.get_uint32(t),
