@@ -397,6 +397,16 @@ class RecordingUDP:
         pass
 
 
+def stream_on(
+    svc: StunServerService,
+) -> tuple[StunServerService, StunStreamProtocol, StringTransport]:
+    """A STUN/TCP connection from CLIENT to ``svc`` at A, over a StringTransport."""
+    proto = StunStreamProtocol(svc, A)
+    transport = StringTransport(peerAddress=_Peer(CLIENT))
+    proto.makeConnection(transport)
+    return svc, proto, transport
+
+
 class ProtocolTests(SynchronousTestCase):
     """The thin protocols move bytes between sockets and the responder."""
 
@@ -428,10 +438,7 @@ class ProtocolTests(SynchronousTestCase):
     def test_stream_frames_and_answers(self) -> None:
         """Over TCP, requests split across segments are framed and each is answered in order."""
         clock = Clock()
-        svc = StunServerService(StunResponder(A), clock)
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(StunServerService(StunResponder(A), clock))
         r1, r2 = request(), request()
         data = encode(r1) + encode(r2)
         proto.dataReceived(data[:7])
@@ -458,10 +465,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_stream_paused_is_dropped(self) -> None:
         """When the transport pauses us (too much output waiting) the connection is aborted and counted."""
-        svc = StunServerService(StunResponder(A), Clock())
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.pauseProducing()
         self.assertTrue(transport.disconnecting)
         self.assertEqual(svc.responder.stats.tcp_slow_readers, 1)
@@ -470,19 +474,13 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_incomplete_frame_input_is_capped(self) -> None:
         """A frame header announcing more than max_frame bytes closes the connection at once."""
-        svc = StunServerService(StunResponder(A), Clock())
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.dataReceived(struct.pack("!HHI", 1, 8000, 0x2112A442) + bytes(12))
         self.assertTrue(transport.disconnecting)
 
     def test_stream_channel_data_closes(self) -> None:
         """ChannelData frames on a STUN-only TCP connection close it at the first one."""
-        svc = StunServerService(StunResponder(A), Clock())
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.dataReceived(encode(request()) + b"\x40\x00\x00\x00" * 1000 + encode(request()))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(svc.responder.stats.malformed, 1)
@@ -490,10 +488,7 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_stream_garbage_closes(self) -> None:
         """A TCP stream that is not STUN is closed and counted."""
-        svc = StunServerService(StunResponder(A), Clock())
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(svc.responder.stats.malformed, 1)
@@ -501,10 +496,9 @@ class ProtocolTests(SynchronousTestCase):
     def test_stream_idle_timeout(self) -> None:
         """An idle TCP connection is closed after the idle timeout, and its timer released."""
         clock = Clock()
-        svc = StunServerService(StunResponder(A), clock, tcp_idle_timeout=10)
-        proto = StunStreamProtocol(svc, A)
-        transport = StringTransport(peerAddress=_Peer(CLIENT))
-        proto.makeConnection(transport)
+        svc, proto, transport = stream_on(
+            StunServerService(StunResponder(A), clock, tcp_idle_timeout=10)
+        )
         clock.advance(9)
         self.assertFalse(transport.disconnecting)
         clock.advance(2)
