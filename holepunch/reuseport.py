@@ -13,7 +13,10 @@ Twisted's ``listenTCP``/``listenUDP`` and strports cannot set socket options bef
   per-address limits and logs included); the behaviour does not depend on the host's
   ``net.ipv6.bindv6only``; and a host without IPv6 simply gets the IPv4 socket (with a
   log line) instead of failing. An explicit address (``0.0.0.0``, ``::``, ``::1``,
-  ``192.0.2.1``) is one socket of that family only.
+  ``192.0.2.1``) is one socket of that family only. The one exception is the ICE agent's
+  socket (:mod:`holepunch.ice.sockets`), which asks for ``dual_stack``: one ``::``
+  socket with ``IPV6_V6ONLY`` off, so host candidates of both families share one port;
+  it translates ``::ffff:`` addresses itself.
 - ``SO_REUSEPORT``, with ``--workers N``: N processes listen on the same signaling and
   STUN ports and the kernel spreads new TCP connections and UDP flows over them by a hash
   of the addresses (a flow stays with one process), per family. Every process sharing a
@@ -79,7 +82,7 @@ def _needs_options(interface: str, reuse_port: bool) -> bool:
 
 
 def _bound_socket(
-    kind: socket.SocketKind, port: int, interface: str, reuse_port: bool
+    kind: socket.SocketKind, port: int, interface: str, reuse_port: bool, dual_stack: bool = False
 ) -> socket.socket:
     family = _family(interface)
     host = interface or (ANY_IPV6 if family == socket.AF_INET6 else ANY_IPV4)
@@ -90,7 +93,7 @@ def _bound_socket(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
             # getaddrinfo keeps a zone (fe80::1%eth0) as the scope id.
             address = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST)[0][4]
         else:
@@ -139,15 +142,17 @@ def listen_udp(
     max_packet_size: int = 8192,
     *,
     reuse_port: bool = False,
+    dual_stack: bool = False,
 ) -> IListeningPort:
-    """Receive UDP on ``interface``:``port`` (one family: "" is ``0.0.0.0``).
+    """Receive UDP on ``interface``:``port`` (one family: "" is ``0.0.0.0``; with
+    ``dual_stack``, ``::`` carries IPv4 too, as ``::ffff:a.b.c.d``).
 
     :raises CannotListenError: the address is in use or not ours.
     """
     if not _needs_options(interface, reuse_port):
         udp: IListeningPort = reactor.listenUDP(port, protocol, interface, max_packet_size)
         return udp
-    sock = _bound_socket(socket.SOCK_DGRAM, port, interface, reuse_port)
+    sock = _bound_socket(socket.SOCK_DGRAM, port, interface, reuse_port, dual_stack)
     try:
         listening: IListeningPort = reactor.adoptDatagramPort(
             sock.fileno(), sock.family, protocol, max_packet_size

@@ -10,15 +10,14 @@ birthday probing and re-measures); what arrives is handed on with that number.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer, udp
-from twisted.internet.interfaces import IReactorSocket
+from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 
 from holepunch.addresses import unmapped
+from holepunch.reuseport import listen_udp
 from holepunch.routes import source_address_toward
 
 
@@ -62,26 +61,6 @@ def bind_interface(addresses: Sequence[str]) -> str:
     return "::" if any(":" in a for a in addresses) else ""
 
 
-class DualStackPort(udp.Port):
-    """A UDP port on ``::`` that also carries IPv4 (``IPV6_V6ONLY`` off whatever the
-    system default), so one port serves host candidates of both families."""
-
-    def createInternetSocket(self) -> socket.socket:
-        sock = super().createInternetSocket()
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        return sock
-
-
-def listen_udp(reactor: Any, port: int, protocol: DatagramProtocol, interface: str) -> Any:
-    """``reactor.listenUDP``; on ``::``, a :class:`DualStackPort` (real reactors only:
-    a test reactor's own ``listenUDP`` is used as is)."""
-    if interface != "::" or not IReactorSocket.providedBy(reactor):
-        return reactor.listenUDP(port, protocol, interface=interface)
-    listening = DualStackPort(port, protocol, interface, reactor=reactor)
-    listening.startListening()
-    return listening
-
-
 def route_source(remote: tuple[str, int]) -> str | None:
     """The local address the kernel would send from toward ``remote`` (no packet sent),
     or None when there is no route."""
@@ -114,7 +93,7 @@ class IceSocket(DatagramProtocol):
     ) -> IceSocket:
         """Bind a new socket on ``interface:port`` (port 0: any; ``::``: both families)."""
         sock = cls(via, received)
-        sock.port = listen_udp(reactor, port, sock, interface)
+        sock.port = listen_udp(reactor, port, sock, interface, dual_stack=interface == "::")
         sock.dual_stack = interface == "::"
         host = sock.port.getHost()
         sock.local = (host.host, host.port)
