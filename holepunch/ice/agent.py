@@ -467,7 +467,7 @@ class IceAgent:
         """
         _, port = self.listen()
         gathering = self.config.gathering
-        addresses = self._served(self._candidate_addresses())
+        addresses = self._configured_addresses()
         if not addresses:
             raise IceError("gathering", "no usable local address")
         done: defer.Deferred[None] = defer.Deferred()
@@ -614,6 +614,7 @@ class IceAgent:
         return started
 
     def _configured_addresses(self) -> list[str]:
+        """The addresses to gather on now: configured or local, those the socket serves."""
         return self._served(self._candidate_addresses())
 
     def _start_watching(self) -> None:
