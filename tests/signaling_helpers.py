@@ -236,3 +236,15 @@ def start_daemon(testcase: Any, *args: str, reactor: Any = None) -> Any:
     top.startService()
     testcase.addCleanup(top.stopService)
     return top
+
+
+def needs_ipv6() -> None:
+    """Skip the calling test on a host without IPv6 (holepunch.reuseport's own check)."""
+    from twisted.trial.unittest import SkipTest
+
+    from holepunch.reuseport import ipv6_unavailable
+
+    reason = ipv6_unavailable()
+    if reason is not None:
+        raise SkipTest(f"this host has no IPv6: {reason}")
+

@@ -24,6 +24,7 @@ from holepunch.stun.wire import Address
 from holepunch.testing.loopback import start_signaling_server, start_stun_server
 from lab.natlab import lab_env
 from lab.peers import ConnectProcess
+from tests.signaling_helpers import needs_ipv6
 
 
 def closed_port() -> int:
@@ -110,6 +111,7 @@ class ConnectCommandTests(TestCase):
     def test_dual_stack_peers_connect_over_ipv6(self) -> Any:
         """Both commands offer 127.0.0.1 and ::1: the encrypted stream runs over IPv6
         (RFC 8421: IPv6 first where both work), and --json says so."""
+        needs_ipv6()
         b = self.start("--signaling", self.url, "--id", "bob", "--accept", "--json",
                        "--host-address", "::1")  # fmt: skip
         a = self.start("--signaling", self.url, "--id", "alice", "--to", "bob", "--json",

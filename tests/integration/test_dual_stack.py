@@ -23,7 +23,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from holepunch.daemon.tap import Options
-from holepunch.reuseport import ipv6_unavailable, parse_tcp_description
+from holepunch.reuseport import parse_tcp_description
 from holepunch.signaling.client import SignalingClient
 from holepunch.signaling.server import describe_address
 from holepunch.stun.client import binding_over_tcp, binding_request, listen_stun
@@ -32,15 +32,9 @@ from holepunch.stun.server import StunServerService
 from holepunch.stun.wire import Address, Attr, Method
 from lab.natlab import TWISTD
 from tests.redis_helpers import REDIS_SERVER, free_tcp_port
-from tests.signaling_helpers import next_event, raw_client_factory, start_daemon
+from tests.signaling_helpers import needs_ipv6, next_event, raw_client_factory, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def needs_ipv6() -> None:
-    reason = ipv6_unavailable()
-    if reason is not None:
-        raise SkipTest(f"this host has no IPv6: {reason}")
 
 
 def free_port(host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:

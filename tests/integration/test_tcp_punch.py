@@ -32,6 +32,7 @@ from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.stun.wire import Address
 from lab.natlab import PUBLIC_A, lab_fixture
 from lab.tcp_punch_lab import STUN_PORT, PunchDriver, build_hosts, measure, summary
+from tests.signaling_helpers import needs_ipv6
 
 _log = Logger()
 
@@ -659,6 +660,7 @@ class Ipv6TrackTests(TestCase):
         """No STUN server: each track offers its own IPv6 address (a ``host`` tcp so
         candidate), the sync runs through plain calls, and the punch connects over IPv6
         and carries frames both ways."""
+        needs_ipv6()
         a, b = self.track(ipv6_host="::1"), self.track(ipv6_host="::1")
         yield defer.ensureDeferred(a.learn_mapping())
         yield defer.ensureDeferred(b.learn_mapping())

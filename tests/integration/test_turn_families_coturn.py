@@ -302,5 +302,11 @@ class AgentAcrossFamiliesTests(CoturnFamilies):
         coturn = self.coturn()
         ca, cb, relayed = await self.connect(coturn, (LOOPBACK, LOOPBACK6), LOOPBACK6)
         self.assertEqual(relayed, [LOOPBACK, LOOPBACK6])
+        agent = ca.agent
+        assert isinstance(agent, IceAgent)
+        # The server saw us at 127.0.0.1 (its answers matched our IPv4 transactions,
+        # not ::ffff:127.0.0.1): every relayed candidate's base says so.
+        bases = {c.related_address for c in agent.local_candidates if c.type == "relay"}
+        self.assertEqual(bases, {LOOPBACK})
         self.assertEqual(ca.method, "turn-relay")
         await self.carries(ca, cb)

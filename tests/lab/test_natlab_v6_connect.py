@@ -63,7 +63,7 @@ class V6ConnectTests(TestCase):
 
     def test_public_style_stun_servers(self) -> None:
         """Two one-address IPv4 STUN servers given with --stun-server, no hints in
-        welcome (public-style): the IPv6 path needs none of them."""
+        welcome (public-style), as users of public servers have: IPv6 carries too."""
         a = self.lab.add_host("a", "symmetric-random", v6="v6-firewall")
         b = self.lab.add_host("b", "symmetric-random", v6="v6-firewall")
         servers = start_lab_servers(self.lab, "public-style")

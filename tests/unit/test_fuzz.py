@@ -29,8 +29,6 @@ class ShortCampaignTests(SynchronousTestCase):
         report = fuzz.run(target, inputs, seed=17)
         self.assertEqual(report.inputs, inputs)
         self.assertEqual(report.unexpected, 0, "\n".join(report.lines()))
-        # A generous bound: the long campaign's p99.9 is well under a millisecond.
-        self.assertLess(report.p999_time, 0.05, "\n".join(report.lines()))
 
     def test_stun(self) -> None:
         """3,000 mutated STUN/TURN/ChannelData inputs raise only StunDecodeError; the server never raises."""

@@ -9,11 +9,10 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from holepunch.addresses import ip_version
-from holepunch.reuseport import ipv6_unavailable
 from holepunch.stun.client import (
     BindingResult,
     NoStunServerAnswered,
@@ -32,6 +31,7 @@ from holepunch.stun.client import (
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.stun.wire import Address, Attr
+from tests.signaling_helpers import needs_ipv6
 
 SERVER = Address("192.0.2.1", 3478)
 
@@ -334,8 +334,7 @@ class FamilySocketTests(TestCase):
     @defer.inlineCallbacks
     def test_v6_socket_and_mismatch(self) -> Any:
         """family=6 gives an IPv6 socket that gets its [::1] mapping; an IPv4 server from it fails at once."""
-        if ipv6_unavailable():
-            raise SkipTest("no IPv6 on this host")
+        needs_ipv6()
         svc = StunServerService(StunResponder(Address("::1", 0)), reactor)
         svc.startService()
         self.addCleanup(svc.stopService)

@@ -467,7 +467,7 @@ class ProtocolTests(SynchronousTestCase):
         """When the transport pauses us (too much output waiting) the connection is aborted and counted."""
         svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.pauseProducing()
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)  # aborted, not closed gracefully
         self.assertEqual(svc.responder.stats.tcp_slow_readers, 1)
         proto.dataReceived(encode(request()))
         self.assertEqual(svc.responder.stats.requests, 0)
@@ -477,6 +477,7 @@ class ProtocolTests(SynchronousTestCase):
         svc, proto, transport = stream_on(StunServerService(StunResponder(A), Clock()))
         proto.dataReceived(struct.pack("!HHI", 1, 8000, 0x2112A442) + bytes(12))
         self.assertTrue(transport.disconnecting)
+        self.assertEqual(svc.responder.stats.malformed, 1)
 
     def test_stream_channel_data_closes(self) -> None:
         """ChannelData frames on a STUN-only TCP connection close it at the first one."""

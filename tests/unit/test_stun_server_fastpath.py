@@ -21,6 +21,7 @@ from holepunch.stun.server import (
     StunServerService,
 )
 from holepunch.stun.wire import MAGIC_COOKIE, Address, Attr, MessageClass, Method
+from tests.signaling_helpers import needs_ipv6
 
 V4 = (Address("192.0.2.10", 3478), Address("192.0.2.11", 3479))
 V6 = (Address("2001:db8::1", 3478), Address("2001:db8::2", 3479))
@@ -226,10 +227,5 @@ class FastPathSocketTests(TestCase):
 
     def test_udp_ipv6(self) -> Any:
         """Plain Binding requests over UDP on ::1 are answered by the fast path (IPv6 XOR)."""
-        if not socket.has_ipv6:
-            raise self.skipTest("no IPv6")
-        try:
-            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
-        except OSError as e:
-            raise self.skipTest(f"no IPv6 socket: {e}") from None
+        needs_ipv6()
         return self.check_udp(socket.AF_INET6, "::1")

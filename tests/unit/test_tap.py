@@ -68,7 +68,7 @@ class StunSoftwareOptionTests(SynchronousTestCase):
     """SOFTWARE in STUN answers is off unless --stun-software asks for it."""
 
     def responder_software(self, args: list[str]) -> Any:
-        options = Options()
+        options = Options(environ={})
         options.parseOptions(["--no-signaling", "--stun-interface", "127.0.0.1", *args])
         top: Any = makeService(options, reactor)
         return top.getServiceNamed("stun").getServiceNamed("stun").responder.software
