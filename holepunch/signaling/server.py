@@ -1243,10 +1243,13 @@ def make_signaling_service(
     factory = SignalingServerFactory(config, registry, clock, reactor=reactor)
     root = Resource()
     root.putChild(b"", SignalingRootPage(WebSocketResource(factory)))
+    # Behind a trusted proxy every connection comes from the proxy's address: the cap
+    # per address then applies to the forwarded client address, in the handshake.
+    per_address = None if config.trust_x_forwarded_for else config.max_connections_per_address
     site = GuardedSite(
         root,
         head_timeout=config.http_head_timeout,
-        max_connections_per_address=config.max_connections_per_address,
+        max_connections_per_address=per_address,
         reactor=reactor,
     )
     endpoint = server_endpoint(reactor, config.endpoint, config.reuse_port)

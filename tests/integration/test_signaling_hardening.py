@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 
 from holepunch.daemon.metrics import Metrics
 from holepunch.signaling import auth
@@ -299,3 +300,27 @@ class HttpGuardTests(HardeningTestCase):
         replacement = await self.connect(port)
         self.assertFalse(replacement.lost.called)
         self.assertEqual(service.site.refused, 1)  # type: ignore[attr-defined]
+
+
+class BehindAProxyTests(TestCase):
+    """With X-Forwarded-For trusted, the cap per address counts clients, not the proxy:
+    while more handshakes than the cap are under way from the proxy's one address (a
+    reconnect storm through nginx), another client's handshake is still welcomed."""
+
+    async def test_proxy_address_is_not_capped(self) -> None:
+        from holepunch.testing.loopback import start_signaling_server
+        from tests.signaling_helpers import raw_client_factory
+
+        _, url = await start_signaling_server(
+            self, reactor, trust_x_forwarded_for=1, max_connections_per_address=2
+        )
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        for _ in range(3):  # handshakes begun, not finished: all from 127.0.0.1
+            pending = await endpoint.connect(Factory.forProtocol(Protocol))
+            self.addCleanup(pending.transport.loseConnection)
+        factory = raw_client_factory(url, {"X-Forwarded-For": "192.0.2.7"})
+        client = await endpoint.connect(factory)
+        self.addCleanup(client.transport.loseConnection)
+        welcome = await client.next()
+        self.assertEqual(welcome["yourAddress"]["address"], "192.0.2.7")
