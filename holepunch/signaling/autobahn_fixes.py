@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_websocket_frames,tests.unit.test_signaling_protocol -*-
 """Small fixes to Autobahn's Twisted protocols shared by our server and client.
 
-- :func:`cancel_close_timer`: no closing-handshake timer outlives its connection.
+- :func:`cancel_timers`: no Autobahn timer outlives its connection.
 - :class:`QuietWebSocketServerProtocol`: Autobahn's server protocol without the per-message
   costs we do not use. Autobahn formats the arguments of a ``log.debug`` call on every
   read and every write (``hltype``/``hlval``, which style text with ``click``) even when
@@ -38,6 +38,7 @@ from typing import Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IPushProducer
 
 from holepunch.signaling.heldwrites import held as _held
@@ -51,16 +52,32 @@ from txaio import tx as _txaio_tx  # noqa: E402  (needs use_twisted() first)
 _NO_OP: object = getattr(_txaio_tx, "_no_op", object())
 
 
-def cancel_close_timer(protocol: Any) -> None:
-    """Cancel Autobahn's closing-handshake timer once the connection is lost.
+_TIMERS = (
+    "closeHandshakeTimeoutCall",
+    "openHandshakeTimeoutCall",
+    "autoPingPendingCall",
+    "autoPingTimeoutCall",
+    "serverConnectionDropTimeoutCall",
+)
+"""Autobahn's per-connection timers (public attributes of its protocol)."""
 
-    Autobahn leaves that timer running when the TCP connection goes before the peer's
-    close frame arrives; it would outlive the connection (and dirty trial's reactor).
+
+def cancel_timers(protocol: Any) -> None:
+    """Cancel every Autobahn timer of ``protocol`` once its connection is lost.
+
+    Autobahn leaves some running when the TCP connection goes first (the closing
+    handshake's when the peer's close frame never came, an open-handshake or ping timer
+    on some paths); they would outlive the connection, and one left in a batched-timer
+    bucket keeps the bucket's own timer scheduled (and dirties trial's reactor).
     """
-    call = getattr(protocol, "closeHandshakeTimeoutCall", None)
-    if call is not None:
-        protocol.closeHandshakeTimeoutCall = None
-        call.cancel()
+    for name in _TIMERS:
+        call = getattr(protocol, name, None)
+        if call is not None:
+            setattr(protocol, name, None)
+            try:
+                call.cancel()
+            except (AlreadyCalled, AlreadyCancelled):
+                pass
 
 
 def debug_logging_off(log: Any) -> bool:
@@ -163,7 +180,7 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
                 and self.current_frame is None
                 and not self.inside_message
                 and not self._listeners
-                and self.log.debug is _NO_OP
+                and debug_logging_off(self.log)
             ):
                 self.trafficStats.incomingOctetsWireLevel += len(data)
                 self._fast_frames(self._partial_frame + data if self._partial_frame else data)
@@ -197,11 +214,10 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         super().dropConnection(abort)
 
     def _read(self, data: bytes) -> None:
+        # dataReceived sends every read the fast path can take there: what comes here
+        # is for Autobahn's own parsing.
         if not debug_logging_off(self.log):
             super().dataReceived(data)
-        elif self._fast_path_open():
-            self.trafficStats.incomingOctetsWireLevel += len(data)
-            self._fast_frames(self._partial_frame + data if self._partial_frame else data)
         else:
             # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
             if self._partial_frame:
@@ -225,22 +241,6 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self._plain_reads = plain
         return plain
-
-    def _fast_path_open(self) -> bool:
-        """Nothing of Autobahn's parsing is under way and nothing asks for its extras."""
-        return (
-            self.state == self.STATE_OPEN
-            and not self.data
-            and self.current_frame is None
-            and not self.inside_message
-            and not self.logOctets
-            and not self.logFrames
-            and not self.trackedTimings
-            and not self.utf8validateIncoming
-            and self._perMessageCompress is None
-            and not self._listeners
-            and self._parent is None
-        )
 
     def _fast_frames(self, data: bytes) -> None:
         """Hand the whole text frames at the start of ``data`` to ``onMessage``; keep an
@@ -334,7 +334,7 @@ class QuietWebSocketServerProtocol(WebSocketServerProtocol):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         header = _TEXT_HEADERS.get(n) or _text_header(n)
-        if not _held.depth or self.send_queue or self.log.debug is not _NO_OP:
+        if not _held.depth or self.send_queue or not debug_logging_off(self.log):
             stats = self.trafficStats
             stats.outgoingWebSocketMessages += 1
             stats.outgoingOctetsAppLevel += n

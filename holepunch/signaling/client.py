@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from holepunch.signaling import messages as msg
-from holepunch.signaling.autobahn_fixes import cancel_close_timer
+from holepunch.signaling.autobahn_fixes import cancel_timers
 from holepunch.signaling.iceservers import ParsedIceServers, parse_ice_servers
 from holepunch.signaling.messages import JSONObject
 from holepunch.subscription import Subscription
@@ -183,7 +183,7 @@ class SignalingClientProtocol(WebSocketClientProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        cancel_close_timer(self)
+        cancel_timers(self)
 
 
 class _SignalingClientFactory(WebSocketClientFactory):

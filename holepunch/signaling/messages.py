@@ -89,9 +89,9 @@ MAX_ID_LENGTH: Final = 256
 """Longest peer id, room id, request id or reconnect token, in characters."""
 MAX_METHOD_LENGTH: Final = 64
 MAX_METADATA_SIZE: Final = 1024
+"""Largest ``metadata`` object, in bytes of compact JSON: it is repeated in every peer list."""
 MAX_TOKEN_LENGTH: Final = 1024
 """Longest auth token a ``renew`` may carry, in characters."""
-"""Largest ``metadata`` object, in bytes of compact JSON: it is repeated in every peer list."""
 
 CONNECTION_STATES: Final[frozenset[str]] = frozenset(
     # RTCPeerConnectionState and RTCIceConnectionState values.

@@ -60,7 +60,7 @@ from holepunch.signaling import auth
 from holepunch.signaling import messages as msg
 from holepunch.signaling.autobahn_fixes import (
     QuietWebSocketServerProtocol,
-    cancel_close_timer,
+    cancel_timers,
     release_http_channel,
 )
 from holepunch.signaling.iceservers import IceServerHints
@@ -575,9 +575,7 @@ class SignalingSession:
 
     def _dispatch(self, request: msg.Request, now: float) -> defer.Deferred[Any] | None:
         """Carry out one request; a Deferred when the registry answers later."""
-        match request:  # the most frequent first
-            case msg.Relay():
-                return self._relay(request, now)
+        match request:  # relays never come here (_handle takes them), the rest by frequency
             case msg.Ping():
                 self._send(msg.pong(now, request.id))
             case msg.Renew():
@@ -866,7 +864,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        cancel_close_timer(self)
+        cancel_timers(self)
         self._finish()
 
     def _finish(self) -> None:

@@ -14,7 +14,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from holepunch.signaling.autobahn_fixes import QuietWebSocketServerProtocol, unmask, unmask_frames
+from holepunch.signaling.autobahn_fixes import (
+    QuietWebSocketServerProtocol,
+    cancel_timers,
+    unmask,
+    unmask_frames,
+)
 from holepunch.signaling.heldwrites import write_through
 
 HANDSHAKE = (
@@ -207,6 +212,7 @@ class FastPathTests(SynchronousTestCase):
         to Autobahn's parser (which, closing, still delivers them)."""
         proto, transport = open_server()
         proto.close_on = b"bye"
+        self.addCleanup(cancel_timers, proto)  # its closing-handshake timer, on the reactor
         proto.dataReceived(frame(1, b"one") + frame(1, b"bye") + frame(1, b"after"))
         self.assertEqual(proto.messages, [(b"one", False), (b"bye", False), (b"after", False)])
         self.assertGreater(proto.parsed_by_autobahn, 0)
@@ -241,6 +247,7 @@ class HeldWritesTests(SynchronousTestCase):
         proto, transport = open_server()
         proto.echo_to = [proto]
         proto.close_on = b"bye"
+        self.addCleanup(cancel_timers, proto)  # its closing-handshake timer, on the reactor
         proto.dataReceived(frame(1, b"hello") + frame(1, b"bye"))
         ops = [(op, payload) for op, payload in server_frames(transport.value())]
         self.assertEqual(ops[:2], [(1, b"hello"), (1, b"bye")])
