@@ -96,7 +96,7 @@ class IceAgent:
         self._watch: IDelayedCall | None = None
         self.connection: PeerConnection | None = None
         self._sockets: dict[int, IceSocket] = {}
-        self.relays = Relays(reactor, self.core.config.relay, self.core.config.relay.families)
+        self.relays = Relays(reactor, self.core.config.relay)
         """The TURN allocations (:class:`holepunch.ice.relays.Relays`)."""
         self.port_mapping = AgentPortMapping(reactor, self.core.config.gathering)
         """The router's mapping of our socket (:mod:`holepunch.ice.portmapping`)."""

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from holepunch.ice.config import RelayConfig
 from holepunch.stun.client import resolve_server
 from holepunch.stun.message import Address
-from holepunch.turn.families import AUTO, AddressFamily, FamilyRequest, family_of
+from holepunch.turn.families import AddressFamily, family_of
 
 _log = Logger()
 
@@ -48,18 +48,15 @@ _log = Logger()
 class Relays:
     """The TURN allocations of one agent."""
 
-    def __init__(self, reactor: Any, config: RelayConfig, families: FamilyRequest = AUTO) -> None:
+    def __init__(self, reactor: Any, config: RelayConfig) -> None:
         self.reactor = reactor
         self.config = config
-        self.families = families
-        """The families of relayed address each allocation asks for
-        (:data:`holepunch.turn.families.FamilyRequest`): ``"auto"``, ``["ipv4"]``, ..."""
         self._by_via: dict[int, Any] = {}
         self._relayed: dict[int, Address] = {}
         """The relayed address each via stands for."""
         self.dropped = 0
         """Data that came through an allocation from a peer of a family none of its vias
-        stands for."""
+        stands for (the allocation only relays to permitted peers, so none is expected)."""
         self._origin: dict[int, Any] = {}
         """The configured server each allocation came from, by ``id(allocation)``."""
         self._on_main_socket: list[Any] = []
@@ -70,10 +67,6 @@ class Relays:
     def allocations(self) -> list[Any]:
         """The allocations behind our relayed candidates (each once)."""
         return list({id(a): a for a in self._by_via.values()}.values())
-
-    def relayed_address(self, via: int) -> Address | None:
-        """The relayed address relay ``via`` stands for, or None."""
-        return self._relayed.get(via)
 
     def siblings(self, via: int) -> list[int]:
         """The other vias on relay ``via``'s allocation (the other family of a dual
@@ -208,7 +201,7 @@ class Relays:
                         server,
                         reactor=self.reactor,
                         timeout=config.timeout,
-                        families=self.families,
+                        families=self.config.families,
                     )
                 address = await resolve_server(self.reactor, server.host, server.port)
                 allocation = TurnAllocation(
@@ -217,7 +210,7 @@ class Relays:
                     self.reactor,
                     username=server.username,
                     password=server.password,
-                    families=self.families,
+                    families=self.config.families,
                 )
                 self._on_main_socket.append(allocation)
                 try:

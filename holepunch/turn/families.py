@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+from holepunch.addresses import ip_version, unmapped
 from holepunch.stun.message import StunMessage
 from holepunch.stun.wire import Address, Attr, StunDecodeError, StunEncodeError
 
@@ -85,7 +86,7 @@ def family_of(host: str) -> AddressFamily:
 
     :raises ValueError: not an IP address.
     """
-    return AddressFamily.IPV4 if ipaddress.ip_address(host).version == 4 else AddressFamily.IPV6
+    return AddressFamily.IPV4 if ip_version(host) == 4 else AddressFamily.IPV6
 
 
 def own_family(host: str) -> AddressFamily:
@@ -94,10 +95,7 @@ def own_family(host: str) -> AddressFamily:
 
     :raises ValueError: not an IP address.
     """
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return AddressFamily.IPV4
-    return AddressFamily.IPV4 if ip.version == 4 else AddressFamily.IPV6
+    return family_of(unmapped(host))
 
 
 FamilyRequest = Sequence[AddressFamily | str | int] | Literal["auto"] | None
