@@ -25,6 +25,28 @@ def format_address(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def split_host_port(text: str) -> tuple[str, str]:
+    """``host:port`` split as URLs write it: ``[2001:db8::1]:3478`` and ``[2001:db8::1]``
+    (IPv6 in brackets), ``example.org:3478``, ``192.0.2.1``; a bare IPv6 address (more
+    than one colon, no brackets) is all host. The port is ``""`` when there is none.
+
+    :raises ValueError: an unterminated ``[``, or something other than ``:PORT`` after
+        the ``]``.
+    """
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 address in {text!r}")
+        after = text[end + 1 :]
+        if after and not after.startswith(":"):
+            raise ValueError(f"unexpected {after!r} after the host in {text!r}")
+        return text[1:end], after[1:]
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, ""
+
+
 def unmapped(host: str) -> str:
     """``::ffff:192.0.2.1`` (how a dual-stack socket reports an IPv4 peer) as
     ``192.0.2.1``; any other address unchanged."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from holepunch.addresses import split_host_port
 from holepunch.turn.config import TurnServer, parse_turn_uri
 
 DEFAULT_STUN_SERVERS: tuple[tuple[str, int], ...] = (
@@ -232,17 +233,9 @@ def _server_from_text(text: str) -> tuple[str, int]:
     for scheme in ("stun:", "stuns:"):
         if spec.lower().startswith(scheme):
             spec = spec[len(scheme) :]
-    if spec.startswith("["):
-        host, bracket, rest = spec[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(text)
-        port_text = rest[1:]
-    elif spec.count(":") == 1:
-        host, port_text = spec.split(":")
-    elif ":" in spec:
+    if not spec.startswith("[") and spec.count(":") > 1:
         raise ValueError(text)  # an IPv6 address needs brackets when a port follows
-    else:
-        host, port_text = spec, ""
+    host, port_text = split_host_port(spec)
     return _server(host, port_text or 3478)
 
 

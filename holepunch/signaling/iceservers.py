@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from holepunch.addresses import split_host_port
 from holepunch.stun.client import parse_server
 from holepunch.turn.config import TurnServer
 
@@ -37,11 +38,10 @@ def host_of(host_header: str | None) -> str | None:
     """The host part of an HTTP ``Host`` header (``example.org:8080``, ``[::1]:80``)."""
     if not host_header:
         return None
-    text = host_header.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 1 else None
-    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    try:
+        host = split_host_port(host_header.strip())[0]
+    except ValueError:
+        return None
     return host or None
 
 

@@ -20,7 +20,6 @@ The protocol is described in ``docs/protocol.md``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from collections import Counter, deque
@@ -51,6 +50,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from holepunch.addresses import ip_version, split_host_port, unmapped
 from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.logsummary import RefusalSummary, Summary
@@ -244,17 +244,12 @@ def _address_family(host: str) -> tuple[str, str]:
     """``host`` and its family name; an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``,
     what a dual-stack ``::`` socket sees of an IPv4 client) is the IPv4 address it is.
     Proxies' spellings with a port (``[2001:db8::1]:443``, ``192.0.2.1:443``) lose it."""
-    if host.startswith("[") and "]" in host:
-        host = host[1 : host.index("]")]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        host = unmapped(split_host_port(host)[0])
+        version = ip_version(host)
     except ValueError:
         return host, "unknown"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped), "IPv4"
-    return host, "IPv6" if ip.version == 6 else "IPv4"
+    return host, f"IPv{version}"
 
 
 def describe_address(address: object, forwarded: str | None = None) -> JSONObject:

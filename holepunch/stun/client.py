@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from holepunch.addresses import ip_version
+from holepunch.addresses import ip_version, split_host_port
 from holepunch.stun.framing import StreamFramer, is_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.transactions import (
@@ -491,16 +491,10 @@ def parse_server(spec: str, default_port: int = 3478) -> tuple[str, int]:
             text = text[len(scheme) :]
     if not text:
         raise ValueError(f"empty STUN server address: {spec!r}")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unterminated IPv6 address in {spec!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host, port_text = text, ""
+    try:
+        host, port_text = split_host_port(text)
+    except ValueError as e:
+        raise ValueError(f"{e} (STUN server address {spec!r})") from None
     try:
         port = int(port_text) if port_text else default_port
     except ValueError:

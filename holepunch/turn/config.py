@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from holepunch.addresses import split_host_port
+
 TurnTransport = Literal["udp", "tcp", "tls"]
 
 DEFAULT_PORT = 3478
@@ -162,18 +164,12 @@ def parse_turn_uri(uri: str, username: str = "", password: str = "") -> TurnServ
 
 
 def _split_host_port(text: str, uri: str) -> tuple[str, str]:
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"unterminated IPv6 address in {uri!r}")
-        host, after = text[1:end], text[end + 1 :]
-        if after and not after.startswith(":"):
-            raise ValueError(f"unexpected {after!r} after the host in {uri!r}")
-        port_text = after[1:]
-    elif text.count(":") > 1:
+    if not text.startswith("[") and text.count(":") > 1:
         raise ValueError(f"IPv6 hosts go in brackets: {uri!r}")
-    else:
-        host, _, port_text = text.partition(":")
+    try:
+        host, port_text = split_host_port(text)
+    except ValueError as e:
+        raise ValueError(f"{e} in {uri!r}") from None
     if not host:
         raise ValueError(f"no host in TURN URI {uri!r}")
     return host, port_text
