@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from holepunch.stun.client import binding_over_tcp, binding_request, listen_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunServerService
 from holepunch.stun.wire import Address, Attr, Method
-from lab.natlab import TWISTD
+from lab.natlab import TWISTD, lab_fixture
 from tests.redis_helpers import REDIS_SERVER, free_tcp_port
 from tests.signaling_helpers import needs_ipv6, next_event, raw_client_factory, start_daemon
 
@@ -383,29 +382,17 @@ class TwistdTests(TestCase):
 
     async def test_host_without_ipv6(self) -> None:
         """In a namespace with disable_ipv6=1 the daemon starts on IPv4, logs why, and answers STUN there."""
-        if os.geteuid() != 0 or shutil.which("ip") is None:
-            raise SkipTest("needs root and iproute2 for a network namespace")
-        ns = f"hpv6-{os.getpid()}-{secrets.token_hex(3)}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        self.addCleanup(subprocess.run, ["ip", "netns", "del", ns], check=False)
-
-        def inside(*argv: str) -> list[str]:
-            return ["ip", "netns", "exec", ns, *argv]
-
-        subprocess.run(inside("ip", "link", "set", "lo", "up"), check=True)
-        for conf in ("all", "default", "lo"):
-            subprocess.run(
-                inside("sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1"), check=True
-            )
-        argv = inside(*TWISTD, "-n", "--pidfile=", "holepunch", "--signaling=tcp:8080",
-                      "--stun-port=3478")  # fmt: skip
+        lab = lab_fixture(self)  # skips where the lab cannot run
+        inside = lab.add_host("nov6", "open").argv  # an IPv4-only lab host: IPv6 is off
+        argv = inside([*TWISTD, "-n", "--pidfile=", "holepunch", "--signaling=tcp:8080",
+                      "--stun-port=3478"])  # fmt: skip
         lines = await self.launch(argv, [b"STUN server on", b"Site starting on"])
         log = b"".join(lines)
         self.assertIn(b"no IPv6 on this host", log)
         self.assertIn(b"STUN server on 0.0.0.0:3478, 0.0.0.0:3479 (UDP+TCP)", log)
-        probe = inside(sys.executable, "-c",
-                       "from tests.integration.test_dual_stack import stun_answers;"
-                       "print(stun_answers('127.0.0.1', 3478, 3))")  # fmt: skip
+        probe = inside([sys.executable, "-c",
+                        "from tests.integration.test_dual_stack import stun_answers;"
+                        "print(stun_answers('127.0.0.1', 3478, 3))"])  # fmt: skip
         result = await threads.deferToThread(
             subprocess.run, probe, cwd=ROOT, capture_output=True, timeout=60,
             env=dict(os.environ, PYTHONPATH=ROOT),
