@@ -78,3 +78,15 @@ def paired_run(
     for proc, result in zip(procs, results, strict=True):
         result["exit_status"] = proc.wait(timeout=10.0)
     return firsts, results
+
+
+def observe(host: LabHost, *args: str) -> dict[str, Any]:
+    """Run one observer client in ``host`` and return its JSON result (it must print
+    nothing on stderr)."""
+    result = host.run(host.python_argv(OBSERVER, *args), timeout=20.0)
+    if result.stderr != b"":
+        raise AssertionError(f"observer in {host} wrote to stderr: {result.stderr!r}")
+    value = json.loads(result.stdout)
+    assert isinstance(value, dict)
+    return value
+

@@ -9,7 +9,6 @@ namespaces need root, ``ip`` and ``nft``; they skip with a one-line reason elsew
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from lab.natlab import (
     unavailable_reason,
 )
 from lab.udpobserver import format_address, parse_address, stun_mapped_address
-from tests.lab.observer_runs import OBSERVER, OutputLines, paired_run
+from tests.lab.observer_runs import OBSERVER, OutputLines, observe, paired_run
 
 A1, A2 = f"{PUBLIC_A}:5001", f"{PUBLIC_A}:5002"
 B1, B2 = f"{PUBLIC_B}:5001", f"{PUBLIC_B}:5002"
@@ -129,25 +128,17 @@ class _LabTestCase(TestCase):
         proc = self.lab.public.popen(argv, stdout=subprocess.PIPE)
         self.assertEqual(OutputLines(proc).json(10.0)["ready"][-1], TCP)
 
-    def observe(self, host: LabHost, *args: str) -> dict[str, Any]:
-        """Run one observer client in ``host`` and return its JSON result."""
-        result = host.run(host.python_argv(OBSERVER, *args), timeout=20.0)
-        self.assertEqual(result.stderr, b"")
-        value = json.loads(result.stdout)
-        assert isinstance(value, dict)
-        return value
-
     def mapped(self, host: LabHost, *targets: str) -> list[tuple[str, int]]:
         """The mapped addresses one socket in ``host`` gets toward each target in turn."""
         args = [arg for target in targets for arg in ("--probe", target)]
-        results = self.observe(host, *args)["results"]
+        results = observe(host, *args)["results"]
         seen = [r["seen"] for r in results]
         self.assertNotIn(None, seen, f"{host}: no answer from some of {targets}")
         return [parse_address(s) for s in seen]
 
     def alt_gets_in(self, host: LabHost, alt: str) -> bool:
         """Whether an answer from ``alt`` reaches a fresh socket that only talked to A1."""
-        result = self.observe(host, "--probe", A1, "--reply-from", alt)["results"][0]
+        result = observe(host, "--probe", A1, "--reply-from", alt)["results"][0]
         self.assertEqual(parse_address(result["seen"])[0], host.public_address)
         if result["alt_received"]:
             self.assertEqual(result["alt_source"], alt)
@@ -185,7 +176,7 @@ class MappingTests(_LabTestCase):
         self.start_observer()
         for i, preset in enumerate(("open", "full-cone", "restricted-cone", "port-restricted")):
             host = self.lab.add_host(f"h{i}", preset)
-            result = self.observe(host, "--probe", A1)
+            result = observe(host, "--probe", A1)
             local_port = parse_address(result["local"])[1]
             self.assertEqual(parse_address(result["results"][0]["seen"])[1], local_port, preset)
 
@@ -247,9 +238,9 @@ class LabTests(_LabTestCase):
         """udp-blocked answers no UDP probe, but TCP to pub connects via the router."""
         self.start_observer()
         host = self.lab.add_host("h", "udp-blocked")
-        result = self.observe(host, "--probe", A1, "--probe", B1, "--timeout", "1")
+        result = observe(host, "--probe", A1, "--probe", B1, "--timeout", "1")
         self.assertEqual([r["seen"] for r in result["results"]], [None, None])
-        tcp = self.observe(host, "--connect", TCP)
+        tcp = observe(host, "--connect", TCP)
         self.assertTrue(tcp["connected"], tcp)
         self.assertEqual(parse_address(tcp["seen"])[0], host.public_address)
 
@@ -322,7 +313,7 @@ class LabTests(_LabTestCase):
         hosts = [self.lab.add_host(f"h{i}", preset) for i, preset in enumerate(PRESETS)]
         self.assertEqual(len({h.public_address for h in hosts}), len(PRESETS))
         for host in hosts:
-            seen = self.observe(host, "--connect", TCP)["seen"]
+            seen = observe(host, "--connect", TCP)["seen"]
             self.assertEqual(parse_address(seen)[0], host.public_address, host)
             if host.preset == "open":
                 self.assertIsNone(host.router_namespace)

@@ -10,7 +10,6 @@ elsewhere.
 
 from __future__ import annotations
 
-import json
 import struct
 import subprocess
 from typing import Any
@@ -34,7 +33,7 @@ from lab.natlab import (
     unavailable_reason,
 )
 from lab.udpobserver import format_address, parse_address, stun_mapped_address
-from tests.lab.observer_runs import OBSERVER, OutputLines, paired_run
+from tests.lab.observer_runs import OBSERVER, OutputLines, observe, paired_run
 from tests.lab.test_natlab import FILTERING
 
 A1, A2, B1 = f"{PUBLIC_A}:5001", f"{PUBLIC_A}:5002", f"{PUBLIC_B}:5001"
@@ -113,17 +112,9 @@ class _V6LabTestCase(TestCase):
         )
         self.assertEqual(OutputLines(proc).json(10.0)["ready"][-1], f"{PUBLIC_A}:5003")
 
-    def observe(self, host: LabHost, *args: str) -> dict[str, Any]:
-        """Run one observer client in ``host`` and return its JSON result."""
-        result = host.run(host.python_argv(OBSERVER, *args), timeout=20.0)
-        self.assertEqual(result.stderr, b"")
-        value = json.loads(result.stdout)
-        assert isinstance(value, dict)
-        return value
-
     def seen(self, host: LabHost, target: str, *args: str) -> dict[str, Any]:
         """One probe from a fresh socket in ``host`` to ``target``: its result."""
-        result = self.observe(host, "--probe", target, *args)
+        result = observe(host, "--probe", target, *args)
         probe = result["results"][0]
         assert isinstance(probe, dict)
         probe["local"] = result["local"]
@@ -153,7 +144,7 @@ class V6ReachabilityTests(_V6LabTestCase):
         self.assertEqual(
             parse_address(probe["seen"]), (host.address6, parse_address(probe["local"])[1])
         )
-        tcp = self.observe(host, "--connect", TCP6)
+        tcp = observe(host, "--connect", TCP6)
         self.assertTrue(tcp["connected"], tcp)
         self.assertEqual(parse_address(tcp["seen"])[0], host.address6)
 
@@ -300,7 +291,7 @@ class V4BesideV6Tests(_V6LabTestCase):
         """Every NAT preset maps and filters IPv4 as in a v4-only lab, its v6 side working."""
         for i, preset in enumerate(FILTERING):
             host = self.lab.add_host(f"h{i}", preset, v6="v6-firewall")
-            mapped = self.observe(host, "--probe", A1, "--probe", A2, "--probe", B1)
+            mapped = observe(host, "--probe", A1, "--probe", A2, "--probe", B1)
             ports = [parse_address(r["seen"])[1] for r in mapped["results"]]
             for r in mapped["results"]:
                 self.assertEqual(parse_address(r["seen"])[0], host.public_address, preset)
@@ -321,7 +312,7 @@ class V4BesideV6Tests(_V6LabTestCase):
         host = self.lab.add_host("h", "udp-blocked", v6="v6-firewall")
         self.assertIsNone(self.seen(host, A1, "--timeout", "1")["seen"])
         self.assertEqual(parse_address(self.seen(host, A6_1)["seen"])[0], host.address6)
-        tcp = self.observe(host, "--connect", f"{PUBLIC_A}:5003")
+        tcp = observe(host, "--connect", f"{PUBLIC_A}:5003")
         self.assertEqual(parse_address(tcp["seen"])[0], host.public_address)
 
     def test_coturn_on_both_families(self):
@@ -336,11 +327,11 @@ class V4BesideV6Tests(_V6LabTestCase):
         dual = self.lab.add_host("d", "port-restricted", v6="v6-firewall")
         v6_only = self.lab.add_host("s", None, v6="v6-firewall")
         targets = [host_port(a, p) for a in info.addresses for p in (3478, 3479)]
-        mapped = self.observe(dual, *(arg for t in targets for arg in ("--stun", t)))["mapped"]
+        mapped = observe(dual, *(arg for t in targets for arg in ("--stun", t)))["mapped"]
         for target, address in mapped.items():
             expected = dual.address6 if target.startswith("[") else dual.public_address
             self.assertEqual(parse_address(address)[0], expected, target)
-        mapped = self.observe(
+        mapped = observe(
             v6_only, "--stun", info.stun_server6, "--stun", host_port(PUBLIC_B6, 3479)
         )["mapped"]
         self.assertEqual({parse_address(a)[0] for a in mapped.values()}, {v6_only.address6})
