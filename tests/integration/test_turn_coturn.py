@@ -40,21 +40,10 @@ from lab.coturn import (
     coturn_unavailable_reason,
     make_test_certificate,
 )
+from tests.datagram_peers import EchoPeer
 
 LOOPBACK = "127.0.0.1"
 reactor: Any = _reactor
-
-
-class Echo(DatagramProtocol):
-    """A plain UDP peer: answers every datagram with ``echo:`` + it, and keeps them."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, tuple[str, int]]] = []
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received.append((datagram, (addr[0], addr[1])))
-        assert self.transport is not None
-        self.transport.write(b"echo:" + datagram, addr)
 
 
 class SharedSocket(DatagramProtocol):
@@ -102,7 +91,7 @@ class CoturnTestCase(TestCase):
         reason = coturn_unavailable_reason()
         if reason is not None:
             self.skipTest(reason)
-        self.echo = Echo()
+        self.echo = EchoPeer(reactor)
         self.echo_port = reactor.listenUDP(0, self.echo, interface=LOOPBACK)
         self.addCleanup(self.echo_port.stopListening)
         self.peer = Address(LOOPBACK, self.echo_port.getHost().port)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
@@ -36,56 +35,17 @@ from holepunch.turn import (
     parse_turn_uri,
 )
 from lab.coturn import LOOPBACK, LOOPBACK6, Coturn, coturn_fixture, coturn_unavailable_reason
+from tests.datagram_peers import WAIT, Arrivals, EchoPeer
 
 reactor: Any = _reactor
-WAIT = 5.0
 
 
-class EchoPeer(DatagramProtocol):
-    """A plain UDP peer on one family: answers ``echo:`` + each datagram; each
-    :meth:`next` fires with the next datagram and its source."""
-
-    def __init__(self) -> None:
-        self.waiting: list[Deferred[tuple[bytes, tuple[str, int]]]] = []
-        self.queue: list[tuple[bytes, tuple[str, int]]] = []
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        assert self.transport is not None
-        self.transport.write(b"echo:" + datagram, addr)
-        item = (datagram, (addr[0], addr[1]))
-        if self.waiting:
-            self.waiting.pop(0).callback(item)
-        else:
-            self.queue.append(item)
-
-    def next(self) -> Deferred[tuple[bytes, tuple[str, int]]]:
-        if self.queue:
-            return defer.succeed(self.queue.pop(0))
-        d: Deferred[tuple[bytes, tuple[str, int]]] = Deferred()
-        self.waiting.append(d)
-        return d.addTimeout(WAIT, reactor)
-
-
-class Received:
-    """What comes through an allocation; :meth:`next` as :meth:`EchoPeer.next`."""
+class Received(Arrivals[tuple[bytes, Address]]):
+    """What comes through an allocation, in order (:meth:`next`)."""
 
     def __init__(self, allocation: TurnAllocation) -> None:
-        self.waiting: list[Deferred[tuple[bytes, Address]]] = []
-        self.queue: list[tuple[bytes, Address]] = []
-        allocation.on_data(self.arrived)
-
-    def arrived(self, data: bytes, peer: Address) -> None:
-        if self.waiting:
-            self.waiting.pop(0).callback((data, peer))
-        else:
-            self.queue.append((data, peer))
-
-    def next(self) -> Deferred[tuple[bytes, Address]]:
-        if self.queue:
-            return defer.succeed(self.queue.pop(0))
-        d: Deferred[tuple[bytes, Address]] = Deferred()
-        self.waiting.append(d)
-        return d.addTimeout(WAIT, reactor)
+        super().__init__(reactor)
+        allocation.on_data(lambda data, peer: self.arrived((data, peer)))
 
 
 class CoturnFamilies(TestCase):
@@ -102,7 +62,7 @@ class CoturnFamilies(TestCase):
         return coturn_fixture(self, listen=(LOOPBACK, LOOPBACK6), relay=relay)
 
     def peer(self, host: str) -> tuple[EchoPeer, Address]:
-        echo = EchoPeer()
+        echo = EchoPeer(reactor)
         port = reactor.listenUDP(0, echo, interface=host)
         self.addCleanup(port.stopListening)
         return echo, Address(host, port.getHost().port)
