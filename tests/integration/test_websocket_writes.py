@@ -25,17 +25,16 @@ class Collect(protocol.Protocol):
 
 class WriteThroughTests(TestCase):
     @defer.inlineCallbacks
-    def test_order_over_tcp(self) -> defer.Deferred[None]:  # type: ignore[misc]
-        """4 MiB in 1 KiB pieces, alternating write_through and write: the other end gets
-        every byte in order (the socket's buffer fills, so both paths queue)."""
+    def connected(self) -> defer.Deferred[tuple[protocol.Protocol, Collect]]:  # type: ignore[misc]
+        """A TCP connection on 127.0.0.1: the server's protocol and the collecting client."""
         accepted: defer.Deferred[protocol.Protocol] = defer.Deferred()
 
         class Server(protocol.Protocol):
             def connectionMade(self) -> None:
                 accepted.callback(self)
 
-        server_factory = protocol.Factory.forProtocol(Server)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server_factory)
+        factory = protocol.Factory.forProtocol(Server)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
         self.addCleanup(port.stopListening)
         client = Collect()
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
@@ -43,6 +42,13 @@ class WriteThroughTests(TestCase):
         self.addCleanup(lambda: client.transport.loseConnection())
         server = yield accepted
         self.addCleanup(lambda: server.transport.loseConnection())
+        return server, client
+
+    @defer.inlineCallbacks
+    def test_order_over_tcp(self) -> defer.Deferred[None]:  # type: ignore[misc]
+        """4 MiB in 1 KiB pieces, alternating write_through and write: the other end gets
+        every byte in order (the socket's buffer fills, so both paths queue)."""
+        server, client = yield self.connected()
         pieces = [bytes([i % 251]) * 1024 for i in range(TOTAL // 1024)]
         for i, piece in enumerate(pieces):
             if i % 2:
@@ -51,3 +57,14 @@ class WriteThroughTests(TestCase):
                 write_through(server.transport, piece)
         received = yield client.done.addTimeout(30, reactor)
         self.assertEqual(received, b"".join(pieces))
+
+    @defer.inlineCallbacks
+    def test_idle_connection_is_sent_at_once(self) -> defer.Deferred[None]:  # type: ignore[misc]
+        """On an idle connection write_through sends in the call: Twisted queues nothing
+        and does not watch the socket for writability (transport.write would do both)."""
+        server, _ = yield self.connected()
+        write_through(server.transport, b"x" * 1000)
+        self.assertNotIn(server.transport, reactor.getWriters())
+        server.transport.write(b"y")
+        self.assertIn(server.transport, reactor.getWriters())
+
