@@ -67,6 +67,18 @@ class TwoNodesTestCase(TestCase):
     async def peer(self, url: str, peer_id: str) -> tuple[RawClientProtocol, dict[str, Any]]:
         return await register_peer(self, url, peer_id)
 
+    async def meet_across_nodes(
+        self, url1: str, url2: str
+    ) -> tuple[RawClientProtocol, RawClientProtocol, dict[str, Any], dict[str, Any]]:
+        """alice on node 1 and bob on node 2 join room ``r``; alice has read bob's
+        ``peer-joined``. Both clients and their registration replies."""
+        alice, alice_reply = await self.peer(url1, "alice")
+        bob, bob_reply = await self.peer(url2, "bob")
+        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
+        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
+        await alice.next()  # peer-joined bob
+        return alice, bob, alice_reply, bob_reply
+
 
 async def raw_client(testcase: TestCase, url: str) -> RawClientProtocol:
     """A raw WebSocket client of ``url``, welcomed (closed by the test's cleanup)."""
@@ -213,11 +225,7 @@ class SharedRoomTests(TwoNodesTestCase):
         """The reconnect token, kept in Redis, takes the id over from another node: the old
         connection is closed with 4001, the rooms stay, and relays reach the new one."""
         url1, url2 = await self.start_nodes()
-        alice, reply = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()  # peer-joined bob
+        alice, bob, reply, _ = await self.meet_across_nodes(url1, url2)
         new = await self.raw(url2)
         resumed = await new.request({"type": "register", "peerId": "alice", "id": 3,
                                      "reconnectToken": reply["reconnectToken"]})  # fmt: skip
@@ -236,11 +244,7 @@ class SharedRoomTests(TwoNodesTestCase):
     async def test_node_stop_removes_its_peers(self) -> None:
         """A node that stops cleanly takes its peers out at once: peer-left elsewhere."""
         url1, url2 = await self.start_nodes()
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
+        alice, bob, _, _ = await self.meet_across_nodes(url1, url2)
         await self.services[1].stopService()
         event = await alice.next()
         self.assertEqual((event["type"], event["peerId"]), ("peer-left", "bob"))
@@ -251,11 +255,7 @@ class SharedRoomTests(TwoNodesTestCase):
         """A node that stops without cleaning up (a crash): its peers vanish once its
         presence TTL has passed, and the next heartbeat tells their rooms (peer-left)."""
         url1, url2 = await self.start_nodes(presence_ttl=1.0)
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
+        alice, bob, _, _ = await self.meet_across_nodes(url1, url2)
         crashed = self.services[1]
         await self.registry(crashed).abandon()
         self.assertEqual(
@@ -276,11 +276,7 @@ class SharedRoomTests(TwoNodesTestCase):
         longer than the TTL) is reaped by the others; its next heartbeat finds its peers
         gone and closes their connections (4000) so they register again."""
         url1, url2 = await self.start_nodes(presence_ttl=0.6)
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
+        alice, bob, _, _ = await self.meet_across_nodes(url1, url2)
         cut_off = self.registry(self.services[1])
         url = parse_redis_url(self.redis_url)
         redis = await txredisapi.Connection(url.host, url.port, dbid=url.db)
@@ -296,11 +292,7 @@ class SharedRoomTests(TwoNodesTestCase):
         """A relay sent along a route learnt a moment before the peer moved to another
         node is sent on from the node it reached, and arrives."""
         url1, url2 = await self.start_nodes()
-        alice, _ = await self.peer(url1, "alice")
-        bob, reply = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()  # peer-joined bob
+        alice, bob, _, reply = await self.meet_across_nodes(url1, url2)
         ack = await alice.request({"type": "offer", "to": "bob", "offer": {"n": 0}, "id": 3})
         self.assertEqual(ack["type"], "ack")
         await bob.next()
@@ -335,11 +327,7 @@ class LinkedSharedRoomTests(LinkedNodesTestCase, SharedRoomTests):
     async def offers_in_order(self, url1: str, url2: str, count: int) -> None:
         """alice on node 1 and bob on node 2 meet in a room; ``count`` offers from alice
         reach bob, in order."""
-        alice, _ = await self.peer(url1, "alice")
-        bob, _ = await self.peer(url2, "bob")
-        await alice.request({"type": "join-room", "roomId": "r", "id": 1})
-        await bob.request({"type": "join-room", "roomId": "r", "id": 2})
-        await alice.next()
+        alice, bob, _, _ = await self.meet_across_nodes(url1, url2)
         for n in range(count):
             alice.send_json({"type": "offer", "to": "bob", "offer": {"n": n}})
         got = [(await bob.next())["offer"] for _ in range(count)]
