@@ -75,6 +75,33 @@ from holepunch.stun.wire import (
 )
 
 
+def encode_error_value(code: int, reason: str, first: int = 0) -> bytes:
+    """The value of ERROR-CODE (RFC 8489 14.8), or of an attribute laid out like it
+    (RFC 8656's ADDRESS-ERROR-CODE puts the family in ``first``, the first byte): class
+    and number of ``code`` (300..699), then the UTF-8 reason phrase."""
+    check_range(code, 300, 699, "error code")
+    try:
+        encoded = reason.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise StunEncodeError(f"cannot encode {reason!r} as UTF-8") from e
+    return struct.pack("!BBBB", first, 0, code // 100, code % 100) + encoded
+
+
+def decode_error_value(value: bytes, name: str = "ERROR-CODE") -> tuple[int, str]:
+    """``(code, reason)`` from an ERROR-CODE-shaped value; an undecodable reason phrase
+    is decoded with replacement characters rather than rejected.
+
+    :raises StunDecodeError: too short, or a class or number out of range.
+    """
+    if len(value) < 4:
+        raise StunDecodeError(f"{name} too short")
+    error_class = value[2] & 0x07
+    number = value[3]
+    if not 3 <= error_class <= 6 or number > 99:
+        raise StunDecodeError(f"{name} class {error_class} number {number} out of range")
+    return error_class * 100 + number, value[4:].decode("utf-8", "replace")
+
+
 @dataclass
 class StunMessage:
     """
@@ -304,13 +331,7 @@ class StunMessage:
         """
         Append ERROR-CODE; ``code`` is 300..699.
         """
-        check_range(code, 300, 699, "error code")
-        try:
-            encoded = reason.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise StunEncodeError(f"cannot encode {reason!r} as UTF-8") from e
-        header = struct.pack("!HBB", 0, code // 100, code % 100)
-        return self.add(Attr.ERROR_CODE, header + encoded)
+        return self.add(Attr.ERROR_CODE, encode_error_value(code, reason))
 
     def get_error_code(self) -> tuple[int, str] | None:
         """
@@ -320,13 +341,7 @@ class StunMessage:
         value = self.get(Attr.ERROR_CODE)
         if value is None:
             return None
-        if len(value) < 4:
-            raise StunDecodeError("ERROR-CODE too short")
-        error_class = value[2] & 0x07
-        number = value[3]
-        if not 3 <= error_class <= 6 or number > 99:
-            raise StunDecodeError(f"ERROR-CODE class {error_class} number {number} out of range")
-        return error_class * 100 + number, value[4:].decode("utf-8", "replace")
+        return decode_error_value(value)
 
     # -- UNKNOWN-ATTRIBUTES (RFC 8489 14.13) --------------------------------
 

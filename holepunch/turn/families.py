@@ -24,12 +24,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from holepunch.addresses import ip_version, unmapped
-from holepunch.stun.message import StunMessage
+from holepunch.stun.message import StunMessage, decode_error_value, encode_error_value
 from holepunch.stun.wire import Address, Attr, StunDecodeError, StunEncodeError
 
 REQUESTED_ADDRESS_FAMILY = int(Attr.REQUESTED_ADDRESS_FAMILY)
@@ -178,14 +177,12 @@ def decode_family(value: bytes, attr_type: int = REQUESTED_ADDRESS_FAMILY) -> Ad
 
 
 def encode_address_error(family: AddressFamily | int, code: int, reason: str) -> bytes:
-    """An ADDRESS-ERROR-CODE value: family, 13 reserved bits, class (3 bits) and number
-    (8 bits) as in ERROR-CODE, then the UTF-8 reason phrase."""
-    if not 300 <= code <= 699:
-        raise StunEncodeError(f"error code must be in 300..699, not {code}")
-    phrase = reason.encode("utf-8")
-    if len(phrase) > 763:
+    """An ADDRESS-ERROR-CODE value: the family, then ERROR-CODE's layout (class and
+    number of ``code``, then the UTF-8 reason phrase)."""
+    phrase_length = len(reason.encode("utf-8", "replace"))
+    if phrase_length > 763:
         raise StunEncodeError("reason phrase longer than 763 bytes")
-    return encode_family(family)[:2] + struct.pack("!BB", code // 100, code % 100) + phrase
+    return encode_error_value(code, reason, first=encode_family(family)[0])
 
 
 def decode_address_error(value: bytes) -> FamilyRefused:
@@ -193,17 +190,12 @@ def decode_address_error(value: bytes) -> FamilyRefused:
 
     :raises StunDecodeError: too short, an unknown family, or a code out of 300..699.
     """
-    if len(value) < 4:
-        raise StunDecodeError(f"ADDRESS-ERROR-CODE too short ({len(value)} bytes)")
+    code, reason = decode_error_value(value, "ADDRESS-ERROR-CODE")
     try:
         family = AddressFamily(value[0])
     except ValueError:
         raise StunDecodeError(f"unknown address family 0x{value[0]:02x}") from None
-    code = (value[2] & 0x07) * 100 + value[3]
-    if not 300 <= code <= 699 or value[3] > 99:
-        raise StunDecodeError(f"ADDRESS-ERROR-CODE {code} out of range")
-    reason = value[4:].decode("utf-8", errors="replace").rstrip("\x00")
-    return FamilyRefused(family, code, reason)
+    return FamilyRefused(family, code, reason.rstrip("\x00"))
 
 
 def add_requested_family(message: StunMessage, family: AddressFamily) -> StunMessage:
