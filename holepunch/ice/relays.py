@@ -37,6 +37,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from holepunch.addresses import format_address
 from holepunch.ice.config import RelayConfig
 from holepunch.stun.client import resolve_server
 from holepunch.stun.message import Address
@@ -84,7 +85,7 @@ class Relays:
         if relayed is None or family_of(relayed.host) is family:
             return None
         return (
-            f"relay {relayed.host}:{relayed.port} is {family_of(relayed.host).label}, "
+            f"relay {format_address(relayed)} is {family_of(relayed.host).label}, "
             f"the peer {host} is {family.label}"
         )
 

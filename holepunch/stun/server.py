@@ -457,7 +457,7 @@ class StunDatagramProtocol(DatagramProtocol):
             try:
                 self._sendto(answer, addr)
             except OSError as e:
-                server.responder.refused("sendFailed", now, f"{host}:{port}: {e}")
+                server.responder.refused("sendFailed", now, f"{format_address((host, port))}: {e}")
 
 
 @implementer(IPushProducer)
@@ -741,7 +741,8 @@ class StunServerService(Service):
         try:
             port.write(data, (destination.host, destination.port))
         except OSError as e:
-            self.responder.refused("sendFailed", self.clock.seconds(), f"{destination}: {e}")
+            detail = f"{format_address(destination)}: {e}"
+            self.responder.refused("sendFailed", self.clock.seconds(), detail)
 
     def addresses(self) -> Iterator[Address]:
         """The addresses listened on (after start)."""

@@ -59,6 +59,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from holepunch.addresses import format_address
 from holepunch.stun.client import (
     DEFAULT_POLICY,
     RetransmissionPolicy,
@@ -541,7 +542,7 @@ class TurnAllocation:
         if self.allocated is None or self.relayed_for(host) is not None:
             return None
         family = family_of(host)
-        relayed = ", ".join(f"{a.host}:{a.port}" for a in self.allocated.relayed_addresses)
+        relayed = ", ".join(format_address(a) for a in self.allocated.relayed_addresses)
         refused = next((r for r in self.allocated.refused if r.family is family), None)
         why = f"; {refused}" if refused is not None else ""
         return PeerAddressFamilyMismatch(
@@ -649,7 +650,7 @@ class TurnAllocation:
         _log.info(
             "TURN allocation on {server}: relayed {relayed}, lifetime {lifetime} s",
             server=self._where(),
-            relayed=", ".join(f"{a.host}:{a.port}" for a in relayed_addresses),
+            relayed=", ".join(format_address(a) for a in relayed_addresses),
             lifetime=lifetime,
         )
         for refusal in refused:
