@@ -36,6 +36,18 @@ class Summary:
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return ", ".join(f"{reason}={n}" for reason, n in ranked)
 
+    def log_fields(self) -> dict[str, object]:
+        """The fields a summary's log line formats (``total``, ``seconds``, ``counts``,
+        ``last_reason``, ``last_detail``) and carries (``refusals``, the counts)."""
+        return {
+            "total": self.total,
+            "seconds": self.seconds,
+            "counts": self.describe(),
+            "last_reason": self.last_reason,
+            "last_detail": self.last_detail,
+            "refusals": self.counts,
+        }
+
 
 class RefusalSummary:
     """Counts refusals by reason; a summary is due at most once per ``interval`` seconds.

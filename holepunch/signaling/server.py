@@ -1004,12 +1004,8 @@ class SignalingServerFactory(WebSocketServerFactory):
 
 def _log_refusals(summary: Summary) -> None:
     _log.info(
-        "refused {total} WebSocket handshakes in {seconds:.0f}s ({counts}); last: {detail}",
-        total=summary.total,
-        seconds=summary.seconds,
-        counts=summary.describe(),
-        detail=summary.last_detail,
-        refusals=summary.counts,
+        "refused {total} WebSocket handshakes in {seconds:.0f}s ({counts}); last: {last_detail}",
+        **summary.log_fields(),
     )
 
 

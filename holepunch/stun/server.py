@@ -153,12 +153,7 @@ class StunServerStats:
 def _log_summary(summary: Summary) -> None:
     _log.info(
         "STUN refused {total} in {seconds:.0f} s: {counts} (last: {last_reason}, {last_detail})",
-        total=summary.total,
-        seconds=summary.seconds,
-        counts=summary.describe(),
-        last_reason=summary.last_reason,
-        last_detail=summary.last_detail,
-        refusals=summary.counts,
+        **summary.log_fields(),
     )
 
 
