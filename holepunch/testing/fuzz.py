@@ -595,7 +595,11 @@ class StunTarget:
 
     def __call__(self, data: bytes | str) -> None:
         assert isinstance(data, bytes)
-        # The server first: it must swallow everything.
+        # The server first: it must swallow everything, on its fast path (what both of
+        # its protocols try first) as on the full one.
+        primary = self.responder.primary
+        for peer in (_PEER, _PEER6):
+            self.responder.answer_plain_binding(data, peer.host, peer.port, primary, 0.0)
         self.responder.handle(data, _PEER, self.responder.primary, 0.0)
         self.responder.handle(data, _PEER6, Address("192.0.2.1", 3478), 0.0, "tcp")
         self._framing(data)
