@@ -166,13 +166,14 @@ def free_port(exclude: Sequence[int] = (), hosts: Sequence[str] = (LOOPBACK,)) -
         with socket.socket(_family(hosts[0]), socket.SOCK_DGRAM) as udp:
             udp.bind((hosts[0], 0))
             port = int(udp.getsockname()[1])
-        if port in exclude or not all(_bindable(host, port) for host in hosts):
+        if port in exclude or not all(bindable(host, port) for host in hosts):
             continue
         return port
     raise CoturnError(f"no free port on {', '.join(hosts)}")
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """``port`` is free for both UDP and TCP on ``host`` right now."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         with socket.socket(_family(host), kind) as sock:
             try:
