@@ -7,24 +7,26 @@ One command, one run, everything on 127.0.0.1::
         [--idle-connections 10000] [--targets holepunch,bare,peerjs,echo] [--json]
 
 For each target in turn, a fresh server process is started and the same load generator
-(``benchmarks/signaling/loadgen.mjs``: Node.js and the ``ws`` client, speaking each
-server's dialect) measures
+(``benchmarks/signaling/loadgen.c``: one C process with epoll, compiled with gcc at run
+time, speaking each server's dialect; it batches frames per connection and spends a few
+µs of CPU per message, so it leaves most of the second core to the server) measures
 
 - **full load**: ``pairs`` pairs of connections relay offers to each other with a window
   of offers in flight per connection; delivered offers per second, with the CPU share of
   the server and of the generator over the measurement window;
-- **paced latency**: ``rate`` offers per second in total, p50/p99 of arrival minus
-  scheduled send time;
+- **paced latency**: ``rate`` offers per second in total, each sent at its scheduled
+  time, p50/p99 of arrival minus scheduled send time;
 - **idle memory**: in a second fresh server process, the growth of the server's RSS per
   connection with ``idle-connections`` registered, idle connections.
 
 Targets: ``holepunch`` (our daemon, ``twistd -n holepunch --no-stun`` with its defaults
-except the per-connection message rate and the connection and peer limits), ``peerjs``
-(the npm ``peer`` server), ``bare`` (a 40-line Autobahn relay without validation,
-``signaling/bare_relay.py``) and ``echo`` (a Node.js server that echoes each message to
-its sender: the generator's own ceiling). Node packages come from
-``benchmarks/signaling/package-lock.json``; ``npm ci`` is run there if they are missing.
-Every process started is stopped before the script exits.
+except the per-connection message rate and the connection and peer limits),
+``holepunch-2w`` (the same with ``--workers 2``), ``holepunch-2n`` (two daemons on one
+redis-server, half the pairs split across them), ``peerjs`` (the npm ``peer`` server),
+``bare`` (a 40-line Autobahn relay without validation, ``signaling/bare_relay.py``) and
+``echo`` (a Node.js server that echoes each message to its sender). Node packages come
+from ``benchmarks/signaling/package-lock.json``; ``npm ci`` is run there if they are
+missing. Every process started is stopped before the script exits.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ TITLES = {
     "holepunch-2n": "holepunch, 2 nodes+Redis",
     "bare": "bare Autobahn relay",
     "peerjs": "PeerJS (peer 1.0.2)",
-    "echo": "null echo (ceiling)",
+    "echo": "null echo (Node.js)",
 }
 DIALECT = {
     "holepunch": "holepunch",
@@ -340,8 +342,26 @@ def two_nodes(processes: Processes) -> Iterator[tuple[list[int], str]]:
 # --- measurements --------------------------------------------------------------------------
 
 
+def build_generator(directory: Path) -> Path:
+    """Compile ``signaling/loadgen.c`` into ``directory``; the path of the binary."""
+    if shutil.which("gcc") is None:
+        raise BenchmarkError("needs gcc to build the load generator (Debian package gcc)")
+    binary = directory / "loadgen"
+    proc = subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(NODE_DIR / "loadgen.c"), "-lm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BenchmarkError(f"gcc could not build the load generator: {proc.stderr[-2000:]}")
+    return binary
+
+
 @dataclass
 class Options:
+    generator: Path
     pairs: int
     window: int
     warmup: float
@@ -352,8 +372,7 @@ class Options:
 
     def generator_args(self, target: str, url: str, mode: str) -> list[str]:
         return [
-            "node",
-            str(NODE_DIR / "loadgen.mjs"),
+            str(self.generator),
             "--url",
             url,
             "--protocol",
@@ -470,6 +489,7 @@ def measure_idle(processes: Processes, target: str, options: Options, result: Ta
 
 
 def ensure_node_packages() -> None:
+    """The PeerJS and echo servers' packages (``npm ci`` if they are missing)."""
     if shutil.which("node") is None:
         raise BenchmarkError("needs Node.js ('node' on PATH; Debian package nodejs)")
     if not (NODE_DIR / "node_modules" / "peer").is_dir():
@@ -600,7 +620,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    import tempfile
+
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="signaling-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        generator = build_generator(log_dir)
+    except BenchmarkError as e:
+        print(f"signaling_load: {e}", file=sys.stderr)
+        return 2
     options = Options(
+        generator=generator,
         pairs=args.pairs,
         window=args.window,
         warmup=args.warmup,
@@ -609,10 +639,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_connections=args.idle_connections,
         payload_bytes=args.payload_bytes,
     )
-    import tempfile
-
-    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="signaling-bench-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
     processes = Processes(log_dir)
     # SIGTERM/SIGINT unwind through ``finally``, which stops every child.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
@@ -626,7 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        ensure_node_packages()
+        if {"peerjs", "echo"} & set(args.targets):
+            ensure_node_packages()
         raise_file_limit(max(4096, options.idle_connections + 1024))  # per process
         for target in args.targets:
             result = TargetResult(target)
@@ -647,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes.stop_all()
     report: dict[str, Any] = {
         "machine": {**machine(), "loadAverageBefore": load_before},
-        "options": vars(options),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()},
         "logs": str(log_dir),
         "results": {
             r.target: {
