@@ -41,6 +41,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -399,18 +400,46 @@ class Options:
         return 60.0 + 2 * (self.warmup + self.duration) + 25.0
 
 
+def medians(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric figure's median over ``runs`` (``lost``: the largest), others the first."""
+    if not runs:
+        return {}
+    merged: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) != len(values):
+            merged[key] = first
+        elif key == "lost":
+            merged[key] = max(numbers)
+        else:
+            merged[key] = statistics.median(numbers)
+    return merged
+
+
 @dataclass
 class TargetResult:
+    """One target's runs (each ``{"fullLoad": ..., "paced": ...}``), idle memory, errors."""
+
     target: str
-    full_load: dict[str, Any] = field(default_factory=dict)
-    paced: dict[str, Any] = field(default_factory=dict)
+    runs: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     idle: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def full_load(self) -> dict[str, Any]:
+        return medians([run["fullLoad"] for run in self.runs])
+
+    @property
+    def paced(self) -> dict[str, Any]:
+        return medians([run["paced"] for run in self.runs])
 
 
 def measure_relay(
     processes: Processes, target: str, options: Options, result: TargetResult
 ) -> None:
+    """One run of both relay phases against a fresh ``target``, added to ``result.runs``."""
+    full_load: dict[str, Any] = {}
     with running_server(processes, target) as (pids, url):
         generator = processes.start(options.generator_args(target, url, "relay"), "loadgen")
         reader = LineReader(generator)
@@ -424,7 +453,7 @@ def measure_relay(
                     cpu_start, wall_start = cpu_seconds(pids), time.monotonic()
                 elif event["event"] == "window-end":
                     elapsed = time.monotonic() - wall_start
-                    result.full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
+                    full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
                 elif event["event"] == "result":
                     final = event
         except TimeoutError:
@@ -435,13 +464,11 @@ def measure_relay(
             raise BenchmarkError(f"the generator printed no result against {target}")
         if final.get("error"):
             raise BenchmarkError(f"{target}: {final['error']}")
-        result.full_load.update(final["fullLoad"])
-        rate = result.full_load.get("messagesPerSecond") or 0.0
-        if rate > 0 and "serverCpu" in result.full_load:
-            result.full_load["serverCpuMicrosecondsPerMessage"] = (
-                result.full_load["serverCpu"] / rate * 1e6
-            )
-        result.paced.update(final["paced"])
+        full_load.update(final["fullLoad"])
+        rate = full_load.get("messagesPerSecond") or 0.0
+        if rate > 0 and "serverCpu" in full_load:
+            full_load["serverCpuMicrosecondsPerMessage"] = full_load["serverCpu"] / rate * 1e6
+        result.runs.append({"fullLoad": full_load, "paced": final["paced"]})
         if final.get("errors"):
             result.errors.append(f"{final['errors']} errors, last: {final.get('lastError')}")
 
@@ -552,12 +579,14 @@ def _fmt(value: Any, pattern: str) -> str:
 def table(results: Sequence[TargetResult], options: Options) -> str:
     head = (
         f"{'target':<22} {'full-load msg/s':>15} {'server CPU':>10} {'µs/msg':>7} {'gen CPU':>8} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'KiB/idle conn':>13}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'KiB/idle conn':>13}  p99 ms of each run"
     )
+    runs = max((len(r.runs) for r in results), default=0)
     lines = [
         f"{options.pairs} pairs ({2 * options.pairs} connections), window {options.window}, "
         f"{options.payload_bytes}-byte offers; latency at {options.rate:g} offers/s; "
-        f"idle memory at {options.idle_connections} connections",
+        f"idle memory at {options.idle_connections} connections; "
+        f"median of {runs} run{'s' if runs != 1 else ''} per target",
         head,
         "-" * len(head),
     ]
@@ -572,7 +601,8 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
             f"{_fmt(r.paced.get('p50Ms'), '.2f'):>7} "
             f"{_fmt(r.paced.get('p99Ms'), '.2f'):>7} "
             f"{_fmt(r.paced.get('lost'), 'd'):>5} "
-            f"{_fmt(None if per_conn is None else per_conn / 1024, '.1f'):>13}"
+            f"{_fmt(None if per_conn is None else per_conn / 1024, '.1f'):>13}  "
+            + " ".join(_fmt(run["paced"].get("p99Ms"), ".2f") for run in r.runs)
         )
         for error in r.errors:
             lines.append(f"  {r.target}: {error}")
@@ -604,6 +634,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--targets",
         default=",".join(TARGETS),
         help="comma-separated subset of " + ",".join(TARGETS),
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="relay runs per target, interleaved; the table gives medians (default 1)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -655,18 +691,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if {"peerjs", "echo"} & set(args.targets):
             ensure_node_packages()
         raise_file_limit(max(4096, options.idle_connections + 1024))  # per process
-        for target in args.targets:
-            result = TargetResult(target)
-            results.append(result)
-            try:
-                measure_relay(processes, target, options, result)
-                if options.idle_connections > 0 and target != "echo":
-                    measure_idle(processes, target, options, result)
-            except BenchmarkError as e:
-                result.errors.append(str(e))
-                status = 1
-            if not args.json:
-                print(f"{target}: done", file=sys.stderr, flush=True)
+        results = [TargetResult(target) for target in args.targets]
+        # Runs take the targets in turn, each run starting one further along, so that
+        # whatever else the machine does falls on all of them alike.
+        for run in range(args.runs):
+            shift = run % len(results)
+            for result in results[shift:] + results[:shift]:
+                try:
+                    measure_relay(processes, result.target, options, result)
+                except BenchmarkError as e:
+                    result.errors.append(str(e))
+                    status = 1
+                if not args.json:
+                    print(f"run {run + 1}: {result.target} done", file=sys.stderr, flush=True)
+        for result in results:
+            if options.idle_connections > 0 and result.target != "echo":
+                try:
+                    measure_idle(processes, result.target, options, result)
+                except BenchmarkError as e:
+                    result.errors.append(str(e))
+                    status = 1
     except BenchmarkError as e:
         print(f"signaling_load: {e}", file=sys.stderr)
         return 2
@@ -680,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r.target: {
                 "fullLoad": r.full_load,
                 "paced": r.paced,
+                "runs": r.runs,
                 "idle": r.idle,
                 "errors": r.errors,
             }
