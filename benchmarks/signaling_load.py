@@ -21,12 +21,13 @@ time, speaking each server's dialect; it batches frames per connection and spend
 
 Targets: ``holepunch`` (our daemon, ``twistd -n holepunch --no-stun`` with its defaults
 except the per-connection message rate and the connection and peer limits),
-``holepunch-2w`` (the same with ``--workers 2``), ``holepunch-2n`` (two daemons on one
-redis-server, half the pairs split across them), ``peerjs`` (the npm ``peer`` server),
-``bare`` (a 40-line Autobahn relay without validation, ``signaling/bare_relay.py``) and
-``echo`` (a Node.js server that echoes each message to its sender). Node packages come
-from ``benchmarks/signaling/package-lock.json``; ``npm ci`` is run there if they are
-missing. Every process started is stopped before the script exits.
+``holepunch-2w`` (the same with ``--workers 2``; ``holepunch-Nw`` for any N),
+``holepunch-2n`` (two daemons on one redis-server, half the pairs split across them),
+``peerjs`` (the npm ``peer`` server), ``bare`` (a 40-line Autobahn relay without
+validation, ``signaling/bare_relay.py``) and ``echo`` (a Node.js server that echoes each
+message to its sender). Node packages come from ``benchmarks/signaling/package-lock.json``;
+``npm ci`` is run there if they are missing. Every process started is stopped before the
+script exits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import select
 import shutil
@@ -56,20 +58,30 @@ NODE_DIR = HERE / "signaling"
 TARGETS = ("holepunch", "holepunch-2w", "holepunch-2n", "bare", "peerjs", "echo")
 TITLES = {
     "holepunch": "holepunch",
-    "holepunch-2w": "holepunch --workers 2",
     "holepunch-2n": "holepunch, 2 nodes+Redis",
     "bare": "bare Autobahn relay",
     "peerjs": "PeerJS (peer 1.0.2)",
     "echo": "null echo (Node.js)",
 }
-DIALECT = {
-    "holepunch": "holepunch",
-    "holepunch-2w": "holepunch",
-    "holepunch-2n": "holepunch",
-    "bare": "holepunch",
-    "peerjs": "peerjs",
-    "echo": "echo",
-}
+WORKERS = re.compile(r"holepunch-(\d+)w")  # holepunch-2w, holepunch-4w: --workers N
+
+
+def workers_of(target: str) -> int:
+    """N for a ``holepunch-Nw`` target, else 0."""
+    match = WORKERS.fullmatch(target)
+    return int(match.group(1)) if match else 0
+
+
+def title(target: str) -> str:
+    workers = workers_of(target)
+    return f"holepunch --workers {workers}" if workers else TITLES[target]
+
+
+def dialect(target: str) -> str:
+    """The generator's dialect for ``target``."""
+    return target if target in ("peerjs", "echo") else "holepunch"
+
+
 START_TIMEOUT = 30.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -124,8 +136,9 @@ def server_argv(target: str, port: int, log_dir: Path) -> list[str]:
     """The command that runs ``target``; 0 lets a server that prints its port choose."""
     if target == "holepunch":
         return holepunch_argv(port, log_dir / "twistd-holepunch.log")
-    if target == "holepunch-2w":
-        return holepunch_argv(port, log_dir / "twistd-holepunch-2w.log", "--workers=2")
+    if workers_of(target):
+        log = log_dir / f"twistd-{target}.log"
+        return holepunch_argv(port, log, f"--workers={workers_of(target)}")
     if target == "bare":
         return [sys.executable, str(NODE_DIR / "bare_relay.py"), str(port)]
     if target == "peerjs":
@@ -298,8 +311,8 @@ def running_server(processes: Processes, target: str) -> Iterator[tuple[list[int
             if line is None:
                 raise BenchmarkError(f"{target} server exited at startup (see its log)")
             port = int(json.loads(line)["port"])
-        if target == "holepunch-2w":
-            wait_for_workers(port, 2, deadline)
+        if workers_of(target):
+            wait_for_workers(port, workers_of(target), deadline)
         yield [proc.pid], f"ws://127.0.0.1:{port}/"
         if proc.poll() is not None:
             raise BenchmarkError(f"{target} server died during the run (see its log)")
@@ -377,7 +390,7 @@ class Options:
             "--url",
             url,
             "--protocol",
-            DIALECT[target],
+            dialect(target),
             "--mode",
             mode,
             "--pairs",
@@ -593,7 +606,7 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
     for r in results:
         per_conn = r.idle.get("bytesPerConnection")
         lines.append(
-            f"{TITLES[r.target]:<22} "
+            f"{title(r.target):<22} "
             f"{_fmt(r.full_load.get('messagesPerSecond'), ',.0f'):>15} "
             f"{_fmt(r.full_load.get('serverCpu'), '.0%'):>10} "
             f"{_fmt(r.full_load.get('serverCpuMicrosecondsPerMessage'), '.1f'):>7} "
@@ -633,7 +646,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets",
         default=",".join(TARGETS),
-        help="comma-separated subset of " + ",".join(TARGETS),
+        help="comma-separated subset of " + ",".join(TARGETS) + " (holepunch-Nw: N workers)",
     )
     parser.add_argument(
         "--runs",
@@ -647,9 +660,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(targets) - set(TARGETS)
+    unknown = {t for t in targets if t not in TARGETS and workers_of(t) < 2}
     if unknown or not targets:
-        parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+        parser.error(
+            f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}, "
+            "or holepunch-Nw for --workers N"
+        )
     args.targets = targets
     return args
 
