@@ -673,7 +673,9 @@ static int relay_mode(void) {
            opt.rate, sent_count, received_count, sent_count - received_count, latency_count);
     json_number("p50Ms", percentile(50), ", ");
     json_number("p90Ms", percentile(90), ", ");
+    json_number("p95Ms", percentile(95), ", ");
     json_number("p99Ms", percentile(99), ", ");
+    json_number("p999Ms", percentile(99.9), ", ");
     json_number("maxMs", latency_count ? latencies[latency_count - 1] : NAN, ", ");
     printf("\"generatorCpu\": %.4f}, \"wallSeconds\": %.3f}\n", pcpu, now_ms() / 1e3);
     return 0;
