@@ -45,6 +45,7 @@ class SignalingLoadSmokeTests(TestCase):
         for target in ("holepunch", "holepunch-2w", "holepunch-2n"):
             ours = report["results"][target]
             self.assertEqual(ours["errors"], [], target)
+            self.assertEqual(len(ours["runs"]), 1, target)
             self.assertGreater(ours["fullLoad"]["messagesPerSecond"], 0, target)
             self.assertGreater(ours["fullLoad"]["serverCpu"], 0, target)
             self.assertEqual(ours["paced"]["lost"], 0, target)
