@@ -54,6 +54,7 @@ from holepunch.addresses import ip_version, split_host_port, unmapped
 from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.logsummary import RefusalSummary, Summary
+from holepunch.peraddress import ConnectionsPerAddress
 from holepunch.ratelimit import TokenBucket
 from holepunch.reuseport import server_endpoint
 from holepunch.signaling import auth
@@ -748,7 +749,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         if factory.accepted >= config.max_connections:
             factory.stats.denied[503] += 1
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server full")
-        if factory.per_address[host] >= config.max_connections_per_address:
+        if factory.per_address.full(host):
             factory.stats.denied[429] += 1
             raise ConnectionDeny(429, "too many connections from your address")
         if config.auth_secret:
@@ -769,7 +770,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
                 self._token = token
                 factory.tokens_in_use.add(token)
         factory.accepted += 1
-        factory.per_address[host] += 1
+        factory.per_address.add(host)
         self._counted_host = host
         self._host_header = request.headers.get("host")
         return None
@@ -870,9 +871,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         factory.protocols.discard(self)
         if self._counted_host is not None:
             factory.accepted -= 1
-            factory.per_address[self._counted_host] -= 1
-            if factory.per_address[self._counted_host] <= 0:
-                del factory.per_address[self._counted_host]
+            factory.per_address.remove(self._counted_host)
             self._counted_host = None
         if self._token is not None:
             factory.tokens_in_use.discard(self._token)
@@ -947,7 +946,9 @@ class SignalingServerFactory(WebSocketServerFactory):
         self.refusals = RefusalSummary(write=_log_refusals)
         """Refused handshakes, logged as one summary line a minute at most."""
         self.accepted = 0
-        self.per_address: Counter[str] = Counter()
+        self.per_address = ConnectionsPerAddress(config.max_connections_per_address)
+        """Open WebSocket connections by client address (the forwarded one behind a
+        trusted proxy), capped at ``max_connections_per_address``."""
         self.protocols: set[SignalingServerProtocol] = set()
         self.tokens_in_use: set[str] = set()
         """With ``token_single_use``: the tokens of the open connections."""
