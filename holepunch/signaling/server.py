@@ -71,6 +71,7 @@ from holepunch.signaling.model import (
     RoomRegistry,
     SignalingError,
 )
+from holepunch.signaling.singleuse import SingleUseTokens
 from holepunch.textpage import index_text, render_text
 
 _log = Logger()
@@ -762,13 +763,12 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             except auth.InvalidToken as e:
                 factory.stats.denied[401] += 1
                 raise ConnectionDeny(401, f"authentication failed: {e.reason}") from None
-            if config.token_single_use and token in factory.tokens_in_use:
-                factory.stats.denied[409] += 1
-                raise ConnectionDeny(409, "token already in use by another connection")
-            self._auth_peer_id, self._token_expires = grant.peer_id, grant.expires
             if config.token_single_use:
+                if not factory.tokens_in_use.claim(token):
+                    factory.stats.denied[409] += 1
+                    raise ConnectionDeny(409, "token already in use by another connection")
                 self._token = token
-                factory.tokens_in_use.add(token)
+            self._auth_peer_id, self._token_expires = grant.peer_id, grant.expires
         factory.accepted += 1
         factory.per_address.add(host)
         self._counted_host = host
@@ -812,13 +812,9 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         self.backlog = backlog
 
     def _swap_token(self, token: str) -> bool:
-        in_use = self.factory.tokens_in_use
-        if token == self._token:
-            return True
-        if token in in_use:
+        held = self._token
+        if held is None or not self.factory.tokens_in_use.swap(held, token):
             return False
-        in_use.discard(self._token)
-        in_use.add(token)
         self._token = token
         return True
 
@@ -874,7 +870,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             factory.per_address.remove(self._counted_host)
             self._counted_host = None
         if self._token is not None:
-            factory.tokens_in_use.discard(self._token)
+            factory.tokens_in_use.release(self._token)
             self._token = None
         if self.session is not None:
             self.session.closed()
@@ -950,7 +946,7 @@ class SignalingServerFactory(WebSocketServerFactory):
         """Open WebSocket connections by client address (the forwarded one behind a
         trusted proxy), capped at ``max_connections_per_address``."""
         self.protocols: set[SignalingServerProtocol] = set()
-        self.tokens_in_use: set[str] = set()
+        self.tokens_in_use = SingleUseTokens()
         """With ``token_single_use``: the tokens of the open connections."""
         self.setProtocolOptions(
             maxFramePayloadSize=config.max_frame_size,
