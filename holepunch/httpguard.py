@@ -20,7 +20,6 @@ serves (the signaling port and ``--http``):
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -30,6 +29,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from holepunch.peraddress import ConnectionsPerAddress
 
 _log = Logger()
 
@@ -95,7 +96,7 @@ class GuardedChannel(HTTPChannel):
 
     def _release(self) -> None:
         if self._counted_host is not None:
-            self.site.release(self._counted_host)
+            self.site.per_address.remove(self._counted_host)
             self._counted_host = None
 
 
@@ -103,7 +104,8 @@ class GuardedSite(Site):
     """A twisted.web ``Site`` whose channels are :class:`GuardedChannel`.
 
     ``head_timeout`` None: no deadline; ``max_connections_per_address`` None: no cap.
-    ``refused`` and ``heads_timed_out`` count what the guard did.
+    ``per_address`` counts the connections in the HTTP phase; ``refused`` and
+    ``heads_timed_out`` count what the guard did.
     """
 
     protocol = GuardedChannel  # type: ignore[assignment]  # HTTP/1.1 only (no h2 here)
@@ -119,28 +121,20 @@ class GuardedSite(Site):
         super().__init__(resource, reactor=reactor)
         self.noisy = False
         self.head_timeout = head_timeout
-        self.max_connections_per_address = max_connections_per_address
-        self.per_address: Counter[str] = Counter()
+        self.per_address = ConnectionsPerAddress(max_connections_per_address)
         self.refused = 0
         self.heads_timed_out = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         host = address_host(addr)
-        limit = self.max_connections_per_address
-        if limit is not None and self.per_address[host] >= limit:
+        if self.per_address.full(host):
             self.refused += 1
             return None  # the reactor closes the connection at once
         channel = super().buildProtocol(addr)
         if channel is not None:
-            self.per_address[host] += 1
+            self.per_address.add(host)
             channel._counted_host = host
         return channel
-
-    def release(self, host: str) -> None:
-        """One connection of ``host`` closed or was handed over."""
-        self.per_address[host] -= 1
-        if self.per_address[host] <= 0:
-            del self.per_address[host]
 
 
 __all__ = ["DEFAULT_HEAD_TIMEOUT", "GuardedChannel", "GuardedSite", "address_host"]

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_websocket_frames,tests.integration.test_websocket_writes -*-
+# -*- test-case-name: tests.unit.test_heldwrites,tests.unit.test_websocket_frames -*-
 """Writes held while a read is handled, then sent in one go, straight to the socket.
 
 A read on one connection (a WebSocket client's, a link from another worker) makes the
@@ -6,10 +6,10 @@ server write to other connections: relays, replies. Writing each at once costs a
 call each; handing each to Twisted's ``transport.write`` costs two more (Twisted queues
 the bytes, registers the socket for writability, sends on the next reactor turn and
 unregisters it). So the protocols that read (``QuietWebSocketServerProtocol``, the
-worker links of :mod:`holepunch.signaling.nodelinks`) raise :attr:`HeldWrites.depth`
-while they handle a read; the writers they cause hold their bytes and enlist in
-:data:`held`; when the outermost read is done, each writer sends what it holds with one
-:func:`write_through`.
+worker links of :mod:`holepunch.signaling.nodelinks`) call :meth:`HeldWrites.read_started`
+and :meth:`HeldWrites.read_done` around the handling of a read; the writers they cause
+(:class:`HoldingWriter`) hold their bytes and enlist in :data:`held`; when the outermost
+read is done, each writer sends what it holds with one :func:`write_through`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ class HeldWrites:
 
     One per process (reads run one at a time on the reactor thread): ``depth`` counts
     the reads under way; a writer that holds bytes while it is above 0 enlists in
-    ``holders`` (once), and the reader that brings it back to 0 calls :meth:`release`.
+    ``holders`` (once). A reader brackets its work with :meth:`read_started` and, in a
+    ``finally``, :meth:`read_done`; the read that brings ``depth`` back to 0 releases
+    what is held. (Two plain calls rather than a ``with`` block: this runs on every read
+    of every connection.)
     """
 
     __slots__ = ("depth", "holders")
@@ -67,6 +70,17 @@ class HeldWrites:
     def __init__(self) -> None:
         self.depth = 0
         self.holders: list[HoldsWrites] = []
+
+    def read_started(self) -> None:
+        """A read is being handled: writes are held until it is done."""
+        self.depth += 1
+
+    def read_done(self) -> None:
+        """The read begun by the matching :meth:`read_started` is handled; if it was the
+        outermost, every holder writes what it holds."""
+        self.depth -= 1
+        if not self.depth and self.holders:
+            self.release()
 
     def release(self) -> None:
         """Every holder writes what it holds."""
@@ -77,3 +91,35 @@ class HeldWrites:
 
 held = HeldWrites()
 """The process's writes held while reads are handled."""
+
+
+class HoldingWriter:
+    """A mixin for a protocol whose writes are held while a read is handled.
+
+    :meth:`hold` keeps bytes (enlisting the writer in :data:`held` the first time);
+    the class's :meth:`flush_held` takes them back, joined, with :meth:`take_held`, and
+    writes them (with whatever it counts on the way).
+    """
+
+    _held_chunks: list[bytes] | None = None
+
+    def hold(self, data: bytes) -> None:
+        """Keep ``data`` until the read under way is handled (after what is held)."""
+        chunks = self._held_chunks
+        if chunks is None:
+            self._held_chunks = [data]
+            held.holders.append(self)
+        else:
+            chunks.append(data)
+
+    def take_held(self) -> bytes:
+        """What is held, joined (``b""`` when nothing is); it is no longer held."""
+        chunks = self._held_chunks
+        if chunks is None:
+            return b""
+        self._held_chunks = None
+        return b"".join(chunks)
+
+    def flush_held(self) -> None:
+        """Write what :meth:`take_held` gives, in one write (the protocol's to define)."""
+        raise NotImplementedError

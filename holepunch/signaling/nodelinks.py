@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from holepunch.signaling.heldwrites import held, write_through
+from holepunch.signaling.heldwrites import HoldingWriter, held, write_through
 
 log = Logger()
 
@@ -115,42 +115,35 @@ class _LinkServer(protocol.Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         deliver = self.links.deliver
-        held.depth += 1  # the clients' writes go out once, after the whole read
+        held.read_started()  # the clients' writes go out once, after the whole read
         try:
             for peer, message in records:
                 deliver(peer, message)
         finally:
-            held.depth -= 1
-            if not held.depth and held.holders:
-                held.release()
+            held.read_done()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.links.incoming.discard(self)
 
 
-class _LinkClient(protocol.Protocol):
+class _LinkClient(HoldingWriter, protocol.Protocol):
     """The sending end of this node's link to one other node; holds its records while a
     read is handled (see :mod:`holepunch.signaling.heldwrites`)."""
 
     def __init__(self, links: NodeLinks, node: str) -> None:
         self.links = links
         self.node = node
-        self._held: list[bytes] | None = None
 
     def send(self, record: bytes) -> None:
         if not held.depth:
             write_through(self.transport, record)
             return
-        if self._held is None:
-            self._held = [record]
-            held.holders.append(self)
-        else:
-            self._held.append(record)
+        self.hold(record)
 
     def flush_held(self) -> None:
-        records, self._held = self._held, None
+        records = self.take_held()
         if records and self.transport is not None:
-            write_through(self.transport, b"".join(records))
+            write_through(self.transport, records)
 
     def dataReceived(self, data: bytes) -> None:
         pass  # the other end never writes

@@ -401,15 +401,10 @@ class RedisRoomRegistry(Service):
             case rs.BatchEvent(relays):
                 for relay in relays:
                     self._relay_arrived(relay)
-            case rs.RelayEvent(to, kind, from_peer, payload):
-                peer = self._local.get(to)
-                if peer is not None:
-                    try:
-                        peer.client.relayed(kind, from_peer, payload)
-                    except SignalingError as e:
-                        # peer-too-slow: the connection dropped itself; the sender, on
-                        # another node's side of the bus, is not told.
-                        log.info("relay to {peer} refused: {error}", peer=to, error=e.code)
+            case rs.RelayEvent() as relay:
+                # The relay or forward script found the peer here: if it is gone, so is
+                # the relay (it is not sent on again).
+                self._deliver_local(relay.to, relay)
             case rs.RoomEvent(joined, to, room_id, peer_id, timestamp, metadata):
                 peer = self._local.get(to)
                 if peer is not None:
@@ -421,14 +416,27 @@ class RedisRoomRegistry(Service):
                     del self._local[peer_id]
                     peer.client.disconnect(DisconnectReason.REPLACED)
 
+    def _deliver_local(self, to: str, relay: rs.RelayEvent | bytes) -> bool:
+        """Hand a relay for ``to`` to its connection if that is on this node (else
+        False): ``relay`` is the relay, or the relayed message already encoded (from a
+        worker link)."""
+        peer = self._local.get(to)
+        if peer is None:
+            return False
+        try:
+            if isinstance(relay, bytes):
+                peer.client.relayed_encoded(relay)
+            else:
+                peer.client.relayed(relay.kind, relay.from_peer, relay.payload)
+        except SignalingError as e:
+            # peer-too-slow: the connection dropped itself; the sender, on another node
+            # (or acked already), is not told.
+            log.info("relay to {peer} refused: {error}", peer=to, error=e.code)
+        return True
+
     def _relay_arrived(self, relay: rs.RelayEvent) -> None:
         """A relay routed here by another node's route cache."""
-        peer = self._local.get(relay.to)
-        if peer is not None:
-            try:
-                peer.client.relayed(relay.kind, relay.from_peer, relay.payload)
-            except SignalingError:
-                pass  # it does not read (dropped): the sender was acked already
+        if self._deliver_local(relay.to, relay):
             return
         # The route was stale (the peer moved or left within ROUTE_TTL): send it on.
         self.forwarded += 1
@@ -437,12 +445,7 @@ class RedisRoomRegistry(Service):
 
     def _link_arrived(self, to: str, message: bytes) -> None:
         """A relay another node of this machine sent through its link, encoded."""
-        peer = self._local.get(to)
-        if peer is not None:
-            try:
-                peer.client.relayed_encoded(message)
-            except SignalingError:
-                pass  # it does not read (dropped): the sender was acked already
+        if self._deliver_local(to, message):
             return
         # The route was stale (the peer moved or left within ROUTE_TTL): send it on.
         try:

@@ -54,6 +54,7 @@ from holepunch.addresses import ip_version, split_host_port, unmapped
 from holepunch.httpguard import GuardedChannel, GuardedSite
 from holepunch.interfaces import DisconnectReason, IRoomRegistry, ISignalingClient, Registration
 from holepunch.logsummary import RefusalSummary, Summary
+from holepunch.peraddress import ConnectionsPerAddress
 from holepunch.ratelimit import TokenBucket
 from holepunch.reuseport import server_endpoint
 from holepunch.signaling import auth
@@ -70,6 +71,7 @@ from holepunch.signaling.model import (
     RoomRegistry,
     SignalingError,
 )
+from holepunch.signaling.singleuse import SingleUseTokens
 from holepunch.textpage import index_text, render_text
 
 _log = Logger()
@@ -748,7 +750,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         if factory.accepted >= config.max_connections:
             factory.stats.denied[503] += 1
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "server full")
-        if factory.per_address[host] >= config.max_connections_per_address:
+        if factory.per_address.full(host):
             factory.stats.denied[429] += 1
             raise ConnectionDeny(429, "too many connections from your address")
         if config.auth_secret:
@@ -761,15 +763,14 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
             except auth.InvalidToken as e:
                 factory.stats.denied[401] += 1
                 raise ConnectionDeny(401, f"authentication failed: {e.reason}") from None
-            if config.token_single_use and token in factory.tokens_in_use:
-                factory.stats.denied[409] += 1
-                raise ConnectionDeny(409, "token already in use by another connection")
-            self._auth_peer_id, self._token_expires = grant.peer_id, grant.expires
             if config.token_single_use:
+                if not factory.tokens_in_use.claim(token):
+                    factory.stats.denied[409] += 1
+                    raise ConnectionDeny(409, "token already in use by another connection")
                 self._token = token
-                factory.tokens_in_use.add(token)
+            self._auth_peer_id, self._token_expires = grant.peer_id, grant.expires
         factory.accepted += 1
-        factory.per_address[host] += 1
+        factory.per_address.add(host)
         self._counted_host = host
         self._host_header = request.headers.get("host")
         return None
@@ -811,13 +812,9 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         self.backlog = backlog
 
     def _swap_token(self, token: str) -> bool:
-        in_use = self.factory.tokens_in_use
-        if token == self._token:
-            return True
-        if token in in_use:
+        held = self._token
+        if held is None or not self.factory.tokens_in_use.swap(held, token):
             return False
-        in_use.discard(self._token)
-        in_use.add(token)
         self._token = token
         return True
 
@@ -870,12 +867,10 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         factory.protocols.discard(self)
         if self._counted_host is not None:
             factory.accepted -= 1
-            factory.per_address[self._counted_host] -= 1
-            if factory.per_address[self._counted_host] <= 0:
-                del factory.per_address[self._counted_host]
+            factory.per_address.remove(self._counted_host)
             self._counted_host = None
         if self._token is not None:
-            factory.tokens_in_use.discard(self._token)
+            factory.tokens_in_use.release(self._token)
             self._token = None
         if self.session is not None:
             self.session.closed()
@@ -947,9 +942,11 @@ class SignalingServerFactory(WebSocketServerFactory):
         self.refusals = RefusalSummary(write=_log_refusals)
         """Refused handshakes, logged as one summary line a minute at most."""
         self.accepted = 0
-        self.per_address: Counter[str] = Counter()
+        self.per_address = ConnectionsPerAddress(config.max_connections_per_address)
+        """Open WebSocket connections by client address (the forwarded one behind a
+        trusted proxy), capped at ``max_connections_per_address``."""
         self.protocols: set[SignalingServerProtocol] = set()
-        self.tokens_in_use: set[str] = set()
+        self.tokens_in_use = SingleUseTokens()
         """With ``token_single_use``: the tokens of the open connections."""
         self.setProtocolOptions(
             maxFramePayloadSize=config.max_frame_size,
