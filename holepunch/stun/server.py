@@ -48,8 +48,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from twisted.application.service import MultiService, Service
-from twisted.internet import defer, task
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -584,7 +585,7 @@ class _StreamFactory(Factory):
         return self.server.stream_protocol(self.server, self.local)
 
 
-class StunServerService(Service):
+class StunServerService(MultiService):
     """Listens on every address of a :class:`StunResponder`, over UDP and optionally TCP.
 
     With port 0 the primary port is chosen by the kernel, and the alternate port too; the
@@ -593,6 +594,10 @@ class StunServerService(Service):
     Per STUN/TCP connection at most ``max_tcp_output`` bytes of answers are buffered (a
     client that lets more pile up is dropped) and the socket's kernel send buffer is
     ``tcp_send_buffer`` bytes (None: the kernel's default, which grows to megabytes).
+
+    A child ``TimerService`` (``twisted.application.internet``) writes the
+    responder's refusals summary every ``log_interval`` seconds (as the signaling
+    server's sweeper runs), and stopping writes what is left.
     """
 
     name = "stun"
@@ -609,6 +614,7 @@ class StunServerService(Service):
         max_tcp_output: int = 65536,
         tcp_send_buffer: int | None = 16384,
     ) -> None:
+        super().__init__()
         self.responder = responder
         self.reuse_port = reuse_port
         """Share the ports with other worker processes (``SO_REUSEPORT``)."""
@@ -623,7 +629,9 @@ class StunServerService(Service):
         self._udp: dict[Address, Any] = {}
         self._wildcard: list[str] = []
         self._ports: list[IListeningPort] = []
-        self._summaries: task.LoopingCall | None = None
+        self._summaries = TimerService(responder.log_interval, self._log_refusals)
+        self._summaries.clock = self.clock
+        self._summaries.setServiceParent(self)
 
     def stream_closed(self, protocol: StunStreamProtocol) -> None:
         """A STUN/TCP connection has gone (called by its protocol)."""
@@ -697,10 +705,7 @@ class StunServerService(Service):
                 r.primary, r.alternate, r.second_port = configured
                 if not isinstance(e, CannotListenError) or attempt == attempts - 1:
                     raise
-        Service.startService(self)
-        self._summaries = task.LoopingCall(self._log_refusals)
-        self._summaries.clock = self.clock
-        self._summaries.start(self.responder.log_interval, now=False)
+        super().startService()
         _log.info(
             "STUN server on {addresses} ({modes})",
             addresses=", ".join(format_address(a) for a in self._udp),
@@ -708,18 +713,21 @@ class StunServerService(Service):
         )
 
     def _log_refusals(self) -> None:
-        self.responder.log_refusals(self.clock.seconds())
+        """Write the refusals summary that is due (every ``log_interval``, and at stop)."""
+        try:
+            self.responder.log_refusals(self.clock.seconds())
+        except Exception:
+            _log.failure("logging the STUN refusals summary failed")
 
     def stopService(self) -> defer.Deferred[Any]:
-        Service.stopService(self)
-        if self._summaries is not None and self._summaries.running:
-            self._summaries.stop()
-        self._summaries = None
+        # A TimerService that never started cannot stop (startService may have raised).
+        timer_stopped = super().stopService() if self.running else defer.succeed(None)
         self._log_refusals()
         ports, self._ports = self._ports, []
         self._udp.clear()
         return defer.gatherResults(
-            [defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True
+            [timer_stopped, *(defer.maybeDeferred(p.stopListening) for p in ports)],
+            consumeErrors=True,
         )
 
     def received(self, datagram: bytes, source: Address, local: Address, transport: str) -> None:

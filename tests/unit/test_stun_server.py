@@ -31,6 +31,7 @@ from holepunch.stun.server import (
     make_stun_service,
 )
 from holepunch.stun.wire import MAX_ATTRIBUTES, Address, Attr, MessageClass, Method
+from holepunch.testing.fakenet import FakeNetwork
 
 A = Address("192.0.2.10", 3478)
 B = Address("192.0.2.11", 3479)
@@ -370,6 +371,24 @@ class RefusalLogTests(SynchronousTestCase):
         [_, rest] = _summaries(events)
         self.assertEqual(rest["refusals"], {"malformed": 2})
         self.assertIn("malformed=2", rest["counts"])
+
+    def test_service_writes_summary_on_its_timer(self) -> None:
+        """The running service writes held refusals after log_interval and the rest at stop, leaving no timer."""
+        network = FakeNetwork()
+        svc = StunServerService(StunResponder(A, log_interval=60), network, tcp=False)
+        with capturedLogs() as events:
+            svc.startService()
+            server = network.ports[(A.host, A.port)].protocol
+            for junk in (b"x", b"y", b"z"):
+                server.datagramReceived(junk, tuple(CLIENT))
+            network.advance(60)
+            server.datagramReceived(b"late", tuple(CLIENT))
+            svc.stopService()
+        first, on_timer, at_stop = _summaries(events)
+        self.assertEqual(first["refusals"], {"malformed": 1})
+        self.assertEqual(on_timer["refusals"], {"malformed": 2})
+        self.assertEqual(at_stop["refusals"], {"malformed": 1})
+        self.assertEqual(network.getDelayedCalls(), [])
 
     def test_summary_model(self) -> None:
         """RefusalSummary: first refusal due at once, then one per interval; take() empties it."""
