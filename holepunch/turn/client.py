@@ -638,12 +638,7 @@ class TurnAllocation:
             relayed_addresses = order_by_preference(relayed_addresses, self.families)
         lifetime = DEFAULT_LIFETIME if lifetime is None else lifetime
         self.allocated = Allocated(
-            relayed_addresses[0],
-            mapped,
-            lifetime,
-            self.server,
-            tuple(relayed_addresses),
-            tuple(refused),
+            tuple(relayed_addresses), mapped, lifetime, self.server, tuple(refused)
         )
         self.state = AllocationState.ALLOCATED
         self._schedule_refresh(lifetime)

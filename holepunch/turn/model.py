@@ -123,27 +123,29 @@ DEFAULT_TIMERS = TurnTimers()
 
 @dataclasses.dataclass(frozen=True)
 class Allocated:
-    """A granted allocation: the relayed address peers send to, our address as the
+    """A granted allocation: the relayed addresses peers send to, our address as the
     server sees it (XOR-MAPPED-ADDRESS), the lifetime in seconds, and the server.
 
     A dual allocation (RFC 8656 7.1) has two relayed addresses, one per family:
     ``relayed_addresses`` lists every one in the order of preference the allocation was
-    asked with, ``relayed`` is the first. ``refused`` names each family asked for that
-    the server did not allocate, and why.
+    asked with, and :attr:`relayed` is the first. ``refused`` names each family asked
+    for that the server did not allocate, and why.
     """
 
-    relayed: Address
+    relayed_addresses: tuple[Address, ...]
     mapped: Address | None
     lifetime: int
     server: Address
-    relayed_addresses: tuple[Address, ...] = ()
     refused: tuple[FamilyRefused, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.relayed_addresses:
-            object.__setattr__(self, "relayed_addresses", (self.relayed,))
-        elif self.relayed not in self.relayed_addresses:
-            raise ValueError("relayed must be one of relayed_addresses")
+            raise ValueError("an allocation has at least one relayed address")
+
+    @property
+    def relayed(self) -> Address:
+        """The preferred relayed address (the first of ``relayed_addresses``)."""
+        return self.relayed_addresses[0]
 
     @property
     def families(self) -> tuple[AddressFamily, ...]:

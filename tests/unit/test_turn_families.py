@@ -6,6 +6,7 @@ relays (holepunch.ice.relays) with dual allocations, all sans-I/O on a fake cloc
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import struct
 from typing import Any
@@ -28,6 +29,7 @@ from holepunch.stun.wire import (
 from holepunch.turn import (
     AddressFamily,
     AddressFamilyNotSupported,
+    Allocated,
     PeerAddressFamilyMismatch,
     TurnAllocation,
     TurnServer,
@@ -198,6 +200,16 @@ class AllocationFamilyTests(SynchronousTestCase, AllocatedMixin):
         self.assertEqual(allocate.get(REQUESTED_ADDRESS_FAMILY), b"\x02\x00\x00\x00")
         self.assertFalse(allocate.has(DRAFT_ADDITIONAL_ADDRESS_FAMILY))
         self.close(clock, allocation)
+
+    def test_relayed_is_the_first_relayed_address(self) -> None:
+        """Allocated.relayed is the first of relayed_addresses, whatever replaces them; none at all is refused."""
+        allocated = Allocated((RELAYED6, RELAYED), None, 600, SERVER)
+        self.assertEqual(allocated.relayed, RELAYED6)
+        self.assertEqual(
+            dataclasses.replace(allocated, relayed_addresses=(RELAYED,)).relayed, RELAYED
+        )
+        with self.assertRaisesRegex(ValueError, "at least one relayed address"):
+            Allocated((), None, 600, SERVER)
 
     def test_no_families_asks_nothing(self) -> None:
         """Without families the Allocate carries no family attribute (server default)."""
