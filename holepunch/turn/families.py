@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -80,11 +81,22 @@ class AddressFamily(enum.IntEnum):
         raise ValueError(f"unknown address family {value!r} (ipv4 or ipv6)")
 
 
+REMEMBERED_HOSTS = 1024
+"""How many textual addresses :func:`family_of` and :func:`peer_address
+<holepunch.turn.model.peer_address>` remember, so that relaying a datagram does not parse
+its peer's address again."""
+
+
 def family_of(host: str) -> AddressFamily:
     """The family of a textual IP address.
 
     :raises ValueError: not an IP address.
     """
+    return _family_of(host)
+
+
+@functools.lru_cache(maxsize=REMEMBERED_HOSTS)
+def _family_of(host: str) -> AddressFamily:
     return AddressFamily.IPV4 if ip_version(host) == 4 else AddressFamily.IPV6
 
 
@@ -284,6 +296,7 @@ __all__ = [
     "AUTO",
     "DRAFT_ADDITIONAL_ADDRESS_FAMILY",
     "DRAFT_ADDRESS_ERROR_CODE",
+    "REMEMBERED_HOSTS",
     "REQUESTED_ADDRESS_FAMILY",
     "AddressFamily",
     "FamilyRefused",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 from typing import TYPE_CHECKING
 
 from holepunch.stun.message import StunMessage
 from holepunch.stun.wire import Address, Method, StunError
-from holepunch.turn.families import AddressFamily, FamilyRefused, family_of
+from holepunch.turn.families import REMEMBERED_HOSTS, AddressFamily, FamilyRefused, family_of
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -213,12 +214,19 @@ def peer_address(peer: tuple[str, int]) -> Address:
     """
     host, port = peer
     try:
-        ip = ipaddress.ip_address(host)
+        ip = _canonical_ip(host)
     except ValueError:
         raise ValueError(f"a TURN peer must be an IP address, not {host!r}") from None
     if not 0 <= port < 65536:
         raise ValueError(f"peer port out of range: {port}")
-    return Address(str(ip), int(port))
+    return Address(ip, int(port))
+
+
+@functools.lru_cache(maxsize=REMEMBERED_HOSTS)
+def _canonical_ip(host: str) -> str:
+    """``host`` as ``ipaddress`` writes it; remembered, as every datagram sent to a
+    peer names it."""
+    return str(ipaddress.ip_address(host))
 
 
 def method_name(method: int) -> str:
