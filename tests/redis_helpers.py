@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from typing import Any
 
@@ -11,13 +10,9 @@ from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest
 
+from lab.coturn import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _RedisProcess(ProcessProtocol):
@@ -47,7 +42,7 @@ class RedisServer:
         if not shutil.which(REDIS_SERVER):
             raise SkipTest("redis-server is not installed (apt-get install redis-server)")
         self.reactor = reactor
-        self.port = free_tcp_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = tempfile.mkdtemp(prefix="holepunch-redis-")
         self.process: _RedisProcess | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,10 @@ from holepunch.signaling.iceservers import IceServerHints
 from holepunch.stun.server import StunResponder
 from holepunch.stun.wire import Address
 from holepunch.testing.loopback import start_signaling_server, start_stun_server
+from lab.coturn import free_port
 from lab.natlab import lab_env
 from lab.peers import ConnectProcess
 from tests.signaling_helpers import needs_ipv6
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Command:
@@ -251,7 +245,7 @@ class ConnectCommandTests(TestCase):
     @defer.inlineCallbacks
     def test_signaling_unreachable(self) -> Any:
         """No signaling server: exit 1 and one stderr line naming the signaling stage."""
-        url = f"ws://127.0.0.1:{closed_port()}/"
+        url = f"ws://127.0.0.1:{free_port()}/"  # nobody listens there
         a = self.start("--signaling", url, "--id", "alice", "--to", "bob", "--timeout", "2")
         code = yield threads.deferToThread(a.wait, 20)
         self.assertEqual(code, 1)

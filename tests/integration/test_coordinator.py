@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
@@ -12,15 +11,10 @@ from holepunch import P2PCoordinator
 from holepunch.coordinator import CoordinatorError
 from holepunch.ice.config import IceConfig
 from holepunch.testing.loopback import registered_client, start_signaling_server, start_stun_server
+from lab.coturn import free_port
 from tests.stream_protocols import Collect, Echo
 
 LOOPBACK = IceConfig.on("127.0.0.1")
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CoordinatorTests(TestCase):

@@ -29,19 +29,12 @@ from holepunch.stun.client import binding_over_tcp, binding_request, listen_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunServerService
 from holepunch.stun.wire import Address, Attr, Method
+from lab.coturn import free_port
 from lab.natlab import TWISTD, lab_fixture
-from tests.redis_helpers import REDIS_SERVER, free_tcp_port
+from tests.redis_helpers import REDIS_SERVER
 from tests.signaling_helpers import needs_ipv6, next_event, raw_client_factory, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port(host: str, kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """A port free on ``host`` a moment ago."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def xor_mapped_family(message: StunMessage) -> int:
@@ -89,7 +82,7 @@ class StunBothFamiliesTests(TestCase):
         """STUN over TCP answers [::1] and 127.0.0.1 clients with their own address and port."""
         port = self.stun().responder.primary.port
         for host in ("::1", "127.0.0.1"):
-            bind = Address(host, free_port(host))
+            bind = Address(host, free_port(hosts=(host,)))
             result = await binding_over_tcp(
                 reactor, Address(host, port), timeout=10, bind_address=bind
             )
@@ -227,7 +220,7 @@ class HttpBothFamiliesTests(TestCase):
         from twisted.web.client import Agent, readBody
 
         needs_ipv6()
-        port = free_port("127.0.0.1")
+        port = free_port()
         start_daemon(self, "--no-stun", "--no-signaling", f"--http=tcp:{port}")
         for host in ("127.0.0.1", "[::1]"):
             response = await Agent(reactor).request(
@@ -366,7 +359,7 @@ class TwistdTests(TestCase):
         needs_ipv6()
         if not os.path.exists(REDIS_SERVER):
             raise SkipTest("redis-server is not installed (apt-get install redis-server)")
-        port, stun = free_tcp_port(), free_tcp_port()
+        port, stun = free_port(), free_port()
         argv = [*TWISTD, "-n", "--pidfile=", "holepunch", "--workers=2",
                 f"--signaling=tcp:{port}", f"--stun-port={stun}",
                 "--stun-alternate-port=0"]  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -21,17 +20,10 @@ from holepunch.punch.tcp import PunchedStream, simultaneous_open
 from holepunch.punch.tcpsession import MAX_FRAME, Rfc4571Framing, StreamConnection
 from holepunch.quic.identity import PeerIdentity
 from holepunch.quic.session import session_over_channel
+from lab.coturn import free_port
 from tests.stream_protocols import Collect, Echo
 
 LOOPBACK = "127.0.0.1"
-
-
-def _unused_port() -> int:
-    probe = socket.socket()
-    probe.bind((LOOPBACK, 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 class FramingTests(SynchronousTestCase):
@@ -99,7 +91,7 @@ class QuicOverPunchedTcpTests(TestCase):
     def test_stream_over_punched_tcp(self) -> Any:
         """Two punches on loopback connect; QUIC with the signaled fingerprints runs on the
         RFC 4571-framed stream and echoes 2 MiB byte-exact."""
-        a_port, b_port = _unused_port(), _unused_port()
+        a_port, b_port = free_port(), free_port()
         start = reactor.seconds() + 0.05
         punches = [
             simultaneous_open(

@@ -25,9 +25,10 @@ from holepunch.signaling.client import RECONNECTED, SignalingClient
 from holepunch.signaling.redisregistry import RedisRoomRegistry
 from holepunch.signaling.redisstate import parse_redis_url
 from holepunch.signaling.server import SignalingConfig, SignalingService, make_signaling_service
+from lab.coturn import free_port
 from lab.natlab import TWISTD
 from tests.integration.test_connect_cli import Command
-from tests.redis_helpers import RedisServer, free_tcp_port, start_redis
+from tests.redis_helpers import RedisServer, start_redis
 from tests.signaling_helpers import RawClientProtocol, next_event, raw_client_factory
 
 LOCAL = "tcp:0:interface=127.0.0.1"
@@ -460,10 +461,10 @@ class DaemonTests(TestCase):
 
     async def test_unreachable_redis_stops_startup(self) -> None:
         """Redis unreachable: twistd exits 1 with one line naming the URL and why."""
-        port = free_tcp_port()
+        port = free_port()
         url = f"redis://127.0.0.1:{port}/3"
         argv = [*TWISTD, "-n", "--pidfile=", "holepunch", "--no-stun",
-                f"--signaling=tcp:{free_tcp_port()}:interface=127.0.0.1", f"--redis={url}"]  # fmt: skip
+                f"--signaling=tcp:{free_port()}:interface=127.0.0.1", f"--redis={url}"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
         env["PYTHONPATH"] = ROOT
         result = await threads.deferToThread(
@@ -531,7 +532,7 @@ class DaemonTests(TestCase):
     async def start_daemon(self, redis_url: str) -> tuple[str, subprocess.Popen[bytes]]:
         """``twistd holepunch --no-stun --redis URL`` on a free port, once it listens
         (its output drained from then on); its ws:// URL and process."""
-        port = free_tcp_port()
+        port = free_port()
         argv = [*TWISTD, "--pidfile=", "-n", "holepunch", "--no-stun",
                 f"--signaling=tcp:{port}:interface=127.0.0.1", f"--redis={redis_url}"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}

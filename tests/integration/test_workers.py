@@ -19,8 +19,9 @@ from twisted.web.client import Agent, readBody
 from holepunch.signaling.client import RECONNECTED, REGISTRATION_LOST, SignalingClient
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.wire import Method
+from lab.coturn import free_port
 from lab.natlab import TWISTD
-from tests.redis_helpers import REDIS_SERVER, free_tcp_port
+from tests.redis_helpers import REDIS_SERVER
 from tests.signaling_helpers import next_event
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,7 +75,7 @@ class WorkersTests(TestCase):
     async def start_daemon(self) -> tuple[str, int, subprocess.Popen[bytes]]:
         """``twistd holepunch --workers 2`` with its defaults but for the ports; its
         ws:// URL and STUN port, once both workers listen."""
-        port, stun = free_tcp_port(), free_tcp_port()
+        port, stun = free_port(), free_port()
         argv = [*TWISTD, "-n", "--pidfile=", "holepunch", f"--workers={WORKERS}",
                 f"--signaling=tcp:{port}:interface=127.0.0.1", "--stun-interface=127.0.0.1",
                 f"--stun-port={stun}", "--stun-alternate-port=0"]  # fmt: skip

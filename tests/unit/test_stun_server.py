@@ -32,6 +32,7 @@ from holepunch.stun.server import (
 )
 from holepunch.stun.wire import MAX_ATTRIBUTES, Address, Attr, MessageClass, Method
 from holepunch.testing.fakenet import FakeNetwork
+from lab.coturn import free_port
 
 A = Address("192.0.2.10", 3478)
 B = Address("192.0.2.11", 3479)
@@ -770,9 +771,7 @@ class BindRetryTests(TestCase):
 
     def test_configured_port_is_not_retried(self) -> None:
         """A port the operator named fails at once, with nothing left bound."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            number = probe.getsockname()[1]
+        number = free_port()
         service = _TakenOnce(StunResponder(Address("127.0.0.1", number)), reactor)
         self.assertRaises(CannotListenError, service.startService)
         self.assertEqual(service.refused, number)

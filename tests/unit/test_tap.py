@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Any
 
@@ -15,14 +14,9 @@ from holepunch.daemon.tap import Options, makeService
 from holepunch.stun.client import listen_stun
 from holepunch.stun.server import SOFTWARE
 from holepunch.stun.wire import Address
+from lab.coturn import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class OptionsTests(SynchronousTestCase):
@@ -86,8 +80,8 @@ class MakeServiceTests(TestCase):
     def test_stun_service_answers_on_both_ports(self) -> Any:
         """makeService's STUN server answers a Binding on the configured port and, with one
         address, on the second port too (a plain second destination: no OTHER-ADDRESS)."""
-        port = free_udp_port()
-        second = free_udp_port()
+        port = free_port()
+        second = free_port()
         options = Options()
         options.parseOptions(
             ["--stun-interface", "127.0.0.1", "--stun-port", str(port),

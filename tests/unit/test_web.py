@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from typing import Any, cast
 
@@ -40,6 +39,7 @@ from holepunch.nat.model import Behavior, NatInfo, NatType
 from holepunch.signaling import auth
 from holepunch.stun.client import listen_stun
 from holepunch.stun.wire import Address
+from lab.coturn import free_port
 from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory, start_daemon
 
@@ -400,12 +400,6 @@ class NatDiscoveryServiceTests(SynchronousTestCase):
         self.assertEqual((nat.state, nat.error), ("failed", "cancelled"))
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class OptionsTests(SynchronousTestCase):
     """twistd options and the environment."""
 
@@ -532,7 +526,7 @@ class DaemonServiceTests(TestCase):
     async def test_daemon_pages(self) -> None:
         """Health, stats, NAT and metrics answer on --http; the signaling port then keeps
         /p2p/health only."""
-        stun_port, http_port = free_port(socket.SOCK_DGRAM), free_port()
+        stun_port, http_port = free_port(), free_port()
         options = Options(environ={})
         options.parseOptions(
             [
@@ -653,7 +647,7 @@ class TwistdTests(TestCase):
 
     async def test_endpoints_metrics_and_sigterm(self) -> None:
         """The JSON endpoints and /metrics answer as documented; SIGTERM closes clients with 1001 and stops twistd promptly."""
-        port, stun_port = free_port(), free_port(socket.SOCK_DGRAM)
+        port, stun_port = free_port(), free_port()
         env = daemon_env(P2P_SIGNALING_PORT=str(port), LOG_LEVEL="info")
         daemon = self.start(
             [
