@@ -161,11 +161,16 @@ def _family(host: str) -> socket.AddressFamily:
 
 def free_port(exclude: Sequence[int] = (), hosts: Sequence[str] = (LOOPBACK,)) -> int:
     """A port that is free for both UDP and TCP on each of ``hosts`` right now (not
-    reserved)."""
+    reserved).
+
+    The kernel picks it for a TCP socket: Linux gives ``bind`` to port 0 odd ports and
+    the ports of outgoing connections even ones, so a connection opened before the
+    caller listens does not take it while even ones are left (a UDP socket gets either).
+    """
     for _ in range(100):
-        with socket.socket(_family(hosts[0]), socket.SOCK_DGRAM) as udp:
-            udp.bind((hosts[0], 0))
-            port = int(udp.getsockname()[1])
+        with socket.socket(_family(hosts[0]), socket.SOCK_STREAM) as tcp:
+            tcp.bind((hosts[0], 0))
+            port = int(tcp.getsockname()[1])
         if port in exclude or not all(bindable(host, port) for host in hosts):
             continue
         return port
