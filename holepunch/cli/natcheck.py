@@ -23,7 +23,13 @@ import sys
 from typing import Any, TextIO
 
 from holepunch.addresses import format_address, ip_version
-from holepunch.nat.model import NatInfo
+from holepunch.nat.model import (
+    FamilyResult,
+    NatInfo,
+    families_json,
+    main_report,
+    no_report_reasons,
+)
 
 DEFAULT_STUN_SERVERS = ("stun.l.google.com:19302", "stun.cloudflare.com:3478")
 
@@ -161,10 +167,8 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
     except Exception as e:  # DNS failures, bad interface: one line, not a traceback
         err.write(f"holepunch nat-check: {type(e).__name__}: {e}\n")
         return 1
-    answered = [(f, r) for f, r in results.items() if isinstance(r, NatInfo)]
-    if not answered:
-        reasons = "; ".join(f"IPv{f}: {r}" for f, r in results.items())
-        err.write(f"holepunch nat-check: {reasons}\n")
+    if main_report(results) is None:
+        err.write(f"holepunch nat-check: {no_report_reasons(results)}\n")
         return 1
     if args.json:
         out.write(json.dumps(json_report(results)) + "\n")
@@ -173,23 +177,16 @@ async def nat_check(reactor: Any, args: argparse.Namespace, out: TextIO, err: Te
     return 0
 
 
-def json_report(results: dict[int, NatInfo | str]) -> dict[str, Any]:
+def json_report(results: dict[int, FamilyResult]) -> dict[str, Any]:
     """The ``--json`` object: the main family's report (IPv4 when it answered) at the top
     level, as nat-check has always printed it, and every family's in ``families``."""
-    families: dict[str, Any] = {}
-    main: dict[str, Any] | None = None
-    for family, result in sorted(results.items()):
-        name = f"IPv{family}"
-        if isinstance(result, NatInfo):
-            families[name] = {"family": name, **result.to_json()}
-            main = main or families[name]
-        else:
-            families[name] = {"family": name, "error": result}
+    families = families_json(results)
+    main = main_report(results)
     assert main is not None
-    return {**main, "families": families}
+    return {**families[f"IPv{main[0]}"], "families": families}
 
 
-def format_families(results: dict[int, NatInfo | str]) -> str:
+def format_families(results: dict[int, FamilyResult]) -> str:
     """The human-readable report: one section per family."""
     sections = []
     for family, result in sorted(results.items()):

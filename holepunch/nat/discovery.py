@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from holepunch.addresses import format_address, ip_version
 from holepunch.nat.model import (
     Behavior,
+    FamilyResult,
     NatInfo,
     NatType,
     PortAllocation,
@@ -527,10 +528,6 @@ async def discover_nat(
                 + " (PCP, NAT-PMP, UPnP IGD asked)"
             )
     return info
-
-
-FamilyResult = NatInfo | str
-"""One family's outcome in :func:`discover_families`: the report, or why there is none."""
 
 
 async def _discover_family(

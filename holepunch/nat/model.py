@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,3 +294,33 @@ def recommended_strategy(info: NatInfo) -> dict[str, Any]:
     base["natType"] = info.type.value
     base["portPredictable"] = info.port_predictable
     return base
+
+
+FamilyResult = NatInfo | str
+"""One address family's discovery outcome: the report, or a sentence saying why there is
+none (no server of that family, no route, no answer)."""
+
+
+def main_report(results: Mapping[int, FamilyResult]) -> tuple[int, NatInfo] | None:
+    """The report that stands for the host where one is shown, and its family: IPv4's
+    when it answered, else IPv6's; None when no family answered."""
+    return next(((f, r) for f, r in sorted(results.items()) if isinstance(r, NatInfo)), None)
+
+
+def families_json(results: Mapping[int, FamilyResult]) -> dict[str, dict[str, Any]]:
+    """Each family's report as JSON, keyed ``IPv4`` / ``IPv6``: ``{"family": "IPv6",
+    ...NatInfo.to_json()}``, or ``{"family": "IPv6", "error": why}`` for a family with
+    none (``families`` of ``holepunch nat-check --json`` and of ``/p2p/nat``)."""
+    families: dict[str, dict[str, Any]] = {}
+    for family, result in sorted(results.items()):
+        name = f"IPv{family}"
+        if isinstance(result, NatInfo):
+            families[name] = {"family": name, **result.to_json()}
+        else:
+            families[name] = {"family": name, "error": result}
+    return families
+
+
+def no_report_reasons(results: Mapping[int, FamilyResult]) -> str:
+    """Why the families without a report have none, in one line (``IPv4: ...; IPv6: ...``)."""
+    return "; ".join(f"IPv{f}: {r}" for f, r in sorted(results.items()) if isinstance(r, str))

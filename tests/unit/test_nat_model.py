@@ -1,4 +1,5 @@
-"""Tests for holepunch.nat.model: classification, port allocation, strategy."""
+"""Tests for holepunch.nat.model: classification, port allocation, strategy, the
+reports of both families."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from holepunch.nat.model import (
     NatType,
     PortAllocation,
     classify,
+    families_json,
+    main_report,
+    no_report_reasons,
     port_allocation,
     recommended_strategy,
 )
@@ -141,3 +145,33 @@ class StrategyTests(SynchronousTestCase):
         """UDP blocked: TCP hole punching, then a relay."""
         s = recommended_strategy(NatInfo(type=NatType.UDP_BLOCKED))
         self.assertEqual(s["methods"], ["tcp-hole-punch", "turn-relay"])
+
+
+class FamiliesTests(SynchronousTestCase):
+    """Both families' results: which report stands for the host, the JSON, the reasons."""
+
+    V4 = NatInfo(type=NatType.PORT_RESTRICTED, public_address="203.0.113.1")
+    V6 = NatInfo(type=NatType.OPEN, public_address="2001:db8::1")
+
+    def test_main_report_prefers_ipv4(self) -> None:
+        """IPv4's report when it answered, else IPv6's, else None."""
+        self.assertEqual(main_report({6: self.V6, 4: self.V4}), (4, self.V4))
+        self.assertEqual(main_report({4: "no answer", 6: self.V6}), (6, self.V6))
+        self.assertIsNone(main_report({4: "no answer", 6: "no route"}))
+
+    def test_families_json(self) -> None:
+        """Each family keyed IPv4 / IPv6, named in "family": its report or its error."""
+        self.assertEqual(
+            families_json({6: "no IPv6 route", 4: self.V4}),
+            {
+                "IPv4": {"family": "IPv4", **self.V4.to_json()},
+                "IPv6": {"family": "IPv6", "error": "no IPv6 route"},
+            },
+        )
+
+    def test_no_report_reasons(self) -> None:
+        """One line naming each family without a report, and why."""
+        results = {6: "no IPv6 route", 4: "no answer"}
+        self.assertEqual(no_report_reasons(results), "IPv4: no answer; IPv6: no IPv6 route")
+        self.assertEqual(no_report_reasons({4: self.V4, 6: "no route"}), "IPv6: no route")
+
