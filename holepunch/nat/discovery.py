@@ -59,6 +59,7 @@ from holepunch.stun.client import (
     binding_over_tcp,
     binding_request,
     listen_stun,
+    resolve_addresses,
     resolve_server,
 )
 from holepunch.stun.message import decode, encode
@@ -479,6 +480,27 @@ async def _resolve(
     return resolved, missing
 
 
+async def resolve_families(
+    reactor: Any, servers: Sequence[tuple[str, int] | Address], families: Sequence[int]
+) -> dict[int, list[Address]]:
+    """Each of ``families``' server addresses, every name looked up once for all of them
+    (its A and AAAA records in one resolution): per server, its first address of each
+    family. A name without an address of a family is left out of that family's list."""
+    found = await defer.gatherResults(
+        [
+            defer.ensureDeferred(resolve_addresses(reactor, host, port, families))
+            for host, port in servers
+        ]
+    )
+    by_family: dict[int, list[Address]] = {family: [] for family in families}
+    for addresses in found:
+        for family, resolved in by_family.items():
+            first = next((a for a in addresses if ip_version(a.host) == family), None)
+            if first is not None:
+                resolved.append(first)
+    return by_family
+
+
 async def discover_nat(
     reactor: Any,
     servers: Sequence[tuple[str, int] | Address],
@@ -508,6 +530,21 @@ async def discover_nat(
     resolved, missing = await _resolve(reactor, servers, family)
     if not resolved:
         raise NoStunServerAnswered(missing)
+    return await _discover_resolved(
+        reactor, resolved, interface, timers, progress, port_mapping, port_mapping_timeout
+    )
+
+
+async def _discover_resolved(
+    reactor: Any,
+    resolved: list[Address],
+    interface: str,
+    timers: DiscoveryTimers | None,
+    progress: Progress | None,
+    port_mapping: bool,
+    port_mapping_timeout: float,
+) -> NatInfo:
+    """:func:`discover_nat` once the servers are addresses of one family."""
     probing = None
     if port_mapping and ip_version(resolved[0].host) == 4:
         probing = _probe_port_mapping(reactor, resolved[0], interface, port_mapping_timeout)
@@ -532,14 +569,15 @@ async def discover_nat(
 
 async def _discover_family(
     reactor: Any,
-    servers: Sequence[tuple[str, int] | Address],
+    resolved: list[Address],
     family: int,
     interface: str,
     progress: Progress | None,
-    **kw: Any,
+    timers: DiscoveryTimers | None,
+    port_mapping: bool,
+    port_mapping_timeout: float,
 ) -> FamilyResult:
     label = f"IPv{family}"
-    resolved, _ = await _resolve(reactor, servers, family)
     if not resolved:
         return f"no {label} STUN server (none given, or no name has an {label} address)"
     try:
@@ -552,8 +590,8 @@ async def _discover_family(
             progress(f"{label}: {text}")
 
     try:
-        return await discover_nat(
-            reactor, resolved, interface=interface, family=family, progress=tagged, **kw
+        return await _discover_resolved(
+            reactor, resolved, interface, timers, tagged, port_mapping, port_mapping_timeout
         )
     except StunError as e:
         return str(e)
@@ -574,23 +612,24 @@ async def discover_families(
 ) -> dict[int, FamilyResult]:
     """:func:`discover_nat` over each of ``families`` at once (4 and 6 by default; only
     ``interface``'s when given), each with the servers (names' A or AAAA records) of its
-    family; returns each family's :class:`NatInfo`, or a sentence saying why there is
-    none (no server of that family, no route, no answer). Progress lines start with
-    ``IPv4:`` or ``IPv6:``. The two never disturb each other's measurements: IPv6 flows
-    do not pass through an IPv4 NAT."""
+    family, every name resolved once (:func:`resolve_families`); returns each family's
+    :class:`NatInfo`, or a sentence saying why there is none (no server of that family,
+    no route, no answer). Progress lines start with ``IPv4:`` or ``IPv6:``. The two never
+    disturb each other's measurements: IPv6 flows do not pass through an IPv4 NAT."""
     if interface:
         families = [ip_version(interface)]
+    resolved = await resolve_families(reactor, servers, families)
     runs = [
         defer.ensureDeferred(
             _discover_family(
                 reactor,
-                servers,
+                resolved[family],
                 family,
                 interface,
                 progress,
-                timers=timers,
-                port_mapping=port_mapping and family == 4,
-                port_mapping_timeout=port_mapping_timeout,
+                timers,
+                port_mapping and family == 4,
+                port_mapping_timeout,
             )
         )
         for family in families

@@ -1,10 +1,13 @@
 """Tests for holepunch.nat.model: classification, port allocation, strategy, the
-reports of both families."""
+reports of both families; and how discovery resolves its servers (no sockets)."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 
+from holepunch.nat.discovery import resolve_families
 from holepunch.nat.model import (
     Behavior,
     NatInfo,
@@ -17,6 +20,8 @@ from holepunch.nat.model import (
     port_allocation,
     recommended_strategy,
 )
+from holepunch.stun.wire import Address
+from tests.resolver_helpers import NameReactor
 
 EI = Behavior.ENDPOINT_INDEPENDENT
 AD = Behavior.ADDRESS_DEPENDENT
@@ -175,3 +180,38 @@ class FamiliesTests(SynchronousTestCase):
         self.assertEqual(no_report_reasons(results), "IPv4: no answer; IPv6: no IPv6 route")
         self.assertEqual(no_report_reasons({4: self.V4, 6: "no route"}), "IPv6: no route")
 
+
+class ResolveFamiliesTests(SynchronousTestCase):
+    """discovery.resolve_families: every server name looked up once for both families."""
+
+    def test_one_lookup_per_name(self) -> None:
+        """A name's A and AAAA come from one lookup; literals need none; each family gets
+        each server's first address of that family, in the order given."""
+        reactor = NameReactor(
+            {
+                "both.test": ["192.0.2.1", "192.0.2.2", "2001:db8::1"],
+                "v6only.test": ["2001:db8::2"],
+            }
+        )
+        servers = [("both.test", 3478), ("192.0.2.9", 3479), ("v6only.test", 3478)]
+        found = self.successResultOf(
+            defer.ensureDeferred(resolve_families(reactor, servers, (4, 6)))
+        )
+        self.assertEqual(
+            found,
+            {
+                4: [Address("192.0.2.1", 3478), Address("192.0.2.9", 3479)],
+                6: [Address("2001:db8::1", 3478), Address("2001:db8::2", 3478)],
+            },
+        )
+        both = (IPv4Address, IPv6Address)
+        self.assertEqual(reactor.nameResolver.asked, [("both.test", both), ("v6only.test", both)])
+
+    def test_one_family(self) -> None:
+        """Asked for one family, only that family is looked up; a name without it is left out."""
+        reactor = NameReactor({"v6only.test": ["2001:db8::2"]})
+        found = self.successResultOf(
+            defer.ensureDeferred(resolve_families(reactor, [("v6only.test", 1)], (4,)))
+        )
+        self.assertEqual(found, {4: []})
+        self.assertEqual(reactor.nameResolver.asked, [("v6only.test", (IPv4Address,))])

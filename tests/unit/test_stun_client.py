@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import DNSLookupError
-from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from holepunch.addresses import ip_version
 from holepunch.stun.client import (
@@ -31,6 +28,7 @@ from holepunch.stun.client import (
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.stun.wire import Address, Attr
+from tests.resolver_helpers import NameReactor
 from tests.signaling_helpers import needs_ipv6
 
 SERVER = Address("192.0.2.1", 3478)
@@ -248,48 +246,6 @@ class RealSocketTests(TestCase):
         yield client.close()
         yield self.assertFailure(d, defer.CancelledError)
         self.assertEqual(len(client.transactions), 0)
-
-
-@implementer(IHostnameResolver)
-class FixedNames:
-    """A name resolver answering from a table: this machine's /etc/hosts has no name with
-    an IPv6 address, so the AAAA path is driven with one (everything else is real)."""
-
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.table = table
-        self.asked: list[tuple[str, tuple[type, ...]]] = []
-
-    def resolveHostName(
-        self,
-        resolutionReceiver: Any,
-        hostName: str,
-        portNumber: int = 0,
-        addressTypes: Any = None,
-        transportSemantics: str = "TCP",
-    ) -> Any:
-        types = tuple(addressTypes or (IPv4Address, IPv6Address))
-        self.asked.append((hostName, types))
-        resolutionReceiver.resolutionBegan(None)
-        for host in self.table.get(hostName, []):
-            kind = IPv6Address if ":" in host else IPv4Address
-            if kind in types:
-                resolutionReceiver.addressResolved(kind("UDP", host, portNumber))
-        resolutionReceiver.resolutionComplete()
-        return resolutionReceiver
-
-
-class NameReactor:
-    """Just enough reactor for name resolution: A via ``resolve``, AAAA via ``nameResolver``."""
-
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        self.nameResolver = FixedNames(table)
-        self.table = table
-
-    def resolve(self, name: str) -> defer.Deferred[str]:
-        v4 = [h for h in self.table.get(name, []) if ":" not in h]
-        if not v4:
-            return defer.fail(DNSLookupError(name))
-        return defer.succeed(v4[0])
 
 
 class FamilyTests(SynchronousTestCase):
