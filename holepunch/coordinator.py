@@ -683,6 +683,11 @@ class P2PCoordinator(MultiService):
         """``{strategy, recommendation, methods, difficulty, natType, ...}``."""
         return recommended_strategy(self.nat_info) if self.nat_info is not None else None
 
+    def get_nat_families(self) -> dict[str, Any] | None:
+        """None: the coordinator checks one family (``discover_nat``), shown by
+        :meth:`get_nat_info`."""
+        return None
+
     def get_stats(self) -> dict[str, Any]:
         """``{initialized, natInfo, activeConnections, signaling, holePunching}``."""
         active = [c for c in self.connections.values() if not c.closed]

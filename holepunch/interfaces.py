@@ -62,6 +62,12 @@ class IStatusProvider(Interface):
     def get_recommended_strategy() -> JSONDict | None:
         """``{strategy, recommendation, methods, difficulty, natType, ...}``, or None."""
 
+    def get_nat_families() -> JSONDict | None:
+        """Each address family's NAT report, keyed ``IPv4`` / ``IPv6`` as in
+        ``holepunch nat-check --json``'s ``families``
+        (:func:`holepunch.nat.model.families_json`), or None where both families were not
+        checked (before the discovery ends, or a single-family one)."""
+
 
 class ISignalingClient(Interface):
     """One connected peer, as the room model sees it.

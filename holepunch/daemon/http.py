@@ -13,8 +13,9 @@ The seed's example 3 as twisted.web resources, plus ``/metrics``
     ``provider.get_stats()`` as JSON: ``{initialized, natInfo,
     activeConnections, signaling, holePunching}`` (the daemon adds ``stun``).
 ``GET /p2p/nat``
-    ``{natInfo, strategy}``: ``provider.get_nat_info()`` and
-    ``provider.get_recommended_strategy()`` (both null until the NAT is known).
+    ``{natInfo, strategy, families}``: ``provider.get_nat_info()``,
+    ``provider.get_recommended_strategy()`` (both null until the NAT is known) and
+    ``provider.get_nat_families()`` (each family's report, null unless both were checked).
 ``GET /metrics``
     The Prometheus text format (OpenMetrics when the scraper asks for it) of a
     :class:`holepunch.daemon.metrics.Metrics`, which has its own
@@ -161,6 +162,7 @@ class StatusResource(Resource):
                     {
                         "natInfo": provider.get_nat_info(),
                         "strategy": provider.get_recommended_strategy(),
+                        "families": provider.get_nat_families(),
                     },
                 )
             ),

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from holepunch.daemon.metrics import Metrics
 from holepunch.daemon.natservice import NatDiscoveryService
 from holepunch.interfaces import IStatusProvider, JSONDict
-from holepunch.nat.model import recommended_strategy
+from holepunch.nat.model import families_json, recommended_strategy
 
 if TYPE_CHECKING:
     from holepunch.daemon.workers import WorkerStats
@@ -135,6 +135,10 @@ class DaemonStatus:
     def get_recommended_strategy(self) -> JSONDict | None:
         info = self.nat.info if self.nat is not None else None
         return recommended_strategy(info) if info is not None else None
+
+    def get_nat_families(self) -> JSONDict | None:
+        results = self.nat.results if self.nat is not None else None
+        return families_json(results) if results else None
 
 
 def daemon_metrics(status: DaemonStatus, registry: CollectorRegistry | None = None) -> Metrics:

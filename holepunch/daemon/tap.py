@@ -74,7 +74,8 @@ class Options(usage.Options):
         [
             "discover-nat",
             None,
-            "At start-up, find out what NAT this host is behind (shown by /p2p/nat).",
+            "At start-up, find out what NAT this host is behind, over IPv4 and IPv6 (shown "
+            "by /p2p/nat).",
         ],
         [
             "no-ice-servers",

@@ -35,7 +35,7 @@ from holepunch.daemon.natservice import NatDiscoveryService
 from holepunch.daemon.status import DaemonStatus
 from holepunch.daemon.tap import DaemonService, Options, level_filter, makeService
 from holepunch.interfaces import IStatusProvider
-from holepunch.nat.model import Behavior, NatInfo, NatType
+from holepunch.nat.model import Behavior, FamilyResult, NatInfo, NatType, families_json
 from holepunch.signaling import auth
 from holepunch.stun.client import listen_stun
 from holepunch.stun.wire import Address
@@ -52,6 +52,7 @@ NAT = NatInfo(
     public_address="203.0.113.1",
     public_port=40000,
 )
+NAT6 = NatInfo(type=NatType.OPEN, public_address="2001:db8::7", public_port=40000)
 
 
 @implementer(IStatusProvider)
@@ -93,6 +94,9 @@ class FakeProvider:
         from holepunch.nat.model import recommended_strategy
 
         return recommended_strategy(self.nat) if self.nat is not None else None
+
+    def get_nat_families(self) -> dict[str, Any] | None:
+        return families_json({4: self.nat, 6: "no IPv6 route"}) if self.nat is not None else None
 
 
 def render(root: Resource, path: bytes, method: bytes = b"GET") -> DummyRequest:
@@ -185,16 +189,19 @@ class PagesTests(SynchronousTestCase):
     def test_nat_unknown(self) -> None:
         """/p2p/nat is {natInfo: null, strategy: null} before the NAT is known."""
         request = render(self.root, b"/p2p/nat")
-        self.assertEqual(body_json(request), {"natInfo": None, "strategy": None})
+        self.assertEqual(body_json(request), {"natInfo": None, "strategy": None, "families": None})
 
     def test_nat_known(self) -> None:
-        """/p2p/nat is the seed's {natInfo, strategy} once the NAT is known."""
+        """/p2p/nat is the seed's {natInfo, strategy} once the NAT is known, and each
+        family's report in families."""
         self.provider.nat = NAT
         data = body_json(render(self.root, b"/p2p/nat"))
         self.assertEqual(data["natInfo"]["type"], "port-restricted")
         self.assertEqual(data["natInfo"]["publicAddress"], "203.0.113.1")
         self.assertEqual(data["strategy"]["natType"], "port-restricted")
         self.assertIn("methods", data["strategy"])
+        self.assertEqual(data["families"]["IPv4"], {"family": "IPv4", **NAT.to_json()})
+        self.assertEqual(data["families"]["IPv6"], {"family": "IPv6", "error": "no IPv6 route"})
 
     def test_head_and_post(self) -> None:
         """HEAD gets the headers without a body; POST is refused with 405."""
@@ -362,21 +369,56 @@ class MetricsTests(SynchronousTestCase):
 class NatDiscoveryServiceTests(SynchronousTestCase):
     """The daemon's optional start-up NAT discovery, with a fake discovery."""
 
+    def start(self, results: dict[int, FamilyResult]) -> tuple[NatDiscoveryService, DaemonStatus]:
+        nat = NatDiscoveryService(None, [], lambda r, s: defer.succeed(results))
+        status = DaemonStatus(task.Clock(), nat=nat)
+        nat.startService()
+        return nat, status
+
     def test_found(self) -> None:
-        """The result is kept and shown by DaemonStatus."""
+        """The result is kept and shown by DaemonStatus: IPv4's as natInfo, both in families."""
         calls: list[Any] = []
 
-        def discover(reactor: Any, servers: list[tuple[str, int]]) -> defer.Deferred[NatInfo]:
+        def discover(
+            reactor: Any, servers: list[tuple[str, int]]
+        ) -> defer.Deferred[dict[int, FamilyResult]]:
             calls.append(servers)
-            return defer.succeed(NAT)
+            return defer.succeed({4: NAT, 6: NAT6})
 
         nat = NatDiscoveryService(None, [("stun.example", 3478)], discover)
         status = DaemonStatus(task.Clock(), nat=nat)
         self.assertIsNone(status.get_nat_info())
+        self.assertIsNone(status.get_nat_families())
         nat.startService()
         self.assertEqual(calls, [[("stun.example", 3478)]])
         self.assertEqual((nat.state, status.get_nat_info()), ("done", NAT.to_json()))
         self.assertEqual(status.get_recommended_strategy()["natType"], "port-restricted")  # type: ignore[index]
+        self.assertEqual(
+            status.get_nat_families(),
+            {
+                "IPv4": {"family": "IPv4", **NAT.to_json()},
+                "IPv6": {"family": "IPv6", **NAT6.to_json()},
+            },
+        )
+
+    def test_ipv6_only(self) -> None:
+        """When only IPv6 answered, natInfo is IPv6's and families says why IPv4 has none."""
+        nat, status = self.start({4: "no IPv4 STUN server", 6: NAT6})
+        self.assertEqual((nat.state, status.get_nat_info()), ("done", NAT6.to_json()))
+        families = status.get_nat_families()
+        assert families is not None
+        self.assertEqual(families["IPv4"], {"family": "IPv4", "error": "no IPv4 STUN server"})
+
+    def test_no_family_answered(self) -> None:
+        """No family answered: failed, with each family's reason, and health stays healthy."""
+        nat, status = self.start({4: "no answer", 6: "no IPv6 route"})
+        self.assertEqual(nat.state, "failed")
+        self.assertEqual(nat.error, "IPv4: no answer; IPv6: no IPv6 route")
+        self.assertIsNone(status.get_nat_info())
+        health = self.successResultOf(status.health_check())
+        self.assertEqual(
+            (health["status"], health["services"]["natDiscovery"]), ("healthy", "failed")
+        )
 
     def test_failed(self) -> None:
         """A failed discovery is reported in health, which stays healthy."""
@@ -388,16 +430,30 @@ class NatDiscoveryServiceTests(SynchronousTestCase):
         self.assertEqual(health["services"]["natDiscovery"], "failed")
         self.assertEqual(nat.error, "no route to host")
 
+    def test_when_finished(self) -> None:
+        """when_finished fires once the discovery is over, at once if it already is."""
+        pending: defer.Deferred[dict[int, FamilyResult]] = defer.Deferred()
+        nat = NatDiscoveryService(None, [], lambda r, s: pending)
+        nat.startService()
+        finished = nat.when_finished()
+        self.assertNoResult(finished)
+        pending.callback({4: NAT})
+        self.successResultOf(finished)
+        self.assertEqual(nat.state, "done")
+        self.successResultOf(nat.when_finished())
+
     def test_stop_cancels(self) -> None:
         """Stopping the service cancels a discovery still running."""
         cancelled: list[object] = []
-        pending: defer.Deferred[NatInfo] = defer.Deferred(cancelled.append)
+        pending: defer.Deferred[dict[int, FamilyResult]] = defer.Deferred(cancelled.append)
         nat = NatDiscoveryService(None, [], lambda r, s: pending)
         nat.startService()
         self.assertEqual(nat.state, "pending")
+        finished = nat.when_finished()
         nat.stopService()
         self.assertEqual(cancelled, [pending])
         self.assertEqual((nat.state, nat.error), ("failed", "cancelled"))
+        self.successResultOf(finished)
 
 
 class OptionsTests(SynchronousTestCase):
@@ -565,7 +621,9 @@ class DaemonServiceTests(TestCase):
             self.assertEqual(stats["stun"]["requests"], 1)
             self.assertEqual(stats["signaling"]["peers"], 0)
             code, body = await self.get(base + "/p2p/nat")
-            self.assertEqual(json.loads(body), {"natInfo": None, "strategy": None})
+            self.assertEqual(
+                json.loads(body), {"natInfo": None, "strategy": None, "families": None}
+            )
             code, body = await self.get(base + "/metrics")
             self.assertIn(b'holepunch_stun_requests_total{transport="udp"} 1.0', body)
         await top.stopService()
@@ -692,7 +750,9 @@ class TwistdTests(TestCase):
         self.assertEqual(stats["stun"]["addresses"], [f"127.0.0.1:{stun_port}"])
 
         status, _, body = await self.curl(base + "/p2p/nat")
-        self.assertEqual((status, json.loads(body)), (200, {"natInfo": None, "strategy": None}))
+        self.assertEqual(
+            (status, json.loads(body)), (200, {"natInfo": None, "strategy": None, "families": None})
+        )
 
         status, content_type, body = await self.curl(base + "/metrics")
         self.assertEqual(status, 200)
