@@ -177,6 +177,17 @@ def free_port(exclude: Sequence[int] = (), hosts: Sequence[str] = (LOOPBACK,)) -
     raise CoturnError(f"no free port on {', '.join(hosts)}")
 
 
+def free_port_pair(hosts: Sequence[str] = (LOOPBACK,)) -> int:
+    """A port P such that P and P + 1 are free for UDP and TCP on each of ``hosts`` right
+    now (a STUN server's port and its second port, which ``twistd holepunch`` puts at
+    P + 1 by default)."""
+    for _ in range(100):
+        port = free_port(hosts=hosts)
+        if port < 65535 and all(bindable(host, port + 1) for host in hosts):
+            return port
+    raise CoturnError(f"no two free ports in a row on {', '.join(hosts)}")
+
+
 def bindable(host: str, port: int) -> bool:
     """``port`` is free for both UDP and TCP on ``host`` right now."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):

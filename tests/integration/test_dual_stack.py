@@ -1,7 +1,7 @@
 """IPv6 and dual stack, over real sockets on ``::1`` and ``127.0.0.1``: the daemon's STUN
 server (UDP and TCP) and signaling server on both families by default, one family when
-told; ``yourAddress`` of the right family; ``holepunch nat-check`` on both families;
-``--workers`` on both; and a host without IPv6 (a network namespace with
+told; ``yourAddress`` of the right family; ``holepunch nat-check`` and ``--discover-nat``
+on both families; ``--workers`` on both; and a host without IPv6 (a network namespace with
 ``disable_ipv6=1``) that still starts on IPv4 and says so."""
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ import threading
 from typing import Any
 
 from twisted.internet import defer, reactor, threads, utils
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.web.client import Agent, readBody
 
 from holepunch.daemon.tap import Options
+from holepunch.nat.discovery import discover_families
+from holepunch.nat.model import NatInfo
 from holepunch.reuseport import parse_tcp_description
 from holepunch.signaling.client import SignalingClient
 from holepunch.signaling.server import describe_address
@@ -29,9 +33,10 @@ from holepunch.stun.client import binding_over_tcp, binding_request, listen_stun
 from holepunch.stun.message import StunMessage, decode, encode
 from holepunch.stun.server import StunServerService
 from holepunch.stun.wire import Address, Attr, Method
-from lab.coturn import free_port
+from lab.coturn import free_port, free_port_pair
 from lab.natlab import TWISTD, lab_fixture
 from tests.redis_helpers import REDIS_SERVER
+from tests.resolver_helpers import NameReactor
 from tests.signaling_helpers import needs_ipv6, next_event, raw_client_factory, start_daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -217,8 +222,6 @@ class HttpBothFamiliesTests(TestCase):
     """``--http tcp:PORT`` serves the status pages on both families, like signaling."""
 
     async def test_health_over_both_families(self) -> None:
-        from twisted.web.client import Agent, readBody
-
         needs_ipv6()
         port = free_port()
         start_daemon(self, "--no-stun", "--no-signaling", f"--http=tcp:{port}")
@@ -297,6 +300,75 @@ class NatCheckBothFamiliesTests(TestCase):
         self.assertIn("== IPv4 ==\nNo result: no IPv4 STUN server", text)
         self.assertIn("== IPv6 ==\nNAT type:         open", text)
         self.assertIn("Public address:   [::1]:", text)
+
+
+ANY_ADDRESS = ("0.0.0.0", "::")
+"""What the daemon's STUN server binds by default."""
+
+
+class DiscoverNatBothFamiliesTests(TestCase):
+    """``twistd holepunch --discover-nat`` checks both families, as nat-check does, against
+    the daemon's own STUN server (every interface, both families) on 127.0.0.1 and ::1."""
+
+    def setUp(self) -> None:
+        needs_ipv6()
+
+    def daemon(self, port: int, *args: str) -> Any:
+        """A daemon whose STUN server answers on ``port`` and ``port`` + 1 (a lone
+        server's second port, which discovery asks), both families."""
+        return start_daemon(self, f"--stun-port={port}", f"--stun-alternate-port={port + 1}", *args)
+
+    async def test_p2p_nat_reports_both_families(self) -> None:
+        """/p2p/nat over HTTP: natInfo and strategy are IPv4's, families has IPv4's report
+        and IPv6's: public ::1, its local address and port (no NAT66)."""
+        port = free_port_pair(ANY_ADDRESS)
+        top = self.daemon(
+            port,
+            "--signaling=tcp:0:interface=127.0.0.1",
+            "--discover-nat",
+            f"--nat-stun-servers=127.0.0.1:{port},[::1]:{port}",
+        )
+        await top.status.nat.when_finished()
+        listening = await top.status.signaling.when_listening()
+        url = f"http://127.0.0.1:{listening.getHost().port}/p2p/nat"
+        response = await Agent(reactor).request(b"GET", url.encode())
+        data = json.loads(await readBody(response))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            (data["natInfo"]["type"], data["natInfo"]["publicAddress"]), ("open", "127.0.0.1")
+        )
+        self.assertEqual(data["strategy"]["natType"], "open")
+        v4, v6 = data["families"]["IPv4"], data["families"]["IPv6"]
+        self.assertEqual(v4, {"family": "IPv4", **data["natInfo"]})
+        self.assertEqual((v6["family"], v6["type"], v6["publicAddress"]), ("IPv6", "open", "::1"))
+        self.assertEqual(v6["server"], f"[::1]:{port}")
+        self.assertEqual(v6["publicPort"], v6["localPort"])
+        self.assertTrue(any("no NAT66" in e for e in v6["evidence"]), v6["evidence"])
+
+    async def test_one_family_configured(self) -> None:
+        """With an IPv4 server only, families says IPv6 had no server; natInfo is IPv4's."""
+        port = free_port_pair(ANY_ADDRESS)
+        top = self.daemon(
+            port, "--no-signaling", "--discover-nat", f"--nat-stun-servers=127.0.0.1:{port}"
+        )
+        await top.status.nat.when_finished()
+        families = top.status.get_nat_families()
+        self.assertEqual(families["IPv4"]["publicAddress"], "127.0.0.1")
+        self.assertIn("no IPv6 STUN server", families["IPv6"]["error"])
+        self.assertEqual(top.status.get_nat_info()["publicAddress"], "127.0.0.1")
+
+    async def test_name_resolved_once(self) -> None:
+        """A server name with A and AAAA records: both families checked against its
+        addresses, the name looked up once for both."""
+        port = free_port_pair(ANY_ADDRESS)
+        self.daemon(port, "--no-signaling")
+        named = NameReactor({"stun.test": ["127.0.0.1", "::1"]}, reactor)
+        results = await discover_families(named, [("stun.test", port)])
+        self.assertEqual(
+            {f: r.public_address for f, r in results.items() if isinstance(r, NatInfo)},
+            {4: "127.0.0.1", 6: "::1"},
+        )
+        self.assertEqual(named.nameResolver.asked, [("stun.test", (IPv4Address, IPv6Address))])
 
 
 def stun_answers(host: str, port: int, count: int) -> int:

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from holepunch import P2PCoordinator
 from holepunch.ice.config import IceConfig
-from lab.coturn import bindable, coturn_fixture, free_port
+from lab.coturn import coturn_fixture, free_port, free_port_pair
 from lab.natlab import TWISTD
 from tests.signaling_helpers import RawClientProtocol, raw_client_factory
 
@@ -28,16 +28,7 @@ LOOPBACK = IceConfig.on("127.0.0.1")
 
 
 STUN_HOSTS = ("127.0.0.1", "127.0.0.2")
-
-
-def free_stun_ports() -> int:
-    """A port P such that P and P + 1 are free for UDP and TCP on both STUN addresses
-    (the daemon's RFC 5780 server binds all eight)."""
-    for _ in range(100):
-        port = free_port(hosts=STUN_HOSTS)
-        if port < 65535 and all(bindable(host, port + 1) for host in STUN_HOSTS):
-            return port
-    raise RuntimeError("no two free ports in a row")
+"""The daemon's RFC 5780 server binds its two ports on both addresses."""
 
 
 class _Daemon(ProcessProtocol):
@@ -73,7 +64,7 @@ class SeedExamplesTests(TestCase):
     async def _start_daemon(self) -> bytes | None:
         """One start: None once healthy, else what twistd printed before it exited."""
         self.port = free_port()
-        self.stun_port = free_stun_ports()
+        self.stun_port = free_port_pair(STUN_HOSTS)
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
         argv = [*TWISTD, "-n", "--pidfile=", "holepunch",
                 f"--signaling=tcp:{self.port}:interface=127.0.0.1",
