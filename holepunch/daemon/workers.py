@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 _log = Logger()
 
 STATS_INTERVAL = 1.0
+PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 """Seconds between two shares of a worker's counters."""
 STATS_TTL = 5.0
 """A worker's counters older than this are left out of the sums (it died)."""
@@ -152,6 +153,28 @@ class WorkerStats(Service):
         return 1 + len(self.others)
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """For ``Popen(preexec_fn=...)``: on Linux, the child gets SIGTERM when this process
+    dies, even by SIGKILL (``PR_SET_PDEATHSIG``), so a daemon killed outright leaves no
+    redis-server behind; elsewhere None (the child is stopped with the daemon only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: go now
+            os._exit(1)
+
+    return in_child
+
+
 class PrivateRedis(Service):
     """A ``redis-server`` on a UNIX socket in a fresh directory (mode 0700), for the
     workers of one daemon when no ``--redis`` is given; stopped with the daemon."""
@@ -182,6 +205,7 @@ class PrivateRedis(Service):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         deadline = time.monotonic() + 10.0
         while True:  # start-up only, before anything else runs

@@ -65,6 +65,50 @@ async def next_of(proto: Any, kind: str) -> dict[str, Any]:
             return message
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        for child, ppid in parents.items():
+            if ppid == parent:
+                found.append(child)
+                queue.append(child)
+    return found
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class WorkersTests(TestCase):
     timeout = 120
 
@@ -210,6 +254,23 @@ class WorkersTests(TestCase):
         await self.offer_ring(clients)
         await until(lambda: self.workers_reporting(WORKERS), 15, "worker 1 started again")
         print(f"killed worker's {len(back)} clients back in {downtimes[-1]:.2f}s at most")
+
+    async def test_killed_daemon_leaves_nothing(self) -> None:
+        """SIGKILL on worker 0 (the daemon itself): the other workers and the private
+        redis-server it started stop by themselves within seconds."""
+        _, _, proc = await self.start_daemon()
+        children = descendants(proc.pid)
+        names = {pid: comm(pid) for pid in children}
+        self.assertIn("redis-server", names.values(), names)
+        self.assertGreaterEqual(len(children), WORKERS, names)  # workers 1.. and Redis
+        self.addCleanup(kill_all, children)  # whatever is left holds the log pipe open
+        proc.kill()
+        proc.wait(10)
+
+        async def none_left() -> bool:
+            return not any(alive(pid) for pid in children)
+
+        await until(none_left, 15, f"the children of a killed daemon gone: {names}")
 
     async def _counted(self, n: int) -> dict[str, Any] | None:
         stats = await self.stats()
