@@ -47,8 +47,7 @@ def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
         "--signaling",
         required=True,
         metavar="URL",
-        help="ws:// or wss:// URL; several, comma-separated: nodes of one service, "
-        "tried in turn",
+        help="ws:// or wss:// URL; several, comma-separated: nodes of one service, tried in turn",
     )
     parser.add_argument("--id", required=True, metavar="ME", help="this peer's id")
     parser.add_argument(
@@ -220,9 +219,6 @@ async def with_secure_peer(
             registering = client.register()
             registering.addTimeout(args.timeout, reactor)
             await registering
-            # Without --room, meet in the acceptor's direct room: the server relays only
-            # between peers that share a room.
-            await client.join_room(args.room or direct_room(args.id if args.accept else args.to))
         except Exception as e:
             raise StageError("signaling", f"{args.signaling}: {signaling_reason(e)}") from e
         relay = RelayConfig(servers=turn_servers)
@@ -243,16 +239,30 @@ async def with_secure_peer(
         negotiator = Negotiator(
             reactor, client, config, max_retries=args.retries, identity=identity
         )
+        # The acceptor waits from the moment we are registered, in this same turn: a
+        # server with --open-relay hands us offers before we have joined any room, and
+        # an offer that found nobody waiting would be dropped (its sender, told it was
+        # delivered, would wait for an answer until its timeout).
         started = reactor.seconds()
+        waiting = negotiator.accept_secure(args.from_peer) if args.accept else None
         try:
-            if args.accept:
-                waiting = negotiator.accept_secure(args.from_peer)
+            # Without --room, meet in the acceptor's direct room: the server relays only
+            # between peers that share a room.
+            await client.join_room(args.room or direct_room(args.id if args.accept else args.to))
+        except Exception as e:
+            if waiting is not None:
+                waiting.addErrback(lambda _: None)
+                waiting.cancel()
+            raise StageError("signaling", f"{args.signaling}: {signaling_reason(e)}") from e
+        try:
+            if waiting is not None:
                 waiting.addTimeout(max(0.1, deadline - reactor.seconds()), reactor)
                 try:
                     session = await waiting
                 except defer.TimeoutError:
                     raise StageError("peer", "no offer arrived in time") from None
             else:
+                started = reactor.seconds()
                 session = await negotiator.connect_secure(
                     args.to,
                     QuicOptions(peer_id=args.to),

@@ -442,3 +442,75 @@ class RefusedCertificateTests(TestCase):
         session = yield connecting
         if session is not None:
             yield session.when_closed()
+
+
+class OfferBeforeJoinTests(TestCase):
+    """An acceptor waits from its registration on: a server with ``--open-relay`` may
+    hand it an offer before its ``join-room`` is answered."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.service, self.url = yield defer.ensureDeferred(start_signaling_server(self, reactor))
+
+    @defer.inlineCallbacks
+    def test_offer_that_arrives_while_joining_is_answered(self) -> Any:
+        """The server holds bob's join until alice's offer has reached him: bob's
+        command answers it, and both ends hold the session (before, the offer was
+        dropped and both sides waited until their timeouts)."""
+        import io
+
+        from holepunch.cli import build_parser
+        from holepunch.cli.peer import SecurePeer, with_secure_peer
+        from holepunch.ice.config import IceConfig
+        from holepunch.ice.negotiation import Negotiator
+        from holepunch.quic.identity import PeerIdentity
+        from holepunch.signaling.client import SignalingClient
+
+        registry = self.service.registry
+        real_join, real_relay = registry.join, registry.relay
+        offered: defer.Deferred[None] = defer.Deferred()
+        held: list[str] = []
+
+        def relay(from_peer: str, to_peer: str, kind: str, payload: Any) -> Any:
+            result = real_relay(from_peer, to_peer, kind, payload)
+            if to_peer == "bob" and kind == "offer" and not offered.called:
+                offered.callback(None)
+            return result
+
+        def join(peer_id: str, room_id: str, now: float) -> Any:
+            if peer_id != "bob":
+                return real_join(peer_id, room_id, now)
+            held.append(room_id)
+            return offered.addCallback(lambda _: real_join(peer_id, room_id, now))
+
+        registry.relay, registry.join = relay, join  # type: ignore[method-assign]
+
+        client = SignalingClient(self.url, "alice", reactor=reactor)
+        client.startService()
+        self.addCleanup(client.stopService)
+        yield client.register()
+        alice = Negotiator(
+            reactor, client, IceConfig.on("127.0.0.1"), identity=PeerIdentity.generate()
+        )
+        self.addCleanup(alice.stop)
+        connecting = alice.connect_secure("bob", wait_for_peer=10)
+
+        args = build_parser().parse_args(
+            ["connect", "--signaling", self.url, "--id", "bob", "--accept", "--timeout", "10",
+             "--host-address", "127.0.0.1", "--no-port-mapping"]
+        )  # fmt: skip
+        err = io.StringIO()
+        described: list[dict[str, Any]] = []
+
+        async def body(peer: SecurePeer) -> int:
+            described.append(peer.describe())
+            return 0
+
+        code = yield defer.ensureDeferred(with_secure_peer(reactor, args, err, "connect", body))
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertEqual(held, ["direct:bob"])  # the join was held, and the offer came first
+        session = yield connecting
+        self.assertEqual(described[0]["peer_fingerprint"], alice.identity.fingerprint)
+        self.assertEqual(described[0]["security"], "quic-tls1.3")
+        session.close("done")
+        yield session.when_closed()
