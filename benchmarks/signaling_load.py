@@ -383,8 +383,13 @@ class Options:
     rate: float
     idle_connections: int
     payload_bytes: int
+    dump_dir: Path | None = None
+    """Where the generator writes each measured offer's send time and latency
+    (``latencies-TARGET-RUN.txt``, two columns in ms), for looking at the tail."""
 
-    def generator_args(self, target: str, url: str, mode: str) -> list[str]:
+    def generator_args(
+        self, target: str, url: str, mode: str, dump: Path | None = None
+    ) -> list[str]:
         return [
             str(self.generator),
             "--url",
@@ -407,6 +412,7 @@ class Options:
             str(self.idle_connections),
             "--payload-bytes",
             str(self.payload_bytes),
+            *(["--dump", str(dump)] if dump is not None else []),
         ]
 
     def relay_deadline(self) -> float:
@@ -454,7 +460,10 @@ def measure_relay(
     """One run of both relay phases against a fresh ``target``, added to ``result.runs``."""
     full_load: dict[str, Any] = {}
     with running_server(processes, target) as (pids, url):
-        generator = processes.start(options.generator_args(target, url, "relay"), "loadgen")
+        dump = None
+        if options.dump_dir is not None:
+            dump = options.dump_dir / f"latencies-{target}-{len(result.runs) + 1}.txt"
+        generator = processes.start(options.generator_args(target, url, "relay", dump), "loadgen")
         reader = LineReader(generator)
         deadline = time.monotonic() + options.relay_deadline()
         cpu_start = wall_start = 0.0
@@ -656,7 +665,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--log-dir", type=Path, default=None, help="keep server/generator logs here"
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep server/generator logs here, and each paced run's latencies "
+        "(latencies-TARGET-RUN.txt: send time and latency of every measured offer, ms)",
     )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -674,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import tempfile
 
-    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="signaling-bench-"))
+    log_dir = (args.log_dir or Path(tempfile.mkdtemp(prefix="signaling-bench-"))).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         generator = build_generator(log_dir)
@@ -690,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         idle_connections=args.idle_connections,
         payload_bytes=args.payload_bytes,
+        dump_dir=None if args.log_dir is None else log_dir,
     )
     processes = Processes(log_dir)
     # SIGTERM/SIGINT unwind through ``finally``, which stops every child.

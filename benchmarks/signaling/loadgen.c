@@ -5,7 +5,7 @@
  *           --mode relay|idle [--pairs 200] [--window 8] [--warmup 2] [--duration 10]
  *           [--rate 2000] [--connections 10000] [--payload-bytes 256]
  *           [--local-addresses 8] [--connect-concurrency 200] [--setup-timeout 120]
- *           [--hold 120]
+ *           [--hold 120] [--dump FILE]
  *
  * Why C and not a WebSocket library: the servers measured here relay a message for
  * 5-15 µs of CPU, and a generator in Node.js with the `ws` client spends as much per
@@ -58,10 +58,10 @@
 /* --- options ------------------------------------------------------------------------- */
 
 static struct {
-    const char *url, *protocol, *mode;
+    const char *url, *protocol, *mode, *dump;
     double pairs, window, warmup, duration, rate, connections, payload_bytes;
     double local_addresses, connect_concurrency, setup_timeout, hold;
-} opt = {"ws://127.0.0.1:8080/", "holepunch", "relay", 200, 8, 2, 10, 2000, 10000, 256,
+} opt = {"ws://127.0.0.1:8080/", "holepunch", "relay", NULL, 200, 8, 2, 10, 2000, 10000, 256,
          8, 200, 120, 120};
 
 static void die(const char *fmt, ...) {
@@ -79,6 +79,7 @@ static void die(const char *fmt, ...) {
 static void parse_args(int argc, char **argv) {
     struct { const char *name; double *number; const char **text; } table[] = {
         {"url", NULL, &opt.url}, {"protocol", NULL, &opt.protocol}, {"mode", NULL, &opt.mode},
+        {"dump", NULL, &opt.dump},
         {"pairs", &opt.pairs, NULL}, {"window", &opt.window, NULL},
         {"warmup", &opt.warmup, NULL}, {"duration", &opt.duration, NULL},
         {"rate", &opt.rate, NULL}, {"connections", &opt.connections, NULL},
@@ -358,7 +359,7 @@ static enum phase phase = SETUP;
 static int running, counting;
 static long delivered, sent_count, received_count;
 static double paced_t0, measure_from;
-static double *latencies;
+static double *latencies, *sent_times;
 static long latency_count, latency_cap;
 
 static void fill_window(conn *c) {
@@ -372,8 +373,10 @@ static void fill_window(conn *c) {
 static void on_delivery(conn *receiver, double sent_at) {
     if (phase == PACED) {
         received_count++;
-        if (sent_at - paced_t0 >= measure_from && latency_count < latency_cap)
+        if (sent_at - paced_t0 >= measure_from && latency_count < latency_cap) {
+            sent_times[latency_count] = sent_at - paced_t0;
             latencies[latency_count++] = now_ms() - sent_at;
+        }
         return;
     }
     conn *sender = dialect == ECHO ? receiver : &conns[receiver->partner];
@@ -640,6 +643,7 @@ static int relay_mode(void) {
     measure_from = opt.warmup * 1e3;
     latency_cap = total;
     latencies = malloc(sizeof(double) * (total + 1));
+    sent_times = malloc(sizeof(double) * (total + 1));
     phase = PACED;
     sent_count = 0;
     double pcpu0 = cpu_seconds();
@@ -659,6 +663,13 @@ static int relay_mode(void) {
     }
     loop_until(now_ms() + 10e3, all_received);
     double pcpu = (cpu_seconds() - pcpu0) / ((now_ms() - paced_t0) / 1e3);
+    if (opt.dump) { /* every measured offer, in arrival order: for looking at the tail */
+        FILE *f = fopen(opt.dump, "w");
+        if (!f) die("cannot write %s", opt.dump);
+        for (long i = 0; i < latency_count; i++)
+            fprintf(f, "%.4f %.4f\n", sent_times[i], latencies[i]);
+        fclose(f);
+    }
     qsort(latencies, latency_count, sizeof(double), compare);
 
     printf("{\"event\": \"result\", \"mode\": \"relay\", \"protocol\": \"%s\", \"errors\": %ld, "

@@ -36,6 +36,7 @@ class SignalingLoadSmokeTests(TestCase):
             "--rate=200",
             "--idle-connections=100",
             "--json",
+            f"--log-dir={Path(self.mktemp()).resolve()}",
         ]
         if shutil.which("redis-server") is None:
             raise SkipTest("needs redis-server for the two-node run")
@@ -52,6 +53,11 @@ class SignalingLoadSmokeTests(TestCase):
             self.assertGreater(ours["paced"]["p99Ms"], 0, target)
             self.assertEqual(ours["idle"]["connections"], 100, target)
             self.assertEqual(ours["idle"]["failed"], 0, target)
+            # --log-dir: each measured offer's send time and latency, one line each
+            rows = (Path(argv[-1].split("=", 1)[1]) / f"latencies-{target}-1.txt").read_text()
+            latencies = [float(line.split()[1]) for line in rows.splitlines()]
+            self.assertEqual(len(latencies), ours["paced"]["measured"], target)
+            self.assertAlmostEqual(max(latencies), ours["paced"]["maxMs"], places=2)
 
 
 class SoakSmokeTests(TestCase):
