@@ -22,6 +22,11 @@ Twisted's ``listenTCP``/``listenUDP`` and strports cannot set socket options bef
   of the addresses (a flow stays with one process), per family. Every process sharing a
   port must set it: one that binds without it makes the others fail with "address in
   use", which is what keeps a stray second daemon out.
+
+TLS (``ssl:PORT:privateKey=...``) listens the same way: Twisted's own parser reads the
+description and the certificates, and is handed :class:`TLSListener` as its reactor, whose
+``listenSSL`` makes these sockets and runs TLS over each connection as Twisted's
+``listenSSL`` does (``TLSMemoryBIOFactory``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorSSL, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 _log = Logger()
@@ -235,7 +241,7 @@ def parse_tcp_description(description: str) -> tuple[int, str, int]:
     if kind not in ("tcp", "tcp6") or not fields:
         raise ValueError(
             f"with several workers the signaling endpoint must be tcp:PORT[:interface=ADDR]"
-            f"[:backlog=N] (got {description!r}; terminate TLS in a proxy in front)"
+            f"[:backlog=N] or ssl:PORT:... (got {description!r})"
         )
     try:
         port = int(fields[0])
@@ -293,17 +299,53 @@ class TCPListenEndpoint:
         return defer.execute(self._listen, protocolFactory)
 
 
+@implementer(IReactorSSL)
+class TLSListener:
+    """The "reactor" Twisted's ``ssl:`` endpoint parser is given: ``listenSSL`` listens
+    as :class:`TCPListenEndpoint` does (both families for an empty interface,
+    ``SO_REUSEPORT`` when shared), with TLS over each connection. It listens only."""
+
+    def __init__(self, reactor: Any, reuse_port: bool = False) -> None:
+        self.reactor = reactor
+        self.reuse_port = reuse_port
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: Any,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        endpoint = TCPListenEndpoint(self.reactor, port, interface, backlog, self.reuse_port)
+        return endpoint._listen(TLSMemoryBIOFactory(contextFactory, False, factory))
+
+    def connectSSL(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("TLSListener only listens")
+
+
+def check_shareable(description: str) -> None:
+    """Whether several processes can share the listener ``description`` names
+    (``tcp:``, ``tcp6:``, ``ssl:``); ``ValueError`` saying why not."""
+    if description.partition(":")[0] != "ssl":
+        parse_tcp_description(description)
+
+
 def server_endpoint(
     reactor: Any, description: str, reuse_port: bool = False
 ) -> IStreamServerEndpoint:
     """The listener a strports ``description`` names: ``tcp:``/``tcp6:`` ones by
-    :class:`TCPListenEndpoint` (``tcp:PORT`` listens on both families), anything else
-    (``ssl:``, ``unix:``...) by Twisted's ``serverFromString``.
+    :class:`TCPListenEndpoint` (``tcp:PORT`` listens on both families), ``ssl:`` ones by
+    Twisted's parser over :class:`TLSListener` (``ssl:PORT`` on both families too),
+    anything else (``unix:``...) by Twisted's ``serverFromString``.
 
-    :raises ValueError: ``reuse_port`` with anything but ``tcp:``/``tcp6:``, or a
-        malformed ``tcp:`` description.
+    :raises ValueError: ``reuse_port`` with anything but ``tcp:``/``tcp6:``/``ssl:``, or
+        a malformed ``tcp:`` description.
     """
     kind = description.partition(":")[0]
+    if kind == "ssl":
+        tls: IStreamServerEndpoint = serverFromString(TLSListener(reactor, reuse_port), description)
+        return tls
     if kind in ("tcp", "tcp6") or reuse_port:
         return TCPListenEndpoint.from_description(reactor, description, reuse_port)
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)

@@ -320,10 +320,10 @@ class Options(usage.Options):
         if self["presence-ttl"] <= 0:
             raise usage.UsageError("--presence-ttl must be positive")
         if self["workers"] > 1 and not self["no-signaling"]:
-            from holepunch.reuseport import parse_tcp_description
+            from holepunch.reuseport import check_shareable
 
             try:
-                parse_tcp_description(self["signaling"])
+                check_shareable(self["signaling"])
             except ValueError as e:
                 raise usage.UsageError(f"--workers: {e}") from None
 

@@ -3,20 +3,13 @@ relaying, garbage isolation, eviction, reconnect with token, auth, TLS, HTTP on 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
-import os
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -33,7 +26,13 @@ from holepunch.signaling.server import (
     SignalingService,
     make_signaling_service,
 )
-from tests.signaling_helpers import FreezingProxy, RawClientProtocol, raw_client_factory
+from tests.signaling_helpers import (
+    FreezingProxy,
+    RawClientProtocol,
+    needs_ipv6,
+    raw_client_factory,
+)
+from tests.tls_helpers import make_pki
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -383,65 +382,6 @@ class AuthTests(IntegrationTestCase):
         self.assertEqual(failure.code, m.UNAUTHORIZED)
 
 
-def make_pki(directory: str) -> dict[str, Any]:
-    """A CA, a server certificate for 127.0.0.1 it signs, and the files strports wants."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(common_name: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("holepunch test CA"))
-        .issuer_name(name("holepunch test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    os.makedirs(directory)
-    key_path = os.path.join(directory, "server.key")
-    cert_path = os.path.join(directory, "server.pem")
-    with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return {
-        "ca": Certificate.loadPEM(ca_cert.public_bytes(serialization.Encoding.PEM)),
-        "key": key_path,
-        "cert": cert_path,
-    }
-
-
 class _Recorder(Protocol):
     def __init__(self) -> None:
         self.lost: defer.Deferred[None] = defer.Deferred()
@@ -469,6 +409,29 @@ class TLSTests(IntegrationTestCase):
         alice = await self.client(url, "alice", trust_root=pki["ca"])
         self.assertTrue(alice.registered)
         self.assertGreaterEqual(await alice.ping(), 0.0)
+
+    async def test_wss_on_both_families(self) -> None:
+        """``ssl:PORT`` with no interface listens on IPv4 and IPv6, as ``tcp:PORT`` does:
+        one peer over wss://127.0.0.1, one over wss://[::1], on one port; they relay to
+        each other, and the server sees each at its own family's address."""
+        needs_ipv6()
+        pki = make_pki(self.mktemp())
+        _, url = await self.server(
+            endpoint=f"ssl:0:privateKey={pki['key']}:certKey={pki['cert']}", open_relay=True
+        )
+        url6 = url.replace("127.0.0.1", "[::1]")
+        seen = {}
+        for peer_id, at in (("alice", url), ("bob", url6)):
+            client = await self.client(at, peer_id, register=False, trust_root=pki["ca"])
+            welcome = next_event(client, "welcome")
+            await client.register()
+            seen[peer_id] = ((await welcome)["yourAddress"]["address"], client)
+        self.assertEqual([seen[p][0] for p in ("alice", "bob")], ["127.0.0.1", "::1"])
+        alice, bob = seen["alice"][1], seen["bob"][1]
+        arriving = next_event(bob, "offer")
+        await alice.send_offer("bob", {"sdp": "over TLS"})
+        offer = await arriving
+        self.assertEqual((offer["from"], offer["offer"]), ("alice", {"sdp": "over TLS"}))
 
     async def test_wrong_name_or_untrusted_ca_refused(self) -> None:
         """TLS fails for a name the certificate lacks and for a CA the client distrusts."""

@@ -116,12 +116,16 @@ class WorkersTests(TestCase):
         if not os.path.exists(REDIS_SERVER):
             self.skipTest("redis-server is not installed (apt-get install redis-server)")
 
-    async def start_daemon(self) -> tuple[str, int, subprocess.Popen[bytes]]:
+    agent: Any = None
+
+    async def start_daemon(self, tls: str = "") -> tuple[str, int, subprocess.Popen[bytes]]:
         """``twistd holepunch --workers 2`` with its defaults but for the ports; its
-        ws:// URL and STUN port, once both workers listen."""
+        ws:// URL (wss:// with ``tls``, the ``ssl:`` options) and STUN port, once both
+        workers listen."""
         port, stun = free_port(), free_port()
+        signaling = f"{'ssl' if tls else 'tcp'}:{port}:interface=127.0.0.1{tls}"
         argv = [*TWISTD, "-n", "--pidfile=", "holepunch", f"--workers={WORKERS}",
-                f"--signaling=tcp:{port}:interface=127.0.0.1", "--stun-interface=127.0.0.1",
+                f"--signaling={signaling}", "--stun-interface=127.0.0.1",
                 f"--stun-port={stun}", "--stun-alternate-port=0"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
         env["PYTHONPATH"] = ROOT
@@ -131,7 +135,7 @@ class WorkersTests(TestCase):
         self.addCleanup(self.stop, proc)
         self.log: list[bytes] = []
         await threads.deferToThread(self.wait_for_listening, proc)
-        self.url = f"ws://127.0.0.1:{port}/"
+        self.url = f"{'wss' if tls else 'ws'}://127.0.0.1:{port}/"
         await until(lambda: self.workers_reporting(WORKERS), 15, "both workers' counters")
         return self.url, stun, proc
 
@@ -141,7 +145,7 @@ class WorkersTests(TestCase):
         waiting = {b"worker %d: " % i for i in range(1, WORKERS)} | {b"main"}
         for line in iter(proc.stdout.readline, b""):
             self.log.append(line)
-            if b"Site starting on" in line:
+            if b"Site starting on" in line or b"Site (TLS) starting on" in line:
                 waiting.discard(next((w for w in waiting if w in line), b"main"))
             if not waiting:
                 threads.deferToThread(self.drain, proc)  # keep the pipe from filling
@@ -159,18 +163,20 @@ class WorkersTests(TestCase):
 
     async def stats(self) -> dict[str, Any]:
         url = self.url.replace("ws", "http", 1).encode() + b"p2p/stats"
-        response = await Agent(reactor).request(b"GET", url)
+        response = await (self.agent or Agent(reactor)).request(b"GET", url)
         result: dict[str, Any] = json.loads(await readBody(response))
         return result
 
     async def workers_reporting(self, count: int) -> bool:
         return bool((await self.stats())["workers"]["reporting"] == count)
 
-    async def clients(self, url: str, count: int) -> list[SignalingClient]:
+    async def clients(self, url: str, count: int, trust_root: Any = None) -> list[SignalingClient]:
         """``count`` clients c0.. registered at ``url`` and in room ``r``."""
         clients = []
         for i in range(count):
-            client = SignalingClient(url, f"c{i}", reactor=reactor, retry_initial=0.2)
+            client = SignalingClient(
+                url, f"c{i}", reactor=reactor, retry_initial=0.2, trust_root=trust_root
+            )
             client.startService()
             self.addCleanup(client.stopService)
             await client.register()
@@ -216,6 +222,31 @@ class WorkersTests(TestCase):
             return bool((await self.stats())["stun"]["requests"] == 40)
 
         await until(stun_counted, 10, "40 STUN requests counted over the workers")
+
+    async def test_workers_share_a_tls_port(self) -> None:
+        """``--workers 2 --signaling ssl:...``: both workers serve wss:// on the one
+        port (SO_REUSEPORT under TLS); twelve peers over TLS, spread over both, relay a
+        ring of offers; the status pages answer over HTTPS on the same port."""
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        from tests.tls_helpers import make_pki
+
+        pki = make_pki(os.path.abspath(self.mktemp()))  # the daemon runs elsewhere
+        self.agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=pki["ca"]))
+        url, _stun, _proc = await self.start_daemon(
+            f":privateKey={pki['key']}:certKey={pki['cert']}"
+        )
+        self.assertTrue(url.startswith("wss://"))
+        peers = await self.clients(url, 12, trust_root=pki["ca"])
+        await self.offer_ring(peers)
+
+        async def both_serving() -> dict[str, Any] | None:
+            members = (await self.stats())["workers"]["members"]
+            counts = [m["connections"] for m in members.values()]
+            return members if sum(counts) == len(peers) and all(counts) else None
+
+        members = await until(both_serving, 10, "12 TLS connections over both workers")
+        self.assertEqual(sorted(members), [str(i) for i in range(WORKERS)])
 
     async def test_killed_worker_clients_come_back(self) -> None:
         """SIGKILL on worker 1: its clients reconnect through the same address and are
