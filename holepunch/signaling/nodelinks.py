@@ -15,11 +15,14 @@ The wire format of a link, one record per relay::
     2 bytes  length of the peer id
     the peer id (UTF-8), then the message (compact JSON, UTF-8)
 
-:class:`RecordReader` is the sans-I/O parser; :class:`NodeLinks` the service that
-listens, connects on first use and keeps one connection per other node. A node with no
-socket in the directory (a node on another machine, or one that is not started yet)
-gets its relays through Redis, as before, and is tried again after
-:data:`RETRY_AFTER` seconds.
+:class:`RecordReader` is the sans-I/O parser (by hand rather than Twisted's
+``Int32StringReceiver``, which is a protocol, not a parser: this one is driven in memory
+by the tests and hands back every record of a read at once, so the writes they cause
+leave in one go after the read; the format is ``Int32StringReceiver``'s with the peer id
+in front). :class:`NodeLinks` is the service that listens, connects on first use and
+keeps one connection per other node. A node with no socket in the directory (a node on
+another machine, or one that is not started yet) gets its relays through Redis, as
+before, and is tried again after :data:`RETRY_AFTER` seconds.
 """
 
 from __future__ import annotations
