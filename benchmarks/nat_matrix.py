@@ -132,9 +132,8 @@ def run_once(
             )
         elif "reason" not in result:
             stderr = "\n".join(result["stderr"]).strip().splitlines()
-            result["reason"] = (
-                f"exit {result['exit']}, byte-exact {result['byte_exact']}: "
-                + (stderr[-1] if stderr else "")
+            result["reason"] = f"exit {result['exit']}, byte-exact {result['byte_exact']}: " + (
+                stderr[-1] if stderr else ""
             )
         return result
     result = run_connect(

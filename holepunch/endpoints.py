@@ -547,9 +547,7 @@ class HolepunchServerEndpoint:
             await registration.client.join_room(direct_room(peer))
         except Exception as e:
             await port.stopListening()
-            raise ListenFailed(
-                peer, f"could not register on {self.options.signaling}: {e}"
-            ) from e
+            raise ListenFailed(peer, f"could not register on {self.options.signaling}: {e}") from e
         port.startListening()
         return port
 

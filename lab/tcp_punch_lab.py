@@ -44,9 +44,7 @@ class PunchDriver:
 
     def __init__(self, host: LabHost, stun_server: str, extra_args: Sequence[str] = ()) -> None:
         self.host = host
-        argv = host.python_argv(
-            "lab.tcp_punch_driver", "--stun", stun_server, *extra_args
-        )
+        argv = host.python_argv("lab.tcp_punch_driver", "--stun", stun_server, *extra_args)
         self.proc = host.popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

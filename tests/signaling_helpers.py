@@ -247,4 +247,3 @@ def needs_ipv6() -> None:
     reason = ipv6_unavailable()
     if reason is not None:
         raise SkipTest(f"this host has no IPv6: {reason}")
-

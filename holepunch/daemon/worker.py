@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except usage.UsageError as e:
         sys.stderr.write(f"holepunch worker: {e}\n")
         return 2
+
     def line(event: dict[str, Any]) -> str:
         namespace, level = event.get("log_namespace", "-"), event.get("log_level")
         text = formatEvent(event).replace("\n", "\n\t")
@@ -56,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     service = makeService(options, reactor)
     reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", service.stopService
-    )
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     _watch_parent(reactor)
     reactor.run()
     return 0

@@ -89,9 +89,7 @@ class PathSearch:
     def candidates(self) -> list[CandidatePair]:
         """The direct pairs worth checking again."""
         core = self.core
-        return [p for p in core.checklist if not relayed(p) and p is not core.selected][
-            :_MAX_PAIRS
-        ]
+        return [p for p in core.checklist if not relayed(p) and p is not core.selected][:_MAX_PAIRS]
 
     def timer(self) -> None:
         """Time to look: check the direct pairs again, then wait twice as long."""

@@ -283,7 +283,5 @@ class PeerConnection(Channel):
         when it ends; the path change itself goes to ``on_path_changed``."""
         self._restart_observers.append(handler)
         return lambda: (
-            self._restart_observers.remove(handler)
-            if handler in self._restart_observers
-            else None
+            self._restart_observers.remove(handler) if handler in self._restart_observers else None
         )

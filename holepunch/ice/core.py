@@ -521,7 +521,8 @@ class IceCore:
         if self.previous is None:
             return
         _log.info(
-            "ICE restart {g} found no new pair in {s:g}s", g=self.generation,
+            "ICE restart {g} found no new pair in {s:g}s",
+            g=self.generation,
             s=self.config.restart.timeout,
         )
         self.stats.restarts_abandoned += 1

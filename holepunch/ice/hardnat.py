@@ -35,6 +35,7 @@ from holepunch.nat.model import PortAllocation, allocation_of_flows
 
 PORT_RANGE = (1024, 65535)
 
+
 class Technique(enum.Enum):
     """What the agent adds to plain ICE for a pair."""
 

@@ -65,8 +65,6 @@ def _NO_IDENTITY() -> NegotiationError:
     return NegotiationError("security", "no identity: give the Negotiator one")
 
 
-
-
 @dataclass
 class Session:
     """One negotiation with one peer."""
@@ -287,9 +285,7 @@ class Negotiator:
         self._closing_paths: list[PeerConnection] = []
         self.ignored = 0
         self._acceptors: list[Acceptor] = []
-        self._peer_of: weakref.WeakKeyDictionary[PeerConnection, str] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._peer_of: weakref.WeakKeyDictionary[PeerConnection, str] = weakref.WeakKeyDictionary()
         self.on_connection: Callable[[str, PeerConnection], None] | None = None
         self.on_secure_session: Callable[[str, QuicSession], None] | None = None
         """Called with the peer id and the connected session of each secure offer that
@@ -386,9 +382,7 @@ class Negotiator:
         connecting = (
             self._connect(peer_id, quic=True)
             if wait_for_peer is None
-            else defer.ensureDeferred(
-                self._connect_when_present(peer_id, wait_for_peer, quic=True)
-            )
+            else defer.ensureDeferred(self._connect_when_present(peer_id, wait_for_peer, quic=True))
         )
         return defer.ensureDeferred(self._secure(connecting, True, options, peer_id))
 

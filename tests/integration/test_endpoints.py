@@ -119,7 +119,8 @@ class EndpointTests(TestCase):
     def test_plugins_found(self) -> None:
         """The parsers are found by twisted.plugin and build holepunch endpoints."""
         clients = [
-            p for p in getPlugins(IStreamClientEndpointStringParserWithReactor)
+            p
+            for p in getPlugins(IStreamClientEndpointStringParserWithReactor)
             if p.prefix == "holepunch"
         ]
         servers = [
@@ -207,9 +208,7 @@ class EndpointTests(TestCase):
         d.cancel()
         yield self.assertFailure(d, defer.CancelledError)
         yield DEFAULT_REGISTRY.when_stopped()
-        self.assertEqual(
-            [key[2] for key in DEFAULT_REGISTRY.registrations], ["bob"]
-        )
+        self.assertEqual([key[2] for key in DEFAULT_REGISTRY.registrations], ["bob"])
 
     @defer.inlineCallbacks
     def test_absent_peer_is_a_signaling_error(self) -> Any:

@@ -113,11 +113,10 @@ class SlowReaderTests(HardeningTestCase):
         self.assertEqual([e["code"] for e in errors][:1], [m.PEER_TOO_SLOW])
         self.assertIsInstance(errors[0]["id"], int)
         self.assertEqual(
-            {r["type"] for r in replies} - {"ack", "error", "pong", "peer-joined", "peer-left"}, set()
+            {r["type"] for r in replies} - {"ack", "error", "pong", "peer-joined", "peer-left"},
+            set(),
         )
-        self.assertLessEqual(
-            {e["code"] for e in errors}, {m.PEER_TOO_SLOW, m.PEER_NOT_FOUND}
-        )
+        self.assertLessEqual({e["code"] for e in errors}, {m.PEER_TOO_SLOW, m.PEER_NOT_FOUND})
         self.assertEqual(service.stats()["slow_readers_dropped"], 1)
         metrics = Metrics()
         metrics.watch_signaling(service.stats)
@@ -219,7 +218,6 @@ class TokenTests(HardeningTestCase):
         await first.lost
         again = await self.raw(url + f"?token={token}")
         await self.register_raw(again, "alice")
-
 
     async def test_refused_handshakes_are_summarised(self) -> None:
         """Finding 7: twenty refused handshakes (no token) log one line at once and one

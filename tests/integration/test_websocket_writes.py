@@ -67,4 +67,3 @@ class WriteThroughTests(TestCase):
         self.assertNotIn(server.transport, reactor.getWriters())
         server.transport.write(b"y")
         self.assertIn(server.transport, reactor.getWriters())
-

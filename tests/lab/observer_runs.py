@@ -89,4 +89,3 @@ def observe(host: LabHost, *args: str) -> dict[str, Any]:
     value = json.loads(result.stdout)
     assert isinstance(value, dict)
     return value
-

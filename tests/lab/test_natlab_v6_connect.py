@@ -122,4 +122,3 @@ class V6ConnectTests(TestCase):
         self.assertTrue(result["ok"], result.get("reason"))
         self.assertEqual(result["method"], "turn-relay")
         self.assertEqual(result["other"]["method"], "turn-relay")
-

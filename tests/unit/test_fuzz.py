@@ -56,7 +56,9 @@ class ShortCampaignTests(SynchronousTestCase):
 
         original = fuzz.make_target
 
-        def make(name: str, rng: random.Random) -> tuple[fuzz.Target, tuple[type[BaseException], ...], fuzz.Mutator]:
+        def make(
+            name: str, rng: random.Random
+        ) -> tuple[fuzz.Target, tuple[type[BaseException], ...], fuzz.Mutator]:
             _, expected, mutate = original(name, rng)
             return broken, expected, mutate
 
@@ -121,7 +123,9 @@ class PropertyTests(SynchronousTestCase):
     @given(st.integers(0x4000, 0x4FFF), st.binary(max_size=300), st.booleans())
     def test_channel_data_round_trip(self, channel: int, data: bytes, pad: bool) -> None:
         """decode_channel_data(encode_channel_data(c, d)) == (c, d), padded or not."""
-        self.assertEqual(decode_channel_data(encode_channel_data(channel, data, pad)), (channel, data))
+        self.assertEqual(
+            decode_channel_data(encode_channel_data(channel, data, pad)), (channel, data)
+        )
 
     @settings(max_examples=500, deadline=None)
     @given(st.text(max_size=200))

@@ -131,7 +131,9 @@ class DualStackCoreTests(SynchronousTestCase):
     def test_pairs_stay_within_a_family_and_v6_wins(self) -> None:
         a, b, wire = dual_cores((A4, A6), (B4, B6))
         for core in (a, b):
-            families = {(ip_version(p.local.host), ip_version(p.remote.host)) for p in core.checklist}
+            families = {
+                (ip_version(p.local.host), ip_version(p.remote.host)) for p in core.checklist
+            }
             self.assertEqual(families, {(4, 4), (6, 6)})
         wire.run(0.5)
         [sa] = wire.of(a, events.PairSelected)

@@ -478,7 +478,6 @@ class DatagramTests(unittest.TestCase):
         self.assertTrue(seen)
         self.assertFalse(any(marker in d for d in seen))
 
-
     def test_forged_datagrams_never_reach_the_application(self):
         """Datagrams that look like the peer's but do not authenticate (a forged copy
         with one byte changed, a replay, random bytes after a real header) are dropped

@@ -200,9 +200,7 @@ class RaceTests(unittest.TestCase):
             tcp=_Track(), agent=self.agent, remote_fingerprint="fp", peer_id="bob"
         )
         self.connecting = defer.Deferred()
-        self.result = defer.ensureDeferred(
-            self.negotiator._race(self.session, self.connecting)
-        )
+        self.result = defer.ensureDeferred(self.negotiator._race(self.session, self.connecting))
         self.tcp, _ = pair(self.clock, "tcp-hole-punch")
         self.udp, _ = pair(self.clock, "udp-hole-punch")
         self.session.tcp.result.callback(self.tcp)
@@ -252,9 +250,7 @@ class TcpFailsTests(unittest.TestCase):
         clock = task.Clock()
         negotiator = Negotiator(clock, _Signaling())
         agent = _Agent()
-        session = SimpleNamespace(
-            tcp=_Track(), agent=agent, remote_fingerprint="fp", peer_id="bob"
-        )
+        session = SimpleNamespace(tcp=_Track(), agent=agent, remote_fingerprint="fp", peer_id="bob")
         connecting = defer.Deferred()
         result = defer.ensureDeferred(negotiator._race(session, connecting))
         session.tcp.result.errback(ConnectionRefusedError("punch failed"))
