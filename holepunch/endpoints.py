@@ -543,12 +543,15 @@ class HolepunchServerEndpoint:
         registration.listener = port
         try:
             await registration.client.register()
+            # Accepting from the moment we are registered, in this same turn: a server
+            # with --open-relay hands us offers before we have joined any room, and an
+            # offer that found nobody accepting would be dropped.
+            port.startListening()
             # Offers reach us in our direct room (the server relays only within rooms).
             await registration.client.join_room(direct_room(peer))
         except Exception as e:
             await port.stopListening()
             raise ListenFailed(peer, f"could not register on {self.options.signaling}: {e}") from e
-        port.startListening()
         return port
 
 

@@ -186,6 +186,40 @@ class EndpointTests(TestCase):
             yield c.lost
 
     @defer.inlineCallbacks
+    def test_offer_while_joining_is_accepted(self) -> Any:
+        """The server holds the listener's join until a client's offer has reached it
+        (a server with --open-relay relays before any join): the listener accepts it,
+        and the client's lines are echoed."""
+        registry = self.service.registry
+        real_join, real_relay = registry.join, registry.relay
+        offered: defer.Deferred[None] = defer.Deferred()
+        held: list[str] = []
+
+        def relay(from_peer: str, to_peer: str, kind: str, payload: Any) -> Any:
+            result = real_relay(from_peer, to_peer, kind, payload)
+            if to_peer == "bob" and kind == "offer" and not offered.called:
+                offered.callback(None)
+            return result
+
+        def join(peer_id: str, room_id: str, now: float) -> Any:
+            if peer_id != "bob":
+                return real_join(peer_id, room_id, now)
+            held.append(room_id)
+            return offered.addCallback(lambda _: real_join(peer_id, room_id, now))
+
+        registry.relay, registry.join = relay, join  # type: ignore[method-assign]
+        factory = protocol.Factory.forProtocol(LineServer)
+        factory.lost = []  # type: ignore[attr-defined]
+        factory.gone = defer.Deferred()  # type: ignore[attr-defined]
+        connecting = self.client(extra=":wait=10").connect(protocol.Factory.forProtocol(LineClient))
+        yield self.listen(factory)
+        self.assertEqual(held, ["direct:bob"])
+        client = yield connecting
+        self.assertEqual((yield client.done), [b"echo: hello", b"echo: world"])
+        client.transport.loseConnection()
+        yield client.lost
+
+    @defer.inlineCallbacks
     def test_cancel_connect(self) -> Any:
         """Cancelling connect() while it waits for the peer stops the attempt."""
         d = self.client(peer="nobody", extra=":wait=30").connect(
