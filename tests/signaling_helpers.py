@@ -247,3 +247,27 @@ def needs_ipv6() -> None:
     reason = ipv6_unavailable()
     if reason is not None:
         raise SkipTest(f"this host has no IPv6: {reason}")
+
+
+def hold_join_until_offered(registry: Any, peer_id: str) -> list[str]:
+    """Make ``registry`` (a running server's) hold ``peer_id``'s joins until an offer to
+    it has been relayed, as a server with ``--open-relay`` may order them; returns the
+    list of rooms whose join was held (filled as they come)."""
+    real_join, real_relay = registry.join, registry.relay
+    offered: Deferred[None] = Deferred()
+    held: list[str] = []
+
+    def relay(from_peer: str, to_peer: str, kind: str, payload: Any) -> Any:
+        result = real_relay(from_peer, to_peer, kind, payload)
+        if to_peer == peer_id and kind == "offer" and not offered.called:
+            offered.callback(None)
+        return result
+
+    def join(joining: str, room_id: str, now: float) -> Any:
+        if joining != peer_id:
+            return real_join(joining, room_id, now)
+        held.append(room_id)
+        return offered.addCallback(lambda _: real_join(joining, room_id, now))
+
+    registry.relay, registry.join = relay, join
+    return held

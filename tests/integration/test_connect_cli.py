@@ -24,7 +24,7 @@ from holepunch.testing.loopback import start_signaling_server, start_stun_server
 from lab.coturn import free_port
 from lab.natlab import lab_env
 from lab.peers import ConnectProcess
-from tests.signaling_helpers import needs_ipv6
+from tests.signaling_helpers import hold_join_until_offered, needs_ipv6
 
 
 class Command:
@@ -466,24 +466,7 @@ class OfferBeforeJoinTests(TestCase):
         from holepunch.quic.identity import PeerIdentity
         from holepunch.signaling.client import SignalingClient
 
-        registry = self.service.registry
-        real_join, real_relay = registry.join, registry.relay
-        offered: defer.Deferred[None] = defer.Deferred()
-        held: list[str] = []
-
-        def relay(from_peer: str, to_peer: str, kind: str, payload: Any) -> Any:
-            result = real_relay(from_peer, to_peer, kind, payload)
-            if to_peer == "bob" and kind == "offer" and not offered.called:
-                offered.callback(None)
-            return result
-
-        def join(peer_id: str, room_id: str, now: float) -> Any:
-            if peer_id != "bob":
-                return real_join(peer_id, room_id, now)
-            held.append(room_id)
-            return offered.addCallback(lambda _: real_join(peer_id, room_id, now))
-
-        registry.relay, registry.join = relay, join  # type: ignore[method-assign]
+        held = hold_join_until_offered(self.service.registry, "bob")
 
         client = SignalingClient(self.url, "alice", reactor=reactor)
         client.startService()

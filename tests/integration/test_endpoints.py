@@ -34,6 +34,7 @@ from holepunch.endpoints import (
 )
 from holepunch.quic.streams import QuicStreamAddress
 from holepunch.testing.loopback import start_signaling_server
+from tests.signaling_helpers import hold_join_until_offered
 
 
 def escaped(url: str) -> str:
@@ -190,24 +191,7 @@ class EndpointTests(TestCase):
         """The server holds the listener's join until a client's offer has reached it
         (a server with --open-relay relays before any join): the listener accepts it,
         and the client's lines are echoed."""
-        registry = self.service.registry
-        real_join, real_relay = registry.join, registry.relay
-        offered: defer.Deferred[None] = defer.Deferred()
-        held: list[str] = []
-
-        def relay(from_peer: str, to_peer: str, kind: str, payload: Any) -> Any:
-            result = real_relay(from_peer, to_peer, kind, payload)
-            if to_peer == "bob" and kind == "offer" and not offered.called:
-                offered.callback(None)
-            return result
-
-        def join(peer_id: str, room_id: str, now: float) -> Any:
-            if peer_id != "bob":
-                return real_join(peer_id, room_id, now)
-            held.append(room_id)
-            return offered.addCallback(lambda _: real_join(peer_id, room_id, now))
-
-        registry.relay, registry.join = relay, join  # type: ignore[method-assign]
+        held = hold_join_until_offered(self.service.registry, "bob")
         factory = protocol.Factory.forProtocol(LineServer)
         factory.lost = []  # type: ignore[attr-defined]
         factory.gone = defer.Deferred()  # type: ignore[attr-defined]
