@@ -351,6 +351,14 @@ class Checker:
         if core.remote_ufrag is not None and remote_ufrag != core.remote_ufrag:
             core.stats.unauthenticated += 1
             return
+        if core.config.relay.only:
+            base = core.socket_bases.get(via)
+            if base is None or base.type != "relay":
+                # Only relayed pairs may be used: a check that reached a host socket
+                # (the peer checking our host candidate, from wherever) is not answered
+                # and makes no peer-reflexive pair, or the path would bypass the relay.
+                core.stats.relay_only_ignored += 1
+                return
         # Role conflict (RFC 8445 7.3.1.1).
         if core.controlling and controlling is not None:
             core.stats.role_conflicts += 1

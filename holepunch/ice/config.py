@@ -110,7 +110,8 @@ class RelayConfig:
     wait_hard: float = 12.0
     """The same wait while port prediction or birthday probing is under way."""
     only: bool = False
-    """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy)."""
+    """Check only pairs whose local candidate is relayed (WebRTC's ``relay`` policy);
+    the peer's checks that reach a host socket are not answered."""
     check_delay: float = 0.3
     """Checks toward a peer's relayed candidate wait this long, so that the peer's TURN
     permission for us is in place first (a check that reaches a relay port before the

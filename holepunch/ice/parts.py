@@ -74,6 +74,9 @@ class AgentStats:
     """Consent checks that went unanswered."""
     better_path_checks: int = 0
     """Checks of other pairs while the selected one is relayed or degraded."""
+    relay_only_ignored: int = 0
+    """Checks that reached one of our host sockets while only relayed pairs may be
+    used (``relay.only``): not answered, no pair made."""
 
 
 class TransactionOwner(Protocol):

@@ -146,6 +146,18 @@ class RelayRecoveryTests(SynchronousTestCase):
         self.assertIn(b"back", [e.data for e in wire.of(a, events.DatagramReceived)])
         self.assertEqual(wire.of(a, events.ConsentLost) + wire.of(b, events.ConsentLost), [])
 
+    def test_relay_only_makes_no_pair_from_a_host_socket(self) -> None:
+        """With ``relay.only`` the peer's checks from its relay to our host candidate
+        (which reach us, as they would on one host) are not answered and make no
+        peer-reflexive pair: every pair of ours, the selected one too, is relayed."""
+        a, b, wire = self.connected(a_relay_only=True)
+        self.assertGreater(a.stats.relay_only_ignored, 0)
+        self.assertEqual([p.local.type for p in a.checklist if p.local.type != "relay"], [])
+        assert a.selected is not None and b.selected is not None
+        self.assertEqual(a.selected.local.type, "relay")
+        self.assertEqual(a.method(a.selected), "turn-relay")
+        self.assertNotEqual(b.selected.remote.address, HOST_A)
+
     def test_lost_relay_of_the_controlling_side(self) -> None:
         """The controlling agent's relay under the selected pair is lost: its pairs fail,
         data waits (dropped, counted), the new relayed candidate is announced, and both
