@@ -319,6 +319,9 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--redis: {e}") from None
         if self["presence-ttl"] <= 0:
             raise usage.UsageError("--presence-ttl must be positive")
+        for option in ("signaling", "http"):
+            if self[option] and not (option == "signaling" and self["no-signaling"]):
+                self._check_endpoint(option)
         if self["workers"] > 1 and not self["no-signaling"]:
             from holepunch.reuseport import check_shareable
 
@@ -326,6 +329,16 @@ class Options(usage.Options):
                 check_shareable(self["signaling"])
             except ValueError as e:
                 raise usage.UsageError(f"--workers: {e}") from None
+
+    def _check_endpoint(self, option: str) -> None:
+        """The listener ``--option`` names can be made: a description that parses, and
+        for ``ssl:`` certificate and key files that load (before anything starts)."""
+        from holepunch.reuseport import server_endpoint
+
+        try:
+            server_endpoint(None, self[option])  # made, not listening: no reactor needed
+        except Exception as e:
+            raise usage.UsageError(f"--{option} {self[option]}: {e}") from None
 
     def _check_stun_addresses(self) -> None:
         """--stun-interface and --stun-alternate-address are IP addresses (in their normal

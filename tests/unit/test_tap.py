@@ -58,6 +58,34 @@ class OptionsTests(SynchronousTestCase):
         )
 
 
+class EndpointOptionTests(SynchronousTestCase):
+    """--signaling and --http are checked before anything starts."""
+
+    def test_bad_listeners_refused_with_the_reason(self) -> None:
+        """A malformed description, an unknown kind, and TLS whose files are missing:
+        a usage error naming the option and why, instead of a traceback at start."""
+        missing = os.path.join(self.mktemp(), "key.pem")
+        for option, value, why in [
+            ("--signaling", "tcp:80x", "bad port"),
+            ("--http", "nosuch:1", "nosuch"),
+            ("--signaling", f"ssl:8443:privateKey={missing}:certKey={missing}", "key.pem"),
+        ]:
+            e = self.assertRaises(usage.UsageError, Options().parseOptions, [f"{option}={value}"])
+            self.assertIn(option, str(e))
+            self.assertIn(why, str(e))
+
+    def test_tls_listener_accepted(self) -> None:
+        """An ``ssl:`` description with files that load passes (and --no-signaling skips
+        the check)."""
+        from tests.tls_helpers import make_pki
+
+        pki = make_pki(self.mktemp())
+        options = Options()
+        options.parseOptions([f"--signaling=ssl:0:privateKey={pki['key']}:certKey={pki['cert']}"])
+        self.assertTrue(options["signaling"].startswith("ssl:"))
+        Options().parseOptions(["--no-signaling", "--signaling=nosuch:1"])
+
+
 class StunSoftwareOptionTests(SynchronousTestCase):
     """SOFTWARE in STUN answers is off unless --stun-software asks for it."""
 
