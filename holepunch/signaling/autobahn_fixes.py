@@ -30,6 +30,8 @@
   own writes (pings, close frames) and ``dropConnection`` first write what is held.
 - :func:`release_http_channel`: after twisted.web hands a connection over to WebSocket,
   drop the HTTP channel that stays registered as the transport's producer.
+- :func:`send_at_once`: turn Nagle's algorithm off on a client's connection, which
+  Autobahn means to do and does not.
 """
 
 from __future__ import annotations
@@ -412,3 +414,29 @@ def release_http_channel(transport: Any) -> None:
     consumer: Any = transport  # HTTPChannel registered on IPushProducer(transport), if any
     if IPushProducer.providedBy(transport):
         consumer.unregisterProducer()
+
+
+def send_at_once(transport: Any) -> bool:
+    """Turn off Nagle's algorithm (``TCP_NODELAY``) on the TCP connection under
+    ``transport`` (a TCP transport, or TLS over one); False when there is none (a
+    connection in memory, a UNIX socket).
+
+    Signaling messages are small and written as they happen: a relay, then a candidate a
+    few milliseconds later, then an event. With Nagle's algorithm on (Twisted's default),
+    the kernel holds each small write back while an earlier one is not yet acknowledged,
+    and a peer that delays its acknowledgements (40 ms on Linux, up to 200 ms elsewhere)
+    delays every message after the first by that much. Browsers and the ``ws`` library
+    turn it off on every WebSocket for that reason, and so does Autobahn, on the server
+    side only: its ``connectionMade`` sets the option from ``self.tcpNoDelay`` before
+    ``_connectionMade`` has copied the factory's options onto the protocol, so on a
+    client connection the attribute is missing, the ``AttributeError`` is swallowed and
+    the socket keeps Nagle. Our client calls this once the connection is open.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return False
+    try:
+        set_no_delay(True)
+    except OSError:  # not a TCP socket after all (a UNIX socket), or already closed
+        return False
+    return True

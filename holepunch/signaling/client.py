@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from holepunch.signaling import messages as msg
-from holepunch.signaling.autobahn_fixes import cancel_timers
+from holepunch.signaling.autobahn_fixes import cancel_timers, send_at_once
 from holepunch.signaling.iceservers import ParsedIceServers, parse_ice_servers
 from holepunch.signaling.messages import JSONObject
 from holepunch.subscription import Subscription
@@ -173,6 +173,7 @@ class SignalingClientProtocol(WebSocketClientProtocol):
         )
 
     def onOpen(self) -> None:
+        send_at_once(self.transport)
         self.factory.client._opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:

@@ -4,6 +4,7 @@ relaying, garbage isolation, eviction, reconnect with token, auth, TLS, HTTP on 
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -454,6 +455,64 @@ class TLSTests(IntegrationTestCase):
             self.assertTrue(proto.reason.check(error), proto.reason)
         # Twisted also logs the failed name check.
         self.flushLoggedErrors(VerificationError)
+
+
+def no_delay(transport: Any) -> bool:
+    """Whether Nagle's algorithm is off on the socket under ``transport`` (TCP, or TLS
+    over TCP: the TLS transport's handle is the OpenSSL connection, its transport TCP's)."""
+    sock = transport.getHandle()
+    if not isinstance(sock, socket.socket):
+        sock = transport.transport.getHandle()
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class _RecordingEndpoint:
+    """A client endpoint that keeps the protocols it connected."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.connected: list[Any] = []
+
+    async def _connect(self, factory: Any) -> Any:
+        protocol = await self.wrapped.connect(factory)
+        self.connected.append(protocol)
+        return protocol
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return defer.ensureDeferred(self._connect(factory))
+
+
+class SendAtOnceTests(IntegrationTestCase):
+    """Both ends turn Nagle's algorithm off: a small message written while an earlier one
+    is unacknowledged goes out at once instead of waiting for the acknowledgement."""
+
+    async def test_server_and_client_sockets(self) -> None:
+        """The server's socket for each WebSocket connection (Autobahn sets it) and our
+        client's own socket (Autobahn's client means to and does not: we do) have
+        TCP_NODELAY once the connection is open."""
+        service, url = await self.server()
+        port = int(url.split(":")[2].strip("/"))
+        endpoint = _RecordingEndpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        await self.client(url, "alice", endpoint=endpoint)
+        raw = await self.raw(url)
+        await self.register_raw(raw, "bob")
+        self.assertEqual(len(service.factory.protocols), 2)
+        for server_side in service.factory.protocols:
+            self.assertTrue(no_delay(server_side.transport))
+        [client_side] = endpoint.connected
+        self.assertTrue(no_delay(client_side.transport))
+        # A plain Autobahn client keeps Nagle's algorithm: the check can fail.
+        self.assertFalse(no_delay(raw.transport))
+
+    async def test_over_tls(self) -> None:
+        """Over wss:// the option is set on the TCP socket under the TLS connection."""
+        pki = make_pki(self.mktemp())
+        service, url = await self.server(
+            endpoint=f"ssl:0:interface=127.0.0.1:privateKey={pki['key']}:certKey={pki['cert']}"
+        )
+        await self.client(url, "alice", trust_root=pki["ca"])
+        [server_side] = service.factory.protocols
+        self.assertTrue(no_delay(server_side.transport))
 
 
 class WebRootTests(IntegrationTestCase):
