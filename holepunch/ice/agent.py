@@ -105,7 +105,7 @@ class IceAgent:
         self._timer: IDelayedCall | None = None
         self._connect_d: defer.Deferred[PeerConnection] | None = None
         self._gathered: list[defer.Deferred[None]] = []
-        self._stun_waiters: list[defer.Deferred[None]] = []
+        self._mapping_waiters: list[defer.Deferred[None]] = []
         self._measure_waiters: list[defer.Deferred[None]] = []
         self._pumping = False
         self._again = False
@@ -320,8 +320,8 @@ class IceAgent:
             self._announce(event.candidate)
             if event.candidate is None:
                 self._fire(self._gathered)
-        elif isinstance(event, events.StunComplete):
-            self._fire(self._stun_waiters)
+        elif isinstance(event, events.MappingComplete):
+            self._fire(self._mapping_waiters)
         elif isinstance(event, events.MappingMeasured):
             self._fire(self._measure_waiters)
         elif isinstance(event, events.RelaysWanted):
@@ -495,13 +495,14 @@ class IceAgent:
         results = await defer.gatherResults([defer.ensureDeferred(one(s)) for s in servers])
         return [r for r in results if r is not None]
 
-    def when_stun_complete(self) -> defer.Deferred[None]:
-        """Fires once every STUN server answered or gave up (server-reflexive candidates
-        and our mapping are known then; relayed candidates may still come)."""
-        if self.core.stun_complete:
+    def when_mapping_complete(self) -> defer.Deferred[None]:
+        """Fires once every IPv4 Binding of the gathering answered or gave up: our
+        mapping and IPv4 server-reflexive candidate are known then (IPv6 ones and relayed
+        candidates may still come, trickled)."""
+        if self.core.mapping_complete:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._stun_waiters.append(d)
+        self._mapping_waiters.append(d)
         return d
 
     async def remeasure_mapping(self) -> None:
@@ -716,7 +717,7 @@ class IceAgent:
         d, self._connect_d = self._connect_d, None
         if d is not None and not d.called:
             d.errback(IceError("cancelled", "the attempt was cancelled"))
-        for waiters in (self._gathered, self._stun_waiters, self._measure_waiters):
+        for waiters in (self._gathered, self._mapping_waiters, self._measure_waiters):
             self._fire(waiters)
         sockets = list(self._sockets.values())
         self._sockets.clear()

@@ -136,7 +136,7 @@ class Checker:
         core = self.core
         gathering = core.config.gathering
         return core.hold_checks or bool(
-            gathering.probe_mapping and gathering.stun_servers and not core.stun_complete
+            gathering.probe_mapping and gathering.stun_servers and not core.mapping_complete
         )
 
     def schedule(self) -> None:

@@ -577,6 +577,12 @@ class IceCore:
         return self.gatherer.stun_complete
 
     @property
+    def mapping_complete(self) -> bool:
+        """Every IPv4 Binding of the gathering answered or gave up (see
+        :attr:`Gatherer.mapping_complete`)."""
+        return self.gatherer.mapping_complete
+
+    @property
     def udp_blocked(self) -> bool:
         """STUN servers were asked over UDP and none answered (known once STUN is done)."""
         return self.gatherer.udp_blocked

@@ -36,9 +36,9 @@ class LocalCandidate:
 
 
 @dataclass(frozen=True)
-class StunComplete:
-    """Every STUN server answered or gave up: server-reflexive candidates and our
-    mapping are known (relayed candidates may still come)."""
+class MappingComplete:
+    """Every IPv4 Binding of the gathering answered or gave up: our mapping is known if
+    it can be (IPv6 server-reflexive candidates and relayed ones may still come)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class MappingMeasured:
 
 Event = (
     LocalCandidate
-    | StunComplete
+    | MappingComplete
     | RelaysWanted
     | PortMappingWanted
     | SocketWanted

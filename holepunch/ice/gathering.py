@@ -88,6 +88,12 @@ class Gatherer:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.stun_complete = False
+        self.mapping_complete = False
+        """Every IPv4 flow of the gathering (the STUN servers', a lone server's second
+        port, RFC 5780's) answered or gave up: our mapping is known if it can be. IPv6
+        Bindings do not count: IPv6 has no NAT to measure, and a broken IPv6 path (an
+        address with no route, common) must not hold the description and the checks
+        until its Binding times out."""
         self.complete = False
         self.stun_answers = 0
         self.samples: list[tuple[int, int]] = []
@@ -98,6 +104,7 @@ class Gatherer:
         self._flows: dict[Address, int] = {}
         self._mapped_host: str | None = None
         self._pending = 0
+        self._pending_v4 = 0
         self._rfc5780: tuple[Address, Address] | None = None
         self._servers: list[Address] = []
         self._remeasure: _Remeasure | None = None
@@ -142,6 +149,8 @@ class Gatherer:
             self._new_flow(
                 Address(lone.host, lone.port + 1), "second-port", policy=_SECOND_PORT_POLICY
             )
+        if not self._pending_v4:
+            self._mapping_done()
         if not self._pending:
             self._stun_done()
 
@@ -160,6 +169,7 @@ class Gatherer:
         if ip_version(target.host) == 4:
             flow = _Flow(len(self._flows), target, kind)
             self._flows[target] = flow.index
+            self._pending_v4 += 1
         else:
             flow = _Flow(-1, target, kind)
         self._pending += 1
@@ -213,6 +223,10 @@ class Gatherer:
                     if probe not in self._flows:
                         self._new_flow(probe, "rfc5780")
         self._pending -= 1
+        if payload.index >= 0:
+            self._pending_v4 -= 1
+            if self._pending_v4 <= 0 and not self.mapping_complete:
+                self._mapping_done()
         if self._pending <= 0 and not self.stun_complete:
             self._stun_done()
 
@@ -226,7 +240,7 @@ class Gatherer:
         """A check from the main socket to ``destination`` was answered: ``mapped`` is our
         mapping toward the peer. A new destination is one more sample; with no mapping
         measured yet (one STUN server, say), it may now be known."""
-        if destination in self._flows or not self.stun_complete or ":" in destination.host:
+        if destination in self._flows or not self.mapping_complete or ":" in destination.host:
             return
         index = len(self._flows)
         self._flows[destination] = index
@@ -338,12 +352,17 @@ class Gatherer:
             _log.info("our mapping's last port is now {port}", port=mapped.port)
         core.emit(events.MappingMeasured())
 
-    def _stun_done(self) -> None:
+    def _mapping_done(self) -> None:
         core = self.core
         if self._measuring():
             self._measure()
+        self.mapping_complete = True
+        core.emit(events.MappingComplete())
+        core.checker.schedule()
+
+    def _stun_done(self) -> None:
+        core = self.core
         self.stun_complete = True
-        core.emit(events.StunComplete())
         core.checker.schedule()
         if not core.config.relay.servers:
             self.finish()

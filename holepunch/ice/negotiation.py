@@ -501,22 +501,23 @@ class Negotiator:
 
     async def _gather_hosts(self, session: Session) -> None:
         """Gather; return once the host candidates are known, or, when the agent
-        measures its mapping (hard-NAT techniques), once gathering is complete, so that
-        the description carries the mapping."""
+        measures its mapping (hard-NAT techniques), once its IPv4 Bindings are done, so
+        that the description carries the mapping. IPv6 server-reflexive and relayed
+        candidates are trickled: a broken IPv6 path does not hold the description until
+        its Binding times out."""
         agent = session.agent
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(self._gather_failed, session)
         if agent.config.gathering.probe_mapping and agent.config.gathering.stun_servers:
-            # The description carries our mapping; relayed candidates are trickled.
-            stun_done = agent.when_stun_complete()
+            mapped = agent.when_mapping_complete()
 
             def gathering_failed(f: Failure) -> Failure:
-                if not stun_done.called:
-                    stun_done.callback(None)
+                if not mapped.called:
+                    mapped.callback(None)
                 return f
 
             gathered.addErrback(gathering_failed)
-            await stun_done
+            await mapped
 
     def _gather_failed(self, failure: Failure, session: Session) -> None:
         _log.info(

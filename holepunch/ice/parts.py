@@ -354,6 +354,11 @@ class Core(Protocol):
         ...
 
     @property
+    def mapping_complete(self) -> bool:
+        """Every IPv4 Binding of the gathering answered or gave up."""
+        ...
+
+    @property
     def previous(self) -> CandidatePair | None:
         """During a restart, the pair selected before it (still carrying data)."""
         ...

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from holepunch.addresses import ip_version, unmapped
 from holepunch.ice import events
+from holepunch.ice.agent import IceAgent
 from holepunch.ice.candidate import host_preferences
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
@@ -217,6 +218,49 @@ class GatheringFamiliesTests(SynchronousTestCase):
         self.assertEqual([c.host for c in srflx], ["203.0.113.5"])
         self.assertEqual(core.gatherer.stun_answers, 3)
 
+    def test_silent_v6_server_does_not_hold_the_mapping(self) -> None:
+        """A v6 STUN server that never answers (an IPv6 address with no route, say)
+        holds neither the mapping nor the checks: MappingComplete comes with the v4
+        answers, while the v6 Binding is still retransmitted; STUN completes when it
+        gives up."""
+        v4a, v4b = Address("198.51.100.1", 3478), Address("198.51.100.2", 3478)
+        v6 = Address("2001:db8:ff::10", 3478)
+        hosts = ["10.0.0.2", "2001:db8:1::2"]
+        core = IceCore(True, IceConfig.on(*hosts), tie_breaker=1)
+        core.start_gathering(hosts, 5000, [v6, v4a, v4b], 0)
+        responders = {s: StunResponder(s) for s in (v4a, v4b)}
+        seen: list[Any] = []
+        v6_sends_after_mapping = 0
+        now = 0.0
+        for _ in range(100):
+            for data, destination, _via in core.datagrams_to_send(now):
+                target = Address(*destination)
+                if target == v6 and core.mapping_complete:
+                    v6_sends_after_mapping += 1
+                responder = responders.get(target)
+                if responder is not None:
+                    reply = responder.handle(data, Address("203.0.113.5", 5000), target, now)
+                    assert reply is not None
+                    core.receive_datagram(reply.data, destination, 0, now)
+            while (event := core.next_event()) is not None:
+                seen.append((type(event), now, core.stun_complete, core.checker.holding()))
+            if core.stun_complete:
+                break
+            timer = core.get_timer()
+            assert timer is not None
+            now = timer
+            core.handle_timer(now)
+        [(_, mapped_at, stun_then, holding)] = [e for e in seen if e[0] is events.MappingComplete]
+        self.assertEqual(mapped_at, 0.0)  # with the v4 answers, not the v6 timeout
+        self.assertFalse(stun_then)
+        self.assertFalse(holding)  # checks may start
+        self.assertGreater(v6_sends_after_mapping, 0)  # the v6 Binding was still trying
+        self.assertTrue(core.stun_complete)
+        self.assertGreater(now, mapped_at)
+        mapping = core.mapping
+        assert mapping is not None
+        self.assertEqual(mapping.address, "203.0.113.5")
+
     def test_servers_of_a_missing_family_are_not_asked(self) -> None:
         core = IceCore(True, IceConfig.on("10.0.0.2"), tie_breaker=1)
         core.start_gathering(["10.0.0.2"], 5000, [Address("2001:db8:ff::10", 3478)], 0)
@@ -253,6 +297,56 @@ class RealSocketTests(TestCase):
         self.assertEqual(ca.remote[0], "127.0.0.1")
         self.assertEqual(cb.remote[0], "127.0.0.1")
         yield self.assert_carries(ca, cb)
+
+    async def test_silent_v6_stun_server_holds_nothing(self) -> None:
+        """Two STUN servers on 127.0.0.1 answer, one on ::1 never does (a v6 path that
+        goes nowhere): the agent's mapping is complete, and a description could go out,
+        while the v6 Binding is still being retransmitted."""
+        from twisted.internet.protocol import DatagramProtocol
+
+        class Answering(DatagramProtocol):
+            def __init__(self) -> None:
+                self.responder: StunResponder | None = None
+
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                assert self.responder is not None and self.transport is not None
+                reply = self.responder.handle(
+                    data, Address(addr[0], addr[1]), self.responder.primary, 0.0
+                )
+                if reply is not None:
+                    self.transport.write(reply.data, addr)
+
+        class Silent(DatagramProtocol):
+            def __init__(self) -> None:
+                self.heard = 0
+
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                self.heard += 1
+
+        servers = []
+        for _ in range(2):
+            answering = Answering()
+            port = reactor.listenUDP(0, answering, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            answering.responder = StunResponder(Address("127.0.0.1", port.getHost().port))
+            servers.append(("127.0.0.1", port.getHost().port))
+        silent = Silent()
+        silent_port = reactor.listenUDP(0, silent, interface="::1")
+        self.addCleanup(silent_port.stopListening)
+        servers.append(("::1", silent_port.getHost().port))
+        config = IceConfig.on("127.0.0.1", "::1", stun_servers=servers)
+        agent = IceAgent(reactor, True, config)
+        self.addCleanup(agent.close)
+        gathered = defer.ensureDeferred(agent.gather())
+        gathered.addErrback(lambda _: None)
+        await agent.when_mapping_complete()
+        self.assertGreater(silent.heard, 0)  # the v6 server was asked ...
+        self.assertFalse(agent.core.stun_complete)  # ... and is still waited for
+        self.assertFalse(gathered.called)
+        self.assertEqual(
+            sorted(evidence.rsplit(":", 1)[1] for evidence in agent.core.gatherer.evidence),
+            sorted(str(port) for _, port in servers[:2]),
+        )
 
     @defer.inlineCallbacks
     def assert_carries(self, ca: Any, cb: Any) -> Any:
