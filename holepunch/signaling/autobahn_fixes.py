@@ -168,9 +168,13 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     _held_octets = 0
     """Messages held by :meth:`sendMessage`, and their payload bytes."""
 
+    turns: Any = None
+    """The running reactor, when reads that come back to back may be held to the end of
+    its turn (:class:`holepunch.signaling.heldwrites.HeldWrites`); None: never."""
+
     def dataReceived(self, data: bytes) -> None:
         held = _held
-        held.read_started()
+        held.read_started(self.turns)
         try:
             plain = self._plain_reads
             if plain is None:

@@ -10,13 +10,22 @@ worker links of :mod:`holepunch.signaling.nodelinks`) call :meth:`HeldWrites.rea
 and :meth:`HeldWrites.read_done` around the handling of a read; the writers they cause
 (:class:`HoldingWriter`) hold their bytes and enlist in :data:`held`; when the outermost
 read is done, each writer sends what it holds with one :func:`write_through`.
+
+Reads that come back to back (the reactor going through a batch of sockets that were all
+ready at once: the backlog after a pause) are held together, to the end of the reactor's
+turn: the relays of the whole batch then go out one after the other, and the process at
+the other end, woken by the first, takes the rest without being woken again for each.
+A read that comes alone (after the reactor waited) is written at once, with no timer.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall
 
 
 class HoldsWrites(Protocol):
@@ -54,33 +63,74 @@ def write_through(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+BACK_TO_BACK = 25e-6
+"""A read that starts less than this long (seconds) after the previous one ended did not
+wait for the reactor: it is part of a batch of ready sockets (the reactor's own work
+between two ready sockets is a few microseconds, a wait for the next datagram tens)."""
+
+
 class HeldWrites:
     """The writers holding bytes while reads are handled.
 
     One per process (reads run one at a time on the reactor thread): ``depth`` counts
-    the reads under way; a writer that holds bytes while it is above 0 enlists in
-    ``holders`` (once). A reader brackets its work with :meth:`read_started` and, in a
-    ``finally``, :meth:`read_done`; the read that brings ``depth`` back to 0 releases
-    what is held. (Two plain calls rather than a ``with`` block: this runs on every read
-    of every connection.)
+    the reads under way (and the turn being held, below); a writer that holds bytes
+    while it is above 0 enlists in ``holders`` (once). A reader brackets its work with
+    :meth:`read_started` and, in a ``finally``, :meth:`read_done`; when ``depth`` comes
+    back to 0 what is held is released. (Two plain calls rather than a ``with`` block:
+    this runs on every read of every connection.)
+
+    A reader that passes its running reactor as ``turns`` lets back-to-back reads be
+    held together: when the outermost read started within :data:`BACK_TO_BACK` of the
+    previous one's end, the end of this read holds on (``depth`` stays 1) until a
+    ``callLater(0)`` at the start of the reactor's next turn, after every socket of
+    the batch was read. Without ``turns`` (a reactor that is not running, a clock in
+    a test) every read releases at its end.
     """
 
-    __slots__ = ("depth", "holders")
+    __slots__ = ("_batched", "_last_end", "_monotonic", "depth", "holders", "turn", "turns_held")
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.perf_counter) -> None:
         self.depth = 0
         self.holders: list[HoldsWrites] = []
+        self.turn: IDelayedCall | None = None
+        """The call that ends the turn being held, if one is."""
+        self.turns_held = 0
+        """How many times back-to-back reads were held to the end of a turn."""
+        self._monotonic = monotonic
+        self._last_end = -1.0
+        self._batched: Any = None
+        """The reactor of a read that came back to back, until its end."""
 
-    def read_started(self) -> None:
-        """A read is being handled: writes are held until it is done."""
+    def read_started(self, turns: Any = None) -> None:
+        """A read is being handled: writes are held until it is done (and, given the
+        running reactor as ``turns``, to the end of the turn when it came back to back
+        with the previous read)."""
+        if not self.depth and turns is not None and getattr(turns, "running", False):
+            if self._monotonic() - self._last_end < BACK_TO_BACK:
+                self._batched = turns
         self.depth += 1
 
     def read_done(self) -> None:
         """The read begun by the matching :meth:`read_started` is handled; if it was the
-        outermost, every holder writes what it holds."""
+        outermost, every holder writes what it holds (or, in a batch, they wait for the
+        end of the turn)."""
         self.depth -= 1
-        if not self.depth and self.holders:
+        if self.depth:
+            return
+        self._last_end = self._monotonic()
+        batched, self._batched = self._batched, None
+        if batched is not None and self.holders:
+            self.depth = 1
+            self.turns_held += 1
+            self.turn = batched.callLater(0, self.turn_done)
+            return
+        if self.holders:
             self.release()
+
+    def turn_done(self) -> None:
+        """The reactor's turn after a batch of reads: what they held goes out."""
+        self.turn = None
+        self.read_done()
 
     def release(self) -> None:
         """Every holder writes what it holds."""

@@ -118,7 +118,8 @@ class _LinkServer(protocol.Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         deliver = self.links.deliver
-        held.read_started()  # the clients' writes go out once, after the whole read
+        # The clients' writes go out once, after the whole read (or the reactor's turn).
+        held.read_started(self.links.reactor)
         try:
             for peer, message in records:
                 deliver(peer, message)

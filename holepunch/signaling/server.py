@@ -794,6 +794,7 @@ class SignalingServerProtocol(QuietWebSocketServerProtocol):
         )
         factory.protocols.add(self)
         factory.stats.connections_total += 1
+        self.turns = factory.turns
         self.session.opened()
 
     def _watch_backlog(self) -> None:
@@ -935,6 +936,9 @@ class SignalingServerFactory(WebSocketServerFactory):
         reactor: Any = None,
     ) -> None:
         super().__init__(reactor=reactor if reactor is not None else clock)
+        self.turns = reactor
+        """The reactor given to listen with (None in tests that build the factory alone):
+        its connections' back-to-back reads are held to the end of its turn."""
         self.config = config
         self.registry = registry
         self.clock = clock

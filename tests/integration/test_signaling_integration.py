@@ -21,6 +21,7 @@ from twisted.web.static import Data
 from holepunch.signaling import auth
 from holepunch.signaling import messages as m
 from holepunch.signaling.client import SignalingAuthError, SignalingClient, SignalingRequestError
+from holepunch.signaling.heldwrites import held
 from holepunch.signaling.server import (
     SendBacklog,
     SignalingConfig,
@@ -513,6 +514,33 @@ class SendAtOnceTests(IntegrationTestCase):
         await self.client(url, "alice", trust_root=pki["ca"])
         [server_side] = service.factory.protocols
         self.assertTrue(no_delay(server_side.transport))
+
+
+class BackToBackTests(IntegrationTestCase):
+    """Relays caused by reads that come back to back (sockets all ready at once) are held
+    to the end of the reactor's turn, then written: none lost, none out of order."""
+
+    async def test_batch_of_ready_sockets(self) -> None:
+        """Twenty senders write an offer each in one go, so the server finds their
+        sockets ready together; every receiver gets its offer once, and each receiver's
+        relays keep their order across batches."""
+        _, url = await self.server(open_relay=True)
+        senders, receivers = [], []
+        for i in range(20):
+            for role, kept in (("s", senders), ("r", receivers)):
+                proto = await self.raw(url)
+                await self.register_raw(proto, f"{role}{i}")
+                kept.append(proto)
+        before = held.turns_held
+        for round_ in range(3):
+            for i, sender in enumerate(senders):
+                sender.send_json({"type": "offer", "to": f"r{i}", "offer": {"n": round_}})
+        for i, receiver in enumerate(receivers):
+            got = [await receiver.next() for _ in range(3)]
+            self.assertEqual([(m["type"], m["from"], m["offer"]["n"]) for m in got],
+                             [("offer", f"s{i}", n) for n in range(3)])  # fmt: skip
+        self.assertGreater(held.turns_held, before)  # the batches were held to their turn's end
+        self.assertEqual(held.depth, 0)
 
 
 class WebRootTests(IntegrationTestCase):

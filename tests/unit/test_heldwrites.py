@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from holepunch.signaling.heldwrites import HeldWrites, HoldingWriter
+from holepunch.signaling.heldwrites import BACK_TO_BACK, HeldWrites, HoldingWriter
 
 
 class RecordingWriter(HoldingWriter):
@@ -71,3 +72,78 @@ class HeldWritesTests(SynchronousTestCase):
         self.assertEqual(self.a.take_held(), b"")
         self.held.read_done()
         self.assertEqual(self.log, [])
+
+
+class RunningClock(Clock):
+    """A fake reactor that says it is running (a turn exists only while one runs)."""
+
+    running = True
+
+
+class BackToBackTests(SynchronousTestCase):
+    """Reads that come back to back (a batch of ready sockets) are held to the end of the
+    reactor's turn; a read that comes alone is written at its end."""
+
+    def setUp(self) -> None:
+        import holepunch.signaling.heldwrites as heldwrites
+
+        self.now = 100.0
+        self.held = HeldWrites(monotonic=lambda: self.now)
+        self.patch(heldwrites, "held", self.held)
+        self.log: list[tuple[str, bytes]] = []
+        self.a = RecordingWriter(self.held, "a", self.log)
+        self.b = RecordingWriter(self.held, "b", self.log)
+        self.turns = RunningClock()
+
+    def read(self, writer: RecordingWriter, data: bytes, after: float) -> None:
+        """A read that starts ``after`` seconds after the previous one ended, takes no
+        time, and makes ``writer`` write ``data``."""
+        self.now += after
+        self.held.read_started(self.turns)
+        writer.write(data)
+        self.held.read_done()
+
+    def test_alone(self) -> None:
+        """Reads with a wait between them: each written at its end, no timer."""
+        self.read(self.a, b"1", after=1e-3)
+        self.read(self.b, b"2", after=1e-3)
+        self.assertEqual(self.log, [("a", b"1"), ("b", b"2")])
+        self.assertEqual(self.turns.getDelayedCalls(), [])
+
+    def test_back_to_back_held_to_the_end_of_the_turn(self) -> None:
+        """The first read of a batch goes out at its end; the ones right after it wait
+        for the turn's end, then go out together, each writer's in one write, in order."""
+        self.read(self.a, b"1", after=1e-3)
+        self.read(self.b, b"2", after=BACK_TO_BACK / 5)
+        self.read(self.a, b"3", after=BACK_TO_BACK / 5)
+        self.read(self.b, b"4", after=BACK_TO_BACK / 5)
+        self.assertEqual(self.log, [("a", b"1")])
+        self.assertEqual(len(self.turns.getDelayedCalls()), 1)  # one timer for the batch
+        self.assertEqual(self.held.depth, 1)
+        self.a.write(b"5")  # a write outside a read, during the turn: after what is held
+        self.turns.advance(0)
+        self.assertEqual(self.log, [("a", b"1"), ("b", b"24"), ("a", b"35")])
+        self.assertEqual((self.held.depth, self.held.holders, self.held.turn), (0, [], None))
+        self.read(self.b, b"6", after=1e-3)  # alone again
+        self.assertEqual(self.log[-1], ("b", b"6"))
+
+    def test_no_writes_no_timer(self) -> None:
+        """A back-to-back read that wrote nothing leaves nothing to wait for."""
+        self.read(self.a, b"1", after=1e-3)
+        self.now += BACK_TO_BACK / 5
+        self.held.read_started(self.turns)
+        self.held.read_done()
+        self.assertEqual((self.turns.getDelayedCalls(), self.held.depth), ([], 0))
+
+    def test_not_running_or_no_reactor(self) -> None:
+        """Without a running reactor (a clock in a test, a factory without one) every
+        read is written at its end, however close together."""
+        self.turns.running = False
+        self.read(self.a, b"1", after=1e-3)
+        self.read(self.b, b"2", after=0.0)
+        self.now += 0.0
+        self.held.read_started(None)
+        self.a.write(b"3")
+        self.held.read_done()
+        self.assertEqual(self.log, [("a", b"1"), ("b", b"2"), ("a", b"3")])
+        self.assertEqual(self.turns.getDelayedCalls(), [])
