@@ -187,8 +187,16 @@ class Processes:
         self.log_dir = log_dir
         self.live: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: Sequence[str], name: str, stdin: bool = False) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        argv: Sequence[str],
+        name: str,
+        stdin: bool = False,
+        cpus: set[int] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (on ``cpus`` only, with its children, when given)."""
         stderr = open(self.log_dir / f"{name}.log", "ab")  # closed below, the child keeps it
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -197,6 +205,7 @@ class Processes:
             env=child_env(),
             cwd=str(NODE_DIR),
             start_new_session=True,
+            preexec_fn=pin,
         )
         stderr.close()
         self.live.append(proc)
@@ -293,15 +302,20 @@ def wait_for_workers(port: int, count: int, deadline: float) -> None:
 
 
 @contextlib.contextmanager
-def running_server(processes: Processes, target: str) -> Iterator[tuple[list[int], str]]:
-    """Start ``target``; yield its process ids and its ws:// URL(s); stop it afterwards."""
+def running_server(
+    processes: Processes, target: str, cpus: set[int] | None = None
+) -> Iterator[tuple[list[int], str]]:
+    """Start ``target`` (on ``cpus``, when given); yield its process ids and its ws://
+    URL(s); stop it afterwards."""
     if target == "holepunch-2n":
         with two_nodes(processes) as running:
             yield running
         return
     # twistd cannot say which port it got, so it is given one; the others print theirs.
     port = free_port() if target.startswith("holepunch") else 0
-    proc = processes.start(server_argv(target, port, processes.log_dir), f"server-{target}")
+    proc = processes.start(
+        server_argv(target, port, processes.log_dir), f"server-{target}", cpus=cpus
+    )
     try:
         deadline = time.monotonic() + START_TIMEOUT
         if port:
@@ -384,6 +398,10 @@ class Options:
     idle_connections: int
     payload_bytes: int
     dump_dir: Path | None = None
+    placement: str = "free"
+    """Where the relay phases run the server and the generator: ``free`` (where the
+    scheduler puts them), ``same`` (both on CPU 0) or ``split`` (server on CPU 1,
+    generator on CPU 0)."""
     """Where the generator writes each measured offer's send time and latency
     (``latencies-TARGET-RUN.txt``, two columns in ms), for looking at the tail."""
 
@@ -414,6 +432,14 @@ class Options:
             str(self.payload_bytes),
             *(["--dump", str(dump)] if dump is not None else []),
         ]
+
+    def cpus(self) -> tuple[set[int] | None, set[int] | None]:
+        """The CPUs of the server and of the generator in the relay phases."""
+        if self.placement == "same":
+            return {0}, {0}
+        if self.placement == "split":
+            return {1}, {0}
+        return None, None
 
     def relay_deadline(self) -> float:
         return 60.0 + 2 * (self.warmup + self.duration) + 25.0
@@ -454,18 +480,30 @@ class TargetResult:
         return medians([run["paced"] for run in self.runs])
 
 
+def cpus_of(pid: int) -> list[int]:
+    """The CPUs process ``pid`` may run on."""
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:  # already gone
+        return []
+
+
 def measure_relay(
     processes: Processes, target: str, options: Options, result: TargetResult
 ) -> None:
     """One run of both relay phases against a fresh ``target``, added to ``result.runs``."""
     full_load: dict[str, Any] = {}
-    with running_server(processes, target) as (pids, url):
+    server_cpus, generator_cpus = options.cpus()
+    with running_server(processes, target, server_cpus) as (pids, url):
         dump = None
         if options.dump_dir is not None:
             dump = options.dump_dir / f"latencies-{target}-{len(result.runs) + 1}.txt"
-        generator = processes.start(options.generator_args(target, url, "relay", dump), "loadgen")
+        generator = processes.start(
+            options.generator_args(target, url, "relay", dump), "loadgen", cpus=generator_cpus
+        )
         reader = LineReader(generator)
         deadline = time.monotonic() + options.relay_deadline()
+        placed = {"server": cpus_of(pids[0]), "generator": cpus_of(generator.pid)}
         cpu_start = wall_start = 0.0
         final: dict[str, Any] | None = None
         try:
@@ -490,7 +528,7 @@ def measure_relay(
         rate = full_load.get("messagesPerSecond") or 0.0
         if rate > 0 and "serverCpu" in full_load:
             full_load["serverCpuMicrosecondsPerMessage"] = full_load["serverCpu"] / rate * 1e6
-        result.runs.append({"fullLoad": full_load, "paced": final["paced"]})
+        result.runs.append({"fullLoad": full_load, "paced": final["paced"], "cpus": placed})
         if final.get("errors"):
             result.errors.append(f"{final['errors']} errors, last: {final.get('lastError')}")
 
@@ -608,7 +646,8 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
         f"{options.pairs} pairs ({2 * options.pairs} connections), window {options.window}, "
         f"{options.payload_bytes}-byte offers; latency at {options.rate:g} offers/s; "
         f"idle memory at {options.idle_connections} connections; "
-        f"median of {runs} run{'s' if runs != 1 else ''} per target",
+        f"median of {runs} run{'s' if runs != 1 else ''} per target"
+        + ("" if options.placement == "free" else f"; placement {options.placement}"),
         head,
         "-" * len(head),
     ]
@@ -671,6 +710,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep server/generator logs here, and each paced run's latencies "
         "(latencies-TARGET-RUN.txt: send time and latency of every measured offer, ms)",
     )
+    parser.add_argument(
+        "--placement",
+        choices=("free", "same", "split"),
+        default="free",
+        help="relay phases: server and generator where the scheduler puts them (free, "
+        "the default), both on CPU 0 (same), or server on CPU 1 and generator on CPU 0 "
+        "(split); single-process targets only",
+    )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = {t for t in targets if t not in TARGETS and workers_of(t) < 2}
@@ -679,6 +726,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}, "
             "or holepunch-Nw for --workers N"
         )
+    multi = [t for t in targets if t == "holepunch-2n" or workers_of(t)]
+    if args.placement != "free" and multi:
+        parser.error(f"--placement {args.placement} pins one server process: not for {multi}")
+    if args.placement == "split" and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--placement split needs two CPUs")
     args.targets = targets
     return args
 
@@ -704,6 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_connections=args.idle_connections,
         payload_bytes=args.payload_bytes,
         dump_dir=None if args.log_dir is None else log_dir,
+        placement=args.placement,
     )
     processes = Processes(log_dir)
     # SIGTERM/SIGINT unwind through ``finally``, which stops every child.

@@ -6,6 +6,7 @@ figures themselves are in docs/benchmarks.md."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,37 @@ class SignalingLoadSmokeTests(TestCase):
             latencies = [float(line.split()[1]) for line in rows.splitlines()]
             self.assertEqual(len(latencies), ours["paced"]["measured"], target)
             self.assertAlmostEqual(max(latencies), ours["paced"]["maxMs"], places=2)
+
+
+class PlacementTests(TestCase):
+    """``--placement`` pins the server and the generator of the relay phases."""
+
+    timeout = 120
+
+    def test_split_pins_server_and_generator(self) -> None:
+        """``split``: the server on CPU 1, the generator on CPU 0, as the report shows
+        from their affinity while they ran; ``same``: both on CPU 0."""
+        if shutil.which("gcc") is None:
+            raise SkipTest("needs gcc to build the load generator (benchmarks/signaling/loadgen.c)")
+        if len(os.sched_getaffinity(0)) < 2:
+            raise SkipTest("needs two CPUs")
+        for placement, server, generator in (("split", [1], [0]), ("same", [0], [0])):
+            argv = [sys.executable, str(SCRIPT), "--targets=holepunch", "--pairs=5",
+                    "--warmup=0.2", "--duration=0.5", "--rate=200", "--idle-connections=0",
+                    f"--placement={placement}", "--json"]  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, timeout=100, check=False, cwd=ROOT)
+            self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
+            [run] = json.loads(proc.stdout)["results"]["holepunch"]["runs"]
+            self.assertEqual(run["cpus"], {"server": server, "generator": generator}, placement)
+            self.assertGreater(run["fullLoad"]["messagesPerSecond"], 0, placement)
+
+    def test_not_for_several_processes(self) -> None:
+        """Pinning one process of a multi-process server would measure nothing useful:
+        a usage error."""
+        argv = [sys.executable, str(SCRIPT), "--targets=holepunch-2w", "--placement=same"]
+        proc = subprocess.run(argv, capture_output=True, timeout=60, check=False, cwd=ROOT)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"not for ['holepunch-2w']", proc.stderr)
 
 
 class SoakSmokeTests(TestCase):
