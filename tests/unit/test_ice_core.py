@@ -327,10 +327,12 @@ def answer_gathering(
     core: IceCore,
     responders: dict[Address, StunResponder],
     source_of: Callable[[int, Address], Address],
+    each_step: Callable[[float], None] | None = None,
 ) -> list[Address]:
     """Run ``core``'s gathering to its end: each Binding to a server in ``responders`` is
     answered as if it came from ``source_of(via, server)`` (the NAT's mapping), the rest
-    are lost; returns the destinations asked, in order."""
+    are lost; ``each_step(now)`` is called after each instant's datagrams; returns the
+    destinations asked, in order."""
     asked: list[Address] = []
     now = 0.0
     for _ in range(200):
@@ -344,6 +346,8 @@ def answer_gathering(
             reply = responder.handle(data, source_of(via, target), target, now)
             assert reply is not None
             core.receive_datagram(reply.data, destination, via, now)
+        if each_step is not None:
+            each_step(now)
         if core.stun_complete:
             break
         timer = core.get_timer()
