@@ -320,7 +320,7 @@ class IceAgent:
             self._announce(event.candidate)
             if event.candidate is None:
                 self._fire(self._gathered)
-        elif isinstance(event, events.MappingComplete):
+        elif isinstance(event, events.StunSettled):
             self._fire(self._mapping_waiters)
         elif isinstance(event, events.MappingMeasured):
             self._fire(self._measure_waiters)
@@ -495,11 +495,12 @@ class IceAgent:
         results = await defer.gatherResults([defer.ensureDeferred(one(s)) for s in servers])
         return [r for r in results if r is not None]
 
-    def when_mapping_complete(self) -> defer.Deferred[None]:
-        """Fires once every IPv4 Binding of the gathering answered or gave up: our
-        mapping and IPv4 server-reflexive candidate are known then (IPv6 ones and relayed
-        candidates may still come, trickled)."""
-        if self.core.mapping_complete:
+    def when_stun_settled(self) -> defer.Deferred[None]:
+        """Fires once what a description carries is known: our mapping (every IPv4
+        Binding answered or gave up) and whether UDP is blocked (a STUN server answered,
+        or every one gave up). IPv6 server-reflexive and relayed candidates may still
+        come, trickled."""
+        if self.core.stun_settled:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._mapping_waiters.append(d)

@@ -583,6 +583,11 @@ class IceCore:
         return self.gatherer.mapping_complete
 
     @property
+    def stun_settled(self) -> bool:
+        """What a description carries is known (see :attr:`Gatherer.settled`)."""
+        return self.gatherer.settled
+
+    @property
     def udp_blocked(self) -> bool:
         """STUN servers were asked over UDP and none answered (known once STUN is done)."""
         return self.gatherer.udp_blocked

@@ -36,9 +36,11 @@ class LocalCandidate:
 
 
 @dataclass(frozen=True)
-class MappingComplete:
-    """Every IPv4 Binding of the gathering answered or gave up: our mapping is known if
-    it can be (IPv6 server-reflexive candidates and relayed ones may still come)."""
+class StunSettled:
+    """What a description carries is known: our mapping (every IPv4 Binding of the
+    gathering answered or gave up) and whether UDP is blocked (a STUN server answered,
+    or every one gave up). Other server-reflexive candidates (an IPv6 server's) and
+    relayed ones may still come."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ class MappingMeasured:
 
 Event = (
     LocalCandidate
-    | MappingComplete
+    | StunSettled
     | RelaysWanted
     | PortMappingWanted
     | SocketWanted

@@ -94,6 +94,9 @@ class Gatherer:
         Bindings do not count: IPv6 has no NAT to measure, and a broken IPv6 path (an
         address with no route, common) must not hold the description and the checks
         until its Binding times out."""
+        self.settled = False
+        """The mapping is complete and whether UDP is blocked is known (a server
+        answered, or every one gave up): what a description carries is known."""
         self.complete = False
         self.stun_answers = 0
         self.samples: list[tuple[int, int]] = []
@@ -153,6 +156,7 @@ class Gatherer:
             self._mapping_done()
         if not self._pending:
             self._stun_done()
+        self._maybe_settled()
 
     def _measuring(self) -> bool:
         return self.core.config.gathering.probe_mapping and self.core.mapping is None
@@ -229,6 +233,7 @@ class Gatherer:
                 self._mapping_done()
         if self._pending <= 0 and not self.stun_complete:
             self._stun_done()
+        self._maybe_settled()
 
     def _sample(self, index: int, mapped: Address, evidence: str) -> None:
         self.samples.append((index, mapped.port))
@@ -357,8 +362,16 @@ class Gatherer:
         if self._measuring():
             self._measure()
         self.mapping_complete = True
-        core.emit(events.MappingComplete())
         core.checker.schedule()
+
+    def _maybe_settled(self) -> None:
+        """Emit StunSettled once the mapping is complete and UDP is known to work (a
+        server answered) or to be blocked (none did)."""
+        if self.settled or not self.mapping_complete:
+            return
+        if self.stun_answers or self.stun_complete:
+            self.settled = True
+            self.core.emit(events.StunSettled())
 
     def _stun_done(self) -> None:
         core = self.core

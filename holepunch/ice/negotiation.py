@@ -501,15 +501,15 @@ class Negotiator:
 
     async def _gather_hosts(self, session: Session) -> None:
         """Gather; return once the host candidates are known, or, when the agent
-        measures its mapping (hard-NAT techniques), once its IPv4 Bindings are done, so
-        that the description carries the mapping. IPv6 server-reflexive and relayed
-        candidates are trickled: a broken IPv6 path does not hold the description until
-        its Binding times out."""
+        measures its mapping (hard-NAT techniques), once its IPv4 Bindings are done and
+        whether UDP is blocked is known, so that the description carries both. IPv6
+        server-reflexive and relayed candidates are trickled: once a server answered, a
+        broken IPv6 path does not hold the description until its Binding times out."""
         agent = session.agent
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(self._gather_failed, session)
         if agent.config.gathering.probe_mapping and agent.config.gathering.stun_servers:
-            mapped = agent.when_mapping_complete()
+            mapped = agent.when_stun_settled()
 
             def gathering_failed(f: Failure) -> Failure:
                 if not mapped.called:

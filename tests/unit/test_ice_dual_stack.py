@@ -220,7 +220,7 @@ class GatheringFamiliesTests(SynchronousTestCase):
 
     def test_silent_v6_server_does_not_hold_the_mapping(self) -> None:
         """A v6 STUN server that never answers (an IPv6 address with no route, say)
-        holds neither the mapping nor the checks: MappingComplete comes with the v4
+        holds neither the mapping nor the checks: StunSettled comes with the v4
         answers, while the v6 Binding is still retransmitted; STUN completes when it
         gives up."""
         v4a, v4b = Address("198.51.100.1", 3478), Address("198.51.100.2", 3478)
@@ -241,7 +241,7 @@ class GatheringFamiliesTests(SynchronousTestCase):
             core, responders, lambda via, t: Address("203.0.113.5", 5000), step
         )
         self.assertIn(v6, asked)
-        [(_, mapped_at, stun_then, holding)] = [e for e in seen if e[0] is events.MappingComplete]
+        [(_, mapped_at, stun_then, holding)] = [e for e in seen if e[0] is events.StunSettled]
         self.assertEqual(mapped_at, 0.0)  # with the v4 answers, not the v6 timeout
         self.assertFalse(stun_then)
         self.assertFalse(holding)  # checks may start
@@ -250,6 +250,27 @@ class GatheringFamiliesTests(SynchronousTestCase):
         mapping = core.mapping
         assert mapping is not None
         self.assertEqual(mapping.address, "203.0.113.5")
+
+    def test_no_answer_at_all_waits_to_say_udp_blocked(self) -> None:
+        """An IPv6-only host whose UDP is blocked: there is no mapping to wait for, but a
+        description must say whether UDP is blocked (the peer starts TCP punching on
+        it), so StunSettled waits until the only server gave up, and then says so."""
+        v6 = Address("2001:db8:ff::10", 3478)
+        config = IceConfig.on("2001:db8:1::2", stun_servers=[(v6.host, v6.port)])
+        core = IceCore(True, config, tie_breaker=1)
+        core.start_gathering(["2001:db8:1::2"], 5000, [v6], 0)
+        self.assertTrue(core.mapping_complete)  # no IPv4 flow: nothing to measure
+        settled: list[tuple[float, bool]] = []
+
+        def step(now: float) -> None:
+            while (event := core.next_event()) is not None:
+                if isinstance(event, events.StunSettled):
+                    settled.append((now, core.udp_blocked))
+
+        answer_gathering(core, {}, lambda via, t: t, step)
+        [(at, blocked)] = settled
+        self.assertGreater(at, 1.0)  # after the Binding's retransmissions
+        self.assertTrue(blocked)
 
     def test_servers_of_a_missing_family_are_not_asked(self) -> None:
         core = IceCore(True, IceConfig.on("10.0.0.2"), tie_breaker=1)
@@ -329,7 +350,7 @@ class RealSocketTests(TestCase):
         self.addCleanup(agent.close)
         gathered = defer.ensureDeferred(agent.gather())
         gathered.addErrback(lambda _: None)
-        await agent.when_mapping_complete()
+        await agent.when_stun_settled()
         self.assertGreater(silent.heard, 0)  # the v6 server was asked ...
         self.assertFalse(agent.core.stun_complete)  # ... and is still waited for
         self.assertFalse(gathered.called)
