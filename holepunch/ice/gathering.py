@@ -362,6 +362,7 @@ class Gatherer:
         if self._measuring():
             self._measure()
         self.mapping_complete = True
+        self._maybe_settled()
         core.checker.schedule()
 
     def _maybe_settled(self) -> None:
@@ -376,6 +377,7 @@ class Gatherer:
     def _stun_done(self) -> None:
         core = self.core
         self.stun_complete = True
+        self._maybe_settled()  # before end-of-candidates: the description goes out first
         core.checker.schedule()
         if not core.config.relay.servers:
             self.finish()
