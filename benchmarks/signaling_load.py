@@ -398,12 +398,12 @@ class Options:
     idle_connections: int
     payload_bytes: int
     dump_dir: Path | None = None
+    """Where the generator writes each measured offer's send time and latency
+    (``latencies-TARGET-RUN.txt``, two columns in ms), for looking at the tail."""
     placement: str = "free"
     """Where the relay phases run the server and the generator: ``free`` (where the
     scheduler puts them), ``same`` (both on CPU 0) or ``split`` (server on CPU 1,
     generator on CPU 0)."""
-    """Where the generator writes each measured offer's send time and latency
-    (``latencies-TARGET-RUN.txt``, two columns in ms), for looking at the tail."""
 
     def generator_args(
         self, target: str, url: str, mode: str, dump: Path | None = None
