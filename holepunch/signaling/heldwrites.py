@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall
 
 
 class HoldsWrites(Protocol):
@@ -87,13 +86,11 @@ class HeldWrites:
     a test) every read releases at its end.
     """
 
-    __slots__ = ("_batched", "_last_end", "_monotonic", "depth", "holders", "turn", "turns_held")
+    __slots__ = ("_batched", "_last_end", "_monotonic", "depth", "holders", "turns_held")
 
     def __init__(self, monotonic: Callable[[], float] = time.perf_counter) -> None:
         self.depth = 0
         self.holders: list[HoldsWrites] = []
-        self.turn: IDelayedCall | None = None
-        """The call that ends the turn being held, if one is."""
         self.turns_held = 0
         """How many times back-to-back reads were held to the end of a turn."""
         self._monotonic = monotonic
@@ -122,14 +119,13 @@ class HeldWrites:
         if batched is not None and self.holders:
             self.depth = 1
             self.turns_held += 1
-            self.turn = batched.callLater(0, self.turn_done)
+            batched.callLater(0, self.turn_done)
             return
         if self.holders:
             self.release()
 
     def turn_done(self) -> None:
         """The reactor's turn after a batch of reads: what they held goes out."""
-        self.turn = None
         self.read_done()
 
     def release(self) -> None:
