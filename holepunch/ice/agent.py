@@ -105,7 +105,7 @@ class IceAgent:
         self._timer: IDelayedCall | None = None
         self._connect_d: defer.Deferred[PeerConnection] | None = None
         self._gathered: list[defer.Deferred[None]] = []
-        self._mapping_waiters: list[defer.Deferred[None]] = []
+        self._settled_waiters: list[defer.Deferred[None]] = []
         self._measure_waiters: list[defer.Deferred[None]] = []
         self._pumping = False
         self._again = False
@@ -321,7 +321,7 @@ class IceAgent:
             if event.candidate is None:
                 self._fire(self._gathered)
         elif isinstance(event, events.StunSettled):
-            self._fire(self._mapping_waiters)
+            self._fire(self._settled_waiters)
         elif isinstance(event, events.MappingMeasured):
             self._fire(self._measure_waiters)
         elif isinstance(event, events.RelaysWanted):
@@ -503,7 +503,7 @@ class IceAgent:
         if self.core.stun_settled:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._mapping_waiters.append(d)
+        self._settled_waiters.append(d)
         return d
 
     async def remeasure_mapping(self) -> None:
@@ -718,7 +718,7 @@ class IceAgent:
         d, self._connect_d = self._connect_d, None
         if d is not None and not d.called:
             d.errback(IceError("cancelled", "the attempt was cancelled"))
-        for waiters in (self._gathered, self._mapping_waiters, self._measure_waiters):
+        for waiters in (self._gathered, self._settled_waiters, self._measure_waiters):
             self._fire(waiters)
         sockets = list(self._sockets.values())
         self._sockets.clear()

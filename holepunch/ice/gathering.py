@@ -94,9 +94,7 @@ class Gatherer:
         Bindings do not count: IPv6 has no NAT to measure, and a broken IPv6 path (an
         address with no route, common) must not hold the description and the checks
         until its Binding times out."""
-        self.settled = False
-        """The mapping is complete and whether UDP is blocked is known (a server
-        answered, or every one gave up): what a description carries is known."""
+        self._settled_announced = False
         self.complete = False
         self.stun_answers = 0
         self.samples: list[tuple[int, int]] = []
@@ -156,7 +154,6 @@ class Gatherer:
             self._mapping_done()
         if not self._pending:
             self._stun_done()
-        self._maybe_settled()
 
     def _measuring(self) -> bool:
         return self.core.config.gathering.probe_mapping and self.core.mapping is None
@@ -365,13 +362,16 @@ class Gatherer:
         self._maybe_settled()
         core.checker.schedule()
 
+    @property
+    def settled(self) -> bool:
+        """The mapping is complete and whether UDP is blocked is known (a server
+        answered, or every one gave up): what a description carries is known."""
+        return self.mapping_complete and bool(self.stun_answers or self.stun_complete)
+
     def _maybe_settled(self) -> None:
-        """Emit StunSettled once the mapping is complete and UDP is known to work (a
-        server answered) or to be blocked (none did)."""
-        if self.settled or not self.mapping_complete:
-            return
-        if self.stun_answers or self.stun_complete:
-            self.settled = True
+        """Emit StunSettled the first time :attr:`settled` holds."""
+        if self.settled and not self._settled_announced:
+            self._settled_announced = True
             self.core.emit(events.StunSettled())
 
     def _stun_done(self) -> None:
