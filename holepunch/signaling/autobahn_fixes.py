@@ -420,9 +420,9 @@ def release_http_channel(transport: Any) -> None:
         consumer.unregisterProducer()
 
 
-def send_at_once(transport: Any) -> bool:
+def send_at_once(transport: Any) -> None:
     """Turn off Nagle's algorithm (``TCP_NODELAY``) on the TCP connection under
-    ``transport`` (a TCP transport, or TLS over one); False when there is none (a
+    ``transport`` (a TCP transport, or TLS over one); nothing when there is none (a
     connection in memory, a UNIX socket).
 
     Signaling messages are small and written as they happen: a relay, then a candidate a
@@ -437,10 +437,8 @@ def send_at_once(transport: Any) -> bool:
     the socket keeps Nagle. Our client calls this once the connection is open.
     """
     set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is None:
-        return False
-    try:
-        set_no_delay(True)
-    except OSError:  # not a TCP socket after all (a UNIX socket), or already closed
-        return False
-    return True
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:  # not a TCP socket after all (a UNIX socket), or already closed
+            pass

@@ -506,14 +506,24 @@ class SendAtOnceTests(IntegrationTestCase):
         self.assertFalse(no_delay(raw.transport))
 
     async def test_over_tls(self) -> None:
-        """Over wss:// the option is set on the TCP socket under the TLS connection."""
+        """Over wss:// our client sets the option on the TCP socket under its TLS
+        connection, and the server's side has it too."""
         pki = make_pki(self.mktemp())
         service, url = await self.server(
             endpoint=f"ssl:0:interface=127.0.0.1:privateKey={pki['key']}:certKey={pki['cert']}"
         )
-        await self.client(url, "alice", trust_root=pki["ca"])
+        port = int(url.split(":")[2].strip("/"))
+        endpoint = _RecordingEndpoint(
+            wrapClientTLS(
+                optionsForClientTLS("127.0.0.1", trustRoot=pki["ca"]),
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+            )
+        )
+        await self.client(url, "alice", endpoint=endpoint)
         [server_side] = service.factory.protocols
         self.assertTrue(no_delay(server_side.transport))
+        [client_side] = endpoint.connected
+        self.assertTrue(no_delay(client_side.transport))
 
 
 class BackToBackTests(IntegrationTestCase):
