@@ -16,7 +16,7 @@ from holepunch.ice.candidate import host_preferences
 from holepunch.ice.config import IceConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.sockets import IceSocket, bind_interface, usable_address
-from holepunch.stun.server import StunResponder
+from holepunch.stun.server import StunResponder, StunServerService
 from holepunch.stun.wire import Address
 from holepunch.testing.loopback import connect_loopback_agents
 from tests.signaling_helpers import needs_ipv6
@@ -315,18 +315,6 @@ class RealSocketTests(TestCase):
         while the v6 Binding is still being retransmitted."""
         from twisted.internet.protocol import DatagramProtocol
 
-        class Answering(DatagramProtocol):
-            def __init__(self) -> None:
-                self.responder: StunResponder | None = None
-
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                assert self.responder is not None and self.transport is not None
-                reply = self.responder.handle(
-                    data, Address(addr[0], addr[1]), self.responder.primary, 0.0
-                )
-                if reply is not None:
-                    self.transport.write(reply.data, addr)
-
         class Silent(DatagramProtocol):
             def __init__(self) -> None:
                 self.heard = 0
@@ -336,11 +324,10 @@ class RealSocketTests(TestCase):
 
         servers = []
         for _ in range(2):
-            answering = Answering()
-            port = reactor.listenUDP(0, answering, interface="127.0.0.1")
-            self.addCleanup(port.stopListening)
-            answering.responder = StunResponder(Address("127.0.0.1", port.getHost().port))
-            servers.append(("127.0.0.1", port.getHost().port))
+            stun = StunServerService(StunResponder(Address("127.0.0.1", 0)), reactor, tcp=False)
+            stun.startService()
+            self.addCleanup(stun.stopService)
+            servers.append((stun.responder.primary.host, stun.responder.primary.port))
         silent = Silent()
         silent_port = reactor.listenUDP(0, silent, interface="::1")
         self.addCleanup(silent_port.stopListening)
