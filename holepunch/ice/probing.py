@@ -35,6 +35,9 @@ from holepunch.stun.wire import Address
 _log = Logger()
 
 _PROBE_POLICY = RetransmissionPolicy(rto=2.0, rc=1, rm=1)
+_PROBE_BURST = 10
+"""At most this many probes at once when the timer was late (then ten times the rate
+until the owed ones are out)."""
 _PROBE_GRACE = 2.5
 """After the last probe, how long its answer may take before the attempt is judged."""
 
@@ -56,6 +59,9 @@ class HardNatProbing:
         self.probing = False
         self._probe_started = False
         self._probe_deadline = 0.0
+        self._probe_epoch = 0.0
+        """When probing started: probe ``n`` is due ``n / probe_rate`` after it."""
+        self._probes_this_run = 0
         self._probe_ports: list[int] = []
         self._birthday_vias: set[int] = set()
         self._sockets_left = 0
@@ -226,6 +232,8 @@ class HardNatProbing:
         self._probe_started = True
         self.probing = True
         self._probe_deadline = core.now + hardnat.max_probe_time
+        self._probe_epoch = core.now
+        self._probes_this_run = 0
         _log.info(
             "birthday probing {addr}: up to {n} probes at {rate}/s",
             addr=core.remote_mapping.address,
@@ -235,6 +243,31 @@ class HardNatProbing:
         self._probe_tick()
 
     def _probe_tick(self) -> None:
+        """Send the probes due by now, then wait for the next one's time.
+
+        Probes are due on a fixed schedule from the start (``probe_rate`` a second), not
+        one per timer: a reactor that is late (a loaded host) sends the ones it owes,
+        up to :data:`_PROBE_BURST` per probe interval, so the probes planned within
+        ``max_probe_time`` still go out.
+        """
+        core = self.core
+        rate = core.config.hardnat.probe_rate
+        due = 1
+        if rate > 0:
+            due = int((core.now - self._probe_epoch) * rate) + 1 - self._probes_this_run
+        for _ in range(max(1, min(due, _PROBE_BURST))):
+            if not self._send_probe():
+                if self.probing:
+                    self.probing = False
+                    _log.info("birthday probing ended after {n} probes", n=self._probes_this_run)
+                    core.timers.set("probe-end", core.now + _PROBE_GRACE)
+                return
+        interval = 1.0 / rate if rate > 0 else 0.01
+        next_due = self._probe_epoch + self._probes_this_run * interval
+        core.timers.set("probe", max(next_due, core.now + interval))
+
+    def _send_probe(self) -> bool:
+        """One probe to the next port; False when probing is over."""
         core = self.core
         if (
             core.closed
@@ -243,18 +276,15 @@ class HardNatProbing:
             or core.now > self._probe_deadline
             or not self._probe_ports
         ):
-            if self.probing:
-                self.probing = False
-                _log.info("birthday probing ended after {n} probes", n=core.stats.probes_sent)
-                core.timers.set("probe-end", core.now + _PROBE_GRACE)
-            return
+            return False
         assert core.remote_mapping is not None and core.remote_pwd is not None
         port = self._probe_ports.pop()
         address = core.remote_mapping.address  # only ever the peer's signalled address
         core.stats.probes_sent += 1
+        self._probes_this_run += 1
         local = core.base_for(address, port)
         if local is None:
-            return
+            return True
         probe = _Probe(local, self.remote_at(address, port, "probe"), core.now)
         core.start_transaction(
             self,
@@ -265,8 +295,7 @@ class HardNatProbing:
             policy=_PROBE_POLICY,
             integrity_key=core.remote_pwd.encode(),
         )
-        rate = core.config.hardnat.probe_rate
-        core.timers.set("probe", core.now + (1.0 / rate if rate > 0 else 0.01))
+        return True
 
     def transaction_done(self, outcome: TransactionOutcome, payload: object) -> None:
         """A probe was answered (a hit) or not."""

@@ -127,6 +127,32 @@ class ProbingDisciplineTests(SynchronousTestCase):
         agent.close()
         d.addErrback(lambda f: None)
 
+    def test_late_timers_still_send_the_planned_probes(self) -> None:
+        """A loaded reactor whose timers fire 50 ms late still sends about 100 probes a
+        second (the ones owed go out together, at most ten at a time), never more."""
+        net, agent = self.agent(max_probe_time=10.0)
+        d = agent.connect()
+        agent.set_remote_mapping(RANDOM)
+        net.pump([0.05] * 240)
+        port = net.ports[("192.0.2.1", agent.local_port)]
+        self.assertLessEqual(agent.stats.probes_sent, 100 * 10 + 1)
+        self.assertGreaterEqual(agent.stats.probes_sent, 100 * 10 - 40)
+        self.assertEqual({addr[0] for _, addr in port.sent}, {RANDOM.address})
+        agent.close()
+        d.addErrback(lambda f: None)
+
+    def test_a_long_stall_is_not_made_up_in_one_burst(self) -> None:
+        """After the reactor stalls for two seconds, the owed probes go out ten per probe interval."""
+        net, agent = self.agent(max_probe_time=10.0)
+        d = agent.connect()
+        agent.set_remote_mapping(RANDOM)
+        net.pump([0.01] * 50)
+        before = agent.stats.probes_sent
+        net.pump([2.0])
+        self.assertLessEqual(agent.stats.probes_sent - before, 10)
+        agent.close()
+        d.addErrback(lambda f: None)
+
     def test_probe_count_bound(self) -> None:
         """max_probes stops probing even with time left, and the attempt then fails cleanly."""
         net, agent = self.agent(max_probes=50, max_probe_time=100.0)
