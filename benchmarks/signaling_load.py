@@ -15,7 +15,8 @@ time, speaking each server's dialect; it batches frames per connection and spend
   of offers in flight per connection; delivered offers per second, with the CPU share of
   the server and of the generator over the measurement window;
 - **paced latency**: ``rate`` offers per second in total, each sent at its scheduled
-  time, p50/p99 of arrival minus scheduled send time;
+  time, p50/p99 of arrival minus scheduled send time (the medians of each run's, and the
+  p99 of all runs' offers together), with the VM's steal time over the phase;
 - **idle memory**: in a second fresh server process, the growth of the server's RSS per
   connection with ``idle-connections`` registered, idle connections.
 
@@ -83,6 +84,8 @@ def dialect(target: str) -> str:
 
 
 START_TIMEOUT = 30.0
+STEAL_NOTICE_MS = 50.0
+"""Steal time in a paced phase that the table points out (the p99 it can move)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -267,6 +270,31 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return sum(table[p][1] for p in tree(pids) if p in table)
 
 
+def steal_ms() -> dict[int, float]:
+    """Each CPU's steal time so far (ms): time the hypervisor ran something else while
+    this virtual CPU had work. A process on a CPU with steal stalls for that long, and
+    its latencies with it, whatever the process is."""
+    stolen: dict[int, float] = {}
+    with contextlib.suppress(OSError), open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and len(fields) > 7:
+                stolen[int(name[3:])] = int(fields[7]) * 1000 / CLK_TCK
+    return stolen
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0-1) of the sorted ``ordered``, nearest rank."""
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
+
+
+def read_latencies(path: Path) -> list[float]:
+    """The latencies (ms) the generator dumped to ``path`` (second column)."""
+    with contextlib.suppress(OSError), path.open() as f:
+        return [float(line.split()[1]) for line in f if line.strip()]
+    return []
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """Resident memory of ``pids`` and their descendants."""
     total = 0
@@ -397,9 +425,10 @@ class Options:
     rate: float
     idle_connections: int
     payload_bytes: int
-    dump_dir: Path | None = None
+    dump_dir: Path = Path(".")
     """Where the generator writes each measured offer's send time and latency
-    (``latencies-TARGET-RUN.txt``, two columns in ms), for looking at the tail."""
+    (``latencies-TARGET-RUN.txt``, two columns in ms): the pooled percentiles are read
+    from them, and they are there for looking at the tail."""
     placement: str = "free"
     """Where the relay phases run the server and the generator: ``free`` (where the
     scheduler puts them), ``same`` (both on CPU 0) or ``split`` (server on CPU 1,
@@ -470,6 +499,22 @@ class TargetResult:
     runs: list[dict[str, dict[str, Any]]] = field(default_factory=list)
     idle: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    """Every measured offer's latency (ms), all runs together."""
+
+    @property
+    def pooled(self) -> dict[str, Any]:
+        """Percentiles of all runs' latencies together: steadier than the median of each
+        run's p99, which one stall can move."""
+        if not self.latencies:
+            return {}
+        ordered = sorted(self.latencies)
+        return {
+            "offers": len(ordered),
+            "p50Ms": percentile(ordered, 0.5),
+            "p99Ms": percentile(ordered, 0.99),
+            "p999Ms": percentile(ordered, 0.999),
+        }
 
     @property
     def full_load(self) -> dict[str, Any]:
@@ -495,9 +540,7 @@ def measure_relay(
     full_load: dict[str, Any] = {}
     server_cpus, generator_cpus = options.cpus()
     with running_server(processes, target, server_cpus) as (pids, url):
-        dump = None
-        if options.dump_dir is not None:
-            dump = options.dump_dir / f"latencies-{target}-{len(result.runs) + 1}.txt"
+        dump = options.dump_dir / f"latencies-{target}-{len(result.runs) + 1}.txt"
         generator = processes.start(
             options.generator_args(target, url, "relay", dump), "loadgen", cpus=generator_cpus
         )
@@ -505,6 +548,8 @@ def measure_relay(
         deadline = time.monotonic() + options.relay_deadline()
         placed = {"server": cpus_of(pids[0]), "generator": cpus_of(generator.pid)}
         cpu_start = wall_start = 0.0
+        steal_start: dict[int, float] = {}
+        steal: dict[int, float] = {}
         final: dict[str, Any] | None = None
         try:
             while (line := reader.line(deadline)) is not None:
@@ -514,8 +559,10 @@ def measure_relay(
                 elif event["event"] == "window-end":
                     elapsed = time.monotonic() - wall_start
                     full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
+                    steal_start = steal_ms()  # the paced phase starts
                 elif event["event"] == "result":
                     final = event
+                    steal = {cpu: ms - steal_start.get(cpu, ms) for cpu, ms in steal_ms().items()}
         except TimeoutError:
             raise BenchmarkError(f"the generator did not finish against {target}") from None
         finally:
@@ -528,7 +575,11 @@ def measure_relay(
         rate = full_load.get("messagesPerSecond") or 0.0
         if rate > 0 and "serverCpu" in full_load:
             full_load["serverCpuMicrosecondsPerMessage"] = full_load["serverCpu"] / rate * 1e6
-        result.runs.append({"fullLoad": full_load, "paced": final["paced"], "cpus": placed})
+        paced = {**final["paced"], "stealMs": round(sum(steal.values()), 1)}
+        result.runs.append(
+            {"fullLoad": full_load, "paced": paced, "cpus": placed, "pacedStealMs": steal}
+        )
+        result.latencies.extend(read_latencies(dump))
         if final.get("errors"):
             result.errors.append(f"{final['errors']} errors, last: {final.get('lastError')}")
 
@@ -639,7 +690,8 @@ def _fmt(value: Any, pattern: str) -> str:
 def table(results: Sequence[TargetResult], options: Options) -> str:
     head = (
         f"{'target':<22} {'full-load msg/s':>15} {'server CPU':>10} {'µs/msg':>7} {'gen CPU':>8} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'KiB/idle conn':>13}  p99 ms of each run"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'all runs':>8} {'lost':>5} {'KiB/idle conn':>13}  "
+        "p99 ms of each run"
     )
     runs = max((len(r.runs) for r in results), default=0)
     lines = [
@@ -661,12 +713,26 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
             f"{_fmt(r.full_load.get('generatorCpu'), '.0%'):>8} "
             f"{_fmt(r.paced.get('p50Ms'), '.2f'):>7} "
             f"{_fmt(r.paced.get('p99Ms'), '.2f'):>7} "
+            f"{_fmt(r.pooled.get('p99Ms'), '.2f'):>8} "
             f"{_fmt(r.paced.get('lost'), 'd'):>5} "
             f"{_fmt(None if per_conn is None else per_conn / 1024, '.1f'):>13}  "
             + " ".join(_fmt(run["paced"].get("p99Ms"), ".2f") for run in r.runs)
         )
         for error in r.errors:
             lines.append(f"  {r.target}: {error}")
+    stolen = [
+        (r.target, i + 1, run["paced"]["stealMs"])
+        for r in results
+        for i, run in enumerate(r.runs)
+        if run["paced"].get("stealMs", 0) >= STEAL_NOTICE_MS
+    ]
+    if stolen:
+        lines.append(
+            "the hypervisor took CPU time from this VM during the paced phase (steal, ms, "
+            "all CPUs): "
+            + ", ".join(f"{target} run {run} {ms:.0f}" for target, run, ms in stolen)
+            + "; a process on a CPU with steal stalls, so those runs' p99 measure the host"
+        )
     echo = next((r for r in results if r.target == "echo"), None)
     if echo is not None and echo.full_load.get("generatorCpu"):
         rate, share = echo.full_load["messagesPerSecond"], echo.full_load["generatorCpu"]
@@ -755,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         idle_connections=args.idle_connections,
         payload_bytes=args.payload_bytes,
-        dump_dir=None if args.log_dir is None else log_dir,
+        dump_dir=log_dir,
         placement=args.placement,
     )
     processes = Processes(log_dir)
@@ -807,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r.target: {
                 "fullLoad": r.full_load,
                 "paced": r.paced,
+                "pacedAllRuns": r.pooled,
                 "runs": r.runs,
                 "idle": r.idle,
                 "errors": r.errors,

@@ -59,6 +59,16 @@ class SignalingLoadSmokeTests(TestCase):
             latencies = [float(line.split()[1]) for line in rows.splitlines()]
             self.assertEqual(len(latencies), ours["paced"]["measured"], target)
             self.assertAlmostEqual(max(latencies), ours["paced"]["maxMs"], places=2)
+            # the percentiles of all runs' offers together: here, of this run's
+            pooled = ours["pacedAllRuns"]
+            self.assertEqual(pooled["offers"], len(latencies), target)
+            ordered = sorted(latencies)
+            self.assertEqual(pooled["p99Ms"], ordered[int(0.99 * len(ordered))], target)
+            self.assertLessEqual(pooled["p50Ms"], pooled["p99Ms"], target)
+            # the VM's steal over the paced phase, per CPU and in all
+            [run] = ours["runs"]
+            self.assertEqual(set(run["pacedStealMs"]), {str(c) for c in range(os.cpu_count() or 1)})
+            self.assertGreaterEqual(run["paced"]["stealMs"], 0, target)
 
 
 class PlacementTests(TestCase):
