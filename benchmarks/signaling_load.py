@@ -547,7 +547,8 @@ def measure_relay(
         reader = LineReader(generator)
         deadline = time.monotonic() + options.relay_deadline()
         placed = {"server": cpus_of(pids[0]), "generator": cpus_of(generator.pid)}
-        cpu_start = wall_start = 0.0
+        cpu_start = wall_start = paced_cpu_start = paced_start = 0.0
+        paced_cpu = paced_seconds = 0.0
         steal_start: dict[int, float] = {}
         steal: dict[int, float] = {}
         final: dict[str, Any] | None = None
@@ -559,10 +560,14 @@ def measure_relay(
                 elif event["event"] == "window-end":
                     elapsed = time.monotonic() - wall_start
                     full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
-                    steal_start = steal_ms()  # the paced phase starts
+                elif event["event"] == "paced-start":
+                    steal_start = steal_ms()
+                    paced_cpu_start, paced_start = cpu_seconds(pids), time.monotonic()
                 elif event["event"] == "result":
                     final = event
                     steal = {cpu: ms - steal_start.get(cpu, ms) for cpu, ms in steal_ms().items()}
+                    paced_cpu = cpu_seconds(pids) - paced_cpu_start
+                    paced_seconds = time.monotonic() - paced_start
         except TimeoutError:
             raise BenchmarkError(f"the generator did not finish against {target}") from None
         finally:
@@ -576,6 +581,13 @@ def measure_relay(
         if rate > 0 and "serverCpu" in full_load:
             full_load["serverCpuMicrosecondsPerMessage"] = full_load["serverCpu"] / rate * 1e6
         paced = {**final["paced"], "stealMs": round(sum(steal.values()), 1)}
+        if paced_seconds > 0 and options.rate > 0:
+            # from the first paced offer to the result: the rate holds, then the last
+            # offers arrive
+            paced["serverCpu"] = paced_cpu / paced_seconds
+            paced["serverCpuMicrosecondsPerMessage"] = (
+                paced_cpu / (options.rate * paced_seconds) * 1e6
+            )
         result.runs.append(
             {"fullLoad": full_load, "paced": paced, "cpus": placed, "pacedStealMs": steal}
         )
@@ -690,7 +702,8 @@ def _fmt(value: Any, pattern: str) -> str:
 def table(results: Sequence[TargetResult], options: Options) -> str:
     head = (
         f"{'target':<22} {'full-load msg/s':>15} {'server CPU':>10} {'µs/msg':>7} {'gen CPU':>8} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'all runs':>8} {'lost':>5} {'KiB/idle conn':>13}  "
+        f"{'paced µs/msg':>12} {'p50 ms':>7} {'p99 ms':>7} {'all runs':>8} {'lost':>5} "
+        f"{'KiB/idle conn':>13}  "
         "p99 ms of each run"
     )
     runs = max((len(r.runs) for r in results), default=0)
@@ -711,6 +724,7 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
             f"{_fmt(r.full_load.get('serverCpu'), '.0%'):>10} "
             f"{_fmt(r.full_load.get('serverCpuMicrosecondsPerMessage'), '.1f'):>7} "
             f"{_fmt(r.full_load.get('generatorCpu'), '.0%'):>8} "
+            f"{_fmt(r.paced.get('serverCpuMicrosecondsPerMessage'), '.1f'):>12} "
             f"{_fmt(r.paced.get('p50Ms'), '.2f'):>7} "
             f"{_fmt(r.paced.get('p99Ms'), '.2f'):>7} "
             f"{_fmt(r.pooled.get('p99Ms'), '.2f'):>8} "

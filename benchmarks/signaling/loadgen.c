@@ -31,9 +31,10 @@
  * idle mode: open `connections` connections (each registered), print
  *   {"event": "ready", ...}, hold them until a line arrives on stdin (or `hold` s), close.
  *
- * Output: JSON lines on stdout, the same as the Node.js generator it replaced:
+ * Output: JSON lines on stdout, as the Node.js generator it replaced printed them:
  * "window-start"/"window-end" mark the full-load window (the caller samples the server's
- * CPU time then), and the last line is {"event": "result", ...}. Every phase has a
+ * CPU time then), "paced-start" the paced phase's first offer (after the full load's
+ * offers in flight have arrived), and the last line is {"event": "result", ...}. Every phase has a
  * deadline; the process exits by itself. Only connects to the URLs it is given.
  */
 #define _GNU_SOURCE
@@ -570,8 +571,8 @@ static int nothing_outstanding(void) {
 
 static int all_received(void) { return received_count >= sent_count; }
 
-static void emit_phase(const char *event) {
-    printf("{\"event\": \"%s\", \"phase\": \"full-load\"}\n", event);
+static void emit_phase(const char *event, const char *phase) {
+    printf("{\"event\": \"%s\", \"phase\": \"%s\"}\n", event, phase);
     fflush(stdout);
 }
 
@@ -618,7 +619,7 @@ static int relay_mode(void) {
     for (int i = 0; i < conn_count; i++) fill_window(&conns[i]);
     flush_dirty();
     loop_until(now_ms() + opt.warmup * 1e3, NULL);
-    emit_phase("window-start");
+    emit_phase("window-start", "full-load");
     double cpu0 = cpu_seconds(), t0 = now_ms();
     delivered = 0;
     counting = 1;
@@ -627,7 +628,7 @@ static int relay_mode(void) {
     double seconds = (now_ms() - t0) / 1e3;
     double full_cpu = (cpu_seconds() - cpu0) / seconds;
     long full_delivered = delivered, full_sent = sent_count;
-    emit_phase("window-end");
+    emit_phase("window-end", "full-load");
     running = 0;
     phase = DRAIN;
     loop_until(now_ms() + 10e3, nothing_outstanding);
@@ -646,6 +647,7 @@ static int relay_mode(void) {
     sent_times = malloc(sizeof(double) * (total + 1));
     phase = PACED;
     sent_count = 0;
+    emit_phase("paced-start", "paced");
     double pcpu0 = cpu_seconds();
     paced_t0 = now_ms();
     while (sent_count < total) {

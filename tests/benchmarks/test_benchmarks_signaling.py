@@ -69,6 +69,8 @@ class SignalingLoadSmokeTests(TestCase):
             [run] = ours["runs"]
             self.assertEqual(set(run["pacedStealMs"]), {str(c) for c in range(os.cpu_count() or 1)})
             self.assertGreaterEqual(run["paced"]["stealMs"], 0, target)
+            # the server's CPU per offer in the paced phase
+            self.assertGreater(ours["paced"]["serverCpuMicrosecondsPerMessage"], 0, target)
 
 
 class PlacementTests(TestCase):
