@@ -62,10 +62,14 @@ def write_through(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-BACK_TO_BACK = 25e-6
+BACK_TO_BACK = 60e-6
 """A read that starts less than this long (seconds) after the previous one ended did not
-wait for the reactor: it is part of a batch of ready sockets (the reactor's own work
-between two ready sockets is a few microseconds, a wait for the next datagram tens)."""
+wait for the reactor: it is part of a batch of ready sockets. Between two ready sockets
+the reactor dispatches and the next read's ``recv`` runs: 10-20 µs on one machine
+measured here, 35-55 µs on another whose system calls cost more (docs/benchmarks.md); a
+read that waited for its data came later than that. Taking a read that came alone for
+one of a batch costs little: its writes go out at the start of the next turn, which
+comes at once."""
 
 
 class HeldWrites:
@@ -79,16 +83,29 @@ class HeldWrites:
     this runs on every read of every connection.)
 
     A reader that passes its running reactor as ``turns`` lets back-to-back reads be
-    held together: when the outermost read started within :data:`BACK_TO_BACK` of the
+    held together: when the outermost read started within ``back_to_back`` of the
     previous one's end, the end of this read holds on (``depth`` stays 1) until a
     ``callLater(0)`` at the start of the reactor's next turn, after every socket of
     the batch was read. Without ``turns`` (a reactor that is not running, a clock in
     a test) every read releases at its end.
     """
 
-    __slots__ = ("_batched", "_last_end", "_monotonic", "depth", "holders", "turns_held")
+    __slots__ = (
+        "_batched",
+        "_last_end",
+        "_monotonic",
+        "back_to_back",
+        "depth",
+        "holders",
+        "turns_held",
+    )
 
-    def __init__(self, monotonic: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, monotonic: Callable[[], float] = time.perf_counter, back_to_back: float = BACK_TO_BACK
+    ) -> None:
+        self.back_to_back = back_to_back
+        """Reads that start less than this long after the previous one ended are held
+        together (:data:`BACK_TO_BACK` by default)."""
         self.depth = 0
         self.holders: list[HoldsWrites] = []
         self.turns_held = 0
@@ -103,7 +120,7 @@ class HeldWrites:
         running reactor as ``turns``, to the end of the turn when it came back to back
         with the previous read)."""
         if not self.depth and turns is not None and getattr(turns, "running", False):
-            if self._monotonic() - self._last_end < BACK_TO_BACK:
+            if self._monotonic() - self._last_end < self.back_to_back:
                 self._batched = turns
         self.depth += 1
 
