@@ -581,13 +581,11 @@ def measure_relay(
         if rate > 0 and "serverCpu" in full_load:
             full_load["serverCpuMicrosecondsPerMessage"] = full_load["serverCpu"] / rate * 1e6
         paced = {**final["paced"], "stealMs": round(sum(steal.values()), 1)}
-        if paced_seconds > 0 and options.rate > 0:
-            # from the first paced offer to the result: the rate holds, then the last
-            # offers arrive
+        sent = paced.get("sent") or 0
+        if paced_seconds > 0 and sent > 0:
+            # from the first paced offer until the generator has every answer
             paced["serverCpu"] = paced_cpu / paced_seconds
-            paced["serverCpuMicrosecondsPerMessage"] = (
-                paced_cpu / (options.rate * paced_seconds) * 1e6
-            )
+            paced["serverCpuMicrosecondsPerMessage"] = paced_cpu / sent * 1e6
         result.runs.append(
             {"fullLoad": full_load, "paced": paced, "cpus": placed, "pacedStealMs": steal}
         )
