@@ -349,11 +349,6 @@ class Core(Protocol):
         ...
 
     @property
-    def stun_complete(self) -> bool:
-        """Every STUN server answered or gave up."""
-        ...
-
-    @property
     def mapping_complete(self) -> bool:
         """Every IPv4 Binding of the gathering answered or gave up."""
         ...

@@ -136,14 +136,10 @@ class HeldWrites:
         if batched is not None and self.holders:
             self.depth = 1
             self.turns_held += 1
-            batched.callLater(0, self.turn_done)
+            batched.callLater(0, self.read_done)  # the turn's end: depth back to 0
             return
         if self.holders:
             self.release()
-
-    def turn_done(self) -> None:
-        """The reactor's turn after a batch of reads: what they held goes out."""
-        self.read_done()
 
     def release(self) -> None:
         """Every holder writes what it holds."""
