@@ -60,11 +60,11 @@ class SignalingLoadSmokeTests(TestCase):
             self.assertEqual(len(latencies), ours["paced"]["measured"], target)
             self.assertAlmostEqual(max(latencies), ours["paced"]["maxMs"], places=2)
             # the percentiles of all runs' offers together: here, of this run's
+            # (one run: the generator's own percentiles, computed in C from its samples)
             pooled = ours["pacedAllRuns"]
             self.assertEqual(pooled["offers"], len(latencies), target)
-            ordered = sorted(latencies)
-            self.assertEqual(pooled["p99Ms"], ordered[int(0.99 * len(ordered))], target)
-            self.assertLessEqual(pooled["p50Ms"], pooled["p99Ms"], target)
+            for key in ("p50Ms", "p99Ms", "p999Ms"):
+                self.assertAlmostEqual(pooled[key], ours["paced"][key], places=2, msg=target)
             # the VM's steal over the paced phase, per CPU and in all
             [run] = ours["runs"]
             self.assertEqual(set(run["pacedStealMs"]), {str(c) for c in range(os.cpu_count() or 1)})
