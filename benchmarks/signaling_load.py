@@ -425,7 +425,7 @@ class Options:
     rate: float
     idle_connections: int
     payload_bytes: int
-    dump_dir: Path = Path(".")
+    dump_dir: Path
     """Where the generator writes each measured offer's send time and latency
     (``latencies-TARGET-RUN.txt``, two columns in ms): the pooled percentiles are read
     from them, and they are there for looking at the tail."""
