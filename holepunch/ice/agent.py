@@ -506,6 +506,16 @@ class IceAgent:
         self._settled_waiters.append(d)
         return d
 
+    def tcp_stun_answered(self, family: int) -> None:
+        """A STUN server answered us over TCP in ``family`` (4, 6): once that holds for
+        every family asked over UDP, if none answers over UDP one retransmission
+        interval later, UDP is taken as blocked at once, without waiting for every
+        Binding to give up (``TcpConfig.presume_udp_blocked``)."""
+        if self._closed:
+            return
+        self.core.tcp_stun_answered(family, self.reactor.seconds())
+        self._pump()
+
     async def remeasure_mapping(self) -> None:
         """On a sequential NAT, learn the latest public port again (one new flow, to a
         destination the probe did not use) after other flows (TCP, say) moved it."""

@@ -132,11 +132,15 @@ class Checker:
 
     def holding(self) -> bool:
         """Hold checks until our mapping is measured: a check is a new flow, and on a
-        sequential NAT a flow before the probe would shift every prediction."""
+        sequential NAT a flow before the probe would shift every prediction. With UDP
+        taken as blocked there is no mapping to wait for."""
         core = self.core
         gathering = core.config.gathering
         return core.hold_checks or bool(
-            gathering.probe_mapping and gathering.stun_servers and not core.mapping_complete
+            gathering.probe_mapping
+            and gathering.stun_servers
+            and not core.mapping_complete
+            and not core.udp_blocked
         )
 
     def schedule(self) -> None:

@@ -144,6 +144,12 @@ class TcpConfig:
     STUN server that speaks TCP)."""
     race: bool = False
     """Punch TCP alongside UDP even when UDP works; the first path wins."""
+    presume_udp_blocked: bool = True
+    """Once a STUN server has answered over TCP, give UDP one retransmission interval
+    more (the gathering policy's ``rto``) to answer too; if it has not, take UDP as
+    blocked at once (the description says so, TCP punching and TURN over TCP start)
+    rather than wait for every Binding to give up (about 1.4 s). An answer over UDP
+    that comes later still counts: its candidate is trickled and the checks go on."""
 
 
 @dataclass

@@ -10,9 +10,9 @@ out, in the shape of aioquic's ``QuicConnection``:
 - ``next_event()``: :mod:`holepunch.ice.events`, news and requests for I/O;
 - commands, each with ``now``: ``start_gathering``, ``set_remote_credentials``,
   ``add_remote_candidate``, ``set_remote_mapping``, ``connect``, ``send_datagram``,
-  ``close``, and the answers to its requests (``socket_opened``, ``add_relay``,
-  ``relays_done``); for TURN recovery ``relay_lost``, ``replace_relay`` and
-  ``permission_refused``.
+  ``tcp_stun_answered``, ``close``, and the answers to its requests (``socket_opened``,
+  ``add_relay``, ``relays_done``); for TURN recovery ``relay_lost``, ``replace_relay``
+  and ``permission_refused``.
 
 The work is split by concern, one module each: :mod:`holepunch.ice.gathering`
 (candidates and our mapping), :mod:`holepunch.ice.checks` (sending and answering
@@ -314,6 +314,14 @@ class IceCore:
         self.now = now
         return self.gatherer.remeasure()
 
+    def tcp_stun_answered(self, family: int, now: float) -> None:
+        """A STUN server answered over TCP in ``family`` (the TCP track learnt its
+        mapping): with that for every family asked over UDP, if no server answers over
+        UDP within the gathering policy's ``rto``, UDP is taken as blocked
+        (``TcpConfig.presume_udp_blocked``; see :meth:`Gatherer.tcp_answered`)."""
+        self.now = now
+        self.gatherer.tcp_answered(family)
+
     def socket_opened(self, via: int, local: tuple[str, int], now: float) -> None:
         """The socket asked for with :class:`SocketWanted` is bound at ``local``."""
         self.now = now
@@ -589,7 +597,8 @@ class IceCore:
 
     @property
     def udp_blocked(self) -> bool:
-        """STUN servers were asked over UDP and none answered (known once STUN is done)."""
+        """STUN servers were asked over UDP and none answered (known once STUN is done,
+        or presumed earlier: see :meth:`tcp_stun_answered`)."""
         return self.gatherer.udp_blocked
 
     def new_via(self) -> int:
@@ -794,7 +803,7 @@ class IceCore:
             self.probing.timer(key)
         elif key in ("consent", "keepalive", "silence"):
             self.consent.timer(key)
-        elif key == "relay-gather":
+        elif key in ("relay-gather", "udp-presumed"):
             self.gatherer.timer(key)
         elif key == "restart-deadline":
             self._restart_deadline()

@@ -95,6 +95,16 @@ class Gatherer:
         address with no route, common) must not hold the description and the checks
         until its Binding times out."""
         self._settled_announced = False
+        self.udp_presumed_blocked = False
+        """No STUN server answered over UDP one retransmission interval after one
+        answered over TCP (:meth:`tcp_answered`): UDP is taken as blocked before every
+        Binding gave up."""
+        self._relays_asked = False
+        self._tcp_families: set[int] = set()
+        """The families (4, 6) in which a STUN server answered over TCP."""
+        self._families_asked: set[int] = set()
+        """The families of the STUN servers our Bindings went to."""
+        self._started = False
         self.complete = False
         self.stun_answers = 0
         self.samples: list[tuple[int, int]] = []
@@ -117,12 +127,58 @@ class Gatherer:
 
     @property
     def udp_blocked(self) -> bool:
-        """STUN servers were asked over UDP and none answered (known once STUN is done)."""
+        """STUN servers were asked over UDP and none answered (known once STUN is done,
+        or presumed earlier: :attr:`udp_presumed_blocked`)."""
         return (
             bool(self.core.config.gathering.stun_servers)
-            and self.stun_complete
+            and (self.stun_complete or self.udp_presumed_blocked)
             and not self.stun_answers
         )
+
+    def tcp_answered(self, family: int) -> None:
+        """A STUN server answered over TCP in ``family`` (4, 6: the TCP track learnt its
+        mapping). Once that holds for every family our Bindings go to, if no server has
+        answered over UDP one retransmission interval later (the gathering policy's
+        ``rto``: time for one lost Binding to be sent again and answered), UDP is
+        presumed blocked (``TcpConfig.presume_udp_blocked``). A family without that
+        evidence (an IPv6 server asked over UDP only, say) is waited for as before: its
+        UDP may work where the other family's is blocked."""
+        self._tcp_families.add(family)
+        if self._started:  # else from when the Bindings go out
+            self._await_udp()
+
+    def _await_udp(self) -> None:
+        core = self.core
+        config = core.config
+        if (
+            config.tcp.presume_udp_blocked
+            and config.gathering.stun_servers
+            and not self.stun_answers
+            and not self.stun_complete
+            and not self.udp_presumed_blocked
+            and not core.closed
+            and self._families_asked <= self._tcp_families
+        ):
+            core.timers.set("udp-presumed", core.now + config.gathering.policy.rto)
+
+    def _presume_udp_blocked(self) -> None:
+        if self.stun_answers or self.stun_complete or self.udp_presumed_blocked:
+            return
+        self.udp_presumed_blocked = True
+        _log.info(
+            "no STUN server answered over UDP, one did over TCP: UDP taken as blocked "
+            "(its Bindings go on; a late answer still counts)"
+        )
+        self._maybe_settled()
+        self.core.checker.schedule()  # no mapping to wait for
+        if self.core.config.relay.servers:
+            self._want_relays()
+
+    def _want_relays(self) -> None:
+        """Ask for the relays, once (early when UDP is presumed blocked)."""
+        if not self._relays_asked:
+            self._relays_asked = True
+            self.core.emit(events.RelaysWanted())
 
     def start(self, hosts: Sequence[str], port: int, servers: Sequence[Address]) -> None:
         """Host candidates now; a Binding to each STUN server (and a lone server's
@@ -150,10 +206,13 @@ class Gatherer:
             self._new_flow(
                 Address(lone.host, lone.port + 1), "second-port", policy=_SECOND_PORT_POLICY
             )
+        self._started = True
         if not self._pending_v4:
             self._mapping_done()
         if not self._pending:
             self._stun_done()
+        elif self._tcp_families:
+            self._await_udp()
 
     def _measuring(self) -> bool:
         return self.core.config.gathering.probe_mapping and self.core.mapping is None
@@ -167,6 +226,7 @@ class Gatherer:
     ) -> None:
         """One STUN Binding from the main socket to a destination it had not used; an
         IPv4 one is a numbered flow (a mapping sample), an IPv6 one is not (index -1)."""
+        self._families_asked.add(ip_version(target.host))
         if ip_version(target.host) == 4:
             flow = _Flow(len(self._flows), target, kind)
             self._flows[target] = flow.index
@@ -365,12 +425,17 @@ class Gatherer:
     @property
     def settled(self) -> bool:
         """The mapping is complete and whether UDP is blocked is known (a server
-        answered, or every one gave up): what a description carries is known."""
+        answered, or every one gave up), or UDP is presumed blocked: what a description
+        carries is known. Once true it stays true."""
+        if self._settled_announced:
+            return True
+        if self.udp_presumed_blocked and not self.stun_answers:
+            return True
         return self.mapping_complete and bool(self.stun_answers or self.stun_complete)
 
     def _maybe_settled(self) -> None:
         """Emit StunSettled the first time :attr:`settled` holds."""
-        if self.settled and not self._settled_announced:
+        if not self._settled_announced and self.settled:
             self._settled_announced = True
             self.core.emit(events.StunSettled())
 
@@ -379,21 +444,29 @@ class Gatherer:
         self.stun_complete = True
         self._maybe_settled()  # before end-of-candidates: the description goes out first
         core.checker.schedule()
-        if not core.config.relay.servers:
+        core.timers.cancel("udp-presumed")
+        if self._relays_asked:  # asked when UDP was presumed blocked
+            if self._finish_waiting:
+                self.finish()
+        elif not core.config.relay.servers:
             self.finish()
         elif core.mapping is not None and core.mapping.sequential:
             self._relay_deadline = core.now + _AFTER_PREDICTIONS
             self.timer("relay-gather")
         else:
-            core.emit(events.RelaysWanted())
+            self._want_relays()
 
     def timer(self, name: str) -> None:
-        """Wait for the ordered predicted checks before asking for relays."""
+        """``udp-presumed``: see :meth:`tcp_answered`. ``relay-gather``: wait for the
+        ordered predicted checks before asking for relays."""
         core = self.core
         if core.closed:
             return
+        if name == "udp-presumed":
+            self._presume_udp_blocked()
+            return
         if core.now >= self._relay_deadline or (core.techniques and not core.probing.ordered):
-            core.emit(events.RelaysWanted())
+            self._want_relays()
             return
         core.timers.set("relay-gather", core.now + core.config.checks.ta)
 
@@ -444,10 +517,13 @@ class Gatherer:
             self.finish()
 
     def finish(self) -> None:
-        """Every candidate is known: end-of-candidates (once the router answered)."""
+        """Every candidate is known: end-of-candidates (once the router answered and every
+        Binding answered or gave up)."""
         if self.complete:
             return
-        if self._port_mapping_pending:
+        if self._port_mapping_pending or not self.stun_complete:
+            # The router's answer, or the Bindings (relays asked early, when UDP was
+            # presumed blocked, may be done before them): finished when they are.
             self._finish_waiting = True
             return
         self.complete = True

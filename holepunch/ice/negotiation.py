@@ -679,6 +679,9 @@ class Negotiator:
                 # failed pairs are checked again until one works, then the connection
                 # moves to UDP (docs/ice.md, "From TCP to UDP").
                 session.tcp.on_dial = agent.keep_trying
+                # A STUN server answering over TCP while none answers over UDP says
+                # UDP is blocked, long before the Bindings give up.
+                session.tcp.on_mapping = agent.tcp_stun_answered
                 agent.hold_checks = True  # until the TCP flow and the re-measure are done
                 learning = defer.ensureDeferred(session.tcp.learn_mapping())
         await defer.ensureDeferred(self._gather_hosts(session))

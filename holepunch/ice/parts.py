@@ -354,6 +354,12 @@ class Core(Protocol):
         ...
 
     @property
+    def udp_blocked(self) -> bool:
+        """No STUN server answered over UDP (every one gave up, or UDP is presumed
+        blocked)."""
+        ...
+
+    @property
     def previous(self) -> CandidatePair | None:
         """During a restart, the pair selected before it (still carrying data)."""
         ...

@@ -144,8 +144,14 @@ class TcpTrack:
         self._ping_sent: float | None = None
         self.rtt: float | None = None
         self.started = False
+        self.cancelled = False
+        """:meth:`cancel` was called: no punch starts after it (a ``tcpSync`` that comes
+        once another path won is ignored)."""
         self.on_dial: Callable[[], None] | None = None
         """Called once, when the punch starts (both sides dial)."""
+        self.on_mapping: Callable[[int], None] | None = None
+        """Called with the family (4, 6) of each mapping as it is learnt: a STUN server
+        answered over TCP."""
 
     async def learn_mapping(self) -> TcpMapping | None:
         """Our TCP mappings (each family logged and skipped if it cannot be learnt);
@@ -171,6 +177,9 @@ class TcpTrack:
             )
         except Exception as e:
             _log.info("no TCP mapping from {server}: {err}", server=server, err=e)
+            return
+        if self.on_mapping is not None:
+            self.on_mapping(family)
 
     def candidates(self) -> list[Candidate]:
         """Our RFC 6544 simultaneous-open candidates, IPv6 first."""
@@ -225,12 +234,14 @@ class TcpTrack:
 
     def begin(self, send: Callable[[dict[str, Any]], Any]) -> None:
         """Offerer: start the sync (ping)."""
+        if self.cancelled:
+            return
         self._ping_sent = self.reactor.seconds()
         send({"tcpSync": "ping"})
 
     def dial(self, start_at: float) -> None:
         """Punch toward the peer's mapping at ``start_at``."""
-        if self.started or self.mapping is None or self.remote is None:
+        if self.cancelled or self.started or self.mapping is None or self.remote is None:
             return
         self.started = True
         if self.on_dial is not None:
@@ -265,5 +276,7 @@ class TcpTrack:
         self._punch.addCallbacks(won, lost)
 
     def cancel(self) -> None:
+        """Stop the punch under way, if any; none starts after this."""
+        self.cancelled = True
         if self._punch is not None and not self._punch.called:
             self._punch.cancel()

@@ -10,7 +10,13 @@ from twisted.trial.unittest import TestCase
 from holepunch.ice.config import IceConfig
 from holepunch.ice.negotiation import NegotiationError, Negotiator, parse_description
 from holepunch.quic.identity import PeerIdentity
-from holepunch.testing.loopback import registered_client, start_signaling_server
+from holepunch.stun.server import Reply, StunResponder
+from holepunch.stun.wire import Address
+from holepunch.testing.loopback import (
+    registered_client,
+    start_signaling_server,
+    start_stun_server,
+)
 
 
 class NegotiationTestBase(TestCase):
@@ -124,6 +130,70 @@ class NegotiationTests(NegotiationTestBase):
         yield self.assertFailure(d, defer.CancelledError)
         self.assertFalse(session.agent.listening)
         self.assertEqual(alice.sessions, {})
+
+
+class TcpOnlyResponder(StunResponder):
+    """A STUN server that answers over TCP only: to its clients UDP looks blocked (as
+    behind a firewall that drops UDP), while STUN over TCP works."""
+
+    def answer_plain_binding(
+        self, data: bytes, host: str, port: int, local: Address, now: float, transport: str = "udp"
+    ) -> bytes | None:
+        if transport == "udp":
+            return b""  # nothing sent
+        return super().answer_plain_binding(data, host, port, local, now, transport)
+
+    def handle(
+        self, data: bytes, source: Address, local: Address, now: float, transport: str = "udp"
+    ) -> Reply | None:
+        if transport == "udp":
+            return None
+        return super().handle(data, source, local, now, transport)
+
+
+class UdpPresumedBlockedTests(NegotiationTestBase):
+    """A STUN server that answers over TCP and not over UDP: the descriptions say UDP is
+    blocked without waiting for the Bindings to give up (TcpConfig.presume_udp_blocked)."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        yield super().setUp()
+        stun = start_stun_server(
+            self, reactor, responder=TcpOnlyResponder(Address("127.0.0.1", 0), None)
+        )
+        self.stun = ("127.0.0.1", stun.responder.primary.port)
+
+    @defer.inlineCallbacks
+    def negotiator(self, peer_id: str) -> Any:
+        client = yield defer.ensureDeferred(registered_client(self, reactor, self.url, peer_id))
+        config = IceConfig.on("127.0.0.1", stun_servers=[self.stun])
+        negotiator = Negotiator(reactor, client, config)
+        self.addCleanup(negotiator.stop)
+        return client, negotiator
+
+    @defer.inlineCallbacks
+    def test_descriptions_say_udp_blocked_while_bindings_go_on(self) -> Any:
+        """The offer and the answer carry udpBlocked while their sender's Bindings to the
+        server are still being sent (they give up about 1.4 s after they start)."""
+        alice_client, alice = yield self.negotiator("alice")
+        bob_client, bob = yield self.negotiator("bob")
+        seen: dict[str, Any] = {}
+
+        def record(kind: str, sender: Negotiator, message: Any) -> None:
+            [session] = sender.sessions.values()
+            seen[kind] = (message.get(kind), session.agent.core.stun_complete)
+
+        bob_client.on("offer", lambda m: record("offer", alice, m))
+        alice_client.on("answer", lambda m: record("answer", bob, m))
+        accepted = bob.accept()
+        ca = yield alice.connect("bob")
+        cb = yield accepted
+        self.addCleanup(ca.close)
+        self.addCleanup(cb.close)
+        for kind in ("offer", "answer"):
+            description, bindings_done = seen[kind]
+            self.assertTrue(parse_description(description).udp_blocked, kind)
+            self.assertFalse(bindings_done, f"the {kind} waited for the Bindings to give up")
 
 
 class DescriptionTests(TestCase):

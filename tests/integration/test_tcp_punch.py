@@ -655,6 +655,22 @@ class Ipv6TrackTests(TestCase):
         self.assertEqual((a.remote, b.remote), (("203.0.113.2", 3), ("203.0.113.1", 1)))
         self.assertEqual(a.mapping, a.mappings[4])
 
+    def test_nothing_starts_after_cancel(self) -> None:
+        """Another path won (cancel): a sync that comes after it dials nothing, and the
+        offerer's begin sends nothing."""
+        track = self.track()
+        track.mappings = {4: TcpMapping(("127.0.0.1", 1), ("127.0.0.1", 1))}
+        track.set_remotes([("127.0.0.1", 2)])
+        track.cancel()
+        sent: list[Any] = []
+        track.begin(sent.append)
+        track.sync(sent.append, "go")
+        self.assertEqual(sent, [])
+        self.assertFalse(track.started)
+        self.assertEqual(
+            [c for c in reactor.getDelayedCalls() if "holepunch.punch" in repr(c.func)], []
+        )
+
     @defer.inlineCallbacks
     def test_punch_between_two_tracks_on_ipv6_loopback(self) -> Any:
         """No STUN server: each track offers its own IPv6 address (a ``host`` tcp so

@@ -6,6 +6,7 @@ No reactor and no socket: a Wire moves what one core wants sent into the other c
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from holepunch.ice import events
 from holepunch.ice.candidate import Candidate, make_candidate
 from holepunch.ice.checklist import CandidatePair
-from holepunch.ice.config import IceConfig
+from holepunch.ice.config import IceConfig, RelayConfig, TcpConfig
 from holepunch.ice.core import IceCore
 from holepunch.ice.timers import Timers
 from holepunch.stun.message import StunMessage, decode, encode
@@ -505,6 +506,163 @@ class PortMappingCoreTests(SynchronousTestCase):
             "candidate:1 1 udp 1686052607 203.0.113.9 41001 typ srflx raddr 10.1.0.2 rport 5000"
         )
         self.assertEqual(core.method(CandidatePair(local, plain)), "udp-hole-punch")
+
+
+class UdpPresumedBlockedTests(SynchronousTestCase):
+    """A STUN server answered over TCP and none over UDP: UDP is taken as blocked one
+    retransmission interval later, not when every Binding gives up (about 1.4 s)."""
+
+    SERVER = Address("198.51.100.1", 3478)
+
+    def core(self, *, relays: bool = False, presume: bool = True) -> IceCore:
+        config = dataclasses.replace(
+            IceConfig.on("10.0.0.2", stun_servers=[("198.51.100.1", 3478)]),
+            tcp=TcpConfig(presume_udp_blocked=presume),
+            relay=RelayConfig(servers=["turn:198.51.100.9"] if relays else ()),
+        )
+        return IceCore(True, config, tie_breaker=1)
+
+    def run_until(self, core: IceCore, end: float) -> list[events.Event]:
+        """Lose every datagram and run the core's timers up to ``end``."""
+        seen = []
+        while True:
+            core.datagrams_to_send(core.now)
+            seen += _drain(core)
+            at = core.get_timer()
+            if at is None or at > end:
+                return seen
+            core.handle_timer(at)
+
+    def answer_bindings(self, core: IceCore, now: float) -> None:
+        """Answer the Bindings that go out at ``now`` (the mapping 203.0.113.5:40000)."""
+        for data, destination, via in core.datagrams_to_send(now):
+            target = Address(*destination)
+            reply = StunResponder(target).handle(data, Address("203.0.113.5", 40000), target, now)
+            if reply is not None:
+                core.receive_datagram(reply.data, destination, via, now)
+
+    def test_presumed_one_rto_after_the_tcp_answer(self) -> None:
+        """Settled (the description can go), udp_blocked, while the Bindings go on."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        self.run_until(core, 0.05)
+        core.tcp_stun_answered(4, 0.05)
+        rto = core.config.gathering.policy.rto
+        before = self.run_until(core, 0.05 + rto - 0.01)
+        self.assertNotIn(events.StunSettled(), before)
+        self.assertFalse(core.stun_settled)
+        self.assertTrue(core.checker.holding(), "checks wait for the mapping")
+        after = self.run_until(core, 0.05 + rto)
+        self.assertEqual(after.count(events.StunSettled()), 1)
+        self.assertTrue(core.stun_settled)
+        self.assertTrue(core.udp_blocked)
+        self.assertFalse(core.checker.holding(), "no mapping to wait for")
+        self.assertFalse(core.stun_complete, "the Bindings are still retransmitted")
+        rest = self.run_until(core, 5.0)
+        self.assertTrue(core.stun_complete)
+        self.assertNotIn(events.StunSettled(), rest, "settled once")
+        self.assertTrue(core.udp_blocked)
+
+    def test_without_the_tcp_answer_the_bindings_decide(self) -> None:
+        """No TCP answer: UDP is blocked only once every Binding gave up (the old way)."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        self.run_until(core, 0.5)
+        self.assertFalse(core.stun_settled)
+        self.assertFalse(core.udp_blocked)
+        self.run_until(core, 5.0)
+        self.assertTrue(core.stun_complete)
+        self.assertTrue(core.udp_blocked)
+
+    def test_every_family_asked_needs_its_tcp_answer(self) -> None:
+        """Bindings to an IPv6 server too: an IPv4 answer over TCP is not enough (IPv6
+        UDP may work where IPv4's is blocked); with an IPv6 one as well, UDP is presumed
+        blocked."""
+        v6 = Address("2001:db8::1", 3478)
+        config = dataclasses.replace(
+            IceConfig.on(
+                "10.0.0.2", "2001:db8:1::2", stun_servers=[("198.51.100.1", 3478), (v6.host, 3478)]
+            ),
+        )
+        core = IceCore(True, config, tie_breaker=1)
+        core.start_gathering(["10.0.0.2", "2001:db8:1::2"], 5000, [self.SERVER, v6], 0.0)
+        core.tcp_stun_answered(4, 0.0)
+        self.run_until(core, 0.5)
+        self.assertFalse(core.udp_blocked)
+        core.tcp_stun_answered(6, 0.5)
+        rto = core.config.gathering.policy.rto
+        self.run_until(core, 0.5 + rto)
+        self.assertTrue(core.udp_blocked)
+        self.assertFalse(core.stun_complete)
+
+    def test_turned_off(self) -> None:
+        """``presume_udp_blocked=False``: the TCP answer changes nothing."""
+        core = self.core(presume=False)
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        core.tcp_stun_answered(4, 0.0)
+        self.run_until(core, 0.5)
+        self.assertFalse(core.stun_settled)
+        self.assertFalse(core.udp_blocked)
+
+    def test_udp_answered_first(self) -> None:
+        """A UDP answer before the interval ends: nothing is presumed."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        core.tcp_stun_answered(4, 0.0)
+        self.answer_bindings(core, 0.01)
+        self.run_until(core, 5.0)
+        self.assertFalse(core.udp_blocked)
+        self.assertFalse(core.gatherer.udp_presumed_blocked)
+
+    def test_a_late_udp_answer_still_counts(self) -> None:
+        """After the presumption, an answer to a retransmitted Binding: its candidate is
+        gathered and UDP is no longer blocked."""
+        core = self.core()
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        core.tcp_stun_answered(4, 0.0)
+        self.run_until(core, 0.3)
+        self.assertTrue(core.udp_blocked)
+        late: list[events.Event] = []
+        while core.udp_blocked:
+            at = core.get_timer()
+            assert at is not None and at < 2.0, "a Binding is retransmitted"
+            core.handle_timer(at)  # the next retransmission, answered this time
+            self.answer_bindings(core, at)
+            late += _drain(core)
+        srflx = [
+            e.candidate
+            for e in late
+            if isinstance(e, events.LocalCandidate)
+            and e.candidate is not None
+            and e.candidate.type == "srflx"
+        ]
+        self.assertEqual([c.address for c in srflx], [("203.0.113.5", 40000)])
+        self.assertFalse(core.udp_blocked)
+        self.assertTrue(core.stun_settled, "settled stays settled")
+
+    def test_tcp_answer_before_the_bindings_go_out(self) -> None:
+        """UDP gets its interval from when its Bindings are sent."""
+        core = self.core()
+        core.tcp_stun_answered(4, 0.0)
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 1.0)
+        rto = core.config.gathering.policy.rto
+        self.assertNotIn(events.StunSettled(), self.run_until(core, 1.0 + rto - 0.01))
+        self.assertIn(events.StunSettled(), self.run_until(core, 1.0 + rto))
+
+    def test_relays_asked_at_once_and_candidates_end_after_the_bindings(self) -> None:
+        """TURN is asked for when UDP is presumed blocked, once; end-of-candidates waits
+        for the Bindings even when the relays are done first."""
+        core = self.core(relays=True)
+        core.start_gathering(["10.0.0.2"], 5000, [self.SERVER], 0.0)
+        core.tcp_stun_answered(4, 0.0)
+        presumed = self.run_until(core, 0.3)
+        self.assertEqual(presumed.count(events.RelaysWanted()), 1)
+        core.relays_done(0.35)
+        self.assertNotIn(events.LocalCandidate(None), _drain(core))
+        rest = self.run_until(core, 5.0)
+        self.assertTrue(core.stun_complete)
+        self.assertIn(events.LocalCandidate(None), rest)
+        self.assertNotIn(events.RelaysWanted(), rest, "asked once")
 
 
 def connected_cores(**checks: float) -> tuple[IceCore, IceCore, Wire]:
