@@ -34,7 +34,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.failure import Failure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from signaling_load import Processes, raise_file_limit, running_server
+from signaling_load import Processes, percentile, raise_file_limit, running_server
 
 _OFFER_PAD = "x" * 400
 """An offer about the size of a native peer's (ufrag, pwd, a few candidates)."""
@@ -47,13 +47,6 @@ def vm_rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 class SoakClient(WebSocketClientProtocol):
@@ -147,7 +140,9 @@ class Soak:
 
         def sample() -> None:
             window, self.latencies = self.latencies, []
-            p50, p99 = percentile(window, 0.5), percentile(window, 0.99)
+            ordered = sorted(window)
+            p50 = percentile(ordered, 0.5) if ordered else None
+            p99 = percentile(ordered, 0.99) if ordered else None
             row = {
                 "t": round(time.monotonic() - begin),
                 "rss_mib": round(vm_rss(self.pid) / 2**20, 1),
