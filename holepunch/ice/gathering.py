@@ -427,11 +427,11 @@ class Gatherer:
         """The mapping is complete and whether UDP is blocked is known (a server
         answered, or every one gave up), or UDP is presumed blocked: what a description
         carries is known. Once true it stays true."""
-        if self._settled_announced:
-            return True
-        if self.udp_presumed_blocked and not self.stun_answers:
-            return True
-        return self.mapping_complete and bool(self.stun_answers or self.stun_complete)
+        return (
+            self._settled_announced
+            or self.udp_presumed_blocked  # presumed only while no server had answered
+            or (self.mapping_complete and bool(self.stun_answers or self.stun_complete))
+        )
 
     def _maybe_settled(self) -> None:
         """Emit StunSettled the first time :attr:`settled` holds."""
