@@ -25,10 +25,10 @@ class Relay(WebSocketServerProtocol):
             self.peer_id = message["peerId"]
             peers[message["peerId"]] = self
             reply = {"type": "registered", "peerId": self.peer_id, "id": message.get("id")}
-            self.sendMessage(json.dumps(reply).encode())
+            self.sendMessage(json.dumps(reply, separators=(",", ":")).encode())
         elif (target := peers.get(message.pop("to", None))) is not None:
             message["from"] = self.peer_id
-            target.sendMessage(json.dumps(message).encode())
+            target.sendMessage(json.dumps(message, separators=(",", ":")).encode())
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.peer_id is not None and peers.get(self.peer_id) is self:

@@ -6,7 +6,8 @@
   costs we do not use. Autobahn formats the arguments of a ``log.debug`` call on every
   read and every write (``hltype``/``hlval``, which style text with ``click``) even when
   debug logging is off and the call does nothing, and fires a ``message`` event through
-  txaio Deferreds for every message whether anyone listens or not. The overrides below
+  txaio Deferreds for every message whether anyone listens or not, and adds to ten
+  traffic counters per message that nothing reads (:class:`UncountedTraffic`). The overrides below
   skip exactly that work when it would be wasted, and call Autobahn's own method whenever
   its preconditions do not hold (debug logging on, octet logging, chopped or synchronous
   writes, a send queue, a state other than open, listeners on ``message``).
@@ -40,6 +41,7 @@ from typing import Any
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IPushProducer
 
@@ -127,6 +129,31 @@ def unmask_frames(data: bytes, frames: list[tuple[int, int, bytes]]) -> list[byt
     return [clear[start - base : end - base] for start, end, _ in frames]
 
 
+class UncountedTraffic(TrafficStats):
+    """Autobahn's per-connection traffic statistics, not kept: every count reads 0.
+
+    Autobahn adds to ten counters for every message sent and received, on an object
+    nothing in holepunch (or in Autobahn) reads; our own counters are in ``/metrics``.
+    At moderate rates every offer wakes the server alone, and touching those counters
+    is part of what the wake-up costs (docs/benchmarks.md, "Lone offers"). Writes are
+    ignored, so Autobahn's own code, which still adds to them, changes nothing.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+
+UNCOUNTED = UncountedTraffic()
+"""The one :class:`UncountedTraffic` every :class:`QuietWebSocketServerProtocol` shares."""
+
+
 _TEXT_FIN = 0x81
 """First byte of a whole, uncompressed text frame (FIN, no RSV bits, opcode 1)."""
 
@@ -149,10 +176,10 @@ def _text_header(n: int) -> bytes:
 class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # type: ignore[misc]
     """Autobahn's server protocol minus its wasted per-message work (see the module doc).
 
-    Behaviour is Autobahn's: the same bytes on the wire, the same traffic statistics,
-    the same ``onMessage`` calls; only dropped debug-log formatting and the ``message``
-    event nobody listens to are skipped, and whole text messages are framed and
-    unframed here.
+    Behaviour is Autobahn's: the same bytes on the wire, the same ``onMessage`` calls;
+    only dropped debug-log formatting, the ``message`` event nobody listens to and the
+    traffic statistics nobody reads (:class:`UncountedTraffic`) are skipped, and whole
+    text messages are framed and unframed here.
     """
 
     # Set from the factory's protocol options when the connection is made:
@@ -164,13 +191,14 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     utf8validateIncoming: bool
     _partial_frame = b""
     """The start of a whole text frame the last read ended in (the fast path's)."""
-    _held_messages = 0
-    _held_octets = 0
-    """Messages held by :meth:`sendMessage`, and their payload bytes."""
 
     turns: Any = None
     """The running reactor, when reads that come back to back may be held to the end of
     its turn (:class:`holepunch.signaling.heldwrites.HeldWrites`); None: never."""
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        self.trafficStats = UNCOUNTED
 
     def dataReceived(self, data: bytes) -> None:
         held = _held
@@ -188,7 +216,6 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
                 and not self._listeners
                 and debug_logging_off(self.log)
             ):
-                self.trafficStats.incomingOctetsWireLevel += len(data)
                 self._fast_frames(self._partial_frame + data if self._partial_frame else data)
             else:
                 self._read(data)
@@ -198,18 +225,8 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     def flush_held(self) -> None:
         """Give the frames held back during a read to the transport, in one write."""
         data = self.take_held()
-        if data:
-            stats = self.trafficStats
-            stats.outgoingOctetsWireLevel += len(data)
-            messages, octets = self._held_messages, self._held_octets
-            if messages:
-                self._held_messages = self._held_octets = 0
-                stats.outgoingWebSocketMessages += messages
-                stats.outgoingWebSocketFrames += messages
-                stats.outgoingOctetsAppLevel += octets
-                stats.outgoingOctetsWebSocketLevel += octets
-            if self.transport is not None:
-                write_through(self.transport, data)
+        if data and self.transport is not None:
+            write_through(self.transport, data)
 
     def dropConnection(self, abort: bool = False) -> None:
         self.flush_held()  # what was written before goes before the connection closes
@@ -223,7 +240,6 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
         else:
             # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
             if self._partial_frame:
-                self.trafficStats.incomingOctetsWireLevel -= len(self._partial_frame)
                 data, self._partial_frame = self._partial_frame + data, b""
             self._dataReceived(data)
 
@@ -253,11 +269,23 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
         to Autobahn, as they would have without the fast path.
         """
         self._partial_frame = b""
+        n = len(data)
+        if n > 8 and data[0] == _TEXT_FIN:  # a read of one whole frame: no lists
+            length = data[1] & 0x7F
+            start = 8 if length == 126 else 6
+            if length == 126:
+                length = (data[2] << 8) | data[3]
+            if data[1] & 0x80 and length != 127 and start + length == n:
+                limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
+                if not limit or length <= limit:
+                    if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                        self._cancelAutoPingTimeoutCall()
+                    self.onMessage(unmask(data[start:], data[start - 4 : start]), False)
+                    return
         limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
-        n, pos = len(data), 0
+        pos = 0
         frames: list[tuple[int, int, bytes]] = []
         heads: list[int] = []
-        payload_octets = 0
         while pos < n:
             if data[pos] != _TEXT_FIN:
                 break
@@ -285,33 +313,22 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
                 break
             frames.append((start, end, data[start - 4 : start]))
             heads.append(pos)
-            payload_octets += length
             pos = end
         if self._partial_frame:
             pos = n
-        delivered = 0
         if frames:
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
+            delivered = 0
             for payload in unmask_frames(data, frames):
                 delivered += 1
                 self.onMessage(payload, False)
                 if self.state != self.STATE_OPEN:
                     break
-            stats = self.trafficStats
-            if delivered == len(frames):
-                octets = payload_octets
-            else:
-                octets = sum([end - start for start, end, _ in frames[:delivered]])
-            stats.incomingOctetsWebSocketLevel += octets
-            stats.incomingOctetsAppLevel += octets
-            stats.incomingWebSocketFrames += delivered
-            stats.incomingWebSocketMessages += delivered
             if delivered < len(frames):  # closed: the rest is Autobahn's
                 self._partial_frame = b""
                 pos = heads[delivered]
         if pos < n:
-            self.trafficStats.incomingOctetsWireLevel -= n - pos  # counted again by Autobahn
             self._dataReceived(data[pos:])
 
     def sendMessage(
@@ -337,18 +354,9 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             return
         header = _TEXT_HEADERS.get(n) or _text_header(n)
         if not _held.depth or self.send_queue or not debug_logging_off(self.log):
-            stats = self.trafficStats
-            stats.outgoingWebSocketMessages += 1
-            stats.outgoingOctetsAppLevel += n
-            stats.outgoingOctetsWebSocketLevel += n
-            stats.outgoingWebSocketFrames += 1
             self.sendData(header + payload)
             return
-        # sendData's fast path, held; the traffic statistics are counted when the frame is
-        # written (flush_held).
-        self.hold(header + payload)
-        self._held_messages += 1
-        self._held_octets += n
+        self.hold(header + payload)  # sendData's fast path, held
 
     _fast_send_limit = -1
     """The longest text message :meth:`sendMessage` frames itself (-1: not yet known)."""
@@ -385,9 +393,8 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             super().sendData(data, sync, chopsize)
             return
         # Autobahn's path for an unqueued write on an open connection, without log.debug;
-        # held back until the read under way is handled (and counted then).
+        # held back until the read under way is handled.
         if not _held.depth:
-            self.trafficStats.outgoingOctetsWireLevel += len(data)
             write_through(self.transport, data)
             return
         self.hold(data)
