@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.benchmarks.test_benchmarks_signaling -*-
-"""Signaling relay benchmark: our server, PeerJS, a bare Autobahn relay and a null echo.
+"""Signaling relay benchmark: our server, PeerJS, Python floors, a null echo.
 
 One command, one run, everything on 127.0.0.1::
 
@@ -25,8 +25,10 @@ except the per-connection message rate and the connection and peer limits),
 ``holepunch-2w`` (the same with ``--workers 2``; ``holepunch-Nw`` for any N),
 ``holepunch-2n`` (two daemons on one redis-server, half the pairs split across them),
 ``peerjs`` (the npm ``peer`` server), ``bare`` (a 40-line Autobahn relay without
-validation, ``signaling/bare_relay.py``) and ``echo`` (a Node.js server that echoes each
-message to its sender). Node packages come from ``benchmarks/signaling/package-lock.json``;
+validation, ``signaling/bare_relay.py``), ``floor`` and ``floor-epoll`` (the least a
+relay in Python does, on Twisted's reactor and on a bare ``select.epoll`` loop,
+``signaling/floor_relay.py``) and ``echo`` (a Node.js server that echoes each message to
+its sender). Node packages come from ``benchmarks/signaling/package-lock.json``;
 ``npm ci`` is run there if they are missing. Every process started is stopped before the
 script exits.
 """
@@ -56,11 +58,22 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NODE_DIR = HERE / "signaling"
-TARGETS = ("holepunch", "holepunch-2w", "holepunch-2n", "bare", "peerjs", "echo")
+TARGETS = (
+    "holepunch",
+    "holepunch-2w",
+    "holepunch-2n",
+    "bare",
+    "floor",
+    "floor-epoll",
+    "peerjs",
+    "echo",
+)
 TITLES = {
     "holepunch": "holepunch",
     "holepunch-2n": "holepunch, 2 nodes+Redis",
     "bare": "bare Autobahn relay",
+    "floor": "Python floor, Twisted",
+    "floor-epoll": "Python floor, epoll",
     "peerjs": "PeerJS (peer 1.0.2)",
     "echo": "null echo (Node.js)",
 }
@@ -144,6 +157,9 @@ def server_argv(target: str, port: int, log_dir: Path) -> list[str]:
         return holepunch_argv(port, log, f"--workers={workers_of(target)}")
     if target == "bare":
         return [sys.executable, str(NODE_DIR / "bare_relay.py"), str(port)]
+    if target in ("floor", "floor-epoll"):
+        bare_loop = ["--no-twisted"] if target == "floor-epoll" else []
+        return [sys.executable, str(NODE_DIR / "floor_relay.py"), str(port), *bare_loop]
     if target == "peerjs":
         return ["node", str(NODE_DIR / "peerjs_server.mjs"), str(port)]
     if target == "echo":

@@ -73,6 +73,29 @@ class SignalingLoadSmokeTests(TestCase):
             self.assertGreater(ours["paced"]["serverCpuMicrosecondsPerMessage"], 0, target)
 
 
+class ReferenceRelaysTests(TestCase):
+    """The Python references the benchmark sets beside our server relay what the
+    generator sends (the bare Autobahn relay once answered in a JSON spacing the
+    generator did not match, and every run of it failed)."""
+
+    timeout = 120
+
+    def test_references_relay(self) -> None:
+        if shutil.which("gcc") is None:
+            raise SkipTest("needs gcc to build the load generator (benchmarks/signaling/loadgen.c)")
+        targets = ("bare", "floor", "floor-epoll")
+        argv = [sys.executable, str(SCRIPT), f"--targets={','.join(targets)}", "--pairs=5",
+                "--warmup=0.2", "--duration=0.5", "--rate=200", "--idle-connections=0",
+                "--json"]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, timeout=100, check=False, cwd=ROOT)
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
+        results = json.loads(proc.stdout)["results"]
+        for target in targets:
+            self.assertEqual(results[target]["errors"], [], target)
+            self.assertGreater(results[target]["fullLoad"]["messagesPerSecond"], 0, target)
+            self.assertEqual(results[target]["paced"]["lost"], 0, target)
+
+
 class PlacementTests(TestCase):
     """``--placement`` pins the server and the generator of the relay phases."""
 
