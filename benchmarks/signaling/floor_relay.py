@@ -63,7 +63,9 @@ class Connection:
             accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
             self.sock.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept
+                + b"\r\n\r\n"
                 + frame(WELCOME)
             )
             self.open = True
@@ -144,9 +146,7 @@ def run_twisted(port: int) -> None:
         def dataReceived(self, data: bytes) -> None:
             self.connection.received(data)
 
-    endpoint = endpoints.serverFromString(
-        reactor, f"tcp:{port}:interface=127.0.0.1:backlog=1024"
-    )
+    endpoint = endpoints.serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1:backlog=1024")
     listening = endpoint.listen(protocol.Factory.forProtocol(Relay))
     listening.addCallback(
         lambda p: print(orjson.dumps({"port": p.getHost().port}).decode(), flush=True)

@@ -302,12 +302,23 @@ class Relays:
 
     def release(self, via: int) -> bool:
         """Forget relay ``via``, and close its allocation unless a sibling still stands
-        for it; False if there is none."""
+        for it (then give the server back the relayed address ``via`` stood for, as the
+        allocation's ``release_family`` does); False if there is none."""
         relay = self._by_via.pop(via, None)
         if relay is None:
             return False
-        self._relayed.pop(via, None)
+        relayed = self._relayed.pop(via, None)
         if self._vias_of(relay):
+            if relayed is not None:
+                family = family_of(relayed.host)
+                relay.release_family(family).addErrback(
+                    lambda f: _log.info(
+                        "relay {via}: {family} relayed address kept: {err}",
+                        via=via,
+                        family=family.label,
+                        err=f.getErrorMessage(),
+                    )
+                )
             return True
         self._origin.pop(id(relay), None)
         relay.close()

@@ -317,6 +317,64 @@ class TurnAllocation:
         if interval is not None and self.state is AllocationState.ALLOCATED:
             self._watch_timer = self.clock.callLater(interval, self._watch_due)
 
+    def release_family(self, family: AddressFamily | str | int) -> Deferred[bool]:
+        """Give back the relayed address of ``family`` of a dual allocation and keep the
+        other (RFC 8656 7.3: a Refresh with LIFETIME 0 and REQUESTED-ADDRESS-FAMILY).
+
+        Fires True once the server has released it: :attr:`allocated` lists the other
+        address only, the permissions and channels of that family's peers stop (their
+        waiters fail), and a permission, channel or send for a peer of that family is
+        refused here, as for a family never allocated. Fires False, and changes
+        nothing, when the server refuses (one of RFC 5766 does not know the attribute:
+        420) or does not answer: that address then lives as long as the allocation.
+        An answer that says the allocation is gone loses it, as any request's does.
+        Fails with :class:`TurnError` when the allocation is not allocated or ``family``
+        is not one of its two relayed addresses' (to give back the only one,
+        :meth:`close` it).
+        """
+        chosen = AddressFamily.parse(family)
+        allocated = self.allocated
+        if self.state is not AllocationState.ALLOCATED or allocated is None:
+            return defer.fail(TurnError(0, f"release_family() on a {self.state.value} allocation"))
+        if chosen not in allocated.families or len(allocated.relayed_addresses) < 2:
+            have = " and ".join(f.label for f in allocated.families)
+            return defer.fail(
+                TurnError(0, f"no {chosen.label} relayed address to give back besides another "
+                             f"(this allocation relays {have}); close() gives back the last")
+            )  # fmt: skip
+
+        def fill(request: StunMessage) -> None:
+            request.add_uint32(Attr.LIFETIME, 0)
+            add_requested_family(request, chosen)
+
+        def released(_: StunMessage) -> bool:
+            current = self.allocated
+            if current is not None and self.state is AllocationState.ALLOCATED:
+                kept = [a for a in current.relayed_addresses if family_of(a.host) is not chosen]
+                self.allocated = dataclasses.replace(current, relayed_addresses=tuple(kept))
+                self.peers.forget_family(
+                    chosen, TurnError(0, f"the {chosen.label} relayed address was given back")
+                )
+            _log.info(
+                "TURN allocation on {server}: {family} relayed address given back",
+                server=self._where(),
+                family=chosen.label,
+            )
+            return True
+
+        def refused(failure: Failure) -> bool | Failure:
+            if failure.check(CancelledError):
+                return failure
+            _log.info(
+                "TURN allocation on {server} keeps its {family} relayed address: {err}",
+                server=self._where(),
+                family=chosen.label,
+                err=failure.value,
+            )
+            return False
+
+        return self._tracked_exchange(Method.REFRESH, fill).addCallbacks(released, refused)
+
     def create_permission(self, peer_ip: str) -> Deferred[None]:
         """Install a permission for ``peer_ip`` (refreshed every ``permission_refresh`` s).
 

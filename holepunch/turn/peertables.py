@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from holepunch.stun.message import StunMessage
 from holepunch.stun.wire import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MIN, Address, Attr, Method
+from holepunch.turn.families import AddressFamily, family_of
 from holepunch.turn.model import ChannelBinding, Permission, TurnError, TurnStats, TurnTimers
 
 _log = Logger()
@@ -153,6 +154,27 @@ class PeerTables:
             for cwaiter in channel.waiters:
                 cwaiter.errback(error)
             channel.waiters = []
+
+    def forget_family(self, family: AddressFamily, error: TurnError) -> None:
+        """The relayed address of ``family`` was given back: its peers' permissions and
+        channels stop (timers cancelled, waiters failed with ``error``, queued data
+        dropped). Channel numbers are not reused: the server keeps them reserved a while."""
+        for ip, permission in list(self._permissions.items()):
+            if family_of(ip) is family:
+                waiters, permission.waiters = permission.waiters, []
+                self._drop_permission(permission)
+                for waiter in waiters:
+                    waiter.errback(error)
+        for number, channel in list(self._channel_numbers.items()):
+            if family_of(channel.peer.host) is family:
+                _cancel(channel.timer)
+                channel.timer = None
+                channel.bound = False
+                self._channels.pop(channel.peer, None)
+                del self._channel_numbers[number]
+                channel_waiters, channel.waiters = channel.waiters, []
+                for cwaiter in channel_waiters:
+                    cwaiter.errback(error)
 
     # -- permissions --
 

@@ -12,11 +12,13 @@ where coturn is not installed.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from holepunch.ice.agent import IceAgent
@@ -46,6 +48,24 @@ class Received(Arrivals[tuple[bytes, Address]]):
     def __init__(self, allocation: TurnAllocation) -> None:
         super().__init__(reactor)
         allocation.on_data(lambda data, peer: self.arrived((data, peer)))
+
+
+def port_closed(address: Address) -> bool:
+    """Whether nothing listens on UDP ``address`` any more: a datagram sent there from a
+    connected socket is refused (ICMP port unreachable); an open port (coturn drops a
+    datagram from a peer without a permission) gives no answer in 0.2 s."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((address.host, address.port))
+        probe.settimeout(0.2)
+        probe.send(b"probe")
+        try:
+            probe.recv(64)
+        except ConnectionRefusedError:
+            return True
+        except TimeoutError:
+            return False
+    return False
 
 
 class CoturnFamilies(TestCase):
@@ -131,6 +151,29 @@ class FamiliesTestCase(CoturnFamilies):
         self.assertEqual(allocated.refused, ())
         await self.exchange(allocation, echo4, peer4)
         await self.exchange(allocation, echo6, peer6)
+
+    async def test_release_family(self) -> None:
+        """Giving the IPv6 half of a dual allocation back: coturn closes that relayed
+        address (a datagram sent to it is refused), and the IPv4 half still carries
+        data both ways."""
+        coturn = self.coturn()
+        echo4, peer4 = self.peer(LOOPBACK)
+        allocation = await self.open(self.server(coturn, LOOPBACK), "auto")
+        allocated = allocation.allocated
+        assert allocated is not None
+        relayed6 = allocated.relayed_for(AddressFamily.IPV6)
+        assert relayed6 is not None
+        self.assertFalse(port_closed(relayed6))
+        self.assertIs(await allocation.release_family("ipv6"), True)
+        allocated = allocation.allocated
+        assert allocated is not None
+        self.assertEqual(allocated.families, (AddressFamily.IPV4,))
+        # coturn takes LIFETIME 0 as one second: the address closes when it is up.
+        deadline = reactor.seconds() + 5
+        while not port_closed(relayed6):
+            self.assertLess(reactor.seconds(), deadline, "coturn still holds the address")
+            await deferLater(reactor, 0.1, lambda: None)
+        await self.exchange(allocation, echo4, peer4)
 
     async def test_refused_family_in_dual(self) -> None:
         """A server that relays only IPv4: the dual allocation keeps IPv4, names the IPv6

@@ -61,8 +61,9 @@ class FakeTurnServer:
     (IPv4 only unless told), honours REQUESTED-ADDRESS-FAMILY, a dual allocation only if
     ``dual_codepoint`` names the ADDITIONAL-ADDRESS-FAMILY codepoint it knows (it then
     answers a refused family as coturn does: a ``0.0.0.0:0`` placeholder and an
-    ADDRESS-ERROR-CODE at ``error_codepoint``), and answers 443 to a permission or
-    channel for a peer of a family it did not allocate."""
+    ADDRESS-ERROR-CODE at ``error_codepoint``), answers 443 to a permission or channel
+    for a peer of a family it did not allocate, and a Refresh with LIFETIME 0 and
+    REQUESTED-ADDRESS-FAMILY gives that family back (RFC 8656 7.3)."""
 
     def __init__(self, clock: Clock, address: Address = SERVER, stream: bool = False) -> None:
         self.clock = clock
@@ -182,6 +183,12 @@ class FakeTurnServer:
             response.add_uint32(Attr.LIFETIME, self.lifetime)
         elif request.method == Method.REFRESH:
             requested = request.get_uint32(Attr.LIFETIME)
+            family = get_requested_family(request)
+            if family is not None and family not in self.allocated_families:
+                return request.error_response(443), self.key
+            if family is not None and requested == 0:  # one family of a dual allocation
+                self.allocated_families.discard(family)
+                self.permissions = {ip for ip in self.permissions if family_of(ip) is not family}
             response.add_uint32(Attr.LIFETIME, self.lifetime if requested != 0 else 0)
         elif request.method == Method.CREATE_PERMISSION:
             peer = request.get_address(Attr.XOR_PEER_ADDRESS)

@@ -32,6 +32,7 @@ from holepunch.turn import (
     Allocated,
     PeerAddressFamilyMismatch,
     TurnAllocation,
+    TurnError,
     TurnServer,
 )
 from holepunch.turn.families import (
@@ -256,6 +257,69 @@ class AllocationFamilyTests(SynchronousTestCase, AllocatedMixin):
         self.assertEqual(str(refused), "no IPv6 relayed address: 440 Address Family not Supported")
         self.close(clock, allocation)
 
+    def test_release_family(self) -> None:
+        """release_family gives one family of a dual allocation back (Refresh, LIFETIME 0,
+        REQUESTED-ADDRESS-FAMILY) and keeps the other: that family's permission stops,
+        its peers are refused here, the other family's go on."""
+        clock, server, allocation = self.dual_server(families=["ipv4", "ipv6"])
+        self.allocate(clock, allocation)
+        bound = allocation.bind_channel(PEER6)
+        pump(clock)
+        self.successResultOf(bound)
+        released = allocation.release_family("ipv6")
+        pump(clock)
+        self.assertIs(self.successResultOf(released), True)
+        refresh = requests(server, Method.REFRESH)[-1]
+        self.assertEqual(refresh.get_uint32(Attr.LIFETIME), 0)
+        self.assertEqual(refresh.get(REQUESTED_ADDRESS_FAMILY), b"\x02\x00\x00\x00")
+        self.assertEqual(server.allocated_families, {IPV4})
+        self.assertEqual(allocation.state.value, "allocated")
+        self.assertEqual(allocation.relayed_addresses, (RELAYED,))
+        self.assertEqual(
+            (allocation.peers.permissions, allocation.peers.channels), (frozenset(), {})
+        )
+        with self.assertRaises(OSError) as raised:
+            allocation.send(b"x", PEER6)
+        self.assertEqual(raised.exception.errno, errno.EAFNOSUPPORT)
+        self.failureResultOf(allocation.create_permission(PEER6.host), PeerAddressFamilyMismatch)
+        before = len(server.received)
+        for _ in range(11):  # ten minutes: refreshes go on for IPv4, none for the IPv6 peer
+            clock.advance(55)
+            pump(clock)
+        later = {m.method for _, m in server.received[before:]}
+        self.assertIn(Method.REFRESH, later)
+        self.assertFalse({Method.CREATE_PERMISSION, Method.CHANNEL_BIND} & later)
+        permitted4 = allocation.create_permission(PEER4.host)
+        pump(clock)
+        self.successResultOf(permitted4)
+        self.close(clock, allocation)
+
+    def test_release_family_refused_changes_nothing(self) -> None:
+        """A server that refuses the per-family Refresh (420 from one of RFC 5766): False,
+        both relayed addresses kept, the allocation not lost."""
+        clock, server, allocation = self.dual_server(families=["ipv4", "ipv6"])
+        self.allocate(clock, allocation)
+        server.refuse = {Method.REFRESH: 420}
+        released = allocation.release_family(IPV6)
+        pump(clock)
+        self.assertIs(self.successResultOf(released), False)
+        self.assertEqual(allocation.state.value, "allocated")
+        self.assertEqual(allocation.relayed_addresses, (RELAYED, RELAYED6))
+        server.refuse = {}
+        self.close(clock, allocation)
+
+    def test_release_family_needs_another(self) -> None:
+        """Only one of two relayed addresses can be given back; the last, or a family
+        the allocation lacks, is an error at once and nothing is sent."""
+        clock, server, allocation = self.dual_server(families=["ipv4"])
+        self.allocate(clock, allocation)
+        for family in ("ipv4", "ipv6"):
+            failure = self.failureResultOf(allocation.release_family(family), TurnError)
+            self.assertIn("close() gives back the last", str(failure.value))
+        self.assertEqual(requests(server, Method.REFRESH), [])
+        self.close(clock, allocation)
+        self.failureResultOf(allocation.release_family("ipv4"), TurnError)
+
     def test_peer_of_refused_family(self) -> None:
         """A permission, channel or send toward a peer of a family without a relayed
         address fails here, naming the family and the server's refusal; nothing is sent."""
@@ -439,12 +503,15 @@ class RelaysFamilyTests(SynchronousTestCase):
         pump(self.clock, 300)
 
     def test_release_one_family(self) -> None:
-        """Releasing one family's via keeps the allocation for the other; releasing the
-        last closes it."""
+        """Releasing one family's via keeps the allocation for the other and gives that
+        family's relayed address back to the server; releasing the last closes it."""
         allocation = self.allocate()
         self.add_both(allocation)
         self.assertTrue(self.relays.release(2))
+        pump(self.clock)
         self.assertEqual(allocation.state.value, "allocated")
+        self.assertEqual(self.server.allocated_families, {IPV4})
+        self.assertEqual(allocation.relayed_addresses, (RELAYED,))
         self.assertTrue(self.relays.release(1))
         pump(self.clock, 300)
         self.assertEqual(allocation.state.value, "closed")
