@@ -327,7 +327,8 @@ class TurnAllocation:
         refused here, as for a family never allocated. Fires False, and changes
         nothing, when the server refuses (one of RFC 5766 does not know the attribute:
         420) or does not answer: that address then lives as long as the allocation.
-        An answer that says the allocation is gone loses it, as any request's does.
+        An answer that says the allocation is gone loses it, as any request's does;
+        closing the allocation meanwhile cancels it (``CancelledError``).
         Fails with :class:`TurnError` when the allocation is not allocated or ``family``
         is not one of its two relayed addresses' (to give back the only one,
         :meth:`close` it).
