@@ -157,22 +157,27 @@ class PeerTables:
 
     def forget_family(self, family: AddressFamily, error: TurnError) -> None:
         """The relayed address of ``family`` was given back: its peers' permissions and
-        channels stop (timers cancelled, waiters failed with ``error``, queued data
-        dropped). Channel numbers are not reused: the server keeps them reserved a while."""
+        channels stop (requests under way cancelled, timers too, waiters failed with
+        ``error``, queued data dropped). Channel numbers are not reused: the server keeps
+        them reserved a while."""
         for ip, permission in list(self._permissions.items()):
             if family_of(ip) is family:
                 waiters, permission.waiters = permission.waiters, []
+                if permission.pending is not None:
+                    permission.pending.cancel()
                 self._drop_permission(permission)
                 for waiter in waiters:
                     waiter.errback(error)
         for number, channel in list(self._channel_numbers.items()):
             if family_of(channel.peer.host) is family:
+                channel_waiters, channel.waiters = channel.waiters, []
+                if channel.pending is not None:
+                    channel.pending.cancel()
                 _cancel(channel.timer)
                 channel.timer = None
                 channel.bound = False
                 self._channels.pop(channel.peer, None)
                 del self._channel_numbers[number]
-                channel_waiters, channel.waiters = channel.waiters, []
                 for cwaiter in channel_waiters:
                     cwaiter.errback(error)
 

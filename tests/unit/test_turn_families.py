@@ -294,6 +294,27 @@ class AllocationFamilyTests(SynchronousTestCase, AllocatedMixin):
         self.successResultOf(permitted4)
         self.close(clock, allocation)
 
+    def test_release_family_with_requests_under_way(self) -> None:
+        """A permission and a channel still being installed for a peer of the family
+        given back: their requests stop and their waiters fail, with the reason."""
+        clock, server, allocation = self.dual_server(families=["ipv4", "ipv6"])
+        self.allocate(clock, allocation)
+        server.silent = True  # what is asked now goes unanswered
+        permitting = allocation.create_permission(PEER6.host)
+        binding = allocation.bind_channel(PEER6)
+        server.silent = False
+        released = allocation.release_family("ipv6")
+        pump(clock)
+        self.assertIs(self.successResultOf(released), True)
+        for waiting in (permitting, binding):
+            failure = self.failureResultOf(waiting, TurnError)
+            self.assertIn("IPv6 relayed address was given back", str(failure.value))
+        before = len(server.received)
+        clock.advance(30)  # retransmissions would have gone out by now
+        pump(clock)
+        self.assertEqual(server.received[before:], [])
+        self.close(clock, allocation)
+
     def test_release_family_refused_changes_nothing(self) -> None:
         """A server that refuses the per-family Refresh (420 from one of RFC 5766): False,
         both relayed addresses kept, the allocation not lost."""
