@@ -4,7 +4,10 @@ Speaks just enough of our protocol for the load generator, as ``bare_relay.py`` 
 (welcome, register, relays with ``to``), with nothing a service needs: no validation,
 limits, rooms, ordering, counters or backpressure, and none of Autobahn. Each read is
 taken as whole frames (the generator never splits one), unmasked with one integer XOR,
-parsed and re-encoded with orjson and written with one ``send``.
+parsed and re-encoded with orjson and written with one ``send``. The WebSocket handshake
+and framing are written here by hand on purpose: a floor is what this measures, and any
+WebSocket library would add its own work to it. It is not a server: what a ``send`` does
+not take is lost, and nothing is checked.
 
     python floor_relay.py [port] [--no-twisted]
 
