@@ -426,11 +426,9 @@ class Gatherer:
     def settled(self) -> bool:
         """The mapping is complete and whether UDP is blocked is known (a server
         answered, or every one gave up), or UDP is presumed blocked: what a description
-        carries is known. Once true it stays true."""
-        return (
-            self._settled_announced
-            or self.udp_presumed_blocked  # presumed only while no server had answered
-            or (self.mapping_complete and bool(self.stun_answers or self.stun_complete))
+        carries is known. Every part only ever goes one way, so once true it stays true."""
+        return self.udp_presumed_blocked or (  # presumed only while no server had answered
+            self.mapping_complete and bool(self.stun_answers or self.stun_complete)
         )
 
     def _maybe_settled(self) -> None:
