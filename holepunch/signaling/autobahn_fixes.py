@@ -139,8 +139,6 @@ class UncountedTraffic(TrafficStats):
     ignored, so Autobahn's own code, which still adds to them, changes nothing.
     """
 
-    __slots__ = ()
-
     def __getattr__(self, name: str) -> int:
         if name.startswith("__"):
             raise AttributeError(name)
@@ -269,6 +267,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
         to Autobahn, as they would have without the fast path.
         """
         self._partial_frame = b""
+        limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
         n = len(data)
         if n > 8 and data[0] == _TEXT_FIN:  # a read of one whole frame: no lists
             length = data[1] & 0x7F
@@ -276,13 +275,11 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             if length == 126:
                 length = (data[2] << 8) | data[3]
             if data[1] & 0x80 and length != 127 and start + length == n:
-                limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
                 if not limit or length <= limit:
                     if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                         self._cancelAutoPingTimeoutCall()
                     self.onMessage(unmask(data[start:], data[start - 4 : start]), False)
                     return
-        limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
         pos = 0
         frames: list[tuple[int, int, bytes]] = []
         heads: list[int] = []
