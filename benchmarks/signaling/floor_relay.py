@@ -3,8 +3,9 @@
 Speaks just enough of our protocol for the load generator, as ``bare_relay.py`` does
 (welcome, register, relays with ``to``), with nothing a service needs: no validation,
 limits, rooms, ordering, counters or backpressure, and none of Autobahn. Each read is
-taken as whole frames (the generator never splits one), unmasked with one integer XOR,
-parsed and re-encoded with orjson and written with one ``send``. The WebSocket handshake
+taken as whole frames (the generator never splits one), unmasked with one C call (the
+``websockets`` library's ``apply_mask``, as our server does), parsed and re-encoded with
+orjson and written with one ``send``. The WebSocket handshake
 and framing are written here by hand on purpose: a floor is what this measures, and any
 WebSocket library would add its own work to it. It is not a server: what a ``send`` does
 not take is lost, and nothing is checked.
@@ -27,6 +28,7 @@ import socket
 import sys
 
 import orjson
+from websockets.speedups import apply_mask
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 WELCOME = b'{"type":"welcome"}'
@@ -80,12 +82,8 @@ class Connection:
                 n, start = (data[pos + 2] << 8) | data[pos + 3], pos + 8
             if start + n > len(data):
                 break
-            mask = data[start - 4 : start] * (n // 4 + 1)
-            clear = int.from_bytes(data[start : start + n], "little") ^ int.from_bytes(
-                mask[:n], "little"
-            )
             if data[pos] & 0x0F == 1:
-                self.message(clear.to_bytes(n, "little"))
+                self.message(apply_mask(data[start : start + n], data[start - 4 : start]))
             pos = start + n
         self.buffer = data[pos:]
 

@@ -17,12 +17,12 @@
   builds per frame (through cffi), and re-slices its receive buffer after every frame,
   which is quadratic in the frames of one read; measured with the signaling benchmark,
   that was about 40% of the server's time per relayed message. The fast path parses
-  the frames of a read with offsets, unmasks them together with one integer XOR and
-  writes a frame as header plus payload. The connection's options (compression,
-  fragmenting, timings, frame and octet logging) are read once it is open. Anything
-  else (a control frame, a fragment, a binary or oversized message, an unmasked frame,
-  a read that ends inside a frame Autobahn had started) goes to Autobahn's own code,
-  unchanged; no library offers the fast path.
+  the frames of a read with offsets, unmasks each with one C call (the ``websockets``
+  library's ``apply_mask``) and writes a frame as header plus payload. The connection's
+  options (compression, fragmenting, timings, frame and octet logging) are read once it
+  is open. Anything else (a control frame, a fragment, a binary or oversized message,
+  an unmasked frame, a read that ends inside a frame Autobahn had started) goes to
+  Autobahn's own code, unchanged; no library offers the fast path.
   What the fast path writes while a read is being handled (the replies and relays that
   read causes) is held until the read is done, then each connection's share goes out in
   one write, straight to the socket when Twisted has nothing queued for it
@@ -47,6 +47,11 @@ from twisted.internet.interfaces import IPushProducer
 
 from holepunch.signaling.heldwrites import HoldingWriter, write_through
 from holepunch.signaling.heldwrites import held as _held
+
+try:  # RFC 6455 5.3 unmasking, in C (SSE2), from the websockets library
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension: the same, as one integer XOR
+    from websockets.utils import apply_mask
 
 txaio.use_twisted()
 from txaio import tx as _txaio_tx  # noqa: E402  (needs use_twisted() first)
@@ -87,46 +92,6 @@ def cancel_timers(protocol: Any) -> None:
 def debug_logging_off(log: Any) -> bool:
     """True when ``log.debug(...)`` (a txaio logger's) is a no-op."""
     return getattr(log, "debug", None) is _NO_OP
-
-
-def unmask(payload: bytes | memoryview, mask: bytes) -> bytes:
-    """RFC 6455 5.3: ``payload`` XOR the 4-byte ``mask`` repeated, as one integer XOR."""
-    n = len(payload)
-    if n == 0:
-        return b""
-    key = (mask * ((n >> 2) + 1))[:n]
-    value = int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")
-    return value.to_bytes(n, "little")
-
-
-def unmask_frames(data: bytes, frames: list[tuple[int, int, bytes]]) -> list[bytes]:
-    """The unmasked payloads of ``frames``, ``(start, end, mask)`` of each in ``data``,
-    in order: :func:`unmask` of each, done as one integer XOR over the whole span (the
-    bytes between the payloads are XORed with zeros), which costs less than one per
-    frame when a read holds several."""
-    if len(frames) == 1:  # unmask(), inline
-        start, end, mask = frames[0]
-        n = end - start
-        if n == 0:
-            return [b""]
-        repeated = (mask * ((n >> 2) + 1))[:n]
-        value = int.from_bytes(data[start:end], "little") ^ int.from_bytes(repeated, "little")
-        return [value.to_bytes(n, "little")]
-    base = frames[0][0]
-    key: list[bytes] = []
-    last = base
-    for start, end, mask in frames:
-        if start > last:
-            key.append(bytes(start - last))
-        n = end - start
-        key.append((mask * ((n >> 2) + 1))[:n])
-        last = end
-    span = last - base
-    value = int.from_bytes(memoryview(data)[base:last], "little") ^ int.from_bytes(
-        b"".join(key), "little"
-    )
-    clear = value.to_bytes(span, "little")
-    return [clear[start - base : end - base] for start, end, _ in frames]
 
 
 class UncountedTraffic(TrafficStats):
@@ -197,26 +162,51 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     def _connectionMade(self) -> None:
         super()._connectionMade()
         self.trafficStats = UNCOUNTED
+        # txaio's logger is a descriptor whose __get__ (in Python) returns the logger
+        # itself: kept on the instance, each ``self.log`` is a plain attribute read.
+        self.log = self.log
 
     def dataReceived(self, data: bytes) -> None:
         held = _held
+        plain = self._plain_reads
+        if plain is None:
+            plain = self._find_plain_reads()
+        if not (
+            plain
+            and self.state == self.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message
+            and not self._listeners
+            and self.log.debug is _NO_OP
+        ):
+            held.read_started(self.turns)
+            try:
+                self._read(data)
+            finally:
+                held.read_done()
+            return
+        if self._partial_frame:
+            data, self._partial_frame = self._partial_frame + data, b""
+        n = len(data)
+        if n > 8 and data[0] == _TEXT_FIN and held.alone(self.turns):
+            # One whole frame in a read that came alone (the usual read at moderate
+            # rates): nothing else to gather its writes with, so they go out at once.
+            length = data[1] & 0x7F
+            start = 8 if length == 126 else 6
+            if length == 126:
+                length = (data[2] << 8) | data[3]
+            if data[1] & 0x80 and length != 127 and start + length == n:
+                limit = self._frame_limit
+                if not limit or length <= limit:
+                    if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                        self._cancelAutoPingTimeoutCall()
+                    self.onMessage(apply_mask(data[start:], data[start - 4 : start]), False)
+                    held.alone_done()
+                    return
         held.read_started(self.turns)
         try:
-            plain = self._plain_reads
-            if plain is None:
-                plain = self._find_plain_reads()
-            if (
-                plain
-                and self.state == self.STATE_OPEN
-                and not self.data
-                and self.current_frame is None
-                and not self.inside_message
-                and not self._listeners
-                and debug_logging_off(self.log)
-            ):
-                self._fast_frames(self._partial_frame + data if self._partial_frame else data)
-            else:
-                self._read(data)
+            self._fast_frames(data)
         finally:
             held.read_done()
 
@@ -233,7 +223,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     def _read(self, data: bytes) -> None:
         # dataReceived sends every read the fast path can take there: what comes here
         # is for Autobahn's own parsing.
-        if not debug_logging_off(self.log):
+        if self.log.debug is not _NO_OP:
             super().dataReceived(data)
         else:
             # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
@@ -256,33 +246,25 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
         )
         if self.state == self.STATE_OPEN:
             self._plain_reads = plain
+            self._frame_limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
         return plain
+
+    _frame_limit = 0
+    """The longest frame the fast path takes (0: no limit), known once the connection is
+    open: Autobahn's ``maxMessagePayloadSize`` or ``maxFramePayloadSize``."""
 
     def _fast_frames(self, data: bytes) -> None:
         """Hand the whole text frames at the start of ``data`` to ``onMessage``; keep an
         incomplete one for the next read; give anything else to Autobahn.
 
-        The frames are found first, then unmasked together (:func:`unmask_frames`), then
-        delivered one by one: if a message closes the connection, the bytes after it go
-        to Autobahn, as they would have without the fast path.
+        The frames are found first, then unmasked and delivered one by one: if a message
+        closes the connection, the bytes after it go to Autobahn, as they would have
+        without the fast path.
         """
-        self._partial_frame = b""
-        limit = self.maxMessagePayloadSize or self.maxFramePayloadSize
+        limit = self._frame_limit
         n = len(data)
-        if n > 8 and data[0] == _TEXT_FIN:  # a read of one whole frame: no lists
-            length = data[1] & 0x7F
-            start = 8 if length == 126 else 6
-            if length == 126:
-                length = (data[2] << 8) | data[3]
-            if data[1] & 0x80 and length != 127 and start + length == n:
-                if not limit or length <= limit:
-                    if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                        self._cancelAutoPingTimeoutCall()
-                    self.onMessage(unmask(data[start:], data[start - 4 : start]), False)
-                    return
         pos = 0
-        frames: list[tuple[int, int, bytes]] = []
-        heads: list[int] = []
+        frames: list[tuple[int, int, int]] = []
         while pos < n:
             if data[pos] != _TEXT_FIN:
                 break
@@ -308,23 +290,19 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             if end > n:
                 self._partial_frame = data[pos:]
                 break
-            frames.append((start, end, data[start - 4 : start]))
-            heads.append(pos)
+            frames.append((pos, start, end))
             pos = end
         if self._partial_frame:
             pos = n
         if frames:
             if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                 self._cancelAutoPingTimeoutCall()
-            delivered = 0
-            for payload in unmask_frames(data, frames):
-                delivered += 1
-                self.onMessage(payload, False)
-                if self.state != self.STATE_OPEN:
+            for head, start, end in frames:
+                if self.state != self.STATE_OPEN:  # closed: the rest is Autobahn's
+                    self._partial_frame = b""
+                    pos = head
                     break
-            if delivered < len(frames):  # closed: the rest is Autobahn's
-                self._partial_frame = b""
-                pos = heads[delivered]
+                self.onMessage(apply_mask(data[start:end], data[start - 4 : start]), False)
         if pos < n:
             self._dataReceived(data[pos:])
 
@@ -349,11 +327,13 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
         ):
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
-        header = _TEXT_HEADERS.get(n) or _text_header(n)
-        if not _held.depth or self.send_queue or not debug_logging_off(self.log):
-            self.sendData(header + payload)
-            return
-        self.hold(header + payload)  # sendData's fast path, held
+        frame = (_TEXT_HEADERS.get(n) or _text_header(n)) + payload
+        if self.send_queue or self.log.debug is not _NO_OP:
+            self.sendData(frame)
+        elif _held.depth:
+            self.hold(frame)  # sendData's fast path, held
+        else:
+            write_through(self.transport, frame)  # sendData's fast path
 
     _fast_send_limit = -1
     """The longest text message :meth:`sendMessage` frames itself (-1: not yet known)."""
@@ -384,7 +364,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             or self.send_queue
             or self.logOctets
             or self.state != self.STATE_OPEN
-            or not debug_logging_off(self.log)
+            or self.log.debug is not _NO_OP
         ):
             self.flush_held()  # in order
             super().sendData(data, sync, chopsize)

@@ -15,7 +15,9 @@ Reads that come back to back (the reactor going through a batch of sockets that 
 ready at once: the backlog after a pause) are held together, to the end of the reactor's
 turn: the relays of the whole batch then go out one after the other, and the process at
 the other end, woken by the first, takes the rest without being woken again for each.
-A read that comes alone (after the reactor waited) is written at once, with no timer.
+A read that comes alone (after the reactor waited) is written at once, with no timer;
+when it is one message, there is nothing to gather its writes with, and the reader can ask
+:meth:`HeldWrites.alone` and let them go out as they are made, holding nothing.
 """
 
 from __future__ import annotations
@@ -123,6 +125,22 @@ class HeldWrites:
             if self._monotonic() - self._last_end < self.back_to_back:
                 self._batched = turns
         self.depth += 1
+
+    def alone(self, turns: Any = None) -> bool:
+        """Whether a read starting now may write at once, holding nothing: no read is
+        under way, and (given the running reactor as ``turns``) it did not come back to
+        back with the previous one. A reader that takes this way calls :meth:`alone_done`
+        at its end instead of bracketing with :meth:`read_started` and :meth:`read_done`;
+        it suits a read whose writes there is nothing to gather with (one message)."""
+        if self.depth:
+            return False
+        if turns is None or not getattr(turns, "running", False):
+            return True
+        return self._monotonic() - self._last_end >= self.back_to_back
+
+    def alone_done(self) -> None:
+        """The read :meth:`alone` let through is handled: the next one is timed from now."""
+        self._last_end = self._monotonic()
 
     def read_done(self) -> None:
         """The read begun by the matching :meth:`read_started` is handled; if it was the

@@ -160,3 +160,45 @@ class BackToBackTests(SynchronousTestCase):
         self.held.read_done()
         self.assertEqual(self.log, [("a", b"1"), ("b", b"2"), ("a", b"3")])
         self.assertEqual(self.turns.getDelayedCalls(), [])
+
+
+class AloneTests(SynchronousTestCase):
+    """``alone``: a read that may write at once, holding nothing."""
+
+    def setUp(self) -> None:
+        self.now = 100.0
+        self.held = HeldWrites(monotonic=lambda: self.now)
+        self.turns = RunningClock()
+
+    def test_after_a_wait(self) -> None:
+        """A read that starts a wait after the previous one's end is alone; one that
+        starts right after a read taken alone is not (it is one of a batch)."""
+        self.now += 1e-3
+        self.assertTrue(self.held.alone(self.turns))
+        self.held.alone_done()
+        self.now += BACK_TO_BACK / 5
+        self.assertFalse(self.held.alone(self.turns))
+        self.now += BACK_TO_BACK
+        self.assertTrue(self.held.alone(self.turns))
+
+    def test_timed_from_a_held_read(self) -> None:
+        """A read right after the end of a held read is not alone either."""
+        self.held.read_started(self.turns)
+        self.held.read_done()
+        self.now += BACK_TO_BACK / 5
+        self.assertFalse(self.held.alone(self.turns))
+
+    def test_not_during_a_read(self) -> None:
+        """A read nested in another (or in a turn being held) is never alone: the outer
+        one holds the writes."""
+        self.held.read_started(None)
+        self.assertFalse(self.held.alone(None))
+        self.held.read_done()
+        self.assertTrue(self.held.alone(None))
+
+    def test_not_running_or_no_reactor(self) -> None:
+        """Without a running reactor every read outside another is alone."""
+        self.held.alone_done()
+        self.assertTrue(self.held.alone(None))
+        self.turns.running = False
+        self.assertTrue(self.held.alone(self.turns))

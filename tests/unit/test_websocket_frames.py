@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from websockets import speedups, utils
 
 from holepunch.signaling.autobahn_fixes import (
     QuietWebSocketServerProtocol,
     UncountedTraffic,
+    apply_mask,
     cancel_timers,
-    unmask,
-    unmask_frames,
 )
 from holepunch.signaling.heldwrites import write_through
 
@@ -109,23 +109,14 @@ class UnmaskTests(SynchronousTestCase):
     @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
     @settings(max_examples=200, deadline=None)
     def test_matches_the_definition(self, payload: bytes, mask: bytes) -> None:
+        """The unmasking the fast path uses, and its fallback, are RFC 6455's."""
         expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.assertEqual(unmask(payload, mask), expected)
-        self.assertEqual(unmask(memoryview(payload), mask), expected)
+        self.assertEqual(apply_mask(payload, mask), expected)
+        self.assertEqual(utils.apply_mask(payload, mask), expected)
 
-
-class UnmaskFramesTests(SynchronousTestCase):
-    @given(st.lists(st.tuples(st.binary(max_size=300), st.binary(min_size=4, max_size=4))))
-    @settings(max_examples=200, deadline=None)
-    def test_matches_unmask(self, parts: list[tuple[bytes, bytes]]) -> None:
-        """Unmasking the frames of a read together gives each frame's unmask."""
-        data, frames = b"", []
-        for payload, mask in parts:
-            data += b"\x81\x80" + mask  # a header's worth of bytes between payloads
-            frames.append((len(data), len(data) + len(payload), mask))
-            data += payload
-        expected = [unmask(data[start:end], mask) for start, end, mask in frames]
-        self.assertEqual(unmask_frames(data, frames) if frames else [], expected)
+    def test_in_c(self) -> None:
+        """The C one is the one taken where websockets has its extension (here)."""
+        self.assertIs(apply_mask, speedups.apply_mask)
 
 
 class FastPathTests(SynchronousTestCase):
@@ -278,6 +269,26 @@ class HeldWritesTests(SynchronousTestCase):
         sender.dataReceived(b"".join(frame(1, b"m%d" % i * 100) for i in range(3)))
         self.assertEqual(len(writes), 1)
         self.assertEqual(server_frames(writes[0]), [(1, b"m%d" % i * 100) for i in range(3)])
+
+    def test_lone_frame_written_during_its_read(self) -> None:
+        """A read that is one whole frame and came alone holds nothing: what its message
+        makes the server write goes out at once, while the message is handled; two
+        frames in one read are still held to the read's end."""
+        sender, _ = open_server()
+        receiver, transport = open_server()
+        seen: list[bytes] = []
+
+        def relay(payload: bytes, isBinary: bool) -> None:
+            receiver.sendMessage(payload)
+            seen.append(transport.value())
+
+        sender.onMessage = relay  # type: ignore[method-assign]
+        sender.dataReceived(frame(1, b"lone"))
+        self.assertEqual(server_frames(seen[0]), [(1, b"lone")])
+        transport.clear()
+        sender.dataReceived(frame(1, b"one") + frame(1, b"two"))
+        self.assertEqual(seen[1:], [b"", b""])
+        self.assertEqual(server_frames(transport.value()), [(1, b"one"), (1, b"two")])
 
     def test_autobahns_writes_keep_their_place(self) -> None:
         """A frame Autobahn writes itself (a close) after held frames follows them."""
