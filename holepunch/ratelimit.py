@@ -45,7 +45,9 @@ class TokenBucket:
         tokens = self._tokens  # _refill, inline: this runs for every signaling message
         elapsed = now - self._updated
         if elapsed > 0.0:
-            tokens = min(self.capacity, tokens + elapsed * self.rate)
+            tokens += elapsed * self.rate
+            if tokens > self.capacity:  # min(), which costs more than the rest here
+                tokens = self.capacity
         self._updated = now
         if tokens >= 1.0:
             self._tokens = tokens - 1.0

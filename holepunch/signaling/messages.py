@@ -452,7 +452,11 @@ def _well_formed_relay(
     sender = obj.get("from")
     payload = obj.get(payload_field, _ABSENT)
     if (
-        _plainly_identifier(to)
+        # _plainly_identifier(to), with its first answer inline
+        (
+            (type(to) is str and 0 < len(to) <= MAX_ID_LENGTH and to.isprintable())
+            or _plainly_identifier(to)
+        )
         and (sender is None or _plainly_identifier(sender))
         and (type(payload) is dict or (payload is None and kind == "ice-candidate"))
     ):
@@ -603,6 +607,16 @@ def peer_left(room_id: str, peer_id: str, metadata: JSONObject, now: float) -> J
 def relayed(kind: str, from_peer: str, payload: JSONObject | None) -> JSONObject:
     """A relayed ``offer``/``answer``/``ice-candidate``, with ``from`` set by the server."""
     return {"type": kind, "from": from_peer, RELAY_FIELDS[kind]: payload}
+
+
+def encode_relayed(kind: str, from_peer: str, payload: JSONObject | None) -> bytes:
+    """:func:`relayed`, encoded as :func:`encode` encodes it, in one call: this is built
+    for every relayed message."""
+    message = {"type": kind, "from": from_peer, RELAY_FIELDS[kind]: payload}
+    try:
+        return orjson.dumps(message)
+    except TypeError:
+        return encode(message)
 
 
 def ack(for_type: str, now: float, request_id: RequestId | None) -> JSONObject:

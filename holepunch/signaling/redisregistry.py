@@ -697,7 +697,7 @@ class RedisRoomRegistry(Service):
             return
         links = self.links
         if links is not None:
-            message = codes.encode(codes.relayed(kind, from_peer, payload))
+            message = codes.encode_relayed(kind, from_peer, payload)
             if links.send(node, to_peer, message):
                 return
         self._post(node, rs.RelayEvent(to_peer, kind, from_peer, payload))

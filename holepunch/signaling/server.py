@@ -666,11 +666,10 @@ class SignalingSession:
         self._send(msg.peer_left(room_id, peer_id, metadata, timestamp))
 
     def relayed(self, kind: str, from_peer: str, payload: JSONObject | None) -> None:
-        message = msg.relayed(kind, from_peer, payload)
         if self._send_encoded is None:
-            sent = self._send(message)
+            sent = self._send(msg.relayed(kind, from_peer, payload))
         else:
-            sent = self._send_encoded(msg.encode(message))
+            sent = self._send_encoded(msg.encode_relayed(kind, from_peer, payload))
         if sent is False:
             self._too_slow()
 

@@ -1,0 +1,2 @@
+import tests.helpers
+import labrador

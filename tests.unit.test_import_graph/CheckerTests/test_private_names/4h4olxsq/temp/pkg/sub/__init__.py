@@ -1,0 +1,3 @@
+import pkg.b
+X = pkg.b._secret
+from . import _impl

@@ -1,0 +1,1 @@
+from pkg.sub._impl import run

@@ -1,0 +1,2 @@
+from ..top import _hidden
+from . import n
