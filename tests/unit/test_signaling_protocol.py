@@ -194,6 +194,22 @@ class ParseTests(SynchronousTestCase):
             m.encode({"type": "pong", "x": "\u2028é"}), '{"type":"pong","x":"\u2028é"}'.encode()
         )
 
+    def test_encode_relayed(self) -> None:
+        """A relay encoded in one call is encode(relayed(...)), payloads orjson refuses
+        included."""
+        for kind, payload in [
+            ("offer", {"sdp": "v=0", "type": "offer"}),
+            ("answer", {"n": 2**70}),
+            ("ice-candidate", None),
+        ]:
+            self.assertEqual(
+                m.encode_relayed(kind, "a", payload), m.encode(m.relayed(kind, "a", payload))
+            )
+        self.assertEqual(
+            m.encode_relayed("answer", "a", {"n": 2**70}),
+            b'{"type":"answer","from":"a","answer":{"n":1180591620717411303424}}',
+        )
+
 
 class TokenBucketTests(SynchronousTestCase):
     """The rate limiter, on an injected clock."""
