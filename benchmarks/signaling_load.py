@@ -49,7 +49,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,11 +306,76 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
 
 
-def read_latencies(path: Path) -> list[float]:
-    """The latencies (ms) the generator dumped to ``path`` (second column)."""
+def read_offers(path: Path) -> list[tuple[float, float]]:
+    """The ``(send time, latency)`` of each offer the generator dumped to ``path`` (ms;
+    send times from the start of the paced phase)."""
     with contextlib.suppress(OSError), path.open() as f:
-        return [float(line.split()[1]) for line in f if line.strip()]
+        return [(float(sent), float(latency)) for sent, latency in map(str.split, f)]
     return []
+
+
+STEAL_READING = 0.02
+"""Seconds between two readings of the steal time during a paced phase."""
+
+
+class StealReadings:
+    """Reads the VM's steal time (all CPUs) every :data:`STEAL_READING` seconds, in a
+    thread, from :meth:`start` until :meth:`stop`: when, not only how much, the host took
+    CPU time from this VM. Each reading is ``(time.monotonic() in ms, steal in ms)``; the
+    clock is the generator's (``CLOCK_MONOTONIC``)."""
+
+    def __init__(self) -> None:
+        self.readings: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="steal", daemon=True)
+
+    def _read(self) -> None:
+        while True:
+            self.readings.append((time.monotonic() * 1e3, sum(steal_ms().values())))
+            if self._done.wait(STEAL_READING):
+                self.readings.append((time.monotonic() * 1e3, sum(steal_ms().values())))
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list[tuple[float, float]]:
+        if self._thread.is_alive():
+            self._done.set()
+            self._thread.join(5.0)
+        return self.readings
+
+
+def stalled_spans(readings: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The spans (ms, in order) when the host may have stalled this VM: from the reading
+    before each rise of the steal time to the reading after it. The kernel shows steal in
+    ticks of 10 ms, so a stall shows in the first reading after its tick ended: the span
+    reaches back one reading to cover it."""
+    spans: list[tuple[float, float]] = []
+    for i in range(1, len(readings)):
+        if readings[i][1] > readings[i - 1][1]:
+            start = readings[i - 2][0] if i >= 2 else readings[0][0]
+            end = readings[i + 1][0] if i + 1 < len(readings) else readings[i][0]
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+    return spans
+
+
+def steady_latencies(
+    offers: Sequence[tuple[float, float]], start_ms: float, spans: Sequence[tuple[float, float]]
+) -> list[float]:
+    """The latencies of the ``offers`` (send time from ``start_ms``, latency) that were in
+    flight during none of the stalled ``spans``."""
+    ends = [end for _, end in spans]
+    kept = []
+    for sent, latency in offers:
+        sent += start_ms
+        i = bisect_left(ends, sent)  # the first span that ends at or after the send
+        if i == len(spans) or spans[i][0] > sent + latency:
+            kept.append(latency)
+    return kept
 
 
 def rss_bytes(pids: Sequence[int]) -> int:
@@ -517,6 +584,8 @@ class TargetResult:
     errors: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     """Every measured offer's latency (ms), all runs together."""
+    steady: list[float] = field(default_factory=list)
+    """The latencies of the offers in flight while the host took no time (ms), all runs."""
 
     @property
     def pooled(self) -> dict[str, Any]:
@@ -525,12 +594,22 @@ class TargetResult:
         if not self.latencies:
             return {}
         ordered = sorted(self.latencies)
-        return {
+        pooled = {
             "offers": len(ordered),
             "p50Ms": percentile(ordered, 0.5),
             "p99Ms": percentile(ordered, 0.99),
             "p999Ms": percentile(ordered, 0.999),
         }
+        if self.steady:
+            steady = sorted(self.steady)
+            pooled["steady"] = {
+                "offers": len(steady),
+                "share": len(steady) / len(ordered),
+                "p50Ms": percentile(steady, 0.5),
+                "p99Ms": percentile(steady, 0.99),
+                "p999Ms": percentile(steady, 0.999),
+            }
+        return pooled
 
     @property
     def full_load(self) -> dict[str, Any]:
@@ -568,6 +647,7 @@ def measure_relay(
         steal_start: dict[int, float] = {}
         steal: dict[int, float] = {}
         final: dict[str, Any] | None = None
+        readings = StealReadings()
         try:
             while (line := reader.line(deadline)) is not None:
                 event = json.loads(line)
@@ -578,6 +658,7 @@ def measure_relay(
                     full_load["serverCpu"] = (cpu_seconds(pids) - cpu_start) / elapsed
                 elif event["event"] == "paced-start":
                     steal_start = steal_ms()
+                    readings.start()
                     paced_cpu_start, paced_start = cpu_seconds(pids), time.monotonic()
                 elif event["event"] == "result":
                     final = event
@@ -588,6 +669,7 @@ def measure_relay(
             raise BenchmarkError(f"the generator did not finish against {target}") from None
         finally:
             processes.stop(generator)
+            spans = stalled_spans(readings.stop())
         if final is None:
             raise BenchmarkError(f"the generator printed no result against {target}")
         if final.get("error"):
@@ -605,7 +687,13 @@ def measure_relay(
         result.runs.append(
             {"fullLoad": full_load, "paced": paced, "cpus": placed, "pacedStealMs": steal}
         )
-        result.latencies.extend(read_latencies(dump))
+        offers = read_offers(dump)
+        result.latencies.extend(latency for _, latency in offers)
+        steady = steady_latencies(offers, final["paced"].get("startMs", 0.0), spans)
+        result.steady.extend(steady)
+        if steady:
+            paced["p99SteadyMs"] = percentile(sorted(steady), 0.99)
+            paced["steadyShare"] = len(steady) / len(offers)
         if final.get("errors"):
             result.errors.append(f"{final['errors']} errors, last: {final.get('lastError')}")
 
@@ -716,7 +804,8 @@ def _fmt(value: Any, pattern: str) -> str:
 def table(results: Sequence[TargetResult], options: Options) -> str:
     head = (
         f"{'target':<22} {'full-load msg/s':>15} {'server CPU':>10} {'µs/msg':>7} {'gen CPU':>8} "
-        f"{'paced µs/msg':>12} {'p50 ms':>7} {'p99 ms':>7} {'all runs':>8} {'lost':>5} "
+        f"{'paced µs/msg':>12} {'p50 ms':>7} {'p99 ms':>7} {'all runs':>8} {'steady':>6} "
+        f"{'lost':>5} "
         f"{'KiB/idle conn':>13}  "
         "p99 ms of each run"
     )
@@ -742,6 +831,7 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
             f"{_fmt(r.paced.get('p50Ms'), '.2f'):>7} "
             f"{_fmt(r.paced.get('p99Ms'), '.2f'):>7} "
             f"{_fmt(r.pooled.get('p99Ms'), '.2f'):>8} "
+            f"{_fmt(r.pooled.get('steady', {}).get('p99Ms'), '.2f'):>6} "
             f"{_fmt(r.paced.get('lost'), 'd'):>5} "
             f"{_fmt(None if per_conn is None else per_conn / 1024, '.1f'):>13}  "
             + " ".join(_fmt(run["paced"].get("p99Ms"), ".2f") for run in r.runs)
@@ -760,6 +850,13 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
             "all CPUs): "
             + ", ".join(f"{target} run {run} {ms:.0f}" for target, run, ms in stolen)
             + "; a process on a CPU with steal stalls, so those runs' p99 measure the host"
+        )
+    kept = [(r.target, r.pooled["steady"]["share"]) for r in results if "steady" in r.pooled]
+    if kept:
+        lines.append(
+            "steady: p99 of all runs' offers in flight while the host took no CPU time from "
+            "this VM (steal read every 20 ms), the share kept: "
+            + ", ".join(f"{target} {share:.0%}" for target, share in kept)
         )
     echo = next((r for r in results if r.target == "echo"), None)
     if echo is not None and echo.full_load.get("generatorCpu"):

@@ -34,8 +34,10 @@
  * Output: JSON lines on stdout, as the Node.js generator it replaced printed them:
  * "window-start"/"window-end" mark the full-load window (the caller samples the server's
  * CPU time then), "paced-start" the paced phase's first offer (after the full load's
- * offers in flight have arrived), and the last line is {"event": "result", ...}. Every phase has a
- * deadline; the process exits by itself. Only connects to the URLs it is given.
+ * offers in flight have arrived), and the last line is {"event": "result", ...}; its
+ * paced.startMs is when the paced phase began on CLOCK_MONOTONIC (ms), the origin of the
+ * send times in --dump. Every phase has a deadline; the process exits by itself. Only
+ * connects to the URLs it is given.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -682,8 +684,9 @@ static int relay_mode(void) {
            "\"sent\": %ld, \"lost\": %ld, \"generatorCpu\": %.4f}, ",
            full_delivered, seconds, full_delivered / seconds, full_sent, lost, full_cpu);
     printf("\"paced\": {\"rate\": %g, \"sent\": %ld, \"received\": %ld, \"lost\": %ld, "
-           "\"measured\": %ld, ",
-           opt.rate, sent_count, received_count, sent_count - received_count, latency_count);
+           "\"measured\": %ld, \"startMs\": %.3f, ",
+           opt.rate, sent_count, received_count, sent_count - received_count, latency_count,
+           paced_t0);
     json_number("p50Ms", percentile(50), ", ");
     json_number("p90Ms", percentile(90), ", ");
     json_number("p95Ms", percentile(95), ", ");
