@@ -689,7 +689,9 @@ def measure_relay(
         )
         offers = read_offers(dump)
         result.latencies.extend(latency for _, latency in offers)
-        steady = steady_latencies(offers, final["paced"].get("startMs", 0.0), spans)
+        start = final["paced"].get("startMs", 0.0)
+        result.runs[-1]["stalledMs"] = [[a - start, b - start] for a, b in spans]
+        steady = steady_latencies(offers, start, spans)
         result.steady.extend(steady)
         if steady:
             paced["p99SteadyMs"] = percentile(sorted(steady), 0.99)

@@ -686,7 +686,7 @@ static int relay_mode(void) {
     printf("\"paced\": {\"rate\": %g, \"sent\": %ld, \"received\": %ld, \"lost\": %ld, "
            "\"measured\": %ld, \"startMs\": %.3f, ",
            opt.rate, sent_count, received_count, sent_count - received_count, latency_count,
-           paced_t0);
+           started_at + paced_t0);
     json_number("p50Ms", percentile(50), ", ");
     json_number("p90Ms", percentile(90), ", ");
     json_number("p95Ms", percentile(95), ", ");

@@ -5,17 +5,84 @@ figures themselves are in docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "signaling_load.py"
+INSTRUCTIONS = ROOT / "benchmarks" / "relay_instructions.py"
+
+
+def load_script(path: Path) -> Any:
+    """A benchmark script as a module (its ``main`` not run)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+class RelayInstructionsTests(TestCase):
+    """``relay_instructions.py`` counts what the server runs per lone offer, under
+    callgrind, for our daemon and the Twisted floor."""
+
+    timeout = 240
+
+    def test_counts(self) -> None:
+        if shutil.which("valgrind") is None:
+            raise SkipTest("needs valgrind (Debian: valgrind)")
+        argv = [sys.executable, str(INSTRUCTIONS), "--targets=holepunch,floor", "--offers=20",
+                "--warmup=10", "--json"]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, timeout=220, check=False, cwd=ROOT)
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
+        report = json.loads(proc.stdout)
+        self.assertEqual(report["offers"], 20)
+        for target in ("holepunch", "floor"):
+            figures = report["results"][target]
+            # a relay in Python: tens of thousands of instructions, a share in the
+            # interpreter's loop (nothing counted would be 0; a count of the whole process
+            # life, startup included, would be hundreds of millions per offer)
+            self.assertGreater(figures["instructions"], 10_000, target)
+            self.assertLess(figures["instructions"], 2_000_000, target)
+            self.assertGreater(figures["interpreter"], 0, target)
+            self.assertLess(figures["interpreter"], figures["instructions"], target)
+
+
+class StallTests(SynchronousTestCase):
+    """Which offers were in flight while the host took time from the VM, on made-up
+    readings of the steal time."""
+
+    def setUp(self) -> None:
+        self.bench = load_script(SCRIPT)
+        self.addCleanup(sys.modules.pop, SCRIPT.stem, None)
+
+    def test_spans_around_each_rise(self) -> None:
+        """A rise between two readings marks from the reading before the first of them
+        to the one after the second; overlapping spans merge; no rise, no span."""
+        readings = [(0.0, 5.0), (20.0, 5.0), (40.0, 5.0), (60.0, 15.0), (80.0, 15.0),
+                    (100.0, 25.0), (120.0, 25.0), (140.0, 25.0), (160.0, 25.0),
+                    (180.0, 25.0), (200.0, 35.0)]  # fmt: skip
+        self.assertEqual(self.bench.stalled_spans(readings), [(20.0, 120.0), (160.0, 200.0)])
+        self.assertEqual(self.bench.stalled_spans(readings[:3]), [])
+        self.assertEqual(self.bench.stalled_spans([(0.0, 0.0), (20.0, 10.0)]), [(0.0, 20.0)])
+
+    def test_steady_latencies(self) -> None:
+        """An offer is kept when it was in flight (from its send to its arrival) during
+        none of the spans; the send times count from the paced phase's start."""
+        offers = [(0.0, 1.0), (10.0, 15.0), (30.0, 1.0), (55.0, 1.0), (70.0, 0.5)]
+        spans = [(1000.0 + 25.0, 1000.0 + 40.0), (1000.0 + 56.5, 1000.0 + 60.0)]
+        self.assertEqual(self.bench.steady_latencies(offers, 1000.0, spans), [1.0, 1.0, 0.5])
+        self.assertEqual(self.bench.steady_latencies(offers, 1000.0, []), [o[1] for o in offers])
 
 
 class SignalingLoadSmokeTests(TestCase):
@@ -41,6 +108,7 @@ class SignalingLoadSmokeTests(TestCase):
         ]
         if shutil.which("redis-server") is None:
             raise SkipTest("needs redis-server for the two-node run")
+        ran_from = time.monotonic() * 1e3
         proc = subprocess.run(argv, capture_output=True, timeout=140, check=False, cwd=ROOT)
         self.assertEqual(proc.returncode, 0, proc.stderr.decode(errors="replace")[-3000:])
         report = json.loads(proc.stdout)
@@ -71,6 +139,14 @@ class SignalingLoadSmokeTests(TestCase):
             self.assertGreaterEqual(run["paced"]["stealMs"], 0, target)
             # the server's CPU per offer in the paced phase
             self.assertGreater(ours["paced"]["serverCpuMicrosecondsPerMessage"], 0, target)
+            # the paced phase's start on this clock (CLOCK_MONOTONIC), within this test,
+            # and the offers kept for the p99 without the host's stalls
+            self.assertLess(ran_from, run["paced"]["startMs"], target)
+            self.assertLess(run["paced"]["startMs"], time.monotonic() * 1e3, target)
+            self.assertIsInstance(run["stalledMs"], list, target)
+            steady = ours["pacedAllRuns"]["steady"]
+            self.assertLessEqual(steady["offers"], pooled["offers"], target)
+            self.assertGreater(steady["offers"], 0, target)
 
 
 class ReferenceRelaysTests(TestCase):
