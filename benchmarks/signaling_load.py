@@ -481,21 +481,76 @@ def two_nodes(processes: Processes) -> Iterator[tuple[list[int], str]]:
 # --- measurements --------------------------------------------------------------------------
 
 
-def build_generator(directory: Path) -> Path:
-    """Compile ``signaling/loadgen.c`` into ``directory``; the path of the binary."""
+def build_generator(directory: Path, name: str = "loadgen") -> Path:
+    """Compile ``signaling/NAME.c`` (the load generator, or the ``canary``) into
+    ``directory``; the path of the binary."""
     if shutil.which("gcc") is None:
         raise BenchmarkError("needs gcc to build the load generator (Debian package gcc)")
-    binary = directory / "loadgen"
+    binary = directory / name
     proc = subprocess.run(
-        ["gcc", "-O2", "-Wall", "-o", str(binary), str(NODE_DIR / "loadgen.c"), "-lm"],
+        ["gcc", "-O2", "-Wall", "-o", str(binary), str(NODE_DIR / f"{name}.c"), "-lm"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     if proc.returncode != 0:
-        raise BenchmarkError(f"gcc could not build the load generator: {proc.stderr[-2000:]}")
+        raise BenchmarkError(f"gcc could not build {name}.c: {proc.stderr[-2000:]}")
     return binary
+
+
+CANARY_PERIOD_US = 2000
+CANARY_LATE_US = 500
+"""The canaries (``signaling/canary.c``) wake every 2 ms at real-time priority and note
+each wake more than 0.5 ms late: a CPU that ran nothing of this VM's for that long."""
+
+
+Canaries = list[tuple[subprocess.Popen[bytes], Path]]
+
+
+def start_canaries(processes: Processes, canary: Path, run: str) -> Canaries | None:
+    """One canary on each CPU, noting its late wakes in ``canary-RUN-CPU.txt``; None when
+    they cannot run at real-time priority (not root): then stalls are known from the steal
+    time alone."""
+    started: Canaries = []
+    for cpu in sorted(os.sched_getaffinity(0)):
+        note = processes.log_dir / f"canary-{run}-{cpu}.txt"
+        proc = processes.start(
+            [str(canary), str(cpu), str(CANARY_PERIOD_US), str(CANARY_LATE_US), str(note)],
+            f"canary-{cpu}",
+        )
+        started.append((proc, note))
+        try:
+            line = LineReader(proc).line(time.monotonic() + 10.0)
+        except TimeoutError:
+            line = None
+        if line != b"ready":
+            stop_canaries(processes, started)
+            return None
+    return started
+
+
+def stop_canaries(processes: Processes, canaries: Canaries) -> list[tuple[float, float]]:
+    """Stop the canaries; when they saw their CPU taken (ms): each late wake, from one
+    period before it was due until it came."""
+    spans = []
+    for proc, note in canaries:
+        processes.stop(proc)
+        with contextlib.suppress(OSError), note.open() as f:
+            for woken, late in (map(float, line.split()) for line in f if line.strip()):
+                spans.append((woken - late - CANARY_PERIOD_US / 1e3, woken))
+    return spans
+
+
+def merged(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``spans`` in order, those that overlap made one."""
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 @dataclass
@@ -512,6 +567,8 @@ class Options:
     """Where the generator writes each measured offer's send time and latency
     (``latencies-TARGET-RUN.txt``, two columns in ms): the pooled percentiles are read
     from them, and they are there for looking at the tail."""
+    canary: Path | None = None
+    """The canary binary (``signaling/canary.c``), None once it could not run."""
     placement: str = "free"
     """Where the relay phases run the server and the generator: ``free`` (where the
     scheduler puts them), ``same`` (both on CPU 0) or ``split`` (server on CPU 1,
@@ -648,6 +705,15 @@ def measure_relay(
         steal: dict[int, float] = {}
         final: dict[str, Any] | None = None
         readings = StealReadings()
+        canaries = (
+            None
+            if options.canary is None
+            else start_canaries(processes, options.canary, f"{target}-{len(result.runs) + 1}")
+        )
+        if options.canary is not None and canaries is None:
+            print("signaling_load: the canaries cannot run at real-time priority (not root?): "
+                  "stalls are known from the steal time alone", file=sys.stderr)  # fmt: skip
+            options.canary = None
         try:
             while (line := reader.line(deadline)) is not None:
                 event = json.loads(line)
@@ -670,6 +736,8 @@ def measure_relay(
         finally:
             processes.stop(generator)
             spans = stalled_spans(readings.stop())
+            if canaries is not None:
+                spans = merged(spans + stop_canaries(processes, canaries))
         if final is None:
             raise BenchmarkError(f"the generator printed no result against {target}")
         if final.get("error"):
@@ -857,7 +925,9 @@ def table(results: Sequence[TargetResult], options: Options) -> str:
     if kept:
         lines.append(
             "steady: p99 of all runs' offers in flight while the host took no CPU time from "
-            "this VM (steal read every 20 ms), the share kept: "
+            "this VM (steal read every 20 ms"
+            + (", and no real-time canary woke 0.5 ms late" if options.canary else "")
+            + "), the share kept: "
             + ", ".join(f"{target} {share:.0%}" for target, share in kept)
         )
     echo = next((r for r in results if r.target == "echo"), None)
@@ -936,6 +1006,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         generator = build_generator(log_dir)
+        canary = build_generator(log_dir, "canary")
     except BenchmarkError as e:
         print(f"signaling_load: {e}", file=sys.stderr)
         return 2
@@ -950,6 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload_bytes=args.payload_bytes,
         dump_dir=log_dir,
         placement=args.placement,
+        canary=canary,
     )
     processes = Processes(log_dir)
     # SIGTERM/SIGINT unwind through ``finally``, which stops every child.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,44 @@ class StallTests(SynchronousTestCase):
         self.assertEqual(self.bench.stalled_spans(readings), [(20.0, 120.0), (160.0, 200.0)])
         self.assertEqual(self.bench.stalled_spans(readings[:3]), [])
         self.assertEqual(self.bench.stalled_spans([(0.0, 0.0), (20.0, 10.0)]), [(0.0, 20.0)])
+
+    def test_merged(self) -> None:
+        """Spans from the steal readings and the canaries, in any order, made one where
+        they overlap."""
+        spans = [(50.0, 60.0), (0.0, 10.0), (5.0, 20.0), (20.0, 25.0), (55.0, 58.0)]
+        self.assertEqual(self.bench.merged(spans), [(0.0, 25.0), (50.0, 60.0)])
+
+    def test_canary_notes_late_wakes(self) -> None:
+        """The canary, at real-time priority on one CPU, notes the wakes later than its
+        threshold on this process's monotonic clock; stopped, its notes become spans
+        reaching one period back from each late wake."""
+        if shutil.which("gcc") is None:
+            raise SkipTest("needs gcc")
+        work = Path(self.mktemp()).resolve()  # the processes run elsewhere
+        work.mkdir()
+        canary = self.bench.build_generator(work, "canary")
+        processes = self.bench.Processes(work)
+        self.addCleanup(processes.stop_all)
+        before = time.monotonic() * 1e3
+        # a threshold of 0: every wake is noted (each comes some µs after it was due)
+        self.patch(self.bench, "CANARY_LATE_US", 0)
+        started = self.bench.start_canaries(processes, canary, "t")
+        if started is None:
+            raise SkipTest("no real-time priority here (not root)")
+        self.assertEqual(len(started), len(os.sched_getaffinity(0)))
+        note = started[0][1]
+        deadline = time.monotonic() + 10.0
+        while note.stat().st_size < 200 and time.monotonic() < deadline:
+            select.select([], [], [], 0.05)  # until it has noted some wakes (2 ms apart)
+        spans = self.bench.stop_canaries(processes, started)
+        after = time.monotonic() * 1e3
+        self.assertGreater(len(spans), 5)
+        for start, end in spans:
+            self.assertLess(before, end)
+            self.assertLess(end, after)
+            # one period (2 ms) and the wake's lateness (µs here, under a millisecond)
+            self.assertLessEqual(abs(end - start - self.bench.CANARY_PERIOD_US / 1e3), 1.0)
+        self.assertEqual(processes.live, [])
 
     def test_steady_latencies(self) -> None:
         """An offer is kept when it was in flight (from its send to its arrival) during
