@@ -16,7 +16,9 @@ time, speaking each server's dialect; it batches frames per connection and spend
   the server and of the generator over the measurement window;
 - **paced latency**: ``rate`` offers per second in total, each sent at its scheduled
   time, p50/p99 of arrival minus scheduled send time (the medians of each run's, and the
-  p99 of all runs' offers together), with the VM's steal time over the phase;
+  p99 of all runs' offers together), with the VM's steal time over the phase, and the
+  p99 of the offers in flight while the host stalled this VM neither by steal (read
+  every 20 ms) nor as a real-time canary on each CPU sees it (``signaling/canary.c``);
 - **idle memory**: in a second fresh server process, the growth of the server's RSS per
   connection with ``idle-connections`` registered, idle connections.
 
