@@ -178,7 +178,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             and self.current_frame is None
             and not self.inside_message
             and not self._listeners
-            and self.log.debug is _NO_OP
+            and self.log.debug is _NO_OP  # debug_logging_off(self.log), inline
         ):
             held.read_started(self.turns)
             try:
@@ -223,7 +223,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
     def _read(self, data: bytes) -> None:
         # dataReceived sends every read the fast path can take there: what comes here
         # is for Autobahn's own parsing.
-        if self.log.debug is not _NO_OP:
+        if not debug_logging_off(self.log):
             super().dataReceived(data)
         else:
             # Autobahn's dataReceived: log.debug(...) (formatted, then dropped), then this.
@@ -328,7 +328,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
             return
         frame = (_TEXT_HEADERS.get(n) or _text_header(n)) + payload
-        if self.send_queue or self.log.debug is not _NO_OP:
+        if self.send_queue or self.log.debug is not _NO_OP:  # debug_logging_off(), inline
             self.sendData(frame)
         elif _held.depth:
             self.hold(frame)  # sendData's fast path, held
@@ -364,7 +364,7 @@ class QuietWebSocketServerProtocol(HoldingWriter, WebSocketServerProtocol):  # t
             or self.send_queue
             or self.logOctets
             or self.state != self.STATE_OPEN
-            or self.log.debug is not _NO_OP
+            or not debug_logging_off(self.log)
         ):
             self.flush_held()  # in order
             super().sendData(data, sync, chopsize)
