@@ -1,3 +1,0 @@
-from typing import TYPE_CHECKING
-if TYPE_CHECKING:
-    from pkg import d

@@ -1,2 +1,0 @@
-def f():
-    from lab.natlab import NatLab

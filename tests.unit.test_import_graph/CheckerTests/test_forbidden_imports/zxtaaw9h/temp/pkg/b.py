@@ -1,2 +1,0 @@
-import tests.helpers
-import labrador

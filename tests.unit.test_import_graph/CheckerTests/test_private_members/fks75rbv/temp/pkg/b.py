@@ -1,3 +1,0 @@
-def f(a, sock):
-    a._hook()
-    return sock._library_internal

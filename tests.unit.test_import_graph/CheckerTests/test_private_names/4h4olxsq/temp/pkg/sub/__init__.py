@@ -1,3 +1,0 @@
-import pkg.b
-X = pkg.b._secret
-from . import _impl

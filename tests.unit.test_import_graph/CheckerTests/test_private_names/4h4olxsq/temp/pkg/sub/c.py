@@ -1,1 +1,0 @@
-from pkg.sub._impl import run

@@ -1,2 +1,0 @@
-from ..top import _hidden
-from . import n
