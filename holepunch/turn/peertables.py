@@ -173,10 +173,7 @@ class PeerTables:
                 channel_waiters, channel.waiters = channel.waiters, []
                 if channel.pending is not None:
                     channel.pending.cancel()
-                _cancel(channel.timer)
-                channel.timer = None
-                channel.bound = False
-                self._channels.pop(channel.peer, None)
+                self._drop_channel(channel)
                 del self._channel_numbers[number]
                 for cwaiter in channel_waiters:
                     cwaiter.errback(error)
@@ -283,16 +280,21 @@ class PeerTables:
             channel.pending = None
             if not f.check(CancelledError):
                 _log.warn("TURN channel to {peer} failed: {err}", peer=channel.peer, err=f.value)
-            _cancel(channel.timer)
-            channel.timer = None
-            channel.bound = False
-            # The number is not reused: a server keeps it reserved for a while.
-            self._channels.pop(channel.peer, None)
+            self._drop_channel(channel)
             waiters, channel.waiters = channel.waiters, []
             for waiter in waiters:
                 waiter.errback(f)
 
         d.addCallbacks(bound, failed)
+
+    def _drop_channel(self, channel: ChannelBinding) -> None:
+        """The channel stops: no refresh, not bound, no longer the peer's. Its number is
+        not reused: a server keeps it reserved for a while."""
+        _cancel(channel.timer)
+        channel.timer = None
+        channel.bound = False
+        if self._channels.get(channel.peer) is channel:
+            del self._channels[channel.peer]
 
     def _channel_due(self, channel: ChannelBinding) -> None:
         channel.timer = None
