@@ -610,13 +610,8 @@ def relayed(kind: str, from_peer: str, payload: JSONObject | None) -> JSONObject
 
 
 def encode_relayed(kind: str, from_peer: str, payload: JSONObject | None) -> bytes:
-    """:func:`relayed`, encoded as :func:`encode` encodes it, in one call: this is built
-    for every relayed message."""
-    message = {"type": kind, "from": from_peer, RELAY_FIELDS[kind]: payload}
-    try:
-        return orjson.dumps(message)
-    except TypeError:
-        return encode(message)
+    """:func:`relayed`, encoded (:func:`encode`): what both registries hand a recipient."""
+    return encode(relayed(kind, from_peer, payload))
 
 
 def ack(for_type: str, now: float, request_id: RequestId | None) -> JSONObject:
