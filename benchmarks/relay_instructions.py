@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from websockets.utils import apply_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import signaling_load as load  # the servers, started as that benchmark starts them
@@ -86,9 +87,7 @@ class Client:
         payload = orjson.dumps(message)
         mask, n = os.urandom(4), len(payload)
         head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0xFE, n >> 8, n & 0xFF))
-        key = (mask * (n // 4 + 1))[:n]
-        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-        self.sock.sendall(head + mask + masked)
+        self.sock.sendall(head + mask + apply_mask(payload, mask))
 
     def receive(self) -> dict[str, object]:
         """The next text message (the server's frames are unmasked and unfragmented)."""

@@ -312,7 +312,8 @@ def read_offers(path: Path) -> list[tuple[float, float]]:
     """The ``(send time, latency)`` of each offer the generator dumped to ``path`` (ms;
     send times from the start of the paced phase)."""
     with contextlib.suppress(OSError), path.open() as f:
-        return [(float(sent), float(latency)) for sent, latency in map(str.split, f)]
+        rows = (line.split() for line in f if line.strip())
+        return [(float(sent), float(latency)) for sent, latency in rows]
     return []
 
 
@@ -349,20 +350,17 @@ class StealReadings:
 
 
 def stalled_spans(readings: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The spans (ms, in order) when the host may have stalled this VM: from the reading
-    before each rise of the steal time to the reading after it. The kernel shows steal in
-    ticks of 10 ms, so a stall shows in the first reading after its tick ended: the span
-    reaches back one reading to cover it."""
-    spans: list[tuple[float, float]] = []
-    for i in range(1, len(readings)):
-        if readings[i][1] > readings[i - 1][1]:
-            start = readings[i - 2][0] if i >= 2 else readings[0][0]
-            end = readings[i + 1][0] if i + 1 < len(readings) else readings[i][0]
-            if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], end)
-            else:
-                spans.append((start, end))
-    return spans
+    """The spans (ms) when the host may have stalled this VM, one per rise of the steal
+    time: from the reading before the one it rose from to the reading after the one it
+    rose to. The kernel shows steal in ticks of 10 ms, so a stall shows in the first
+    reading after its tick ended: the span reaches back one reading to cover it.
+    (:func:`merged` makes the ones that overlap one.)"""
+    last = len(readings) - 1
+    return [
+        (readings[max(i - 2, 0)][0], readings[min(i + 1, last)][0])
+        for i in range(1, len(readings))
+        if readings[i][1] > readings[i - 1][1]
+    ]
 
 
 def steady_latencies(
@@ -739,7 +737,8 @@ def measure_relay(
             processes.stop(generator)
             spans = stalled_spans(readings.stop())
             if canaries is not None:
-                spans = merged(spans + stop_canaries(processes, canaries))
+                spans += stop_canaries(processes, canaries)
+            spans = merged(spans)
         if final is None:
             raise BenchmarkError(f"the generator printed no result against {target}")
         if final.get("error"):

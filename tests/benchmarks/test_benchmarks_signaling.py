@@ -69,11 +69,14 @@ class StallTests(SynchronousTestCase):
 
     def test_spans_around_each_rise(self) -> None:
         """A rise between two readings marks from the reading before the first of them
-        to the one after the second; overlapping spans merge; no rise, no span."""
+        to the one after the second; merged, overlapping spans are one; no rise, no
+        span."""
         readings = [(0.0, 5.0), (20.0, 5.0), (40.0, 5.0), (60.0, 15.0), (80.0, 15.0),
                     (100.0, 25.0), (120.0, 25.0), (140.0, 25.0), (160.0, 25.0),
                     (180.0, 25.0), (200.0, 35.0)]  # fmt: skip
-        self.assertEqual(self.bench.stalled_spans(readings), [(20.0, 120.0), (160.0, 200.0)])
+        spans = self.bench.stalled_spans(readings)
+        self.assertEqual(spans, [(20.0, 80.0), (60.0, 120.0), (160.0, 200.0)])
+        self.assertEqual(self.bench.merged(spans), [(20.0, 120.0), (160.0, 200.0)])
         self.assertEqual(self.bench.stalled_spans(readings[:3]), [])
         self.assertEqual(self.bench.stalled_spans([(0.0, 0.0), (20.0, 10.0)]), [(0.0, 20.0)])
 
