@@ -531,11 +531,17 @@ def start_canaries(processes: Processes, canary: Path, run: str) -> Canaries | N
 
 
 def stop_canaries(processes: Processes, canaries: Canaries) -> list[tuple[float, float]]:
-    """Stop the canaries; when they saw their CPU taken (ms): each late wake, from one
+    """Stop the canaries; when they saw their CPU taken (:func:`canary_spans`)."""
+    for proc, _ in canaries:
+        processes.stop(proc)
+    return canary_spans([note for _, note in canaries])
+
+
+def canary_spans(notes: Sequence[Path]) -> list[tuple[float, float]]:
+    """When the canaries' notes say their CPU was taken (ms): each late wake, from one
     period before it was due until it came."""
     spans = []
-    for proc, note in canaries:
-        processes.stop(proc)
+    for note in notes:
         with contextlib.suppress(OSError), note.open() as f:
             for woken, late in (map(float, line.split()) for line in f if line.strip()):
                 spans.append((woken - late - CANARY_PERIOD_US / 1e3, woken))

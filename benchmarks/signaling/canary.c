@@ -12,7 +12,8 @@
  * and leaves the offers in flight then out of its "steady" p99, as it does for steal.
  *
  * Prints "ready" on stdout once at real-time priority, or an error and exits 3 when it
- * cannot get it (not root); it runs until SIGTERM, writing OUT line by line.
+ * cannot get it (not root); it runs until SIGTERM, writing OUT ("-": stdout, after
+ * "ready") line by line.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,7 +41,7 @@ int main(int argc, char **argv) {
     int cpu = atoi(argv[1]);
     long period_ns = atol(argv[2]) * 1000L;
     double threshold_ms = atof(argv[3]) / 1e3;
-    FILE *out = fopen(argv[4], "w");
+    FILE *out = strcmp(argv[4], "-") == 0 ? stdout : fopen(argv[4], "w");
     if (!out || period_ns <= 0) {
         fprintf(stderr, "canary: cannot write %s or bad period\n", argv[4]);
         return 2;
